@@ -1,0 +1,13 @@
+//! The graph IR: typed, shaped op nodes in a petgraph, their shape rules,
+//! lowering from the AST, the printer and the verifier.
+
+pub mod dim;
+pub mod dtype;
+pub mod graph;
+pub mod op;
+pub mod shape_rules;
+
+pub use dim::{Bindings, Dim};
+pub use dtype::DType;
+pub use graph::{Graph, Node, NodeId, TensorType};
+pub use op::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp, UnaryOp};

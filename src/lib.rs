@@ -1,0 +1,10 @@
+//! lamina: a declarative model-graph compiler.
+//!
+//! Text (`syntax`) -> graph IR (`ir`) -> optimisation (`passes`) ->
+//! native kernels (`codegen`) -> execution (`runtime`), with a reference
+//! interpreter (`interp`) as the oracle. See ARCHITECTURE.md.
+
+pub mod ir;
+pub mod span;
+pub mod syntax;
+pub mod tensor;

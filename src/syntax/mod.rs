@@ -1,0 +1,3 @@
+//! Text to AST. Knows nothing of graphs or tensors.
+
+pub mod ast;
