@@ -4,7 +4,13 @@
 //! native kernels (`codegen`) -> execution (`runtime`), with a reference
 //! interpreter (`interp`) as the oracle. See ARCHITECTURE.md.
 
+pub mod cli;
+pub mod codegen;
+pub mod diagnostics;
+pub mod interp;
 pub mod ir;
+pub mod passes;
+pub mod runtime;
 pub mod span;
 pub mod syntax;
 pub mod tensor;

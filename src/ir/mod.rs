@@ -1,6 +1,7 @@
 //! The graph IR: typed, shaped op nodes in a petgraph, their shape rules,
 //! lowering from the AST, the printer and the verifier.
 
+pub mod bind;
 pub mod dim;
 pub mod dtype;
 pub mod graph;
