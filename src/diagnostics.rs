@@ -1,1 +1,145 @@
-//! placeholder
+//! User-facing diagnostics: `PATH:LINE:COL: error: message`, then the source
+//! line with a caret under the fault.
+//!
+//! Every layer has its own typed error; each converts into `Diagnostic`
+//! here, so the format is decided in one place. The layout is the classic
+//! compiler one that editors and CI logs link to.
+
+use std::fmt::Write;
+
+use crate::span::{line_col, Span};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Severity {
+    fn word(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    /// Where in the model source, if the fault has a place there.
+    pub span: Option<Span>,
+    /// Other places worth showing, each with a short label.
+    pub related: Vec<(Span, String)>,
+    pub notes: Vec<String>,
+}
+
+impl Diagnostic {
+    pub fn error(message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            span: None,
+            related: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn warning(message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(message)
+        }
+    }
+
+    pub fn at(mut self, span: Option<Span>) -> Diagnostic {
+        self.span = span;
+        self
+    }
+
+    pub fn with_related(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
+        self.related.push((span, label.into()));
+        self
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Diagnostic {
+        self.notes.push(note.into());
+        self
+    }
+}
+
+/// The file a diagnostic is about: its path as the user wrote it, and its
+/// text when it could be read.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: Option<String>,
+}
+
+/// Renders one diagnostic as text (ends with a newline).
+pub fn render(d: &Diagnostic, file: Option<&SourceFile>) -> String {
+    let mut out = String::new();
+    let location = match (file, d.span) {
+        (Some(SourceFile { path, text: Some(text) }), Some(span)) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{path}:{line}:{col}: ")
+        }
+        (Some(f), _) => format!("{}: ", f.path),
+        (None, _) => String::new(),
+    };
+    writeln!(out, "{location}{}: {}", d.severity.word(), d.message).unwrap();
+    if let (Some(SourceFile { text: Some(text), .. }), Some(span)) = (file, d.span) {
+        snippet(&mut out, text, span);
+        for (span, label) in &d.related {
+            let (line, col) = line_col(text, span.start);
+            writeln!(out, "  note: {label} ({line}:{col})").unwrap();
+            snippet(&mut out, text, *span);
+        }
+    }
+    for note in &d.notes {
+        writeln!(out, "  = note: {note}").unwrap();
+    }
+    out
+}
+
+/// The line holding `span.start`, with `^` under the span (clipped to that line).
+fn snippet(out: &mut String, text: &str, span: Span) {
+    let (line_no, col) = line_col(text, span.start);
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let gutter = line_no.to_string().len();
+    let line_chars = line.chars().count();
+    let span_chars = text
+        .get(span.start.min(text.len())..span.end.min(text.len()))
+        .map_or(1, |s| s.split('\n').next().unwrap_or("").chars().count());
+    let width = span_chars.clamp(1, (line_chars + 1).saturating_sub(col - 1).max(1));
+    writeln!(out, "{:gutter$} |", "").unwrap();
+    writeln!(out, "{line_no} | {line}").unwrap();
+    // Tabs keep their width so the caret lines up.
+    let pad: String = line.chars().take(col - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    writeln!(out, "{:gutter$} | {pad}{}", "", "^".repeat(width)).unwrap();
+}
+
+/// Renders a list of diagnostics about one file.
+pub fn render_all(diags: &[Diagnostic], file: Option<&SourceFile>) -> String {
+    diags.iter().map(|d| render(d, file)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_path_line_col_and_caret() {
+        let file = SourceFile {
+            path: "m.lam".into(),
+            text: Some("model m {\n  h = foo(x)\n}\n".into()),
+        };
+        let d = Diagnostic::error("unknown function `foo`").at(Some(Span::new(16, 19)));
+        let text = render(&d, Some(&file));
+        assert_eq!(
+            text,
+            "m.lam:2:7: error: unknown function `foo`\n  |\n2 |   h = foo(x)\n  |       ^^^\n"
+        );
+    }
+}

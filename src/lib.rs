@@ -9,6 +9,7 @@ pub mod codegen;
 pub mod diagnostics;
 pub mod interp;
 pub mod ir;
+pub mod model;
 pub mod passes;
 pub mod runtime;
 pub mod span;

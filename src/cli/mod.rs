@@ -1,1 +1,92 @@
-//! placeholder
+//! The `lamina` command line. Each subcommand is a thin layer over the
+//! library; user errors become rendered diagnostics and exit code 1.
+
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diagnostics::{render_all, Diagnostic, SourceFile};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lamina",
+    version,
+    about = "A declarative model-graph compiler: .lam model files to optimised, JIT-compiled native code",
+    long_about = "A declarative model-graph compiler.\n\n\
+        Write a neural network as a short .lam text file, check it, look at its graph, and run it on\n\
+        real weights (safetensors) and inputs (.npy). See docs/language.md for the language.\n\n\
+        Examples:\n  lamina check models/digits/digits.lam\n  lamina graph models/digits/digits.lam\n  \
+        lamina run models/digits/digits.lam"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse and type-check a model; exit 0 when it is well-formed and well-shaped.
+    Check {
+        /// The .lam model file.
+        model: PathBuf,
+    },
+    /// Print a model's inputs, parameters and outputs.
+    Info {
+        model: PathBuf,
+        /// Print one JSON object: {"inputs":[{"name","dtype","shape"}],"params":[..],"outputs":[..]}.
+        /// Symbolic dims are strings.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a model's graph, one line a node (or Graphviz DOT).
+    Graph {
+        model: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+}
+
+/// A failure already explained to the user.
+#[derive(Debug)]
+pub struct Reported;
+
+/// Prints diagnostics about `file` to stderr.
+pub(crate) fn report(diags: &[Diagnostic], file: Option<&SourceFile>) {
+    eprint!("{}", render_all(diags, file));
+}
+
+/// Prints diagnostics that stop the command.
+pub(crate) fn fail(diags: Vec<Diagnostic>, file: Option<&SourceFile>) -> Reported {
+    report(&diags, file);
+    Reported
+}
+
+/// The `lamina` binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are successes; every usage error is a user error (1).
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Check { model } => inspect::check(&model),
+        Command::Info { model, json } => inspect::info(&model, json),
+        Command::Graph { model, format } => inspect::graph(&model, format),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Reported) => ExitCode::from(1),
+    }
+}

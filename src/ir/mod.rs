@@ -12,3 +12,7 @@ pub use dim::{Bindings, Dim};
 pub use dtype::DType;
 pub use graph::{Graph, Node, NodeId, TensorType};
 pub use op::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp, UnaryOp};
+pub mod lower;
+pub mod lower_error;
+pub mod printer;
+pub mod verify;

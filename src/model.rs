@@ -1,0 +1,79 @@
+//! The front end as one call: read a `.lam` file, parse, lower, verify.
+
+use std::path::{Path, PathBuf};
+
+use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::ir::lower::{lower, LoweredModel};
+use crate::ir::lower_error::LowerError;
+use crate::ir::{verify, Graph};
+use crate::span::Span;
+use crate::syntax::parser::{parse, ParseError};
+
+/// A model file that parsed, lowered and type-checked.
+#[derive(Clone, Debug)]
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub source: SourceFile,
+    pub graph: Graph,
+    /// `weights "..."` as written in the file, with its span.
+    pub weights: Option<(String, Span)>,
+}
+
+/// Everything wrong with a model file, ready to render against its source.
+#[derive(Clone, Debug)]
+pub struct LoadFailure {
+    pub source: SourceFile,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+pub fn load(path: &Path) -> Result<LoadedModel, LoadFailure> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_source(path, text),
+        Err(e) => Err(LoadFailure {
+            source: SourceFile {
+                path: shown,
+                text: None,
+            },
+            diagnostics: vec![Diagnostic::error(format!("cannot read the model file: {e}"))],
+        }),
+    }
+}
+
+/// Like `load`, for text already in memory (`path` is used for messages).
+pub fn load_source(path: &Path, text: String) -> Result<LoadedModel, LoadFailure> {
+    let source = SourceFile {
+        path: path.display().to_string(),
+        text: Some(text),
+    };
+    let text = source.text.as_deref().unwrap_or("");
+    let fail = |diagnostics| LoadFailure {
+        source: source.clone(),
+        diagnostics,
+    };
+    let ast = parse(text).map_err(|e| fail(vec![parse_diagnostic(&e)]))?;
+    let LoweredModel { graph, weights } =
+        lower(&ast).map_err(|errors| fail(errors.iter().map(lower_diagnostic).collect()))?;
+    if let Err(e) = verify::verify(&graph) {
+        // Lowering checks every node as it adds it; reaching this is a bug.
+        return Err(fail(vec![Diagnostic::error(format!("internal error: {e}"))]));
+    }
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        source,
+        graph,
+        weights,
+    })
+}
+
+pub fn parse_diagnostic(e: &ParseError) -> Diagnostic {
+    Diagnostic::error(format!("syntax error: {}", e.message)).at(Some(e.span))
+}
+
+pub fn lower_diagnostic(e: &LowerError) -> Diagnostic {
+    let mut d = Diagnostic::error(e.to_string()).at(e.span());
+    if let Some((span, label)) = e.related() {
+        d = d.with_related(span, label);
+    }
+    d
+}
