@@ -1,1 +1,8 @@
-//! placeholder
+//! Running a compiled model: tensors in and out of files (`.npy`,
+//! safetensors), and the parameter values a graph is bound to.
+
+pub mod npy;
+pub mod weights;
+
+pub use npy::{read_npy, write_npy, NpyError};
+pub use weights::{WeightError, WeightFile};
