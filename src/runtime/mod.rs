@@ -1,8 +1,10 @@
 //! Running a compiled model: tensors in and out of files (`.npy`,
 //! safetensors), and the parameter values a graph is bound to.
 
+pub mod init;
 pub mod npy;
 pub mod weights;
 
+pub use init::materialize;
 pub use npy::{read_npy, write_npy, NpyError};
 pub use weights::{WeightError, WeightFile};
