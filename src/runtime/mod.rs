@@ -3,8 +3,10 @@
 
 pub mod init;
 pub mod npy;
+pub mod params;
 pub mod weights;
 
 pub use init::materialize;
 pub use npy::{read_npy, write_npy, NpyError};
+pub use params::{bind_params, bind_params_owned, BoundParams, ParamError};
 pub use weights::{WeightError, WeightFile};
