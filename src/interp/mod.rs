@@ -285,3 +285,6 @@ pub fn run(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
