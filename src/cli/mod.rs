@@ -2,6 +2,7 @@
 //! library; user errors become rendered diagnostics and exit code 1.
 
 mod inspect;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
+    /// Run a model on weights and inputs.
+    ///
+    /// What is not given is found beside the model file: `<model-stem>.safetensors` (or the file the
+    /// model names with `weights "..."`) for the weights, `NAME.npy` for input NAME, and `labels.npy`
+    /// for labels.
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Check { model } => inspect::check(&model),
         Command::Info { model, json } => inspect::info(&model, json),
         Command::Graph { model, format } => inspect::graph(&model, format),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
