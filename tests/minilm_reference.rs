@@ -1,7 +1,3 @@
-// Staged here, not yet compiled: becomes tests/minilm_reference.rs once the parser,
-// the interpreter and `pub mod text;` in src/runtime/mod.rs are on main (it passed
-// with all three put together by hand; see models/minilm/README.md).
-
 //! all-MiniLM-L6-v2 end to end: models/minilm/minilm.lam on the real
 //! checkpoint, fed by the tokenizer glue, against the float64 numpy reference
 //! (models/minilm/testdata/sentences_embeddings.npy, written by
