@@ -73,22 +73,21 @@ pub fn parse(source: &str) -> Result<File, ParseError> {
 /// The span of a node's text. pest skips whitespace and comments *before*
 /// trying an optional or repeated part, so a rule ending in one (`x` in
 /// `x + y`'s `(add_op ~ ...)*`) also ends after any whitespace and comment
-/// that follow it. The true end is that of the last token inside: the last
-/// non-empty pair without children (an atomic rule or punctuation).
+/// that follow it. The true end is that of the last token inside, found by
+/// descending through last non-empty children down to a leaf (an atomic
+/// rule or punctuation, whose span is exact).
 fn span_of(pair: &Pair<'_, Rule>) -> Span {
-    let span = pair.as_span();
-    let end = pair
+    let start = pair.as_span().start();
+    let mut last = pair.clone();
+    while let Some(child) = last
         .clone()
         .into_inner()
-        .flatten()
-        .filter(|p| {
-            let s = p.as_span();
-            s.start() < s.end() && p.clone().into_inner().next().is_none()
-        })
-        .map(|p| p.as_span().end())
-        .max()
-        .unwrap_or(span.end());
-    Span::new(span.start(), end)
+        .rev()
+        .find(|p| p.as_span().start() < p.as_span().end())
+    {
+        last = child;
+    }
+    Span::new(start, last.as_span().end())
 }
 
 /// Tokens that only delimit: their presence is implied by the node they sit
