@@ -15,7 +15,7 @@ use super::ast::{
     Arg, BinOp, BlockDef, BlockParam, BlockParamKind, Expr, File, Ident, Item, ModelDef, Path,
     PathSegment, Stmt, TypeExpr,
 };
-use crate::span::Span;
+use crate::span::{line_col, Span};
 
 /// The pest-generated parser lives in its own private module so that its
 /// `Rule` enum does not leak into the public API.
@@ -960,7 +960,55 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
         }
         _ => {}
     }
+    if let Some((opener, at)) = innermost_unclosed(source, pos) {
+        // A `}` is expected after every statement of a body, so pointing at
+        // the body's `{` only helps when the file ends inside it.
+        let closer = match opener {
+            '(' => Some(Rule::rparen),
+            '[' => Some(Rule::rbrack),
+            _ if pos >= source.len() => Some(Rule::rbrace),
+            _ => None,
+        };
+        if closer.is_some_and(|closer| positives.contains(&closer)) {
+            let (line, column) = line_col(source, at);
+            message.push_str(&format!(
+                " (to close the `{opener}` at line {line}, column {column})"
+            ));
+        }
+    }
     ParseError::new(found.span, message)
+}
+
+/// The innermost bracket still open at `pos`, and its offset, skipping
+/// comments and strings. The grammar does not say which bracket an expected
+/// `)` would close; this does, which matters when the error shows up lines
+/// after a forgotten parenthesis.
+fn innermost_unclosed(source: &str, pos: usize) -> Option<(char, usize)> {
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut chars = source.get(..pos)?.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '#' => {
+                chars.by_ref().find(|&(_, c)| c == '\n');
+            }
+            '"' => {
+                chars.by_ref().find(|&(_, c)| c == '"' || c == '\n');
+            }
+            '(' | '[' | '{' => open.push((c, at)),
+            ')' | ']' | '}' => {
+                let opener = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if open.last().is_some_and(|&(o, _)| o == opener) {
+                    open.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    open.pop()
 }
 
 #[cfg(test)]
