@@ -22,7 +22,7 @@ pub enum LowerError {
     Arity { func: String, expected: String, got: usize, span: Span },
     #[error("{func}: {message}")]
     Argument { func: String, message: String, span: Span },
-    #[error("shape error in {op}: {message}")]
+    #[error("shape error: {message}")]
     Shape { op: String, message: String, span: Span },
     #[error("{message}")]
     Invalid { message: String, span: Span },

@@ -155,6 +155,9 @@ fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Ve
 /// Sum of dims along a concat axis: exact for known sizes and for
 /// multiples of the same symbols (`seq + seq = 2*seq`).
 fn add_dims(a: &Dim, b: &Dim) -> Option<Dim> {
+    if let (Some(x), Some(y)) = (a.as_known(), b.as_known()) {
+        return Some(Dim::known(x + y));
+    }
     if a.symbols() != b.symbols() {
         return None;
     }

@@ -67,10 +67,13 @@ impl<'a> Args<'a> {
     /// The next positional argument, as a tensor.
     pub fn tensor(&mut self, lw: &mut Lowerer<'a>) -> Lowered<NodeId> {
         let Some(e) = self.positional.get(self.next).copied() else {
-            return Err(lw.error(LowerError::Arity {
+            return Err(lw.error(LowerError::Argument {
                 func: self.func.clone(),
-                expected: format!("at least {} tensor argument(s)", self.next + 1),
-                got: self.positional.len(),
+                message: format!(
+                    "missing tensor argument {} (got {} positional argument(s))",
+                    self.next + 1,
+                    self.positional.len()
+                ),
                 span: self.span,
             }));
         };

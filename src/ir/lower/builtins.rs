@@ -280,7 +280,7 @@ fn reshape_target(lw: &mut Lowerer<'_>, x: NodeId, items: &[Expr], span: Span) -
             let from = lw.graph.node(x).ty.to_string();
             return Err(lw.error(LowerError::Shape {
                 op: "reshape".into(),
-                message: format!("cannot infer -1: {from} has {total} elements, not a multiple of {rest}"),
+                message: format!("reshape: cannot infer -1: {from} has {total} elements, not a multiple of {rest}"),
                 span,
             }));
         };

@@ -48,6 +48,8 @@ struct Binding {
 #[derive(Default)]
 struct Frame {
     names: HashMap<String, Binding>,
+    /// Names whose definition failed: using them reports nothing more.
+    poisoned: BTreeSet<String>,
     /// Loop frames let assignments reach names of enclosing frames.
     is_loop: bool,
 }
@@ -175,20 +177,28 @@ impl<'a> Lowerer<'a> {
                     });
                     return;
                 }
-                let Ok(ty) = self.tensor_type(ty, true) else { return };
+                let Ok(ty) = self.tensor_type(ty, true) else {
+                    self.poison(&name.name);
+                    return;
+                };
                 let id = self.graph.add_node(Op::Input { name: name.name.clone() }, &[], ty, Some(*span));
                 if self.define(&name.name, Value::Tensor(id), name.span).is_ok() {
                     self.graph.inputs.push(id);
                 }
             }
             Stmt::Param { name, ty, init, span } => {
-                let _ = self.param(name, ty, init.as_ref(), *span);
-            }
-            Stmt::Let { name, value, .. } => {
-                if let Ok(v) = self.expr(value) {
-                    let _ = self.assign(&name.name, v, name.span);
+                if self.param(name, ty, init.as_ref(), *span).is_err() {
+                    if let Ok(local) = self.path_string(name) {
+                        self.poison(&local);
+                    }
                 }
             }
+            Stmt::Let { name, value, .. } => match self.expr(value) {
+                Ok(v) => {
+                    let _ = self.assign(&name.name, v, name.span);
+                }
+                Err(Poisoned) => self.poison(&name.name),
+            },
             Stmt::Output { name, ty, value, span } => {
                 if !in_model {
                     self.error(LowerError::Invalid {
@@ -289,6 +299,23 @@ impl<'a> Lowerer<'a> {
 
     // ---- scopes -----------------------------------------------------------
 
+    /// Records that `name`'s definition failed (its error is already reported).
+    fn poison(&mut self, name: &str) {
+        self.frames.last_mut().expect("a frame is open").poisoned.insert(name.to_string());
+    }
+
+    fn is_poisoned(&self, name: &str) -> bool {
+        for frame in self.frames.iter().rev() {
+            if frame.poisoned.contains(name) {
+                return true;
+            }
+            if !frame.is_loop {
+                break;
+            }
+        }
+        false
+    }
+
     fn find(&self, name: &str) -> Option<&Binding> {
         for frame in self.frames.iter().rev() {
             if let Some(b) = frame.names.get(name) {
@@ -351,6 +378,9 @@ impl<'a> Lowerer<'a> {
     fn lookup(&mut self, name: &str, span: Span) -> Lowered<Value> {
         if let Some(b) = self.find(name) {
             return Ok(b.value.clone());
+        }
+        if self.is_poisoned(name) {
+            return Err(Poisoned);
         }
         let names = self.visible_names();
         let hint = if self.symbols.contains(name) {
