@@ -84,7 +84,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // Help and version are successes; every usage error is a user error (1).
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {

@@ -13,6 +13,7 @@ use crate::ir::{Bindings, Graph};
 use crate::model::LoadedModel;
 use crate::runtime::npy::{read_npy, write_npy};
 use crate::runtime::params::bind_params;
+use crate::runtime::text::encode_batch;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
 
@@ -38,6 +39,16 @@ pub struct RunArgs {
     /// Write every output as DIR/NAME.npy.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
+    /// Text input for language models (repeatable): tokenized into the model's `input_ids`,
+    /// `attention_mask` and `token_type_ids` inputs, padded to the longest text.
+    #[arg(long = "text", value_name = "TEXT")]
+    texts: Vec<String>,
+    /// tokenizer.json for --text [default: tokenizer.json beside the model, else beside the weights].
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Longest token sequence for --text; longer texts are truncated.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_tokens: usize,
     /// Execution backend.
     #[arg(long, value_enum, default_value_t = Backend::Interp)]
     backend: Backend,
@@ -81,10 +92,78 @@ fn weights_path(args: &RunArgs, m: &LoadedModel) -> Option<PathBuf> {
     conventional.exists().then_some(conventional)
 }
 
-fn load_inputs(args: &RunArgs, m: &LoadedModel) -> Result<HashMap<String, Tensor>, Vec<Diagnostic>> {
-    let mut inputs = HashMap::new();
+/// The tokenizer for --text: the flag, else tokenizer.json beside the model, else beside the weights.
+fn tokenizer_path(
+    args: &RunArgs,
+    m: &LoadedModel,
+    weights: Option<&Path>,
+) -> Result<PathBuf, Diagnostic> {
+    if let Some(t) = &args.tokenizer {
+        return Ok(t.clone());
+    }
+    let mut candidates = vec![beside(&m.path, "tokenizer.json")];
+    if let Some(w) = weights {
+        candidates.push(beside(w, "tokenizer.json"));
+    }
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            Diagnostic::error(format!(
+                "--text needs a tokenizer: pass --tokenizer FILE (looked for {})",
+                looked.join(", ")
+            ))
+        })
+}
+
+/// The model inputs that --text fills, from the tokenizer's output.
+fn text_inputs(
+    args: &RunArgs,
+    m: &LoadedModel,
+    weights: Option<&Path>,
+) -> Result<Vec<(String, Tensor)>, Diagnostic> {
+    let tokenizer = tokenizer_path(args, m, weights)?;
+    let encoded = encode_batch(&tokenizer, &args.texts, args.max_tokens)
+        .map_err(|e| Diagnostic::error(e.to_string()))?;
+    let declared: Vec<&str> = m
+        .graph
+        .inputs
+        .iter()
+        .map(|&id| m.graph.input_name(id))
+        .collect();
+    let all = [
+        ("input_ids", encoded.input_ids),
+        ("attention_mask", encoded.attention_mask),
+        ("token_type_ids", encoded.token_type_ids),
+    ];
+    if !declared.contains(&"input_ids") {
+        return Err(Diagnostic::error(format!(
+            "--text fills an input named `input_ids`, but the model's inputs are: {}",
+            declared.join(", ")
+        )));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(name, _)| declared.contains(name))
+        .map(|(name, t)| (name.to_string(), t))
+        .collect())
+}
+
+fn load_inputs(
+    args: &RunArgs,
+    m: &LoadedModel,
+    from_text: Vec<(String, Tensor)>,
+) -> Result<HashMap<String, Tensor>, Vec<Diagnostic>> {
+    let mut inputs: HashMap<String, Tensor> = from_text.into_iter().collect();
     let mut errors = Vec::new();
-    let declared: Vec<&str> = m.graph.inputs.iter().map(|&id| m.graph.input_name(id)).collect();
+    let declared: Vec<&str> = m
+        .graph
+        .inputs
+        .iter()
+        .map(|&id| m.graph.input_name(id))
+        .collect();
     for (name, _) in &args.inputs {
         if !declared.contains(&name.as_str()) {
             errors.push(Diagnostic::error(format!(
@@ -94,6 +173,9 @@ fn load_inputs(args: &RunArgs, m: &LoadedModel) -> Result<HashMap<String, Tensor
         }
     }
     for name in declared {
+        if inputs.contains_key(name) {
+            continue;
+        }
         let path = match args.inputs.iter().find(|(n, _)| n == name) {
             Some((_, file)) => PathBuf::from(file),
             None => {
@@ -127,21 +209,42 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
     let file = Some(&m.source);
     let fixed: Bindings = args.binds.iter().cloned().collect();
 
-    let weights = match weights_path(args, &m) {
-        Some(p) => Some(WeightFile::load(&p).map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?),
+    let weights_file = weights_path(args, &m);
+    let weights = match &weights_file {
+        Some(p) => Some(
+            WeightFile::load(p).map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?,
+        ),
         None => None,
     };
-    let inputs = load_inputs(args, &m).map_err(|d| fail(d, None))?;
+    let from_text = if args.texts.is_empty() {
+        Vec::new()
+    } else {
+        text_inputs(args, &m, weights_file.as_deref()).map_err(|d| fail(vec![d], None))?
+    };
+    let inputs = load_inputs(args, &m, from_text).map_err(|d| fail(d, None))?;
     let shapes: Vec<_> = inputs
         .iter()
         .map(|(n, t)| (n.clone(), t.dtype(), t.shape().to_vec()))
         .collect();
-    let bindings = crate::ir::bind::bind_inputs(&m.graph, &shapes, &fixed)
-        .map_err(|errs| fail(errs.iter().map(|e| Diagnostic::error(e.to_string())).collect(), None))?;
-    let params = bind_params(&m.graph, weights.as_ref(), &bindings)
-        .map_err(|errs| fail(errs.iter().map(|e| param_diagnostic(&m.graph, e)).collect(), file))?;
+    let bindings = crate::ir::bind::bind_inputs(&m.graph, &shapes, &fixed).map_err(|errs| {
+        fail(
+            errs.iter()
+                .map(|e| Diagnostic::error(e.to_string()))
+                .collect(),
+            None,
+        )
+    })?;
+    let params = bind_params(&m.graph, weights.as_ref(), &bindings).map_err(|errs| {
+        fail(
+            errs.iter().map(|e| param_diagnostic(&m.graph, e)).collect(),
+            file,
+        )
+    })?;
     if !params.unused.is_empty() {
-        let w = weights.as_ref().map(|w| w.path.display().to_string()).unwrap_or_default();
+        let w = weights
+            .as_ref()
+            .map(|w| w.path.display().to_string())
+            .unwrap_or_default();
         report(
             &[Diagnostic::warning(format!(
                 "{} tensor(s) in {w} are not used by the model: {}",
@@ -173,7 +276,13 @@ fn param_diagnostic(graph: &Graph, e: &crate::runtime::params::ParamError) -> Di
 
 fn write_outputs(args: &RunArgs, outputs: &[(String, Tensor)]) -> Result<(), Reported> {
     let io_error = |path: &Path, e: &dyn std::fmt::Display| {
-        fail(vec![Diagnostic::error(format!("cannot write {}: {e}", path.display()))], None)
+        fail(
+            vec![Diagnostic::error(format!(
+                "cannot write {}: {e}",
+                path.display()
+            ))],
+            None,
+        )
     };
     if let Some(path) = &args.output {
         if outputs.len() != 1 {
@@ -188,7 +297,12 @@ fn write_outputs(args: &RunArgs, outputs: &[(String, Tensor)]) -> Result<(), Rep
             ));
         }
         write_npy(path, &outputs[0].1).map_err(|e| io_error(path, &e))?;
-        eprintln!("wrote {} {:?} to {}", outputs[0].0, outputs[0].1.shape(), path.display());
+        eprintln!(
+            "wrote {} {:?} to {}",
+            outputs[0].0,
+            outputs[0].1.shape(),
+            path.display()
+        );
         return Ok(());
     }
     if let Some(dir) = &args.output_dir {
@@ -210,9 +324,18 @@ fn write_outputs(args: &RunArgs, outputs: &[(String, Tensor)]) -> Result<(), Rep
 fn summarize(name: &str, t: &Tensor) -> String {
     const SHOWN: usize = 8;
     let values = t.to_f64_vec();
-    let shown: Vec<String> = values.iter().take(SHOWN).map(|v| format!("{v:.6}")).collect();
+    let shown: Vec<String> = values
+        .iter()
+        .take(SHOWN)
+        .map(|v| format!("{v:.6}"))
+        .collect();
     let more = if values.len() > SHOWN { ", ..." } else { "" };
-    format!("{name}: {}{:?} = [{}{more}]", t.dtype(), t.shape(), shown.join(", "))
+    format!(
+        "{name}: {}{:?} = [{}{more}]",
+        t.dtype(),
+        t.shape(),
+        shown.join(", ")
+    )
 }
 
 /// Index of the largest value in each row of the last axis.
@@ -224,13 +347,23 @@ fn argmax_rows(t: &Tensor) -> Vec<usize> {
         .map(|row| {
             row.iter()
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
                 .0
         })
         .collect()
 }
 
-fn report_labels(args: &RunArgs, m: &LoadedModel, outputs: &[(String, Tensor)]) -> Result<(), Reported> {
+fn report_labels(
+    args: &RunArgs,
+    m: &LoadedModel,
+    outputs: &[(String, Tensor)],
+) -> Result<(), Reported> {
     let path = match &args.labels {
         Some(p) => p.clone(),
         None => {
@@ -241,7 +374,8 @@ fn report_labels(args: &RunArgs, m: &LoadedModel, outputs: &[(String, Tensor)]) 
             p
         }
     };
-    let labels = read_npy(&path).map_err(|e| fail(vec![Diagnostic::error(format!("labels: {e}"))], None))?;
+    let labels =
+        read_npy(&path).map_err(|e| fail(vec![Diagnostic::error(format!("labels: {e}"))], None))?;
     let labels: Vec<i64> = match labels.data() {
         TensorData::I64(v) => v.clone(),
         TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
@@ -270,10 +404,18 @@ fn report_labels(args: &RunArgs, m: &LoadedModel, outputs: &[(String, Tensor)]) 
         ));
     }
     const SHOWN: usize = 20;
-    let shown: Vec<String> = predicted.iter().take(SHOWN).map(|p| p.to_string()).collect();
+    let shown: Vec<String> = predicted
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.to_string())
+        .collect();
     let more = if predicted.len() > SHOWN { " ..." } else { "" };
     println!("predicted: [{}{more}]", shown.join(" "));
-    let correct = predicted.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+    let correct = predicted
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| **p as i64 == **l)
+        .count();
     println!(
         "accuracy: {:.4} ({correct}/{} correct, labels from {})",
         correct as f64 / labels.len() as f64,
