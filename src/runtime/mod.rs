@@ -1,6 +1,7 @@
 //! Running a compiled model: tensors in and out of files (`.npy`,
 //! safetensors), and the parameter values a graph is bound to.
 
+pub mod exec;
 pub mod init;
 pub mod npy;
 pub mod params;

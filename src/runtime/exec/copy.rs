@@ -1,0 +1,214 @@
+//! Data-movement and small ops the executor runs in plain Rust: they move
+//! memory rather than compute, so a JIT kernel would buy little. Index
+//! arithmetic is prepared once per plan (`Strided::*`); running allocates
+//! nothing.
+
+use crate::ir::ReduceOp;
+use crate::tensor::strides;
+
+/// The executor handles tensors up to this rank natively (larger go to the
+/// interpreter), so index counters live on the stack.
+pub const MAX_RANK: usize = 8;
+
+/// A strided walk over a tensor: visiting `shape` in row-major order, the
+/// element at multi-index `i` is `base + sum(i[a] * walk[a])`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strided {
+    pub base: usize,
+    pub shape: Vec<usize>,
+    pub walk: Vec<usize>,
+}
+
+impl Strided {
+    /// `permute(x, perm)` of a contiguous tensor of `shape`.
+    pub fn permute(shape: &[usize], perm: &[usize]) -> Strided {
+        let st = strides(shape);
+        Strided {
+            base: 0,
+            shape: perm.iter().map(|&p| shape[p]).collect(),
+            walk: perm.iter().map(|&p| st[p]).collect(),
+        }
+    }
+
+    /// `slice(x, axis, start, .., step)` giving `len` elements along `axis`.
+    pub fn slice(shape: &[usize], axis: usize, start: usize, step: usize, len: usize) -> Strided {
+        let st = strides(shape);
+        let mut out_shape = shape.to_vec();
+        out_shape[axis] = len;
+        let mut walk = st.clone();
+        walk[axis] = st[axis] * step;
+        Strided {
+            base: start * st[axis],
+            shape: out_shape,
+            walk,
+        }
+    }
+
+    /// Copies the visited elements of `x` into `out` in row-major order.
+    pub fn copy(&self, x: &[f32], out: &mut [f32]) {
+        let rank = self.shape.len();
+        if rank == 0 {
+            if let Some(o) = out.first_mut() {
+                *o = x[self.base];
+            }
+            return;
+        }
+        let inner = self.shape[rank - 1];
+        let inner_stride = self.walk[rank - 1];
+        if inner == 0 {
+            return;
+        }
+        let mut index = [0usize; MAX_RANK];
+        for chunk in out.chunks_mut(inner) {
+            let start = self.base
+                + (0..rank - 1)
+                    .map(|a| index[a] * self.walk[a])
+                    .sum::<usize>();
+            if inner_stride == 1 {
+                chunk.copy_from_slice(&x[start..start + inner]);
+            } else {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = x[start + j * inner_stride];
+                }
+            }
+            for axis in (0..rank - 1).rev() {
+                index[axis] += 1;
+                if index[axis] < self.shape[axis] {
+                    break;
+                }
+                index[axis] = 0;
+            }
+        }
+    }
+}
+
+/// Joins parts along an axis: `outer` repetitions of each part's `block`
+/// floats, in part order.
+pub fn concat(parts: &[(&[f32], usize)], outer: usize, out: &mut [f32]) {
+    let mut pos = 0;
+    for o in 0..outer {
+        for &(data, block) in parts {
+            out[pos..pos + block].copy_from_slice(&data[o * block..(o + 1) * block]);
+            pos += block;
+        }
+    }
+}
+
+/// Rows of a table (`outer x size x inner`) picked by ids along the middle
+/// axis. Ids must already be checked against `size`.
+pub fn gather(
+    table: &[f32],
+    outer: usize,
+    size: usize,
+    inner: usize,
+    ids: impl Iterator<Item = usize> + Clone,
+    out: &mut [f32],
+) {
+    let mut pos = 0;
+    for o in 0..outer {
+        for id in ids.clone() {
+            let start = (o * size + id) * inner;
+            out[pos..pos + inner].copy_from_slice(&table[start..start + inner]);
+            pos += inner;
+        }
+    }
+}
+
+/// A reduction over any set of axes, prepared once: the kept axes walk the
+/// output, the reduced axes walk each output element's inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduction {
+    pub op: ReduceOp,
+    pub kept: Strided,
+    pub reduced: Strided,
+}
+
+impl Reduction {
+    pub fn new(shape: &[usize], axes: &[usize], op: ReduceOp) -> Reduction {
+        let st = strides(shape);
+        let pick = |keep: bool| {
+            let axes: Vec<usize> = (0..shape.len())
+                .filter(|a| axes.contains(a) != keep)
+                .collect();
+            Strided {
+                base: 0,
+                shape: axes.iter().map(|&a| shape[a]).collect(),
+                walk: axes.iter().map(|&a| st[a]).collect(),
+            }
+        };
+        Reduction {
+            op,
+            kept: pick(true),
+            reduced: pick(false),
+        }
+    }
+
+    /// Accumulates in f64, like the interpreter.
+    pub fn run(&self, x: &[f32], out: &mut [f32]) {
+        let count: usize = self.reduced.shape.iter().product();
+        for (o, slot) in out.iter_mut().enumerate() {
+            let base = offset_of(&self.kept, o);
+            let mut acc = match self.op {
+                ReduceOp::Max => f64::NEG_INFINITY,
+                ReduceOp::Sum | ReduceOp::Mean => 0.0,
+            };
+            for r in 0..count {
+                let v = x[base + offset_of(&self.reduced, r)] as f64;
+                acc = match self.op {
+                    ReduceOp::Max if v.is_nan() || acc.is_nan() => f64::NAN,
+                    ReduceOp::Max => acc.max(v),
+                    ReduceOp::Sum | ReduceOp::Mean => acc + v,
+                };
+            }
+            *slot = match self.op {
+                ReduceOp::Mean => (acc / count as f64) as f32,
+                ReduceOp::Sum | ReduceOp::Max => acc as f32,
+            };
+        }
+    }
+}
+
+/// The offset of the `flat`-th element of a strided walk.
+fn offset_of(s: &Strided, mut flat: usize) -> usize {
+    let mut off = s.base;
+    for a in (0..s.shape.len()).rev() {
+        off += (flat % s.shape[a]) * s.walk[a];
+        flat /= s.shape[a];
+    }
+    off
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_swaps_axes() {
+        let x: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let mut out = vec![0.0; 6];
+        Strided::permute(&[2, 3], &[1, 0]).copy(&x, &mut out);
+        assert_eq!(out, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn slice_with_step_gather_and_concat() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [3, 4]
+        let mut out = vec![0.0; 6];
+        Strided::slice(&[3, 4], 1, 1, 2, 2).copy(&x, &mut out); // columns 1 and 3
+        assert_eq!(out, [1.0, 3.0, 5.0, 7.0, 9.0, 11.0]);
+        let mut g = vec![0.0; 8];
+        gather(&x, 1, 3, 4, [2usize, 0].into_iter(), &mut g);
+        assert_eq!(g, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+        let mut c = vec![0.0; 4];
+        concat(&[(&[1.0, 2.0], 1), (&[3.0, 4.0], 1)], 2, &mut c);
+        assert_eq!(c, [1.0, 3.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn reduce_over_a_middle_axis() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [2, 3, 2]
+        let mut out = vec![0.0; 4];
+        Reduction::new(&[2, 3, 2], &[1], ReduceOp::Sum).run(&x, &mut out);
+        assert_eq!(out, [6.0, 9.0, 24.0, 27.0]);
+    }
+}

@@ -1,0 +1,624 @@
+//! The compiled executor: a graph's kernels JIT-compiled with Cranelift,
+//! weights packed once, one plan per set of input shapes.
+//!
+//! ```text
+//! CompiledModel::compile(graph, params)      packs GEMM weights once
+//!   run(inputs) ─▶ plan for these shapes?    (cached; built on first sight:
+//!                  │                          concretize, choose kernels,
+//!                  │                          place buffers in one arena)
+//!                  └▶ arena from the pool ─▶ steps ─▶ outputs
+//! ```
+//!
+//! The model is `Send + Sync`: plans are immutable once built and shared by
+//! `Arc`; each concurrent run takes its own arena from a pool. After the
+//! first run for a shape, `run_into` allocates nothing (single thread).
+
+mod copy;
+mod memory;
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use plan::{GemmB, Loc, Plan, Planner, Step, MAX_OPERANDS};
+
+use crate::codegen::{
+    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, MatrixRef, PackedB, PackedBRef,
+    RowArgs, TensorView, Threads,
+};
+use crate::interp::InterpError;
+use crate::ir::bind::{bind_inputs, concretize, BindError};
+use crate::ir::{Bindings, DType, Graph, NodeId, Op};
+use crate::tensor::{Tensor, TensorData};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Bind(Vec<BindError>),
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+    #[error("parameter `{0}` has no value (bind parameters before compiling)")]
+    MissingParam(String),
+    #[error("gather: id {id} is out of range for a table axis of size {size}")]
+    GatherIndex { id: i64, size: usize },
+    #[error("expected {expected} inputs ({names}), got {got}")]
+    InputCount {
+        expected: usize,
+        names: String,
+        got: usize,
+    },
+}
+
+impl From<BindError> for ExecError {
+    fn from(e: BindError) -> ExecError {
+        ExecError::Bind(vec![e])
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CompileOptions {
+    /// Worker threads for kernels (1 runs everything on the caller's thread).
+    pub threads: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> CompileOptions {
+        CompileOptions { threads: 1 }
+    }
+}
+
+/// One run's mutable memory: the f32 arena and the boxed (non-f32) slots.
+struct Arena {
+    f32: Vec<f32>,
+    boxed: Vec<Tensor>,
+}
+
+struct CachedPlan {
+    plan: Arc<Plan>,
+    arenas: Mutex<Vec<Arena>>,
+}
+
+pub struct CompiledModel {
+    graph: Graph,
+    weights: Vec<Arc<Tensor>>,
+    weight_index: HashMap<NodeId, usize>,
+    /// GEMM right operands that are weights, packed once: keyed by the GEMM node.
+    prepacked: HashMap<NodeId, PackedB>,
+    threads: Threads,
+    plans: Mutex<Vec<Arc<CachedPlan>>>,
+}
+
+/// Statistics about the plan for one set of input shapes.
+#[derive(Clone, Debug)]
+pub struct PlanInfo {
+    pub arena_bytes: usize,
+    pub steps: usize,
+    pub native_steps: usize,
+    pub kernels: usize,
+    pub clif: String,
+}
+
+impl CompiledModel {
+    /// Compiles an (optimised) graph with its bound parameter values.
+    pub fn compile(
+        graph: &Graph,
+        params: &HashMap<String, Tensor>,
+        options: CompileOptions,
+    ) -> Result<CompiledModel, ExecError> {
+        let mut weights = Vec::new();
+        let mut weight_index = HashMap::new();
+        for id in graph.node_ids() {
+            let value = match &graph.node(id).op {
+                Op::Param { name, .. } => Arc::new(
+                    params
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| ExecError::MissingParam(name.clone()))?,
+                ),
+                Op::Constant { value } => value.clone(),
+                _ => continue,
+            };
+            weight_index.insert(id, weights.len());
+            weights.push(value);
+        }
+        let mut prepacked = HashMap::new();
+        for id in graph.node_ids() {
+            let transpose_b = match &graph.node(id).op {
+                Op::FusedLinear { transpose_b, .. } => *transpose_b,
+                Op::MatMul { transpose_b, .. } => *transpose_b,
+                _ => continue,
+            };
+            let b = graph.inputs(id)[1];
+            let (Some(&w), Some(shape)) = (weight_index.get(&b), graph.node(b).ty.known_shape())
+            else {
+                continue;
+            };
+            if shape.len() != 2 {
+                continue;
+            }
+            let data = weights[w]
+                .as_f32()
+                .ok_or_else(|| ExecError::MissingParam(format!("{b:?} is not f32")))?;
+            let matrix = if transpose_b {
+                MatrixRef::transposed(data, shape[1], shape[0])?
+            } else {
+                MatrixRef::row_major(data, shape[0], shape[1])?
+            };
+            prepacked.insert(id, PackedB::pack(&matrix));
+        }
+        let threads = if options.threads <= 1 {
+            Threads::single()
+        } else {
+            Threads::new(options.threads)?
+        };
+        Ok(CompiledModel {
+            graph: graph.clone(),
+            weights,
+            weight_index,
+            prepacked,
+            threads,
+            plans: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Input names in declaration order (the order `run_into` takes them).
+    pub fn input_names(&self) -> Vec<&str> {
+        self.graph
+            .inputs
+            .iter()
+            .map(|&id| self.graph.input_name(id))
+            .collect()
+    }
+
+    /// The plan for these inputs: cached by exact input dtypes and shapes;
+    /// built (and its kernels compiled) on first sight.
+    fn plan_for(&self, inputs: &[&Tensor], fixed: &Bindings) -> Result<Arc<CachedPlan>, ExecError> {
+        if inputs.len() != self.graph.inputs.len() {
+            return Err(ExecError::InputCount {
+                expected: self.graph.inputs.len(),
+                names: self.input_names().join(", "),
+                got: inputs.len(),
+            });
+        }
+        let mut plans = self.plans.lock().expect("plan cache lock");
+        let matches = |p: &Plan| {
+            p.input_shapes
+                .iter()
+                .zip(inputs)
+                .all(|((dtype, shape), t)| *dtype == t.dtype() && shape.as_slice() == t.shape())
+        };
+        if let Some(cached) = plans.iter().find(|c| matches(&c.plan)) {
+            return Ok(cached.clone());
+        }
+        let named: Vec<(String, DType, Vec<usize>)> = self
+            .input_names()
+            .iter()
+            .zip(inputs)
+            .map(|(n, t)| (n.to_string(), t.dtype(), t.shape().to_vec()))
+            .collect();
+        let bindings = bind_inputs(&self.graph, &named, fixed).map_err(ExecError::Bind)?;
+        let concrete = concretize(&self.graph, &bindings)?;
+        let planner = Planner {
+            graph: &concrete,
+            weight_index: &self.weight_index,
+            prepacked: &self.prepacked,
+        };
+        let plan = planner.build(
+            inputs
+                .iter()
+                .map(|t| (t.dtype(), t.shape().to_vec()))
+                .collect(),
+        )?;
+        let cached = Arc::new(CachedPlan {
+            plan: Arc::new(plan),
+            arenas: Mutex::new(Vec::new()),
+        });
+        plans.push(cached.clone());
+        Ok(cached)
+    }
+
+    /// Plans (and compiles kernels) for these inputs without running.
+    pub fn prepare(&self, inputs: &[&Tensor], fixed: &Bindings) -> Result<PlanInfo, ExecError> {
+        let cached = self.plan_for(inputs, fixed)?;
+        let plan = &cached.plan;
+        Ok(PlanInfo {
+            arena_bytes: plan.arena_len * 4
+                + plan
+                    .boxed
+                    .iter()
+                    .map(|t| t.known_shape().map_or(0, |s| s.iter().product::<usize>()) * 8)
+                    .sum::<usize>(),
+            steps: plan.steps.len(),
+            native_steps: plan.native_steps,
+            kernels: plan.kernels.kernels().len(),
+            clif: plan.kernels.clif_text(),
+        })
+    }
+
+    /// Runs on named inputs; returns outputs in declaration order.
+    pub fn run(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        let mut ordered = Vec::with_capacity(self.graph.inputs.len());
+        let mut missing = Vec::new();
+        for &id in &self.graph.inputs {
+            let name = self.graph.input_name(id);
+            match inputs.get(name) {
+                Some(t) => ordered.push(t),
+                None => missing.push(BindError::MissingInput {
+                    name: name.to_string(),
+                    declared: self.graph.node(id).ty.to_string(),
+                }),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ExecError::Bind(missing));
+        }
+        let mut outputs = Vec::new();
+        self.run_into(&ordered, &Bindings::new(), &mut outputs)?;
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(outputs)
+            .collect())
+    }
+
+    /// Runs on inputs in declaration order, writing outputs into `outputs`
+    /// (resized and reused: with unchanged shapes nothing is allocated).
+    pub fn run_into(
+        &self,
+        inputs: &[&Tensor],
+        fixed: &Bindings,
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
+        let cached = self.plan_for(inputs, fixed)?;
+        let plan = &cached.plan;
+        let arena = cached.arenas.lock().expect("arena pool lock").pop();
+        let mut arena = arena.unwrap_or_else(|| Arena {
+            f32: vec![0.0; plan.arena_len],
+            boxed: plan
+                .boxed
+                .iter()
+                .map(|t| Tensor::zeros(t.dtype, t.known_shape().expect("concrete")))
+                .collect(),
+        });
+        let result = self.execute(plan, inputs, &mut arena);
+        if result.is_ok() {
+            outputs.truncate(plan.outputs.len());
+            for (i, (_, loc, dtype, shape)) in plan.outputs.iter().enumerate() {
+                let reusable = outputs
+                    .get(i)
+                    .is_some_and(|t| t.dtype() == *dtype && t.shape() == shape.as_slice());
+                if !reusable {
+                    let fresh = Tensor::zeros(*dtype, shape.clone());
+                    if i < outputs.len() {
+                        outputs[i] = fresh;
+                    } else {
+                        outputs.push(fresh);
+                    }
+                }
+                self.copy_out(*loc, inputs, &arena, &mut outputs[i]);
+            }
+        }
+        cached.arenas.lock().expect("arena pool lock").push(arena);
+        result
+    }
+
+    fn copy_out(&self, loc: Loc, inputs: &[&Tensor], arena: &Arena, out: &mut Tensor) {
+        match loc {
+            Loc::Arena { offset, len } => out
+                .as_f32_mut()
+                .expect("arena values are f32")
+                .copy_from_slice(&arena.f32[offset..offset + len]),
+            Loc::Input(i) => *out = inputs[i].clone(),
+            Loc::Weight(w) => *out = (*self.weights[w]).clone(),
+            Loc::Boxed(b) => *out = arena.boxed[b].clone(),
+        }
+    }
+
+    fn execute(&self, plan: &Plan, inputs: &[&Tensor], arena: &mut Arena) -> Result<(), ExecError> {
+        let threads = &self.threads;
+        let mem = Memory::new(arena, inputs, &self.weights);
+        for step in &plan.steps {
+            match step {
+                Step::Gemm {
+                    kernel,
+                    a,
+                    m,
+                    k,
+                    n,
+                    transpose_a,
+                    b,
+                    bias,
+                    residual,
+                    out,
+                } => {
+                    let a = if *transpose_a {
+                        MatrixRef::transposed(mem.f32(*a), *m, *k)?
+                    } else {
+                        MatrixRef::row_major(mem.f32(*a), *m, *k)?
+                    };
+                    let packed: PackedBRef<'_> = match b {
+                        GemmB::Prepacked(node) => self.prepacked[node].as_ref(),
+                        GemmB::PerRun {
+                            b,
+                            transposed,
+                            scratch,
+                        } => {
+                            let data = mem.f32(*b);
+                            let matrix = if *transposed {
+                                MatrixRef::transposed(data, *k, *n)?
+                            } else {
+                                MatrixRef::row_major(data, *k, *n)?
+                            };
+                            PackedBRef::pack_into(&matrix, mem.f32_mut(*scratch))?
+                        }
+                    };
+                    let args = GemmArgs {
+                        a,
+                        b: packed,
+                        bias: bias.map(|l| mem.f32(l)),
+                        residual: residual.map(|l| mem.f32(l)),
+                        c: mem.f32_mut(*out),
+                    };
+                    plan.kernels.gemm(*kernel, args, threads)?;
+                }
+                Step::BatchedMatMul {
+                    kernel,
+                    a,
+                    a_shape,
+                    transpose_a,
+                    b,
+                    b_shape,
+                    transpose_b,
+                    out,
+                } => {
+                    let args = BatchedMatmulArgs {
+                        a: mem.f32(*a),
+                        a_shape,
+                        transpose_a: *transpose_a,
+                        b: mem.f32(*b),
+                        b_shape,
+                        transpose_b: *transpose_b,
+                        c: mem.f32_mut(*out),
+                    };
+                    plan.kernels.batched_matmul(*kernel, args, threads)?;
+                }
+                Step::Elementwise {
+                    kernel,
+                    inputs: operands,
+                    out_shape,
+                    out,
+                } => {
+                    let mut views = [TensorView {
+                        data: &[],
+                        shape: &[],
+                    }; MAX_OPERANDS];
+                    for (slot, (loc, shape)) in views.iter_mut().zip(operands) {
+                        *slot = TensorView {
+                            data: mem.f32(*loc),
+                            shape,
+                        };
+                    }
+                    let args = ElementwiseArgs {
+                        out: mem.f32_mut(*out),
+                        out_shape,
+                        inputs: &views[..operands.len()],
+                    };
+                    plan.kernels.elementwise(*kernel, args, threads)?;
+                }
+                Step::Row {
+                    kernel,
+                    x,
+                    rows,
+                    row_len,
+                    gain,
+                    bias,
+                    out,
+                } => {
+                    let args = RowArgs {
+                        x: mem.f32(*x),
+                        rows: *rows,
+                        row_len: *row_len,
+                        out: mem.f32_mut(*out),
+                        gain: gain.map(|l| mem.f32(l)),
+                        bias: bias.map(|l| mem.f32(l)),
+                    };
+                    plan.kernels.row_kernel(*kernel, args, threads)?;
+                }
+                Step::Copy { x, walk, out } => walk.copy(mem.f32(*x), mem.f32_mut(*out)),
+                Step::Concat { parts, outer, out } => {
+                    let mut views: [(&[f32], usize); MAX_OPERANDS] = [(&[], 0); MAX_OPERANDS];
+                    for (slot, (loc, block)) in views.iter_mut().zip(parts) {
+                        *slot = (mem.f32(*loc), *block);
+                    }
+                    copy::concat(&views[..parts.len()], *outer, mem.f32_mut(*out));
+                }
+                Step::Gather {
+                    table,
+                    outer,
+                    size,
+                    inner,
+                    ids,
+                    out,
+                    ..
+                } => {
+                    let size = *size;
+                    let check = |id: i64| {
+                        if id < 0 || id as usize >= size {
+                            Err(ExecError::GatherIndex { id, size })
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    let (table, out) = (mem.f32(*table), mem.f32_mut(*out));
+                    match mem.tensor(*ids).data() {
+                        TensorData::I64(v) => {
+                            v.iter().try_for_each(|&id| check(id))?;
+                            copy::gather(
+                                table,
+                                *outer,
+                                size,
+                                *inner,
+                                v.iter().map(|&i| i as usize),
+                                out,
+                            );
+                        }
+                        TensorData::I32(v) => {
+                            v.iter().try_for_each(|&id| check(id as i64))?;
+                            copy::gather(
+                                table,
+                                *outer,
+                                size,
+                                *inner,
+                                v.iter().map(|&i| i as usize),
+                                out,
+                            );
+                        }
+                        TensorData::F32(_) | TensorData::Bool(_) => {
+                            unreachable!("gather ids are integers (shape rule)")
+                        }
+                    }
+                }
+                Step::CastToF32 { x, out } => {
+                    let out = mem.f32_mut(*out);
+                    match mem.tensor(*x).data() {
+                        TensorData::I64(v) => {
+                            out.iter_mut().zip(v).for_each(|(o, &x)| *o = x as f32)
+                        }
+                        TensorData::I32(v) => {
+                            out.iter_mut().zip(v).for_each(|(o, &x)| *o = x as f32)
+                        }
+                        TensorData::F32(v) => out.copy_from_slice(v),
+                        TensorData::Bool(v) => out
+                            .iter_mut()
+                            .zip(v)
+                            .for_each(|(o, &x)| *o = x as u8 as f32),
+                    }
+                }
+                Step::Reduce { x, reduction, out } => reduction.run(mem.f32(*x), mem.f32_mut(*out)),
+                Step::Fallback {
+                    op,
+                    inputs: operands,
+                    out_ty,
+                    out,
+                    ..
+                } => {
+                    let values: Vec<Tensor> = operands
+                        .iter()
+                        .map(|(loc, shape)| match loc {
+                            Loc::Arena { .. } => Tensor::f32(shape.clone(), mem.f32(*loc).to_vec()),
+                            other => mem.tensor(*other).clone(),
+                        })
+                        .collect();
+                    let refs: Vec<&Tensor> = values.iter().collect();
+                    let result = crate::interp::eval_node(op, &refs, out_ty)?;
+                    mem.store(*out, result);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run's view of memory: the arena's f32 buffer and boxed slots, the
+/// inputs and the weights.
+///
+/// Arena ranges and boxed slots are handed out through raw pointers because
+/// one step reads some ranges while writing another of the same buffer. The
+/// memory plan is what makes that sound: every value live at a step has its
+/// own range (`memory::place`), and a step's output is never one of its
+/// inputs, so no `&mut` handed out here aliases a `&` in use.
+struct Memory<'r> {
+    f32_base: *mut f32,
+    f32_len: usize,
+    boxed_base: *mut Tensor,
+    boxed_len: usize,
+    inputs: &'r [&'r Tensor],
+    weights: &'r [Arc<Tensor>],
+    _arena: std::marker::PhantomData<&'r mut Arena>,
+}
+
+impl<'r> Memory<'r> {
+    fn new(
+        arena: &'r mut Arena,
+        inputs: &'r [&'r Tensor],
+        weights: &'r [Arc<Tensor>],
+    ) -> Memory<'r> {
+        Memory {
+            f32_base: arena.f32.as_mut_ptr(),
+            f32_len: arena.f32.len(),
+            boxed_base: arena.boxed.as_mut_ptr(),
+            boxed_len: arena.boxed.len(),
+            inputs,
+            weights,
+            _arena: std::marker::PhantomData,
+        }
+    }
+
+    /// An f32 value, wherever it lives.
+    fn f32(&self, loc: Loc) -> &'r [f32] {
+        match loc {
+            Loc::Arena { offset, len } => {
+                assert!(offset + len <= self.f32_len, "arena range out of bounds");
+                // SAFETY: in bounds (checked above); see the type's comment on aliasing.
+                unsafe { std::slice::from_raw_parts(self.f32_base.add(offset), len) }
+            }
+            other => self
+                .tensor(other)
+                .as_f32()
+                .expect("the plan reads only f32 values as f32"),
+        }
+    }
+
+    /// A step's output range in the arena.
+    #[allow(clippy::mut_from_ref)]
+    fn f32_mut(&self, loc: Loc) -> &'r mut [f32] {
+        let Loc::Arena { offset, len } = loc else {
+            unreachable!("f32 steps write to the arena")
+        };
+        assert!(offset + len <= self.f32_len, "arena range out of bounds");
+        // SAFETY: in bounds (checked above); see the type's comment on aliasing.
+        unsafe { std::slice::from_raw_parts_mut(self.f32_base.add(offset), len) }
+    }
+
+    /// A value kept as a tensor (inputs, weights, boxed slots).
+    fn tensor(&self, loc: Loc) -> &'r Tensor {
+        match loc {
+            Loc::Input(i) => self.inputs[i],
+            Loc::Weight(w) => &self.weights[w],
+            Loc::Boxed(b) => {
+                assert!(b < self.boxed_len, "boxed slot out of bounds");
+                // SAFETY: in bounds; a boxed slot is written only by its own node's step.
+                unsafe { &*self.boxed_base.add(b) }
+            }
+            Loc::Arena { .. } => unreachable!("arena values are read as f32 slices"),
+        }
+    }
+
+    /// Stores a fallback step's result.
+    fn store(&self, loc: Loc, value: Tensor) {
+        match loc {
+            Loc::Arena { .. } => self
+                .f32_mut(loc)
+                .copy_from_slice(value.as_f32().expect("an f32 node gives f32")),
+            Loc::Boxed(b) => {
+                assert!(b < self.boxed_len, "boxed slot out of bounds");
+                // SAFETY: in bounds; no reference to this slot is live while its node runs.
+                unsafe { *self.boxed_base.add(b) = value }
+            }
+            Loc::Input(_) | Loc::Weight(_) => {
+                unreachable!("steps write to the arena or a boxed slot")
+            }
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! From a concrete graph to a plan: one step per node, a kernel library with
+//! the kernels those steps call, and an arena layout.
+//!
+//! Every decision that depends on shapes is made here, once per set of
+//! input shapes; running a plan only follows it.
+
+use std::collections::HashMap;
+
+use super::copy::{Reduction, Strided, MAX_RANK};
+use super::memory::{place, Lifetime};
+use super::ExecError;
+use crate::codegen::{
+    packed_b_len, ElementwiseId, Epilogue, GemmId, InnerStride, KernelLibrary,
+    KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+};
+use crate::ir::{DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+
+/// Steps read at most this many operands natively (views live on the stack).
+pub const MAX_OPERANDS: usize = 16;
+
+/// Where a value lives while a plan runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// The i-th model input, read in place.
+    Input(usize),
+    /// A parameter or constant of the compiled model, read in place.
+    Weight(usize),
+    /// `len` floats at `offset` in the run's f32 arena.
+    Arena { offset: usize, len: usize },
+    /// A non-f32 value (ids, masks) or a fallback result, kept as a tensor.
+    Boxed(usize),
+}
+
+/// The right operand of a GEMM: packed once when the model was compiled,
+/// or packed per run into arena scratch.
+#[derive(Clone, Debug)]
+pub enum GemmB {
+    Prepacked(NodeId),
+    PerRun {
+        b: Loc,
+        transposed: bool,
+        scratch: Loc,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum Step {
+    Gemm {
+        kernel: GemmId,
+        a: Loc,
+        m: usize,
+        k: usize,
+        n: usize,
+        transpose_a: bool,
+        b: GemmB,
+        bias: Option<Loc>,
+        residual: Option<Loc>,
+        out: Loc,
+    },
+    BatchedMatMul {
+        kernel: GemmId,
+        a: Loc,
+        a_shape: Vec<usize>,
+        transpose_a: bool,
+        b: Loc,
+        b_shape: Vec<usize>,
+        transpose_b: bool,
+        out: Loc,
+    },
+    Elementwise {
+        kernel: ElementwiseId,
+        inputs: Vec<(Loc, Vec<usize>)>,
+        out_shape: Vec<usize>,
+        out: Loc,
+    },
+    Row {
+        kernel: RowKernelId,
+        x: Loc,
+        rows: usize,
+        row_len: usize,
+        gain: Option<Loc>,
+        bias: Option<Loc>,
+        out: Loc,
+    },
+    Copy {
+        x: Loc,
+        walk: Strided,
+        out: Loc,
+    },
+    Concat {
+        parts: Vec<(Loc, usize)>,
+        outer: usize,
+        out: Loc,
+    },
+    Gather {
+        table: Loc,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        ids: Loc,
+        out: Loc,
+    },
+    CastToF32 {
+        x: Loc,
+        out: Loc,
+    },
+    Reduce {
+        x: Loc,
+        reduction: Reduction,
+        out: Loc,
+    },
+    /// Anything without a native kernel runs on the interpreter's op.
+    Fallback {
+        op: Op,
+        inputs: Vec<(Loc, Vec<usize>)>,
+        out_ty: TensorType,
+        out: Loc,
+    },
+}
+
+pub struct Plan {
+    pub input_shapes: Vec<(DType, Vec<usize>)>,
+    pub kernels: KernelLibrary,
+    pub steps: Vec<Step>,
+    pub arena_len: usize,
+    /// Shapes and dtypes of the boxed slots, to allocate them once per arena.
+    pub boxed: Vec<TensorType>,
+    pub outputs: Vec<(String, Loc, DType, Vec<usize>)>,
+    /// How many steps run natively vs on the interpreter.
+    pub native_steps: usize,
+}
+
+/// The concrete shape of a node (the graph is concretized, so all dims are known).
+fn shape(graph: &Graph, id: NodeId) -> Vec<usize> {
+    graph
+        .node(id)
+        .ty
+        .known_shape()
+        .expect("plans are built from concrete graphs")
+}
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+/// The steps a node becomes, before memory placement: `Out::Arena` means
+/// "a fresh f32 buffer of this node's size".
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutKind {
+    Arena,
+    Boxed,
+    /// Same storage as operand 0 (reshape).
+    Alias,
+}
+
+/// Asks the builder for each distinct kernel once: a plan of a 6-layer
+/// encoder needs the same few kernels many times.
+struct Kernels {
+    builder: KernelLibraryBuilder,
+    gemms: Vec<(Epilogue, GemmId)>,
+    elementwise: Vec<((ElementwiseExpr, Vec<InnerStride>), ElementwiseId)>,
+    rows: Vec<(RowOp, RowKernelId)>,
+}
+
+impl Kernels {
+    fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, ExecError> {
+        if let Some((_, id)) = self.gemms.iter().find(|(e, _)| *e == epilogue) {
+            return Ok(*id);
+        }
+        let id = self.builder.add_gemm(epilogue)?;
+        self.gemms.push((epilogue, id));
+        Ok(id)
+    }
+
+    fn elementwise(
+        &mut self,
+        expr: &ElementwiseExpr,
+        strides: &[InnerStride],
+    ) -> Result<ElementwiseId, ExecError> {
+        if let Some((_, id)) = self
+            .elementwise
+            .iter()
+            .find(|((e, s), _)| e == expr && s == strides)
+        {
+            return Ok(*id);
+        }
+        let id = self.builder.add_elementwise(expr, strides)?;
+        self.elementwise
+            .push(((expr.clone(), strides.to_vec()), id));
+        Ok(id)
+    }
+
+    fn row(&mut self, op: RowOp) -> Result<RowKernelId, ExecError> {
+        if let Some((_, id)) = self.rows.iter().find(|(o, _)| *o == op) {
+            return Ok(*id);
+        }
+        let id = self.builder.add_row_kernel(op)?;
+        self.rows.push((op, id));
+        Ok(id)
+    }
+}
+
+pub struct Planner<'a> {
+    pub graph: &'a Graph,
+    pub weight_index: &'a HashMap<NodeId, usize>,
+    pub prepacked: &'a HashMap<NodeId, PackedB>,
+}
+
+impl Planner<'_> {
+    pub fn build(&self, input_shapes: Vec<(DType, Vec<usize>)>) -> Result<Plan, ExecError> {
+        let g = self.graph;
+        let mut kernels = Kernels {
+            builder: KernelLibraryBuilder::new()?,
+            gemms: Vec::new(),
+            elementwise: Vec::new(),
+            rows: Vec::new(),
+        };
+        let order = g.topo_order();
+
+        // 1. Which nodes are steps, and where each value lives (before offsets).
+        let mut loc: HashMap<NodeId, Loc> = HashMap::new();
+        let mut kind: HashMap<NodeId, OutKind> = HashMap::new();
+        let mut boxed: Vec<TensorType> = Vec::new();
+        // Arena buffers by index: (len, defining step, last use); offsets come later.
+        let mut buffers: Vec<Lifetime> = Vec::new();
+        let mut root_buffer: HashMap<NodeId, usize> = HashMap::new();
+        let mut step_nodes: Vec<NodeId> = Vec::new();
+        for &id in &order {
+            let node = g.node(id);
+            match &node.op {
+                Op::Input { .. } => {
+                    let i = g
+                        .inputs
+                        .iter()
+                        .position(|&x| x == id)
+                        .expect("input nodes are listed");
+                    loc.insert(id, Loc::Input(i));
+                }
+                Op::Param { .. } | Op::Constant { .. } => {
+                    loc.insert(id, Loc::Weight(self.weight_index[&id]));
+                }
+                op => {
+                    let step = step_nodes.len();
+                    let out_kind = if matches!(op, Op::Reshape { .. }) {
+                        OutKind::Alias
+                    } else if node.ty.dtype == DType::F32 {
+                        OutKind::Arena
+                    } else {
+                        OutKind::Boxed
+                    };
+                    kind.insert(id, out_kind);
+                    match out_kind {
+                        OutKind::Arena => {
+                            root_buffer.insert(id, buffers.len());
+                            buffers.push(Lifetime {
+                                len: numel(&shape(g, id)),
+                                first: step,
+                                last: step,
+                            });
+                        }
+                        OutKind::Boxed => {
+                            loc.insert(id, Loc::Boxed(boxed.len()));
+                            boxed.push(node.ty.clone());
+                        }
+                        OutKind::Alias => {
+                            let src = g.inputs(id)[0];
+                            if let Some(&b) = root_buffer.get(&src) {
+                                root_buffer.insert(id, b);
+                            }
+                        }
+                    }
+                    step_nodes.push(id);
+                }
+            }
+        }
+        let steps_total = step_nodes.len();
+        // 2. Lifetimes: a buffer lives until its last reader (outputs: to the end).
+        for (step, &id) in step_nodes.iter().enumerate() {
+            for input in g.inputs(id) {
+                if let Some(&b) = root_buffer.get(&input) {
+                    buffers[b].last = buffers[b].last.max(step);
+                }
+            }
+        }
+        for (_, id) in &g.outputs {
+            if let Some(&b) = root_buffer.get(id) {
+                buffers[b].last = steps_total;
+            }
+        }
+        // Per-run packing scratch for GEMMs whose right operand is an activation.
+        let mut scratch_of: HashMap<NodeId, usize> = HashMap::new();
+        for (step, &id) in step_nodes.iter().enumerate() {
+            if let Some((k, n)) = self.per_run_pack(id) {
+                scratch_of.insert(id, buffers.len());
+                buffers.push(Lifetime {
+                    len: packed_b_len(k, n),
+                    first: step,
+                    last: step,
+                });
+            }
+        }
+        let (offsets, arena_len) = place(&buffers);
+        let arena = |b: usize| Loc::Arena {
+            offset: offsets[b],
+            len: buffers[b].len,
+        };
+        for (&id, &b) in &root_buffer {
+            loc.insert(id, arena(b));
+        }
+        // Aliases of inputs, weights or boxed values share their source's location.
+        for &id in &step_nodes {
+            if kind[&id] == OutKind::Alias && !loc.contains_key(&id) {
+                let src = loc[&g.inputs(id)[0]];
+                loc.insert(id, src);
+            }
+        }
+
+        // 3. Steps.
+        let mut steps = Vec::with_capacity(steps_total);
+        let mut native_steps = 0;
+        for &id in &step_nodes {
+            if kind[&id] == OutKind::Alias {
+                continue;
+            }
+            let scratch = scratch_of.get(&id).map(|&b| arena(b));
+            let step = self.step(&mut kernels, id, &loc, scratch)?;
+            if !matches!(step, Step::Fallback { .. }) {
+                native_steps += 1;
+            }
+            steps.push(step);
+        }
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|(name, id)| (name.clone(), loc[id], g.node(*id).ty.dtype, shape(g, *id)))
+            .collect();
+        Ok(Plan {
+            input_shapes,
+            kernels: kernels.builder.finish()?,
+            steps,
+            arena_len,
+            boxed,
+            outputs,
+            native_steps,
+        })
+    }
+
+    /// `(k, n)` when `id` is a GEMM whose right operand must be packed per run.
+    fn per_run_pack(&self, id: NodeId) -> Option<(usize, usize)> {
+        let g = self.graph;
+        let inputs = g.inputs(id);
+        let (transpose_b, is_gemm) = match &g.node(id).op {
+            Op::FusedLinear { transpose_b, .. } => (*transpose_b, true),
+            Op::MatMul { transpose_b, .. } => (*transpose_b, self.gemm_shaped(id)),
+            _ => (false, false),
+        };
+        if !is_gemm || self.prepacked.contains_key(&id) {
+            return None;
+        }
+        let b = shape(g, inputs[1]);
+        if b.len() != 2 {
+            return None;
+        }
+        Some(if transpose_b {
+            (b[1], b[0])
+        } else {
+            (b[0], b[1])
+        })
+    }
+
+    /// A MatMul that is a plain GEMM: 2-D right operand, no transposed left
+    /// operand of rank > 2.
+    fn gemm_shaped(&self, id: NodeId) -> bool {
+        let g = self.graph;
+        let inputs = g.inputs(id);
+        let (a, b) = (shape(g, inputs[0]), shape(g, inputs[1]));
+        let transpose_a = matches!(
+            g.node(id).op,
+            Op::MatMul {
+                transpose_a: true,
+                ..
+            }
+        );
+        b.len() == 2 && (a.len() == 2 || !transpose_a)
+    }
+
+    fn step(
+        &self,
+        kernels: &mut Kernels,
+        id: NodeId,
+        loc: &HashMap<NodeId, Loc>,
+        scratch: Option<Loc>,
+    ) -> Result<Step, ExecError> {
+        let g = self.graph;
+        let node = g.node(id);
+        let inputs = g.inputs(id);
+        let at = |i: usize| loc[&inputs[i]];
+        let out = loc[&id];
+        let in_shape = |i: usize| shape(g, inputs[i]);
+        let out_shape = shape(g, id);
+        let all_f32 =
+            inputs.iter().all(|&i| g.node(i).ty.dtype == DType::F32) && node.ty.dtype == DType::F32;
+        let fallback = || Step::Fallback {
+            op: node.op.clone(),
+            inputs: inputs.iter().map(|&i| (loc[&i], shape(g, i))).collect(),
+            out_ty: node.ty.clone(),
+            out,
+        };
+        let too_big = out_shape.len() > MAX_RANK || inputs.len() > MAX_OPERANDS;
+        if too_big || inputs.iter().any(|&i| g.node(i).ty.rank() > MAX_RANK) {
+            return Ok(fallback());
+        }
+        let gemm_b = |transposed: bool| match scratch {
+            Some(scratch) => GemmB::PerRun {
+                b: at(1),
+                transposed,
+                scratch,
+            },
+            None => GemmB::Prepacked(id),
+        };
+        let step = match &node.op {
+            Op::FusedLinear {
+                transpose_b,
+                epilogue,
+            } => {
+                let a = in_shape(0);
+                let k = *a.last().expect("rank >= 2");
+                let n = *out_shape.last().expect("rank >= 2");
+                let mut next = 2;
+                let mut take = |present: bool| {
+                    present.then(|| {
+                        next += 1;
+                        at(next - 1)
+                    })
+                };
+                let bias = take(epilogue.bias);
+                let residual = take(epilogue.residual);
+                Step::Gemm {
+                    kernel: kernels.gemm(Epilogue::from_ir(epilogue)?)?,
+                    a: at(0),
+                    m: numel(&a) / k.max(1),
+                    k,
+                    n,
+                    transpose_a: false,
+                    b: gemm_b(*transpose_b),
+                    bias,
+                    residual,
+                    out,
+                }
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } if self.gemm_shaped(id) => {
+                let a = in_shape(0);
+                let k = if *transpose_a {
+                    a[0]
+                } else {
+                    *a.last().expect("rank >= 2")
+                };
+                let n = *out_shape.last().expect("rank >= 2");
+                Step::Gemm {
+                    kernel: kernels.gemm(Epilogue::none())?,
+                    a: at(0),
+                    m: numel(&out_shape) / n.max(1),
+                    k,
+                    n,
+                    transpose_a: *transpose_a,
+                    b: gemm_b(*transpose_b),
+                    bias: None,
+                    residual: None,
+                    out,
+                }
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } => Step::BatchedMatMul {
+                kernel: kernels.gemm(Epilogue::none())?,
+                a: at(0),
+                a_shape: in_shape(0),
+                transpose_a: *transpose_a,
+                b: at(1),
+                b_shape: in_shape(1),
+                transpose_b: *transpose_b,
+                out,
+            },
+            op @ (Op::Unary(_) | Op::Binary(_) | Op::FusedElementwise { .. } | Op::Where)
+                if all_f32 =>
+            {
+                let expr = match op {
+                    Op::Unary(u) => ElementwiseExpr {
+                        steps: vec![ExprStep::Input(0), ExprStep::Unary(*u, 0)],
+                    },
+                    Op::Binary(b) => ElementwiseExpr {
+                        steps: vec![
+                            ExprStep::Input(0),
+                            ExprStep::Input(1),
+                            ExprStep::Binary(*b, 0, 1),
+                        ],
+                    },
+                    Op::Where => ElementwiseExpr {
+                        steps: vec![
+                            ExprStep::Input(0),
+                            ExprStep::Input(1),
+                            ExprStep::Input(2),
+                            ExprStep::Where(0, 1, 2),
+                        ],
+                    },
+                    Op::FusedElementwise { expr } => expr.clone(),
+                    _ => unreachable!("matched above"),
+                };
+                let out_last = out_shape.last().copied().unwrap_or(1);
+                let strides: Vec<InnerStride> = (0..inputs.len())
+                    .map(|i| InnerStride::for_shape(&in_shape(i), out_last))
+                    .collect();
+                match kernels.elementwise(&expr, &strides) {
+                    Ok(kernel) => Step::Elementwise {
+                        kernel,
+                        inputs: (0..inputs.len()).map(|i| (at(i), in_shape(i))).collect(),
+                        out_shape,
+                        out,
+                    },
+                    // An expression the vector code generator does not take
+                    // (e.g. a bool-typed intermediate) is still correct on the interpreter.
+                    Err(_) => fallback(),
+                }
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis }
+                if all_f32 && *axis + 1 == out_shape.len() =>
+            {
+                let row_op = if matches!(node.op, Op::Softmax { .. }) {
+                    RowOp::Softmax
+                } else {
+                    RowOp::LogSoftmax
+                };
+                let row_len = out_shape[*axis];
+                Step::Row {
+                    kernel: kernels.row(row_op)?,
+                    x: at(0),
+                    rows: numel(&out_shape) / row_len.max(1),
+                    row_len,
+                    gain: None,
+                    bias: None,
+                    out,
+                }
+            }
+            Op::LayerNorm { axis, eps } if all_f32 => {
+                let row_len = out_shape[*axis];
+                Step::Row {
+                    kernel: kernels.row(RowOp::LayerNorm { eps: eps.0 })?,
+                    x: at(0),
+                    rows: numel(&out_shape) / row_len.max(1),
+                    row_len,
+                    gain: Some(at(1)),
+                    bias: Some(at(2)),
+                    out,
+                }
+            }
+            Op::Reduce { op, axes, .. } if all_f32 => {
+                let x = in_shape(0);
+                if axes.as_slice() == [x.len() - 1] && x[x.len() - 1] > 0 {
+                    let row_len = x[x.len() - 1];
+                    Step::Row {
+                        kernel: kernels.row(RowOp::Reduce(*op))?,
+                        x: at(0),
+                        rows: numel(&x) / row_len,
+                        row_len,
+                        gain: None,
+                        bias: None,
+                        out,
+                    }
+                } else {
+                    Step::Reduce {
+                        x: at(0),
+                        reduction: Reduction::new(&x, axes, *op),
+                        out,
+                    }
+                }
+            }
+            Op::Permute { perm } if all_f32 => Step::Copy {
+                x: at(0),
+                walk: Strided::permute(&in_shape(0), perm),
+                out,
+            },
+            Op::Slice {
+                axis, start, step, ..
+            } if all_f32 => Step::Copy {
+                x: at(0),
+                walk: Strided::slice(&in_shape(0), *axis, *start, *step, out_shape[*axis]),
+                out,
+            },
+            Op::Concat { axis } if all_f32 => Step::Concat {
+                parts: (0..inputs.len())
+                    .map(|i| (at(i), numel(&in_shape(i)[*axis..])))
+                    .collect(),
+                outer: numel(&out_shape[..*axis]),
+                out,
+            },
+            Op::Gather { axis } if node.ty.dtype == DType::F32 => {
+                let t = in_shape(0);
+                Step::Gather {
+                    table: at(0),
+                    outer: numel(&t[..*axis]),
+                    size: t[*axis],
+                    inner: numel(&t[axis + 1..]),
+                    ids: at(1),
+                    out,
+                }
+            }
+            Op::Cast { to: DType::F32 } if g.node(inputs[0]).ty.dtype != DType::Bool => {
+                Step::CastToF32 { x: at(0), out }
+            }
+            _ => fallback(),
+        };
+        Ok(step)
+    }
+}
