@@ -1,1 +1,12 @@
-//! placeholder
+//! Running a compiled model: tensors in and out of files (`.npy`,
+//! safetensors), and the parameter values a graph is bound to.
+
+pub mod init;
+pub mod npy;
+pub mod params;
+pub mod weights;
+
+pub use init::materialize;
+pub use npy::{read_npy, write_npy, NpyError};
+pub use params::{bind_params, bind_params_owned, BoundParams, ParamError};
+pub use weights::{WeightError, WeightFile};
