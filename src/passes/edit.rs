@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::PassError;
-use crate::ir::{shape_rules, DType, Dim, Graph, NodeId, Op, TensorType, UnaryOp};
+use crate::ir::{shape_rules, Dim, Graph, NodeId, Op, TensorType, UnaryOp};
 use crate::span::Span;
 use crate::tensor::{Tensor, TensorData};
 
@@ -183,8 +183,4 @@ pub fn same_bits(a: &Tensor, b: &Tensor) -> bool {
 /// The number of elements of a shape with every dim known.
 pub fn known_len(ty: &TensorType) -> Option<usize> {
     ty.known_shape().map(|s| s.iter().product())
-}
-
-pub fn is_f32(graph: &Graph, id: NodeId) -> bool {
-    graph.node(id).ty.dtype == DType::F32
 }

@@ -106,6 +106,12 @@ fn chain_kind(chain: &Chain) -> String {
 
 /// The linear layer starting at `id`, if at least one epilogue op can join it.
 fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
+    if !matches!(
+        graph.node(id).op,
+        Op::MatMul { .. } | Op::FusedLinear { .. }
+    ) {
+        return None;
+    }
     let ins = graph.inputs(id);
     let (a, b) = (ins[0], ins[1]);
     let (mut chain, mut stage) = match &graph.node(id).op {

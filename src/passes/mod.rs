@@ -186,6 +186,30 @@ pub struct PassReport {
     pub steps: Vec<StepRecord>,
 }
 
+impl PassReport {
+    /// The report as text; when the step limit stopped the run, also the
+    /// last rewrite made, with its source place shown by `locate`.
+    pub fn render(&self, locate: impl Fn(Span) -> String) -> String {
+        let mut text = self.to_string();
+        if self.stopped_at_limit {
+            if let Some(last) = self.steps.last() {
+                let at = last
+                    .span
+                    .map(|s| format!(" at {}", locate(s)))
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "last step: #{} {}: {}{at}\n",
+                    self.steps.len(),
+                    last.pass,
+                    last.kind
+                ));
+            }
+        }
+        text
+    }
+}
+
+/// The summary: rewrites, node counts, and each pass's changes by kind.
 impl fmt::Display for PassReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ending = if self.stopped_at_limit {
@@ -220,21 +244,6 @@ impl fmt::Display for PassReport {
                 format!("{} ({})", p.total_rewrites(), kinds.join(", "))
             };
             writeln!(f, "  {:width$}  nodes {:+}  {detail}", p.name, p.node_delta)?;
-        }
-        if self.stopped_at_limit {
-            if let Some(last) = self.steps.last() {
-                let at = last
-                    .span
-                    .map(|s| format!(" at bytes {}..{}", s.start, s.end))
-                    .unwrap_or_default();
-                writeln!(
-                    f,
-                    "last step: #{} {}: {}{at}",
-                    self.steps.len(),
-                    last.pass,
-                    last.kind
-                )?;
-            }
         }
         Ok(())
     }
