@@ -5,8 +5,8 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{fail, GraphFormat, Reported};
-use crate::ir::{printer, Dim, Graph, TensorType};
 use crate::diagnostics::Diagnostic;
+use crate::ir::{printer, Dim, Graph, TensorType};
 use crate::model::{self, LoadedModel};
 use crate::passes::{PassContext, PassManager};
 use crate::span::line_col;
