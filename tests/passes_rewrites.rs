@@ -298,19 +298,36 @@ fn transposes_fold_into_matmul_flags() {
     let wt = b.op(transpose2(), &[w]);
     let y = b.op(matmul(), &[x, wt]);
     b.output("y", y);
-    // transpose(a) @ v, with the transpose also read elsewhere
-    let a = b.input("a", "f32[4, 5]");
-    let v = b.param("v", "f32[4, 3]");
-    let at = b.op(transpose2(), &[a]);
+    // transpose(a) @ v for an activation v: the flag saves the copy
+    let a = b.input("a", "f32[batch, seq, 5]");
+    let v = b.input("v", "f32[batch, seq, 3]");
+    let at = b.op(
+        Op::Permute {
+            perm: vec![0, 2, 1],
+        },
+        &[a],
+    );
     let z = b.op(matmul(), &[at, v]);
     b.output("z", z);
-    b.output("a_t", at);
+    // a transpose that is also an output is computed anyway
+    let c = b.input("c", "f32[4, 5]");
+    let d = b.input("d", "f32[4, 3]");
+    let ct = b.op(transpose2(), &[c]);
+    let e = b.op(matmul(), &[ct, d]);
+    b.output("e", e);
+    b.output("c_t", ct);
+    // transpose(a) @ weight keeps its transpose, so the layer can fuse
+    let u = b.param("u", "f32[4, 3]");
+    let c2 = b.input("c2", "f32[4, 5]");
+    let c2t = b.op(transpose2(), &[c2]);
+    let f = b.op(matmul(), &[c2t, u]);
+    b.output("f", f);
     let g = b.finish();
     let (after, _) = optimize(&g, "transpose-matmul");
     assert_eq!(
         count_ops(&after, "permute"),
-        1,
-        "the transpose that is an output stays"
+        2,
+        "the output transpose and the weight layer's input stay"
     );
     assert_snapshot!(before_after(&g, "transpose-matmul"));
 }

@@ -4,9 +4,11 @@
 //! operand transposed instead of a copy being made first.
 //!
 //! Only a permute that swaps exactly the last two axes is a transpose here;
-//! a transpose that other nodes also read stays for them.
+//! a transpose that other nodes also read stays for them. A transposed `a`
+//! is folded only when that saves its copy and keeps linear fusion possible
+//! (see `worth_folding_a`).
 
-use super::edit::{add_node, is_last_two_swap, replace};
+use super::edit::{add_node, is_last_two_swap, is_weight, replace, sole_user};
 use super::{Pass, PassContext, PassError, Steps};
 use crate::ir::{Graph, NodeId, Op};
 
@@ -37,7 +39,8 @@ impl Pass for TransposeIntoMatMul {
                     transpose_a,
                     transpose_b,
                 } => {
-                    let a = transposed_source(graph, operands[0]);
+                    let a = transposed_source(graph, operands[0])
+                        .filter(|_| worth_folding_a(graph, id, operands[0], operands[1]));
                     let b = transposed_source(graph, operands[1]);
                     let (kind, new_a, new_b) = match (a, b) {
                         (Some(a), Some(b)) => ("transpose(a)+transpose(b)", Some(a), Some(b)),
@@ -82,6 +85,16 @@ impl Pass for TransposeIntoMatMul {
         }
         Ok(())
     }
+}
+
+/// Folding `transpose(x)` into `transpose_a` saves a copy only when the
+/// matmul is the transpose's sole reader. It also makes the matmul
+/// ineligible for linear fusion (`fused_linear` reads `a` as is), so a
+/// matmul by a 2-D weight keeps its explicit transpose and fuses instead.
+fn worth_folding_a(graph: &Graph, matmul: NodeId, a: NodeId, b: NodeId) -> bool {
+    let sole_reader = sole_user(graph, a) == Some(matmul);
+    let linear_layer = is_weight(graph, b) && graph.node(b).ty.rank() == 2;
+    sole_reader && !linear_layer
 }
 
 /// The input of a last-two-axes transpose.
