@@ -1,1 +1,290 @@
-//! placeholder
+//! The reference interpreter: the oracle every optimised path (passes, JIT)
+//! is tested against.
+//!
+//! Each op has one plain implementation, written for clarity rather than
+//! speed. Accuracy is deliberately higher than a fast path's: matmul sums,
+//! reductions and layer_norm statistics accumulate in f64, and elementwise
+//! ops compute in f64 and round once to f32. Fused ops (`FusedLinear`,
+//! `FusedElementwise`) are evaluated by the very kernels of the ops they
+//! replace, rounding to f32 at the same points, so the interpreter gives the
+//! same bits for a graph before and after fusion.
+//!
+//! Bad data never panics: out-of-range gather ids, slice ends past the
+//! bound size, missing parameters and ill-typed operands are `InterpError`s,
+//! and NaN propagates through every op as in numpy.
+
+mod elementwise;
+mod index;
+mod layout;
+mod linalg;
+mod reduce;
+mod scalar;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::ir::bind::{bind_inputs, concretize, BindError};
+use crate::ir::shape_rules::{self, ShapeError};
+use crate::ir::{Bindings, DType, Graph, NodeId, Op, TensorType};
+use crate::span::Span;
+use crate::tensor::Tensor;
+
+pub use scalar::{erf, erfc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterpError {
+    /// Inputs that do not fit the model's declared inputs, all of them.
+    #[error("the inputs do not fit the model:{}", bullet_list(.0))]
+    Bind(Vec<BindError>),
+    #[error("parameter `{name}` has no value{}", if *.has_init {
+        " (its initializer is materialised by the weight loader, not by the interpreter)"
+    } else {
+        ""
+    })]
+    MissingParam { name: String, has_init: bool },
+    #[error("parameter `{name}` is {actual}, the model declares {declared}")]
+    ParamType {
+        name: String,
+        declared: String,
+        actual: String,
+    },
+    /// The operands do not fit the op (dtype, rank, shapes): the message of
+    /// the shape rule, which names the op and the shapes.
+    #[error("{0}")]
+    Shape(#[from] ShapeError),
+    #[error("{op}: the operands give {computed}, but the graph declares {declared}")]
+    TypeMismatch {
+        op: &'static str,
+        computed: String,
+        declared: String,
+    },
+    #[error("{op}: expected a {expected} operand, got {actual}")]
+    OperandDType {
+        op: &'static str,
+        expected: DType,
+        actual: DType,
+    },
+    #[error("{op}: the result {shape} is still symbolic; bind every symbol first")]
+    Symbolic { op: &'static str, shape: String },
+    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size}")]
+    GatherIndex {
+        index: i64,
+        position: usize,
+        axis: usize,
+        size: usize,
+    },
+    #[error("slice: end {end} is past the size {size} of axis {axis}")]
+    SliceEnd {
+        end: usize,
+        size: usize,
+        axis: usize,
+    },
+    #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
+    EmptyMax { axis: usize },
+    #[error("fused_elementwise: step {step}: {reason}")]
+    BadExpr { step: usize, reason: String },
+    #[error("{op} nodes take their value from the run's inputs or parameters, not from eval_node")]
+    SourceOp { op: &'static str },
+    #[error("output `{name}` names a node that is not in the graph")]
+    MissingOutput { name: String },
+    #[error("the graph has a cycle: only {ordered} of its {total} nodes can be ordered")]
+    Cycle { ordered: usize, total: usize },
+    /// An error while evaluating one node, with where that node is.
+    #[error("node {node} ({op}{}): {source}", .span.map(|s| format!(" at bytes {}..{}", s.start, s.end)).unwrap_or_default())]
+    AtNode {
+        node: usize,
+        op: &'static str,
+        span: Option<Span>,
+        source: Box<InterpError>,
+    },
+}
+
+impl InterpError {
+    /// The error itself, without the `AtNode` context around it.
+    pub fn root(&self) -> &InterpError {
+        match self {
+            InterpError::AtNode { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+fn bullet_list(errors: &[BindError]) -> String {
+    errors.iter().map(|e| format!("\n  - {e}")).collect()
+}
+
+fn concrete_type(tensor: &Tensor) -> TensorType {
+    TensorType::new(
+        tensor.dtype(),
+        tensor.shape().iter().map(|&d| d.into()).collect(),
+    )
+}
+
+/// The value of one op applied to `inputs`, checked against `out_ty`.
+///
+/// The output type comes from `shape_rules::infer` on the inputs' concrete
+/// types, which also validates the operands; it must equal `out_ty`. Passes
+/// can constant-fold with this. `Input` and `Param` have no value here (they
+/// come from `run`'s maps); `Constant` gives its value.
+pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Tensor, InterpError> {
+    // Checked before `infer`, whose message for this case is a generic shape
+    // error: a symbolic end bound too large is a run-time data error.
+    if let (Op::Slice { axis, end, .. }, [x]) = (op, inputs) {
+        if let Some(end) = end.as_known() {
+            layout::check_slice_end(x, *axis, end)?;
+        }
+    }
+    let input_types: Vec<TensorType> = inputs.iter().map(|t| concrete_type(t)).collect();
+    let input_type_refs: Vec<&TensorType> = input_types.iter().collect();
+    let computed = match op {
+        Op::Input { .. } | Op::Param { .. } => return Err(InterpError::SourceOp { op: op.name() }),
+        _ => shape_rules::infer(op, &input_type_refs)?,
+    };
+    let Some(out_shape) = computed.known_shape() else {
+        return Err(InterpError::Symbolic {
+            op: op.name(),
+            shape: computed.to_string(),
+        });
+    };
+    if computed != *out_ty {
+        return Err(InterpError::TypeMismatch {
+            op: op.name(),
+            computed: computed.to_string(),
+            declared: out_ty.to_string(),
+        });
+    }
+    let out = &out_shape[..];
+    match op {
+        Op::Input { .. } | Op::Param { .. } => Err(InterpError::SourceOp { op: op.name() }),
+        Op::Constant { value } => Ok(Tensor::clone(value)),
+        Op::Unary(u) => elementwise::unary(*u, inputs[0]),
+        Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], out),
+        Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1], out),
+        Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2], out),
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => linalg::matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out),
+        Op::Softmax { axis } => reduce::softmax(inputs[0], *axis),
+        Op::LogSoftmax { axis } => reduce::log_softmax(inputs[0], *axis),
+        Op::LayerNorm { axis, eps } => {
+            reduce::layer_norm(inputs[0], inputs[1], inputs[2], *axis, eps.0)
+        }
+        Op::Reduce { op, axes, .. } => reduce::reduce(*op, inputs[0], axes, out),
+        Op::Permute { perm } => layout::permute(inputs[0], perm),
+        Op::Reshape { .. } => Ok(layout::reshape(inputs[0], out)),
+        Op::Concat { axis } => layout::concat(inputs, *axis, out),
+        Op::Slice {
+            axis, start, step, ..
+        } => layout::slice(inputs[0], *axis, *start, *step, out),
+        Op::Gather { axis } => layout::gather(inputs[0], inputs[1], *axis, out),
+        Op::Cast { to } => layout::cast(inputs[0], *to),
+        Op::FusedLinear {
+            transpose_b,
+            epilogue,
+        } => linalg::fused_linear(inputs, *transpose_b, epilogue, out),
+        Op::FusedElementwise { expr } => elementwise::fused(expr, inputs, out),
+    }
+}
+
+/// Runs `graph` on `inputs` and returns its outputs in declaration order.
+///
+/// Inputs are checked against the declared inputs (every problem is
+/// reported), symbols are bound from their shapes and `fixed` (`--bind`
+/// values), and the graph is made concrete before evaluation. Parameters
+/// come from `params` by name and must match their declared type; entries
+/// the graph does not use are ignored. Intermediate values are dropped once
+/// their last reader has run.
+pub fn run(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+    fixed: &Bindings,
+) -> Result<Vec<(String, Tensor)>, InterpError> {
+    let given: Vec<(String, DType, Vec<usize>)> = inputs
+        .iter()
+        .map(|(name, t)| (name.clone(), t.dtype(), t.shape().to_vec()))
+        .collect();
+    let bindings = bind_inputs(graph, &given, fixed).map_err(InterpError::Bind)?;
+    let graph = concretize(graph, &bindings).map_err(|e| InterpError::Bind(vec![e]))?;
+
+    let order = graph.topo_order();
+    if order.len() != graph.node_count() {
+        return Err(InterpError::Cycle {
+            ordered: order.len(),
+            total: graph.node_count(),
+        });
+    }
+    let mut readers_left: HashMap<NodeId, usize> = order
+        .iter()
+        .map(|&id| (id, graph.users(id).len()))
+        .collect();
+    let mut values: HashMap<NodeId, Cow<'_, Tensor>> = HashMap::new();
+    for &id in &order {
+        let node = graph.node(id);
+        let value = match &node.op {
+            Op::Input { name } => {
+                // bind_inputs has checked that every declared input is given.
+                let tensor = inputs.get(name).ok_or_else(|| {
+                    InterpError::Bind(vec![BindError::MissingInput {
+                        name: name.clone(),
+                        declared: node.ty.to_string(),
+                    }])
+                })?;
+                Cow::Borrowed(tensor)
+            }
+            Op::Param { name, init } => {
+                let tensor = params.get(name).ok_or_else(|| InterpError::MissingParam {
+                    name: name.clone(),
+                    has_init: init.is_some(),
+                })?;
+                let actual = concrete_type(tensor);
+                if actual != node.ty {
+                    return Err(InterpError::ParamType {
+                        name: name.clone(),
+                        declared: node.ty.to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
+                Cow::Borrowed(tensor)
+            }
+            op => {
+                let operand_ids = graph.inputs(id);
+                let operands: Vec<&Tensor> =
+                    operand_ids.iter().map(|o| values[o].as_ref()).collect();
+                let value =
+                    eval_node(op, &operands, &node.ty).map_err(|e| InterpError::AtNode {
+                        node: id.index(),
+                        op: op.name(),
+                        span: node.span,
+                        source: Box::new(e),
+                    })?;
+                let mut distinct = operand_ids;
+                distinct.sort_unstable();
+                distinct.dedup();
+                for operand in distinct {
+                    let left = readers_left.entry(operand).or_insert(0);
+                    *left = left.saturating_sub(1);
+                    if *left == 0 && !graph.is_output(operand) {
+                        values.remove(&operand);
+                    }
+                }
+                Cow::Owned(value)
+            }
+        };
+        if readers_left[&id] > 0 || graph.is_output(id) {
+            values.insert(id, value);
+        }
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|(name, id)| match values.get(id) {
+            Some(value) => Ok((name.clone(), value.as_ref().clone())),
+            None => Err(InterpError::MissingOutput { name: name.clone() }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
