@@ -96,6 +96,126 @@ fn cse_merges_equal_constants_and_commuted_operands() {
     assert_snapshot!(before_after(&g, "cse"));
 }
 
+// ---- const-fold -----------------------------------------------------------------
+
+fn constant_values(graph: &lamina::ir::Graph, id: lamina::ir::NodeId) -> Vec<f32> {
+    match &graph.node(id).op {
+        Op::Constant { value } => value.as_f32().expect("f32 constant").to_vec(),
+        other => panic!("expected a constant, got {}", other.name()),
+    }
+}
+
+#[test]
+fn const_fold_evaluates_constant_subgraphs() {
+    let mut b = Builder::new("constants");
+    let x = b.input("x", "f32[batch, 3]");
+    let two = b.scalar(2.0);
+    let three = b.scalar(3.0);
+    let v = b.constant(Tensor::f32(vec![3], vec![0.0, 1.0, -1.0]));
+    let six = b.op(mul(), &[two, three]);
+    let e = b.op(unary(UnaryOp::Exp), &[v]);
+    let shift = b.op(mul(), &[e, six]);
+    let y = b.op(add(), &[x, shift]);
+    b.output("y", y);
+    // ids out of range: left for run time, where the error names the node
+    let table = b.constant(Tensor::f32(vec![2, 3], vec![1.0; 6]));
+    let ids = b.constant(Tensor::i64(vec![1], vec![5]));
+    let rows = b.op(Op::Gather { axis: 0 }, &[table, ids]);
+    b.output("rows", rows);
+    // a broadcast to 64 * 128 elements is not materialised
+    let col = b.constant(Tensor::f32(vec![64, 1], vec![1.0; 64]));
+    let row = b.constant(Tensor::f32(vec![1, 128], vec![2.0; 128]));
+    let big = b.op(add(), &[col, row]);
+    b.output("big", big);
+    let g = b.finish();
+    let (after, _) = optimize(&g, "const-fold");
+    let (_, y) = &after.outputs[0];
+    let shift = after.inputs(*y)[1];
+    let expected: Vec<f32> = [0.0f32, 1.0, -1.0].iter().map(|v| v.exp() * 6.0).collect();
+    assert_eq!(constant_values(&after, shift), expected);
+    assert_eq!(count_ops(&after, "gather"), 1);
+    assert_eq!(
+        count_ops(&after, "add"),
+        2,
+        "x + shift and the large broadcast stay"
+    );
+    assert_snapshot!(before_after(&g, "const-fold"));
+}
+
+/// `tanh(x @ transpose(w) * 0.5 + b)`: a torch-layout layer with a scaled weight.
+fn scaled_torch_layer() -> lamina::ir::Graph {
+    let mut b = Builder::new("scaled_weight");
+    let x = b.input("x", "f32[batch, 3]");
+    let w = b.param("w", "f32[2, 3]");
+    let bias = b.param("b", "f32[2]");
+    let half = b.scalar(0.5);
+    let wt = b.op(transpose2(), &[w]);
+    let ws = b.op(mul(), &[wt, half]);
+    let m = b.op(matmul(), &[x, ws]);
+    let s = b.op(add(), &[m, bias]);
+    let h = b.op(unary(UnaryOp::Tanh), &[s]);
+    b.output("h", h);
+    b.finish()
+}
+
+#[test]
+fn const_fold_treats_parameters_as_opaque_without_values() {
+    let g = scaled_torch_layer();
+    let (after, _) = optimize(&g, "all");
+    assert_eq!(count_ops(&after, "const"), 1, "only the 0.5 literal");
+    assert_eq!(count_ops(&after, "param"), 2);
+    // The scaled weight is computed from parameters only: still a weight.
+    assert_eq!(count_ops(&after, "fused_linear"), 1);
+    assert_snapshot!(before_after(&g, "all"));
+}
+
+#[test]
+fn const_fold_folds_parameter_subgraphs_once_with_bound_values() {
+    let g = scaled_torch_layer();
+    let params = std::collections::HashMap::from([
+        (
+            "w".to_string(),
+            Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        ),
+        ("b".to_string(), Tensor::f32(vec![2], vec![0.5, -0.5])),
+    ]);
+    let cx = lamina::passes::PassContext::with_params(&params);
+    let (after, _) = passes_support::optimize_in(&g, "all", &cx);
+    assert_eq!(count_ops(&after, "permute") + count_ops(&after, "mul"), 0);
+    let fused = after.outputs[0].1;
+    let weight = after.inputs(fused)[1];
+    // transpose(w) * 0.5, computed once at compile time
+    assert_eq!(
+        constant_values(&after, weight),
+        vec![0.5, 2.0, 1.0, 2.5, 1.5, 3.0]
+    );
+    assert_eq!(
+        after.node(after.inputs(fused)[2]).op.name(),
+        "param",
+        "the bias is used as is"
+    );
+    assert_snapshot!(passes_support::before_after_in(&g, "all", &cx));
+}
+
+#[test]
+fn const_fold_rejects_parameter_values_of_the_wrong_shape() {
+    let g = scaled_torch_layer();
+    let params =
+        std::collections::HashMap::from([("w".to_string(), Tensor::f32(vec![3, 2], vec![0.0; 6]))]);
+    let mut h = g.clone();
+    let err = lamina::passes::PassManager::all()
+        .run(
+            &mut h,
+            &lamina::passes::PassContext::with_params(&params),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, lamina::passes::PassError::ParamType { ref name, .. } if name == "w"),
+        "{err}"
+    );
+}
+
 // ---- simplify ---------------------------------------------------------------
 
 #[test]

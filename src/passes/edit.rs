@@ -126,9 +126,22 @@ pub fn scalar_value(graph: &Graph, id: NodeId) -> Option<f32> {
     }
 }
 
-/// Weights a fused linear layer may read: parameters and constants.
+/// A weight: a value computed from parameters and constants only (a
+/// parameter, a constant, or say `transpose(w) * 0.5`), so it is the same
+/// on every inference, unlike anything that reads a model input.
 pub fn is_weight(graph: &Graph, id: NodeId) -> bool {
-    matches!(graph.node(id).op, Op::Param { .. } | Op::Constant { .. })
+    let mut seen = HashSet::new();
+    let mut work = vec![id];
+    while let Some(id) = work.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Op::Input { .. } = graph.node(id).op {
+            return false;
+        }
+        work.extend(graph.inputs(id));
+    }
+    true
 }
 
 /// Whether `target` is `from` or one of its (transitive) operands.

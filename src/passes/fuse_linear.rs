@@ -5,8 +5,10 @@
 //! gelu_tanh, sigmoid, tanh) and an optional residual add. It guards the
 //! traps that make a lookalike not a linear layer:
 //!
-//! - `w` must be a 2-D parameter or constant: a batched or computed right
-//!   operand (attention's `q @ k^T`) is not a layer's weight. `x` may have
+//! - `w` must be a 2-D weight: a parameter, a constant, or computed from
+//!   those alone (`transpose(w) * 0.5`, folded to a constant when parameter
+//!   values are bound). A batched weight, or a right operand computed from
+//!   the inputs (attention's `q @ k^T`), is not a layer's weight. `x` may have
 //!   any rank >= 2 (`[batch, seq, k] @ [k, n]`: M is the product of the
 //!   leading dims). A matmul with `transpose_a` is left alone.
 //! - a bias has shape `[n]`, broadcast along the last axis; `[m, 1]` or

@@ -11,7 +11,7 @@
 //! each rewrite; with a step limit the manager stops after exactly N
 //! rewrites, so a bad rewrite can be bisected (`lamina graph --max-steps N`).
 
-// mod const_fold;
+mod const_fold;
 mod cse;
 mod dce;
 mod edit;
@@ -24,7 +24,7 @@ mod transpose_matmul;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-// pub use const_fold::ConstantFolding;
+pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
@@ -258,7 +258,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
         Box::new(CommonSubexpressions),
-        // Box::new(ConstantFolding),
+        Box::new(ConstantFolding),
         Box::new(AlgebraicSimplification),
         Box::new(RecognizeNormalizations),
         Box::new(TransposeIntoMatMul),

@@ -98,10 +98,14 @@ impl Builder {
 /// Runs `spec` (`"all"` or `"a,b"`) on a copy of `graph` without parameter
 /// values.
 pub fn optimize(graph: &Graph, spec: &str) -> (Graph, PassReport) {
+    optimize_in(graph, spec, &PassContext::default())
+}
+
+pub fn optimize_in(graph: &Graph, spec: &str, cx: &PassContext<'_>) -> (Graph, PassReport) {
     let mut g = graph.clone();
     let report = PassManager::from_spec(spec)
         .expect("known passes")
-        .run(&mut g, &PassContext::default(), None)
+        .run(&mut g, cx, None)
         .unwrap_or_else(|e| panic!("passes failed: {e}"));
     (g, report)
 }
@@ -109,7 +113,11 @@ pub fn optimize(graph: &Graph, spec: &str) -> (Graph, PassReport) {
 /// The snapshot text: the graph before, the passes run, the graph after and
 /// the rewrites made.
 pub fn before_after(graph: &Graph, spec: &str) -> String {
-    let (after, report) = optimize(graph, spec);
+    before_after_in(graph, spec, &PassContext::default())
+}
+
+pub fn before_after_in(graph: &Graph, spec: &str, cx: &PassContext<'_>) -> String {
+    let (after, report) = optimize_in(graph, spec, cx);
     let mut kinds: Vec<String> = Vec::new();
     for p in &report.per_pass {
         for (k, n) in &p.rewrites {
