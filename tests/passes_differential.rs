@@ -330,14 +330,24 @@ impl Gen {
                 let e = self.scalar(exponent);
                 self.binary(BinaryOp::Pow, base, e)
             }
-            // where(x > p, x, c * p)
+            // where(x > t, x, c * y). The threshold t is independent of x:
+            // comparing two values equal in exact arithmetic (softmax of
+            // softmax against softmax) flips on rounding, a difference no
+            // rewrite can avoid.
             5 => {
-                let p = self.partner(x);
+                let t = if self.rng.random_bool(0.5) {
+                    let n = self.last(x);
+                    self.param(&[n])
+                } else {
+                    let v = self.rng.random_range(-1.0f32..1.0);
+                    self.scalar(v)
+                };
+                let y = self.partner(x);
                 let cmp =
                     [CompareOp::Gt, CompareOp::Le, CompareOp::Ne][self.rng.random_range(0..3)];
-                let c = self.op(Op::Compare(cmp), &[x, p]);
+                let c = self.op(Op::Compare(cmp), &[x, t]);
                 let slope = self.scalar(0.1);
-                let other = self.binary(BinaryOp::Mul, slope, p);
+                let other = self.binary(BinaryOp::Mul, slope, y);
                 self.op(Op::Where, &[c, x, other])
             }
             // identities
@@ -394,7 +404,18 @@ impl Gen {
                 let l = self.unary(UnaryOp::Log, s);
                 self.binary(BinaryOp::Sub, d, l)
             }
-            2 => {
+            // Layer norm amplifies rounding by 1/sqrt(var + eps); the f32
+            // steps written out and the op's own f64 statistics then differ
+            // by more than 1e-5 on nearly constant rows. Comparing them
+            // only means something on well-spread rows: at least 4 features,
+            // offset by a fixed spread.
+            2 if self.last(x) >= 4 => {
+                let f = self.last(x);
+                let spread: Vec<f32> = (0..f)
+                    .map(|i| 2.0 * i as f32 / (f - 1) as f32 - 1.0)
+                    .collect();
+                let offsets = self.b.constant(Tensor::f32(vec![f], spread));
+                let x = self.binary(BinaryOp::Add, x, offsets);
                 let mu = self.reduce(ReduceOp::Mean, x, axis, true);
                 let d = self.binary(BinaryOp::Sub, x, mu);
                 let sq = self.binary(BinaryOp::Mul, d, d);
@@ -526,15 +547,31 @@ fn inputs(seed: u64, batch: usize) -> HashMap<String, Tensor> {
     ])
 }
 
-/// `a` and `b` agree elementwise within 1e-5 relative to the larger
-/// magnitude (and 1e-5 absolute near zero); NaNs must match.
-fn assert_close(name: &str, a: &Tensor, b: &Tensor) -> Result<(), TestCaseError> {
+/// How `before` and `after` must agree.
+#[derive(Clone, Copy, PartialEq)]
+enum Agreement {
+    /// Every bit (NaN matching NaN): fusion, folding and layout rewrites
+    /// evaluate the very same f32 steps.
+    Exact,
+    /// Within 1e-5 relative to the larger magnitude (1e-5 absolute below
+    /// 1): recognised softmax / layer_norm compute their statistics in f64,
+    /// and `x / c` becomes `x * (1/c)`.
+    Close,
+}
+
+fn assert_agree(
+    name: &str,
+    a: &Tensor,
+    b: &Tensor,
+    agreement: Agreement,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.shape(), b.shape(), "output {} changed shape", name);
     prop_assert_eq!(a.dtype(), b.dtype(), "output {} changed dtype", name);
     for (i, (x, y)) in a.to_f64_vec().into_iter().zip(b.to_f64_vec()).enumerate() {
         let same = (x.is_nan() && y.is_nan())
             || x == y
-            || (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0);
+            || (agreement == Agreement::Close
+                && (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0));
         prop_assert!(
             same,
             "output {} element {}: {} before, {} after",
@@ -547,14 +584,42 @@ fn assert_close(name: &str, a: &Tensor, b: &Tensor) -> Result<(), TestCaseError>
     Ok(())
 }
 
+/// The passes that change no bit of any result.
+const EXACT_PASSES: &str = "dce,cse,const-fold,transpose-matmul,fuse-linear,fuse-elementwise";
+
+/// The largest magnitude of any f32 value the graph computes.
+fn largest_intermediate(generated: &Generated, feed: &HashMap<String, Tensor>) -> f64 {
+    let mut probe = generated.graph.clone();
+    probe.outputs = probe
+        .node_ids()
+        .filter(|&id| probe.node(id).ty.dtype == lamina::ir::DType::F32)
+        .map(|id| (format!("n{}", id.index()), id))
+        .collect();
+    let values = interp::run(&probe, &generated.params, feed, &Bindings::new())
+        .expect("the original graph runs");
+    values
+        .iter()
+        .flat_map(|(_, t)| t.to_f64_vec())
+        .filter(|v| v.is_finite())
+        .fold(0.0, |m, v| m.max(v.abs()))
+}
+
 fn check(
     generated: &Generated,
     batch: usize,
     seed: u64,
     with_params: bool,
+    spec: &str,
+    agreement: Agreement,
 ) -> Result<(), TestCaseError> {
     let graph = &generated.graph;
     let feed = inputs(seed, batch);
+    if agreement == Agreement::Close {
+        // Rounding differences at a recognised op grow with the magnitudes
+        // downstream (a matmul of terms in the hundreds cancelling to 1):
+        // comparing at 1e-5 only means something on well-scaled graphs.
+        prop_assume!(largest_intermediate(generated, &feed) < 16.0);
+    }
     let before = interp::run(graph, &generated.params, &feed, &Bindings::new())
         .map_err(|e| TestCaseError::fail(format!("the original graph fails: {e}")))?;
     let mut optimized = graph.clone();
@@ -563,7 +628,8 @@ fn check(
     } else {
         PassContext::default()
     };
-    PassManager::all()
+    PassManager::from_spec(spec)
+        .expect("known passes")
         .run(&mut optimized, &cx, None)
         .map_err(|e| TestCaseError::fail(format!("passes fail: {e}")))?;
     let after =
@@ -576,7 +642,7 @@ fn check(
     prop_assert_eq!(before.len(), after.len());
     for ((name, a), (name_after, b)) in before.iter().zip(&after) {
         prop_assert_eq!(name, name_after);
-        assert_close(name, a, b).map_err(|e| {
+        assert_agree(name, a, b, agreement).map_err(|e| {
             TestCaseError::fail(format!(
                 "{e}\nbefore:\n{}\nafter:\n{}",
                 lamina::ir::printer::print(graph),
@@ -588,18 +654,30 @@ fn check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_graphs_compute_the_same_after_all_passes(
         seed in any::<u64>(),
-        recipe in prop::collection::vec(any::<u8>(), 1..14),
+        recipe in prop::collection::vec(any::<u8>(), 1..24),
         outputs in 1usize..4,
         batch in 1usize..4,
         with_params in any::<bool>(),
     ) {
         let generated = generate(seed, &recipe, outputs);
-        check(&generated, batch, seed, with_params)?;
+        check(&generated, batch, seed, with_params, "all", Agreement::Close)?;
+    }
+
+    #[test]
+    fn random_graphs_compute_the_same_bits_after_the_exact_passes(
+        seed in any::<u64>(),
+        recipe in prop::collection::vec(any::<u8>(), 1..24),
+        outputs in 1usize..4,
+        batch in 1usize..4,
+        with_params in any::<bool>(),
+    ) {
+        let generated = generate(seed, &recipe, outputs);
+        check(&generated, batch, seed, with_params, EXACT_PASSES, Agreement::Exact)?;
     }
 }
 
