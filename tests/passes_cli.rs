@@ -95,3 +95,15 @@ fn dot_output_works_after_passes() {
     assert!(stdout.starts_with("digraph"), "{stdout}");
     assert!(stdout.contains("fused_linear"), "{stdout}");
 }
+
+#[test]
+fn the_help_lists_every_pass() {
+    let out = lamina(&["graph", "--help"]);
+    let help = text(&out.stdout);
+    for name in lamina::passes::pass_names() {
+        assert!(
+            help.contains(name),
+            "`lamina graph --help` does not mention {name}:\n{help}"
+        );
+    }
+}

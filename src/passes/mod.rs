@@ -7,6 +7,19 @@
 //! signature (input and output names, dtypes and shapes) is unchanged, so a
 //! faulty rewrite is caught at the pass that made it.
 //!
+//! The passes, in the order `all` runs them (see [`all_passes`] for why):
+//!
+//! | name | file | does |
+//! |---|---|---|
+//! | `dce` | `dce.rs` | removes nodes no output depends on |
+//! | `cse` | `cse.rs` | merges equal computations; constants by value |
+//! | `const-fold` | `const_fold.rs` | evaluates constant (and, with bound values, parameter-only) subgraphs |
+//! | `simplify` | `simplify.rs` | `x*1`, `x+0`, `x-x`, `x/c`, `neg(neg(x))`, permute/reshape chains |
+//! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
+//! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
+//! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
+//! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
+//!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
 //! each rewrite; with a step limit the manager stops after exactly N
 //! rewrites, so a bad rewrite can be bisected (`lamina graph --max-steps N`).
