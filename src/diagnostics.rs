@@ -81,7 +81,13 @@ pub struct SourceFile {
 pub fn render(d: &Diagnostic, file: Option<&SourceFile>) -> String {
     let mut out = String::new();
     let location = match (file, d.span) {
-        (Some(SourceFile { path, text: Some(text) }), Some(span)) => {
+        (
+            Some(SourceFile {
+                path,
+                text: Some(text),
+            }),
+            Some(span),
+        ) => {
             let (line, col) = line_col(text, span.start);
             format!("{path}:{line}:{col}: ")
         }
@@ -89,7 +95,13 @@ pub fn render(d: &Diagnostic, file: Option<&SourceFile>) -> String {
         (None, _) => String::new(),
     };
     writeln!(out, "{location}{}: {}", d.severity.word(), d.message).unwrap();
-    if let (Some(SourceFile { text: Some(text), .. }), Some(span)) = (file, d.span) {
+    if let (
+        Some(SourceFile {
+            text: Some(text), ..
+        }),
+        Some(span),
+    ) = (file, d.span)
+    {
         snippet(&mut out, text, span);
         for (span, label) in &d.related {
             let (line, col) = line_col(text, span.start);
@@ -116,7 +128,11 @@ fn snippet(out: &mut String, text: &str, span: Span) {
     writeln!(out, "{:gutter$} |", "").unwrap();
     writeln!(out, "{line_no} | {line}").unwrap();
     // Tabs keep their width so the caret lines up.
-    let pad: String = line.chars().take(col - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    let pad: String = line
+        .chars()
+        .take(col - 1)
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
     writeln!(out, "{:gutter$} | {pad}{}", "", "^".repeat(width)).unwrap();
 }
 

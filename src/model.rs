@@ -35,7 +35,9 @@ pub fn load(path: &Path) -> Result<LoadedModel, LoadFailure> {
                 path: shown,
                 text: None,
             },
-            diagnostics: vec![Diagnostic::error(format!("cannot read the model file: {e}"))],
+            diagnostics: vec![Diagnostic::error(format!(
+                "cannot read the model file: {e}"
+            ))],
         }),
     }
 }
@@ -56,7 +58,9 @@ pub fn load_source(path: &Path, text: String) -> Result<LoadedModel, LoadFailure
         lower(&ast).map_err(|errors| fail(errors.iter().map(lower_diagnostic).collect()))?;
     if let Err(e) = verify::verify(&graph) {
         // Lowering checks every node as it adds it; reaching this is a bug.
-        return Err(fail(vec![Diagnostic::error(format!("internal error: {e}"))]));
+        return Err(fail(vec![Diagnostic::error(format!(
+            "internal error: {e}"
+        ))]));
     }
     Ok(LoadedModel {
         path: path.to_path_buf(),

@@ -495,3 +495,178 @@ fn erf_is_within_1e_7_of_python_math_erf() {
     // regression to a single-precision formula would still pass 1e-7.
     assert!(worst < 1e-13, "worst relative error {worst:e}");
 }
+
+/// Builds a model graph with seeded random weights, for the timing test.
+struct RandomModel {
+    graph: Graph,
+    params: HashMap<String, Tensor>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl RandomModel {
+    fn op(&mut self, op: Op, operands: &[NodeId]) -> NodeId {
+        let types: Vec<TensorType> = operands
+            .iter()
+            .map(|&o| self.graph.node(o).ty.clone())
+            .collect();
+        let refs: Vec<&TensorType> = types.iter().collect();
+        let ty = shape_rules::infer(&op, &refs).unwrap_or_else(|e| panic!("{e}"));
+        self.graph.add_node(op, operands, ty, None)
+    }
+
+    fn param(&mut self, name: String, value: Tensor) -> NodeId {
+        let ty = TensorType::new(DType::F32, known(value.shape()));
+        self.params.insert(name.clone(), value);
+        self.graph
+            .add_node(Op::Param { name, init: None }, &[], ty, None)
+    }
+
+    /// A parameter drawn from N(0, std).
+    fn random_param(&mut self, name: String, shape: &[usize], std: f32) -> NodeId {
+        use rand_distr::Distribution;
+        let normal = rand_distr::Normal::new(0.0f32, std).expect("a valid std");
+        let n = shape.iter().product();
+        let values = (0..n).map(|_| normal.sample(&mut self.rng)).collect();
+        self.param(name, Tensor::f32(shape.to_vec(), values))
+    }
+
+    /// x @ w + b with w: [fan_in, fan_out] scaled to keep activations O(1).
+    fn linear(&mut self, x: NodeId, name: &str, fan_in: usize, fan_out: usize) -> NodeId {
+        let w = self.random_param(
+            format!("{name}.w"),
+            &[fan_in, fan_out],
+            (1.0 / fan_in as f32).sqrt(),
+        );
+        let b = self.random_param(format!("{name}.b"), &[fan_out], 0.02);
+        let y = self.op(
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            },
+            &[x, w],
+        );
+        self.op(Op::Binary(BinaryOp::Add), &[y, b])
+    }
+
+    /// Layer norm over the last of three axes, unit gain and zero bias.
+    fn layer_norm(&mut self, x: NodeId, name: &str, width: usize) -> NodeId {
+        let gain = self.param(
+            format!("{name}.g"),
+            Tensor::f32(vec![width], vec![1.0; width]),
+        );
+        let bias = self.param(
+            format!("{name}.b"),
+            Tensor::f32(vec![width], vec![0.0; width]),
+        );
+        self.op(
+            Op::LayerNorm {
+                axis: 2,
+                eps: Float(1e-12),
+            },
+            &[x, gain, bias],
+        )
+    }
+}
+
+/// A 6-layer BERT-small encoder (hidden 384, 12 heads of 32, FFN 1536) with
+/// random weights, built with symbolic `batch` and `seq`, run on batch 12 x
+/// seq 128: the size the interpreter must handle in seconds (about 7 s of
+/// CPU in the dev profile, almost all of it in matmul). Ignored by default
+/// to keep the suite quick; run
+/// `cargo test --test interp_numpy -- --ignored --nocapture` for the time.
+#[test]
+#[ignore]
+fn bert_small_forward_pass() {
+    use rand::SeedableRng;
+    let (layers, hidden, heads, ffn, vocab) = (6usize, 384usize, 12usize, 1536usize, 1000usize);
+    let (batch, seq) = (12usize, 128usize);
+    let head_dim = hidden / heads;
+    let mut model = RandomModel {
+        graph: Graph::new("bert_small"),
+        params: HashMap::new(),
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(7),
+    };
+    let ids_ty = TensorType::new(DType::I64, symbols(&["batch", "seq"]));
+    let ids = model
+        .graph
+        .add_node(Op::Input { name: "ids".into() }, &[], ids_ty, None);
+    model.graph.inputs.push(ids);
+    let table = model.random_param("embed".into(), &[vocab, hidden], 0.5);
+    let mut x = model.op(Op::Gather { axis: 0 }, &[table, ids]);
+    let split_heads = Op::Reshape {
+        shape: symbols(&["batch", "seq", &heads.to_string(), &head_dim.to_string()]),
+    };
+    let merge_heads = Op::Reshape {
+        shape: symbols(&["batch", "seq", &hidden.to_string()]),
+    };
+    let swap_middle = Op::Permute {
+        perm: vec![0, 2, 1, 3],
+    };
+    for layer in 0..layers {
+        let mut qkv = Vec::new();
+        for which in ["q", "k", "v"] {
+            let y = model.linear(x, &format!("l{layer}.{which}"), hidden, hidden);
+            let y = model.op(split_heads.clone(), &[y]);
+            qkv.push(model.op(swap_middle.clone(), &[y]));
+        }
+        let scores = model.op(
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: true,
+            },
+            &[qkv[0], qkv[1]],
+        );
+        let scale = Op::Constant {
+            value: Arc::new(Tensor::scalar(1.0 / (head_dim as f32).sqrt())),
+        };
+        let scale = model.op(scale, &[]);
+        let scores = model.op(Op::Binary(BinaryOp::Mul), &[scores, scale]);
+        let probs = model.op(Op::Softmax { axis: 3 }, &[scores]);
+        let context = model.op(
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            },
+            &[probs, qkv[2]],
+        );
+        let context = model.op(swap_middle.clone(), &[context]);
+        let context = model.op(merge_heads.clone(), &[context]);
+        let attended = model.linear(context, &format!("l{layer}.o"), hidden, hidden);
+        let residual = model.op(Op::Binary(BinaryOp::Add), &[attended, x]);
+        let normed = model.layer_norm(residual, &format!("l{layer}.ln1"), hidden);
+        let up = model.linear(normed, &format!("l{layer}.up"), hidden, ffn);
+        let up = model.op(Op::Unary(UnaryOp::Gelu), &[up]);
+        let down = model.linear(up, &format!("l{layer}.down"), ffn, hidden);
+        let residual = model.op(Op::Binary(BinaryOp::Add), &[down, normed]);
+        x = model.layer_norm(residual, &format!("l{layer}.ln2"), hidden);
+    }
+    model.graph.outputs.push(("hidden".into(), x));
+
+    let token_ids: Vec<i64> = (0..batch * seq)
+        .map(|i| ((i * 7919) % vocab) as i64)
+        .collect();
+    let inputs: HashMap<String, Tensor> =
+        [("ids".to_string(), Tensor::i64(vec![batch, seq], token_ids))].into();
+    let start = std::time::Instant::now();
+    let outputs = interp::run(&model.graph, &model.params, &inputs, &Bindings::new())
+        .expect("BERT-small runs");
+    let elapsed = start.elapsed();
+    println!("BERT-small, {layers} layers, batch {batch} x seq {seq}: {elapsed:.2?}");
+
+    let out = &outputs[0].1;
+    assert_eq!(out.shape(), &[batch, seq, hidden]);
+    // With unit gain and zero bias every row leaves layer norm with mean 0
+    // and (biased) variance 1.
+    for row in out.as_f32().expect("f32 output").chunks_exact(hidden) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / hidden as f64;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / hidden as f64;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+            "row mean {mean}, variance {var}"
+        );
+    }
+}

@@ -558,7 +558,7 @@ fn binding_rechecks_products_once_a_later_weight_fixes_their_symbol() {
     assert_eq!(errors[0].param_name(), "a");
     assert!(errors[0]
         .to_string()
-        .contains("has shape [8], the model declares f32[2*h] (2*h is 6, here 8)"));
+        .contains("has shape [8], the model declares f32[2*h] (axis 0 must be 2*h = 6, got 8)"));
 }
 
 #[test]

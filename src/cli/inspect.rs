@@ -44,9 +44,21 @@ fn entry(name: &str, ty: &TensorType) -> serde_json::Value {
 }
 
 pub(super) fn signature_json(graph: &Graph) -> serde_json::Value {
-    let inputs: Vec<_> = graph.inputs.iter().map(|&id| entry(graph.input_name(id), &graph.node(id).ty)).collect();
-    let params: Vec<_> = graph.params().iter().map(|(name, id)| entry(name, &graph.node(*id).ty)).collect();
-    let outputs: Vec<_> = graph.outputs.iter().map(|(name, id)| entry(name, &graph.node(*id).ty)).collect();
+    let inputs: Vec<_> = graph
+        .inputs
+        .iter()
+        .map(|&id| entry(graph.input_name(id), &graph.node(id).ty))
+        .collect();
+    let params: Vec<_> = graph
+        .params()
+        .iter()
+        .map(|(name, id)| entry(name, &graph.node(*id).ty))
+        .collect();
+    let outputs: Vec<_> = graph
+        .outputs
+        .iter()
+        .map(|(name, id)| entry(name, &graph.node(*id).ty))
+        .collect();
     json!({"inputs": inputs, "params": params, "outputs": outputs})
 }
 
@@ -65,7 +77,12 @@ pub(super) fn info(path: &Path, as_json: bool) -> Result<(), Reported> {
     let params = g.params();
     let total: Option<usize> = params
         .iter()
-        .map(|(_, id)| g.node(*id).ty.known_shape().map(|s| s.iter().product::<usize>()))
+        .map(|(_, id)| {
+            g.node(*id)
+                .ty
+                .known_shape()
+                .map(|s| s.iter().product::<usize>())
+        })
         .sum();
     println!(
         "params: {}{}",

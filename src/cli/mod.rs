@@ -2,6 +2,7 @@
 //! library; user errors become rendered diagnostics and exit code 1.
 
 mod inspect;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,12 @@ enum Command {
         #[arg(long, value_name = "N")]
         max_steps: Option<usize>,
     },
+    /// Run a model on weights and inputs.
+    ///
+    /// What is not given is found beside the model file: `<model-stem>.safetensors` (or the file the
+    /// model names with `weights "..."`) for the weights, `NAME.npy` for input NAME, and `labels.npy`
+    /// for labels.
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,7 +96,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // Help and version are successes; every usage error is a user error (1).
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
@@ -102,6 +113,7 @@ pub fn main() -> ExitCode {
             stats,
             max_steps,
         } => inspect::graph(&model, format, inspect::GraphPasses { passes, stats, max_steps }),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

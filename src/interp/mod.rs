@@ -31,7 +31,9 @@ use crate::tensor::Tensor;
 
 pub use scalar::{erf, erfc};
 
-#[derive(Debug, thiserror::Error)]
+/// Why a graph could not be evaluated. Errors from one node's evaluation
+/// come wrapped in `AtNode`; `root()` unwraps them.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum InterpError {
     /// Inputs that do not fit the model's declared inputs, all of them.
     #[error("the inputs do not fit the model:{}", bullet_list(.0))]

@@ -10,7 +10,11 @@ pub enum BindError {
     #[error("`{name}` is not an input of the model (inputs: {known})")]
     UnknownInput { name: String, known: String },
     #[error("input `{name}` has dtype {actual}, the model declares {declared}")]
-    DType { name: String, declared: String, actual: DType },
+    DType {
+        name: String,
+        declared: String,
+        actual: DType,
+    },
     #[error("input `{name}` has shape {actual:?}, the model declares {declared}{detail}")]
     Shape {
         name: String,
@@ -44,10 +48,15 @@ pub fn unify(declared: &[Dim], actual: &[usize], bindings: &mut Bindings) -> Res
             }
         }
     }
-    for (d, &a) in declared.iter().zip(actual) {
+    for (axis, (d, &a)) in declared.iter().zip(actual).enumerate() {
         if let Some(v) = d.substitute(bindings).as_known() {
             if v != a {
-                return Err(format!(" ({d} is {v}, here {a})"));
+                let expected = if d.as_known().is_some() {
+                    v.to_string()
+                } else {
+                    format!("{d} = {v}")
+                };
+                return Err(format!(" (axis {axis} must be {expected}, got {a})"));
             }
         }
     }
@@ -64,7 +73,11 @@ pub fn bind_inputs(
 ) -> Result<Bindings, Vec<BindError>> {
     let mut bindings = fixed.clone();
     let mut errors = Vec::new();
-    let declared_names: Vec<&str> = graph.inputs.iter().map(|&id| graph.input_name(id)).collect();
+    let declared_names: Vec<&str> = graph
+        .inputs
+        .iter()
+        .map(|&id| graph.input_name(id))
+        .collect();
     for (name, _, _) in inputs {
         if !declared_names.contains(&name.as_str()) {
             errors.push(BindError::UnknownInput {
@@ -143,7 +156,11 @@ pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, BindError
             Op::Slice { end, .. } => *end = end.substitute(bindings),
             _ => {}
         }
-        let unbound = node.ty.shape.iter().find_map(|d| d.symbols().first().cloned());
+        let unbound = node
+            .ty
+            .shape
+            .iter()
+            .find_map(|d| d.symbols().first().cloned());
         if let Some(symbol) = unbound {
             return Err(BindError::Unbound { symbol });
         }
@@ -158,7 +175,11 @@ mod tests {
     #[test]
     fn unify_binds_symbols_and_checks_products() {
         let mut b = Bindings::new();
-        let declared = [Dim::symbol("batch"), Dim::symbol("seq"), Dim::symbol("batch").mul(&Dim::symbol("seq"))];
+        let declared = [
+            Dim::symbol("batch"),
+            Dim::symbol("seq"),
+            Dim::symbol("batch").mul(&Dim::symbol("seq")),
+        ];
         unify(&declared, &[2, 3, 6], &mut b).unwrap();
         assert_eq!(b["batch"], 2);
         assert_eq!(b["seq"], 3);

@@ -126,7 +126,9 @@ mod tests {
 
     #[test]
     fn monomials_multiply_divide_and_bind() {
-        let bs = Dim::symbol("batch").mul(&Dim::symbol("seq")).mul(&Dim::known(12));
+        let bs = Dim::symbol("batch")
+            .mul(&Dim::symbol("seq"))
+            .mul(&Dim::known(12));
         assert_eq!(bs.to_string(), "12*batch*seq");
         assert_eq!(bs.div(&Dim::symbol("seq")).unwrap().to_string(), "12*batch");
         assert!(bs.div(&Dim::symbol("heads")).is_none());

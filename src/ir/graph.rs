@@ -5,14 +5,14 @@
 //! stable across removals; `topo_order` gives the deterministic order every
 //! consumer (printer, interpreter, codegen) walks in.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use super::{Dim, DType, Op};
+use super::{DType, Dim, Op};
 use crate::span::Span;
 
 pub type NodeId = NodeIndex<u32>;
@@ -87,7 +87,13 @@ impl Graph {
     }
 
     /// Adds a node whose type the caller has already inferred.
-    pub fn add_node(&mut self, op: Op, inputs: &[NodeId], ty: TensorType, span: Option<Span>) -> NodeId {
+    pub fn add_node(
+        &mut self,
+        op: Op,
+        inputs: &[NodeId],
+        ty: TensorType,
+        span: Option<Span>,
+    ) -> NodeId {
         let id = self.graph.add_node(Node { op, ty, span });
         for (pos, &input) in inputs.iter().enumerate() {
             self.graph.add_edge(input, id, pos);
@@ -128,7 +134,10 @@ impl Graph {
 
     /// Nodes that read `id` (each once, even if it reads it twice), sorted.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let mut users: Vec<NodeId> = self.graph.neighbors_directed(id, Direction::Outgoing).collect();
+        let mut users: Vec<NodeId> = self
+            .graph
+            .neighbors_directed(id, Direction::Outgoing)
+            .collect();
         users.sort_unstable();
         users.dedup();
         users

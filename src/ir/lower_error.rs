@@ -7,23 +7,58 @@ pub enum LowerError {
     #[error("the file defines no model (add `model NAME {{ ... }}`)")]
     NoModel,
     #[error("a file defines one model; `{name}` is a second one")]
-    SecondModel { name: String, span: Span, first: Span },
+    SecondModel {
+        name: String,
+        span: Span,
+        first: Span,
+    },
     #[error("`{name}` is defined twice")]
-    Duplicate { name: String, span: Span, first: Span },
+    Duplicate {
+        name: String,
+        span: Span,
+        first: Span,
+    },
     #[error("unknown name `{name}`{hint}")]
-    UnknownName { name: String, span: Span, hint: String },
+    UnknownName {
+        name: String,
+        span: Span,
+        hint: String,
+    },
     #[error("unknown function `{name}`{hint}")]
-    UnknownFunction { name: String, span: Span, hint: String },
-    #[error("unknown symbol `{name}` in {context}: a symbol must appear in an input or parameter shape")]
-    UnknownSymbol { name: String, context: String, span: Span },
+    UnknownFunction {
+        name: String,
+        span: Span,
+        hint: String,
+    },
+    #[error(
+        "unknown symbol `{name}` in {context}: a symbol must appear in an input or parameter shape"
+    )]
+    UnknownSymbol {
+        name: String,
+        context: String,
+        span: Span,
+    },
     #[error("unknown dtype `{name}` (expected f32, i64, i32)")]
     UnknownDType { name: String, span: Span },
     #[error("{func} takes {expected}, got {got}")]
-    Arity { func: String, expected: String, got: usize, span: Span },
+    Arity {
+        func: String,
+        expected: String,
+        got: usize,
+        span: Span,
+    },
     #[error("{func}: {message}")]
-    Argument { func: String, message: String, span: Span },
-    #[error("shape error in {op}: {message}")]
-    Shape { op: String, message: String, span: Span },
+    Argument {
+        func: String,
+        message: String,
+        span: Span,
+    },
+    #[error("shape error: {message}")]
+    Shape {
+        op: String,
+        message: String,
+        span: Span,
+    },
     #[error("{message}")]
     Invalid { message: String, span: Span },
 }

@@ -11,7 +11,10 @@ pub mod shape_rules;
 pub use dim::{Bindings, Dim};
 pub use dtype::DType;
 pub use graph::{Graph, Node, NodeId, TensorType};
-pub use op::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp, UnaryOp};
+pub use op::{
+    BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp,
+    UnaryOp,
+};
 pub mod lower;
 pub mod lower_error;
 pub mod printer;

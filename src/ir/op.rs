@@ -174,12 +174,24 @@ impl ReduceOp {
 pub enum Init {
     Zeros,
     Ones,
-    Uniform { low: Float, high: Float, seed: u64 },
-    Normal { mean: Float, std: Float, seed: u64 },
+    Uniform {
+        low: Float,
+        high: Float,
+        seed: u64,
+    },
+    Normal {
+        mean: Float,
+        std: Float,
+        seed: u64,
+    },
     /// Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
-    Xavier { seed: u64 },
+    Xavier {
+        seed: u64,
+    },
     /// Kaiming normal: N(0, sqrt(2 / fan_in)).
-    He { seed: u64 },
+    He {
+        seed: u64,
+    },
 }
 
 impl fmt::Display for Init {
@@ -273,12 +285,19 @@ pub struct LinearEpilogue {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A model input, fed at run time.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A named parameter: from the weight file, or from `init`.
-    Param { name: String, init: Option<Init> },
+    Param {
+        name: String,
+        init: Option<Init>,
+    },
     /// A literal value known at compile time (scalars from the source,
     /// folded constants from passes).
-    Constant { value: Arc<Tensor> },
+    Constant {
+        value: Arc<Tensor>,
+    },
     Unary(UnaryOp),
     Binary(BinaryOp),
     Compare(CompareOp),
@@ -286,28 +305,62 @@ pub enum Op {
     Where,
     /// `a @ b`: 2-D, or batched with broadcast batch dims; a 1-D operand is
     /// not promoted (write a reshape). `transpose_*` swap the last two axes.
-    MatMul { transpose_a: bool, transpose_b: bool },
-    Softmax { axis: usize },
-    LogSoftmax { axis: usize },
+    MatMul {
+        transpose_a: bool,
+        transpose_b: bool,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
     /// `layer_norm(x, gain, bias)`: normalise over `axis` (the last axis),
     /// gain and bias have that axis's length.
-    LayerNorm { axis: usize, eps: Float },
-    Reduce { op: ReduceOp, axes: Vec<usize>, keepdims: bool },
+    LayerNorm {
+        axis: usize,
+        eps: Float,
+    },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
     /// Output axis i is input axis `perm[i]`.
-    Permute { perm: Vec<usize> },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// Target shape with every dim resolved (no -1 left).
-    Reshape { shape: Vec<Dim> },
-    Concat { axis: usize },
+    Reshape {
+        shape: Vec<Dim>,
+    },
+    Concat {
+        axis: usize,
+    },
     /// Elements `start, start+step, ...` below `end` along `axis`.
-    Slice { axis: usize, start: usize, end: Dim, step: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: Dim,
+        step: usize,
+    },
     /// `gather(table, ids)`: rows of `table` along `axis` picked by integer
     /// ids; out shape = table[..axis] ++ ids ++ table[axis+1..].
-    Gather { axis: usize },
-    Cast { to: DType },
+    Gather {
+        axis: usize,
+    },
+    Cast {
+        to: DType,
+    },
     /// matmul + epilogue. Inputs: a, b, then bias (if any), then residual (if any).
-    FusedLinear { transpose_b: bool, epilogue: LinearEpilogue },
+    FusedLinear {
+        transpose_b: bool,
+        epilogue: LinearEpilogue,
+    },
     /// A tree of elementwise ops evaluated in one pass over memory.
-    FusedElementwise { expr: ElementwiseExpr },
+    FusedElementwise {
+        expr: ElementwiseExpr,
+    },
 }
 
 impl Op {
@@ -347,6 +400,9 @@ impl Op {
 
     /// Ops with no inputs whose value does not depend on model inputs.
     pub fn is_source(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Constant { .. })
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::Constant { .. }
+        )
     }
 }

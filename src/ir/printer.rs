@@ -21,7 +21,15 @@ use super::{Graph, NodeId, Op};
 
 /// The attributes of an op as `key=value` pairs, in a fixed order.
 pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
-    let list = |v: &[usize]| format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
+    let list = |v: &[usize]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     match op {
         Op::Input { .. }
         | Op::Param { .. }
@@ -37,7 +45,10 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             };
             vec![("value", shown)]
         }
-        Op::MatMul { transpose_a, transpose_b } => {
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => {
             let mut a = vec![];
             if *transpose_a {
                 a.push(("transpose_a", "true".to_string()));
@@ -47,7 +58,10 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             }
             a
         }
-        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
+        Op::Softmax { axis }
+        | Op::LogSoftmax { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis } => {
             vec![("axis", axis.to_string())]
         }
         Op::LayerNorm { axis, eps } => vec![("axis", axis.to_string()), ("eps", eps.to_string())],
@@ -60,14 +74,22 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         }
         Op::Permute { perm } => vec![("perm", list(perm))],
         Op::Reshape { shape } => vec![("shape", ShapeDisplay(shape).to_string())],
-        Op::Slice { axis, start, end, step } => vec![
+        Op::Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => vec![
             ("axis", axis.to_string()),
             ("start", start.to_string()),
             ("end", end.to_string()),
             ("step", step.to_string()),
         ],
         Op::Cast { to } => vec![("to", to.to_string())],
-        Op::FusedLinear { transpose_b, epilogue } => {
+        Op::FusedLinear {
+            transpose_b,
+            epilogue,
+        } => {
             let mut a = vec![];
             if *transpose_b {
                 a.push(("transpose_b", "true".to_string()));
@@ -89,7 +111,12 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
 
 /// Position of each node in `topo_order`, the number the printer shows.
 pub fn numbering(graph: &Graph) -> HashMap<NodeId, usize> {
-    graph.topo_order().into_iter().enumerate().map(|(i, id)| (id, i)).collect()
+    graph
+        .topo_order()
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect()
 }
 
 /// One node as `op(%a, %b) {attrs}` (without the `%n =` and type).
@@ -106,7 +133,11 @@ pub fn node_text(graph: &Graph, id: NodeId, numbers: &HashMap<NodeId, usize>) ->
             }
         }
         _ => {
-            let inputs: Vec<String> = graph.inputs(id).iter().map(|i| format!("%{}", numbers[i])).collect();
+            let inputs: Vec<String> = graph
+                .inputs(id)
+                .iter()
+                .map(|i| format!("%{}", numbers[i]))
+                .collect();
             write!(line, "({})", inputs.join(", ")).unwrap();
         }
     }
@@ -124,7 +155,14 @@ pub fn print(graph: &Graph) -> String {
     let mut out = format!("graph {}\n", graph.name);
     for id in graph.topo_order() {
         let node = graph.node(id);
-        writeln!(out, "  %{} = {} : {}", numbers[&id], node_text(graph, id, &numbers), node.ty).unwrap();
+        writeln!(
+            out,
+            "  %{} = {} : {}",
+            numbers[&id],
+            node_text(graph, id, &numbers),
+            node.ty
+        )
+        .unwrap();
     }
     for (name, id) in &graph.outputs {
         writeln!(out, "  output {name} = %{}", numbers[id]).unwrap();
@@ -136,7 +174,10 @@ pub fn print(graph: &Graph) -> String {
 pub fn to_dot(graph: &Graph) -> String {
     let numbers = numbering(graph);
     let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut out = format!("digraph \"{}\" {{\n  node [shape=box, fontname=\"monospace\"];\n", escape(&graph.name));
+    let mut out = format!(
+        "digraph \"{}\" {{\n  node [shape=box, fontname=\"monospace\"];\n",
+        escape(&graph.name)
+    );
     for id in graph.topo_order() {
         let node = graph.node(id);
         let mut label = match &node.op {
@@ -150,16 +191,28 @@ pub fn to_dot(graph: &Graph) -> String {
         let style = match node.op {
             Op::Input { .. } => ", style=filled, fillcolor=\"#dbeafe\"",
             Op::Param { .. } | Op::Constant { .. } => ", style=filled, fillcolor=\"#f3f4f6\"",
-            Op::FusedLinear { .. } | Op::FusedElementwise { .. } => ", style=filled, fillcolor=\"#dcfce7\"",
+            Op::FusedLinear { .. } | Op::FusedElementwise { .. } => {
+                ", style=filled, fillcolor=\"#dcfce7\""
+            }
             _ => "",
         };
-        writeln!(out, "  n{} [label=\"%{}: {}\"{}];", numbers[&id], numbers[&id], label, style).unwrap();
+        writeln!(
+            out,
+            "  n{} [label=\"%{}: {}\"{}];",
+            numbers[&id], numbers[&id], label, style
+        )
+        .unwrap();
         for input in graph.inputs(id) {
             writeln!(out, "  n{} -> n{};", numbers[&input], numbers[&id]).unwrap();
         }
     }
     for (name, id) in &graph.outputs {
-        writeln!(out, "  out_{0} [label=\"output {0}\", shape=ellipse];", escape(name)).unwrap();
+        writeln!(
+            out,
+            "  out_{0} [label=\"output {0}\", shape=ellipse];",
+            escape(name)
+        )
+        .unwrap();
         writeln!(out, "  n{} -> out_{};", numbers[id], escape(name)).unwrap();
     }
     out.push_str("}\n");

@@ -81,7 +81,10 @@ fn broadcast_all(op: &str, inputs: &[&TensorType]) -> Result<Vec<Dim>, ShapeErro
             Some(s) => s,
             None => {
                 let all: Vec<String> = inputs.iter().map(|t| show(t)).collect();
-                return err(format!("{op}: shapes {} do not broadcast", all.join(" and ")));
+                return err(format!(
+                    "{op}: shapes {} do not broadcast",
+                    all.join(" and ")
+                ));
             }
         };
     }
@@ -105,13 +108,21 @@ fn expect_dtype(op: &str, what: &str, ty: &TensorType, dtype: DType) -> Result<(
 
 fn expect_axis(op: &str, axis: usize, ty: &TensorType) -> Result<(), ShapeError> {
     if axis >= ty.rank() {
-        return err(format!("{op}: axis {axis} is out of range for {}", show(ty)));
+        return err(format!(
+            "{op}: axis {axis} is out of range for {}",
+            show(ty)
+        ));
     }
     Ok(())
 }
 
 /// The shape of `a @ b` with optional transposes of the last two axes.
-fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Vec<Dim>, ShapeError> {
+fn matmul_shape(
+    a: &TensorType,
+    b: &TensorType,
+    ta: bool,
+    tb: bool,
+) -> Result<Vec<Dim>, ShapeError> {
     if a.rank() < 2 || b.rank() < 2 {
         return err(format!(
             "matmul: operands need rank >= 2, got {} and {} (reshape a vector to [1, n] or [n, 1])",
@@ -155,6 +166,9 @@ fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Ve
 /// Sum of dims along a concat axis: exact for known sizes and for
 /// multiples of the same symbols (`seq + seq = 2*seq`).
 fn add_dims(a: &Dim, b: &Dim) -> Option<Dim> {
+    if let (Some(x), Some(y)) = (a.as_known(), b.as_known()) {
+        return Some(Dim::known(x + y));
+    }
     if a.symbols() != b.symbols() {
         return None;
     }
@@ -174,10 +188,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         } else {
             format!("{lo} to {hi}")
         };
-        return err(format!("{name} takes {expected} operand(s), got {}", inputs.len()));
+        return err(format!(
+            "{name} takes {expected} operand(s), got {}",
+            inputs.len()
+        ));
     }
     match op {
-        Op::Input { .. } | Op::Param { .. } => err(format!("{name} has a declared type, not an inferred one")),
+        Op::Input { .. } | Op::Param { .. } => {
+            err(format!("{name} has a declared type, not an inferred one"))
+        }
         Op::Constant { value } => Ok(TensorType::new(
             value.dtype(),
             value.shape().iter().map(|&d| Dim::known(d)).collect(),
@@ -215,9 +234,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                     show(inputs[2])
                 ));
             }
-            Ok(TensorType::new(inputs[1].dtype, broadcast_all(name, inputs)?))
+            Ok(TensorType::new(
+                inputs[1].dtype,
+                broadcast_all(name, inputs)?,
+            ))
         }
-        Op::MatMul { transpose_a, transpose_b } => {
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             Ok(TensorType::new(
@@ -225,7 +250,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                 matmul_shape(inputs[0], inputs[1], *transpose_a, *transpose_b)?,
             ))
         }
-        Op::FusedLinear { transpose_b, epilogue } => {
+        Op::FusedLinear {
+            transpose_b,
+            epilogue,
+        } => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             let shape = matmul_shape(inputs[0], inputs[1], false, *transpose_b)?;
@@ -235,7 +263,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                 let bias = inputs[next];
                 next += 1;
                 if bias.shape != [n.clone()] {
-                    return err(format!("fused_linear: bias must be [{n}], got {}", show(bias)));
+                    return err(format!(
+                        "fused_linear: bias must be [{n}], got {}",
+                        show(bias)
+                    ));
                 }
             }
             if epilogue.residual {
@@ -257,7 +288,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             }
             expect_axis(name, *axis, x)?;
             if *axis + 1 != x.rank() {
-                return err(format!("layer_norm: only the last axis can be normalised, got axis {axis} of {}", show(x)));
+                return err(format!(
+                    "layer_norm: only the last axis can be normalised, got axis {axis} of {}",
+                    show(x)
+                ));
             }
             let want = vec![x.shape[*axis].clone()];
             for (what, t) in [("gain", gain), ("bias", bias)] {
@@ -299,9 +333,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             let mut sorted = perm.clone();
             sorted.sort_unstable();
             if sorted != (0..x.rank()).collect::<Vec<_>>() {
-                return err(format!("permute: {perm:?} is not a permutation of the axes of {}", show(x)));
+                return err(format!(
+                    "permute: {perm:?} is not a permutation of the axes of {}",
+                    show(x)
+                ));
             }
-            Ok(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p].clone()).collect()))
+            Ok(TensorType::new(
+                x.dtype,
+                perm.iter().map(|&p| x.shape[p].clone()).collect(),
+            ))
         }
         Op::Reshape { shape } => {
             let x = inputs[0];
@@ -341,7 +381,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             shape[*axis] = total;
             Ok(TensorType::new(first.dtype, shape))
         }
-        Op::Slice { axis, start, end, step } => {
+        Op::Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => {
             let x = inputs[0];
             expect_axis(name, *axis, x)?;
             if *step == 0 {
@@ -351,7 +396,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                 (Some(e), size) => {
                     if let Some(size) = size {
                         if e > size {
-                            return err(format!("slice: end {e} is past the size {size} of axis {axis} of {}", show(x)));
+                            return err(format!(
+                                "slice: end {e} is past the size {size} of axis {axis} of {}",
+                                show(x)
+                            ));
                         }
                     }
                     if e < *start {
@@ -360,7 +408,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                     Dim::known((e - start).div_ceil(*step))
                 }
                 (None, _) if *start == 0 && *step == 1 => end.clone(),
-                (None, _) => return err(format!("slice: a symbolic end ({end}) needs start 0 and step 1")),
+                (None, _) => {
+                    return err(format!(
+                        "slice: a symbolic end ({end}) needs start 0 and step 1"
+                    ))
+                }
             };
             let mut shape = x.shape.clone();
             shape[*axis] = len;
@@ -370,7 +422,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             let (table, ids) = (inputs[0], inputs[1]);
             expect_axis(name, *axis, table)?;
             if !ids.dtype.is_integer() {
-                return err(format!("gather: ids must be integers (i64 or i32), got {}", show(ids)));
+                return err(format!(
+                    "gather: ids must be integers (i64 or i32), got {}",
+                    show(ids)
+                ));
             }
             let mut shape = table.shape[..*axis].to_vec();
             shape.extend(ids.shape.iter().cloned());
@@ -390,7 +445,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
                 };
                 dtypes.push(d);
             }
-            let dtype = *dtypes.last().ok_or_else(|| ShapeError("fused_elementwise: empty expression".into()))?;
+            let dtype = *dtypes
+                .last()
+                .ok_or_else(|| ShapeError("fused_elementwise: empty expression".into()))?;
             Ok(TensorType::new(dtype, shape))
         }
     }
@@ -413,7 +470,10 @@ mod tests {
     #[test]
     fn symbolic_matmul_propagates_batch() {
         let out = infer(
-            &Op::MatMul { transpose_a: false, transpose_b: false },
+            &Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            },
             &[&t(&["batch", "784"]), &t(&["784", "512"])],
         )
         .unwrap();
@@ -423,16 +483,26 @@ mod tests {
     #[test]
     fn matmul_mismatch_names_both_shapes() {
         let e = infer(
-            &Op::MatMul { transpose_a: false, transpose_b: false },
+            &Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            },
             &[&t(&["batch", "784"]), &t(&["100", "512"])],
         )
         .unwrap_err();
-        assert!(e.0.contains("f32[batch, 784]") && e.0.contains("f32[100, 512]"), "{e}");
+        assert!(
+            e.0.contains("f32[batch, 784]") && e.0.contains("f32[100, 512]"),
+            "{e}"
+        );
     }
 
     #[test]
     fn broadcasting_follows_numpy() {
-        let out = infer(&Op::Binary(BinaryOp::Add), &[&t(&["b", "1", "4"]), &t(&["3", "1"])]).unwrap();
+        let out = infer(
+            &Op::Binary(BinaryOp::Add),
+            &[&t(&["b", "1", "4"]), &t(&["3", "1"])],
+        )
+        .unwrap();
         assert_eq!(out.to_string(), "f32[b, 3, 4]");
         assert!(infer(&Op::Binary(BinaryOp::Add), &[&t(&["b", "2"]), &t(&["3"])]).is_err());
     }
@@ -441,10 +511,20 @@ mod tests {
     fn reshape_checks_symbolic_element_count() {
         let x = t(&["batch", "seq", "384"]);
         let ok = Op::Reshape {
-            shape: vec![Dim::symbol("batch"), Dim::symbol("seq"), Dim::known(12), Dim::known(32)],
+            shape: vec![
+                Dim::symbol("batch"),
+                Dim::symbol("seq"),
+                Dim::known(12),
+                Dim::known(32),
+            ],
         };
-        assert_eq!(infer(&ok, &[&x]).unwrap().to_string(), "f32[batch, seq, 12, 32]");
-        let bad = Op::Reshape { shape: vec![Dim::symbol("batch"), Dim::known(384)] };
+        assert_eq!(
+            infer(&ok, &[&x]).unwrap().to_string(),
+            "f32[batch, seq, 12, 32]"
+        );
+        let bad = Op::Reshape {
+            shape: vec![Dim::symbol("batch"), Dim::known(384)],
+        };
         assert!(infer(&bad, &[&x]).is_err());
     }
 }

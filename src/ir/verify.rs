@@ -32,8 +32,15 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             }
             if let Op::Constant { value } = &node.op {
                 let ty = shape_rules::infer(&node.op, &[]).expect("constants always type");
-                if ty != node.ty || value.len() != ty.known_shape().map_or(0, |s| s.iter().product()) {
-                    problems.push(format!("{}: constant type {} recorded as {}", what(), ty, node.ty));
+                if ty != node.ty
+                    || value.len() != ty.known_shape().map_or(0, |s| s.iter().product())
+                {
+                    problems.push(format!(
+                        "{}: constant type {} recorded as {}",
+                        what(),
+                        ty,
+                        node.ty
+                    ));
                 }
             }
             continue;
@@ -41,7 +48,12 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         let types: Vec<&TensorType> = inputs.iter().map(|&i| &graph.node(i).ty).collect();
         match shape_rules::infer(&node.op, &types) {
             Ok(ty) if ty == node.ty => {}
-            Ok(ty) => problems.push(format!("{}: recorded type {} but the shape rule gives {}", what(), node.ty, ty)),
+            Ok(ty) => problems.push(format!(
+                "{}: recorded type {} but the shape rule gives {}",
+                what(),
+                node.ty,
+                ty
+            )),
             Err(e) => problems.push(format!("{}: {}", what(), e)),
         }
     }

@@ -4,6 +4,7 @@
 pub mod init;
 pub mod npy;
 pub mod params;
+pub mod text;
 pub mod weights;
 
 pub use init::materialize;

@@ -35,7 +35,10 @@ pub struct File {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     /// `weights "digits.safetensors"`: the weight file, relative to the model file.
-    Weights { path: String, span: Span },
+    Weights {
+        path: String,
+        span: Span,
+    },
     Block(BlockDef),
     Model(ModelDef),
 }
@@ -164,15 +167,30 @@ pub enum Arg {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
     /// An integer literal as written (`784`, `-1` is `Neg(Int(1))`).
-    Int { value: i64, span: Span },
-    Float { value: f64, span: Span },
-    Bool { value: bool, span: Span },
+    Int {
+        value: i64,
+        span: Span,
+    },
+    Float {
+        value: f64,
+        span: Span,
+    },
+    Bool {
+        value: bool,
+        span: Span,
+    },
     /// A name or dotted path: a local, an input, a parameter, a symbol, a
     /// block argument, or a bare word such as a dtype in `cast(x, f32)`.
     Name(Path),
     /// `[a, b, c]`: shapes and permutations in attributes.
-    List { items: Vec<Expr>, span: Span },
-    Neg { operand: Box<Expr>, span: Span },
+    List {
+        items: Vec<Expr>,
+        span: Span,
+    },
+    Neg {
+        operand: Box<Expr>,
+        span: Span,
+    },
     Binary {
         op: BinOp,
         lhs: Box<Expr>,

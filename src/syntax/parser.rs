@@ -15,7 +15,7 @@ use super::ast::{
     Arg, BinOp, BlockDef, BlockParam, BlockParamKind, Expr, File, Ident, Item, ModelDef, Path,
     PathSegment, Stmt, TypeExpr,
 };
-use crate::span::Span;
+use crate::span::{line_col, Span};
 
 /// The pest-generated parser lives in its own private module so that its
 /// `Rule` enum does not leak into the public API.
@@ -73,22 +73,21 @@ pub fn parse(source: &str) -> Result<File, ParseError> {
 /// The span of a node's text. pest skips whitespace and comments *before*
 /// trying an optional or repeated part, so a rule ending in one (`x` in
 /// `x + y`'s `(add_op ~ ...)*`) also ends after any whitespace and comment
-/// that follow it. The true end is that of the last token inside: the last
-/// non-empty pair without children (an atomic rule or punctuation).
+/// that follow it. The true end is that of the last token inside, found by
+/// descending through last non-empty children down to a leaf (an atomic
+/// rule or punctuation, whose span is exact).
 fn span_of(pair: &Pair<'_, Rule>) -> Span {
-    let span = pair.as_span();
-    let end = pair
+    let start = pair.as_span().start();
+    let mut last = pair.clone();
+    while let Some(child) = last
         .clone()
         .into_inner()
-        .flatten()
-        .filter(|p| {
-            let s = p.as_span();
-            s.start() < s.end() && p.clone().into_inner().next().is_none()
-        })
-        .map(|p| p.as_span().end())
-        .max()
-        .unwrap_or(span.end());
-    Span::new(span.start(), end)
+        .rev()
+        .find(|p| p.as_span().start() < p.as_span().end())
+    {
+        last = child;
+    }
+    Span::new(start, last.as_span().end())
 }
 
 /// Tokens that only delimit: their presence is implied by the node they sit
@@ -961,7 +960,55 @@ fn syntax_error(source: &str, err: pest::error::Error<Rule>) -> ParseError {
         }
         _ => {}
     }
+    if let Some((opener, at)) = innermost_unclosed(source, pos) {
+        // A `}` is expected after every statement of a body, so pointing at
+        // the body's `{` only helps when the file ends inside it.
+        let closer = match opener {
+            '(' => Some(Rule::rparen),
+            '[' => Some(Rule::rbrack),
+            _ if pos >= source.len() => Some(Rule::rbrace),
+            _ => None,
+        };
+        if closer.is_some_and(|closer| positives.contains(&closer)) {
+            let (line, column) = line_col(source, at);
+            message.push_str(&format!(
+                " (to close the `{opener}` at line {line}, column {column})"
+            ));
+        }
+    }
     ParseError::new(found.span, message)
+}
+
+/// The innermost bracket still open at `pos`, and its offset, skipping
+/// comments and strings. The grammar does not say which bracket an expected
+/// `)` would close; this does, which matters when the error shows up lines
+/// after a forgotten parenthesis.
+fn innermost_unclosed(source: &str, pos: usize) -> Option<(char, usize)> {
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut chars = source.get(..pos)?.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '#' => {
+                chars.by_ref().find(|&(_, c)| c == '\n');
+            }
+            '"' => {
+                chars.by_ref().find(|&(_, c)| c == '"' || c == '\n');
+            }
+            '(' | '[' | '{' => open.push((c, at)),
+            ')' | ']' | '}' => {
+                let opener = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if open.last().is_some_and(|&(o, _)| o == opener) {
+                    open.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    open.pop()
 }
 
 #[cfg(test)]

@@ -19,7 +19,12 @@ pub(super) struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    pub fn new(lw: &mut Lowerer<'a>, func: &str, args: &'a [ast::Arg], span: Span) -> Lowered<Args<'a>> {
+    pub fn new(
+        lw: &mut Lowerer<'a>,
+        func: &str,
+        args: &'a [ast::Arg],
+        span: Span,
+    ) -> Lowered<Args<'a>> {
         let mut positional = Vec::new();
         let mut keywords = HashMap::new();
         let mut seen_keyword = false;
@@ -37,7 +42,10 @@ impl<'a> Args<'a> {
                 }
                 ast::Arg::Keyword { name, value } => {
                     seen_keyword = true;
-                    if keywords.insert(name.name.clone(), (value, name.span)).is_some() {
+                    if keywords
+                        .insert(name.name.clone(), (value, name.span))
+                        .is_some()
+                    {
                         return Err(lw.error(LowerError::Argument {
                             func: func.to_string(),
                             message: format!("`{}` is given twice", name.name),
@@ -67,10 +75,13 @@ impl<'a> Args<'a> {
     /// The next positional argument, as a tensor.
     pub fn tensor(&mut self, lw: &mut Lowerer<'a>) -> Lowered<NodeId> {
         let Some(e) = self.positional.get(self.next).copied() else {
-            return Err(lw.error(LowerError::Arity {
+            return Err(lw.error(LowerError::Argument {
                 func: self.func.clone(),
-                expected: format!("at least {} tensor argument(s)", self.next + 1),
-                got: self.positional.len(),
+                message: format!(
+                    "missing tensor argument {} (got {} positional argument(s))",
+                    self.next + 1,
+                    self.positional.len()
+                ),
                 span: self.span,
             }));
         };
@@ -113,7 +124,9 @@ impl<'a> Args<'a> {
 
     pub fn int(&mut self, lw: &mut Lowerer<'a>, name: &str, default: Option<i64>) -> Lowered<i64> {
         match self.attr(name, false) {
-            None => default.ok_or_else(|| self.arg_error(lw, format!("needs `{name}=`"), self.span)),
+            None => {
+                default.ok_or_else(|| self.arg_error(lw, format!("needs `{name}=`"), self.span))
+            }
             Some((e, span)) => match lw.expr(e)? {
                 Value::Int(v) => Ok(v),
                 _ => Err(self.arg_error(lw, format!("`{name}` must be an integer"), span)),
@@ -127,7 +140,9 @@ impl<'a> Args<'a> {
             Some((e, span)) => match lw.expr(e)? {
                 Value::Int(v) => Ok(v as f64),
                 Value::Float(v) => Ok(v),
-                Value::Tensor(_) => Err(self.arg_error(lw, format!("`{name}` must be a number"), span)),
+                Value::Tensor(_) => {
+                    Err(self.arg_error(lw, format!("`{name}` must be a number"), span))
+                }
             },
         }
     }
@@ -136,12 +151,19 @@ impl<'a> Args<'a> {
         match self.attr(name, false) {
             None => Ok(default),
             Some((Expr::Bool { value, .. }, _)) => Ok(*value),
-            Some((_, span)) => Err(self.arg_error(lw, format!("`{name}` must be true or false"), span)),
+            Some((_, span)) => {
+                Err(self.arg_error(lw, format!("`{name}` must be true or false"), span))
+            }
         }
     }
 
     /// An integer or a list of integers (`axis=1`, `axis=[1, 2]`); None if absent.
-    pub fn int_list(&mut self, lw: &mut Lowerer<'a>, name: &str, positional: bool) -> Lowered<Option<Vec<i64>>> {
+    pub fn int_list(
+        &mut self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        positional: bool,
+    ) -> Lowered<Option<Vec<i64>>> {
         let Some((e, span)) = self.attr(name, positional) else {
             return Ok(None);
         };
@@ -160,10 +182,17 @@ impl<'a> Args<'a> {
     }
 
     /// A list of dim expressions as written (`shape=[batch, -1, 64]`).
-    pub fn list(&mut self, lw: &mut Lowerer<'a>, name: &str, positional: bool) -> Lowered<(&'a [Expr], Span)> {
+    pub fn list(
+        &mut self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        positional: bool,
+    ) -> Lowered<(&'a [Expr], Span)> {
         match self.attr(name, positional) {
             Some((Expr::List { items, span }, _)) => Ok((items, *span)),
-            Some((_, span)) => Err(self.arg_error(lw, format!("`{name}` must be a list like [a, b]"), span)),
+            Some((_, span)) => {
+                Err(self.arg_error(lw, format!("`{name}` must be a list like [a, b]"), span))
+            }
             None => Err(self.arg_error(lw, format!("needs `{name}=[...]`"), self.span)),
         }
     }
@@ -250,18 +279,20 @@ pub(super) fn bind_block_args<'a>(
                 }
                 (position - 1, e)
             }
-            ast::Arg::Keyword { name: kw, value } => match block.params.iter().position(|p| p.name.name == kw.name) {
-                Some(i) => (i, value),
-                None => {
-                    lw.error(LowerError::Argument {
-                        func: format!("block `{name}`"),
-                        message: format!("has no parameter `{}`", kw.name),
-                        span: kw.span,
-                    });
-                    failed = true;
-                    continue;
+            ast::Arg::Keyword { name: kw, value } => {
+                match block.params.iter().position(|p| p.name.name == kw.name) {
+                    Some(i) => (i, value),
+                    None => {
+                        lw.error(LowerError::Argument {
+                            func: format!("block `{name}`"),
+                            message: format!("has no parameter `{}`", kw.name),
+                            span: kw.span,
+                        });
+                        failed = true;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let param = &block.params[slot];
         let Ok(v) = lw.expr(expr) else {
@@ -306,10 +337,17 @@ pub(super) fn bind_block_args<'a>(
     if !missing.is_empty() {
         return Err(lw.error(LowerError::Arity {
             func: format!("block `{name}`"),
-            expected: format!("{} argument(s), missing `{}`", block.params.len(), missing.join("`, `")),
+            expected: format!(
+                "{} argument(s), missing `{}`",
+                block.params.len(),
+                missing.join("`, `")
+            ),
             got: args.len(),
             span,
         }));
     }
-    Ok(slots.into_iter().map(|s| s.expect("checked above").0).collect())
+    Ok(slots
+        .into_iter()
+        .map(|s| s.expect("checked above").0)
+        .collect())
 }

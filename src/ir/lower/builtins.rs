@@ -38,7 +38,10 @@ pub(super) fn is_builtin(name: &str) -> bool {
 }
 
 fn all_names() -> impl Iterator<Item = &'static str> {
-    UnaryOp::ALL.iter().map(|u| u.name()).chain(OTHER_BUILTINS.iter().copied())
+    UnaryOp::ALL
+        .iter()
+        .map(|u| u.name())
+        .chain(OTHER_BUILTINS.iter().copied())
 }
 
 /// `axis` counted from the end when negative, checked against `rank`.
@@ -58,7 +61,12 @@ fn rank(lw: &Lowerer<'_>, id: NodeId) -> usize {
     lw.graph.node(id).ty.rank()
 }
 
-pub(super) fn call<'a>(lw: &mut Lowerer<'a>, func: &ast::Ident, call_args: &'a [ast::Arg], span: Span) -> Lowered<NodeId> {
+pub(super) fn call<'a>(
+    lw: &mut Lowerer<'a>,
+    func: &ast::Ident,
+    call_args: &'a [ast::Arg],
+    span: Span,
+) -> Lowered<NodeId> {
     let name = func.name.as_str();
     if !is_builtin(name) {
         let hint = if INITIALIZERS.contains(&name) {
@@ -82,7 +90,11 @@ pub(super) fn call<'a>(lw: &mut Lowerer<'a>, func: &ast::Ident, call_args: &'a [
     lw.node(op, &inputs, span)
 }
 
-fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowered<(Op, Vec<NodeId>)> {
+fn lower_call<'a>(
+    lw: &mut Lowerer<'a>,
+    args: &mut Args<'a>,
+    name: &str,
+) -> Lowered<(Op, Vec<NodeId>)> {
     if let Some(u) = UnaryOp::from_name(name) {
         return Ok((Op::Unary(u), vec![args.tensor(lw)?]));
     }
@@ -92,7 +104,13 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
             let b = args.tensor(lw)?;
             let transpose_a = args.bool(lw, "transpose_a", false)?;
             let transpose_b = args.bool(lw, "transpose_b", false)?;
-            Ok((Op::MatMul { transpose_a, transpose_b }, vec![a, b]))
+            Ok((
+                Op::MatMul {
+                    transpose_a,
+                    transpose_b,
+                },
+                vec![a, b],
+            ))
         }
         "maximum" | "minimum" | "pow" => {
             let op = match name {
@@ -128,12 +146,20 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
             let axis = args.int(lw, "axis", Some(-1))?;
             let eps = args.float(lw, "eps", 1e-5)?;
             let axis = normalize_axis(lw, args, axis, rank(lw, x))?;
-            Ok((Op::LayerNorm { axis, eps: Float(eps as f32) }, vec![x, gain, bias]))
+            Ok((
+                Op::LayerNorm {
+                    axis,
+                    eps: Float(eps as f32),
+                },
+                vec![x, gain, bias],
+            ))
         }
         "sum" | "mean" | "max" => {
             let x = args.tensor(lw)?;
             let r = rank(lw, x);
-            let axes = args.int_list(lw, "axis", false)?.unwrap_or_else(|| (0..r as i64).collect());
+            let axes = args
+                .int_list(lw, "axis", false)?
+                .unwrap_or_else(|| (0..r as i64).collect());
             let keepdims = args.bool(lw, "keepdims", false)?;
             let mut resolved = Vec::with_capacity(axes.len());
             for a in axes {
@@ -145,7 +171,14 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
                 "mean" => ReduceOp::Mean,
                 _ => ReduceOp::Max,
             };
-            Ok((Op::Reduce { op, axes: resolved, keepdims }, vec![x]))
+            Ok((
+                Op::Reduce {
+                    op,
+                    axes: resolved,
+                    keepdims,
+                },
+                vec![x],
+            ))
         }
         "transpose" => {
             let x = args.tensor(lw)?;
@@ -210,7 +243,9 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
             if start < 0 || step < 1 {
                 return Err(lw.error(LowerError::Argument {
                     func: "slice".into(),
-                    message: format!("needs start >= 0 and step >= 1, got start={start}, step={step}"),
+                    message: format!(
+                        "needs start >= 0 and step >= 1, got start={start}, step={step}"
+                    ),
                     span: args.span,
                 }));
             }
@@ -232,7 +267,11 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
                 let i = args.tensor(lw)?;
                 (args.tensor(lw)?, i)
             };
-            let axis = if name == "gather" { args.int(lw, "axis", Some(0))? } else { 0 };
+            let axis = if name == "gather" {
+                args.int(lw, "axis", Some(0))?
+            } else {
+                0
+            };
             let axis = normalize_axis(lw, args, axis, rank(lw, table))?;
             Ok((Op::Gather { axis }, vec![table, ids]))
         }
@@ -247,7 +286,12 @@ fn lower_call<'a>(lw: &mut Lowerer<'a>, args: &mut Args<'a>, name: &str) -> Lowe
 
 /// Resolves a reshape target: dims as in types, plus one `-1` inferred from
 /// the element count.
-fn reshape_target(lw: &mut Lowerer<'_>, x: NodeId, items: &[Expr], span: Span) -> Lowered<Vec<Dim>> {
+fn reshape_target(
+    lw: &mut Lowerer<'_>,
+    x: NodeId,
+    items: &[Expr],
+    span: Span,
+) -> Lowered<Vec<Dim>> {
     let mut dims: Vec<Option<Dim>> = Vec::with_capacity(items.len());
     let mut failed = false;
     for item in items {
@@ -280,11 +324,14 @@ fn reshape_target(lw: &mut Lowerer<'_>, x: NodeId, items: &[Expr], span: Span) -
             let from = lw.graph.node(x).ty.to_string();
             return Err(lw.error(LowerError::Shape {
                 op: "reshape".into(),
-                message: format!("cannot infer -1: {from} has {total} elements, not a multiple of {rest}"),
+                message: format!("reshape: cannot infer -1: {from} has {total} elements, not a multiple of {rest}"),
                 span,
             }));
         };
-        return Ok(dims.into_iter().map(|d| d.unwrap_or_else(|| missing.clone())).collect());
+        return Ok(dims
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| missing.clone()))
+            .collect());
     }
     Ok(dims.into_iter().flatten().collect())
 }
@@ -297,7 +344,12 @@ pub(super) fn initializer<'a>(lw: &mut Lowerer<'a>, e: &'a Expr) -> Lowered<Init
             [PathSegment::Name(n)] => (n.as_str(), p.span, &[]),
             _ => return Err(bad_init(lw, e.span(), "?")),
         },
-        Expr::Call { func, args, prefix: None, span } => (func.name.as_str(), *span, args.as_slice()),
+        Expr::Call {
+            func,
+            args,
+            prefix: None,
+            span,
+        } => (func.name.as_str(), *span, args.as_slice()),
         _ => return Err(bad_init(lw, e.span(), "?")),
     };
     if !INITIALIZERS.contains(&name) {
@@ -327,8 +379,12 @@ pub(super) fn initializer<'a>(lw: &mut Lowerer<'a>, e: &'a Expr) -> Lowered<Init
             std: Float(args.float(lw, "std", 0.02)? as f32),
             seed: seed(lw, &mut args)?,
         },
-        "xavier" => Init::Xavier { seed: seed(lw, &mut args)? },
-        _ => Init::He { seed: seed(lw, &mut args)? },
+        "xavier" => Init::Xavier {
+            seed: seed(lw, &mut args)?,
+        },
+        _ => Init::He {
+            seed: seed(lw, &mut args)?,
+        },
     };
     args.finish(lw)?;
     Ok(init)

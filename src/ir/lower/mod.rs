@@ -48,6 +48,8 @@ struct Binding {
 #[derive(Default)]
 struct Frame {
     names: HashMap<String, Binding>,
+    /// Names whose definition failed: using them reports nothing more.
+    poisoned: BTreeSet<String>,
     /// Loop frames let assignments reach names of enclosing frames.
     is_loop: bool,
 }
@@ -102,7 +104,10 @@ pub fn lower(file: &ast::File) -> Result<LoweredModel, Vec<LowerError>> {
                     });
                 } else if builtins::is_builtin(&b.name.name) {
                     lw.errors.push(LowerError::Invalid {
-                        message: format!("block `{}` has the name of a built-in function", b.name.name),
+                        message: format!(
+                            "block `{}` has the name of a built-in function",
+                            b.name.name
+                        ),
                         span: b.name.span,
                     });
                 } else {
@@ -151,7 +156,10 @@ impl<'a> Lowerer<'a> {
         }
         if self.graph.outputs.is_empty() && self.errors.is_empty() {
             self.errors.push(LowerError::Invalid {
-                message: format!("model `{}` has no outputs (add `output NAME = ...`)", m.name.name),
+                message: format!(
+                    "model `{}` has no outputs (add `output NAME = ...`)",
+                    m.name.name
+                ),
                 span: m.name.span,
             });
         }
@@ -175,31 +183,67 @@ impl<'a> Lowerer<'a> {
                     });
                     return;
                 }
-                let Ok(ty) = self.tensor_type(ty, true) else { return };
-                let id = self.graph.add_node(Op::Input { name: name.name.clone() }, &[], ty, Some(*span));
-                if self.define(&name.name, Value::Tensor(id), name.span).is_ok() {
+                let Ok(ty) = self.tensor_type(ty, true) else {
+                    self.poison(&name.name);
+                    return;
+                };
+                let id = self.graph.add_node(
+                    Op::Input {
+                        name: name.name.clone(),
+                    },
+                    &[],
+                    ty,
+                    Some(*span),
+                );
+                if self
+                    .define(&name.name, Value::Tensor(id), name.span)
+                    .is_ok()
+                {
                     self.graph.inputs.push(id);
                 }
             }
-            Stmt::Param { name, ty, init, span } => {
-                let _ = self.param(name, ty, init.as_ref(), *span);
-            }
-            Stmt::Let { name, value, .. } => {
-                if let Ok(v) = self.expr(value) {
-                    let _ = self.assign(&name.name, v, name.span);
+            Stmt::Param {
+                name,
+                ty,
+                init,
+                span,
+            } => {
+                if self.param(name, ty, init.as_ref(), *span).is_err() {
+                    if let Ok(local) = self.path_string(name) {
+                        self.poison(&local);
+                    }
                 }
             }
-            Stmt::Output { name, ty, value, span } => {
+            Stmt::Let { name, value, .. } => match self.expr(value) {
+                Ok(v) => {
+                    let _ = self.assign(&name.name, v, name.span);
+                }
+                Err(Poisoned) => self.poison(&name.name),
+            },
+            Stmt::Output {
+                name,
+                ty,
+                value,
+                span,
+            } => {
                 if !in_model {
                     self.error(LowerError::Invalid {
-                        message: "`output` belongs in a model; a block gives its result with `return`".into(),
+                        message:
+                            "`output` belongs in a model; a block gives its result with `return`"
+                                .into(),
                         span: *span,
                     });
                     return;
                 }
                 let _ = self.output(name, ty.as_ref(), value.as_ref());
             }
-            Stmt::For { var, start, end, body, .. } => {
+            Stmt::For {
+                var,
+                start,
+                end,
+                body,
+                ..
+            } => {
                 for i in *start..*end {
                     let mut frame = Frame {
                         is_loop: true,
@@ -227,7 +271,12 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn output(&mut self, name: &ast::Ident, ty: Option<&ast::TypeExpr>, value: Option<&'a Expr>) -> Lowered<()> {
+    fn output(
+        &mut self,
+        name: &ast::Ident,
+        ty: Option<&ast::TypeExpr>,
+        value: Option<&'a Expr>,
+    ) -> Lowered<()> {
         let id = match value {
             Some(e) => {
                 let v = self.expr(e)?;
@@ -251,7 +300,10 @@ impl<'a> Lowerer<'a> {
             let actual = &self.graph.node(id).ty;
             if declared != *actual {
                 return Err(self.error(LowerError::Invalid {
-                    message: format!("output `{}` is declared {declared} but computes {actual}", name.name),
+                    message: format!(
+                        "output `{}` is declared {declared} but computes {actual}",
+                        name.name
+                    ),
                     span: ty.span,
                 }));
             }
@@ -263,9 +315,21 @@ impl<'a> Lowerer<'a> {
         Ok(())
     }
 
-    fn param(&mut self, path: &ast::Path, ty: &ast::TypeExpr, init: Option<&'a Expr>, span: Span) -> Lowered<()> {
+    fn param(
+        &mut self,
+        path: &ast::Path,
+        ty: &ast::TypeExpr,
+        init: Option<&'a Expr>,
+        span: Span,
+    ) -> Lowered<()> {
         let local = self.path_string(path)?;
-        let full = self.prefix.iter().cloned().chain(std::iter::once(local.clone())).collect::<Vec<_>>().join(".");
+        let full = self
+            .prefix
+            .iter()
+            .cloned()
+            .chain(std::iter::once(local.clone()))
+            .collect::<Vec<_>>()
+            .join(".");
         let ty = self.tensor_type(ty, true);
         let init = init.map(|e| builtins::initializer(self, e)).transpose();
         let (ty, init) = (ty?, init?);
@@ -283,11 +347,34 @@ impl<'a> Lowerer<'a> {
             }));
         }
         self.params.insert(full.clone(), path.span);
-        let id = self.graph.add_node(Op::Param { name: full, init }, &[], ty, Some(span));
+        let id = self
+            .graph
+            .add_node(Op::Param { name: full, init }, &[], ty, Some(span));
         self.define(&local, Value::Tensor(id), path.span)
     }
 
     // ---- scopes -----------------------------------------------------------
+
+    /// Records that `name`'s definition failed (its error is already reported).
+    fn poison(&mut self, name: &str) {
+        self.frames
+            .last_mut()
+            .expect("a frame is open")
+            .poisoned
+            .insert(name.to_string());
+    }
+
+    fn is_poisoned(&self, name: &str) -> bool {
+        for frame in self.frames.iter().rev() {
+            if frame.poisoned.contains(name) {
+                return true;
+            }
+            if !frame.is_loop {
+                break;
+            }
+        }
+        false
+    }
 
     fn find(&self, name: &str) -> Option<&Binding> {
         for frame in self.frames.iter().rev() {
@@ -312,7 +399,9 @@ impl<'a> Lowerer<'a> {
                 first,
             }));
         }
-        frame.names.insert(name.to_string(), Binding { value, span });
+        frame
+            .names
+            .insert(name.to_string(), Binding { value, span });
         Ok(())
     }
 
@@ -352,6 +441,9 @@ impl<'a> Lowerer<'a> {
         if let Some(b) = self.find(name) {
             return Ok(b.value.clone());
         }
+        if self.is_poisoned(name) {
+            return Err(Poisoned);
+        }
         let names = self.visible_names();
         let hint = if self.symbols.contains(name) {
             " (it is a shape symbol, not a tensor)".to_string()
@@ -390,15 +482,27 @@ impl<'a> Lowerer<'a> {
     /// `f32[batch, 784]`. With `introduce`, unknown names become new symbols
     /// (input and parameter declarations); otherwise they must exist.
     fn tensor_type(&mut self, ty: &ast::TypeExpr, introduce: bool) -> Lowered<TensorType> {
-        let dtype = ty.dtype.name.parse::<DType>().ok().filter(|d| *d != DType::Bool);
-        let dims: Vec<Lowered<Dim>> = ty.dims.iter().map(|d| self.dim(d, introduce, "a type")).collect();
+        let dtype = ty
+            .dtype
+            .name
+            .parse::<DType>()
+            .ok()
+            .filter(|d| *d != DType::Bool);
+        let dims: Vec<Lowered<Dim>> = ty
+            .dims
+            .iter()
+            .map(|d| self.dim(d, introduce, "a type"))
+            .collect();
         let Some(dtype) = dtype else {
             return Err(self.error(LowerError::UnknownDType {
                 name: ty.dtype.name.clone(),
                 span: ty.dtype.span,
             }));
         };
-        Ok(TensorType::new(dtype, dims.into_iter().collect::<Lowered<_>>()?))
+        Ok(TensorType::new(
+            dtype,
+            dims.into_iter().collect::<Lowered<_>>()?,
+        ))
     }
 
     /// A dim expression: an integer, an int block argument, a symbol, or a product.
@@ -410,7 +514,12 @@ impl<'a> Lowerer<'a> {
                     span: *span,
                 })
             }),
-            Expr::Binary { op: BinOp::Mul, lhs, rhs, .. } => {
+            Expr::Binary {
+                op: BinOp::Mul,
+                lhs,
+                rhs,
+                ..
+            } => {
                 let a = self.dim(lhs, introduce, context);
                 let b = self.dim(rhs, introduce, context);
                 Ok(a?.mul(&b?))
@@ -441,7 +550,9 @@ impl<'a> Lowerer<'a> {
 
     fn bad_dim(&mut self, e: &Expr) -> Poisoned {
         self.error(LowerError::Invalid {
-            message: "a dimension is an integer, an int block argument, a symbol, or a product of those".into(),
+            message:
+                "a dimension is an integer, an int block argument, a symbol, or a product of those"
+                    .into(),
             span: e.span(),
         })
     }
@@ -457,7 +568,8 @@ impl<'a> Lowerer<'a> {
                 span: *span,
             })),
             Expr::List { span, .. } => Err(self.error(LowerError::Invalid {
-                message: "a list is only an attribute value (shape=[...], perm=[...], axis=[...])".into(),
+                message: "a list is only an attribute value (shape=[...], perm=[...], axis=[...])"
+                    .into(),
                 span: *span,
             })),
             Expr::Name(path) => {
@@ -467,7 +579,9 @@ impl<'a> Lowerer<'a> {
             Expr::Neg { operand, span } => match self.expr(operand)? {
                 Value::Int(v) => Ok(Value::Int(-v)),
                 Value::Float(v) => Ok(Value::Float(-v)),
-                Value::Tensor(x) => self.node(Op::Unary(super::UnaryOp::Neg), &[x], *span).map(Value::Tensor),
+                Value::Tensor(x) => self
+                    .node(Op::Unary(super::UnaryOp::Neg), &[x], *span)
+                    .map(Value::Tensor),
             },
             Expr::Binary { op, lhs, rhs, span } => {
                 let a = self.expr(lhs);
@@ -494,13 +608,24 @@ impl<'a> Lowerer<'a> {
                 };
                 self.node(op, &[a, b], *span).map(Value::Tensor)
             }
-            Expr::Call { func, args, prefix, span } => {
+            Expr::Call {
+                func,
+                args,
+                prefix,
+                span,
+            } => {
                 if let Some(block) = self.blocks.get(func.name.as_str()).copied() {
-                    return self.instantiate(block, args, prefix.as_ref(), *span).map(Value::Tensor);
+                    return self
+                        .instantiate(block, args, prefix.as_ref(), *span)
+                        .map(Value::Tensor);
                 }
                 if let Some(p) = prefix {
                     return Err(self.error(LowerError::Invalid {
-                        message: format!("`as {}` names a block instance; `{}` is not a block", render_path(p), func.name),
+                        message: format!(
+                            "`as {}` names a block instance; `{}` is not a block",
+                            render_path(p),
+                            func.name
+                        ),
                         span: p.span,
                     }));
                 }
@@ -522,7 +647,8 @@ impl<'a> Lowerer<'a> {
         let op = Op::Constant {
             value: Arc::new(Tensor::scalar(value)),
         };
-        self.graph.add_node(op, &[], TensorType::new(DType::F32, vec![]), Some(span))
+        self.graph
+            .add_node(op, &[], TensorType::new(DType::F32, vec![]), Some(span))
     }
 
     /// Adds a node after checking its operand types with the op's shape rule.
@@ -581,7 +707,8 @@ impl<'a> Lowerer<'a> {
         let result = if self.errors.len() > errors_before {
             Err(Poisoned)
         } else {
-            self.expr(&block.ret).and_then(|v| self.tensor_value(v, block.ret.span()))
+            self.expr(&block.ret)
+                .and_then(|v| self.tensor_value(v, block.ret.span()))
         };
         self.active_blocks.pop();
         if has_prefix {

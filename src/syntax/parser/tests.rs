@@ -959,11 +959,43 @@ fn unclosed_paren_is_reported_where_the_close_was_expected() {
     let source = "model m {\n  h = relu((x + 1.0)\n  output y = h\n}";
     let (at, message) = error_at(source);
     assert_eq!(at, source.find("output").unwrap());
-    assert_eq!(message, "expected `)`, `,` or an operator, found `output`");
+    assert_eq!(
+        message,
+        "expected `)`, `,` or an operator, found `output` (to close the `(` at line 2, column 11)"
+    );
     let source = "model m { h = (a + b";
     let (at, message) = error_at(source);
     assert_eq!(at, source.len());
-    assert_eq!(message, "expected `)` or an operator, found end of input");
+    assert_eq!(
+        message,
+        "expected `)` or an operator, found end of input (to close the `(` at line 1, column 15)"
+    );
+}
+
+#[test]
+fn unclosed_brackets_and_bodies_are_pointed_at() {
+    let source = "model m {
+  h = reshape(x, [b, # ] in a comment
+  4)
+}";
+    let (at, message) = error_at(source);
+    assert_eq!(at, source.find(")\n}").unwrap());
+    assert!(
+        message.ends_with("found `)` (to close the `[` at line 2, column 18)"),
+        "{message}"
+    );
+    let source = "model m {
+  h = x
+";
+    let (at, message) = error_at(source);
+    assert_eq!(at, source.len());
+    assert!(
+        message.ends_with("found end of input (to close the `{` at line 1, column 9)"),
+        "{message}"
+    );
+    // Mid-file, an expected `}` is not blamed on the body's opening brace.
+    let (_, message) = error_at("model m { h = x $ }");
+    assert!(!message.contains("to close"), "{message}");
 }
 
 #[test]

@@ -1,0 +1,186 @@
+//! Every bad input a user can give the CLI gets a diagnostic, snapshotted
+//! here, and exit code 1 (never a panic's 101).
+//!
+//! Model files with mistakes live in tests/cases/errors/ (one mistake class
+//! each); run-time cases use the small files in tests/cases/runtime/.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs the lamina binary from the crate root so the paths in its messages
+/// are the relative ones given here.
+fn lamina(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the lamina binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a failing command and returns its stderr after checking exit code 1.
+fn user_error(args: &[&str]) -> String {
+    let (code, _, stderr) = lamina(args);
+    assert_eq!(
+        code, 1,
+        "expected a user error (exit 1) from {args:?}, stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("error"), "no error message from {args:?}");
+    stderr
+}
+
+#[test]
+fn every_bad_model_file_is_reported_with_a_snapshot() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/errors");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lam"))
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 15,
+        "expected at least 15 error cases, found {}",
+        cases.len()
+    );
+    for case in cases {
+        let name = case.file_stem().unwrap().to_string_lossy().into_owned();
+        let rel = format!("tests/cases/errors/{name}.lam");
+        let stderr = user_error(&["check", &rel]);
+        if name != "no_model" {
+            assert!(
+                stderr.starts_with(&format!("{rel}:")),
+                "{name}: no PATH:LINE:COL:\n{stderr}"
+            );
+            assert!(stderr.contains('^'), "{name}: no caret:\n{stderr}");
+        }
+        insta::assert_snapshot!(format!("model_{name}"), stderr);
+    }
+}
+
+#[test]
+fn several_independent_errors_are_reported_at_once() {
+    let stderr = user_error(&["check", "tests/cases/errors/several_errors.lam"]);
+    assert_eq!(stderr.matches(": error:").count(), 3, "{stderr}");
+}
+
+const TINY: &str = "tests/cases/runtime/tiny.lam";
+
+#[test]
+fn unreadable_model_file() {
+    insta::assert_snapshot!(user_error(&["check", "tests/cases/does_not_exist.lam"]));
+}
+
+#[test]
+fn no_weight_file_for_parameters_without_initializers() {
+    insta::assert_snapshot!(user_error(&["run", TINY]));
+}
+
+#[test]
+fn missing_weight_names_the_tensor_and_suggests() {
+    let stderr = user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/missing.safetensors",
+    ]);
+    assert!(
+        stderr.contains("fc.weight") && stderr.contains("fc.bias"),
+        "both missing tensors: {stderr}"
+    );
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn misshaped_weight_names_the_tensor_and_both_shapes() {
+    let stderr = user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/misshaped.safetensors",
+    ]);
+    assert!(
+        stderr.contains("[4, 2]") && stderr.contains("[4, 3]"),
+        "{stderr}"
+    );
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn corrupt_weight_file() {
+    insta::assert_snapshot!(user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/not_weights.safetensors"
+    ]));
+}
+
+#[test]
+fn wrong_input_dtype() {
+    insta::assert_snapshot!(user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--input",
+        "x=tests/cases/runtime/x_int.npy"
+    ]));
+}
+
+#[test]
+fn wrong_input_shape() {
+    insta::assert_snapshot!(user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--input",
+        "x=tests/cases/runtime/x_wide.npy"
+    ]));
+}
+
+#[test]
+fn float64_input_file() {
+    insta::assert_snapshot!(user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--input",
+        "x=tests/cases/runtime/x_f64.npy"
+    ]));
+}
+
+#[test]
+fn input_the_model_does_not_have() {
+    insta::assert_snapshot!(user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--input",
+        "z=tests/cases/runtime/x.npy"
+    ]));
+}
+
+#[test]
+fn malformed_flags_are_user_errors() {
+    let stderr = user_error(&["run", TINY, "--bind", "batch=two"]);
+    assert!(stderr.contains("batch=two"), "{stderr}");
+    user_error(&["frobnicate"]);
+    user_error(&["run"]);
+}
+
+#[test]
+fn help_exits_zero_and_explains_each_subcommand() {
+    for sub in ["check", "info", "graph", "run"] {
+        let (code, stdout, _) = lamina(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("Usage: lamina"), "{sub} --help:\n{stdout}");
+    }
+}
