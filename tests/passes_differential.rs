@@ -452,7 +452,7 @@ impl Gen {
         let rank = shape.len();
         let y = match self.rng.random_range(0..3) {
             // split the last dim, maybe merge it back
-            0 if self.last(x) % 2 == 0 => {
+            0 if self.last(x).is_multiple_of(2) => {
                 let f = self.last(x);
                 let mut split = shape[..rank - 1].to_vec();
                 split.push(2.into());

@@ -302,7 +302,7 @@ fn simplify_division_by_constants() {
             other => panic!("expected a constant factor, got {}", other.name()),
         })
         .collect();
-    factors.sort_by(|a, b| a.len().cmp(&b.len()));
+    factors.sort_by_key(|f| f.len());
     assert_eq!(factors, vec![vec![0.25], vec![0.5, 2.0, -0.125]]);
     assert_snapshot!(before_after(&g, "simplify"));
 }
