@@ -1,0 +1,811 @@
+//! f32 GEMM, `C[m,n] = epilogue(A[m,k] @ B[k,n])`, row-major C.
+//!
+//! The micro-kernels (see `microkernel.rs`) depend only on the epilogue;
+//! K, N and the blocking live in the packed B and the Rust driver here, so
+//! one set of compiled kernels serves every layer with the same epilogue.
+//! The driver validates every slice length before any JIT code runs.
+
+mod microkernel;
+mod pack;
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use crate::codegen::jit::{JitBuilder, KernelSlot};
+use crate::codegen::simd::Emitter;
+use crate::codegen::threads::{split_range, SharedMut, Threads};
+use crate::codegen::CodegenError;
+use crate::ir::{LinearEpilogue, UnaryOp};
+
+pub(crate) use microkernel::MicroShape;
+use microkernel::{
+    emit_micro_kernel, wide_vecs, FLAG_ACCUMULATE, FLAG_EPILOGUE, MICRO_KERNEL_PARAMS,
+};
+use pack::{k_block, pack_a_panel, panel_count, PANEL_WIDTH};
+pub use pack::{packed_b_len, MatrixRef, PackedB, PackedBRef, KC_MAX};
+
+/// Rows of A per micro-kernel call (12 accumulators of one B panel).
+pub(crate) const MR: usize = 12;
+/// B panels per N block: a `KC_MAX x 256` block of B is 256 KiB, half of L2.
+const NC_PANELS: usize = 64;
+/// Below this many flops a call stays on the calling thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// Activations a GEMM epilogue can apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// Exact (erf) GELU.
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn from_unary(op: UnaryOp) -> Option<Activation> {
+        match op {
+            UnaryOp::Relu => Some(Activation::Relu),
+            UnaryOp::Sigmoid => Some(Activation::Sigmoid),
+            UnaryOp::Tanh => Some(Activation::Tanh),
+            UnaryOp::Gelu => Some(Activation::Gelu),
+            UnaryOp::GeluTanh => Some(Activation::GeluTanh),
+            UnaryOp::Neg
+            | UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Rsqrt
+            | UnaryOp::Erf
+            | UnaryOp::Abs
+            | UnaryOp::Recip => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+        }
+    }
+
+    pub(crate) fn emit(
+        self,
+        e: &mut Emitter<'_, '_>,
+        x: cranelift_codegen::ir::Value,
+    ) -> cranelift_codegen::ir::Value {
+        match self {
+            Activation::Relu => e.relu(x),
+            Activation::Sigmoid => e.sigmoid(x),
+            Activation::Tanh => e.tanh(x),
+            Activation::Gelu => e.gelu(x),
+            Activation::GeluTanh => e.gelu_tanh(x),
+        }
+    }
+}
+
+/// What happens to each accumulator before it is stored:
+/// `activation(acc + bias[col]) + residual[row, col]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Epilogue {
+    pub bias: bool,
+    pub activation: Option<Activation>,
+    pub residual: bool,
+}
+
+impl Epilogue {
+    /// Plain `C = A @ B`.
+    pub fn none() -> Epilogue {
+        Epilogue::default()
+    }
+
+    pub fn is_identity(&self) -> bool {
+        !self.bias && self.activation.is_none() && !self.residual
+    }
+
+    /// The epilogue of an IR `FusedLinear`.
+    pub fn from_ir(epilogue: &LinearEpilogue) -> Result<Epilogue, CodegenError> {
+        let activation = match epilogue.activation {
+            None => None,
+            Some(op) => Some(Activation::from_unary(op).ok_or_else(|| {
+                CodegenError::Unsupported(format!("{} as a GEMM epilogue activation", op.name()))
+            })?),
+        };
+        Ok(Epilogue {
+            bias: epilogue.bias,
+            activation,
+            residual: epilogue.residual,
+        })
+    }
+
+    /// A short tag for kernel names: `plain`, `bias_gelu_res`, ...
+    pub(crate) fn tag(&self) -> String {
+        let mut parts = Vec::new();
+        if self.bias {
+            parts.push("bias");
+        }
+        if let Some(a) = self.activation {
+            parts.push(a.name());
+        }
+        if self.residual {
+            parts.push("res");
+        }
+        if parts.is_empty() {
+            "plain".to_string()
+        } else {
+            parts.join("_")
+        }
+    }
+}
+
+/// Operands of one GEMM call. `c` and `residual` are contiguous `m x n`.
+pub struct GemmArgs<'a> {
+    /// `m x k`, any [`MatrixRef`] layout.
+    pub a: MatrixRef<'a>,
+    /// `k x n`, packed.
+    pub b: PackedBRef<'a>,
+    /// `n` values, required iff the epilogue has a bias.
+    pub bias: Option<&'a [f32]>,
+    /// `m x n` values, required iff the epilogue has a residual.
+    pub residual: Option<&'a [f32]>,
+    pub c: &'a mut [f32],
+}
+
+/// Operands of a batched `a @ b` (the IR `MatMul`): both may carry batch
+/// dims that broadcast numpy-style; the last two dims are the matrix, stored
+/// transposed when `transpose_*` is set. `c` is contiguous
+/// `[broadcast batch..., m, n]`.
+pub struct BatchedMatmulArgs<'a> {
+    pub a: &'a [f32],
+    pub a_shape: &'a [usize],
+    pub transpose_a: bool,
+    pub b: &'a [f32],
+    pub b_shape: &'a [usize],
+    pub transpose_b: bool,
+    pub c: &'a mut [f32],
+}
+
+pub(crate) type MicroFn = unsafe extern "C" fn(
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    kc: usize,
+    ldc_bytes: usize,
+    flags: usize,
+    bias: *const f32,
+    residual: *const f32,
+    b_panel_stride_bytes: usize,
+);
+
+/// Compiled-but-not-linked micro-kernels of one epilogue.
+pub(crate) struct GemmSlots {
+    epilogue: Epilogue,
+    narrow: Vec<KernelSlot>,
+    wide: Vec<(usize, KernelSlot)>,
+}
+
+pub(crate) fn compile(jit: &mut JitBuilder, epilogue: Epilogue) -> Result<GemmSlots, CodegenError> {
+    let tag = epilogue.tag();
+    let mut narrow = Vec::with_capacity(MR);
+    let mut wide = Vec::with_capacity(MR);
+    for rows in 1..=MR {
+        let shape = MicroShape { rows, vecs: 1 };
+        let slot = jit.define(
+            &format!("gemm_{tag}_{rows}x1"),
+            MICRO_KERNEL_PARAMS,
+            |e, p| emit_micro_kernel(e, p, shape, epilogue),
+        )?;
+        narrow.push(slot);
+        let vecs = wide_vecs(rows);
+        if vecs > 1 {
+            let shape = MicroShape { rows, vecs };
+            let slot = jit.define(
+                &format!("gemm_{tag}_{rows}x{vecs}"),
+                MICRO_KERNEL_PARAMS,
+                |e, p| emit_micro_kernel(e, p, shape, epilogue),
+            )?;
+            wide.push((vecs, slot));
+        } else {
+            wide.push((1, slot));
+        }
+    }
+    Ok(GemmSlots {
+        epilogue,
+        narrow,
+        wide,
+    })
+}
+
+/// Linked micro-kernels of one epilogue.
+pub(crate) struct GemmKernels {
+    epilogue: Epilogue,
+    narrow: Vec<MicroFn>,
+    wide: Vec<(usize, MicroFn)>,
+}
+
+fn micro_fn(address: usize) -> MicroFn {
+    assert_ne!(address, 0, "finalized function has a null address");
+    // SAFETY: `address` is the entry of a finalized function compiled by
+    // `emit_micro_kernel` with MICRO_KERNEL_PARAMS pointer-sized integer
+    // parameters and no results, which is this signature under the host
+    // calling convention.
+    unsafe { std::mem::transmute::<usize, MicroFn>(address) }
+}
+
+impl GemmSlots {
+    pub(crate) fn link(&self, addresses: &[usize]) -> GemmKernels {
+        GemmKernels {
+            epilogue: self.epilogue,
+            narrow: self
+                .narrow
+                .iter()
+                .map(|s| micro_fn(addresses[s.0]))
+                .collect(),
+            wide: self
+                .wide
+                .iter()
+                .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
+                .collect(),
+        }
+    }
+}
+
+thread_local! {
+    /// Packed A panel of the current micro-kernel call (12 x KC_MAX).
+    static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Job<'a> {
+    kernels: &'a GemmKernels,
+    a: MatrixRef<'a>,
+    b: PackedBRef<'a>,
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    c: SharedMut,
+    n: usize,
+    k: usize,
+}
+
+struct Task {
+    rows: Range<usize>,
+    panels: Range<usize>,
+}
+
+fn shape_err(what: String) -> CodegenError {
+    CodegenError::shape("gemm", what)
+}
+
+impl GemmKernels {
+    pub(crate) fn epilogue(&self) -> Epilogue {
+        self.epilogue
+    }
+
+    pub(crate) fn run(&self, args: GemmArgs<'_>, threads: &Threads) -> Result<(), CodegenError> {
+        let GemmArgs {
+            a,
+            b,
+            bias,
+            residual,
+            c,
+        } = args;
+        let (m, k, n) = (a.rows(), a.cols(), b.n());
+        if b.k() != k {
+            return Err(shape_err(format!("A is {m}x{k} but B is {}x{n}", b.k())));
+        }
+        let out_len = m
+            .checked_mul(n)
+            .ok_or_else(|| shape_err("m * n overflows".into()))?;
+        if c.len() != out_len {
+            return Err(shape_err(format!(
+                "C must hold {m}x{n} = {out_len} f32, got {}",
+                c.len()
+            )));
+        }
+        match (self.epilogue.bias, bias) {
+            (true, Some(bias)) if bias.len() != n => {
+                return Err(shape_err(format!(
+                    "bias must hold {n} f32, got {}",
+                    bias.len()
+                )))
+            }
+            (true, None) => {
+                return Err(shape_err(
+                    "the epilogue adds a bias but none was given".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(shape_err(
+                    "a bias was given but the epilogue has none".into(),
+                ))
+            }
+            _ => {}
+        }
+        match (self.epilogue.residual, residual) {
+            (true, Some(r)) if r.len() != out_len => {
+                return Err(shape_err(format!(
+                    "residual must hold {out_len} f32, got {}",
+                    r.len()
+                )))
+            }
+            (true, None) => {
+                return Err(shape_err(
+                    "the epilogue adds a residual but none was given".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(shape_err(
+                    "a residual was given but the epilogue has none".into(),
+                ))
+            }
+            _ => {}
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let job = Job {
+            kernels: self,
+            a,
+            b,
+            bias,
+            residual,
+            c: SharedMut(c.as_mut_ptr()),
+            n,
+            k,
+        };
+        let tasks = plan_tasks(m, n, k, threads.count());
+        // SAFETY (for `run_task`): tasks cover disjoint (row range x panel
+        // range) rectangles of C, and `c` is exclusively borrowed until
+        // every task has finished.
+        if tasks.len() == 1 || threads.count() == 1 {
+            tasks.iter().for_each(|t| run_task(&job, t));
+        } else {
+            threads.for_each(&tasks, |t| run_task(&job, t));
+        }
+        Ok(())
+    }
+}
+
+fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
+    let panels = panel_count(n);
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
+        return split_range(panels, panels.div_ceil(NC_PANELS), 1)
+            .into_iter()
+            .map(|p| Task {
+                rows: 0..m,
+                panels: p,
+            })
+            .collect();
+    }
+    let target = 4 * threads;
+    let col_blocks = panels.div_ceil(NC_PANELS);
+    let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(MR)).max(1);
+    let col_parts = if row_parts * col_blocks >= target {
+        col_blocks
+    } else {
+        target.div_ceil(row_parts).min(panels)
+    };
+    // Column ranges start on multiples of 4 panels so wide kernels group
+    // the same panels whatever the split (not needed for the result, which
+    // is split-independent, but keeps the work per task even).
+    let col_ranges = split_range(panels, col_parts, 4);
+    let row_ranges = split_range(m, row_parts, MR);
+    let mut tasks = Vec::with_capacity(col_ranges.len() * row_ranges.len());
+    for rows in &row_ranges {
+        for cols in &col_ranges {
+            tasks.push(Task {
+                rows: rows.clone(),
+                panels: cols.clone(),
+            });
+        }
+    }
+    tasks
+}
+
+fn run_task(job: &Job<'_>, task: &Task) {
+    let (n, k) = (job.n, job.k);
+    let kc = k_block(k);
+    let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
+    let panels = panel_count(n);
+    let full_panels = n / PANEL_WIDTH;
+    let b_data = job.b.data();
+    let ldc_bytes = n * 4;
+    A_PANEL.with(|cell| {
+        let mut a_panel = cell.borrow_mut();
+        if a_panel.len() < MR * KC_MAX {
+            a_panel.resize(MR * KC_MAX, 0.0);
+        }
+        for p in 0..blocks {
+            let k0 = p * kc;
+            let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
+            let mut flags = 0;
+            if p > 0 {
+                flags |= FLAG_ACCUMULATE;
+            }
+            if p + 1 == blocks {
+                flags |= FLAG_EPILOGUE;
+            }
+            let block_base = k0 * panels * PANEL_WIDTH;
+            let b_panel_stride = kcp * PANEL_WIDTH * 4;
+            let mut i0 = task.rows.start;
+            while i0 < task.rows.end {
+                let r = MR.min(task.rows.end - i0);
+                let packed_a = &mut a_panel[..r * kcp];
+                pack_a_panel(&job.a, i0, r, k0, packed_a);
+                let packed_a: &[f32] = packed_a;
+                let narrow = job.kernels.narrow[r - 1];
+                let (vecs, wide) = job.kernels.wide[r - 1];
+                let full_end = task.panels.end.min(full_panels);
+                let mut j = task.panels.start;
+                while j < task.panels.end {
+                    let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
+                    let call = MicroCall {
+                        job,
+                        a: packed_a.as_ptr(),
+                        b: b_ptr,
+                        kc: kcp,
+                        flags,
+                        b_panel_stride,
+                        ldc_bytes,
+                    };
+                    if j < full_end {
+                        if vecs > 1 && j + vecs <= full_end {
+                            call.full(wide, i0, j);
+                            j += vecs;
+                        } else {
+                            call.full(narrow, i0, j);
+                            j += 1;
+                        }
+                    } else {
+                        call.partial(narrow, i0, r, j);
+                        j += 1;
+                    }
+                }
+                i0 += r;
+            }
+        }
+    });
+}
+
+/// The per-(row panel, K block) arguments of micro-kernel calls.
+struct MicroCall<'j, 'a> {
+    job: &'j Job<'a>,
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    flags: usize,
+    b_panel_stride: usize,
+    ldc_bytes: usize,
+}
+
+impl MicroCall<'_, '_> {
+    /// Panels `j..j + vecs` are all full (4 valid columns) and rows
+    /// `i0..i0 + r` exist: the kernel touches exactly that block of C, the
+    /// residual and the bias.
+    fn full(&self, f: MicroFn, i0: usize, j: usize) {
+        let job = self.job;
+        let offset = i0 * job.n + j * PANEL_WIDTH;
+        let bias = job
+            .bias
+            .map_or(std::ptr::null(), |b| b[j * PANEL_WIDTH..].as_ptr());
+        let residual = job
+            .residual
+            .map_or(std::ptr::null(), |r| r[offset..].as_ptr());
+        // SAFETY: the caller checked the block is inside C (m x n) and
+        // belongs to this task; A and B pointers cover `kc` steps of the
+        // packed panels (bounds established by the packing lengths).
+        unsafe {
+            f(
+                self.a,
+                self.b,
+                job.c.0.add(offset),
+                self.kc,
+                self.ldc_bytes,
+                self.flags,
+                bias,
+                residual,
+                self.b_panel_stride,
+            )
+        }
+    }
+
+    /// The last panel has fewer than 4 valid columns: run the kernel on a
+    /// 4-column copy of the tile so it never touches memory past row ends.
+    fn partial(&self, f: MicroFn, i0: usize, r: usize, j: usize) {
+        let job = self.job;
+        let c0 = j * PANEL_WIDTH;
+        let width = job.n - c0;
+        let mut tile = [0.0f32; MR * PANEL_WIDTH];
+        let mut residual_tile = [0.0f32; MR * PANEL_WIDTH];
+        let mut bias_tile = [0.0f32; PANEL_WIDTH];
+        if let Some(bias) = job.bias {
+            bias_tile[..width].copy_from_slice(&bias[c0..]);
+        }
+        for i in 0..r {
+            let row = (i0 + i) * job.n + c0;
+            if self.flags & FLAG_ACCUMULATE != 0 {
+                for col in 0..width {
+                    // SAFETY: (i0 + i, c0 + col) is inside C and in this task.
+                    tile[i * PANEL_WIDTH + col] = unsafe { job.c.0.add(row + col).read() };
+                }
+            }
+            if let Some(residual) = job.residual {
+                residual_tile[i * PANEL_WIDTH..i * PANEL_WIDTH + width]
+                    .copy_from_slice(&residual[row..row + width]);
+            }
+        }
+        // SAFETY: the tile buffers are 12 x 4 and the kernel touches r <= 12
+        // rows of 4 columns at a 16-byte row stride.
+        unsafe {
+            f(
+                self.a,
+                self.b,
+                tile.as_mut_ptr(),
+                self.kc,
+                PANEL_WIDTH * 4,
+                self.flags,
+                bias_tile.as_ptr(),
+                residual_tile.as_ptr(),
+                self.b_panel_stride,
+            )
+        }
+        for i in 0..r {
+            let row = (i0 + i) * job.n + c0;
+            for col in 0..width {
+                // SAFETY: as above.
+                unsafe { job.c.0.add(row + col).write(tile[i * PANEL_WIDTH + col]) };
+            }
+        }
+    }
+}
+
+/// Numpy broadcast of two batch shapes.
+fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    (0..rank)
+        .map(|i| {
+            let da = (i + a.len()).checked_sub(rank).map_or(1, |j| a[j]);
+            let db = (i + b.len()).checked_sub(rank).map_or(1, |j| b[j]);
+            match (da, db) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Element strides of `batch` (an operand's batch dims) against the
+/// broadcast `out` batch dims: 0 where the operand broadcasts.
+fn batch_strides(batch: &[usize], out: &[usize], matrix_len: usize) -> Vec<usize> {
+    let mut strides = vec![0; out.len()];
+    let mut stride = matrix_len;
+    for (i, &d) in batch.iter().enumerate().rev() {
+        let o = out.len() - batch.len() + i;
+        strides[o] = if d == 1 { 0 } else { stride };
+        stride *= d;
+    }
+    strides
+}
+
+fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+impl GemmKernels {
+    pub(crate) fn run_batched(
+        &self,
+        args: BatchedMatmulArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        let err = |what: String| CodegenError::shape("matmul", what);
+        if !self.epilogue.is_identity() {
+            return Err(err(format!(
+                "batched matmul needs a kernel without epilogue, this one has `{}`",
+                self.epilogue.tag()
+            )));
+        }
+        let BatchedMatmulArgs {
+            a,
+            a_shape,
+            transpose_a,
+            b,
+            b_shape,
+            transpose_b,
+            c,
+        } = args;
+        if a_shape.len() < 2 || b_shape.len() < 2 {
+            return Err(err(format!(
+                "operands must have rank >= 2, got {a_shape:?} and {b_shape:?}"
+            )));
+        }
+        let (a_batch, a_mat) = a_shape.split_at(a_shape.len() - 2);
+        let (b_batch, b_mat) = b_shape.split_at(b_shape.len() - 2);
+        let (m, k) = if transpose_a {
+            (a_mat[1], a_mat[0])
+        } else {
+            (a_mat[0], a_mat[1])
+        };
+        let (kb, n) = if transpose_b {
+            (b_mat[1], b_mat[0])
+        } else {
+            (b_mat[0], b_mat[1])
+        };
+        if k != kb {
+            return Err(err(format!(
+                "inner dimensions differ: {a_shape:?} (transposed: {transpose_a}) @ {b_shape:?} (transposed: {transpose_b})"
+            )));
+        }
+        let batch = broadcast_batch(a_batch, b_batch).ok_or_else(|| {
+            err(format!(
+                "batch dims of {a_shape:?} and {b_shape:?} do not broadcast"
+            ))
+        })?;
+        let overflow = || err("shape product overflows".to_string());
+        if product(a_shape).ok_or_else(overflow)? != a.len() {
+            return Err(err(format!(
+                "A has shape {a_shape:?} but holds {} f32",
+                a.len()
+            )));
+        }
+        if product(b_shape).ok_or_else(overflow)? != b.len() {
+            return Err(err(format!(
+                "B has shape {b_shape:?} but holds {} f32",
+                b.len()
+            )));
+        }
+        let batches = product(&batch).ok_or_else(overflow)?;
+        let mn = m.checked_mul(n).ok_or_else(overflow)?;
+        let out_len = batches.checked_mul(mn).ok_or_else(overflow)?;
+        if c.len() != out_len {
+            return Err(err(format!(
+                "C must hold {batch:?} x {m}x{n} = {out_len} f32, got {}",
+                c.len()
+            )));
+        }
+        if out_len == 0 {
+            return Ok(());
+        }
+        let a_strides = batch_strides(a_batch, &batch, m * k);
+        let b_strides = batch_strides(b_batch, &batch, k * n);
+        let offsets = |index: usize| {
+            let (mut rem, mut a_off, mut b_off) = (index, 0, 0);
+            for d in (0..batch.len()).rev() {
+                let i = rem % batch[d];
+                rem /= batch[d];
+                a_off += i * a_strides[d];
+                b_off += i * b_strides[d];
+            }
+            (a_off, b_off)
+        };
+        fn matrix(
+            data: &[f32],
+            off: usize,
+            rows: usize,
+            cols: usize,
+            t: bool,
+        ) -> Result<MatrixRef<'_>, CodegenError> {
+            let slice = &data[off..off + rows * cols];
+            if t {
+                MatrixRef::transposed(slice, rows, cols)
+            } else {
+                MatrixRef::row_major(slice, rows, cols)
+            }
+        }
+
+        // B shared by every batch entry and A's batches contiguous: one
+        // GEMM with the batch folded into M.
+        let a_contiguous =
+            !transpose_a && a_batch.len() == batch.len() && a_batch == batch.as_slice();
+        if b_strides.iter().all(|&s| s == 0) && a_contiguous {
+            let a_view = MatrixRef::row_major(a, batches * m, k)?;
+            let b_view = matrix(b, 0, k, n, transpose_b)?;
+            let packed = PackedB::pack(&b_view);
+            return self.run(
+                GemmArgs {
+                    a: a_view,
+                    b: packed.as_ref(),
+                    bias: None,
+                    residual: None,
+                    c,
+                },
+                threads,
+            );
+        }
+
+        let run_range = |range: Range<usize>,
+                         out: SharedMut,
+                         inner_threads: &Threads|
+         -> Result<(), CodegenError> {
+            let mut scratch = vec![0.0f32; packed_b_len(k, n)];
+            let mut packed_for: Option<usize> = None;
+            for index in range {
+                let (a_off, b_off) = offsets(index);
+                if packed_for != Some(b_off) {
+                    PackedBRef::pack_into(&matrix(b, b_off, k, n, transpose_b)?, &mut scratch)?;
+                    packed_for = Some(b_off);
+                }
+                let packed = PackedBRef::from_packed(&scratch, k, n);
+                // SAFETY: batch entry `index` owns C[index * mn..][..mn];
+                // ranges handed to different tasks are disjoint and `c` is
+                // exclusively borrowed for the whole call.
+                let c_entry = unsafe { std::slice::from_raw_parts_mut(out.0.add(index * mn), mn) };
+                self.run(
+                    GemmArgs {
+                        a: matrix(a, a_off, m, k, transpose_a)?,
+                        b: packed,
+                        bias: None,
+                        residual: None,
+                        c: c_entry,
+                    },
+                    inner_threads,
+                )?;
+            }
+            Ok(())
+        };
+
+        let out = SharedMut(c.as_mut_ptr());
+        if threads.count() == 1 || batches == 1 {
+            return run_range(0..batches, out, threads);
+        }
+        let groups = split_range(batches, 2 * threads.count(), 1);
+        let results: std::sync::Mutex<Vec<CodegenError>> = std::sync::Mutex::new(Vec::new());
+        let single = Threads::single();
+        threads.for_each(&groups, |range| {
+            if let Err(e) = run_range(range.clone(), out, &single) {
+                results.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+            }
+        });
+        match results
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_and_strides() {
+        assert_eq!(broadcast_batch(&[2, 1, 3], &[4, 1]), Some(vec![2, 4, 3]));
+        assert_eq!(broadcast_batch(&[2], &[3]), None);
+        assert_eq!(broadcast_batch(&[], &[5]), Some(vec![5]));
+        assert_eq!(batch_strides(&[4, 1], &[2, 4, 3], 10), vec![0, 10, 0]);
+        assert_eq!(batch_strides(&[2, 4, 3], &[2, 4, 3], 10), vec![120, 30, 10]);
+    }
+
+    #[test]
+    fn plans_cover_the_output_once() {
+        for &(m, n, k, threads) in &[
+            (1, 1, 1, 2),
+            (1000, 1000, 1000, 2),
+            (1, 512, 784, 2),
+            (513, 17, 300, 4),
+            (64, 64, 64, 1),
+            (37, 3000, 8, 2),
+        ] {
+            let tasks = plan_tasks(m, n, k, threads);
+            let mut covered = vec![0u8; m * panel_count(n)];
+            for t in &tasks {
+                for i in t.rows.clone() {
+                    for j in t.panels.clone() {
+                        covered[i * panel_count(n) + j] += 1;
+                    }
+                }
+            }
+            assert!(covered.iter().all(|&c| c == 1), "{m}x{n}x{k} on {threads}");
+            if threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS {
+                assert!(tasks.len() >= threads, "{m}x{n}x{k}: {} tasks", tasks.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Matrix views and the packed layouts the micro-kernels read.
+//!
+//! Packed B: K is cut into blocks of `k_block(k)` rows (the last block may
+//! be shorter); inside a block, columns are cut into panels of 4 (the last
+//! panel zero-padded), and each panel is stored k-major: `[kc][4]`.
+//! Block `p` starts at `p * kc * panels * 4`, its panel `j` at
+//! `+ j * kc_p * 4`. Packed A (per micro-kernel call, in the driver): the
+//! `r` rows of one row panel, k-major: `[kc_p][r]`.
+
+use crate::codegen::CodegenError;
+
+/// Upper bound on the K block: a 12-row A panel (12 KiB) and a 4-column B
+/// panel (4 KiB) of this depth stay in L1 while the micro-kernel runs.
+pub const KC_MAX: usize = 256;
+
+/// Columns per B panel (one f32x4).
+pub(crate) const PANEL_WIDTH: usize = 4;
+
+/// K block length for a given K: blocks are balanced (no tiny last block)
+/// and even (the micro-kernel's K loop is unrolled twice).
+pub(crate) fn k_block(k: usize) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    let blocks = k.div_ceil(KC_MAX);
+    let kc = k.div_ceil(blocks);
+    kc + (kc & 1)
+}
+
+pub(crate) fn panel_count(n: usize) -> usize {
+    n.div_ceil(PANEL_WIDTH)
+}
+
+/// Number of f32 a packed `k x n` B occupies.
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    k * panel_count(n) * PANEL_WIDTH
+}
+
+/// A read-only view of a logical `rows x cols` f32 matrix inside a slice:
+/// element (r, c) is at `r * ld + c`, or at `c * ld + r` when the matrix is
+/// stored transposed. Constructors check that every element is in bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct MatrixRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    transposed: bool,
+}
+
+impl<'a> MatrixRef<'a> {
+    /// Row-major and contiguous (`ld = cols`).
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, CodegenError> {
+        Self::strided(data, rows, cols, cols, false)
+    }
+
+    /// The logical `rows x cols` matrix whose transpose is stored row-major
+    /// and contiguous in `data` (e.g. a PyTorch Linear weight `[out, in]`
+    /// viewed as B = `[in, out]`).
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, CodegenError> {
+        Self::strided(data, rows, cols, rows, true)
+    }
+
+    /// General form: `ld` is the distance between consecutive stored rows
+    /// (of the transpose when `transposed`).
+    pub fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        transposed: bool,
+    ) -> Result<Self, CodegenError> {
+        let (stored_rows, stored_cols) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        if stored_rows > 1 && ld < stored_cols {
+            return Err(CodegenError::shape(
+                "matrix",
+                format!(
+                    "leading dimension {ld} is smaller than the stored row length {stored_cols}"
+                ),
+            ));
+        }
+        let needed = if stored_rows == 0 || stored_cols == 0 {
+            0
+        } else {
+            (stored_rows - 1)
+                .checked_mul(ld)
+                .and_then(|x| x.checked_add(stored_cols))
+                .ok_or_else(|| CodegenError::shape("matrix", "size overflows usize".to_string()))?
+        };
+        if data.len() < needed {
+            return Err(CodegenError::shape(
+                "matrix",
+                format!(
+                    "a {rows}x{cols} matrix{} with leading dimension {ld} needs {needed} elements, the slice has {}",
+                    if transposed { " (stored transposed)" } else { "" },
+                    data.len()
+                ),
+            ));
+        }
+        Ok(MatrixRef {
+            data,
+            rows,
+            cols,
+            ld,
+            transposed,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn is_transposed(&self) -> bool {
+        self.transposed
+    }
+}
+
+/// Packs rows `i0..i0 + r` and depth `k0..k0 + dst.len() / r` of `a` into
+/// `dst` as `[kc][r]`.
+pub(crate) fn pack_a_panel(a: &MatrixRef<'_>, i0: usize, r: usize, k0: usize, dst: &mut [f32]) {
+    debug_assert!(r > 0 && dst.len() % r == 0);
+    let kc = dst.len() / r;
+    if kc == 0 {
+        return;
+    }
+    if a.transposed {
+        // Stored [k][m]: the r values of one k are contiguous.
+        for (kk, out) in dst.chunks_exact_mut(r).enumerate() {
+            let start = (k0 + kk) * a.ld + i0;
+            out.copy_from_slice(&a.data[start..start + r]);
+        }
+    } else {
+        for i in 0..r {
+            let start = (i0 + i) * a.ld + k0;
+            let row = &a.data[start..start + kc];
+            for (out, &v) in dst[i..].iter_mut().step_by(r).zip(row) {
+                *out = v;
+            }
+        }
+    }
+}
+
+/// Packs all of `b` (`k x n`) into `dst` (exactly `packed_b_len(k, n)` long).
+pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32]) {
+    let (k, n) = (b.rows, b.cols);
+    debug_assert_eq!(dst.len(), packed_b_len(k, n));
+    let kc = k_block(k);
+    let panels = panel_count(n);
+    let mut k0 = 0;
+    while k0 < k {
+        let kcp = kc.min(k - k0);
+        let block = &mut dst[k0 * panels * PANEL_WIDTH..(k0 + kcp) * panels * PANEL_WIDTH];
+        for (j, panel) in block.chunks_exact_mut(kcp * PANEL_WIDTH).enumerate() {
+            let c0 = j * PANEL_WIDTH;
+            let width = PANEL_WIDTH.min(n - c0);
+            if width < PANEL_WIDTH {
+                panel.fill(0.0);
+            }
+            if b.transposed {
+                // Stored [n][k]: each column is contiguous along k.
+                for c in 0..width {
+                    let start = (c0 + c) * b.ld + k0;
+                    let column = &b.data[start..start + kcp];
+                    for (out, &v) in panel[c..].iter_mut().step_by(PANEL_WIDTH).zip(column) {
+                        *out = v;
+                    }
+                }
+            } else {
+                for (kk, out) in panel.chunks_exact_mut(PANEL_WIDTH).enumerate() {
+                    let start = (k0 + kk) * b.ld + c0;
+                    out[..width].copy_from_slice(&b.data[start..start + width]);
+                }
+            }
+        }
+        k0 += kcp;
+    }
+}
+
+/// A B operand packed for the micro-kernels, owning its (64-byte aligned)
+/// storage. Pack weights once at model compile time.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    storage: Vec<f32>,
+    offset: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    pub fn pack(b: &MatrixRef<'_>) -> PackedB {
+        let len = packed_b_len(b.rows, b.cols);
+        // Over-allocate one cache line and start at a 64-byte boundary.
+        let mut storage = vec![0.0f32; len + 16];
+        let misalignment = (storage.as_ptr() as usize / 4) % 16;
+        let offset = (16 - misalignment) % 16;
+        pack_b_into(b, &mut storage[offset..offset + len]);
+        PackedB {
+            storage,
+            offset,
+            k: b.rows,
+            n: b.cols,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn as_ref(&self) -> PackedBRef<'_> {
+        PackedBRef {
+            data: &self.storage[self.offset..self.offset + packed_b_len(self.k, self.n)],
+            k: self.k,
+            n: self.n,
+        }
+    }
+}
+
+/// A borrowed packed B (from a [`PackedB`] or packed at run time into
+/// caller scratch). `data.len() == packed_b_len(k, n)` always holds.
+#[derive(Clone, Copy, Debug)]
+pub struct PackedBRef<'a> {
+    data: &'a [f32],
+    k: usize,
+    n: usize,
+}
+
+impl<'a> PackedBRef<'a> {
+    /// Packs `b` into the front of `scratch` (at least
+    /// `packed_b_len(b.rows(), b.cols())` long), e.g. an activation used as
+    /// the right operand of attention.
+    pub fn pack_into(
+        b: &MatrixRef<'_>,
+        scratch: &'a mut [f32],
+    ) -> Result<PackedBRef<'a>, CodegenError> {
+        let len = packed_b_len(b.rows, b.cols);
+        if scratch.len() < len {
+            return Err(CodegenError::shape(
+                "pack_b",
+                format!(
+                    "scratch holds {} f32, packing a {}x{} B needs {len}",
+                    scratch.len(),
+                    b.rows,
+                    b.cols
+                ),
+            ));
+        }
+        let dst = &mut scratch[..len];
+        pack_b_into(b, dst);
+        Ok(PackedBRef {
+            data: dst,
+            k: b.rows,
+            n: b.cols,
+        })
+    }
+
+    /// A view of data that was packed for `k x n` (crate-internal: the
+    /// caller guarantees `data` came from `pack_b_into` with these dims).
+    pub(crate) fn from_packed(data: &'a [f32], k: usize, n: usize) -> PackedBRef<'a> {
+        PackedBRef {
+            data: &data[..packed_b_len(k, n)],
+            k,
+            n,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub(crate) fn data(&self) -> &'a [f32] {
+        self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_blocks_are_even_balanced_and_bounded() {
+        assert_eq!(k_block(0), 0);
+        assert_eq!(k_block(1), 2);
+        assert_eq!(k_block(256), 256);
+        assert_eq!(k_block(257), 130);
+        assert_eq!(k_block(384), 192);
+        for k in 1..2000 {
+            let kc = k_block(k);
+            assert_eq!(kc % 2, 0);
+            assert!(kc <= KC_MAX);
+            assert!(kc >= k.min(KC_MAX) / 2);
+        }
+    }
+
+    #[test]
+    fn packed_b_places_every_element_and_zero_pads() {
+        let (k, n) = (300, 7);
+        let b: Vec<f32> = (0..k * n).map(|x| x as f32 + 1.0).collect();
+        let view = MatrixRef::row_major(&b, k, n).unwrap();
+        let packed = PackedB::pack(&view);
+        let data = packed.as_ref().data();
+        assert_eq!(data.len(), packed_b_len(k, n));
+        assert_eq!(data.as_ptr() as usize % 64, 0);
+        let kc = k_block(k);
+        let panels = panel_count(n);
+        for kk in 0..k {
+            let (p, within) = (kk / kc, kk % kc);
+            let k0 = p * kc;
+            let kcp = kc.min(k - k0);
+            for col in 0..panels * PANEL_WIDTH {
+                let (j, lane) = (col / PANEL_WIDTH, col % PANEL_WIDTH);
+                let at =
+                    k0 * panels * PANEL_WIDTH + j * kcp * PANEL_WIDTH + within * PANEL_WIDTH + lane;
+                let expected = if col < n { b[kk * n + col] } else { 0.0 };
+                assert_eq!(data[at], expected, "k {kk} col {col}");
+            }
+        }
+        // The transposed view of the same logical matrix packs identically.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let view_t = MatrixRef::transposed(&bt, k, n).unwrap();
+        assert_eq!(PackedB::pack(&view_t).as_ref().data(), data);
+    }
+
+    #[test]
+    fn pack_a_panel_both_layouts() {
+        let (m, k) = (5, 9);
+        let a: Vec<f32> = (0..m * k).map(|x| x as f32).collect();
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let row = MatrixRef::row_major(&a, m, k).unwrap();
+        let col = MatrixRef::transposed(&at, m, k).unwrap();
+        let (i0, r, k0, kc) = (1, 3, 2, 6);
+        let mut p1 = vec![0.0; r * kc];
+        let mut p2 = vec![0.0; r * kc];
+        pack_a_panel(&row, i0, r, k0, &mut p1);
+        pack_a_panel(&col, i0, r, k0, &mut p2);
+        for kk in 0..kc {
+            for i in 0..r {
+                assert_eq!(p1[kk * r + i], a[(i0 + i) * k + k0 + kk]);
+            }
+        }
+        assert_eq!(p1, p2);
+    }
+
+    #[test]
+    fn matrix_ref_rejects_short_slices() {
+        let data = vec![0.0f32; 11];
+        assert!(MatrixRef::row_major(&data, 3, 4).is_err());
+        assert!(MatrixRef::row_major(&data, 2, 4).is_ok());
+        assert!(MatrixRef::strided(&data, 2, 4, 3, false).is_err());
+        assert!(MatrixRef::strided(&data, 2, 4, 7, false).is_ok());
+        assert!(MatrixRef::strided(&data, 2, 4, 8, false).is_err());
+        assert!(MatrixRef::transposed(&data, 4, 3).is_err());
+        assert!(MatrixRef::row_major(&data, 0, 100).is_ok());
+        let mut small = vec![0.0f32; 3];
+        let view = MatrixRef::row_major(&data, 2, 4).unwrap();
+        assert!(PackedBRef::pack_into(&view, &mut small).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! The Cranelift JIT module shared by every kernel family: ISA setup, one
+//! `define` entry point that records each kernel's CLIF text, and the
+//! finalized code that owns (and frees) the executable memory.
+
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+
+use super::simd::Emitter;
+use super::CodegenError;
+
+/// How kernels are compiled. The defaults use every feature the CPU has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodegenOptions {
+    /// Use AVX (VEX encodings, needed for FMA) when the CPU has it.
+    pub use_avx: bool,
+    /// Use fused multiply-add instructions when the CPU has them. Without
+    /// them multiply-adds are emitted as a multiply and an add (never as
+    /// Cranelift's `fma`, which would become a libm call per lane).
+    pub use_fma: bool,
+    /// Run the Cranelift verifier on every function (slow; on in debug builds).
+    pub verify: bool,
+    /// Keep each kernel's disassembly (for `--dump-asm` style debugging).
+    pub keep_disassembly: bool,
+}
+
+impl Default for CodegenOptions {
+    fn default() -> Self {
+        CodegenOptions {
+            use_avx: true,
+            use_fma: true,
+            verify: cfg!(debug_assertions),
+            keep_disassembly: false,
+        }
+    }
+}
+
+/// The instruction-set features the kernels were compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaFeatures {
+    pub avx: bool,
+    /// Multiply-adds are single fused instructions.
+    pub fma: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_features() -> IsaFeatures {
+    let avx = std::is_x86_feature_detected!("avx");
+    IsaFeatures {
+        avx,
+        fma: avx && std::is_x86_feature_detected!("fma"),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_features() -> IsaFeatures {
+    // aarch64 and riscv64 (the other Cranelift hosts) have fused
+    // multiply-add in the base vector ISA.
+    IsaFeatures {
+        avx: false,
+        fma: true,
+    }
+}
+
+/// One compiled kernel's record: its name, and its CLIF as emitted (before
+/// Cranelift's optimisations, so the text depends only on our generator).
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    pub name: String,
+    pub clif: String,
+    pub disassembly: Option<String>,
+}
+
+/// Index of a kernel inside one `JitBuilder`, resolved to a code pointer
+/// after finalization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KernelSlot(pub(crate) usize);
+
+pub(crate) struct JitBuilder {
+    module: JITModule,
+    ctx: Context,
+    fn_ctx: FunctionBuilderContext,
+    features: IsaFeatures,
+    keep_disassembly: bool,
+    ids: Vec<FuncId>,
+    infos: Vec<KernelInfo>,
+}
+
+fn cranelift_err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+impl JitBuilder {
+    pub(crate) fn new(options: &CodegenOptions) -> Result<JitBuilder, CodegenError> {
+        let mut flags = settings::builder();
+        let set = |flags: &mut settings::Builder, name: &str, value: &str| {
+            flags.set(name, value).map_err(cranelift_err)
+        };
+        set(&mut flags, "opt_level", "speed")?;
+        set(
+            &mut flags,
+            "enable_verifier",
+            if options.verify { "true" } else { "false" },
+        )?;
+        // The JIT places code anywhere in the address space: no PIC, and
+        // libcalls through absolute addresses.
+        set(&mut flags, "is_pic", "false")?;
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+
+        let mut isa_builder = cranelift_native::builder()
+            .map_err(|e| CodegenError::UnsupportedHost(e.to_string()))?;
+        let host = host_features();
+        let features = IsaFeatures {
+            avx: host.avx && options.use_avx,
+            fma: host.fma && options.use_fma && (options.use_avx || !cfg!(target_arch = "x86_64")),
+        };
+        if cfg!(target_arch = "x86_64") {
+            // cranelift_native enabled what the CPU has; switch off what the
+            // options exclude. FMA needs the VEX encodings of AVX.
+            if !features.avx {
+                for flag in [
+                    "has_avx",
+                    "has_avx2",
+                    "has_fma",
+                    "has_avx512f",
+                    "has_avx512vl",
+                    "has_avx512dq",
+                ] {
+                    isa_builder.set(flag, "false").map_err(cranelift_err)?;
+                }
+            }
+            if !features.fma {
+                isa_builder.set("has_fma", "false").map_err(cranelift_err)?;
+            }
+        }
+        let isa = isa_builder
+            .finish(settings::Flags::new(flags))
+            .map_err(cranelift_err)?;
+        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let ctx = module.make_context();
+        Ok(JitBuilder {
+            module,
+            ctx,
+            fn_ctx: FunctionBuilderContext::new(),
+            features,
+            keep_disassembly: options.keep_disassembly,
+            ids: Vec::new(),
+            infos: Vec::new(),
+        })
+    }
+
+    pub(crate) fn features(&self) -> IsaFeatures {
+        self.features
+    }
+
+    /// Compile one kernel taking `params` pointer-sized integer arguments and
+    /// returning nothing. `body` starts in the entry block with the
+    /// parameters and must terminate every block it creates.
+    pub(crate) fn define(
+        &mut self,
+        name: &str,
+        params: usize,
+        body: impl FnOnce(&mut Emitter<'_, '_>, &[Value]),
+    ) -> Result<KernelSlot, CodegenError> {
+        let pointer = self.module.target_config().pointer_type();
+        debug_assert_eq!(pointer, types::I64, "kernels assume 64-bit pointers");
+        let mut signature = self.module.make_signature();
+        for _ in 0..params {
+            signature.params.push(AbiParam::new(pointer));
+        }
+        let id = self
+            .module
+            .declare_function(name, Linkage::Local, &signature)
+            .map_err(cranelift_err)?;
+        self.module.clear_context(&mut self.ctx);
+        self.ctx.func.signature = signature;
+        self.ctx.func.name = UserFuncName::user(0, id.as_u32());
+        {
+            let mut fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fn_ctx);
+            let entry = fb.create_block();
+            fb.append_block_params_for_function_params(entry);
+            fb.switch_to_block(entry);
+            let args = fb.block_params(entry).to_vec();
+            let mut emitter = Emitter::new(&mut fb, self.features.fma);
+            body(&mut emitter, &args);
+            fb.seal_all_blocks();
+            fb.finalize(self.module.target_config());
+        }
+        let clif = self.ctx.func.display().to_string();
+        self.ctx.set_disasm(self.keep_disassembly);
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+        let disassembly = if self.keep_disassembly {
+            self.ctx.compiled_code().and_then(|code| code.vcode.clone())
+        } else {
+            None
+        };
+        self.ids.push(id);
+        self.infos.push(KernelInfo {
+            name: name.to_string(),
+            clif,
+            disassembly,
+        });
+        Ok(KernelSlot(self.ids.len() - 1))
+    }
+
+    /// Link everything; returns the code owner and one entry address per slot.
+    pub(crate) fn finish(
+        mut self,
+    ) -> Result<(FinalizedCode, Vec<usize>, Vec<KernelInfo>), CodegenError> {
+        self.module.finalize_definitions().map_err(cranelift_err)?;
+        let addresses = self
+            .ids
+            .iter()
+            .map(|&id| self.module.get_finalized_function(id) as usize)
+            .collect();
+        Ok((
+            FinalizedCode {
+                module: Some(self.module),
+            },
+            addresses,
+            self.infos,
+        ))
+    }
+}
+
+/// Owns the executable memory of a finalized module. Nothing reads the
+/// module through `&self`; it is only freed on drop.
+pub(crate) struct FinalizedCode {
+    module: Option<JITModule>,
+}
+
+// SAFETY: after `finalize_definitions` the code and its read-only data are
+// immutable, and `FinalizedCode` exposes no method that touches the module
+// (whose symbol table has a `RefCell`) through a shared reference: the only
+// access is `free_memory` in `drop`, which has exclusive ownership. Sharing
+// `&FinalizedCode` across threads therefore shares nothing mutable.
+unsafe impl Sync for FinalizedCode {}
+
+impl Drop for FinalizedCode {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: the owner (`KernelLibrary`) holds the only copies of the
+            // code addresses and calls them only through `&self` methods, so
+            // once it is being dropped no call is running or can start.
+            unsafe { module.free_memory() };
+        }
+    }
+}

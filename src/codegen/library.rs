@@ -1,0 +1,231 @@
+//! The public face of the codegen module: a builder that compiles kernels
+//! into one JIT module, and the finalized library that runs them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::elementwise::{self, ElementwiseArgs, ElementwiseKernel, ElementwiseSlot, InnerStride};
+use super::gemm::{self, BatchedMatmulArgs, Epilogue, GemmArgs, GemmKernels, GemmSlots};
+use super::jit::{CodegenOptions, FinalizedCode, IsaFeatures, JitBuilder, KernelInfo};
+use super::rows::{self, RowArgs, RowKernel, RowOp, RowSlot};
+use super::threads::Threads;
+use super::CodegenError;
+use crate::ir::ElementwiseExpr;
+
+/// Distinguishes libraries so an id cannot be used with the wrong one.
+static NEXT_LIBRARY: AtomicU64 = AtomicU64::new(1);
+
+/// A GEMM kernel set (one epilogue) in a [`KernelLibrary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmId {
+    library: u64,
+    index: usize,
+}
+
+/// A fused elementwise kernel in a [`KernelLibrary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ElementwiseId {
+    library: u64,
+    index: usize,
+}
+
+/// A row kernel (softmax, layer norm, reduction) in a [`KernelLibrary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowKernelId {
+    library: u64,
+    index: usize,
+}
+
+/// Collects kernels and compiles each as it is added; `finish` links them
+/// into a [`KernelLibrary`].
+pub struct KernelLibraryBuilder {
+    jit: JitBuilder,
+    library: u64,
+    gemms: Vec<GemmSlots>,
+    gemm_by_epilogue: HashMap<Epilogue, usize>,
+    elementwise: Vec<ElementwiseSlot>,
+    rows: Vec<RowSlot>,
+}
+
+impl KernelLibraryBuilder {
+    /// Compile for the host CPU with default options.
+    pub fn new() -> Result<KernelLibraryBuilder, CodegenError> {
+        Self::with_options(&CodegenOptions::default())
+    }
+
+    pub fn with_options(options: &CodegenOptions) -> Result<KernelLibraryBuilder, CodegenError> {
+        Ok(KernelLibraryBuilder {
+            jit: JitBuilder::new(options)?,
+            library: NEXT_LIBRARY.fetch_add(1, Ordering::Relaxed),
+            gemms: Vec::new(),
+            gemm_by_epilogue: HashMap::new(),
+            elementwise: Vec::new(),
+            rows: Vec::new(),
+        })
+    }
+
+    pub fn features(&self) -> IsaFeatures {
+        self.jit.features()
+    }
+
+    /// GEMM micro-kernels for one epilogue. Kernels do not depend on M, N
+    /// or K, so asking twice for the same epilogue returns the same id.
+    pub fn add_gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, CodegenError> {
+        if let Some(&index) = self.gemm_by_epilogue.get(&epilogue) {
+            return Ok(GemmId {
+                library: self.library,
+                index,
+            });
+        }
+        let slots = gemm::compile(&mut self.jit, epilogue)?;
+        self.gemms.push(slots);
+        let index = self.gemms.len() - 1;
+        self.gemm_by_epilogue.insert(epilogue, index);
+        Ok(GemmId {
+            library: self.library,
+            index,
+        })
+    }
+
+    /// A fused elementwise kernel; `inputs[i]` says how input `i` advances
+    /// along the output's last axis.
+    pub fn add_elementwise(
+        &mut self,
+        expr: &ElementwiseExpr,
+        inputs: &[InnerStride],
+    ) -> Result<ElementwiseId, CodegenError> {
+        let index = self.elementwise.len();
+        let slot =
+            elementwise::compile(&mut self.jit, &format!("elementwise_{index}"), expr, inputs)?;
+        self.elementwise.push(slot);
+        Ok(ElementwiseId {
+            library: self.library,
+            index,
+        })
+    }
+
+    pub fn add_row_kernel(&mut self, op: RowOp) -> Result<RowKernelId, CodegenError> {
+        let slot = rows::compile(&mut self.jit, op)?;
+        self.rows.push(slot);
+        Ok(RowKernelId {
+            library: self.library,
+            index: self.rows.len() - 1,
+        })
+    }
+
+    /// Link every kernel (one `finalize_definitions` for the module).
+    pub fn finish(self) -> Result<KernelLibrary, CodegenError> {
+        let features = self.jit.features();
+        let (code, addresses, infos) = self.jit.finish()?;
+        Ok(KernelLibrary {
+            library: self.library,
+            gemms: self.gemms.iter().map(|s| s.link(&addresses)).collect(),
+            elementwise: self
+                .elementwise
+                .iter()
+                .map(|s| s.link(&addresses))
+                .collect(),
+            rows: self.rows.iter().map(|s| s.link(&addresses)).collect(),
+            infos,
+            features,
+            _code: code,
+        })
+    }
+}
+
+/// Compiled kernels, immutable and shareable across threads. Every entry
+/// point checks its slices against the shapes before running JIT code;
+/// the executable memory is freed when the library is dropped.
+pub struct KernelLibrary {
+    library: u64,
+    gemms: Vec<GemmKernels>,
+    elementwise: Vec<ElementwiseKernel>,
+    rows: Vec<RowKernel>,
+    infos: Vec<KernelInfo>,
+    features: IsaFeatures,
+    // Declared last: dropped after the kernel tables holding its addresses.
+    _code: FinalizedCode,
+}
+
+impl KernelLibrary {
+    fn check(&self, library: u64) -> Result<(), CodegenError> {
+        if library == self.library {
+            Ok(())
+        } else {
+            Err(CodegenError::ForeignKernel)
+        }
+    }
+
+    /// `c = epilogue(a @ b)`.
+    pub fn gemm(
+        &self,
+        id: GemmId,
+        args: GemmArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        self.check(id.library)?;
+        self.gemms[id.index].run(args, threads)
+    }
+
+    /// Batched `a @ b` with broadcast batch dims and optional transposes;
+    /// `id` must be a GEMM without epilogue.
+    pub fn batched_matmul(
+        &self,
+        id: GemmId,
+        args: BatchedMatmulArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        self.check(id.library)?;
+        self.gemms[id.index].run_batched(args, threads)
+    }
+
+    pub fn gemm_epilogue(&self, id: GemmId) -> Result<Epilogue, CodegenError> {
+        self.check(id.library)?;
+        Ok(self.gemms[id.index].epilogue())
+    }
+
+    pub fn elementwise(
+        &self,
+        id: ElementwiseId,
+        args: ElementwiseArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        self.check(id.library)?;
+        self.elementwise[id.index].run(args, threads)
+    }
+
+    pub fn row_kernel(
+        &self,
+        id: RowKernelId,
+        args: RowArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        self.check(id.library)?;
+        self.rows[id.index].run(args, threads)
+    }
+
+    pub fn row_op(&self, id: RowKernelId) -> Result<RowOp, CodegenError> {
+        self.check(id.library)?;
+        Ok(self.rows[id.index].op())
+    }
+
+    pub fn features(&self) -> IsaFeatures {
+        self.features
+    }
+
+    /// Every compiled function, in compilation order.
+    pub fn kernels(&self) -> &[KernelInfo] {
+        &self.infos
+    }
+
+    /// The CLIF of every kernel as emitted (before Cranelift's
+    /// optimisations), in compilation order: deterministic for a given
+    /// sequence of `add_*` calls and ISA features.
+    pub fn clif_text(&self) -> String {
+        let mut text = String::new();
+        for info in &self.infos {
+            text.push_str(&format!("; kernel {}\n{}\n", info.name, info.clif));
+        }
+        text
+    }
+}

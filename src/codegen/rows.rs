@@ -1,0 +1,495 @@
+//! Row kernels: operations along the last axis of a contiguous tensor,
+//! viewed as `rows x len`. One JIT function loops over a range of rows;
+//! the driver splits rows across threads.
+//!
+//! Kernel signature: `(x, out, rows, len, gain, bias)`.
+
+use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Value};
+
+use super::jit::{JitBuilder, KernelSlot};
+use super::loops::run_loop;
+use super::simd::{Emitter, F32X4, I64};
+use super::threads::{split_range, SharedMut, Threads};
+use super::CodegenError;
+use crate::ir::ReduceOp;
+
+/// An operation over the last axis.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowOp {
+    Softmax,
+    LogSoftmax,
+    /// `(x - mean) / sqrt(var + eps) * gain + bias`, biased variance.
+    LayerNorm {
+        eps: f32,
+    },
+    /// One value per row.
+    Reduce(ReduceOp),
+}
+
+impl RowOp {
+    fn name(&self) -> String {
+        match self {
+            RowOp::Softmax => "softmax".into(),
+            RowOp::LogSoftmax => "log_softmax".into(),
+            RowOp::LayerNorm { eps } => format!("layer_norm_eps{eps:e}"),
+            RowOp::Reduce(op) => format!("reduce_{}", op.name()),
+        }
+    }
+
+    /// Whether the output has one value per row (else one per element).
+    pub fn reduces(&self) -> bool {
+        matches!(self, RowOp::Reduce(_))
+    }
+}
+
+/// Operands of a row kernel call: `x` holds `rows x row_len` contiguous
+/// values; `out` holds as many (or `rows` for a reduction); `gain` and
+/// `bias` (`row_len` each) are for layer norm only.
+pub struct RowArgs<'a> {
+    pub x: &'a [f32],
+    pub rows: usize,
+    pub row_len: usize,
+    pub out: &'a mut [f32],
+    pub gain: Option<&'a [f32]>,
+    pub bias: Option<&'a [f32]>,
+}
+
+fn args(values: &[Value]) -> Vec<BlockArg> {
+    values.iter().map(|&v| BlockArg::Value(v)).collect()
+}
+
+/// Row-at-a-time loop: `body(x_row, out_row)` for each row, advancing `x`
+/// by `len` elements and `out` by `out_step` bytes.
+fn emit_rows(
+    e: &mut Emitter<'_, '_>,
+    params: &[Value],
+    out_step_bytes: Option<i64>,
+    mut body: impl FnMut(&mut Emitter<'_, '_>, Value, Value),
+) {
+    let (x, out, rows, len) = (params[0], params[1], params[2], params[3]);
+    let row_bytes = e.fb.ins().ishl_imm_u(len, 2);
+    let out_step = match out_step_bytes {
+        Some(b) => e.iconst(b),
+        None => row_bytes,
+    };
+    let head = e.fb.create_block();
+    let hx = e.fb.append_block_param(head, I64);
+    let ho = e.fb.append_block_param(head, I64);
+    let hc = e.fb.append_block_param(head, I64);
+    let row_block = e.fb.create_block();
+    let exit = e.fb.create_block();
+    e.fb.ins().jump(head, &args(&[x, out, rows]));
+
+    e.fb.switch_to_block(head);
+    e.fb.ins().brif(hc, row_block, &[], exit, &[]);
+
+    e.fb.switch_to_block(row_block);
+    body(e, hx, ho);
+    let nx = e.fb.ins().iadd(hx, row_bytes);
+    let no = e.fb.ins().iadd(ho, out_step);
+    let nc = e.fb.ins().iadd_imm_s(hc, -1);
+    e.fb.ins().jump(head, &args(&[nx, no, nc]));
+
+    e.fb.switch_to_block(exit);
+    e.fb.ins().return_(&[]);
+}
+
+/// Loads element(s) at byte offset `off` of `row`: a vector, or one value
+/// splatted to all lanes (for the tail).
+fn load_vec(e: &mut Emitter<'_, '_>, row: Value, off: Value) -> Value {
+    let at = e.fb.ins().iadd(row, off);
+    e.load_input(at, 0)
+}
+fn load_splat(e: &mut Emitter<'_, '_>, row: Value, off: Value) -> Value {
+    let at = e.fb.ins().iadd(row, off);
+    e.load_input_splat(at, 0)
+}
+fn load_out_splat(e: &mut Emitter<'_, '_>, row: Value, off: Value) -> Value {
+    let at = e.fb.ins().iadd(row, off);
+    let v =
+        e.fb.ins()
+            .load(types::F32, super::simd::output_flags(), at, 0);
+    e.fb.ins().splat(F32X4, v)
+}
+
+/// Row sum: vector partial sums (lane order fixed) plus the tail in order.
+fn row_sum(
+    e: &mut Emitter<'_, '_>,
+    len: Value,
+    term: impl Fn(&mut Emitter<'_, '_>, Value, bool) -> Value,
+) -> Value {
+    let zero = e.splat_f(0.0);
+    let state = run_loop(
+        e,
+        len,
+        vec![zero, zero],
+        |e, off, s| {
+            let t = term(e, off, true);
+            vec![e.add(s[0], t), s[1]]
+        },
+        |e, off, s| {
+            let t = term(e, off, false);
+            vec![s[0], e.add(s[1], t)]
+        },
+    );
+    let lanes = e.horizontal_sum(state[0]);
+    let tail = e.fb.ins().extractlane(state[1], 0);
+    let total = e.fb.ins().fadd(lanes, tail);
+    e.fb.ins().splat(F32X4, total)
+}
+
+/// Row maximum; `nan_exact` selects IEEE maximum (NaN-propagating) over
+/// the one-instruction max that ignores NaN in later elements.
+fn row_max(e: &mut Emitter<'_, '_>, len: Value, row: Value, nan_exact: bool) -> Value {
+    let start = e.splat_f(f32::NEG_INFINITY);
+    let combine = move |e: &mut Emitter<'_, '_>, acc: Value, x: Value| {
+        if nan_exact {
+            e.fmax(acc, x)
+        } else {
+            // acc < x ? x : acc
+            e.max_keep_nan(acc, x)
+        }
+    };
+    let state = run_loop(
+        e,
+        len,
+        vec![start],
+        |e, off, s| {
+            let x = load_vec(e, row, off);
+            vec![combine(e, s[0], x)]
+        },
+        |e, off, s| {
+            let x = load_splat(e, row, off);
+            vec![combine(e, s[0], x)]
+        },
+    );
+    // Fold lanes: (0,1) and (2,3) via vector max of lane-swapped copies.
+    let lanes: Vec<Value> = (0..4)
+        .map(|i| e.fb.ins().extractlane(state[0], i))
+        .collect();
+    let splats: Vec<Value> = lanes.iter().map(|&l| e.fb.ins().splat(F32X4, l)).collect();
+    let a = combine(e, splats[0], splats[1]);
+    let b = combine(e, splats[2], splats[3]);
+    combine(e, a, b)
+}
+
+fn len_as_f32(e: &mut Emitter<'_, '_>, len: Value) -> Value {
+    let f = e.fb.ins().fcvt_from_uint(types::F32, len);
+    e.fb.ins().splat(F32X4, f)
+}
+
+fn emit_row_op(e: &mut Emitter<'_, '_>, p: &[Value], op: RowOp) {
+    let len = p[3];
+    let (gain, bias) = (p[4], p[5]);
+    match op {
+        RowOp::Softmax => emit_rows(e, p, None, |e, x, out| {
+            let m = row_max(e, len, x, false);
+            let s = row_sum(e, len, |e, off, vector| {
+                let v = if vector {
+                    load_vec(e, x, off)
+                } else {
+                    load_splat(e, x, off)
+                };
+                let d = e.sub(v, m);
+                let ex = e.exp(d);
+                let at = e.fb.ins().iadd(out, off);
+                if vector {
+                    e.store(ex, at, 0);
+                } else {
+                    e.store_lane0(ex, at, 0);
+                }
+                ex
+            });
+            let inv = e.recip(s);
+            run_loop(
+                e,
+                len,
+                vec![],
+                |e, off, _| {
+                    let at = e.fb.ins().iadd(out, off);
+                    let v = e.load_output(at, 0);
+                    let y = e.mul(v, inv);
+                    e.store(y, at, 0);
+                    vec![]
+                },
+                |e, off, _| {
+                    let v = load_out_splat(e, out, off);
+                    let y = e.mul(v, inv);
+                    let at = e.fb.ins().iadd(out, off);
+                    e.store_lane0(y, at, 0);
+                    vec![]
+                },
+            );
+        }),
+        RowOp::LogSoftmax => emit_rows(e, p, None, |e, x, out| {
+            let m = row_max(e, len, x, false);
+            let s = row_sum(e, len, |e, off, vector| {
+                let v = if vector {
+                    load_vec(e, x, off)
+                } else {
+                    load_splat(e, x, off)
+                };
+                let d = e.sub(v, m);
+                e.exp(d)
+            });
+            let log_s = e.log(s);
+            let write = |e: &mut Emitter<'_, '_>, off: Value, vector: bool| {
+                let v = if vector {
+                    load_vec(e, x, off)
+                } else {
+                    load_splat(e, x, off)
+                };
+                let d = e.sub(v, m);
+                let y = e.sub(d, log_s);
+                let at = e.fb.ins().iadd(out, off);
+                if vector {
+                    e.store(y, at, 0);
+                } else {
+                    e.store_lane0(y, at, 0);
+                }
+            };
+            run_loop(
+                e,
+                len,
+                vec![],
+                |e, off, _| {
+                    write(e, off, true);
+                    vec![]
+                },
+                |e, off, _| {
+                    write(e, off, false);
+                    vec![]
+                },
+            );
+        }),
+        RowOp::LayerNorm { eps } => emit_rows(e, p, None, |e, x, out| {
+            let n = len_as_f32(e, len);
+            let sum = row_sum(e, len, |e, off, vector| {
+                if vector {
+                    load_vec(e, x, off)
+                } else {
+                    load_splat(e, x, off)
+                }
+            });
+            let mean = e.div(sum, n);
+            let squares = row_sum(e, len, |e, off, vector| {
+                let v = if vector {
+                    load_vec(e, x, off)
+                } else {
+                    load_splat(e, x, off)
+                };
+                let d = e.sub(v, mean);
+                e.mul(d, d)
+            });
+            let var = e.div(squares, n);
+            let var_eps = e.add_const(var, eps);
+            let sd = e.sqrt(var_eps);
+            let rstd = e.recip(sd);
+            let write = |e: &mut Emitter<'_, '_>, off: Value, vector: bool| {
+                let load = |e: &mut Emitter<'_, '_>, base: Value| {
+                    if vector {
+                        load_vec(e, base, off)
+                    } else {
+                        load_splat(e, base, off)
+                    }
+                };
+                let v = load(e, x);
+                let g = load(e, gain);
+                let b = load(e, bias);
+                let d = e.sub(v, mean);
+                let normalized = e.mul(d, rstd);
+                let y = e.mul_add(normalized, g, b);
+                let at = e.fb.ins().iadd(out, off);
+                if vector {
+                    e.store(y, at, 0);
+                } else {
+                    e.store_lane0(y, at, 0);
+                }
+            };
+            run_loop(
+                e,
+                len,
+                vec![],
+                |e, off, _| {
+                    write(e, off, true);
+                    vec![]
+                },
+                |e, off, _| {
+                    write(e, off, false);
+                    vec![]
+                },
+            );
+        }),
+        RowOp::Reduce(reduce) => emit_rows(e, p, Some(4), |e, x, out| {
+            let r = match reduce {
+                ReduceOp::Max => row_max(e, len, x, true),
+                ReduceOp::Sum | ReduceOp::Mean => {
+                    let s = row_sum(e, len, |e, off, vector| {
+                        if vector {
+                            load_vec(e, x, off)
+                        } else {
+                            load_splat(e, x, off)
+                        }
+                    });
+                    if reduce == ReduceOp::Mean {
+                        let n = len_as_f32(e, len);
+                        e.div(s, n)
+                    } else {
+                        s
+                    }
+                }
+            };
+            e.store_lane0(r, out, 0);
+        }),
+    }
+}
+
+pub(crate) struct RowSlot {
+    slot: KernelSlot,
+    op: RowOp,
+}
+
+pub(crate) fn compile(jit: &mut JitBuilder, op: RowOp) -> Result<RowSlot, CodegenError> {
+    if let RowOp::LayerNorm { eps } = op {
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(CodegenError::Unsupported(format!("layer_norm eps {eps}")));
+        }
+    }
+    let slot = jit.define(&op.name(), 6, |e, p| emit_row_op(e, p, op))?;
+    Ok(RowSlot { slot, op })
+}
+
+type RowFn = unsafe extern "C" fn(
+    x: *const f32,
+    out: *mut f32,
+    rows: usize,
+    len: usize,
+    gain: *const f32,
+    bias: *const f32,
+);
+
+pub(crate) struct RowKernel {
+    f: RowFn,
+    op: RowOp,
+}
+
+impl RowSlot {
+    pub(crate) fn link(&self, addresses: &[usize]) -> RowKernel {
+        let address = addresses[self.slot.0];
+        assert_ne!(address, 0, "finalized function has a null address");
+        RowKernel {
+            // SAFETY: compiled by `compile` with six pointer-sized
+            // parameters and no results.
+            f: unsafe { std::mem::transmute::<usize, RowFn>(address) },
+            op: self.op,
+        }
+    }
+}
+
+/// Below this many input elements a call stays on the calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+impl RowKernel {
+    pub(crate) fn op(&self) -> RowOp {
+        self.op
+    }
+
+    pub(crate) fn run(&self, args: RowArgs<'_>, threads: &Threads) -> Result<(), CodegenError> {
+        let RowArgs {
+            x,
+            rows,
+            row_len,
+            out,
+            gain,
+            bias,
+        } = args;
+        let name = match self.op {
+            RowOp::Softmax => "softmax",
+            RowOp::LogSoftmax => "log_softmax",
+            RowOp::LayerNorm { .. } => "layer_norm",
+            RowOp::Reduce(op) => op.name(),
+        };
+        let err = |what: String| CodegenError::shape(name, what);
+        let total = rows
+            .checked_mul(row_len)
+            .ok_or_else(|| err("rows * row_len overflows".into()))?;
+        if x.len() != total {
+            return Err(err(format!(
+                "x must hold {rows}x{row_len} = {total} f32, got {}",
+                x.len()
+            )));
+        }
+        let out_len = if self.op.reduces() { rows } else { total };
+        if out.len() != out_len {
+            return Err(err(format!(
+                "out must hold {out_len} f32, got {}",
+                out.len()
+            )));
+        }
+        let is_layer_norm = matches!(self.op, RowOp::LayerNorm { .. });
+        for (what, v) in [("gain", gain), ("bias", bias)] {
+            match v {
+                Some(v) if !is_layer_norm => {
+                    return Err(err(format!(
+                        "{what} is only for layer_norm (got {})",
+                        v.len()
+                    )))
+                }
+                Some(v) if v.len() != row_len => {
+                    return Err(err(format!(
+                        "{what} must hold {row_len} f32, got {}",
+                        v.len()
+                    )))
+                }
+                None if is_layer_norm => return Err(err(format!("layer_norm needs a {what}"))),
+                _ => {}
+            }
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        if row_len == 0 {
+            // Empty rows: reductions have identities or are undefined;
+            // element-wise row ops have nothing to write.
+            return match self.op {
+                RowOp::Reduce(ReduceOp::Sum) => {
+                    out.fill(0.0);
+                    Ok(())
+                }
+                RowOp::Reduce(ReduceOp::Mean) => {
+                    out.fill(f32::NAN);
+                    Ok(())
+                }
+                RowOp::Reduce(ReduceOp::Max) => Err(err("max over an empty axis".into())),
+                RowOp::Softmax | RowOp::LogSoftmax | RowOp::LayerNorm { .. } => Ok(()),
+            };
+        }
+        let out_per_row = if self.op.reduces() { 1 } else { row_len };
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        let run = |range: &std::ops::Range<usize>| {
+            let gain_ptr = gain.map_or(std::ptr::null(), |g| g.as_ptr());
+            let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+            // SAFETY: rows `range` of x (and of out) are in bounds by the
+            // length checks above; tasks get disjoint row ranges of `out`,
+            // which is exclusively borrowed for the call; gain and bias hold
+            // row_len values when the op reads them.
+            unsafe {
+                (self.f)(
+                    x.as_ptr().add(range.start * row_len),
+                    out_ptr.get().add(range.start * out_per_row),
+                    range.len(),
+                    row_len,
+                    gain_ptr,
+                    bias_ptr,
+                )
+            }
+        };
+        if threads.count() > 1 && total >= PARALLEL_MIN_ELEMENTS && rows > 1 {
+            let ranges = split_range(rows, 4 * threads.count(), 1);
+            threads.for_each(&ranges, run);
+        } else {
+            run(&(0..rows));
+        }
+        Ok(())
+    }
+}
