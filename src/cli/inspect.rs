@@ -5,8 +5,11 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{fail, GraphFormat, Reported};
+use crate::diagnostics::Diagnostic;
 use crate::ir::{printer, Dim, Graph, TensorType};
 use crate::model::{self, LoadedModel};
+use crate::passes::{PassContext, PassManager};
+use crate::span::line_col;
 
 pub(super) fn load(path: &Path) -> Result<LoadedModel, Reported> {
     model::load(path).map_err(|f| fail(f.diagnostics, Some(&f.source)))
@@ -99,8 +102,33 @@ pub(super) fn info(path: &Path, as_json: bool) -> Result<(), Reported> {
     Ok(())
 }
 
-pub(super) fn graph(path: &Path, format: GraphFormat) -> Result<(), Reported> {
-    let m = load(path)?;
+/// The optimisation flags of `lamina graph`.
+pub(super) struct GraphPasses {
+    pub passes: Option<String>,
+    pub stats: bool,
+    pub max_steps: Option<usize>,
+}
+
+pub(super) fn graph(path: &Path, format: GraphFormat, opts: GraphPasses) -> Result<(), Reported> {
+    let mut m = load(path)?;
+    let implied = (opts.stats || opts.max_steps.is_some()).then_some("all");
+    if let Some(spec) = opts.passes.as_deref().or(implied) {
+        let manager = PassManager::from_spec(spec).map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
+        let report = manager
+            .run(&mut m.graph, &PassContext::default(), opts.max_steps)
+            .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], Some(&m.source)))?;
+        if opts.stats {
+            // stderr, so that stdout stays the graph alone.
+            let text = m.source.text.as_deref().unwrap_or("");
+            eprint!(
+                "{}",
+                report.render(|span| {
+                    let (line, col) = line_col(text, span.start);
+                    format!("{}:{line}:{col}", m.source.path)
+                })
+            );
+        }
+    }
     match format {
         GraphFormat::Text => print!("{}", printer::print(&m.graph)),
         GraphFormat::Dot => print!("{}", printer::to_dot(&m.graph)),

@@ -42,11 +42,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a model's graph, one line a node (or Graphviz DOT).
+    /// Print a model's graph, one line a node (or Graphviz DOT), optionally optimised first.
     Graph {
         model: PathBuf,
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
+        /// Optimise first: `all`, or passes to run in the given order, comma-separated, repeated
+        /// until nothing changes (dce, cse, const-fold, simplify, recognize, transpose-matmul,
+        /// fuse-linear, fuse-elementwise).
+        #[arg(long, value_name = "all|PASS,...")]
+        passes: Option<String>,
+        /// Print node counts before and after and what each pass changed, to stderr
+        /// (implies --passes all when no passes are given).
+        #[arg(long)]
+        stats: bool,
+        /// Stop after N rewrites, to bisect a bad one (implies --passes all when no passes are given).
+        #[arg(long, value_name = "N")]
+        max_steps: Option<usize>,
     },
     /// Run a model on weights and inputs.
     ///
@@ -94,7 +106,13 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { model } => inspect::check(&model),
         Command::Info { model, json } => inspect::info(&model, json),
-        Command::Graph { model, format } => inspect::graph(&model, format),
+        Command::Graph {
+            model,
+            format,
+            passes,
+            stats,
+            max_steps,
+        } => inspect::graph(&model, format, inspect::GraphPasses { passes, stats, max_steps }),
         Command::Run(args) => run::run(&args),
     };
     match result {

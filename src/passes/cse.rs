@@ -1,0 +1,149 @@
+//! Common-subexpression elimination: two nodes computing the same op on the
+//! same operands become one.
+//!
+//! Constants compare by value (bit pattern, so `0.0` and `-0.0` stay apart),
+//! which merges the many scalar literals a model source produces. `add` and
+//! `mul` are commutative in IEEE arithmetic, so `a + b` and `b + a` merge
+//! too. Inputs and parameters are never merged: each names its own value.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use super::edit::{replace, same_bits};
+use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::{BinaryOp, CompareOp, Graph, NodeId, Op};
+use crate::tensor::{Tensor, TensorData};
+
+pub struct CommonSubexpressions;
+
+impl Pass for CommonSubexpressions {
+    fn name(&self) -> &'static str {
+        "cse"
+    }
+
+    fn description(&self) -> &'static str {
+        "merge nodes computing the same op on the same operands (constants by value)"
+    }
+
+    fn run(
+        &self,
+        graph: &mut Graph,
+        _cx: &PassContext<'_>,
+        steps: &mut Steps,
+    ) -> Result<(), PassError> {
+        // Operands are rewritten before their readers (topological order),
+        // so comparing operand ids compares values.
+        let mut seen: HashMap<u64, Vec<NodeId>> = HashMap::new();
+        for id in graph.topo_order() {
+            if !graph.contains(id)
+                || matches!(graph.node(id).op, Op::Input { .. } | Op::Param { .. })
+            {
+                continue;
+            }
+            let operands = canonical_operands(graph, id);
+            let key = {
+                let mut h = DefaultHasher::new();
+                hash_op(&graph.node(id).op, &mut h);
+                operands.hash(&mut h);
+                graph.node(id).ty.hash(&mut h);
+                h.finish()
+            };
+            let bucket = seen.entry(key).or_default();
+            let twin = bucket.iter().copied().find(|&other| {
+                graph.contains(other)
+                    && graph.node(other).ty == graph.node(id).ty
+                    && same_op(&graph.node(other).op, &graph.node(id).op)
+                    && canonical_operands(graph, other) == operands
+            });
+            match twin {
+                Some(twin) => {
+                    if !steps.take("merged", graph.node(id).span) {
+                        break;
+                    }
+                    replace(graph, self.name(), id, twin)?;
+                }
+                None => bucket.push(id),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_commutative(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Binary(BinaryOp::Add | BinaryOp::Mul) | Op::Compare(CompareOp::Eq | CompareOp::Ne)
+    )
+}
+
+/// Operands in position order, sorted for commutative ops.
+fn canonical_operands(graph: &Graph, id: NodeId) -> Vec<NodeId> {
+    let mut operands = graph.inputs(id);
+    if is_commutative(&graph.node(id).op) {
+        operands.sort_unstable();
+    }
+    operands
+}
+
+fn same_op(a: &Op, b: &Op) -> bool {
+    match (a, b) {
+        (Op::Constant { value: x }, Op::Constant { value: y }) => same_bits(x, y),
+        (Op::Constant { .. }, _) | (_, Op::Constant { .. }) => false,
+        _ => a == b,
+    }
+}
+
+/// Hashes everything `same_op` compares. Large constants hash a prefix of
+/// their data: equal tensors still hash equal, and the full comparison
+/// settles collisions.
+fn hash_op<H: Hasher>(op: &Op, h: &mut H) {
+    std::mem::discriminant(op).hash(h);
+    match op {
+        Op::Input { name } => name.hash(h),
+        Op::Param { name, init } => {
+            name.hash(h);
+            init.hash(h);
+        }
+        Op::Constant { value } => hash_tensor_prefix(value, h),
+        Op::Unary(u) => u.hash(h),
+        Op::Binary(b) => b.hash(h),
+        Op::Compare(c) => c.hash(h),
+        Op::Where => {}
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => (transpose_a, transpose_b).hash(h),
+        Op::Softmax { axis }
+        | Op::LogSoftmax { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis } => axis.hash(h),
+        Op::LayerNorm { axis, eps } => (axis, eps).hash(h),
+        Op::Reduce { op, axes, keepdims } => (op, axes, keepdims).hash(h),
+        Op::Permute { perm } => perm.hash(h),
+        Op::Reshape { shape } => shape.hash(h),
+        Op::Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => (axis, start, end, step).hash(h),
+        Op::Cast { to } => to.hash(h),
+        Op::FusedLinear {
+            transpose_b,
+            epilogue,
+        } => (transpose_b, epilogue).hash(h),
+        Op::FusedElementwise { expr } => expr.hash(h),
+    }
+}
+
+fn hash_tensor_prefix<H: Hasher>(t: &Tensor, h: &mut H) {
+    const PREFIX: usize = 64;
+    t.shape().hash(h);
+    match t.data() {
+        TensorData::F32(v) => v.iter().take(PREFIX).for_each(|x| x.to_bits().hash(h)),
+        TensorData::I64(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
+        TensorData::I32(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
+        TensorData::Bool(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
+    }
+    t.dtype().hash(h);
+}
