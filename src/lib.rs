@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod codegen;
+pub mod compile;
 pub mod diagnostics;
 pub mod interp;
 pub mod ir;

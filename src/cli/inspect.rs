@@ -113,7 +113,8 @@ pub(super) fn graph(path: &Path, format: GraphFormat, opts: GraphPasses) -> Resu
     let mut m = load(path)?;
     let implied = (opts.stats || opts.max_steps.is_some()).then_some("all");
     if let Some(spec) = opts.passes.as_deref().or(implied) {
-        let manager = PassManager::from_spec(spec).map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
+        let manager = PassManager::from_spec(spec)
+            .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
         let report = manager
             .run(&mut m.graph, &PassContext::default(), opts.max_steps)
             .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], Some(&m.source)))?;

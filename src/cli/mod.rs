@@ -112,7 +112,15 @@ pub fn main() -> ExitCode {
             passes,
             stats,
             max_steps,
-        } => inspect::graph(&model, format, inspect::GraphPasses { passes, stats, max_steps }),
+        } => inspect::graph(
+            &model,
+            format,
+            inspect::GraphPasses {
+                passes,
+                stats,
+                max_steps,
+            },
+        ),
         Command::Run(args) => run::run(&args),
     };
     match result {

@@ -11,7 +11,7 @@ use super::{fail, report, Reported};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{Bindings, Graph};
 use crate::model::LoadedModel;
-use crate::runtime::exec::{CompileOptions, CompiledModel};
+use crate::runtime::exec::CompileOptions;
 use crate::runtime::npy::{read_npy, write_npy};
 use crate::runtime::params::bind_params;
 use crate::runtime::text::encode_batch;
@@ -291,7 +291,8 @@ fn run_jit(
     let options = CompileOptions {
         threads: args.threads.max(1),
     };
-    let compiled = CompiledModel::compile(&m.graph, params, options).map_err(|e| error(&e))?;
+    let (compiled, _) =
+        crate::compile::compile(&m.graph, params, options).map_err(|e| error(&e))?;
     let ordered: Vec<&Tensor> = compiled.input_names().iter().map(|n| &inputs[*n]).collect();
     if args.dump_clif {
         let info = compiled
