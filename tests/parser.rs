@@ -84,3 +84,20 @@ fn the_documented_syntax_error_is_the_real_one() {
         "the reference should show:\n{rendered}"
     );
 }
+
+#[test]
+fn every_model_example_in_the_reference_lowers_and_type_checks() {
+    let doc = language_doc();
+    for block in code_blocks(&doc, "lamina") {
+        let file = parse(&block).unwrap();
+        if !file.items.iter().any(|item| matches!(item, Item::Model(_))) {
+            continue;
+        }
+        if let Err(failure) =
+            lamina::model::load_source(std::path::Path::new("example.lam"), block.clone())
+        {
+            let text = lamina::diagnostics::render_all(&failure.diagnostics, Some(&failure.source));
+            panic!("a documented example does not compile:\n{text}");
+        }
+    }
+}
