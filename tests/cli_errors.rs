@@ -5,22 +5,9 @@
 //! each); run-time cases use the small files in tests/cases/runtime/.
 
 use std::path::Path;
-use std::process::Command;
+mod common;
 
-/// Runs the lamina binary from the crate root so the paths in its messages
-/// are the relative ones given here.
-fn lamina(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the lamina binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::lamina;
 
 /// Runs a failing command and returns its stderr after checking exit code 1.
 fn user_error(args: &[&str]) -> String {

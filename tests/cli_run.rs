@@ -1,19 +1,8 @@
 //! `lamina run`, `check`, `info` and `graph` on real models, as a user runs them.
 
-use std::process::Command;
+mod common;
 
-fn lamina(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the lamina binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::lamina;
 
 #[test]
 fn digits_main_job_prints_classes_and_accuracy() {

@@ -141,12 +141,7 @@ fn text_inputs(
     let tokenizer = tokenizer_path(args, m, weights)?;
     let encoded = encode_batch(&tokenizer, &args.texts, args.max_tokens)
         .map_err(|e| Diagnostic::error(e.to_string()))?;
-    let declared: Vec<&str> = m
-        .graph
-        .inputs
-        .iter()
-        .map(|&id| m.graph.input_name(id))
-        .collect();
+    let declared = m.graph.input_names();
     let all = [
         ("input_ids", encoded.input_ids),
         ("attention_mask", encoded.attention_mask),
@@ -172,12 +167,7 @@ fn load_inputs(
 ) -> Result<HashMap<String, Tensor>, Vec<Diagnostic>> {
     let mut inputs: HashMap<String, Tensor> = from_text.into_iter().collect();
     let mut errors = Vec::new();
-    let declared: Vec<&str> = m
-        .graph
-        .inputs
-        .iter()
-        .map(|&id| m.graph.input_name(id))
-        .collect();
+    let declared = m.graph.input_names();
     for (name, _) in &args.inputs {
         if !declared.contains(&name.as_str()) {
             errors.push(Diagnostic::error(format!(

@@ -235,6 +235,11 @@ impl Graph {
             .collect()
     }
 
+    /// Model input names, in declaration order.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.inputs.iter().map(|&id| self.input_name(id)).collect()
+    }
+
     pub fn input_name(&self, id: NodeId) -> &str {
         match &self.node(id).op {
             Op::Input { name } => name,

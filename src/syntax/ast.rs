@@ -27,6 +27,23 @@ pub struct Path {
     pub span: Span,
 }
 
+impl std::fmt::Display for Path {
+    /// The path as written: `encoder.layer.{i}.output`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, segment) in self.segments.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            match segment {
+                PathSegment::Name(n) => f.write_str(n)?,
+                PathSegment::Index(i) => write!(f, "{i}")?,
+                PathSegment::Interpolate(v) => write!(f, "{{{v}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {
     pub items: Vec<Item>,

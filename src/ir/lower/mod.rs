@@ -623,8 +623,7 @@ impl<'a> Lowerer<'a> {
                     return Err(self.error(LowerError::Invalid {
                         message: format!(
                             "`as {}` names a block instance; `{}` is not a block",
-                            render_path(p),
-                            func.name
+                            p, func.name
                         ),
                         span: p.span,
                     }));
@@ -717,18 +716,6 @@ impl<'a> Lowerer<'a> {
         self.frames = saved_frames;
         result
     }
-}
-
-fn render_path(p: &ast::Path) -> String {
-    p.segments
-        .iter()
-        .map(|s| match s {
-            PathSegment::Name(n) => n.clone(),
-            PathSegment::Index(i) => i.to_string(),
-            PathSegment::Interpolate(v) => format!("{{{v}}}"),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 impl BlockParamKind {

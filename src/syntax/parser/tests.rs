@@ -65,15 +65,7 @@ fn expr_of(expr: &str) -> (String, Expr) {
 }
 
 fn path_text(path: &Path) -> String {
-    path.segments
-        .iter()
-        .map(|s| match s {
-            PathSegment::Name(n) => n.clone(),
-            PathSegment::Index(i) => i.to_string(),
-            PathSegment::Interpolate(v) => format!("{{{v}}}"),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
+    path.to_string()
 }
 
 /// A span-free rendering: `(op lhs rhs)`, `(neg x)`, `(call f args as p)`.
