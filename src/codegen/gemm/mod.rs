@@ -26,10 +26,21 @@ pub use pack::{packed_b_len, MatrixRef, PackedB, PackedBRef, KC_MAX};
 
 /// Rows of A per micro-kernel call (12 accumulators of one B panel).
 pub(crate) const MR: usize = 12;
-/// B panels per N block: a `KC_MAX x 256` block of B is 256 KiB, half of L2.
-const NC_PANELS: usize = 64;
-/// Below this many flops a call stays on the calling thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// Bytes of packed B (all K blocks of one N block) a task sweeps per M
+/// block; kept within L2 so B is read from memory once per M block.
+const B_BLOCK_BUDGET: usize = 512 * 1024;
+
+/// B panels per N block for a given K: as wide as the L2 budget allows,
+/// between 16 and 64 panels (64 to 256 columns).
+fn nc_panels(k: usize) -> usize {
+    (B_BLOCK_BUDGET / (k.max(1) * PANEL_WIDTH * 4)).clamp(16, 64)
+}
+/// Rows of C per M block: an `MC x 256` tile of C (96 KiB) stays in L2
+/// next to the 256 KiB block of B while all K blocks update it.
+const MC: usize = 96;
+/// Below this many flops a call stays on the calling thread (waking a pool
+/// thread costs several microseconds on this machine).
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
 /// Activations a GEMM epilogue can apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -370,8 +381,9 @@ impl GemmKernels {
 fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
     let panels = panel_count(n);
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    let nc = nc_panels(k);
     if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
-        return split_range(panels, panels.div_ceil(NC_PANELS), 1)
+        return split_range(panels, panels.div_ceil(nc), 1)
             .into_iter()
             .map(|p| Task {
                 rows: 0..m,
@@ -380,7 +392,7 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
             .collect();
     }
     let target = 4 * threads;
-    let col_blocks = panels.div_ceil(NC_PANELS);
+    let col_blocks = panels.div_ceil(nc);
     let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(MR)).max(1);
     let col_parts = if row_parts * col_blocks >= target {
         col_blocks
@@ -405,6 +417,20 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
 }
 
 fn run_task(job: &Job<'_>, task: &Task) {
+    A_PANEL.with(|cell| {
+        let mut a_panel = cell.borrow_mut();
+        if a_panel.len() < MR * KC_MAX {
+            a_panel.resize(MR * KC_MAX, 0.0);
+        }
+        for chunk in (task.rows.start..task.rows.end).step_by(MC) {
+            let chunk = chunk..(chunk + MC).min(task.rows.end);
+            run_chunk(job, chunk, task.panels.clone(), &mut a_panel);
+        }
+    });
+}
+
+/// All K blocks of rows `rows` x panels `panels`, with the C tile kept hot.
+fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_panel: &mut [f32]) {
     let (n, k) = (job.n, job.k);
     let kc = k_block(k);
     let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
@@ -412,61 +438,55 @@ fn run_task(job: &Job<'_>, task: &Task) {
     let full_panels = n / PANEL_WIDTH;
     let b_data = job.b.data();
     let ldc_bytes = n * 4;
-    A_PANEL.with(|cell| {
-        let mut a_panel = cell.borrow_mut();
-        if a_panel.len() < MR * KC_MAX {
-            a_panel.resize(MR * KC_MAX, 0.0);
+    for p in 0..blocks {
+        let k0 = p * kc;
+        let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
+        let mut flags = 0;
+        if p > 0 {
+            flags |= FLAG_ACCUMULATE;
         }
-        for p in 0..blocks {
-            let k0 = p * kc;
-            let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
-            let mut flags = 0;
-            if p > 0 {
-                flags |= FLAG_ACCUMULATE;
-            }
-            if p + 1 == blocks {
-                flags |= FLAG_EPILOGUE;
-            }
-            let block_base = k0 * panels * PANEL_WIDTH;
-            let b_panel_stride = kcp * PANEL_WIDTH * 4;
-            let mut i0 = task.rows.start;
-            while i0 < task.rows.end {
-                let r = MR.min(task.rows.end - i0);
-                let packed_a = &mut a_panel[..r * kcp];
-                pack_a_panel(&job.a, i0, r, k0, packed_a);
-                let packed_a: &[f32] = packed_a;
-                let narrow = job.kernels.narrow[r - 1];
-                let (vecs, wide) = job.kernels.wide[r - 1];
-                let full_end = task.panels.end.min(full_panels);
-                let mut j = task.panels.start;
-                while j < task.panels.end {
-                    let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
-                    let call = MicroCall {
-                        job,
-                        a: packed_a.as_ptr(),
-                        b: b_ptr,
-                        kc: kcp,
-                        flags,
-                        b_panel_stride,
-                        ldc_bytes,
-                    };
-                    if j < full_end {
-                        if vecs > 1 && j + vecs <= full_end {
-                            call.full(wide, i0, j);
-                            j += vecs;
-                        } else {
-                            call.full(narrow, i0, j);
-                            j += 1;
-                        }
+        if p + 1 == blocks {
+            flags |= FLAG_EPILOGUE;
+        }
+        let block_base = k0 * panels * PANEL_WIDTH;
+        let b_panel_stride = kcp * PANEL_WIDTH * 4;
+        let mut i0 = rows.start;
+        while i0 < rows.end {
+            let r = MR.min(rows.end - i0);
+            let packed_a = &mut a_panel[..r * kcp];
+            pack_a_panel(&job.a, i0, r, k0, packed_a);
+            let packed_a: &[f32] = packed_a;
+            let narrow = job.kernels.narrow[r - 1];
+            let (vecs, wide) = job.kernels.wide[r - 1];
+            let full_end = panels_range.end.min(full_panels);
+            let mut j = panels_range.start;
+            while j < panels_range.end {
+                let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
+                let call = MicroCall {
+                    job,
+                    a: packed_a.as_ptr(),
+                    b: b_ptr,
+                    kc: kcp,
+                    flags,
+                    b_panel_stride,
+                    ldc_bytes,
+                };
+                if j < full_end {
+                    if vecs > 1 && j + vecs <= full_end {
+                        call.full(wide, i0, j);
+                        j += vecs;
                     } else {
-                        call.partial(narrow, i0, r, j);
+                        call.full(narrow, i0, j);
                         j += 1;
                     }
+                } else {
+                    call.partial(narrow, i0, r, j);
+                    j += 1;
                 }
-                i0 += r;
             }
+            i0 += r;
         }
-    });
+    }
 }
 
 /// The per-(row panel, K block) arguments of micro-kernel calls.
