@@ -6,13 +6,18 @@
 //! `LAMINA_SGEMM_TABLE=1 cargo bench --bench sgemm` instead prints a compact
 //! table (median and best of many short runs, interleaving thread counts),
 //! which is more robust on a machine shared with other jobs;
-//! `LAMINA_SGEMM_SIZES=100,1000` picks the sizes.
+//! `LAMINA_SGEMM_SIZES=100,1000` picks the sizes. The table mode also times
+//! a few model-shaped GEMMs and kernel compilation.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lamina::codegen::*;
 
 fn matrix(n: usize, seed: u32) -> Vec<f32> {
-    (0..n * n)
+    values(n * n, seed)
+}
+
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
         .map(|i| {
             ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0
                 - 1.0
@@ -81,9 +86,82 @@ fn table() {
     }
 }
 
+/// Model-shaped GEMMs (m x k x n): median microseconds per call, and the
+/// time to compile and link the kernels of a few epilogues.
+fn model_shapes() {
+    let start = std::time::Instant::now();
+    let mut builder = KernelLibraryBuilder::new().expect("host ISA");
+    println!("compile: ISA setup {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    let t = std::time::Instant::now();
+    let plain = builder.add_gemm(Epilogue::none()).expect("compile");
+    println!(
+        "compile: first GEMM (the shared micro-kernels) {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for activation in [None, Some(Activation::Relu), Some(Activation::Gelu), Some(Activation::Tanh)] {
+        let t = std::time::Instant::now();
+        builder
+            .add_gemm(Epilogue {
+                bias: true,
+                activation,
+                residual: true,
+            })
+            .expect("compile");
+        println!(
+            "compile: GEMM kernels for bias+{}+residual: {:.1} ms",
+            activation.map_or("none", |a| a.name()),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let t = std::time::Instant::now();
+    let lib = builder.finish().expect("link");
+    println!(
+        "compile: link {} functions {:.1} ms; total {:.1} ms",
+        lib.kernels().len(),
+        t.elapsed().as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let pools = [(1usize, Threads::single()), (2, Threads::new(2).expect("pool"))];
+    println!("{:>18} {:>8} {:>12} {:>10}", "m x k x n", "threads", "median us", "GF/s");
+    for (m, k, n) in [(1, 784, 512), (8, 784, 512), (64, 784, 512), (128, 256, 768), (128, 1024, 256)] {
+        let a = values(m * k, 3);
+        let b = values(k * n, 4);
+        let packed = PackedB::pack(&MatrixRef::row_major(&b, k, n).unwrap());
+        let mut out = vec![0.0f32; m * n];
+        for (count, threads) in &pools {
+            let mut times = Vec::new();
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                lib.gemm(
+                    plain,
+                    GemmArgs {
+                        a: MatrixRef::row_major(&a, m, k).unwrap(),
+                        b: packed.as_ref(),
+                        bias: None,
+                        residual: None,
+                        c: &mut out,
+                    },
+                    threads,
+                )
+                .unwrap();
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(|x, y| x.total_cmp(y));
+            let median = times[times.len() / 2];
+            println!(
+                "{:>18} {count:>8} {:>12.1} {:>10.1}",
+                format!("{m}x{k}x{n}"),
+                median * 1e6,
+                2.0 * (m * k * n) as f64 / median / 1e9
+            );
+        }
+    }
+}
+
 fn sgemm(c: &mut Criterion) {
     if std::env::var_os("LAMINA_SGEMM_TABLE").is_some() {
         table();
+        model_shapes();
         return;
     }
     let mut builder = KernelLibraryBuilder::new().expect("host ISA");
