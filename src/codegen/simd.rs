@@ -168,12 +168,6 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.fb.ins().splat(F32X4, scalar)
     }
 
-    /// Loads one f32 into lane 0 (the other lanes are zero).
-    pub(crate) fn load_input_scalar(&mut self, ptr: Value, offset: i32) -> Value {
-        let scalar = self.fb.ins().load(types::F32, input_flags(), ptr, offset);
-        self.fb.ins().scalar_to_vector(F32X4, scalar)
-    }
-
     pub(crate) fn load_output(&mut self, ptr: Value, offset: i32) -> Value {
         self.fb.ins().load(F32X4, output_flags(), ptr, offset)
     }
