@@ -15,7 +15,7 @@ use super::jit::{JitBuilder, KernelSlot};
 use super::simd::{input_flags, Emitter, I64};
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
-use crate::ir::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, UnaryOp};
+use crate::ir::{BinaryOp, CompareOp, Dim, ElementwiseExpr, ExprStep, UnaryOp};
 
 /// How an input advances along the innermost (last) output axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +32,16 @@ impl InnerStride {
     pub fn for_shape(input_shape: &[usize], out_last: usize) -> InnerStride {
         match input_shape.last() {
             Some(&d) if d == out_last && d != 1 => InnerStride::Contiguous,
+            _ => InnerStride::Broadcast,
+        }
+    }
+
+    /// The same decision on symbolic graph shapes (at compile time):
+    /// broadcasting is static in the IR (a dim broadcasts only if it is the
+    /// literal 1), so this matches every later binding.
+    pub fn for_dims(input_shape: &[Dim], out_shape: &[Dim]) -> InnerStride {
+        match (input_shape.last(), out_shape.last()) {
+            (Some(d), Some(o)) if d == o && !d.is_one() => InnerStride::Contiguous,
             _ => InnerStride::Broadcast,
         }
     }
@@ -638,5 +648,16 @@ mod tests {
         assert_eq!(InnerStride::for_shape(&[3, 1], 4), InnerStride::Broadcast);
         assert_eq!(InnerStride::for_shape(&[], 4), InnerStride::Broadcast);
         assert_eq!(InnerStride::for_shape(&[1], 1), InnerStride::Broadcast);
+        let seq = Dim::symbol("seq");
+        let d = Dim::known(64);
+        assert_eq!(
+            InnerStride::for_dims(&[seq.clone(), d.clone()], &[seq.clone(), d.clone()]),
+            InnerStride::Contiguous
+        );
+        assert_eq!(
+            InnerStride::for_dims(&[seq.clone(), Dim::known(1)], &[seq.clone(), d]),
+            InnerStride::Broadcast
+        );
+        assert_eq!(InnerStride::for_dims(&[], &[seq]), InnerStride::Broadcast);
     }
 }

@@ -11,7 +11,7 @@ use super::loops::run_loop;
 use super::simd::{Emitter, F32X4, I64};
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
-use crate::ir::ReduceOp;
+use crate::ir::{Op, ReduceOp};
 
 /// An operation over the last axis.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,6 +39,20 @@ impl RowOp {
     /// Whether the output has one value per row (else one per element).
     pub fn reduces(&self) -> bool {
         matches!(self, RowOp::Reduce(_))
+    }
+
+    /// The row kernel for a graph op on an input of rank `rank`, when the
+    /// op works on the last axis only (`Reduce` over exactly that axis,
+    /// keepdims or not); `None` for every other op.
+    pub fn from_op(op: &Op, rank: usize) -> Option<RowOp> {
+        let last = rank.checked_sub(1)?;
+        match op {
+            Op::Softmax { axis } if *axis == last => Some(RowOp::Softmax),
+            Op::LogSoftmax { axis } if *axis == last => Some(RowOp::LogSoftmax),
+            Op::LayerNorm { axis, eps } if *axis == last => Some(RowOp::LayerNorm { eps: eps.0 }),
+            Op::Reduce { op, axes, .. } if axes.as_slice() == [last] => Some(RowOp::Reduce(*op)),
+            _ => None,
+        }
     }
 }
 
@@ -452,5 +466,42 @@ impl RowKernel {
             run(&(0..rows));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Float;
+
+    #[test]
+    fn from_op_accepts_only_the_last_axis() {
+        assert_eq!(
+            RowOp::from_op(&Op::Softmax { axis: 2 }, 3),
+            Some(RowOp::Softmax)
+        );
+        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 1 }, 3), None);
+        assert_eq!(
+            RowOp::from_op(
+                &Op::LayerNorm {
+                    axis: 1,
+                    eps: Float(1e-5)
+                },
+                2
+            ),
+            Some(RowOp::LayerNorm { eps: 1e-5 })
+        );
+        let reduce = |axes: Vec<usize>| Op::Reduce {
+            op: ReduceOp::Mean,
+            axes,
+            keepdims: true,
+        };
+        assert_eq!(
+            RowOp::from_op(&reduce(vec![1]), 2),
+            Some(RowOp::Reduce(ReduceOp::Mean))
+        );
+        assert_eq!(RowOp::from_op(&reduce(vec![0, 1]), 2), None);
+        assert_eq!(RowOp::from_op(&Op::Where, 2), None);
+        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 0 }, 0), None);
     }
 }
