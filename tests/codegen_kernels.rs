@@ -1833,7 +1833,8 @@ fn clif_text_is_deterministic() {
     };
     let (a, b) = (build(), build());
     assert_eq!(a.clif_text(), b.clif_text());
-    assert!(a.clif_text().contains("; kernel gemm_bias_tanh_12x1"));
+    assert!(a.clif_text().contains("; kernel gemm_12x1\n"));
+    assert!(a.clif_text().contains("; kernel gemm_epilogue_tanh\n"));
     assert!(a.kernels().iter().any(|k| k.name == "layer_norm_eps1e-5"));
 }
 

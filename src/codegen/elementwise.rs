@@ -9,14 +9,13 @@
 //! pointers, after checking every shape and slice length.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::{BlockArg, InstBuilder, Value};
 
 use super::jit::{JitBuilder, KernelSlot};
-use super::loops::run_loop;
 use super::simd::{input_flags, Emitter, I64};
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
-use crate::ir::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, UnaryOp};
+use crate::ir::{BinaryOp, CompareOp, Dim, ElementwiseExpr, ExprStep, UnaryOp};
 
 /// How an input advances along the innermost (last) output axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +32,16 @@ impl InnerStride {
     pub fn for_shape(input_shape: &[usize], out_last: usize) -> InnerStride {
         match input_shape.last() {
             Some(&d) if d == out_last && d != 1 => InnerStride::Contiguous,
+            _ => InnerStride::Broadcast,
+        }
+    }
+
+    /// The same decision on symbolic graph shapes (at compile time):
+    /// broadcasting is static in the IR (a dim broadcasts only if it is the
+    /// literal 1), so this matches every later binding.
+    pub fn for_dims(input_shape: &[Dim], out_shape: &[Dim]) -> InnerStride {
+        match (input_shape.last(), out_shape.last()) {
+            (Some(d), Some(o)) if d == o && !d.is_one() => InnerStride::Contiguous,
             _ => InnerStride::Broadcast,
         }
     }
@@ -196,6 +205,78 @@ fn emit_expr(e: &mut Emitter<'_, '_>, expr: &ElementwiseExpr, inputs: &[Value]) 
     }
 }
 
+/// Elements per loop iteration: two independent f32x4 evaluations, each
+/// reading its own copy of the constants (shared constants would be held
+/// in registers across both and spill).
+pub(crate) const STEP: usize = 8;
+
+fn args(values: &[Value]) -> Vec<BlockArg> {
+    values.iter().map(|&v| BlockArg::Value(v)).collect()
+}
+
+/// `(out, len, inputs)` with `len % STEP == 0` (the driver runs the
+/// remainder through padded copies).
+fn emit_kernel(
+    e: &mut Emitter<'_, '_>,
+    p: &[Value],
+    expr: &ElementwiseExpr,
+    strides: &[InnerStride],
+) {
+    let (out, len, table) = (p[0], p[1], p[2]);
+    // Each input's pointer, or its broadcast value. (These are cheap loads;
+    // Cranelift may place them inside the loop, which costs an L1 hit.)
+    let inputs: Vec<Value> = strides
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ptr = e.fb.ins().load(I64, input_flags(), table, (i * 8) as i32);
+            match s {
+                InnerStride::Contiguous => ptr,
+                InnerStride::Broadcast => e.load_input_splat(ptr, 0),
+            }
+        })
+        .collect();
+    let head = e.fb.create_block();
+    let h_off = e.fb.append_block_param(head, I64);
+    let h_count = e.fb.append_block_param(head, I64);
+    let body = e.fb.create_block();
+    let exit = e.fb.create_block();
+    let steps = e.fb.ins().ushr_imm_u(len, STEP.trailing_zeros() as i64);
+    let zero = e.iconst(0);
+    e.fb.ins().jump(head, &args(&[zero, steps]));
+
+    // Test at the top; the body runs with the head's values.
+    e.fb.switch_to_block(head);
+    e.fb.ins().brif(h_count, body, &[], exit, &[]);
+
+    e.fb.switch_to_block(body);
+    for half in 0..STEP / 4 {
+        e.set_constant_copy(half as u8);
+        let offset = (half * 16) as i32;
+        let xs: Vec<Value> = strides
+            .iter()
+            .zip(&inputs)
+            .map(|(s, &v)| match s {
+                InnerStride::Broadcast => v,
+                InnerStride::Contiguous => {
+                    let at = e.fb.ins().iadd(v, h_off);
+                    e.load_input(at, offset)
+                }
+            })
+            .collect();
+        let y = emit_expr(e, expr, &xs);
+        let at = e.fb.ins().iadd(out, h_off);
+        e.store(y, at, offset);
+    }
+    e.set_constant_copy(0);
+    let next_off = e.fb.ins().iadd_imm_s(h_off, (STEP * 4) as i64);
+    let next_count = e.fb.ins().iadd_imm_s(h_count, -1);
+    e.fb.ins().jump(head, &args(&[next_off, next_count]));
+
+    e.fb.switch_to_block(exit);
+    e.fb.ins().return_(&[]);
+}
+
 pub(crate) struct ElementwiseSlot {
     slot: KernelSlot,
     strides: Vec<InnerStride>,
@@ -208,63 +289,7 @@ pub(crate) fn compile(
     strides: &[InnerStride],
 ) -> Result<ElementwiseSlot, CodegenError> {
     validate(expr, strides.len())?;
-    let slot = jit.define(name, 3, |e, p| {
-        let (out, len, table) = (p[0], p[1], p[2]);
-        let pointers: Vec<Value> = (0..strides.len())
-            .map(|i| e.fb.ins().load(I64, input_flags(), table, (i * 8) as i32))
-            .collect();
-        // Broadcast inputs are loop-invariant: load them once.
-        let splats: Vec<Option<Value>> = strides
-            .iter()
-            .zip(&pointers)
-            .map(|(s, &ptr)| match s {
-                InnerStride::Broadcast => Some(e.load_input_splat(ptr, 0)),
-                InnerStride::Contiguous => None,
-            })
-            .collect();
-        run_loop(
-            e,
-            len,
-            Vec::new(),
-            |e, off, _| {
-                let xs: Vec<Value> = pointers
-                    .iter()
-                    .zip(&splats)
-                    .map(|(&ptr, splat)| match splat {
-                        Some(v) => *v,
-                        None => {
-                            let at = e.fb.ins().iadd(ptr, off);
-                            e.load_input(at, 0)
-                        }
-                    })
-                    .collect();
-                let y = emit_expr(e, expr, &xs);
-                let at = e.fb.ins().iadd(out, off);
-                e.store(y, at, 0);
-                Vec::new()
-            },
-            |e, off, _| {
-                // The same vector code on one live lane, so tail elements
-                // get bit-identical results to vector lanes.
-                let xs: Vec<Value> = pointers
-                    .iter()
-                    .zip(&splats)
-                    .map(|(&ptr, splat)| match splat {
-                        Some(v) => *v,
-                        None => {
-                            let at = e.fb.ins().iadd(ptr, off);
-                            e.load_input_scalar(at, 0)
-                        }
-                    })
-                    .collect();
-                let y = emit_expr(e, expr, &xs);
-                let at = e.fb.ins().iadd(out, off);
-                e.store_lane0(y, at, 0);
-                Vec::new()
-            },
-        );
-        e.fb.ins().return_(&[]);
-    })?;
+    let slot = jit.define(name, 3, |e, p| emit_kernel(e, p, expr, strides))?;
     Ok(ElementwiseSlot {
         slot,
         strides: strides.to_vec(),
@@ -345,7 +370,50 @@ fn collapse(out_shape: &[usize], strides: &[Vec<usize>], squeeze: bool) -> Layou
     }
 }
 
+/// Per-task buffers reused across runs.
+#[derive(Default)]
+struct SpanScratch {
+    pointers: Vec<*const f32>,
+    padded: Vec<[f32; STEP]>,
+}
+
 impl ElementwiseKernel {
+    /// One run: `out[c] = expr(runs[i][c] or runs[i][0])`. The kernel
+    /// handles multiples of STEP; the remainder goes through zero-padded
+    /// copies on the stack, through the same code.
+    fn run_span(&self, out: &mut [f32], runs: &[&[f32]], scratch: &mut SpanScratch) {
+        let len = out.len();
+        let main = len - len % STEP;
+        let SpanScratch { pointers, padded } = scratch;
+        pointers.clear();
+        pointers.extend(runs.iter().map(|r| r.as_ptr()));
+        if main > 0 {
+            // SAFETY: every contiguous run holds `len >= main` values (a
+            // broadcast run is read at index 0 only), `out` holds `len`.
+            unsafe { (self.f)(out.as_mut_ptr(), main, pointers.as_ptr()) };
+        }
+        let rest = len - main;
+        if rest > 0 {
+            padded.clear();
+            padded.resize(runs.len(), [0.0f32; STEP]);
+            for ((p, run), (buffer, stride)) in pointers
+                .iter_mut()
+                .zip(runs)
+                .zip(padded.iter_mut().zip(&self.strides))
+            {
+                if *stride == InnerStride::Contiguous {
+                    buffer[..rest].copy_from_slice(&run[main..]);
+                    *p = buffer.as_ptr();
+                }
+            }
+            let mut out_buffer = [0.0f32; STEP];
+            // SAFETY: the padded buffers and `out_buffer` hold STEP values;
+            // broadcast runs are read at index 0.
+            unsafe { (self.f)(out_buffer.as_mut_ptr(), STEP, pointers.as_ptr()) };
+            out[main..].copy_from_slice(&out_buffer[..rest]);
+        }
+    }
+
     pub(crate) fn run(
         &self,
         args: ElementwiseArgs<'_>,
@@ -469,11 +537,13 @@ impl ElementwiseKernel {
             })
             .collect();
         let run_task = |(rows, cols): &(std::ops::Range<usize>, std::ops::Range<usize>)| {
-            let mut pointers: Vec<*const f32> = vec![std::ptr::null(); inputs.len()];
+            let mut runs: Vec<&[f32]> = Vec::with_capacity(inputs.len());
+            let mut scratch = SpanScratch::default();
+            let mut input_offsets = vec![0usize; inputs.len()];
             for row in rows.clone() {
-                // Offsets of this run in the output and in every input.
+                // Offsets of this run in every input.
                 let mut rem = row;
-                let mut input_offsets = vec![0usize; inputs.len()];
+                input_offsets.fill(0);
                 for d in (0..layout.outer.len()).rev() {
                     let i = rem % layout.outer[d];
                     rem /= layout.outer[d];
@@ -481,24 +551,25 @@ impl ElementwiseKernel {
                         *o += i * s[d];
                     }
                 }
-                for ((p, input), (&base, &step)) in pointers
-                    .iter_mut()
-                    .zip(inputs)
-                    .zip(input_offsets.iter().zip(&inner_steps))
-                {
-                    *p = input.data[base + cols.start * step..].as_ptr();
+                // Each input's elements for this run: `cols.len()` values, or
+                // the one broadcast value. (Validation made these in bounds;
+                // slicing re-checks.)
+                runs.clear();
+                for ((input, &base), &step) in inputs.iter().zip(&input_offsets).zip(&inner_steps) {
+                    runs.push(if step == 1 {
+                        &input.data[base + cols.start..base + cols.end]
+                    } else {
+                        &input.data[base..base + 1]
+                    });
                 }
-                // SAFETY: validation above guarantees every input holds the
-                // elements `base + c * step` for c in the run, and the run
-                // (`row * inner + cols`) is inside `out` and owned by this
-                // task alone (tasks partition rows x columns).
-                unsafe {
-                    (self.f)(
-                        out_ptr.get().add(row * inner + cols.start),
-                        cols.len(),
-                        pointers.as_ptr(),
-                    )
+                let out_start = row * inner + cols.start;
+                // SAFETY: `out_start..out_start + cols.len()` is inside `out`
+                // and owned by this task alone (tasks partition rows x
+                // columns of the output).
+                let out_run = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(out_start), cols.len())
                 };
+                self.run_span(out_run, &runs, &mut scratch);
             }
         };
         if parallel {
@@ -581,5 +652,16 @@ mod tests {
         assert_eq!(InnerStride::for_shape(&[3, 1], 4), InnerStride::Broadcast);
         assert_eq!(InnerStride::for_shape(&[], 4), InnerStride::Broadcast);
         assert_eq!(InnerStride::for_shape(&[1], 1), InnerStride::Broadcast);
+        let seq = Dim::symbol("seq");
+        let d = Dim::known(64);
+        assert_eq!(
+            InnerStride::for_dims(&[seq.clone(), d.clone()], &[seq.clone(), d.clone()]),
+            InnerStride::Contiguous
+        );
+        assert_eq!(
+            InnerStride::for_dims(&[seq.clone(), Dim::known(1)], &[seq.clone(), d]),
+            InnerStride::Broadcast
+        );
+        assert_eq!(InnerStride::for_dims(&[], &[seq]), InnerStride::Broadcast);
     }
 }

@@ -7,9 +7,11 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, Linkage, Module};
 
-use super::simd::Emitter;
+use std::collections::HashMap;
+
+use super::simd::{ConstantPool, Emitter};
 use super::CodegenError;
 
 /// How kernels are compiled. The defaults use every feature the CPU has.
@@ -79,8 +81,38 @@ pub struct KernelInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KernelSlot(pub(crate) usize);
 
+/// f32x4 constants of every kernel, in one read-only data object of the
+/// module: kernels load them with `readonly+can_move` loads, which x64
+/// lowering folds into the arithmetic instruction using them (a `vconst`
+/// is materialised into a register first). Entries are 16 bytes, deduplicated.
+#[derive(Default)]
+pub(crate) struct ConstantTable {
+    bytes: Vec<u8>,
+    offsets: HashMap<(u32, u8), i32>,
+}
+
+impl ConstantTable {
+    /// Byte offset of the entry holding `lane_bits` in all four lanes.
+    /// Different `copy` numbers give different entries with equal values,
+    /// so independent code paths get loads Cranelift will not merge (a
+    /// merged constant is held in a register across both, and spills).
+    pub(crate) fn offset(&mut self, lane_bits: u32, copy: u8) -> i32 {
+        if let Some(&offset) = self.offsets.get(&(lane_bits, copy)) {
+            return offset;
+        }
+        let offset = i32::try_from(self.bytes.len()).expect("constant table below 2 GiB");
+        for _ in 0..4 {
+            self.bytes.extend_from_slice(&lane_bits.to_le_bytes());
+        }
+        self.offsets.insert((lane_bits, copy), offset);
+        offset
+    }
+}
+
 pub(crate) struct JitBuilder {
     module: JITModule,
+    constants: ConstantTable,
+    constants_id: DataId,
     ctx: Context,
     fn_ctx: FunctionBuilderContext,
     features: IsaFeatures,
@@ -139,10 +171,15 @@ impl JitBuilder {
         let isa = isa_builder
             .finish(settings::Flags::new(flags))
             .map_err(cranelift_err)?;
-        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let constants_id = module
+            .declare_data("lamina_vector_constants", Linkage::Local, false, false)
+            .map_err(cranelift_err)?;
         let ctx = module.make_context();
         Ok(JitBuilder {
             module,
+            constants: ConstantTable::default(),
+            constants_id,
             ctx,
             fn_ctx: FunctionBuilderContext::new(),
             features,
@@ -178,13 +215,20 @@ impl JitBuilder {
         self.module.clear_context(&mut self.ctx);
         self.ctx.func.signature = signature;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let constants = self
+            .module
+            .declare_data_in_func(self.constants_id, &mut self.ctx.func);
         {
             let mut fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fn_ctx);
             let entry = fb.create_block();
             fb.append_block_params_for_function_params(entry);
             fb.switch_to_block(entry);
             let args = fb.block_params(entry).to_vec();
-            let mut emitter = Emitter::new(&mut fb, self.features.fma);
+            let pool = ConstantPool {
+                global: constants,
+                table: &mut self.constants,
+            };
+            let mut emitter = Emitter::new(&mut fb, self.features.fma, pool);
             body(&mut emitter, &args);
             fb.seal_all_blocks();
             fb.finalize(self.module.target_config());
@@ -212,6 +256,16 @@ impl JitBuilder {
     pub(crate) fn finish(
         mut self,
     ) -> Result<(FinalizedCode, Vec<usize>, Vec<KernelInfo>), CodegenError> {
+        let mut bytes = std::mem::take(&mut self.constants.bytes);
+        if bytes.is_empty() {
+            bytes.resize(16, 0);
+        }
+        let mut data = DataDescription::new();
+        data.define(bytes.into_boxed_slice());
+        data.set_align(16);
+        self.module
+            .define_data(self.constants_id, &data)
+            .map_err(cranelift_err)?;
         self.module.finalize_definitions().map_err(cranelift_err)?;
         let addresses = self
             .ids

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::elementwise::{self, ElementwiseArgs, ElementwiseKernel, ElementwiseSlot, InnerStride};
-use super::gemm::{self, BatchedMatmulArgs, Epilogue, GemmArgs, GemmKernels, GemmSlots};
+use super::gemm::{
+    self, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, GemmKernels, GemmSlots, MicroSlots,
+};
+use super::jit::KernelSlot;
 use super::jit::{CodegenOptions, FinalizedCode, IsaFeatures, JitBuilder, KernelInfo};
 use super::rows::{self, RowArgs, RowKernel, RowOp, RowSlot};
 use super::threads::Threads;
@@ -43,6 +46,9 @@ pub struct KernelLibraryBuilder {
     library: u64,
     gemms: Vec<GemmSlots>,
     gemm_by_epilogue: HashMap<Epilogue, usize>,
+    /// Compiled at the first `add_gemm`, shared by all GEMMs.
+    micro: Option<MicroSlots>,
+    tile_passes: HashMap<Activation, KernelSlot>,
     elementwise: Vec<ElementwiseSlot>,
     rows: Vec<RowSlot>,
 }
@@ -59,6 +65,8 @@ impl KernelLibraryBuilder {
             library: NEXT_LIBRARY.fetch_add(1, Ordering::Relaxed),
             gemms: Vec::new(),
             gemm_by_epilogue: HashMap::new(),
+            micro: None,
+            tile_passes: HashMap::new(),
             elementwise: Vec::new(),
             rows: Vec::new(),
         })
@@ -68,8 +76,11 @@ impl KernelLibraryBuilder {
         self.jit.features()
     }
 
-    /// GEMM micro-kernels for one epilogue. Kernels do not depend on M, N
-    /// or K, so asking twice for the same epilogue returns the same id.
+    /// A GEMM with the given epilogue. The micro-kernels depend on neither
+    /// M, N, K nor the epilogue (selected by runtime flags), so they are
+    /// compiled once per library; transcendental activations add one
+    /// small tile-pass function each. The same epilogue twice gives the
+    /// same id.
     pub fn add_gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, CodegenError> {
         if let Some(&index) = self.gemm_by_epilogue.get(&epilogue) {
             return Ok(GemmId {
@@ -77,8 +88,26 @@ impl KernelLibraryBuilder {
                 index,
             });
         }
-        let slots = gemm::compile(&mut self.jit, epilogue)?;
-        self.gemms.push(slots);
+        if self.micro.is_none() {
+            self.micro = Some(gemm::compile_micro_kernels(&mut self.jit)?);
+        }
+        let tile_pass = match epilogue.activation {
+            Some(activation) if !gemm::is_inline(activation) => {
+                Some(match self.tile_passes.get(&activation) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = gemm::compile_tile_pass(&mut self.jit, activation)?;
+                        self.tile_passes.insert(activation, slot);
+                        slot
+                    }
+                })
+            }
+            _ => None,
+        };
+        self.gemms.push(GemmSlots {
+            epilogue,
+            tile_pass,
+        });
         let index = self.gemms.len() - 1;
         self.gemm_by_epilogue.insert(epilogue, index);
         Ok(GemmId {
@@ -117,9 +146,21 @@ impl KernelLibraryBuilder {
     pub fn finish(self) -> Result<KernelLibrary, CodegenError> {
         let features = self.jit.features();
         let (code, addresses, infos) = self.jit.finish()?;
+        let micro = self
+            .micro
+            .as_ref()
+            .map(|m| std::sync::Arc::new(m.link(&addresses)));
+        let gemms = match &micro {
+            Some(micro) => self
+                .gemms
+                .iter()
+                .map(|s| s.link(&addresses, micro))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(KernelLibrary {
             library: self.library,
-            gemms: self.gemms.iter().map(|s| s.link(&addresses)).collect(),
+            gemms,
             elementwise: self
                 .elementwise
                 .iter()

@@ -11,7 +11,7 @@ use super::loops::run_loop;
 use super::simd::{Emitter, F32X4, I64};
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
-use crate::ir::ReduceOp;
+use crate::ir::{Op, ReduceOp};
 
 /// An operation over the last axis.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,6 +39,20 @@ impl RowOp {
     /// Whether the output has one value per row (else one per element).
     pub fn reduces(&self) -> bool {
         matches!(self, RowOp::Reduce(_))
+    }
+
+    /// The row kernel for a graph op on an input of rank `rank`, when the
+    /// op works on the last axis only (`Reduce` over exactly that axis,
+    /// keepdims or not); `None` for every other op.
+    pub fn from_op(op: &Op, rank: usize) -> Option<RowOp> {
+        let last = rank.checked_sub(1)?;
+        match op {
+            Op::Softmax { axis } if *axis == last => Some(RowOp::Softmax),
+            Op::LogSoftmax { axis } if *axis == last => Some(RowOp::LogSoftmax),
+            Op::LayerNorm { axis, eps } if *axis == last => Some(RowOp::LayerNorm { eps: eps.0 }),
+            Op::Reduce { op, axes, .. } if axes.as_slice() == [last] => Some(RowOp::Reduce(*op)),
+            _ => None,
+        }
     }
 }
 
@@ -112,28 +126,33 @@ fn load_out_splat(e: &mut Emitter<'_, '_>, row: Value, off: Value) -> Value {
     e.fb.ins().splat(F32X4, v)
 }
 
-/// Row sum: vector partial sums (lane order fixed) plus the tail in order.
+/// Row sum: two vector partial sums (alternating, for two independent add
+/// chains) plus the tail in order; `invariants` are handed to `term`.
 fn row_sum(
     e: &mut Emitter<'_, '_>,
     len: Value,
-    term: impl Fn(&mut Emitter<'_, '_>, Value, bool) -> Value,
+    invariants: &[Value],
+    term: impl Fn(&mut Emitter<'_, '_>, Value, bool, &[Value]) -> Value,
 ) -> Value {
     let zero = e.splat_f(0.0);
     let state = run_loop(
         e,
         len,
-        vec![zero, zero],
-        |e, off, s| {
-            let t = term(e, off, true);
-            vec![e.add(s[0], t), s[1]]
+        vec![zero, zero, zero],
+        invariants,
+        |e, off, s, inv| {
+            let t = term(e, off, true, inv);
+            // Swap the two partial sums every step: acc0 += t; (acc0, acc1) = (acc1, acc0).
+            vec![s[1], e.add(s[0], t), s[2]]
         },
-        |e, off, s| {
-            let t = term(e, off, false);
-            vec![s[0], e.add(s[1], t)]
+        |e, off, s, inv| {
+            let t = term(e, off, false, inv);
+            vec![s[0], s[1], e.add(s[2], t)]
         },
     );
-    let lanes = e.horizontal_sum(state[0]);
-    let tail = e.fb.ins().extractlane(state[1], 0);
+    let both = e.add(state[0], state[1]);
+    let lanes = e.horizontal_sum(both);
+    let tail = e.fb.ins().extractlane(state[2], 0);
     let total = e.fb.ins().fadd(lanes, tail);
     e.fb.ins().splat(F32X4, total)
 }
@@ -154,16 +173,16 @@ fn row_max(e: &mut Emitter<'_, '_>, len: Value, row: Value, nan_exact: bool) -> 
         e,
         len,
         vec![start],
-        |e, off, s| {
+        &[],
+        |e, off, s, _| {
             let x = load_vec(e, row, off);
             vec![combine(e, s[0], x)]
         },
-        |e, off, s| {
+        |e, off, s, _| {
             let x = load_splat(e, row, off);
             vec![combine(e, s[0], x)]
         },
     );
-    // Fold lanes: (0,1) and (2,3) via vector max of lane-swapped copies.
     let lanes: Vec<Value> = (0..4)
         .map(|i| e.fb.ins().extractlane(state[0], i))
         .collect();
@@ -178,159 +197,115 @@ fn len_as_f32(e: &mut Emitter<'_, '_>, len: Value) -> Value {
     e.fb.ins().splat(F32X4, f)
 }
 
+/// Load one vector (`vector`) or one element splatted (the tail).
+fn load_at(e: &mut Emitter<'_, '_>, base: Value, off: Value, vector: bool) -> Value {
+    if vector {
+        load_vec(e, base, off)
+    } else {
+        load_splat(e, base, off)
+    }
+}
+
+fn store_at(e: &mut Emitter<'_, '_>, value: Value, base: Value, off: Value, vector: bool) {
+    let at = e.fb.ins().iadd(base, off);
+    if vector {
+        e.store(value, at, 0);
+    } else {
+        e.store_lane0(value, at, 0);
+    }
+}
+
+/// A loop writing `out[i] = f(i)` over the row (no state).
+fn write_row(
+    e: &mut Emitter<'_, '_>,
+    len: Value,
+    invariants: &[Value],
+    f: impl Fn(&mut Emitter<'_, '_>, Value, bool, &[Value]),
+) {
+    run_loop(
+        e,
+        len,
+        vec![],
+        invariants,
+        |e, off, _, inv| {
+            f(e, off, true, inv);
+            vec![]
+        },
+        |e, off, _, inv| {
+            f(e, off, false, inv);
+            vec![]
+        },
+    );
+}
+
 fn emit_row_op(e: &mut Emitter<'_, '_>, p: &[Value], op: RowOp) {
     let len = p[3];
     let (gain, bias) = (p[4], p[5]);
     match op {
         RowOp::Softmax => emit_rows(e, p, None, |e, x, out| {
             let m = row_max(e, len, x, false);
-            let s = row_sum(e, len, |e, off, vector| {
-                let v = if vector {
-                    load_vec(e, x, off)
-                } else {
-                    load_splat(e, x, off)
-                };
-                let d = e.sub(v, m);
+            let s = row_sum(e, len, &[m], |e, off, vector, inv| {
+                let v = load_at(e, x, off, vector);
+                let d = e.sub(v, inv[0]);
                 let ex = e.exp(d);
-                let at = e.fb.ins().iadd(out, off);
-                if vector {
-                    e.store(ex, at, 0);
-                } else {
-                    e.store_lane0(ex, at, 0);
-                }
+                store_at(e, ex, out, off, vector);
                 ex
             });
-            let inv = e.recip(s);
-            run_loop(
-                e,
-                len,
-                vec![],
-                |e, off, _| {
+            let inv_s = e.recip(s);
+            write_row(e, len, &[inv_s], |e, off, vector, inv| {
+                let v = if vector {
                     let at = e.fb.ins().iadd(out, off);
-                    let v = e.load_output(at, 0);
-                    let y = e.mul(v, inv);
-                    e.store(y, at, 0);
-                    vec![]
-                },
-                |e, off, _| {
-                    let v = load_out_splat(e, out, off);
-                    let y = e.mul(v, inv);
-                    let at = e.fb.ins().iadd(out, off);
-                    e.store_lane0(y, at, 0);
-                    vec![]
-                },
-            );
+                    e.load_output(at, 0)
+                } else {
+                    load_out_splat(e, out, off)
+                };
+                let y = e.mul(v, inv[0]);
+                store_at(e, y, out, off, vector);
+            });
         }),
         RowOp::LogSoftmax => emit_rows(e, p, None, |e, x, out| {
             let m = row_max(e, len, x, false);
-            let s = row_sum(e, len, |e, off, vector| {
-                let v = if vector {
-                    load_vec(e, x, off)
-                } else {
-                    load_splat(e, x, off)
-                };
-                let d = e.sub(v, m);
+            let s = row_sum(e, len, &[m], |e, off, vector, inv| {
+                let v = load_at(e, x, off, vector);
+                let d = e.sub(v, inv[0]);
                 e.exp(d)
             });
             let log_s = e.log(s);
-            let write = |e: &mut Emitter<'_, '_>, off: Value, vector: bool| {
-                let v = if vector {
-                    load_vec(e, x, off)
-                } else {
-                    load_splat(e, x, off)
-                };
-                let d = e.sub(v, m);
-                let y = e.sub(d, log_s);
-                let at = e.fb.ins().iadd(out, off);
-                if vector {
-                    e.store(y, at, 0);
-                } else {
-                    e.store_lane0(y, at, 0);
-                }
-            };
-            run_loop(
-                e,
-                len,
-                vec![],
-                |e, off, _| {
-                    write(e, off, true);
-                    vec![]
-                },
-                |e, off, _| {
-                    write(e, off, false);
-                    vec![]
-                },
-            );
+            write_row(e, len, &[m, log_s], |e, off, vector, inv| {
+                let v = load_at(e, x, off, vector);
+                let d = e.sub(v, inv[0]);
+                let y = e.sub(d, inv[1]);
+                store_at(e, y, out, off, vector);
+            });
         }),
         RowOp::LayerNorm { eps } => emit_rows(e, p, None, |e, x, out| {
             let n = len_as_f32(e, len);
-            let sum = row_sum(e, len, |e, off, vector| {
-                if vector {
-                    load_vec(e, x, off)
-                } else {
-                    load_splat(e, x, off)
-                }
-            });
+            let sum = row_sum(e, len, &[], |e, off, vector, _| load_at(e, x, off, vector));
             let mean = e.div(sum, n);
-            let squares = row_sum(e, len, |e, off, vector| {
-                let v = if vector {
-                    load_vec(e, x, off)
-                } else {
-                    load_splat(e, x, off)
-                };
-                let d = e.sub(v, mean);
+            let squares = row_sum(e, len, &[mean], |e, off, vector, inv| {
+                let v = load_at(e, x, off, vector);
+                let d = e.sub(v, inv[0]);
                 e.mul(d, d)
             });
             let var = e.div(squares, n);
             let var_eps = e.add_const(var, eps);
             let sd = e.sqrt(var_eps);
             let rstd = e.recip(sd);
-            let write = |e: &mut Emitter<'_, '_>, off: Value, vector: bool| {
-                let load = |e: &mut Emitter<'_, '_>, base: Value| {
-                    if vector {
-                        load_vec(e, base, off)
-                    } else {
-                        load_splat(e, base, off)
-                    }
-                };
-                let v = load(e, x);
-                let g = load(e, gain);
-                let b = load(e, bias);
-                let d = e.sub(v, mean);
-                let normalized = e.mul(d, rstd);
+            write_row(e, len, &[mean, rstd], |e, off, vector, inv| {
+                let v = load_at(e, x, off, vector);
+                let g = load_at(e, gain, off, vector);
+                let b = load_at(e, bias, off, vector);
+                let d = e.sub(v, inv[0]);
+                let normalized = e.mul(d, inv[1]);
                 let y = e.mul_add(normalized, g, b);
-                let at = e.fb.ins().iadd(out, off);
-                if vector {
-                    e.store(y, at, 0);
-                } else {
-                    e.store_lane0(y, at, 0);
-                }
-            };
-            run_loop(
-                e,
-                len,
-                vec![],
-                |e, off, _| {
-                    write(e, off, true);
-                    vec![]
-                },
-                |e, off, _| {
-                    write(e, off, false);
-                    vec![]
-                },
-            );
+                store_at(e, y, out, off, vector);
+            });
         }),
         RowOp::Reduce(reduce) => emit_rows(e, p, Some(4), |e, x, out| {
             let r = match reduce {
                 ReduceOp::Max => row_max(e, len, x, true),
                 ReduceOp::Sum | ReduceOp::Mean => {
-                    let s = row_sum(e, len, |e, off, vector| {
-                        if vector {
-                            load_vec(e, x, off)
-                        } else {
-                            load_splat(e, x, off)
-                        }
-                    });
+                    let s = row_sum(e, len, &[], |e, off, vector, _| load_at(e, x, off, vector));
                     if reduce == ReduceOp::Mean {
                         let n = len_as_f32(e, len);
                         e.div(s, n)
@@ -491,5 +466,42 @@ impl RowKernel {
             run(&(0..rows));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Float;
+
+    #[test]
+    fn from_op_accepts_only_the_last_axis() {
+        assert_eq!(
+            RowOp::from_op(&Op::Softmax { axis: 2 }, 3),
+            Some(RowOp::Softmax)
+        );
+        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 1 }, 3), None);
+        assert_eq!(
+            RowOp::from_op(
+                &Op::LayerNorm {
+                    axis: 1,
+                    eps: Float(1e-5)
+                },
+                2
+            ),
+            Some(RowOp::LayerNorm { eps: 1e-5 })
+        );
+        let reduce = |axes: Vec<usize>| Op::Reduce {
+            op: ReduceOp::Mean,
+            axes,
+            keepdims: true,
+        };
+        assert_eq!(
+            RowOp::from_op(&reduce(vec![1]), 2),
+            Some(RowOp::Reduce(ReduceOp::Mean))
+        );
+        assert_eq!(RowOp::from_op(&reduce(vec![0, 1]), 2), None);
+        assert_eq!(RowOp::from_op(&Op::Where, 2), None);
+        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 0 }, 0), None);
     }
 }

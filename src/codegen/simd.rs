@@ -7,9 +7,11 @@
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{
-    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, Endianness, GlobalValue, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
+
+use super::jit::ConstantTable;
 
 pub(crate) const F32X4: Type = types::F32X4;
 pub(crate) const I32X4: Type = types::I32X4;
@@ -90,66 +92,82 @@ const ERF_SMALL: [f32; 7] = [
     1.128_379_1,
 ];
 
-/// erfc(z) * exp(z^2) * z as a polynomial in (1/z - 11/12) for
-/// 0.75 <= z <= 2; fit error 3.3e-9 relative.
-const ERFC_NEAR_CENTER: f32 = 0.916_666_7;
-const ERFC_NEAR: [f32; 10] = [
-    -4.177_576_4e-3,
-    1.440_386e-3,
-    5.850_134_4e-3,
-    -1.342_873_2e-2,
-    2.159_317_2e-2,
-    -2.610_094_3e-2,
-    1.551_360_4e-2,
-    3.262_474_8e-2,
-    -1.600_767_2e-1,
-    4.406_889_4e-1,
+/// erfc(z) = t e^{-z^2} Q(t) with t = 1 / (1 + 0.3 z), for 0 <= z <= 10;
+/// Q as a polynomial in (t - 0.625). Fit error 2e-8 relative; evaluated in
+/// f32 about 4e-7 (the rounding of t is amplified ~4x near z = 0).
+const ERFC_T_SCALE: f32 = 0.3;
+const ERFC_Q_CENTER: f32 = 0.625;
+const ERFC_Q: [f32; 9] = [
+    -0.129_524_34,
+    -0.162_051_26,
+    0.195_404_57,
+    0.838_991_94,
+    1.380_990_7,
+    1.517_933_1,
+    1.250_464_1,
+    0.804_314_6,
+    0.408_633_08,
 ];
-
-/// The same function in (1/z - 0.3) for 2 <= z <= 10; fit error 1.2e-8.
-const ERFC_FAR_CENTER: f32 = 0.3;
-const ERFC_FAR: [f32; 8] = [
-    -1.802_094_3e-1,
-    3.218_629_4e-1,
-    -1.613_193_3e-1,
-    -8.102_209e-2,
-    2.081_087_1e-1,
-    -1.355_881_5e-1,
-    -1.346_011_5e-1,
-    5.416_332e-1,
-];
-
-/// |x| / sqrt 2 from which GELU uses the erfc form (there 1 + erf(-z) is
-/// below 0.29 and would lose bits to cancellation).
-const GELU_ERFC_FROM: f32 = 0.75;
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// sqrt(2 / pi), for the tanh form of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+/// Where a function's vector constants live: the module's constant table,
+/// reached through the function's global value for it.
+pub(crate) struct ConstantPool<'t> {
+    pub(crate) global: GlobalValue,
+    pub(crate) table: &'t mut ConstantTable,
+}
+
 /// Emits f32x4 code into a function under construction.
 pub(crate) struct Emitter<'a, 'b> {
     pub(crate) fb: &'a mut FunctionBuilder<'b>,
     fused: bool,
+    constants: ConstantPool<'a>,
+    constant_copy: u8,
 }
 
 impl<'a, 'b> Emitter<'a, 'b> {
-    pub(crate) fn new(fb: &'a mut FunctionBuilder<'b>, fused: bool) -> Self {
-        Emitter { fb, fused }
+    pub(crate) fn new(
+        fb: &'a mut FunctionBuilder<'b>,
+        fused: bool,
+        constants: ConstantPool<'a>,
+    ) -> Self {
+        Emitter {
+            fb,
+            fused,
+            constants,
+            constant_copy: 0,
+        }
+    }
+
+    /// Constants emitted from now on come from table copy `copy` (see
+    /// `ConstantTable::offset`): give each independent evaluation in a loop
+    /// body its own copy.
+    pub(crate) fn set_constant_copy(&mut self, copy: u8) {
+        self.constant_copy = copy;
     }
 
     // ---- constants -------------------------------------------------------
 
+    fn constant(&mut self, ty: Type, lane_bits: u32) -> Value {
+        let offset = self.constants.table.offset(lane_bits, self.constant_copy);
+        let base = self.fb.ins().symbol_value(I64, self.constants.global);
+        let flags = MemFlagsData::new()
+            .with_notrap()
+            .with_readonly()
+            .with_can_move()
+            .with_aligned();
+        self.fb.ins().load(ty, flags, base, offset)
+    }
+
     pub(crate) fn splat_f(&mut self, x: f32) -> Value {
-        let bytes: Vec<u8> = std::iter::repeat_n(x.to_le_bytes(), 4).flatten().collect();
-        let constant = self.fb.func.dfg.constants.insert(ConstantData::from(bytes));
-        self.fb.ins().vconst(F32X4, constant)
+        self.constant(F32X4, x.to_bits())
     }
 
     pub(crate) fn splat_i(&mut self, x: i32) -> Value {
-        let bytes: Vec<u8> = std::iter::repeat_n(x.to_le_bytes(), 4).flatten().collect();
-        let constant = self.fb.func.dfg.constants.insert(ConstantData::from(bytes));
-        self.fb.ins().vconst(I32X4, constant)
+        self.constant(I32X4, x as u32)
     }
 
     pub(crate) fn iconst(&mut self, x: i64) -> Value {
@@ -166,12 +184,6 @@ impl<'a, 'b> Emitter<'a, 'b> {
     pub(crate) fn load_input_splat(&mut self, ptr: Value, offset: i32) -> Value {
         let scalar = self.fb.ins().load(types::F32, input_flags(), ptr, offset);
         self.fb.ins().splat(F32X4, scalar)
-    }
-
-    /// Loads one f32 into lane 0 (the other lanes are zero).
-    pub(crate) fn load_input_scalar(&mut self, ptr: Value, offset: i32) -> Value {
-        let scalar = self.fb.ins().load(types::F32, input_flags(), ptr, offset);
-        self.fb.ins().scalar_to_vector(F32X4, scalar)
     }
 
     pub(crate) fn load_output(&mut self, ptr: Value, offset: i32) -> Value {
@@ -499,75 +511,58 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.recip(d)
     }
 
-    /// erfc(z) for 0.75 <= z <= 10 given t = 1/z and z^2 = hi + lo.
-    fn erfc_tail(&mut self, z: Value, t: Value, z2_hi: Value, z2_lo: Value) -> Value {
-        let near_x = self.add_const(t, -ERFC_NEAR_CENTER);
-        let near = self.poly(near_x, &ERFC_NEAR);
-        let far_x = self.add_const(t, -ERFC_FAR_CENTER);
-        let far = self.poly(far_x, &ERFC_FAR);
-        let is_near = self.fcmp_const(FloatCC::LessThan, z, 2.0);
-        let g = self.select(is_near, near, far);
+    /// erfc(z) for 0 <= z <= 10 given z^2 = hi + lo (lo the rounding
+    /// error of hi), so e^{-z^2} keeps its relative accuracy for large z.
+    fn erfc_tail(&mut self, z: Value, z2_hi: Value, z2_lo: Value) -> Value {
+        let one = self.splat_f(1.0);
+        let scale = self.splat_f(ERFC_T_SCALE);
+        let d = self.mul_add(z, scale, one);
+        let t = self.recip(d);
+        let u = self.add_const(t, -ERFC_Q_CENTER);
+        let q = self.poly(u, &ERFC_Q);
         // e^{-(hi + lo)} = e^{-hi} (1 - lo) to first order; lo is tiny.
         let neg_hi = self.neg(z2_hi);
         let e = self.exp(neg_hi);
         let correction = self.const_sub(1.0, z2_lo);
         let e = self.mul(e, correction);
-        let gt = self.mul(g, t);
-        self.mul(e, gt)
+        let tq = self.mul(t, q);
+        self.mul(e, tq)
     }
 
-    /// erf. Relative error about 2e-7 everywhere (erf(x) rounds to +-1 for
-    /// |x| > 3.9).
+    /// erf: `x P(x^2)` below |x| = 1, `1 - erfc(|x|)` above. Relative
+    /// error about 2e-7 everywhere (erf(x) rounds to +-1 for |x| > 3.9).
     pub(crate) fn erf(&mut self, x: Value) -> Value {
         let a = self.abs(x);
         let s = self.mul(a, a);
         let p = self.poly(s, &ERF_SMALL);
         let small = self.mul(a, p);
-        let ten = self.splat_f(10.0);
-        let one = self.splat_f(1.0);
-        let z = self.min_keep_nan(a, ten);
-        let z = self.max_keep_nan(z, one);
-        let t = self.recip(z);
+        let z = self.clamp_keep_nan(a, 1.0, 10.0);
         let hi = self.mul(z, z);
         let lo = self.square_error(z, hi);
-        let erfc = self.erfc_tail(z, t, hi, lo);
+        let erfc = self.erfc_tail(z, hi, lo);
         let large = self.const_sub(1.0, erfc);
+        let one = self.splat_f(1.0);
         let is_small = self.fcmp(FloatCC::LessThan, a, one);
         let r = self.select(is_small, small, large);
         self.copysign(r, x)
     }
 
-    /// 0.5 x (1 + erf(x / sqrt 2)). For x < -0.75 sqrt 2, `1 + erf` is computed
-    /// as erfc(|x| / sqrt 2) with e^{-x^2/2} from an exact x^2, so the
-    /// result keeps its relative accuracy into the negative tail.
+    /// 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2), evaluated as
+    /// `0.5 x erfc(z)` for x < 0 and `0.5 x (2 - erfc(z))` for x >= 0 with
+    /// z = |x| / sqrt 2: no cancellation anywhere, and e^{-x^2/2} comes
+    /// from an exact x^2, so the negative tail keeps its relative accuracy.
     pub(crate) fn gelu(&mut self, x: Value) -> Value {
-        let xs = self.mul_const(x, FRAC_1_SQRT_2);
-        let s = self.mul(xs, xs);
-        let p = self.poly(s, &ERF_SMALL);
-        // 1 + erf(x/sqrt2) with one rounding where FMA exists: near
-        // x = -sqrt 2 the sum is ~0.16 and every rounding of the ~-0.84
-        // term is amplified about 5x.
-        let one = self.splat_f(1.0);
-        let small = self.mul_add(xs, p, one);
-
         let xc = self.clamp_keep_nan(x, -14.0, 14.0);
         let ac = self.abs(xc);
         let z = self.mul_const(ac, FRAC_1_SQRT_2);
-        let threshold = self.splat_f(GELU_ERFC_FROM);
-        let z = self.max_keep_nan(z, threshold);
-        let t = self.recip(z);
         let x2_hi = self.mul(xc, xc);
         let x2_lo = self.square_error(xc, x2_hi);
         let z2_hi = self.mul_const(x2_hi, 0.5);
         let z2_lo = self.mul_const(x2_lo, 0.5);
-        let erfc = self.erfc_tail(z, t, z2_hi, z2_lo);
+        let erfc = self.erfc_tail(z, z2_hi, z2_lo);
         let two_minus = self.const_sub(2.0, erfc);
         let negative = self.fcmp_const(FloatCC::LessThan, x, 0.0);
-        let large = self.select(negative, erfc, two_minus);
-
-        let axs = self.abs(xs);
-        let is_small = self.fcmp(FloatCC::LessThan, axs, threshold);
-        let w = self.select(is_small, small, large);
+        let w = self.select(negative, erfc, two_minus);
         let half_x = self.mul_const(x, 0.5);
         let r = self.mul(half_x, w);
         // Below -14 the result is under 1e-43: return -0 (also for -inf,

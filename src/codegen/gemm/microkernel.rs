@@ -7,8 +7,10 @@
 //! - `a`: packed A panel `[kc][rows]`; `b`: first B panel `[kc][4]`, the
 //!   next panels `b_panel_stride` bytes apart;
 //! - `c`, `residual`: top-left output element, rows `ldc` bytes apart;
-//! - `flags`: bit 0 = add into C (later K blocks), bit 1 = apply the
-//!   epilogue (last K block); `bias` points at the first panel's columns.
+//! - `flags`: `FLAG_ACCUMULATE` = add into C (later K blocks);
+//!   `FLAG_EPILOGUE` marks the last K block, where `FLAG_BIAS`,
+//!   `FLAG_RELU` and `FLAG_RESIDUAL` apply in that order; `bias` points at
+//!   the first panel's columns. Other activations run in `emit_tile_pass`.
 //!
 //! Shape of the code (facts from the notes on this machine): loads of A
 //! and B are readonly+notrap+can_move so A broadcasts fold into
@@ -18,13 +20,17 @@
 //! sequential fused multiply-add chain over k in every variant, so results
 //! do not depend on the variant, the tiling or the thread count.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{Block, BlockArg, InstBuilder, Value};
 
-use super::Epilogue;
+use super::Activation;
 use crate::codegen::simd::{Emitter, F32X4, I64};
 
 pub(crate) const FLAG_ACCUMULATE: usize = 1;
 pub(crate) const FLAG_EPILOGUE: usize = 2;
+pub(crate) const FLAG_BIAS: usize = 4;
+pub(crate) const FLAG_RELU: usize = 8;
+pub(crate) const FLAG_RESIDUAL: usize = 16;
 pub(crate) const MICRO_KERNEL_PARAMS: usize = 9;
 
 /// Rows and 4-column panels of one micro-kernel.
@@ -85,12 +91,7 @@ fn k_step(
     }
 }
 
-pub(crate) fn emit_micro_kernel(
-    e: &mut Emitter<'_, '_>,
-    params: &[Value],
-    shape: MicroShape,
-    epilogue: Epilogue,
-) {
+pub(crate) fn emit_micro_kernel(e: &mut Emitter<'_, '_>, params: &[Value], shape: MicroShape) {
     let [a0, b0, c, kc, ldc, flags, bias, residual, b_stride] = params else {
         unreachable!("micro-kernel has {MICRO_KERNEL_PARAMS} parameters")
     };
@@ -184,49 +185,134 @@ pub(crate) fn emit_micro_kernel(
 
     e.fb.switch_to_block(finish);
     let accs = finish_params;
-    if epilogue.is_identity() {
-        store_tile(e, shape, c, &row_offsets, &accs);
-        e.fb.ins().return_(&[]);
-        return;
+    // Epilogue steps, each behind a runtime flag tested once per call
+    // (outside the K loop), so one kernel set serves every epilogue.
+    let steps: [(usize, EpilogueStep); 3] = [
+        (FLAG_BIAS, EpilogueStep::Bias),
+        (FLAG_RELU, EpilogueStep::Relu),
+        (FLAG_RESIDUAL, EpilogueStep::Residual),
+    ];
+    let mut accs = accs;
+    for (flag, step) in steps {
+        let (apply, apply_params) = block_with_params(e, 0, n_acc);
+        let (next, next_params) = block_with_params(e, 0, n_acc);
+        // Epilogue flags only count on the last K block.
+        let active = e.fb.ins().band_imm_u(flags, (flag | FLAG_EPILOGUE) as i64);
+        let wanted =
+            e.fb.ins()
+                .icmp_imm_u(IntCC::Equal, active, (flag | FLAG_EPILOGUE) as i64);
+        e.fb.ins()
+            .brif(wanted, apply, &args(&accs), next, &args(&accs));
+        e.fb.switch_to_block(apply);
+        let mut out = apply_params;
+        match step {
+            EpilogueStep::Bias => {
+                let bias_vectors: Vec<Value> = (0..shape.vecs)
+                    .map(|v| e.load_input(bias, (v * 16) as i32))
+                    .collect();
+                for (j, x) in out.iter_mut().enumerate() {
+                    *x = e.add(*x, bias_vectors[j % shape.vecs]);
+                }
+            }
+            EpilogueStep::Relu => {
+                for x in out.iter_mut() {
+                    *x = e.relu(*x);
+                }
+            }
+            EpilogueStep::Residual => {
+                for (i, &row_offset) in row_offsets.iter().enumerate() {
+                    let row = e.fb.ins().iadd(residual, row_offset);
+                    for v in 0..shape.vecs {
+                        let r = e.load_input(row, (v * 16) as i32);
+                        let x = &mut out[i * shape.vecs + v];
+                        *x = e.add(*x, r);
+                    }
+                }
+            }
+        }
+        e.fb.ins().jump(next, &args(&out));
+        e.fb.switch_to_block(next);
+        accs = next_params;
     }
-    let plain = e.fb.create_block();
-    let fused = e.fb.create_block();
-    let apply = e.fb.ins().band_imm_u(flags, FLAG_EPILOGUE as i64);
-    e.fb.ins().brif(apply, fused, &[], plain, &[]);
-
-    e.fb.switch_to_block(plain);
     store_tile(e, shape, c, &row_offsets, &accs);
     e.fb.ins().return_(&[]);
+}
 
-    e.fb.switch_to_block(fused);
-    let bias_vectors: Vec<Value> = if epilogue.bias {
-        (0..shape.vecs)
-            .map(|v| e.load_input(bias, (v * 16) as i32))
-            .collect()
-    } else {
-        Vec::new()
+#[derive(Clone, Copy)]
+enum EpilogueStep {
+    Bias,
+    Relu,
+    Residual,
+}
+
+pub(crate) const TILE_PASS_PARAMS: usize = 6;
+
+/// The epilogue for the transcendental activations, as its own function:
+/// `(c, residual, ldc, rows, vecs, flags)` applies
+/// `c = act(c) (+ residual if flags & FLAG_RESIDUAL)` to a stored
+/// `rows x (4 * vecs)` tile. Emitting these activations once per
+/// accumulator in every micro-kernel made a GELU kernel set take ~80 ms to
+/// compile; applied to the just-stored tile (in L1) they cost little and
+/// give bit-identical values.
+pub(crate) fn emit_tile_pass(e: &mut Emitter<'_, '_>, params: &[Value], activation: Activation) {
+    let [c, residual, ldc, rows, vecs, flags] = params else {
+        unreachable!("tile pass has {TILE_PASS_PARAMS} parameters")
     };
-    let mut out = Vec::with_capacity(n_acc);
-    for (i, &row_offset) in row_offsets.iter().enumerate() {
-        let residual_row = epilogue
-            .residual
-            .then(|| e.fb.ins().iadd(residual, row_offset));
-        for v in 0..shape.vecs {
-            let mut x = accs[i * shape.vecs + v];
-            if epilogue.bias {
-                x = e.add(x, bias_vectors[v]);
-            }
-            if let Some(activation) = epilogue.activation {
-                x = activation.emit(e, x);
-            }
-            if let Some(row) = residual_row {
-                let r = e.load_input(row, (v * 16) as i32);
-                x = e.add(x, r);
-            }
-            out.push(x);
-        }
-    }
-    store_tile(e, shape, c, &row_offsets, &out);
+    let (c, residual, ldc, rows, vecs, flags) = (*c, *residual, *ldc, *rows, *vecs, *flags);
+    let row_bytes = e.fb.ins().ishl_imm_u(vecs, 4);
+    let add_residual = e.fb.ins().band_imm_u(flags, FLAG_RESIDUAL as i64);
+    // rh = (c_row, residual_row, rows_left)
+    let (row_head, rh) = block_with_params(e, 3, 0);
+    // vh = (c_ptr, residual_ptr, c_row_end)
+    let (vec_head, vh) = block_with_params(e, 3, 0);
+    let (vec_body, vb) = block_with_params(e, 3, 0);
+    let (with_residual, wr) = block_with_params(e, 3, 1);
+    let (store, st) = block_with_params(e, 3, 1);
+    let done = e.fb.create_block();
+    e.fb.ins().jump(row_head, &args(&[c, residual, rows]));
+
+    e.fb.switch_to_block(row_head);
+    let row_end = e.fb.ins().iadd(rh[0], row_bytes);
+    let after_row = e.fb.create_block();
+    e.fb.ins()
+        .brif(rh[2], vec_head, &args(&[rh[0], rh[1], row_end]), done, &[]);
+
+    e.fb.switch_to_block(vec_head);
+    let more = e.fb.ins().icmp(IntCC::NotEqual, vh[0], vh[2]);
+    e.fb.ins().brif(more, vec_body, &args(&vh), after_row, &[]);
+
+    e.fb.switch_to_block(vec_body);
+    let x = e.load_output(vb[0], 0);
+    let y = activation.emit(e, x);
+    let mut carry = vb.clone();
+    carry.push(y);
+    e.fb.ins().brif(
+        add_residual,
+        with_residual,
+        &args(&carry),
+        store,
+        &args(&carry),
+    );
+
+    e.fb.switch_to_block(with_residual);
+    let r = e.load_input(wr[1], 0);
+    let y = e.add(wr[3], r);
+    e.fb.ins().jump(store, &args(&[wr[0], wr[1], wr[2], y]));
+
+    e.fb.switch_to_block(store);
+    e.store(st[3], st[0], 0);
+    let next_c = e.fb.ins().iadd_imm_s(st[0], 16);
+    let next_r = e.fb.ins().iadd_imm_s(st[1], 16);
+    e.fb.ins().jump(vec_head, &args(&[next_c, next_r, st[2]]));
+
+    // The row loop continues from the row start in `rh`, which dominates.
+    e.fb.switch_to_block(after_row);
+    let c_row = e.fb.ins().iadd(rh[0], ldc);
+    let r_row = e.fb.ins().iadd(rh[1], ldc);
+    let left = e.fb.ins().iadd_imm_s(rh[2], -1);
+    e.fb.ins().jump(row_head, &args(&[c_row, r_row, left]));
+
+    e.fb.switch_to_block(done);
     e.fb.ins().return_(&[]);
 }
 

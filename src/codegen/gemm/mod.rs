@@ -10,6 +10,7 @@ mod pack;
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::codegen::jit::{JitBuilder, KernelSlot};
 use crate::codegen::simd::Emitter;
@@ -17,19 +18,30 @@ use crate::codegen::threads::{split_range, SharedMut, Threads};
 use crate::codegen::CodegenError;
 use crate::ir::{LinearEpilogue, UnaryOp};
 
-pub(crate) use microkernel::MicroShape;
 use microkernel::{
-    emit_micro_kernel, wide_vecs, FLAG_ACCUMULATE, FLAG_EPILOGUE, MICRO_KERNEL_PARAMS,
+    emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
+    FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
 };
 use pack::{k_block, pack_a_panel, panel_count, PANEL_WIDTH};
 pub use pack::{packed_b_len, MatrixRef, PackedB, PackedBRef, KC_MAX};
 
 /// Rows of A per micro-kernel call (12 accumulators of one B panel).
 pub(crate) const MR: usize = 12;
-/// B panels per N block: a `KC_MAX x 256` block of B is 256 KiB, half of L2.
-const NC_PANELS: usize = 64;
-/// Below this many flops a call stays on the calling thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// Bytes of packed B (all K blocks of one N block) a task sweeps per M
+/// block; kept within L2 so B is read from memory once per M block.
+const B_BLOCK_BUDGET: usize = 512 * 1024;
+
+/// B panels per N block for a given K: as wide as the L2 budget allows,
+/// between 16 and 64 panels (64 to 256 columns).
+fn nc_panels(k: usize) -> usize {
+    (B_BLOCK_BUDGET / (k.max(1) * PANEL_WIDTH * 4)).clamp(16, 64)
+}
+/// Rows of C per M block: an `MC x 256` tile of C (96 KiB) stays in L2
+/// next to the 256 KiB block of B while all K blocks update it.
+const MC: usize = 96;
+/// Below this many flops a call stays on the calling thread (waking a pool
+/// thread costs several microseconds on this machine).
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
 /// Activations a GEMM epilogue can apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,48 +191,69 @@ pub(crate) type MicroFn = unsafe extern "C" fn(
     b_panel_stride_bytes: usize,
 );
 
-/// Compiled-but-not-linked micro-kernels of one epilogue.
-pub(crate) struct GemmSlots {
-    epilogue: Epilogue,
+pub(crate) type TilePassFn = unsafe extern "C" fn(
+    c: *mut f32,
+    residual: *const f32,
+    ldc_bytes: usize,
+    rows: usize,
+    vecs: usize,
+    flags: usize,
+);
+
+/// Compiled-but-not-linked micro-kernels, shared by every GEMM of a
+/// library (the epilogue is selected by runtime flags).
+pub(crate) struct MicroSlots {
     narrow: Vec<KernelSlot>,
     wide: Vec<(usize, KernelSlot)>,
 }
 
-pub(crate) fn compile(jit: &mut JitBuilder, epilogue: Epilogue) -> Result<GemmSlots, CodegenError> {
-    let tag = epilogue.tag();
+pub(crate) fn compile_micro_kernels(jit: &mut JitBuilder) -> Result<MicroSlots, CodegenError> {
     let mut narrow = Vec::with_capacity(MR);
     let mut wide = Vec::with_capacity(MR);
     for rows in 1..=MR {
         let shape = MicroShape { rows, vecs: 1 };
-        let slot = jit.define(
-            &format!("gemm_{tag}_{rows}x1"),
-            MICRO_KERNEL_PARAMS,
-            |e, p| emit_micro_kernel(e, p, shape, epilogue),
-        )?;
+        let slot = jit.define(&format!("gemm_{rows}x1"), MICRO_KERNEL_PARAMS, |e, p| {
+            emit_micro_kernel(e, p, shape)
+        })?;
         narrow.push(slot);
         let vecs = wide_vecs(rows);
         if vecs > 1 {
             let shape = MicroShape { rows, vecs };
             let slot = jit.define(
-                &format!("gemm_{tag}_{rows}x{vecs}"),
+                &format!("gemm_{rows}x{vecs}"),
                 MICRO_KERNEL_PARAMS,
-                |e, p| emit_micro_kernel(e, p, shape, epilogue),
+                |e, p| emit_micro_kernel(e, p, shape),
             )?;
             wide.push((vecs, slot));
         } else {
             wide.push((1, slot));
         }
     }
-    Ok(GemmSlots {
-        epilogue,
-        narrow,
-        wide,
-    })
+    Ok(MicroSlots { narrow, wide })
 }
 
-/// Linked micro-kernels of one epilogue.
-pub(crate) struct GemmKernels {
-    epilogue: Epilogue,
+/// The tile pass applying a transcendental activation (and the residual).
+pub(crate) fn compile_tile_pass(
+    jit: &mut JitBuilder,
+    activation: Activation,
+) -> Result<KernelSlot, CodegenError> {
+    jit.define(
+        &format!("gemm_epilogue_{}", activation.name()),
+        TILE_PASS_PARAMS,
+        |e, p| emit_tile_pass(e, p, activation),
+    )
+}
+
+/// Whether an activation runs inside the micro-kernel (else in a tile pass).
+pub(crate) fn is_inline(activation: Activation) -> bool {
+    match activation {
+        Activation::Relu => true,
+        Activation::Sigmoid | Activation::Tanh | Activation::Gelu | Activation::GeluTanh => false,
+    }
+}
+
+/// Linked micro-kernels.
+pub(crate) struct MicroKernels {
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
 }
@@ -234,10 +267,9 @@ fn micro_fn(address: usize) -> MicroFn {
     unsafe { std::mem::transmute::<usize, MicroFn>(address) }
 }
 
-impl GemmSlots {
-    pub(crate) fn link(&self, addresses: &[usize]) -> GemmKernels {
-        GemmKernels {
-            epilogue: self.epilogue,
+impl MicroSlots {
+    pub(crate) fn link(&self, addresses: &[usize]) -> MicroKernels {
+        MicroKernels {
             narrow: self
                 .narrow
                 .iter()
@@ -248,6 +280,58 @@ impl GemmSlots {
                 .iter()
                 .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
                 .collect(),
+        }
+    }
+}
+
+/// One GEMM epilogue: its flags and, for transcendental activations, the
+/// tile pass.
+pub(crate) struct GemmSlots {
+    pub(crate) epilogue: Epilogue,
+    pub(crate) tile_pass: Option<KernelSlot>,
+}
+
+pub(crate) struct GemmKernels {
+    epilogue: Epilogue,
+    micro: Arc<MicroKernels>,
+    tile_pass: Option<TilePassFn>,
+    /// Epilogue flags for the micro-kernel's last K block.
+    micro_flags: usize,
+    /// Flags for the tile pass.
+    tile_flags: usize,
+}
+
+impl GemmSlots {
+    pub(crate) fn link(&self, addresses: &[usize], micro: &Arc<MicroKernels>) -> GemmKernels {
+        let epilogue = self.epilogue;
+        let inline_activation = epilogue.activation.is_none_or(is_inline);
+        let mut micro_flags = 0;
+        if epilogue.bias {
+            micro_flags |= FLAG_BIAS;
+        }
+        if epilogue.activation == Some(Activation::Relu) {
+            micro_flags |= FLAG_RELU;
+        }
+        if epilogue.residual && inline_activation {
+            micro_flags |= FLAG_RESIDUAL;
+        }
+        let tile_flags = if epilogue.residual && !inline_activation {
+            FLAG_RESIDUAL
+        } else {
+            0
+        };
+        GemmKernels {
+            epilogue,
+            micro: micro.clone(),
+            tile_pass: self.tile_pass.map(|s| {
+                let address = addresses[s.0];
+                assert_ne!(address, 0, "finalized function has a null address");
+                // SAFETY: compiled by `emit_tile_pass` with TILE_PASS_PARAMS
+                // pointer-sized integer parameters and no results.
+                unsafe { std::mem::transmute::<usize, TilePassFn>(address) }
+            }),
+            micro_flags,
+            tile_flags,
         }
     }
 }
@@ -370,8 +454,9 @@ impl GemmKernels {
 fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
     let panels = panel_count(n);
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    let nc = nc_panels(k);
     if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
-        return split_range(panels, panels.div_ceil(NC_PANELS), 1)
+        return split_range(panels, panels.div_ceil(nc), 1)
             .into_iter()
             .map(|p| Task {
                 rows: 0..m,
@@ -380,7 +465,7 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
             .collect();
     }
     let target = 4 * threads;
-    let col_blocks = panels.div_ceil(NC_PANELS);
+    let col_blocks = panels.div_ceil(nc);
     let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(MR)).max(1);
     let col_parts = if row_parts * col_blocks >= target {
         col_blocks
@@ -405,6 +490,20 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
 }
 
 fn run_task(job: &Job<'_>, task: &Task) {
+    A_PANEL.with(|cell| {
+        let mut a_panel = cell.borrow_mut();
+        if a_panel.len() < MR * KC_MAX {
+            a_panel.resize(MR * KC_MAX, 0.0);
+        }
+        for chunk in (task.rows.start..task.rows.end).step_by(MC) {
+            let chunk = chunk..(chunk + MC).min(task.rows.end);
+            run_chunk(job, chunk, task.panels.clone(), &mut a_panel);
+        }
+    });
+}
+
+/// All K blocks of rows `rows` x panels `panels`, with the C tile kept hot.
+fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_panel: &mut [f32]) {
     let (n, k) = (job.n, job.k);
     let kc = k_block(k);
     let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
@@ -412,61 +511,58 @@ fn run_task(job: &Job<'_>, task: &Task) {
     let full_panels = n / PANEL_WIDTH;
     let b_data = job.b.data();
     let ldc_bytes = n * 4;
-    A_PANEL.with(|cell| {
-        let mut a_panel = cell.borrow_mut();
-        if a_panel.len() < MR * KC_MAX {
-            a_panel.resize(MR * KC_MAX, 0.0);
+    for p in 0..blocks {
+        let k0 = p * kc;
+        let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
+        let mut flags = 0;
+        if p > 0 {
+            flags |= FLAG_ACCUMULATE;
         }
-        for p in 0..blocks {
-            let k0 = p * kc;
-            let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
-            let mut flags = 0;
-            if p > 0 {
-                flags |= FLAG_ACCUMULATE;
-            }
-            if p + 1 == blocks {
-                flags |= FLAG_EPILOGUE;
-            }
-            let block_base = k0 * panels * PANEL_WIDTH;
-            let b_panel_stride = kcp * PANEL_WIDTH * 4;
-            let mut i0 = task.rows.start;
-            while i0 < task.rows.end {
-                let r = MR.min(task.rows.end - i0);
-                let packed_a = &mut a_panel[..r * kcp];
-                pack_a_panel(&job.a, i0, r, k0, packed_a);
-                let packed_a: &[f32] = packed_a;
-                let narrow = job.kernels.narrow[r - 1];
-                let (vecs, wide) = job.kernels.wide[r - 1];
-                let full_end = task.panels.end.min(full_panels);
-                let mut j = task.panels.start;
-                while j < task.panels.end {
-                    let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
-                    let call = MicroCall {
-                        job,
-                        a: packed_a.as_ptr(),
-                        b: b_ptr,
-                        kc: kcp,
-                        flags,
-                        b_panel_stride,
-                        ldc_bytes,
-                    };
-                    if j < full_end {
-                        if vecs > 1 && j + vecs <= full_end {
-                            call.full(wide, i0, j);
-                            j += vecs;
-                        } else {
-                            call.full(narrow, i0, j);
-                            j += 1;
-                        }
+        let last = p + 1 == blocks;
+        if last {
+            flags |= FLAG_EPILOGUE | job.kernels.micro_flags;
+        }
+        let tile_pass = if last { job.kernels.tile_pass } else { None };
+        let block_base = k0 * panels * PANEL_WIDTH;
+        let b_panel_stride = kcp * PANEL_WIDTH * 4;
+        let mut i0 = rows.start;
+        while i0 < rows.end {
+            let r = MR.min(rows.end - i0);
+            let packed_a = &mut a_panel[..r * kcp];
+            pack_a_panel(&job.a, i0, r, k0, packed_a);
+            let packed_a: &[f32] = packed_a;
+            let narrow = job.kernels.micro.narrow[r - 1];
+            let (vecs, wide) = job.kernels.micro.wide[r - 1];
+            let full_end = panels_range.end.min(full_panels);
+            let mut j = panels_range.start;
+            while j < panels_range.end {
+                let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
+                let call = MicroCall {
+                    job,
+                    a: packed_a.as_ptr(),
+                    b: b_ptr,
+                    kc: kcp,
+                    flags,
+                    tile_pass,
+                    b_panel_stride,
+                    ldc_bytes,
+                };
+                if j < full_end {
+                    if vecs > 1 && j + vecs <= full_end {
+                        call.full(wide, i0, r, j, vecs);
+                        j += vecs;
                     } else {
-                        call.partial(narrow, i0, r, j);
+                        call.full(narrow, i0, r, j, 1);
                         j += 1;
                     }
+                } else {
+                    call.partial(narrow, i0, r, j);
+                    j += 1;
                 }
-                i0 += r;
             }
+            i0 += r;
         }
-    });
+    }
 }
 
 /// The per-(row panel, K block) arguments of micro-kernel calls.
@@ -476,6 +572,9 @@ struct MicroCall<'j, 'a> {
     b: *const f32,
     kc: usize,
     flags: usize,
+    /// The transcendental-activation pass to run after the kernel (last K
+    /// block only).
+    tile_pass: Option<TilePassFn>,
     b_panel_stride: usize,
     ldc_bytes: usize,
 }
@@ -484,7 +583,7 @@ impl MicroCall<'_, '_> {
     /// Panels `j..j + vecs` are all full (4 valid columns) and rows
     /// `i0..i0 + r` exist: the kernel touches exactly that block of C, the
     /// residual and the bias.
-    fn full(&self, f: MicroFn, i0: usize, j: usize) {
+    fn full(&self, f: MicroFn, i0: usize, r: usize, j: usize, vecs: usize) {
         let job = self.job;
         let offset = i0 * job.n + j * PANEL_WIDTH;
         let bias = job
@@ -493,9 +592,10 @@ impl MicroCall<'_, '_> {
         let residual = job
             .residual
             .map_or(std::ptr::null(), |r| r[offset..].as_ptr());
-        // SAFETY: the caller checked the block is inside C (m x n) and
-        // belongs to this task; A and B pointers cover `kc` steps of the
-        // packed panels (bounds established by the packing lengths).
+        // SAFETY: the caller checked the block (rows i0..i0 + r, panels
+        // j..j + vecs) is inside C (m x n) and belongs to this task; A and B
+        // pointers cover `kc` steps of the packed panels (bounds established
+        // by the packing lengths); the tile pass touches the same block.
         unsafe {
             f(
                 self.a,
@@ -507,7 +607,17 @@ impl MicroCall<'_, '_> {
                 bias,
                 residual,
                 self.b_panel_stride,
-            )
+            );
+            if let Some(pass) = self.tile_pass {
+                pass(
+                    job.c.0.add(offset),
+                    residual,
+                    self.ldc_bytes,
+                    r,
+                    vecs,
+                    job.kernels.tile_flags,
+                );
+            }
         }
     }
 
@@ -549,7 +659,17 @@ impl MicroCall<'_, '_> {
                 bias_tile.as_ptr(),
                 residual_tile.as_ptr(),
                 self.b_panel_stride,
-            )
+            );
+            if let Some(pass) = self.tile_pass {
+                pass(
+                    tile.as_mut_ptr(),
+                    residual_tile.as_ptr(),
+                    PANEL_WIDTH * 4,
+                    r,
+                    1,
+                    job.kernels.tile_flags,
+                );
+            }
         }
         for i in 0..r {
             let row = (i0 + i) * job.n + c0;

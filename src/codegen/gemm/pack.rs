@@ -136,12 +136,34 @@ pub(crate) fn pack_a_panel(a: &MatrixRef<'_>, i0: usize, r: usize, k0: usize, ds
             out.copy_from_slice(&a.data[start..start + r]);
         }
     } else {
-        for i in 0..r {
-            let start = (i0 + i) * a.ld + k0;
-            let row = &a.data[start..start + kc];
-            for (out, &v) in dst[i..].iter_mut().step_by(r).zip(row) {
-                *out = v;
+        match r {
+            12 => pack_rows::<12>(a, i0, k0, dst),
+            8 => pack_rows::<8>(a, i0, k0, dst),
+            4 => pack_rows::<4>(a, i0, k0, dst),
+            _ => {
+                for i in 0..r {
+                    let start = (i0 + i) * a.ld + k0;
+                    let row = &a.data[start..start + kc];
+                    for (out, &v) in dst[i..].iter_mut().step_by(r).zip(row) {
+                        *out = v;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Row-major packing for a fixed row count: the compiler keeps the R row
+/// cursors in registers and writes `dst` sequentially.
+fn pack_rows<const R: usize>(a: &MatrixRef<'_>, i0: usize, k0: usize, dst: &mut [f32]) {
+    let kc = dst.len() / R;
+    let rows: [&[f32]; R] = std::array::from_fn(|i| {
+        let start = (i0 + i) * a.ld + k0;
+        &a.data[start..start + kc]
+    });
+    for (kk, out) in dst.chunks_exact_mut(R).enumerate() {
+        for (o, row) in out.iter_mut().zip(&rows) {
+            *o = row[kk];
         }
     }
 }
