@@ -167,6 +167,12 @@ impl CompiledModel {
         &self.graph
     }
 
+    /// How many plans (one per distinct set of input shapes) have been
+    /// built so far: for tests and diagnostics.
+    pub fn plan_count(&self) -> usize {
+        self.plans.lock().expect("plan cache lock").len()
+    }
+
     /// Input names in declaration order (the order `run_into` takes them).
     pub fn input_names(&self) -> Vec<&str> {
         self.graph
@@ -313,15 +319,26 @@ impl CompiledModel {
         result
     }
 
+    /// Copies an output's value into `out`, which already has the output's
+    /// dtype and shape. A value living outside the arena (an input, a
+    /// weight, a boxed slot) may be a reshape of it: only its data is taken.
+    /// f32 values are copied in place; other dtypes are cloned (they are
+    /// never model outputs on the allocation-free path).
     fn copy_out(&self, loc: Loc, inputs: &[&Tensor], arena: &Arena, out: &mut Tensor) {
-        match loc {
-            Loc::Arena { offset, len } => out
-                .as_f32_mut()
-                .expect("arena values are f32")
-                .copy_from_slice(&arena.f32[offset..offset + len]),
-            Loc::Input(i) => *out = inputs[i].clone(),
-            Loc::Weight(w) => *out = (*self.weights[w]).clone(),
-            Loc::Boxed(b) => *out = arena.boxed[b].clone(),
+        let source: &Tensor = match loc {
+            Loc::Arena { offset, len } => {
+                out.as_f32_mut()
+                    .expect("arena values are f32")
+                    .copy_from_slice(&arena.f32[offset..offset + len]);
+                return;
+            }
+            Loc::Input(i) => inputs[i],
+            Loc::Weight(w) => &self.weights[w],
+            Loc::Boxed(b) => &arena.boxed[b],
+        };
+        match (out.as_f32_mut(), source.as_f32()) {
+            (Some(dst), Some(src)) => dst.copy_from_slice(src),
+            _ => *out = Tensor::new(out.shape().to_vec(), source.data().clone()),
         }
     }
 
@@ -517,7 +534,15 @@ impl CompiledModel {
                         .iter()
                         .map(|(loc, shape)| match loc {
                             Loc::Arena { .. } => Tensor::f32(shape.clone(), mem.f32(*loc).to_vec()),
-                            other => mem.tensor(*other).clone(),
+                            // An operand may be a view (reshape) of the stored tensor.
+                            other => {
+                                let stored = mem.tensor(*other);
+                                if stored.shape() == shape.as_slice() {
+                                    stored.clone()
+                                } else {
+                                    Tensor::new(shape.clone(), stored.data().clone())
+                                }
+                            }
                         })
                         .collect();
                     let refs: Vec<&Tensor> = values.iter().collect();

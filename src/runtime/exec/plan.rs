@@ -149,7 +149,7 @@ fn numel(s: &[usize]) -> usize {
 enum OutKind {
     Arena,
     Boxed,
-    /// Same storage as operand 0 (reshape).
+    /// Same storage as operand 0 (reshape, identity cast).
     Alias,
 }
 
@@ -241,7 +241,7 @@ impl Planner<'_> {
                 }
                 op => {
                     let step = step_nodes.len();
-                    let out_kind = if matches!(op, Op::Reshape { .. }) {
+                    let out_kind = if self.is_view(id) {
                         OutKind::Alias
                     } else if node.ty.dtype == DType::F32 {
                         OutKind::Arena
@@ -343,6 +343,17 @@ impl Planner<'_> {
             outputs,
             native_steps,
         })
+    }
+
+    /// Nodes whose value is their operand's data unchanged: reshapes and
+    /// casts to the operand's own dtype. They get no step and share their
+    /// operand's storage.
+    fn is_view(&self, id: NodeId) -> bool {
+        match &self.graph.node(id).op {
+            Op::Reshape { .. } => true,
+            Op::Cast { to } => self.graph.node(self.graph.inputs(id)[0]).ty.dtype == *to,
+            _ => false,
+        }
     }
 
     /// `(k, n)` when `id` is a GEMM whose right operand must be packed per run.
@@ -608,9 +619,8 @@ impl Planner<'_> {
                     out,
                 }
             }
-            Op::Cast { to: DType::F32 } if g.node(inputs[0]).ty.dtype != DType::Bool => {
-                Step::CastToF32 { x: at(0), out }
-            }
+            // (Casts to the operand's own dtype are views, planned above.)
+            Op::Cast { to: DType::F32 } => Step::CastToF32 { x: at(0), out },
             _ => fallback(),
         };
         Ok(step)

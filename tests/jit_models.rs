@@ -1,0 +1,301 @@
+//! Every model in `models/` (the folder is walked, so a new model is
+//! covered by adding it) compiled by `lamina::compile::compile` and run by
+//! the JIT executor, against the interpreter on the unoptimised graph:
+//! within 1e-5 relative, or 1e-4 when the model reduces over more than 256
+//! terms (f32 accumulation in the kernels vs f64 in the interpreter). With
+//! 1 and 2 threads, which must agree bit for bit; the second call of a
+//! shape reuses the plan and must give the same bits as the first; a new
+//! batch size gets its own plan.
+//!
+//! Parameters come from the model's weight file (for MiniLM the fetched
+//! checkpoint) and declared initializers. A model whose weight file is not
+//! there is skipped with a notice, except under `CI`, where that fails.
+
+mod jit_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use jit_support::{compare_outputs, compile_all_passes, compile_plain, same_bits, Outputs};
+use lamina::interp;
+use lamina::ir::bind::symbols;
+use lamina::ir::{Bindings, DType, Graph, NodeId, Op};
+use lamina::runtime::{bind_params, WeightFile};
+use lamina::tensor::{Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+fn lam_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            // `cache` holds fetched checkpoints (and their Python packages).
+            if path.file_name().is_some_and(|n| n != "cache") {
+                lam_files(&path, found);
+            }
+        } else if path.extension().is_some_and(|e| e == "lam") {
+            found.push(path);
+        }
+    }
+}
+
+fn model_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    lam_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        &mut files,
+    );
+    files.sort();
+    files
+}
+
+/// Sizes for symbols no weight fixes: small, different per symbol so that
+/// mixed-up dims show, and a second batch size for a second plan.
+fn symbol_size(symbol: &str, batch: usize) -> usize {
+    match symbol {
+        "batch" => batch,
+        "seq" => 7,
+        _ => 2 + symbol.len() % 3,
+    }
+}
+
+/// The smallest table axis an integer input indexes through a gather
+/// (looking through reshapes), if any.
+fn gather_bound(graph: &Graph, input: NodeId) -> Option<usize> {
+    let mut bound: Option<usize> = None;
+    let mut frontier = vec![input];
+    while let Some(id) = frontier.pop() {
+        for user in graph.users(id) {
+            match &graph.node(user).op {
+                Op::Reshape { .. } => frontier.push(user),
+                Op::Gather { axis } if graph.inputs(user)[1] == id => {
+                    let table = graph.inputs(user)[0];
+                    if let Some(size) = graph.node(table).ty.shape[*axis].as_known() {
+                        bound = Some(bound.map_or(size, |b| b.min(size)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    bound
+}
+
+/// Random inputs: f32 in [-1, 1); integer inputs that feed a gather are
+/// valid ids for every table they index; other integer inputs are masks,
+/// each row a run of ones (at least one) then zeros, like padding.
+fn inputs_for(graph: &Graph, bindings: &Bindings, rng: &mut ChaCha8Rng) -> HashMap<String, Tensor> {
+    let mut inputs = HashMap::new();
+    for &id in &graph.inputs {
+        let node = graph.node(id);
+        let shape: Vec<usize> = node
+            .ty
+            .shape
+            .iter()
+            .map(|d| {
+                d.substitute(bindings)
+                    .as_known()
+                    .expect("input symbols bound")
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let row = shape.last().copied().unwrap_or(1).max(1);
+        let ints: Vec<i64> = match gather_bound(graph, id) {
+            Some(bound) => (0..n).map(|_| rng.random_range(0..bound as i64)).collect(),
+            None => {
+                let mut v = vec![0i64; n];
+                for chunk in v.chunks_mut(row) {
+                    let ones = rng.random_range(1..=chunk.len());
+                    chunk[..ones].fill(1);
+                }
+                v
+            }
+        };
+        let data = match node.ty.dtype {
+            DType::F32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()),
+            DType::I64 => TensorData::I64(ints),
+            DType::I32 => TensorData::I32(ints.iter().map(|&v| v as i32).collect()),
+            DType::Bool => TensorData::Bool(ints.iter().map(|&v| v != 0).collect()),
+        };
+        inputs.insert(graph.input_name(id).to_string(), Tensor::new(shape, data));
+    }
+    inputs
+}
+
+/// The most terms any one output element of the concrete graph sums.
+fn longest_reduction(graph: &Graph, bindings: &Bindings) -> usize {
+    let size = |id: NodeId, axis: usize| {
+        graph.node(id).ty.shape[axis]
+            .substitute(bindings)
+            .as_known()
+            .unwrap_or(0)
+    };
+    graph
+        .node_ids()
+        .map(|id| {
+            let ins = graph.inputs(id);
+            match &graph.node(id).op {
+                Op::MatMul { transpose_a, .. } => {
+                    let rank = graph.node(ins[0]).ty.rank();
+                    size(ins[0], if *transpose_a { rank - 2 } else { rank - 1 })
+                }
+                Op::FusedLinear { .. } => size(ins[0], graph.node(ins[0]).ty.rank() - 1),
+                Op::Reduce { axes, .. } => axes.iter().map(|&a| size(ins[0], a)).product(),
+                Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::LayerNorm { axis, .. } => {
+                    size(ins[0], *axis)
+                }
+                _ => 0,
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Model {
+    path: PathBuf,
+    graph: Graph,
+    params: HashMap<String, Tensor>,
+    /// Symbols the weights fixed.
+    weight_bindings: Bindings,
+}
+
+/// The model with its parameter values, or None when its weight file has
+/// not been fetched (outside CI).
+fn load(path: &Path) -> Option<Model> {
+    let loaded = lamina::model::load(path)
+        .unwrap_or_else(|f| panic!("{} does not load: {:?}", path.display(), f.diagnostics));
+    let weights = match &loaded.weights {
+        None => None,
+        Some((file, _)) => {
+            let full = path.parent().expect("a model has a folder").join(file);
+            if !full.is_file() {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{}: weight file {} is missing (CI must fetch it first)",
+                    path.display(),
+                    full.display()
+                );
+                eprintln!(
+                    "skipping {}: no weight file {} (fetch it to test this model)",
+                    path.display(),
+                    full.display()
+                );
+                return None;
+            }
+            Some(WeightFile::load(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display())))
+        }
+    };
+    // Symbols the inputs fix get test sizes; the weights may fix others.
+    let mut bindings = Bindings::new();
+    for symbol in symbols(&loaded.graph) {
+        bindings.insert(symbol.clone(), symbol_size(&symbol, 2));
+    }
+    let learned = bind_params(&loaded.graph, weights.as_ref(), &Bindings::new());
+    let weight_bindings = learned.map(|b| b.bindings).unwrap_or_default();
+    bindings.extend(weight_bindings.clone());
+    let params = bind_params(&loaded.graph, weights.as_ref(), &bindings)
+        .unwrap_or_else(|e| panic!("{}: parameters do not bind: {e:?}", path.display()))
+        .values;
+    Some(Model {
+        path: path.to_path_buf(),
+        graph: loaded.graph,
+        params,
+        weight_bindings,
+    })
+}
+
+fn bindings_for(model: &Model, batch: usize) -> Bindings {
+    let mut b = Bindings::new();
+    for symbol in symbols(&model.graph) {
+        b.insert(symbol.clone(), symbol_size(&symbol, batch));
+    }
+    b.extend(model.weight_bindings.clone());
+    b
+}
+
+fn run_jit(
+    model: &lamina::runtime::exec::CompiledModel,
+    inputs: &HashMap<String, Tensor>,
+) -> Outputs {
+    model
+        .run(inputs)
+        .unwrap_or_else(|e| panic!("jit run fails: {e}"))
+}
+
+/// Everything the brief asks of one model; returns the failures.
+fn check_model(model: &Model) -> Vec<String> {
+    let mut failures = Vec::new();
+    let name = model.path.display().to_string();
+    let mut rng = jit_support::rng(0x3a1f_0001);
+    let optimised: Vec<_> = [1, 2]
+        .map(|threads| compile_all_passes(&model.graph, &model.params, threads))
+        .into();
+    let unoptimised = compile_plain(&model.graph, &model.params, 1);
+    for (round, batch) in [2usize, 3].into_iter().enumerate() {
+        let bindings = bindings_for(model, batch);
+        let rtol = if longest_reduction(&model.graph, &bindings) > 256 {
+            1e-4
+        } else {
+            1e-5
+        };
+        let inputs = inputs_for(&model.graph, &bindings, &mut rng);
+        let reference = interp::run(&model.graph, &model.params, &inputs, &Bindings::new())
+            .unwrap_or_else(|e| panic!("{name}: the interpreter fails: {e}"));
+        let mut by_threads = Vec::new();
+        for (compiled, threads) in optimised.iter().zip([1, 2]) {
+            let what = format!("{name} batch {batch}, {threads} thread(s)");
+            let first = run_jit(compiled, &inputs);
+            match compare_outputs(&what, &first, &reference, rtol) {
+                Ok(worst) => eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})"),
+                Err(e) => failures.push(e),
+            }
+            let again = run_jit(compiled, &inputs);
+            if let Err(e) = same_bits(&format!("{what}, second call"), &first, &again) {
+                failures.push(e);
+            }
+            if compiled.plan_count() != round + 1 {
+                failures.push(format!(
+                    "{what}: {} plans after {} batch sizes (each size once, reused after)",
+                    compiled.plan_count(),
+                    round + 1
+                ));
+            }
+            by_threads.push(first);
+        }
+        if let Err(e) = same_bits(
+            &format!("{name} batch {batch}: 1 vs 2 threads"),
+            &by_threads[0],
+            &by_threads[1],
+        ) {
+            failures.push(e);
+        }
+        let plain = run_jit(&unoptimised, &inputs);
+        let what = format!("{name} batch {batch} without passes");
+        match compare_outputs(&what, &plain, &reference, rtol) {
+            Ok(worst) => eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})"),
+            Err(e) => failures.push(e),
+        }
+    }
+    failures
+}
+
+#[test]
+fn every_model_matches_the_interpreter() {
+    let files = model_files();
+    assert!(
+        files.len() >= 4,
+        "expected the example models, found {files:?}"
+    );
+    let mut failures = Vec::new();
+    let mut tested = 0;
+    for path in &files {
+        let Some(model) = load(path) else { continue };
+        failures.extend(check_model(&model));
+        tested += 1;
+    }
+    assert!(tested >= 3, "only {tested} models could be tested");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

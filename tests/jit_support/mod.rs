@@ -1,0 +1,278 @@
+//! Shared helpers for the JIT executor tests: comparing outputs with the
+//! interpreter's, bit-exact comparison across thread counts, and a small
+//! graph builder.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lamina::ir::{shape_rules, DType, Dim, Graph, NodeId, Op, TensorType};
+use lamina::runtime::exec::{CompileOptions, CompiledModel};
+use lamina::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Outputs in declaration order, as `run` and `interp::run` return them.
+pub type Outputs = Vec<(String, Tensor)>;
+
+/// How far a JIT value may be from the interpreter's: `|jit - interp|`
+/// at most `rtol` times the larger of the two magnitudes, or of the
+/// output's largest magnitude (so elements that cancel to nearly zero
+/// are judged against the scale of their tensor, not against themselves).
+/// NaN must meet NaN; infinities must be equal.
+/// Returns the worst relative error seen.
+pub fn compare(what: &str, jit: &Tensor, reference: &Tensor, rtol: f64) -> Result<f64, String> {
+    if jit.shape() != reference.shape() {
+        return Err(format!(
+            "{what}: shape {:?}, the interpreter gives {:?}",
+            jit.shape(),
+            reference.shape()
+        ));
+    }
+    if jit.dtype() != reference.dtype() {
+        return Err(format!(
+            "{what}: dtype {}, the interpreter gives {}",
+            jit.dtype(),
+            reference.dtype()
+        ));
+    }
+    let ours = jit.to_f64_vec();
+    let theirs = reference.to_f64_vec();
+    let scale = theirs
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&a, &b)) in ours.iter().zip(&theirs).enumerate() {
+        if a.is_nan() || b.is_nan() {
+            if a.is_nan() != b.is_nan() {
+                return Err(format!("{what} element {i}: jit {a}, interpreter {b}"));
+            }
+            continue;
+        }
+        if a.is_infinite() || b.is_infinite() {
+            if a != b {
+                return Err(format!("{what} element {i}: jit {a}, interpreter {b}"));
+            }
+            continue;
+        }
+        let bound = a.abs().max(b.abs()).max(scale);
+        let error = if bound == 0.0 {
+            0.0
+        } else {
+            (a - b).abs() / bound
+        };
+        if error > worst.0 {
+            worst = (error, i);
+        }
+    }
+    if worst.0 > rtol {
+        let i = worst.1;
+        return Err(format!(
+            "{what} element {i}: jit {}, interpreter {} (relative error {:.3e} > {rtol:e})",
+            ours[i], theirs[i], worst.0
+        ));
+    }
+    Ok(worst.0)
+}
+
+/// Compares whole output lists (names, order and values); returns the
+/// worst relative error of any output.
+pub fn compare_outputs(
+    what: &str,
+    jit: &Outputs,
+    reference: &Outputs,
+    rtol: f64,
+) -> Result<f64, String> {
+    if jit.len() != reference.len() {
+        return Err(format!(
+            "{what}: {} outputs, the interpreter gives {}",
+            jit.len(),
+            reference.len()
+        ));
+    }
+    let mut worst = 0.0f64;
+    for ((name, a), (ref_name, b)) in jit.iter().zip(reference) {
+        if name != ref_name {
+            return Err(format!(
+                "{what}: output `{name}` where the interpreter has `{ref_name}`"
+            ));
+        }
+        worst = worst.max(compare(&format!("{what} output `{name}`"), a, b, rtol)?);
+    }
+    Ok(worst)
+}
+
+/// The same bits everywhere (NaN payloads included), as runs with
+/// different thread counts must give.
+pub fn same_bits(what: &str, a: &Outputs, b: &Outputs) -> Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{what}: {} outputs vs {}", a.len(), b.len()));
+    }
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        if x.shape() != y.shape() || x.dtype() != y.dtype() {
+            return Err(format!("{what} output `{name}`: shapes or dtypes differ"));
+        }
+        let equal = match (x.data(), y.data()) {
+            (TensorData::F32(p), TensorData::F32(q)) => p
+                .iter()
+                .zip(q)
+                .position(|(u, v)| u.to_bits() != v.to_bits())
+                .map(|i| format!("element {i}: {:e} vs {:e}", p[i], q[i])),
+            (p, q) if p == q => None,
+            _ => Some("integer or bool values differ".to_string()),
+        };
+        if let Some(detail) = equal {
+            return Err(format!("{what} output `{name}` {detail}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn compile_plain(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    threads: usize,
+) -> CompiledModel {
+    CompiledModel::compile(graph, params, CompileOptions { threads })
+        .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
+}
+
+pub fn compile_all_passes(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    threads: usize,
+) -> CompiledModel {
+    lamina::compile::compile(graph, params, CompileOptions { threads })
+        .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
+        .0
+}
+
+pub fn random_f32(rng: &mut ChaCha8Rng, shape: Vec<usize>, low: f32, high: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::f32(shape, (0..n).map(|_| rng.random_range(low..high)).collect())
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// `"f32[batch, 784]"` -> a tensor type; integers are known dims, other
+/// names symbols.
+pub fn ty(text: &str) -> TensorType {
+    let (dtype, rest) = text.split_once('[').expect("type has [");
+    let dims = rest.trim_end_matches(']');
+    let shape = dims
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse::<usize>()
+                .map(Dim::known)
+                .unwrap_or_else(|_| Dim::symbol(d))
+        })
+        .collect();
+    TensorType::new(dtype.parse::<DType>().expect("dtype"), shape)
+}
+
+/// Builds well-typed graphs (every node typed by its shape rule) and the
+/// values of their parameters.
+pub struct Builder {
+    pub graph: Graph,
+    pub params: HashMap<String, Tensor>,
+}
+
+impl Builder {
+    pub fn new(name: &str) -> Builder {
+        Builder {
+            graph: Graph::new(name),
+            params: HashMap::new(),
+        }
+    }
+
+    pub fn input(&mut self, name: &str, t: &str) -> NodeId {
+        let id = self
+            .graph
+            .add_node(Op::Input { name: name.into() }, &[], ty(t), None);
+        self.graph.inputs.push(id);
+        id
+    }
+
+    /// A parameter with this value (its type is the value's).
+    pub fn param(&mut self, name: &str, value: Tensor) -> NodeId {
+        let t = TensorType::new(
+            value.dtype(),
+            value.shape().iter().map(|&d| Dim::known(d)).collect(),
+        );
+        self.params.insert(name.to_string(), value);
+        self.graph.add_node(
+            Op::Param {
+                name: name.into(),
+                init: None,
+            },
+            &[],
+            t,
+            None,
+        )
+    }
+
+    pub fn constant(&mut self, value: Tensor) -> NodeId {
+        let t = TensorType::new(
+            value.dtype(),
+            value.shape().iter().map(|&d| Dim::known(d)).collect(),
+        );
+        self.graph.add_node(
+            Op::Constant {
+                value: Arc::new(value),
+            },
+            &[],
+            t,
+            None,
+        )
+    }
+
+    pub fn scalar(&mut self, v: f32) -> NodeId {
+        self.constant(Tensor::scalar(v))
+    }
+
+    /// Adds `op` on `inputs`, typed by its shape rule (panics on a test's own
+    /// ill-typed graph).
+    pub fn op(&mut self, op: Op, inputs: &[NodeId]) -> NodeId {
+        self.try_op(op, inputs)
+            .unwrap_or_else(|e| panic!("test graph is ill-typed: {e}"))
+    }
+
+    /// Adds `op` when it is well-typed on `inputs`.
+    pub fn try_op(&mut self, op: Op, inputs: &[NodeId]) -> Result<NodeId, String> {
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.graph.node(i).ty).collect();
+        let t = shape_rules::infer(&op, &types).map_err(|e| e.to_string())?;
+        Ok(self.graph.add_node(op, inputs, t, None))
+    }
+
+    pub fn ty(&self, id: NodeId) -> &TensorType {
+        &self.graph.node(id).ty
+    }
+
+    pub fn output(&mut self, name: &str, id: NodeId) {
+        self.graph.outputs.push((name.into(), id));
+    }
+
+    pub fn finish(self) -> (Graph, HashMap<String, Tensor>) {
+        lamina::ir::verify::verify(&self.graph).expect("test graph verifies");
+        (self.graph, self.params)
+    }
+}
+
+/// Inputs for a graph in declaration order from a name -> tensor map.
+pub fn ordered<'a>(model: &CompiledModel, inputs: &'a HashMap<String, Tensor>) -> Vec<&'a Tensor> {
+    model.input_names().iter().map(|n| &inputs[*n]).collect()
+}
+
+/// An i64 tensor of ids in `0..bound`.
+pub fn random_ids(rng: &mut ChaCha8Rng, shape: Vec<usize>, bound: i64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(
+        shape,
+        TensorData::I64((0..n).map(|_| rng.random_range(0..bound)).collect()),
+    )
+}
