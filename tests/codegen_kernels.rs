@@ -954,8 +954,12 @@ struct MathCase {
     bound: f64,
 }
 
-/// The documented accuracy of the vector math. Relative error unless the
-/// reference is below `abs_below`, where the error is absolute (scaled).
+/// The documented accuracy of the vector math (the bounds in the
+/// `codegen` module docs). Relative error unless the reference is below
+/// `abs_below`, where the error is absolute (scaled by `abs_below`).
+/// Measured maxima with FMA on this machine: exp 8.3e-8, log 7.9e-8, tanh
+/// 1.35e-7, sigmoid 1.5e-7, erf 1.8e-7, gelu 4.8e-7, gelu_tanh 9.4e-7
+/// (1.3e-5 on [-9, -3]), sqrt/recip 6e-8 (correctly rounded), rsqrt 8.8e-8.
 fn math_cases() -> Vec<MathCase> {
     vec![
         // exp: relative over the whole normal-result range.
@@ -965,7 +969,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 88.5,
             reference: f64::exp,
             abs_below: 0.0,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         // log: relative; near x = 1 (|log x| < 1e-3) absolute 1e-10.
         MathCase {
@@ -974,7 +978,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 10.0,
             reference: f64::ln,
             abs_below: 1e-3,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         MathCase {
             op: UnaryOp::Log,
@@ -982,7 +986,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 1e30,
             reference: f64::ln,
             abs_below: 1e-3,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         MathCase {
             op: UnaryOp::Tanh,
@@ -990,7 +994,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 12.0,
             reference: f64::tanh,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         MathCase {
             op: UnaryOp::Sigmoid,
@@ -998,7 +1002,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 30.0,
             reference: sigmoid64,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         MathCase {
             op: UnaryOp::Erf,
@@ -1006,7 +1010,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 6.0,
             reference: erf64,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         // gelu: relative down to x = -10 (gelu(-10) = -7.6e-23).
         MathCase {
@@ -1015,7 +1019,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 12.0,
             reference: gelu64,
             abs_below: 0.0,
-            bound: 1e-6,
+            bound: 8e-7,
         },
         // gelu_tanh: x sigmoid(2u) has relative condition number ~2|u| in
         // u = 0.798 (x + 0.044715 x^3), which carries ~1e-7 rounding: the
