@@ -1889,3 +1889,41 @@ fn library_can_be_shared_across_threads_and_dropped() {
         drop(builder.finish().unwrap());
     }
 }
+
+#[test]
+fn disassembly_on_request_and_shared_pools() {
+    let options = CodegenOptions {
+        keep_disassembly: true,
+        ..CodegenOptions::default()
+    };
+    let mut builder = KernelLibraryBuilder::with_options(&options).unwrap();
+    let id = builder.add_gemm(Epilogue::none()).unwrap();
+    let lib = builder.finish().unwrap();
+    let main_kernel = lib
+        .kernels()
+        .iter()
+        .find(|k| k.name == "gemm_12x1")
+        .unwrap();
+    let asm = main_kernel.disassembly.as_deref().unwrap();
+    if lib.features().fma {
+        assert!(
+            asm.contains("vfmadd"),
+            "the micro-kernel uses fused multiply-adds:\n{asm}"
+        );
+    }
+    // A caller-owned rayon pool works like a dedicated one.
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let shared = Threads::from_pool(pool);
+    assert_eq!(shared.count(), 2);
+    let p = Problem::new(21, 200, 150, 130);
+    let a = run_gemm(&lib, id, &p, None, None, &shared);
+    let b = run_gemm(&lib, id, &p, None, None, &Threads::single());
+    assert!(bits_equal(&a, &b));
+    assert!(Threads::new(0).is_err());
+    assert_eq!(Threads::new(1).unwrap().count(), 1);
+}
