@@ -937,7 +937,7 @@ fn max_error(
         } else {
             (y as f64 - want).abs() / abs_below
         };
-        if !(err <= worst.0) {
+        if err.is_nan() || err > worst.0 {
             worst = (err, x);
         }
     }
@@ -1091,7 +1091,7 @@ fn check_math_bounds(options: &CodegenOptions, slack: f64) {
             case.lo,
             case.hi
         ));
-        if !(err <= case.bound * slack) {
+        if err.is_nan() || err > case.bound * slack {
             failures.push(format!(
                 "{} error {err:e} at {at} exceeds {:e}",
                 case.op.name(),
