@@ -124,8 +124,8 @@
 //! | sigmoid | [-87, 30] | 1.5e-7 | 3e-7 |
 //! | erf | [-6, 6] (relative, also near 0) | 1.8e-7 | 3e-7 |
 //! | gelu (erf) | [-10, 12] | 4.8e-7 | 8e-7 |
-//! | gelu_tanh | [-3, 12] | 9.4e-7 | 1e-6 |
-//! | gelu_tanh | [-9, -3] (ill-conditioned tail) | 1.3e-5 | 1.5e-5 |
+//! | gelu_tanh | [-3, 12] | 7.4e-7 | 1e-6 |
+//! | gelu_tanh | [-9, -3] (ill-conditioned tail) | 9.2e-6 | 1.5e-5 |
 //! | sqrt, recip | IEEE-exact | 6e-8 | 6e-8 |
 //! | rsqrt = 1 / sqrt | | 8.8e-8 | 1.2e-7 |
 //!
