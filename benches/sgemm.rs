@@ -91,14 +91,22 @@ fn table() {
 fn model_shapes() {
     let start = std::time::Instant::now();
     let mut builder = KernelLibraryBuilder::new().expect("host ISA");
-    println!("compile: ISA setup {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "compile: ISA setup {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let t = std::time::Instant::now();
     let plain = builder.add_gemm(Epilogue::none()).expect("compile");
     println!(
         "compile: first GEMM (the shared micro-kernels) {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    for activation in [None, Some(Activation::Relu), Some(Activation::Gelu), Some(Activation::Tanh)] {
+    for activation in [
+        None,
+        Some(Activation::Relu),
+        Some(Activation::Gelu),
+        Some(Activation::Tanh),
+    ] {
         let t = std::time::Instant::now();
         builder
             .add_gemm(Epilogue {
@@ -121,9 +129,21 @@ fn model_shapes() {
         t.elapsed().as_secs_f64() * 1e3,
         start.elapsed().as_secs_f64() * 1e3
     );
-    let pools = [(1usize, Threads::single()), (2, Threads::new(2).expect("pool"))];
-    println!("{:>18} {:>8} {:>12} {:>10}", "m x k x n", "threads", "median us", "GF/s");
-    for (m, k, n) in [(1, 784, 512), (8, 784, 512), (64, 784, 512), (128, 256, 768), (128, 1024, 256)] {
+    let pools = [
+        (1usize, Threads::single()),
+        (2, Threads::new(2).expect("pool")),
+    ];
+    println!(
+        "{:>18} {:>8} {:>12} {:>10}",
+        "m x k x n", "threads", "median us", "GF/s"
+    );
+    for (m, k, n) in [
+        (1, 784, 512),
+        (8, 784, 512),
+        (64, 784, 512),
+        (128, 256, 768),
+        (128, 1024, 256),
+    ] {
         let a = values(m * k, 3);
         let b = values(k * n, 4);
         let packed = PackedB::pack(&MatrixRef::row_major(&b, k, n).unwrap());

@@ -932,12 +932,14 @@ fn max_error(
     let mut worst = (0.0f64, 0.0f32);
     for (&y, &x) in got.iter().zip(xs) {
         let want = reference(x as f64);
-        let err = if want.abs() >= abs_below {
+        let err = if y as f64 == want {
+            0.0
+        } else if want.abs() >= abs_below && want != 0.0 {
             ((y as f64 - want) / want).abs()
         } else {
-            (y as f64 - want).abs() / abs_below
+            (y as f64 - want).abs() / abs_below.max(f64::MIN_POSITIVE)
         };
-        if !(err <= worst.0) {
+        if err.is_nan() || err > worst.0 {
             worst = (err, x);
         }
     }
@@ -954,8 +956,12 @@ struct MathCase {
     bound: f64,
 }
 
-/// The documented accuracy of the vector math. Relative error unless the
-/// reference is below `abs_below`, where the error is absolute (scaled).
+/// The documented accuracy of the vector math (the bounds in the
+/// `codegen` module docs). Relative error unless the reference is below
+/// `abs_below`, where the error is absolute (scaled by `abs_below`).
+/// Measured maxima with FMA on this machine: exp 8.3e-8, log 7.9e-8, tanh
+/// 1.35e-7, sigmoid 1.5e-7, erf 1.8e-7, gelu 4.8e-7, gelu_tanh 7.4e-7
+/// (9.2e-6 on [-9, -3]), sqrt/recip 6e-8 (correctly rounded), rsqrt 8.8e-8.
 fn math_cases() -> Vec<MathCase> {
     vec![
         // exp: relative over the whole normal-result range.
@@ -965,7 +971,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 88.5,
             reference: f64::exp,
             abs_below: 0.0,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         // log: relative; near x = 1 (|log x| < 1e-3) absolute 1e-10.
         MathCase {
@@ -974,7 +980,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 10.0,
             reference: f64::ln,
             abs_below: 1e-3,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         MathCase {
             op: UnaryOp::Log,
@@ -982,7 +988,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 1e30,
             reference: f64::ln,
             abs_below: 1e-3,
-            bound: 3e-7,
+            bound: 2e-7,
         },
         MathCase {
             op: UnaryOp::Tanh,
@@ -990,7 +996,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 12.0,
             reference: f64::tanh,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         MathCase {
             op: UnaryOp::Sigmoid,
@@ -998,7 +1004,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 30.0,
             reference: sigmoid64,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         MathCase {
             op: UnaryOp::Erf,
@@ -1006,7 +1012,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 6.0,
             reference: erf64,
             abs_below: 0.0,
-            bound: 5e-7,
+            bound: 3e-7,
         },
         // gelu: relative down to x = -10 (gelu(-10) = -7.6e-23).
         MathCase {
@@ -1015,7 +1021,7 @@ fn math_cases() -> Vec<MathCase> {
             hi: 12.0,
             reference: gelu64,
             abs_below: 0.0,
-            bound: 1e-6,
+            bound: 8e-7,
         },
         // gelu_tanh: x sigmoid(2u) has relative condition number ~2|u| in
         // u = 0.798 (x + 0.044715 x^3), which carries ~1e-7 rounding: the
@@ -1087,7 +1093,7 @@ fn check_math_bounds(options: &CodegenOptions, slack: f64) {
             case.lo,
             case.hi
         ));
-        if !(err <= case.bound * slack) {
+        if err.is_nan() || err > case.bound * slack {
             failures.push(format!(
                 "{} error {err:e} at {at} exceeds {:e}",
                 case.op.name(),
@@ -1884,4 +1890,42 @@ fn library_can_be_shared_across_threads_and_dropped() {
             .unwrap();
         drop(builder.finish().unwrap());
     }
+}
+
+#[test]
+fn disassembly_on_request_and_shared_pools() {
+    let options = CodegenOptions {
+        keep_disassembly: true,
+        ..CodegenOptions::default()
+    };
+    let mut builder = KernelLibraryBuilder::with_options(&options).unwrap();
+    let id = builder.add_gemm(Epilogue::none()).unwrap();
+    let lib = builder.finish().unwrap();
+    let main_kernel = lib
+        .kernels()
+        .iter()
+        .find(|k| k.name == "gemm_12x1")
+        .unwrap();
+    let asm = main_kernel.disassembly.as_deref().unwrap();
+    if lib.features().fma {
+        assert!(
+            asm.contains("vfmadd"),
+            "the micro-kernel uses fused multiply-adds:\n{asm}"
+        );
+    }
+    // A caller-owned rayon pool works like a dedicated one.
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let shared = Threads::from_pool(pool);
+    assert_eq!(shared.count(), 2);
+    let p = Problem::new(21, 200, 150, 130);
+    let a = run_gemm(&lib, id, &p, None, None, &shared);
+    let b = run_gemm(&lib, id, &p, None, None, &Threads::single());
+    assert!(bits_equal(&a, &b));
+    assert!(Threads::new(0).is_err());
+    assert_eq!(Threads::new(1).unwrap().count(), 1);
 }

@@ -52,7 +52,7 @@ const EXP_POLY: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5e-1,
 ];
 
 /// log(1+f) = f - f^2/2 + f^3 * P(f) on sqrt(1/2)-1 <= f < sqrt(2)-1.
@@ -71,17 +71,19 @@ const LOG_POLY: [f32; 9] = [
 /// tanh(x) = x + x^3 * P(x^2) on |x| < 0.625.
 const TANH_POLY: [f32; 5] = [
     -5.704_988_7e-3,
-    2.063_908_9e-2,
+    2.063_909e-2,
     -5.373_971_6e-2,
     1.333_144_2e-1,
-    -3.333_328_2e-1,
+    -3.333_328e-1,
 ];
 
 // The erf/erfc polynomials below were fitted for this crate (iteratively
 // reweighted least squares towards minimax relative error, in f64, then
 // rounded to f32), highest power first.
 
-/// erf(x) = x * P(x^2) on |x| <= 1; fit error 1.2e-9 relative.
+/// erf(x) = x * P(x^2) on |x| <= 1; fit error 1.2e-9 relative. (The
+/// constant term is the fitted value, one ulp from 2/sqrt(pi).)
+#[allow(clippy::approx_constant)]
 const ERF_SMALL: [f32; 7] = [
     7.853_847e-5,
     -8.010_189e-4,
@@ -111,7 +113,7 @@ const ERFC_Q: [f32; 9] = [
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// sqrt(2 / pi), for the tanh form of GELU.
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 /// Where a function's vector constants live: the module's constant table,
 /// reached through the function's global value for it.
@@ -392,9 +394,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.max_keep_nan(x, zero)
     }
 
-    /// e^x. Max relative error about 2 ulp for results in the normal range
-    /// (|x| <= 87.3); results below 2^-126 lose precision as subnormals and
-    /// flush to 0 below e^-104; overflow gives +inf; NaN stays NaN.
+    /// e^x: Cephes-style reduction x = n ln2 + r (ln2 in two parts),
+    /// degree-5 polynomial, 2^n built in two exponent factors. Measured max
+    /// relative error 8.3e-8 on [-87, 88.5] (normal results); results below
+    /// 2^-126 lose precision as subnormals and flush to 0 below e^-104;
+    /// overflow gives +inf; NaN stays NaN.
     pub(crate) fn exp(&mut self, x: Value) -> Value {
         let x = self.clamp_keep_nan(x, -104.0, 89.0);
         let log2e = self.splat_f(LOG2E);
@@ -429,9 +433,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.bits_to_f32(bits)
     }
 
-    /// Natural log. Max relative error about 2 ulp away from x = 1 and
-    /// absolute error below 1e-7 near it; log(0) = -inf, log(x<0) = NaN,
-    /// log(inf) = inf; subnormal inputs are handled.
+    /// Natural log: exponent/mantissa split (mantissa in [sqrt(1/2),
+    /// sqrt 2)), degree-8 polynomial for log(1+f). Measured max relative
+    /// error 7.9e-8 on [1e-30, 1e30] where |log x| >= 1e-3, absolute below
+    /// 3e-10 nearer x = 1; log(0) = -inf, log(x<0) = NaN, log(inf) = inf;
+    /// subnormal inputs are handled.
     pub(crate) fn log(&mut self, x: Value) -> Value {
         let is_subnormal = self.fcmp_const(FloatCC::LessThan, x, f32::MIN_POSITIVE);
         let scaled = self.mul_const(x, 8_388_608.0); // 2^23
@@ -485,7 +491,8 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.select(is_inf, inf, r)
     }
 
-    /// tanh. Polynomial below |x| = 0.625, `1 - 2 / (e^{2|x|} + 1)` above.
+    /// tanh: odd polynomial below |x| = 0.625, `1 - 2 / (e^{2|x|} + 1)`
+    /// above. Measured max relative error 1.35e-7 on [-12, 12].
     pub(crate) fn tanh(&mut self, x: Value) -> Value {
         let a = self.abs(x);
         let z = self.mul(x, x);
@@ -503,7 +510,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.select(is_small, small, large)
     }
 
-    /// 1 / (1 + e^-x).
+    /// 1 / (1 + e^-x). Measured max relative error 1.5e-7 on [-87, 30].
     pub(crate) fn sigmoid(&mut self, x: Value) -> Value {
         let nx = self.neg(x);
         let e = self.exp(nx);
@@ -529,8 +536,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.mul(e, tq)
     }
 
-    /// erf: `x P(x^2)` below |x| = 1, `1 - erfc(|x|)` above. Relative
-    /// error about 2e-7 everywhere (erf(x) rounds to +-1 for |x| > 3.9).
+    /// erf: `x P(x^2)` below |x| = 1, `1 - erfc(|x|)` above. Measured max
+    /// relative error 1.8e-7 on [-6, 6] (erf(x) rounds to +-1 for |x| > 3.9),
+    /// including near 0 (no absolute-error exception needed).
     pub(crate) fn erf(&mut self, x: Value) -> Value {
         let a = self.abs(x);
         let s = self.mul(a, a);
@@ -551,6 +559,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     /// `0.5 x erfc(z)` for x < 0 and `0.5 x (2 - erfc(z))` for x >= 0 with
     /// z = |x| / sqrt 2: no cancellation anywhere, and e^{-x^2/2} comes
     /// from an exact x^2, so the negative tail keeps its relative accuracy.
+    /// Measured max relative error 4.8e-7 on [-10, 12] (gelu(-10) = -7.6e-23).
     pub(crate) fn gelu(&mut self, x: Value) -> Value {
         let xc = self.clamp_keep_nan(x, -14.0, 14.0);
         let ac = self.abs(xc);
@@ -573,14 +582,21 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 
     /// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as
-    /// x / (1 + e^{-2u}) to avoid cancellation for negative x.
+    /// x / (1 + e^{-2u}) to avoid cancellation for negative x. Measured
+    /// max relative error 7.4e-7 on [-3, 12]; below -3 the function is
+    /// ill-conditioned in f32 (relative condition ~2|u|, and u itself
+    /// carries ~1e-7 rounding): 9.2e-6 on [-9, -3], where |result| < 4e-3.
     pub(crate) fn gelu_tanh(&mut self, x: Value) -> Value {
+        // -2u = x (a + b x^2) with the constants folded in f64: three
+        // roundings instead of five (the tail's error is proportional).
+        let a = (-2.0 * SQRT_2_OVER_PI) as f32;
+        let b = (-2.0 * SQRT_2_OVER_PI * 0.044_715) as f32;
         let x2 = self.mul(x, x);
         let one = self.splat_f(1.0);
-        let c = self.splat_f(0.044_715);
-        let inner = self.mul_add(x2, c, one);
-        let u = self.mul(x, inner);
-        let minus_two_u = self.mul_const(u, -2.0 * SQRT_2_OVER_PI);
+        let a = self.splat_f(a);
+        let b = self.splat_f(b);
+        let inner = self.mul_add(x2, b, a);
+        let minus_two_u = self.mul(x, inner);
         let e = self.exp(minus_two_u);
         let d = self.add(e, one);
         let r = self.div(x, d);

@@ -1,9 +1,17 @@
 //! f32 GEMM, `C[m,n] = epilogue(A[m,k] @ B[k,n])`, row-major C.
 //!
-//! The micro-kernels (see `microkernel.rs`) depend only on the epilogue;
-//! K, N and the blocking live in the packed B and the Rust driver here, so
-//! one set of compiled kernels serves every layer with the same epilogue.
-//! The driver validates every slice length before any JIT code runs.
+//! The micro-kernels (see `microkernel.rs`) depend on neither the shapes
+//! nor the epilogue (runtime flags; transcendental activations run in a
+//! small per-activation tile pass right after the last K block). K, N and
+//! the K blocking are fixed by the packed B (packed once per weight), M
+//! comes with each call; the Rust driver here does the M/N blocking, packs
+//! A panels, splits work over threads and validates every slice length
+//! before any JIT code runs.
+//!
+//! Loop order per task (a range of rows x a range of B panels): M blocks
+//! of `MC` rows; inside, every K block; inside, 12-row panels of A (packed
+//! `[kc][12]`, 12 KiB, stays in L1); inside, the task's B panels (the
+//! task's B columns for all K blocks are sized to stay in L2).
 
 mod microkernel;
 mod pack;
@@ -36,8 +44,9 @@ const B_BLOCK_BUDGET: usize = 512 * 1024;
 fn nc_panels(k: usize) -> usize {
     (B_BLOCK_BUDGET / (k.max(1) * PANEL_WIDTH * 4)).clamp(16, 64)
 }
+
 /// Rows of C per M block: an `MC x 256` tile of C (96 KiB) stays in L2
-/// next to the 256 KiB block of B while all K blocks update it.
+/// next to the task's B while all K blocks update it.
 const MC: usize = 96;
 /// Below this many flops a call stays on the calling thread (waking a pool
 /// thread costs several microseconds on this machine).

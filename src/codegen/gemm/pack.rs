@@ -124,7 +124,7 @@ impl<'a> MatrixRef<'a> {
 /// Packs rows `i0..i0 + r` and depth `k0..k0 + dst.len() / r` of `a` into
 /// `dst` as `[kc][r]`.
 pub(crate) fn pack_a_panel(a: &MatrixRef<'_>, i0: usize, r: usize, k0: usize, dst: &mut [f32]) {
-    debug_assert!(r > 0 && dst.len() % r == 0);
+    debug_assert!(r > 0 && dst.len().is_multiple_of(r));
     let kc = dst.len() / r;
     if kc == 0 {
         return;
