@@ -20,7 +20,7 @@ mod plan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use plan::{GemmB, Loc, Plan, Planner, Step, MAX_OPERANDS};
+use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::{
     BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, MatrixRef, PackedB, PackedBRef,
@@ -173,6 +173,22 @@ impl CompiledModel {
         self.plans.lock().expect("plan cache lock").len()
     }
 
+    /// How many kernel libraries those plans compiled (plans that needed
+    /// no new kernel share an earlier plan's): for tests and diagnostics.
+    pub fn kernel_library_count(&self) -> usize {
+        let plans = self.plans.lock().expect("plan cache lock");
+        let mut distinct: Vec<&Arc<KernelSet>> = Vec::new();
+        for cached in plans.iter() {
+            if !distinct
+                .iter()
+                .any(|k| Arc::ptr_eq(k, &cached.plan.kernels))
+            {
+                distinct.push(&cached.plan.kernels);
+            }
+        }
+        distinct.len()
+    }
+
     /// Input names in declaration order (the order `run_into` takes them).
     pub fn input_names(&self) -> Vec<&str> {
         self.graph
@@ -215,11 +231,22 @@ impl CompiledModel {
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
         };
+        // Kernel sets of earlier plans, newest first, each once.
+        let mut reusable: Vec<Arc<KernelSet>> = Vec::new();
+        for cached in plans.iter().rev() {
+            if !reusable
+                .iter()
+                .any(|k| Arc::ptr_eq(k, &cached.plan.kernels))
+            {
+                reusable.push(cached.plan.kernels.clone());
+            }
+        }
         let plan = planner.build(
             inputs
                 .iter()
                 .map(|t| (t.dtype(), t.shape().to_vec()))
                 .collect(),
+            &reusable,
         )?;
         let cached = Arc::new(CachedPlan {
             plan: Arc::new(plan),
@@ -242,8 +269,8 @@ impl CompiledModel {
                     .sum::<usize>(),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
-            kernels: plan.kernels.kernels().len(),
-            clif: plan.kernels.clif_text(),
+            kernels: plan.kernels.library.kernels().len(),
+            clif: plan.kernels.library.clif_text(),
         })
     }
 
@@ -387,7 +414,7 @@ impl CompiledModel {
                         residual: residual.map(|l| mem.f32(l)),
                         c: mem.f32_mut(*out),
                     };
-                    plan.kernels.gemm(*kernel, args, threads)?;
+                    plan.kernels.library.gemm(*kernel, args, threads)?;
                 }
                 Step::BatchedMatMul {
                     kernel,
@@ -408,7 +435,9 @@ impl CompiledModel {
                         transpose_b: *transpose_b,
                         c: mem.f32_mut(*out),
                     };
-                    plan.kernels.batched_matmul(*kernel, args, threads)?;
+                    plan.kernels
+                        .library
+                        .batched_matmul(*kernel, args, threads)?;
                 }
                 Step::Elementwise {
                     kernel,
@@ -431,7 +460,7 @@ impl CompiledModel {
                         out_shape,
                         inputs: &views[..operands.len()],
                     };
-                    plan.kernels.elementwise(*kernel, args, threads)?;
+                    plan.kernels.library.elementwise(*kernel, args, threads)?;
                 }
                 Step::Row {
                     kernel,
@@ -450,7 +479,7 @@ impl CompiledModel {
                         gain: gain.map(|l| mem.f32(l)),
                         bias: bias.map(|l| mem.f32(l)),
                     };
-                    plan.kernels.row_kernel(*kernel, args, threads)?;
+                    plan.kernels.library.row_kernel(*kernel, args, threads)?;
                 }
                 Step::Copy { x, walk, out } => walk.copy(mem.f32(*x), mem.f32_mut(*out)),
                 Step::Concat { parts, outer, out } => {
