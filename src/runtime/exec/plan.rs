@@ -14,7 +14,8 @@ use crate::codegen::{
     packed_b_len, CodegenError, ElementwiseId, Epilogue, GemmId, InnerStride, KernelLibrary,
     KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
-use crate::ir::{DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+use crate::ir::{Bindings, DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+use crate::tensor::Tensor;
 
 /// Steps read at most this many operands natively (views live on the stack).
 pub const MAX_OPERANDS: usize = 16;
@@ -121,6 +122,8 @@ pub enum Step {
 
 pub struct Plan {
     pub input_shapes: Vec<(DType, Vec<usize>)>,
+    /// Every symbol's value in this plan (from the inputs and `fixed`).
+    pub bindings: Bindings,
     /// Possibly shared with other plans of the same model.
     pub kernels: Arc<KernelSet>,
     pub steps: Vec<Step>,
@@ -271,7 +274,10 @@ impl Kernels {
 }
 
 pub struct Planner<'a> {
+    /// The concrete graph.
     pub graph: &'a Graph,
+    pub bindings: &'a Bindings,
+    pub weights: &'a [Arc<Tensor>],
     pub weight_index: &'a HashMap<NodeId, usize>,
     pub prepacked: &'a HashMap<NodeId, PackedB>,
 }
@@ -307,7 +313,21 @@ impl Planner<'_> {
                         .expect("input nodes are listed");
                     loc.insert(id, Loc::Input(i));
                 }
-                Op::Param { .. } | Op::Constant { .. } => {
+                Op::Param { name, .. } => {
+                    // Kernels trust the concrete types; a weight whose shape
+                    // differs (a `fixed` binding contradicting it) must stop here.
+                    let w = self.weight_index[&id];
+                    let value = &self.weights[w];
+                    if value.dtype() != node.ty.dtype || value.shape() != shape(g, id).as_slice() {
+                        return Err(ExecError::ParamType {
+                            name: name.clone(),
+                            declared: node.ty.to_string(),
+                            actual: format!("{}{:?}", value.dtype(), value.shape()),
+                        });
+                    }
+                    loc.insert(id, Loc::Weight(w));
+                }
+                Op::Constant { .. } => {
                     loc.insert(id, Loc::Weight(self.weight_index[&id]));
                 }
                 _ => {
@@ -430,6 +450,7 @@ impl Planner<'_> {
             .collect();
         Ok(Plan {
             input_shapes,
+            bindings: self.bindings.clone(),
             kernels,
             steps,
             arena_len,
@@ -537,6 +558,13 @@ impl Planner<'_> {
             None => GemmB::Prepacked(id),
         };
         let step = match &node.op {
+            // The GEMM driver takes a 2-D right operand and the activations
+            // its epilogue implements; anything else runs on the interpreter.
+            Op::FusedLinear { epilogue, .. }
+                if in_shape(1).len() != 2 || Epilogue::from_ir(epilogue).is_err() =>
+            {
+                fallback()
+            }
             Op::FusedLinear {
                 transpose_b,
                 epilogue,
@@ -556,7 +584,7 @@ impl Planner<'_> {
                 Step::Gemm {
                     kernel: kernels.gemm(Epilogue::from_ir(epilogue)?)?,
                     a: at(0),
-                    m: numel(&a) / k.max(1),
+                    m: numel(&out_shape[..out_shape.len() - 1]),
                     k,
                     n,
                     transpose_a: false,
@@ -580,7 +608,7 @@ impl Planner<'_> {
                 Step::Gemm {
                     kernel: kernels.gemm(Epilogue::none())?,
                     a: at(0),
-                    m: numel(&out_shape) / n.max(1),
+                    m: numel(&out_shape[..out_shape.len() - 1]),
                     k,
                     n,
                     transpose_a: *transpose_a,
@@ -675,7 +703,10 @@ impl Planner<'_> {
             }
             Op::Reduce { op, axes, .. } if all_f32 => {
                 let x = in_shape(0);
-                if axes.as_slice() == [x.len() - 1] && x[x.len() - 1] > 0 {
+                let over_last = x
+                    .last()
+                    .is_some_and(|&len| len > 0 && axes.as_slice() == [x.len() - 1]);
+                if over_last {
                     let row_len = x[x.len() - 1];
                     Step::Row {
                         kernel: kernels.row(RowOp::Reduce(*op))?,
