@@ -855,6 +855,50 @@ proptest! {
     }
 }
 
+/// Thread counts must not change a bit. Batches of 1500 to 3000 make every kind
+/// of step big enough to split across threads (elementwise and row
+/// kernels from 32768 elements, GEMMs from 2^18 flops, batched matmuls
+/// over their batch entries).
+fn check_threads_agree(
+    seed: u64,
+    recipe: &[u8],
+    outputs: usize,
+    batch: usize,
+) -> Result<(), TestCaseError> {
+    let (graph, params) = generate(seed, recipe, outputs);
+    let feed = inputs(seed, batch);
+    for with_passes in [false, true] {
+        let compile = if with_passes {
+            compile_all_passes
+        } else {
+            compile_plain
+        };
+        let one = run(&compile(&graph, &params, 1), &feed)?;
+        let two = run(&compile(&graph, &params, 2), &feed)?;
+        same_bits(
+            &format!("passes: {with_passes}, 1 vs 2 threads"),
+            &one,
+            &two,
+        )
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", lamina::ir::printer::print(&graph))))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(12), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_graphs_give_the_same_bits_on_1_and_2_threads(
+        seed in any::<u64>(),
+        recipe in prop::collection::vec(any::<u8>(), 4..16),
+        outputs in 1usize..4,
+        batch in 1500usize..3000,
+    ) {
+        check_threads_agree(seed, &recipe, outputs, batch)?;
+    }
+}
+
 /// Every kind of step shows up over a fixed set of seeds, so the property
 /// above does exercise them.
 #[test]
