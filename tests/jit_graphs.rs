@@ -855,6 +855,50 @@ proptest! {
     }
 }
 
+/// Thread counts must not change a bit. Batches of 1500 to 3000 make every kind
+/// of step big enough to split across threads (elementwise and row
+/// kernels from 32768 elements, GEMMs from 2^18 flops, batched matmuls
+/// over their batch entries).
+fn check_threads_agree(
+    seed: u64,
+    recipe: &[u8],
+    outputs: usize,
+    batch: usize,
+) -> Result<(), TestCaseError> {
+    let (graph, params) = generate(seed, recipe, outputs);
+    let feed = inputs(seed, batch);
+    for with_passes in [false, true] {
+        let compile = if with_passes {
+            compile_all_passes
+        } else {
+            compile_plain
+        };
+        let one = run(&compile(&graph, &params, 1), &feed)?;
+        let two = run(&compile(&graph, &params, 2), &feed)?;
+        same_bits(
+            &format!("passes: {with_passes}, 1 vs 2 threads"),
+            &one,
+            &two,
+        )
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", lamina::ir::printer::print(&graph))))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(12), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_graphs_give_the_same_bits_on_1_and_2_threads(
+        seed in any::<u64>(),
+        recipe in prop::collection::vec(any::<u8>(), 4..16),
+        outputs in 1usize..4,
+        batch in 1500usize..3000,
+    ) {
+        check_threads_agree(seed, &recipe, outputs, batch)?;
+    }
+}
+
 /// Every kind of step shows up over a fixed set of seeds, so the property
 /// above does exercise them.
 #[test]
@@ -894,4 +938,120 @@ fn the_generator_reaches_every_op() {
             "no generated graph has `{op}`: {seen:?}"
         );
     }
+}
+
+/// Every GEMM form the executor plans, on one `m x k @ k x n` shape:
+/// weights (packed once) in both layouts with and without an epilogue,
+/// activation right operands (packed per run) in both layouts, a
+/// transposed left operand, rank-3 left operands (M folds the batch), and
+/// batched matmuls with transposes.
+fn gemm_graph(k: usize, n: usize, rng: &mut ChaCha8Rng) -> (Graph, HashMap<String, Tensor>) {
+    let mut b = Builder::new("gemm");
+    let a = b.input("a", &format!("f32[m, {k}]"));
+    let at = b.input("at", &format!("f32[{k}, m]"));
+    let act_b = b.input("b", &format!("f32[{k}, {n}]"));
+    let act_bt = b.input("bt", &format!("f32[{n}, {k}]"));
+    let a3 = b.input("a3", &format!("f32[2, m, {k}]"));
+    let at3 = b.input("at3", &format!("f32[2, {k}, m]"));
+    let bt3 = b.input("bt3", &format!("f32[2, {n}, {k}]"));
+    let w = b.param("w", jit_support::random_f32(rng, vec![k, n], -1.0, 1.0));
+    let wt = b.param("wt", jit_support::random_f32(rng, vec![n, k], -1.0, 1.0));
+    let bias = b.param("bias", jit_support::random_f32(rng, vec![n], -1.0, 1.0));
+    let fused = |activation, bias: bool, residual: bool, transpose_b| Op::FusedLinear {
+        transpose_b,
+        epilogue: LinearEpilogue {
+            bias,
+            activation,
+            residual,
+        },
+    };
+    let plain = b.op(mm(false, false), &[a, w]);
+    b.output("weight", plain);
+    let torch = b.op(
+        fused(Some(UnaryOp::Gelu), true, true, true),
+        &[a, wt, bias, plain],
+    );
+    b.output("weight_t_bias_gelu_residual", torch);
+    let o = b.op(mm(false, false), &[a, act_b]);
+    b.output("activation", o);
+    let o = b.op(mm(false, true), &[a, act_bt]);
+    b.output("activation_t", o);
+    let o = b.op(mm(true, false), &[at, w]);
+    b.output("transposed_a", o);
+    let rank3 = b.op(mm(false, false), &[a3, w]);
+    b.output("rank3_weight", rank3);
+    // (The epilogue of the other fused layer: one more kernel set costs
+    // compile time and covers nothing new.)
+    let o = b.op(
+        fused(Some(UnaryOp::Gelu), true, true, false),
+        &[a3, act_b, bias, rank3],
+    );
+    b.output("rank3_activation_bias_gelu_residual", o);
+    let o = b.op(mm(false, true), &[a3, bt3]);
+    b.output("batched_t", o);
+    let o = b.op(mm(true, false), &[at3, act_b]);
+    b.output("batched_transposed_a", o);
+    b.finish()
+}
+
+fn gemm_inputs(m: usize, k: usize, n: usize, rng: &mut ChaCha8Rng) -> HashMap<String, Tensor> {
+    let mut t = |shape: Vec<usize>| jit_support::random_f32(rng, shape, -1.0, 1.0);
+    HashMap::from([
+        ("a".to_string(), t(vec![m, k])),
+        ("at".to_string(), t(vec![k, m])),
+        ("b".to_string(), t(vec![k, n])),
+        ("bt".to_string(), t(vec![n, k])),
+        ("a3".to_string(), t(vec![2, m, k])),
+        ("at3".to_string(), t(vec![2, k, m])),
+        ("bt3".to_string(), t(vec![2, n, k])),
+    ])
+}
+
+/// m, n and k over {1, 3, 17, 127, 1000}: every combination up to 2.2M
+/// multiply-adds, and two large ones with every size at 1000 somewhere.
+/// Accumulating K = 1000 in f32 is a long reduction: 1e-4.
+#[test]
+fn gemm_edge_shapes_match_the_interpreter() {
+    const SIZES: [usize; 5] = [1, 3, 17, 127, 1000];
+    let mut rng = jit_support::rng(0x6e33);
+    let mut failures = Vec::new();
+    let started = std::time::Instant::now();
+    for k in SIZES {
+        for n in SIZES {
+            let ms: Vec<usize> = SIZES
+                .into_iter()
+                .filter(|&m| {
+                    m * n * k <= 2_200_000
+                        || (m, n, k) == (1000, 1000, 17)
+                        || (m, n, k) == (17, 1000, 1000)
+                })
+                .collect();
+            if ms.is_empty() {
+                continue;
+            }
+            let (graph, params) = gemm_graph(k, n, &mut rng);
+            let single = compile_plain(&graph, &params, 1);
+            let double = compile_plain(&graph, &params, 2);
+            for m in ms {
+                let feed = gemm_inputs(m, k, n, &mut rng);
+                let reference = interp::run(&graph, &params, &feed, &Bindings::new())
+                    .expect("interpreter runs");
+                let rtol = if k > 256 { 1e-4 } else { 1e-5 };
+                let what = format!("m={m} n={n} k={k}");
+                let ours = single.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
+                if let Err(e) = compare_outputs(&what, &ours, &reference, rtol) {
+                    failures.push(e);
+                }
+                // Big enough to split across threads: must give the same bits.
+                if 2 * m * n * k >= 1 << 20 {
+                    let theirs = double.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    if let Err(e) = same_bits(&format!("{what}: 1 vs 2 threads"), &ours, &theirs) {
+                        failures.push(e);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("gemm shapes: {:.1?}", started.elapsed());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -256,6 +256,15 @@ fn check_model(model: &Model) -> Vec<String> {
             if let Err(e) = same_bits(&format!("{what}, second call"), &first, &again) {
                 failures.push(e);
             }
+            // Kernels depend on expressions and strides, not on sizes: the
+            // second batch size shares the first one's kernels.
+            if compiled.kernel_library_count() != 1 {
+                failures.push(format!(
+                    "{what}: {} kernel libraries for {} batch sizes",
+                    compiled.kernel_library_count(),
+                    round + 1
+                ));
+            }
             if compiled.plan_count() != round + 1 {
                 failures.push(format!(
                     "{what}: {} plans after {} batch sizes (each size once, reused after)",

@@ -276,3 +276,120 @@ pub fn random_ids(rng: &mut ChaCha8Rng, shape: Vec<usize>, bound: i64) -> Tensor
         TensorData::I64((0..n).map(|_| rng.random_range(0..bound)).collect()),
     )
 }
+
+fn matmul(transpose_a: bool, transpose_b: bool) -> Op {
+    Op::MatMul {
+        transpose_a,
+        transpose_b,
+    }
+}
+
+/// `x @ W^T + b` with `W` stored `[d_out, d_in]` like PyTorch.
+fn torch_linear(
+    b: &mut Builder,
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    x: NodeId,
+    d_in: usize,
+    d_out: usize,
+) -> NodeId {
+    use lamina::ir::BinaryOp;
+    let s = (1.0 / d_in as f32).sqrt();
+    let w = b.param(
+        &format!("{name}.weight"),
+        random_f32(rng, vec![d_out, d_in], -s, s),
+    );
+    let bias = b.param(&format!("{name}.bias"), random_f32(rng, vec![d_out], -s, s));
+    let y = b.op(matmul(false, true), &[x, w]);
+    b.op(Op::Binary(BinaryOp::Add), &[y, bias])
+}
+
+fn layer_norm(b: &mut Builder, rng: &mut ChaCha8Rng, name: &str, x: NodeId, d: usize) -> NodeId {
+    let gain = b.param(
+        &format!("{name}.weight"),
+        random_f32(rng, vec![d], 0.9, 1.1),
+    );
+    let bias = b.param(&format!("{name}.bias"), random_f32(rng, vec![d], -0.1, 0.1));
+    let axis = b.ty(x).rank() - 1;
+    b.op(
+        Op::LayerNorm {
+            axis,
+            eps: lamina::ir::Float(1e-5),
+        },
+        &[x, gain, bias],
+    )
+}
+
+/// A small post-norm transformer encoder block on `x: f32[batch, seq, 32]`:
+/// 4 heads of 8 (projections stored `[out, in]` like PyTorch, batched
+/// `q k^T`, softmax, `p v`), residuals with layer norms, a GELU
+/// feed-forward of 64. Output `y: f32[batch, seq, 32]`.
+pub fn transformer_block(seed: u64) -> (Graph, HashMap<String, Tensor>) {
+    use lamina::ir::{BinaryOp, UnaryOp};
+    const D: usize = 32;
+    const HEADS: usize = 4;
+    const HEAD: usize = 8;
+    const FFN: usize = 64;
+    let mut rng = rng(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new("transformer_block");
+    let x = b.input("x", &format!("f32[batch, seq, {D}]"));
+    let (batch, seq) = (Dim::symbol("batch"), Dim::symbol("seq"));
+    let q = torch_linear(&mut b, rng, "q", x, D, D);
+    let k = torch_linear(&mut b, rng, "k", x, D, D);
+    let v = torch_linear(&mut b, rng, "v", x, D, D);
+    let heads = |b: &mut Builder, t: NodeId| {
+        let split = b.op(
+            Op::Reshape {
+                shape: vec![batch.clone(), seq.clone(), HEADS.into(), HEAD.into()],
+            },
+            &[t],
+        );
+        b.op(
+            Op::Permute {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[split],
+        )
+    };
+    let (qh, kh, vh) = (heads(&mut b, q), heads(&mut b, k), heads(&mut b, v));
+    let scores = b.op(matmul(false, true), &[qh, kh]);
+    let inv_sqrt = b.scalar(1.0 / (HEAD as f32).sqrt());
+    let scores = b.op(Op::Binary(BinaryOp::Mul), &[scores, inv_sqrt]);
+    let probs = b.op(Op::Softmax { axis: 3 }, &[scores]);
+    let ctx = b.op(matmul(false, false), &[probs, vh]);
+    let ctx = b.op(
+        Op::Permute {
+            perm: vec![0, 2, 1, 3],
+        },
+        &[ctx],
+    );
+    let ctx = b.op(
+        Op::Reshape {
+            shape: vec![batch.clone(), seq.clone(), D.into()],
+        },
+        &[ctx],
+    );
+    let attended = torch_linear(&mut b, rng, "o", ctx, D, D);
+    let res = b.op(Op::Binary(BinaryOp::Add), &[attended, x]);
+    let h = layer_norm(&mut b, rng, "ln1", res, D);
+    let inner = torch_linear(&mut b, rng, "ffn.in", h, D, FFN);
+    let inner = b.op(Op::Unary(UnaryOp::Gelu), &[inner]);
+    let out = torch_linear(&mut b, rng, "ffn.out", inner, FFN, D);
+    let res = b.op(Op::Binary(BinaryOp::Add), &[out, h]);
+    let y = layer_norm(&mut b, rng, "ln2", res, D);
+    b.output("y", y);
+    b.finish()
+}
+
+/// models/mlp/mlp.lam with its seeded parameters.
+pub fn mlp() -> (Graph, HashMap<String, Tensor>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mlp/mlp.lam");
+    let graph = lamina::model::load(&path)
+        .unwrap_or_else(|f| panic!("mlp.lam does not load: {:?}", f.diagnostics))
+        .graph;
+    let params = lamina::runtime::bind_params(&graph, None, &lamina::ir::Bindings::new())
+        .unwrap_or_else(|e| panic!("mlp parameters: {e:?}"))
+        .values;
+    (graph, params)
+}

@@ -20,14 +20,14 @@ mod plan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use plan::{GemmB, Loc, Plan, Planner, Step, MAX_OPERANDS};
+use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::{
     BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, MatrixRef, PackedB, PackedBRef,
     RowArgs, TensorView, Threads,
 };
 use crate::interp::InterpError;
-use crate::ir::bind::{bind_inputs, concretize, BindError};
+use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
 use crate::ir::{Bindings, DType, Graph, NodeId, Op};
 use crate::tensor::{Tensor, TensorData};
 
@@ -41,6 +41,12 @@ pub enum ExecError {
     Interp(#[from] InterpError),
     #[error("parameter `{0}` has no value (bind parameters before compiling)")]
     MissingParam(String),
+    #[error("parameter `{name}` is {actual}, the model declares {declared}")]
+    ParamType {
+        name: String,
+        declared: String,
+        actual: String,
+    },
     #[error("gather: id {id} is out of range for a table axis of size {size}")]
     GatherIndex { id: i64, size: usize },
     #[error("expected {expected} inputs ({names}), got {got}")]
@@ -87,6 +93,8 @@ pub struct CompiledModel {
     /// GEMM right operands that are weights, packed once: keyed by the GEMM node.
     prepacked: HashMap<NodeId, PackedB>,
     threads: Threads,
+    /// Symbols the parameters' shapes fix (`param embed: f32[vocab, 384]`).
+    param_bindings: Bindings,
     plans: Mutex<Vec<Arc<CachedPlan>>>,
 }
 
@@ -109,14 +117,26 @@ impl CompiledModel {
     ) -> Result<CompiledModel, ExecError> {
         let mut weights = Vec::new();
         let mut weight_index = HashMap::new();
+        let mut param_bindings = Bindings::new();
         for id in graph.node_ids() {
-            let value = match &graph.node(id).op {
-                Op::Param { name, .. } => Arc::new(
-                    params
+            let node = graph.node(id);
+            let value = match &node.op {
+                Op::Param { name, .. } => {
+                    let value = params
                         .get(name)
-                        .cloned()
-                        .ok_or_else(|| ExecError::MissingParam(name.clone()))?,
-                ),
+                        .ok_or_else(|| ExecError::MissingParam(name.clone()))?;
+                    // Symbols in a parameter's type take their values from it.
+                    let fits = value.dtype() == node.ty.dtype
+                        && unify(&node.ty.shape, value.shape(), &mut param_bindings).is_ok();
+                    if !fits {
+                        return Err(ExecError::ParamType {
+                            name: name.clone(),
+                            declared: node.ty.to_string(),
+                            actual: format!("{}{:?}", value.dtype(), value.shape()),
+                        });
+                    }
+                    Arc::new(value.clone())
+                }
                 Op::Constant { value } => value.clone(),
                 _ => continue,
             };
@@ -159,6 +179,7 @@ impl CompiledModel {
             weight_index,
             prepacked,
             threads,
+            param_bindings,
             plans: Mutex::new(Vec::new()),
         })
     }
@@ -171,6 +192,22 @@ impl CompiledModel {
     /// built so far: for tests and diagnostics.
     pub fn plan_count(&self) -> usize {
         self.plans.lock().expect("plan cache lock").len()
+    }
+
+    /// How many kernel libraries those plans compiled (plans that needed
+    /// no new kernel share an earlier plan's): for tests and diagnostics.
+    pub fn kernel_library_count(&self) -> usize {
+        let plans = self.plans.lock().expect("plan cache lock");
+        let mut distinct: Vec<&Arc<KernelSet>> = Vec::new();
+        for cached in plans.iter() {
+            if !distinct
+                .iter()
+                .any(|k| Arc::ptr_eq(k, &cached.plan.kernels))
+            {
+                distinct.push(&cached.plan.kernels);
+            }
+        }
+        distinct.len()
     }
 
     /// Input names in declaration order (the order `run_into` takes them).
@@ -193,11 +230,17 @@ impl CompiledModel {
             });
         }
         let mut plans = self.plans.lock().expect("plan cache lock");
+        // A plan fits inputs of its exact dtypes and shapes, and `fixed`
+        // values it was bound with (anything else is bound afresh, which
+        // reports a contradiction).
         let matches = |p: &Plan| {
             p.input_shapes
                 .iter()
                 .zip(inputs)
                 .all(|((dtype, shape), t)| *dtype == t.dtype() && shape.as_slice() == t.shape())
+                && fixed
+                    .iter()
+                    .all(|(symbol, value)| p.bindings.get(symbol) == Some(value))
         };
         if let Some(cached) = plans.iter().find(|c| matches(&c.plan)) {
             return Ok(cached.clone());
@@ -208,18 +251,35 @@ impl CompiledModel {
             .zip(inputs)
             .map(|(n, t)| (n.to_string(), t.dtype(), t.shape().to_vec()))
             .collect();
-        let bindings = bind_inputs(&self.graph, &named, fixed).map_err(ExecError::Bind)?;
+        // `fixed` wins over what the parameters say; a contradiction is
+        // reported when the plan checks every weight against its type.
+        let mut known = self.param_bindings.clone();
+        known.extend(fixed.iter().map(|(k, v)| (k.clone(), *v)));
+        let bindings = bind_inputs(&self.graph, &named, &known).map_err(ExecError::Bind)?;
         let concrete = concretize(&self.graph, &bindings)?;
         let planner = Planner {
             graph: &concrete,
+            bindings: &bindings,
+            weights: &self.weights,
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
         };
+        // Kernel sets of earlier plans, newest first, each once.
+        let mut reusable: Vec<Arc<KernelSet>> = Vec::new();
+        for cached in plans.iter().rev() {
+            if !reusable
+                .iter()
+                .any(|k| Arc::ptr_eq(k, &cached.plan.kernels))
+            {
+                reusable.push(cached.plan.kernels.clone());
+            }
+        }
         let plan = planner.build(
             inputs
                 .iter()
                 .map(|t| (t.dtype(), t.shape().to_vec()))
                 .collect(),
+            &reusable,
         )?;
         let cached = Arc::new(CachedPlan {
             plan: Arc::new(plan),
@@ -242,8 +302,8 @@ impl CompiledModel {
                     .sum::<usize>(),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
-            kernels: plan.kernels.kernels().len(),
-            clif: plan.kernels.clif_text(),
+            kernels: plan.kernels.library.kernels().len(),
+            clif: plan.kernels.library.clif_text(),
         })
     }
 
@@ -253,19 +313,28 @@ impl CompiledModel {
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Vec<(String, Tensor)>, ExecError> {
         let mut ordered = Vec::with_capacity(self.graph.inputs.len());
-        let mut missing = Vec::new();
+        let mut problems = Vec::new();
         for &id in &self.graph.inputs {
             let name = self.graph.input_name(id);
             match inputs.get(name) {
                 Some(t) => ordered.push(t),
-                None => missing.push(BindError::MissingInput {
+                None => problems.push(BindError::MissingInput {
                     name: name.to_string(),
                     declared: self.graph.node(id).ty.to_string(),
                 }),
             }
         }
-        if !missing.is_empty() {
-            return Err(ExecError::Bind(missing));
+        let declared: Vec<&str> = self.input_names();
+        for name in inputs.keys() {
+            if !declared.contains(&name.as_str()) {
+                problems.push(BindError::UnknownInput {
+                    name: name.clone(),
+                    known: declared.join(", "),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ExecError::Bind(problems));
         }
         let mut outputs = Vec::new();
         self.run_into(&ordered, &Bindings::new(), &mut outputs)?;
@@ -387,7 +456,7 @@ impl CompiledModel {
                         residual: residual.map(|l| mem.f32(l)),
                         c: mem.f32_mut(*out),
                     };
-                    plan.kernels.gemm(*kernel, args, threads)?;
+                    plan.kernels.library.gemm(*kernel, args, threads)?;
                 }
                 Step::BatchedMatMul {
                     kernel,
@@ -408,7 +477,9 @@ impl CompiledModel {
                         transpose_b: *transpose_b,
                         c: mem.f32_mut(*out),
                     };
-                    plan.kernels.batched_matmul(*kernel, args, threads)?;
+                    plan.kernels
+                        .library
+                        .batched_matmul(*kernel, args, threads)?;
                 }
                 Step::Elementwise {
                     kernel,
@@ -431,7 +502,7 @@ impl CompiledModel {
                         out_shape,
                         inputs: &views[..operands.len()],
                     };
-                    plan.kernels.elementwise(*kernel, args, threads)?;
+                    plan.kernels.library.elementwise(*kernel, args, threads)?;
                 }
                 Step::Row {
                     kernel,
@@ -450,7 +521,7 @@ impl CompiledModel {
                         gain: gain.map(|l| mem.f32(l)),
                         bias: bias.map(|l| mem.f32(l)),
                     };
-                    plan.kernels.row_kernel(*kernel, args, threads)?;
+                    plan.kernels.library.row_kernel(*kernel, args, threads)?;
                 }
                 Step::Copy { x, walk, out } => walk.copy(mem.f32(*x), mem.f32_mut(*out)),
                 Step::Concat { parts, outer, out } => {

@@ -5,15 +5,17 @@
 //! input shapes; running a plan only follows it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::{
-    packed_b_len, ElementwiseId, Epilogue, GemmId, InnerStride, KernelLibrary,
+    packed_b_len, CodegenError, ElementwiseId, Epilogue, GemmId, InnerStride, KernelLibrary,
     KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
-use crate::ir::{DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+use crate::ir::{Bindings, DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+use crate::tensor::Tensor;
 
 /// Steps read at most this many operands natively (views live on the stack).
 pub const MAX_OPERANDS: usize = 16;
@@ -120,7 +122,10 @@ pub enum Step {
 
 pub struct Plan {
     pub input_shapes: Vec<(DType, Vec<usize>)>,
-    pub kernels: KernelLibrary,
+    /// Every symbol's value in this plan (from the inputs and `fixed`).
+    pub bindings: Bindings,
+    /// Possibly shared with other plans of the same model.
+    pub kernels: Arc<KernelSet>,
     pub steps: Vec<Step>,
     pub arena_len: usize,
     /// Shapes and dtypes of the boxed slots, to allocate them once per arena.
@@ -153,68 +158,140 @@ enum OutKind {
     Alias,
 }
 
-/// Asks the builder for each distinct kernel once: a plan of a 6-layer
-/// encoder needs the same few kernels many times.
-struct Kernels {
-    builder: KernelLibraryBuilder,
+/// Compiled kernels and what each was compiled for. Kernels depend on
+/// epilogues, expressions, inner strides and row ops, not on sizes, so the
+/// plan for a new batch size usually needs exactly the kernels of an
+/// earlier plan: it then shares that set instead of compiling (a GEMM
+/// kernel set alone is a few dozen functions).
+pub struct KernelSet {
+    pub library: KernelLibrary,
+    index: KernelIndex,
+}
+
+#[derive(Clone, Default)]
+struct KernelIndex {
     gemms: Vec<(Epilogue, GemmId)>,
-    elementwise: Vec<((ElementwiseExpr, Vec<InnerStride>), ElementwiseId)>,
+    /// `None`: the code generator does not take this expression; the node
+    /// runs on the interpreter.
+    elementwise: Vec<((ElementwiseExpr, Vec<InnerStride>), Option<ElementwiseId>)>,
     rows: Vec<(RowOp, RowKernelId)>,
 }
 
+/// Why planning steps stopped.
+enum StepError {
+    /// The kernel set being reused lacks a kernel: plan again, compiling.
+    NeedsNewKernels,
+    Exec(ExecError),
+}
+
+impl From<ExecError> for StepError {
+    fn from(e: ExecError) -> StepError {
+        StepError::Exec(e)
+    }
+}
+
+impl From<CodegenError> for StepError {
+    fn from(e: CodegenError) -> StepError {
+        StepError::Exec(e.into())
+    }
+}
+
+/// Hands out kernels for the steps: from an existing set only (`builder`
+/// is `None`), or compiling each distinct one once.
+struct Kernels {
+    builder: Option<KernelLibraryBuilder>,
+    index: KernelIndex,
+}
+
 impl Kernels {
-    fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, ExecError> {
-        if let Some((_, id)) = self.gemms.iter().find(|(e, _)| *e == epilogue) {
+    fn reusing(set: &KernelSet) -> Kernels {
+        Kernels {
+            builder: None,
+            index: set.index.clone(),
+        }
+    }
+
+    fn compiling() -> Result<Kernels, ExecError> {
+        Ok(Kernels {
+            builder: Some(KernelLibraryBuilder::new()?),
+            index: KernelIndex::default(),
+        })
+    }
+
+    fn builder(&mut self) -> Result<&mut KernelLibraryBuilder, StepError> {
+        self.builder.as_mut().ok_or(StepError::NeedsNewKernels)
+    }
+
+    fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, StepError> {
+        if let Some((_, id)) = self.index.gemms.iter().find(|(e, _)| *e == epilogue) {
             return Ok(*id);
         }
-        let id = self.builder.add_gemm(epilogue)?;
-        self.gemms.push((epilogue, id));
+        let id = self.builder()?.add_gemm(epilogue)?;
+        self.index.gemms.push((epilogue, id));
         Ok(id)
     }
 
+    /// `Ok(None)` when the expression has no native kernel.
     fn elementwise(
         &mut self,
         expr: &ElementwiseExpr,
         strides: &[InnerStride],
-    ) -> Result<ElementwiseId, ExecError> {
+    ) -> Result<Option<ElementwiseId>, StepError> {
         if let Some((_, id)) = self
+            .index
             .elementwise
             .iter()
             .find(|((e, s), _)| e == expr && s == strides)
         {
             return Ok(*id);
         }
-        let id = self.builder.add_elementwise(expr, strides)?;
-        self.elementwise
+        // An expression the vector code generator does not take (e.g. one
+        // ending in a comparison) is still correct on the interpreter.
+        let id = self.builder()?.add_elementwise(expr, strides).ok();
+        self.index
+            .elementwise
             .push(((expr.clone(), strides.to_vec()), id));
         Ok(id)
     }
 
-    fn row(&mut self, op: RowOp) -> Result<RowKernelId, ExecError> {
-        if let Some((_, id)) = self.rows.iter().find(|(o, _)| *o == op) {
+    fn row(&mut self, op: RowOp) -> Result<RowKernelId, StepError> {
+        if let Some((_, id)) = self.index.rows.iter().find(|(o, _)| *o == op) {
             return Ok(*id);
         }
-        let id = self.builder.add_row_kernel(op)?;
-        self.rows.push((op, id));
+        let id = self.builder()?.add_row_kernel(op)?;
+        self.index.rows.push((op, id));
         Ok(id)
+    }
+
+    /// The compiled set (when compiling).
+    fn finish(self) -> Result<KernelSet, ExecError> {
+        let builder = self.builder.expect("only a compiling Kernels is finished");
+        Ok(KernelSet {
+            library: builder.finish()?,
+            index: self.index,
+        })
     }
 }
 
 pub struct Planner<'a> {
+    /// The concrete graph.
     pub graph: &'a Graph,
+    pub bindings: &'a Bindings,
+    pub weights: &'a [Arc<Tensor>],
     pub weight_index: &'a HashMap<NodeId, usize>,
     pub prepacked: &'a HashMap<NodeId, PackedB>,
 }
 
 impl Planner<'_> {
-    pub fn build(&self, input_shapes: Vec<(DType, Vec<usize>)>) -> Result<Plan, ExecError> {
+    /// Plans for these input shapes, sharing the first of `reusable` (tried
+    /// in order) that has every kernel the plan needs, else compiling a new
+    /// kernel set.
+    pub fn build(
+        &self,
+        input_shapes: Vec<(DType, Vec<usize>)>,
+        reusable: &[Arc<KernelSet>],
+    ) -> Result<Plan, ExecError> {
         let g = self.graph;
-        let mut kernels = Kernels {
-            builder: KernelLibraryBuilder::new()?,
-            gemms: Vec::new(),
-            elementwise: Vec::new(),
-            rows: Vec::new(),
-        };
         let order = g.topo_order();
 
         // 1. Which nodes are steps, and where each value lives (before offsets).
@@ -236,10 +313,24 @@ impl Planner<'_> {
                         .expect("input nodes are listed");
                     loc.insert(id, Loc::Input(i));
                 }
-                Op::Param { .. } | Op::Constant { .. } => {
+                Op::Param { name, .. } => {
+                    // Kernels trust the concrete types; a weight whose shape
+                    // differs (a `fixed` binding contradicting it) must stop here.
+                    let w = self.weight_index[&id];
+                    let value = &self.weights[w];
+                    if value.dtype() != node.ty.dtype || value.shape() != shape(g, id).as_slice() {
+                        return Err(ExecError::ParamType {
+                            name: name.clone(),
+                            declared: node.ty.to_string(),
+                            actual: format!("{}{:?}", value.dtype(), value.shape()),
+                        });
+                    }
+                    loc.insert(id, Loc::Weight(w));
+                }
+                Op::Constant { .. } => {
                     loc.insert(id, Loc::Weight(self.weight_index[&id]));
                 }
-                op => {
+                _ => {
                     let step = step_nodes.len();
                     let out_kind = if self.is_view(id) {
                         OutKind::Alias
@@ -315,20 +406,43 @@ impl Planner<'_> {
             }
         }
 
-        // 3. Steps.
-        let mut steps = Vec::with_capacity(steps_total);
-        let mut native_steps = 0;
-        for &id in &step_nodes {
-            if kind[&id] == OutKind::Alias {
-                continue;
+        // 3. Steps, with kernels from an earlier plan if it has them all.
+        let scratch: HashMap<NodeId, Loc> =
+            scratch_of.iter().map(|(&id, &b)| (id, arena(b))).collect();
+        let computed: Vec<NodeId> = step_nodes
+            .iter()
+            .copied()
+            .filter(|id| kind[id] != OutKind::Alias)
+            .collect();
+        let mut planned = None;
+        for set in reusable {
+            match self.steps(&mut Kernels::reusing(set), &computed, &loc, &scratch) {
+                Ok(steps) => {
+                    planned = Some((steps, set.clone()));
+                    break;
+                }
+                Err(StepError::NeedsNewKernels) => continue,
+                Err(StepError::Exec(e)) => return Err(e),
             }
-            let scratch = scratch_of.get(&id).map(|&b| arena(b));
-            let step = self.step(&mut kernels, id, &loc, scratch)?;
-            if !matches!(step, Step::Fallback { .. }) {
-                native_steps += 1;
-            }
-            steps.push(step);
         }
+        let (steps, kernels) = match planned {
+            Some(found) => found,
+            None => {
+                let mut kernels = Kernels::compiling()?;
+                let steps = match self.steps(&mut kernels, &computed, &loc, &scratch) {
+                    Ok(steps) => steps,
+                    Err(StepError::Exec(e)) => return Err(e),
+                    Err(StepError::NeedsNewKernels) => {
+                        unreachable!("a compiling Kernels compiles what is missing")
+                    }
+                };
+                (steps, Arc::new(kernels.finish()?))
+            }
+        };
+        let native_steps = steps
+            .iter()
+            .filter(|s| !matches!(s, Step::Fallback { .. }))
+            .count();
         let outputs = g
             .outputs
             .iter()
@@ -336,7 +450,8 @@ impl Planner<'_> {
             .collect();
         Ok(Plan {
             input_shapes,
-            kernels: kernels.builder.finish()?,
+            bindings: self.bindings.clone(),
+            kernels,
             steps,
             arena_len,
             boxed,
@@ -354,6 +469,19 @@ impl Planner<'_> {
             Op::Cast { to } => self.graph.node(self.graph.inputs(id)[0]).ty.dtype == *to,
             _ => false,
         }
+    }
+
+    fn steps(
+        &self,
+        kernels: &mut Kernels,
+        nodes: &[NodeId],
+        loc: &HashMap<NodeId, Loc>,
+        scratch: &HashMap<NodeId, Loc>,
+    ) -> Result<Vec<Step>, StepError> {
+        nodes
+            .iter()
+            .map(|&id| self.step(kernels, id, loc, scratch.get(&id).copied()))
+            .collect()
     }
 
     /// `(k, n)` when `id` is a GEMM whose right operand must be packed per run.
@@ -401,7 +529,7 @@ impl Planner<'_> {
         id: NodeId,
         loc: &HashMap<NodeId, Loc>,
         scratch: Option<Loc>,
-    ) -> Result<Step, ExecError> {
+    ) -> Result<Step, StepError> {
         let g = self.graph;
         let node = g.node(id);
         let inputs = g.inputs(id);
@@ -430,6 +558,13 @@ impl Planner<'_> {
             None => GemmB::Prepacked(id),
         };
         let step = match &node.op {
+            // The GEMM driver takes a 2-D right operand and the activations
+            // its epilogue implements; anything else runs on the interpreter.
+            Op::FusedLinear { epilogue, .. }
+                if in_shape(1).len() != 2 || Epilogue::from_ir(epilogue).is_err() =>
+            {
+                fallback()
+            }
             Op::FusedLinear {
                 transpose_b,
                 epilogue,
@@ -449,7 +584,7 @@ impl Planner<'_> {
                 Step::Gemm {
                     kernel: kernels.gemm(Epilogue::from_ir(epilogue)?)?,
                     a: at(0),
-                    m: numel(&a) / k.max(1),
+                    m: numel(&out_shape[..out_shape.len() - 1]),
                     k,
                     n,
                     transpose_a: false,
@@ -473,7 +608,7 @@ impl Planner<'_> {
                 Step::Gemm {
                     kernel: kernels.gemm(Epilogue::none())?,
                     a: at(0),
-                    m: numel(&out_shape) / n.max(1),
+                    m: numel(&out_shape[..out_shape.len() - 1]),
                     k,
                     n,
                     transpose_a: *transpose_a,
@@ -525,16 +660,14 @@ impl Planner<'_> {
                 let strides: Vec<InnerStride> = (0..inputs.len())
                     .map(|i| InnerStride::for_shape(&in_shape(i), out_last))
                     .collect();
-                match kernels.elementwise(&expr, &strides) {
-                    Ok(kernel) => Step::Elementwise {
+                match kernels.elementwise(&expr, &strides)? {
+                    Some(kernel) => Step::Elementwise {
                         kernel,
                         inputs: (0..inputs.len()).map(|i| (at(i), in_shape(i))).collect(),
                         out_shape,
                         out,
                     },
-                    // An expression the vector code generator does not take
-                    // (e.g. a bool-typed intermediate) is still correct on the interpreter.
-                    Err(_) => fallback(),
+                    None => fallback(),
                 }
             }
             Op::Softmax { axis } | Op::LogSoftmax { axis }
@@ -570,7 +703,10 @@ impl Planner<'_> {
             }
             Op::Reduce { op, axes, .. } if all_f32 => {
                 let x = in_shape(0);
-                if axes.as_slice() == [x.len() - 1] && x[x.len() - 1] > 0 {
+                let over_last = x
+                    .last()
+                    .is_some_and(|&len| len > 0 && axes.as_slice() == [x.len() - 1]);
+                if over_last {
                     let row_len = x[x.len() - 1];
                     Step::Row {
                         kernel: kernels.row(RowOp::Reduce(*op))?,
