@@ -1,6 +1,7 @@
 //! The `lamina` command line. Each subcommand is a thin layer over the
 //! library; user errors become rendered diagnostics and exit code 1.
 
+pub mod bench;
 mod inspect;
 mod run;
 
@@ -66,6 +67,8 @@ enum Command {
     /// model names with `weights "..."`) for the weights, `NAME.npy` for input NAME, and `labels.npy`
     /// for labels.
     Run(run::RunArgs),
+    /// Measure compile time, run latency, GFLOP/s and arena size on generated inputs.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -122,6 +125,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
