@@ -472,7 +472,8 @@ fn nan_stays_in_its_row() {
     }
 }
 
-/// Corner cases of the planner: reductions of a scalar and over no axes,
+/// Corner cases of the planner: ranks and operand counts past the native
+/// steps' limits, reductions of a scalar and over no axes,
 /// an identity cast of an intermediate, a fused linear layer whose right
 /// operand is batched (not a GEMM) or whose activation the GEMM epilogue
 /// lacks, casts through bool, a reshape of an integer input feeding the
@@ -549,7 +550,17 @@ fn planner_corner_cases_match_the_interpreter() {
     );
     let as_i32 = b.op(Op::Cast { to: DType::I32 }, &[flat_ids]);
     let ids_f32 = b.op(Op::Cast { to: DType::F32 }, &[as_i32]);
+    // Rank 9 and 17 operands: beyond the native steps' stack arrays, so
+    // these run on the interpreter's ops.
+    let mut deep_shape = vec![Dim::symbol("batch")];
+    deep_shape.extend([1, 1, 1, 1, 1, 1, 3, 4].map(Dim::known));
+    let deep = b.op(Op::Reshape { shape: deep_shape }, &[t]);
+    let deep = b.op(Op::Unary(UnaryOp::Sigmoid), &[deep]);
+    let parts = vec![t; 17];
+    let wide = b.op(Op::Concat { axis: 2 }, &parts);
     for (name, id) in [
+        ("rank9", deep),
+        ("concat17", wide),
         ("sum_all", s),
         ("max_of_scalar", s2),
         ("mean_no_axes", none),
