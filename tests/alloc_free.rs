@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use lamina::ir::{Bindings, Graph};
+use lamina::ir::{Bindings, Dim, Graph, Op, UnaryOp};
 use lamina::runtime::exec::CompiledModel;
 use lamina::tensor::Tensor;
 
@@ -154,6 +154,24 @@ fn cases() -> Vec<(String, CompiledModel, Tensor)> {
         let x = jit_support::random_f32(&mut rng, vec![batch, 784], 0.0, 1.0);
         cases.push((format!("mlp batch {batch}"), compile(&graph, &params), x));
     }
+    // Outputs that are an input, a view of it and a weight: copied into
+    // the caller's tensors, not cloned.
+    let mut b = jit_support::Builder::new("views");
+    let x = b.input("x", "f32[batch, 4]");
+    let view = b.op(
+        Op::Reshape {
+            shape: vec![Dim::symbol("batch"), 2.into(), 2.into()],
+        },
+        &[x],
+    );
+    let w = b.param("w", Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]));
+    let y = b.op(Op::Unary(UnaryOp::Tanh), &[x]);
+    for (name, id) in [("x", x), ("view", view), ("w", w), ("y", y)] {
+        b.output(name, id);
+    }
+    let (graph, params) = b.finish();
+    let x = jit_support::random_f32(&mut rng, vec![3, 4], -1.0, 1.0);
+    cases.push(("views".to_string(), compile(&graph, &params), x));
     let (graph, params) = jit_support::transformer_block(3);
     for (batch, seq) in [(1, 8), (2, 16)] {
         let x = jit_support::random_f32(&mut rng, vec![batch, seq, 32], -1.0, 1.0);

@@ -39,6 +39,14 @@ fn block_input(batch: usize, seq: usize, seed: u64) -> HashMap<String, Tensor> {
     )])
 }
 
+/// One model shared by the workers, their inputs, and a model of its own
+/// for the expected results.
+struct Concurrent {
+    shared: Arc<CompiledModel>,
+    feeds: Vec<HashMap<String, Tensor>>,
+    alone: CompiledModel,
+}
+
 /// Four threads run one shared model at once, on several shapes (so plans
 /// are also built concurrently), each call checked bit for bit against a
 /// run of the same input on a model of its own.
@@ -47,31 +55,32 @@ fn concurrent_runs_give_the_single_threaded_results() {
     let (mlp, mlp_params) = jit_support::mlp();
     let (block, block_params) = jit_support::transformer_block(7);
     for kernel_threads in [1, 2] {
-        let cases: Vec<(
-            Arc<CompiledModel>,
-            Vec<HashMap<String, Tensor>>,
-            CompiledModel,
-        )> = vec![
-            (
-                Arc::new(compile_all_passes(&mlp, &mlp_params, kernel_threads)),
-                [1, 8, 3, 64]
+        let cases = [
+            Concurrent {
+                shared: Arc::new(compile_all_passes(&mlp, &mlp_params, kernel_threads)),
+                feeds: [1, 8, 3, 64]
                     .iter()
                     .enumerate()
                     .map(|(i, &b)| mlp_input(b, i as u64))
                     .collect(),
-                compile_all_passes(&mlp, &mlp_params, 1),
-            ),
-            (
-                Arc::new(compile_all_passes(&block, &block_params, kernel_threads)),
-                [(1, 5), (2, 16), (3, 7), (2, 40)]
+                alone: compile_all_passes(&mlp, &mlp_params, 1),
+            },
+            Concurrent {
+                shared: Arc::new(compile_all_passes(&block, &block_params, kernel_threads)),
+                feeds: [(1, 5), (2, 16), (3, 7), (2, 40)]
                     .iter()
                     .enumerate()
                     .map(|(i, &(b, s))| block_input(b, s, i as u64))
                     .collect(),
-                compile_all_passes(&block, &block_params, 1),
-            ),
+                alone: compile_all_passes(&block, &block_params, 1),
+            },
         ];
-        for (shared, feeds, alone) in cases {
+        for Concurrent {
+            shared,
+            feeds,
+            alone,
+        } in cases
+        {
             let expected: Vec<Outputs> =
                 feeds.iter().map(|f| alone.run(f).expect("runs")).collect();
             let feeds = Arc::new(feeds);
@@ -472,7 +481,8 @@ fn nan_stays_in_its_row() {
     }
 }
 
-/// Corner cases of the planner: reductions of a scalar and over no axes,
+/// Corner cases of the planner: ranks and operand counts past the native
+/// steps' limits, reductions of a scalar and over no axes,
 /// an identity cast of an intermediate, a fused linear layer whose right
 /// operand is batched (not a GEMM) or whose activation the GEMM epilogue
 /// lacks, casts through bool, a reshape of an integer input feeding the
@@ -549,7 +559,17 @@ fn planner_corner_cases_match_the_interpreter() {
     );
     let as_i32 = b.op(Op::Cast { to: DType::I32 }, &[flat_ids]);
     let ids_f32 = b.op(Op::Cast { to: DType::F32 }, &[as_i32]);
+    // Rank 9 and 17 operands: beyond the native steps' stack arrays, so
+    // these run on the interpreter's ops.
+    let mut deep_shape = vec![Dim::symbol("batch")];
+    deep_shape.extend([1, 1, 1, 1, 1, 1, 3, 4].map(Dim::known));
+    let deep = b.op(Op::Reshape { shape: deep_shape }, &[t]);
+    let deep = b.op(Op::Unary(UnaryOp::Sigmoid), &[deep]);
+    let parts = vec![t; 17];
+    let wide = b.op(Op::Concat { axis: 2 }, &parts);
     for (name, id) in [
+        ("rank9", deep),
+        ("concat17", wide),
         ("sum_all", s),
         ("max_of_scalar", s2),
         ("mean_no_axes", none),

@@ -168,12 +168,16 @@ pub struct KernelSet {
     index: KernelIndex,
 }
 
+/// An elementwise kernel is compiled for an expression and its inputs'
+/// inner strides.
+type ElementwiseKey = (ElementwiseExpr, Vec<InnerStride>);
+
 #[derive(Clone, Default)]
 struct KernelIndex {
     gemms: Vec<(Epilogue, GemmId)>,
     /// `None`: the code generator does not take this expression; the node
     /// runs on the interpreter.
-    elementwise: Vec<((ElementwiseExpr, Vec<InnerStride>), Option<ElementwiseId>)>,
+    elementwise: Vec<(ElementwiseKey, Option<ElementwiseId>)>,
     rows: Vec<(RowOp, RowKernelId)>,
 }
 
