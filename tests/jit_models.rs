@@ -56,7 +56,8 @@ fn model_files() -> Vec<PathBuf> {
 /// mixed-up dims show, and a second batch size for a second plan.
 fn symbol_size(symbol: &str, batch: usize) -> usize {
     match symbol {
-        "batch" => batch,
+        // `m` is the rows of models/bench/sgemm.lam: its batch.
+        "batch" | "m" => batch,
         "seq" => 7,
         _ => 2 + symbol.len() % 3,
     }
@@ -194,7 +195,27 @@ fn load(path: &Path) -> Option<Model> {
         bindings.insert(symbol.clone(), symbol_size(&symbol, 2));
     }
     let learned = bind_params(&loaded.graph, weights.as_ref(), &Bindings::new());
-    let weight_bindings = learned.map(|b| b.bindings).unwrap_or_default();
+    let mut weight_bindings = learned.map(|b| b.bindings).unwrap_or_default();
+    // Symbols only parameters use (sgemm's `n`) are fixed once, at load.
+    let input_symbols: Vec<String> = loaded
+        .graph
+        .inputs
+        .iter()
+        .flat_map(|&id| {
+            loaded
+                .graph
+                .node(id)
+                .ty
+                .shape
+                .iter()
+                .flat_map(|d| d.symbols().to_vec())
+        })
+        .collect();
+    for (symbol, size) in &bindings {
+        if !input_symbols.contains(symbol) {
+            weight_bindings.entry(symbol.clone()).or_insert(*size);
+        }
+    }
     bindings.extend(weight_bindings.clone());
     let params = bind_params(&loaded.graph, weights.as_ref(), &bindings)
         .unwrap_or_else(|e| panic!("{}: parameters do not bind: {e:?}", path.display()))
@@ -242,7 +263,7 @@ fn check_model(model: &Model) -> Vec<String> {
             1e-5
         };
         let inputs = inputs_for(&model.graph, &bindings, &mut rng);
-        let reference = interp::run(&model.graph, &model.params, &inputs, &Bindings::new())
+        let reference = interp::run(&model.graph, &model.params, &inputs, &model.weight_bindings)
             .unwrap_or_else(|e| panic!("{name}: the interpreter fails: {e}"));
         let mut by_threads = Vec::new();
         for (compiled, threads) in optimised.iter().zip([1, 2]) {
