@@ -447,31 +447,34 @@ impl GemmKernels {
             n,
             k,
         };
-        let tasks = plan_tasks(m, n, k, threads.count());
+        let (tasks, parallel) = plan_tasks(m, n, k, threads.count());
         // SAFETY (for `run_task`): tasks cover disjoint (row range x panel
         // range) rectangles of C, and `c` is exclusively borrowed until
         // every task has finished.
-        if tasks.len() == 1 || threads.count() == 1 {
-            tasks.iter().for_each(|t| run_task(&job, t));
-        } else {
+        if parallel {
             threads.for_each(&tasks, |t| run_task(&job, t));
+        } else {
+            tasks.iter().for_each(|t| run_task(&job, t));
         }
         Ok(())
     }
 }
 
-fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
+/// The tasks of one call, and whether to hand them to the thread pool
+/// (else they run in order on the calling thread).
+fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> (Vec<Task>, bool) {
     let panels = panel_count(n);
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let nc = nc_panels(k);
     if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
-        return split_range(panels, panels.div_ceil(nc), 1)
+        let sequential = split_range(panels, panels.div_ceil(nc), 1)
             .into_iter()
             .map(|p| Task {
                 rows: 0..m,
                 panels: p,
             })
             .collect();
+        return (sequential, false);
     }
     let target = 4 * threads;
     let col_blocks = panels.div_ceil(nc);
@@ -495,7 +498,7 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> Vec<Task> {
             });
         }
     }
-    tasks
+    (tasks, true)
 }
 
 fn run_task(job: &Job<'_>, task: &Task) {
@@ -922,7 +925,8 @@ mod tests {
             (64, 64, 64, 1),
             (37, 3000, 8, 2),
         ] {
-            let tasks = plan_tasks(m, n, k, threads);
+            let (tasks, parallel) = plan_tasks(m, n, k, threads);
+            assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
             let mut covered = vec![0u8; m * panel_count(n)];
             for t in &tasks {
                 for i in t.rows.clone() {
