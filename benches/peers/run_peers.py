@@ -326,16 +326,21 @@ def time_runs(run, min_runs: int, min_time: float) -> dict:
     while time.perf_counter() - start < min(0.2, min_time / 5):
         run()
     samples = []
+    cpu_start = time.process_time_ns()
     start = time.perf_counter()
     while len(samples) < min_runs or time.perf_counter() - start < min_time:
         t = time.perf_counter_ns()
         run()
         samples.append(time.perf_counter_ns() - t)
+    # On-CPU time of all threads per run: unlike wall time, it does not grow
+    # when other jobs take the CPU away mid-run.
+    cpu_us_per_run = (time.process_time_ns() - cpu_start) / len(samples) / 1e3
     samples.sort()
     p90 = samples[min(len(samples), math.ceil(0.9 * len(samples))) - 1]
     return {
         "latency_us_median": statistics.median(samples) / 1e3,
         "latency_us_p90": p90 / 1e3,
+        "cpu_us_per_run": cpu_us_per_run,
         "runs": len(samples),
     }
 
@@ -541,7 +546,7 @@ def summarize(samples: dict) -> dict:
     out = {}
     for k, results in samples.items():
         row = {"processes": len(results)}
-        for field in ("latency_us_median", "latency_us_p90", "compile_ms", "prepare_ms", "gflops", "other_busy_cpus"):
+        for field in ("latency_us_median", "latency_us_p90", "compile_ms", "prepare_ms", "gflops", "other_busy_cpus", "cpu_us_per_run"):
             values = [r[field] for r in results if r.get(field) is not None]
             if values:
                 row[field] = statistics.median(values)
@@ -601,6 +606,20 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
                 ratios = " | ".join(fmt(ratio(u, lam_us), 2) for u in peer_us)
                 lines.append(f"| {b} | {t} | {fmt(lam_us)} | {cells} | {fmt(gflops(kind, b, t, 'lamina'))} | {ratios} |")
         lines += ["", "(`peer / lamina` is lamina's speed relative to the peer: above 1, lamina is faster.)", ""]
+    for kind, sizes in (("sgemm", SGEMM_SIZES), ("mlp", MLP_BATCHES), ("encoder", ENCODER_BATCHES)):
+        if kind not in only:
+            continue
+        peers = ["onnxruntime"] + (["numpy"] if kind != "encoder" else []) + (["tract"] if with_tract and kind != "sgemm" else [])
+        lines += [f"### {kind}, 1 thread: on-CPU time per run, microseconds (mean; robust to other jobs taking the CPU)", "",
+                  f"| size | lamina us | lamina GFLOP/s | {' | '.join(f'{p} us' for p in peers)} | {' | '.join(f'{p} / lamina' for p in peers)} |",
+                  "|---:|---:|---:|" + "---:|" * (2 * len(peers))]
+        for size in sizes:
+            lam = (get(kind, size, 1, "lamina") or {}).get("cpu_us_per_run")
+            cpu = [(get(kind, size, 1, p) or {}).get("cpu_us_per_run") for p in peers]
+            rate = flops(kind, size) / lam / 1e3 if lam else None
+            lines.append(f"| {size} | {fmt(lam)} | {fmt(rate)} | {' | '.join(fmt(c) for c in cpu)} | "
+                         f"{' | '.join(fmt(ratio(c, lam), 2) for c in cpu)} |")
+        lines.append("")
     compile_rows = []
     for kind, size in (("mlp", 1), ("encoder", 1)):
         lam = get(kind, size, 1, "lamina")

@@ -689,6 +689,11 @@ impl Workload {
 #[derive(Clone, Debug)]
 pub struct Latencies {
     sorted_ns: Vec<u64>,
+    /// On-CPU time of all the process's threads over the timed runs,
+    /// divided by the runs, in microseconds (Linux only). Unlike wall time,
+    /// it does not grow when other jobs take the CPU away mid-run, so on a
+    /// busy machine it is the steadier measure of single-thread work.
+    pub cpu_us_per_run: Option<f64>,
 }
 
 impl Latencies {
@@ -696,6 +701,7 @@ impl Latencies {
         samples_ns.sort_unstable();
         Latencies {
             sorted_ns: samples_ns,
+            cpu_us_per_run: None,
         }
     }
 
@@ -778,6 +784,7 @@ fn time_calls_with_progress(
         warm += 1;
     }
     let mut samples = Vec::with_capacity(schedule.min_runs.max(64));
+    let cpu_start = process_cpu_ns();
     let start = Instant::now();
     while samples.len() < schedule.max_runs.max(1)
         && (samples.len() < schedule.min_runs || start.elapsed() < schedule.min_time)
@@ -789,7 +796,29 @@ fn time_calls_with_progress(
         let by_time = start.elapsed().as_secs_f64() / schedule.min_time.as_secs_f64().max(1e-9);
         progress(by_runs.min(by_time).min(1.0), samples.len());
     }
-    Ok(Latencies::new(samples))
+    let cpu_ns = match (cpu_start, process_cpu_ns()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let runs = samples.len().max(1) as f64;
+    let mut latencies = Latencies::new(samples);
+    latencies.cpu_us_per_run = cpu_ns.map(|ns| ns as f64 / runs / 1e3);
+    Ok(latencies)
+}
+
+/// Nanoseconds the threads of this process have spent on a CPU, from the
+/// scheduler's accounting (`/proc/self/task/*/schedstat`); `None` where
+/// that does not exist.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread may exit between listing and reading; it no longer counts.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn progress_bar(hidden: bool) -> ProgressBar {
@@ -884,6 +913,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "latency_us_p90": latencies.percentile_us(90.0),
             "latency_us_min": latencies.min_us(),
             "latency_us_mean": latencies.mean_us(),
+            "cpu_us_per_run": latencies.cpu_us_per_run,
             "runs": latencies.runs(),
             "gflops": gflops,
             "flops_per_run": workload.flops,
@@ -931,6 +961,11 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         latencies.mean_us(),
         latencies.runs()
     );
+    if let Some(cpu) = latencies.cpu_us_per_run {
+        println!(
+            "on-CPU:     {cpu:.1} us per run (all threads; steadier than wall time on a busy machine)"
+        );
+    }
     println!(
         "throughput: {:.2} GFLOP/s ({:.3} MFLOP per run in matrix products)",
         gflops,
