@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// arena_bytes and details) and no progress bar.
     #[arg(long)]
     json: bool,
+    /// Also time every node of the optimised graph alone (JIT backend): each compiled as a
+    /// one-node model on the same shapes and weights, with GFLOP/s for matrix products and
+    /// GB/s of operand and result traffic for the rest. Shows where the time of a run goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,6 +115,8 @@ pub struct BenchSetup {
     pub backend: BenchBackend,
     /// Seed for the generated inputs.
     pub seed: u64,
+    /// Keep the parameter values after compiling, for [`Workload::profile`].
+    pub keep_params: bool,
 }
 
 impl BenchSetup {
@@ -123,6 +130,7 @@ impl BenchSetup {
             threads: 1,
             backend: BenchBackend::Jit,
             seed: 0,
+            keep_params: false,
         }
     }
 }
@@ -187,6 +195,8 @@ enum Engine {
     Jit {
         model: Box<CompiledModel>,
         outputs: Vec<Tensor>,
+        /// Only when the setup asks for them (profiling).
+        params: Option<HashMap<String, Tensor>>,
     },
     Interp {
         graph: Box<Graph>,
@@ -506,6 +516,7 @@ impl Workload {
                 let engine = Engine::Jit {
                     model: Box::new(model),
                     outputs: Vec::new(),
+                    params: setup.keep_params.then_some(bound.values),
                 };
                 (engine, Some(plan), matmul_flops(&concrete), threads)
             }
@@ -538,7 +549,7 @@ impl Workload {
     pub fn run_once(&mut self) -> Result<(), BenchFailure> {
         let error = |e: &dyn std::fmt::Display| BenchFailure::plain(e.to_string());
         match &mut self.engine {
-            Engine::Jit { model, outputs } => {
+            Engine::Jit { model, outputs, .. } => {
                 let ordered: Vec<&Tensor> = self.inputs.iter().collect();
                 model
                     .run_into(&ordered, &self.bindings, outputs)
@@ -555,10 +566,134 @@ impl Workload {
     }
 }
 
+/// One node of the optimised graph, timed alone.
+#[derive(Clone, Debug)]
+pub struct NodeProfile {
+    /// The node as `lamina graph` prints it, with its concrete type.
+    pub label: String,
+    pub op: &'static str,
+    /// Matrix-product flops (0 for other ops).
+    pub flops: u64,
+    /// Bytes of the operands and the result (each read or written once).
+    pub bytes: u64,
+    pub latency_us_median: f64,
+}
+
+/// Bytes of a concrete value.
+fn value_bytes(graph: &Graph, id: NodeId) -> u64 {
+    let ty = &graph.node(id).ty;
+    let elements: usize = ty.known_shape().map_or(0, |s| s.iter().product());
+    let width = match ty.dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::I64 => 8,
+        DType::Bool => 1,
+    };
+    (elements * width) as u64
+}
+
+/// `node` of the concrete `graph` alone: its parameter and constant
+/// operands kept, every other operand a model input.
+fn single_node_graph(graph: &Graph, node: NodeId) -> Graph {
+    let mut alone = Graph::new(format!("{}_node", graph.name));
+    let mut operands = Vec::new();
+    for (position, operand) in graph.inputs(node).into_iter().enumerate() {
+        let source = graph.node(operand);
+        let id = match &source.op {
+            Op::Param { .. } | Op::Constant { .. } => {
+                alone.add_node(source.op.clone(), &[], source.ty.clone(), None)
+            }
+            _ => {
+                let op = Op::Input {
+                    name: format!("operand{position}"),
+                };
+                let id = alone.add_node(op, &[], source.ty.clone(), None);
+                alone.inputs.push(id);
+                id
+            }
+        };
+        operands.push(id);
+    }
+    let this = graph.node(node);
+    let id = alone.add_node(this.op.clone(), &operands, this.ty.clone(), None);
+    alone.outputs.push(("out".to_string(), id));
+    alone
+}
+
+impl Workload {
+    /// Times every compute node of the optimised, concrete graph on its own
+    /// (JIT backend; needs `BenchSetup::keep_params`). A node alone pays
+    /// the per-run overhead and finds its operands in cache, so the sum of
+    /// the nodes differs somewhat from a whole run.
+    pub fn profile(&self, schedule: &Schedule) -> Result<Vec<NodeProfile>, BenchFailure> {
+        let error = |e: &dyn std::fmt::Display| BenchFailure::plain(e.to_string());
+        let Engine::Jit {
+            model,
+            params: Some(params),
+            ..
+        } = &self.engine
+        else {
+            return Err(BenchFailure::plain(
+                "profiling needs the JIT backend and a workload that kept its parameters",
+            ));
+        };
+        let graph = concretize(model.graph(), &self.bindings).map_err(|e| error(&e))?;
+        let numbers = crate::ir::printer::numbering(&graph);
+        let mut profiles = Vec::new();
+        for id in graph.topo_order() {
+            let node = graph.node(id);
+            if node.op.is_source() {
+                continue;
+            }
+            let alone = single_node_graph(&graph, id);
+            let inputs = generate_inputs(&alone, &Bindings::new(), id.index() as u64, false)?;
+            let compiled = CompiledModel::compile(
+                &alone,
+                params,
+                CompileOptions {
+                    threads: self.threads,
+                },
+            )
+            .map_err(|e| error(&e))?;
+            let ordered: Vec<&Tensor> = inputs.iter().collect();
+            let mut outputs = Vec::new();
+            let mut run = || {
+                compiled
+                    .run_into(&ordered, &Bindings::new(), &mut outputs)
+                    .map_err(|e| error(&e))
+            };
+            let latencies = time_calls(&mut run, schedule)?;
+            let bytes = graph
+                .inputs(id)
+                .iter()
+                .map(|&operand| value_bytes(&graph, operand))
+                .sum::<u64>()
+                + value_bytes(&graph, id);
+            profiles.push(NodeProfile {
+                label: format!(
+                    "%{} = {} : {}",
+                    numbers[&id],
+                    crate::ir::printer::node_text(&graph, id, &numbers),
+                    node.ty
+                ),
+                op: node.op.name(),
+                flops: matmul_flops(&alone),
+                bytes,
+                latency_us_median: latencies.median_us(),
+            });
+        }
+        Ok(profiles)
+    }
+}
+
 /// Latencies of the timed runs, in nanoseconds, sorted.
 #[derive(Clone, Debug)]
 pub struct Latencies {
     sorted_ns: Vec<u64>,
+    /// On-CPU time of all the process's threads over the timed runs,
+    /// divided by the runs, in microseconds (Linux only). Unlike wall time,
+    /// it does not grow when other jobs take the CPU away mid-run, so on a
+    /// busy machine it is the steadier measure of single-thread work.
+    pub cpu_us_per_run: Option<f64>,
 }
 
 impl Latencies {
@@ -566,6 +701,7 @@ impl Latencies {
         samples_ns.sort_unstable();
         Latencies {
             sorted_ns: samples_ns,
+            cpu_us_per_run: None,
         }
     }
 
@@ -624,27 +760,65 @@ pub struct Schedule {
 pub fn measure(
     workload: &mut Workload,
     schedule: &Schedule,
+    progress: impl FnMut(f64, usize),
+) -> Result<Latencies, BenchFailure> {
+    time_calls_with_progress(&mut || workload.run_once(), schedule, progress)
+}
+
+fn time_calls(
+    call: &mut dyn FnMut() -> Result<(), BenchFailure>,
+    schedule: &Schedule,
+) -> Result<Latencies, BenchFailure> {
+    time_calls_with_progress(call, schedule, |_, _| {})
+}
+
+fn time_calls_with_progress(
+    call: &mut dyn FnMut() -> Result<(), BenchFailure>,
+    schedule: &Schedule,
     mut progress: impl FnMut(f64, usize),
 ) -> Result<Latencies, BenchFailure> {
     let start = Instant::now();
     let mut warm = 0;
     while warm < schedule.warmup_runs || start.elapsed() < schedule.warmup_time {
-        workload.run_once()?;
+        call()?;
         warm += 1;
     }
     let mut samples = Vec::with_capacity(schedule.min_runs.max(64));
+    let cpu_start = process_cpu_ns();
     let start = Instant::now();
     while samples.len() < schedule.max_runs.max(1)
         && (samples.len() < schedule.min_runs || start.elapsed() < schedule.min_time)
     {
         let t = Instant::now();
-        workload.run_once()?;
+        call()?;
         samples.push(t.elapsed().as_nanos() as u64);
         let by_runs = samples.len() as f64 / schedule.min_runs.max(1) as f64;
         let by_time = start.elapsed().as_secs_f64() / schedule.min_time.as_secs_f64().max(1e-9);
         progress(by_runs.min(by_time).min(1.0), samples.len());
     }
-    Ok(Latencies::new(samples))
+    let cpu_ns = match (cpu_start, process_cpu_ns()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let runs = samples.len().max(1) as f64;
+    let mut latencies = Latencies::new(samples);
+    latencies.cpu_us_per_run = cpu_ns.map(|ns| ns as f64 / runs / 1e3);
+    Ok(latencies)
+}
+
+/// Nanoseconds the threads of this process have spent on a CPU, from the
+/// scheduler's accounting (`/proc/self/task/*/schedstat`); `None` where
+/// that does not exist.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread may exit between listing and reading; it no longer counts.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn progress_bar(hidden: bool) -> ProgressBar {
@@ -687,7 +861,13 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         threads: args.threads,
         backend: args.backend,
         seed: args.seed,
+        keep_params: args.profile,
     };
+    if args.profile && args.backend != BenchBackend::Jit {
+        return Err(failed(BenchFailure::plain(
+            "--profile times the JIT backend's nodes; drop --backend interp",
+        )));
+    }
     let mut workload = Workload::prepare(&setup).map_err(failed)?;
     let schedule = Schedule {
         warmup_runs: 3,
@@ -703,6 +883,19 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         bar.set_message(format!("{runs} runs"));
     })
     .map_err(failed)?;
+    let profile = if args.profile {
+        bar.set_message("profiling nodes");
+        let per_node = Schedule {
+            warmup_runs: 2,
+            warmup_time: Duration::from_secs_f64((args.min_time / 20.0).min(0.05)),
+            min_runs: 10,
+            min_time: Duration::from_secs_f64((args.min_time / 4.0).min(0.25)),
+            max_runs: 100_000,
+        };
+        Some(workload.profile(&per_node).map_err(failed)?)
+    } else {
+        None
+    };
     bar.finish_and_clear();
 
     let median_us = latencies.median_us();
@@ -720,6 +913,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "latency_us_p90": latencies.percentile_us(90.0),
             "latency_us_min": latencies.min_us(),
             "latency_us_mean": latencies.mean_us(),
+            "cpu_us_per_run": latencies.cpu_us_per_run,
             "runs": latencies.runs(),
             "gflops": gflops,
             "flops_per_run": workload.flops,
@@ -733,6 +927,13 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
                 "optimise": compile.optimise_ms,
                 "plan": compile.plan_ms,
             },
+            "profile": profile.as_ref().map(|nodes| nodes.iter().map(|n| json!({
+                "node": n.label,
+                "op": n.op,
+                "latency_us_median": n.latency_us_median,
+                "flops": n.flops,
+                "bytes": n.bytes,
+            })).collect::<Vec<_>>()),
         });
         println!("{object}");
         return Ok(());
@@ -760,6 +961,11 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         latencies.mean_us(),
         latencies.runs()
     );
+    if let Some(cpu) = latencies.cpu_us_per_run {
+        println!(
+            "on-CPU:     {cpu:.1} us per run (all threads; steadier than wall time on a busy machine)"
+        );
+    }
     println!(
         "throughput: {:.2} GFLOP/s ({:.3} MFLOP per run in matrix products)",
         gflops,
@@ -775,7 +981,39 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             plan.kernels
         );
     }
+    if let Some(nodes) = &profile {
+        print!("{}", profile_table(nodes, median_us));
+    }
     Ok(())
+}
+
+/// The per-node profile as text: time, share of the summed node times,
+/// and a rate (GFLOP/s for products, GB/s of traffic otherwise).
+fn profile_table(nodes: &[NodeProfile], run_median_us: f64) -> String {
+    let total: f64 = nodes.iter().map(|n| n.latency_us_median).sum();
+    let mut text = format!(
+        "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run):\n"
+    );
+    for n in nodes {
+        let rate = if n.flops > 0 {
+            format!(
+                "{:7.2} GFLOP/s",
+                n.flops as f64 / (n.latency_us_median * 1e3)
+            )
+        } else {
+            format!(
+                "{:7.2} GB/s   ",
+                n.bytes as f64 / (n.latency_us_median * 1e3)
+            )
+        };
+        text.push_str(&format!(
+            "  {:10.1} us {:5.1}%  {rate}  {}\n",
+            n.latency_us_median,
+            100.0 * n.latency_us_median / total.max(f64::MIN_POSITIVE),
+            n.label
+        ));
+    }
+    text
 }
 
 #[cfg(test)]
