@@ -5,18 +5,48 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use lamina::codegen::{Epilogue, GemmArgs, KernelLibraryBuilder, MatrixRef, PackedB, Threads};
+use lamina::codegen::{
+    Activation, Epilogue, GemmArgs, KernelLibraryBuilder, MatrixRef, PackedB, Threads,
+};
 
 use crate::cpu;
 use crate::measure::median;
 use crate::BenchError;
 
+/// What follows the product: nothing, or the feed-forward layer's bias and
+/// exact GELU (fused into lamina's kernel; two more ops in candle).
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    Nothing,
+    BiasGelu,
+}
+
 /// `(m, k, n)`: rows are tokens in the batch; `x[m,k] @ W[n,k]^T`.
-const SHAPES: [(&str, usize, usize, usize); 4] = [
-    ("attention q/k/v/out", 444, 384, 384),
-    ("feed-forward up", 444, 384, 1536),
-    ("feed-forward down", 444, 1536, 384),
-    ("feed-forward up, one 37-token sentence", 37, 384, 1536),
+const SHAPES: [(&str, usize, usize, usize, After); 6] = [
+    ("attention q/k/v/out", 444, 384, 384, After::Nothing),
+    ("feed-forward up", 444, 384, 1536, After::Nothing),
+    (
+        "feed-forward up + bias + GELU",
+        444,
+        384,
+        1536,
+        After::BiasGelu,
+    ),
+    ("feed-forward down", 444, 1536, 384, After::Nothing),
+    (
+        "feed-forward up, one 37-token sentence",
+        37,
+        384,
+        1536,
+        After::Nothing,
+    ),
+    (
+        "feed-forward up, one 5-token sentence",
+        5,
+        384,
+        1536,
+        After::Nothing,
+    ),
 ];
 
 fn codegen(e: lamina::codegen::CodegenError) -> BenchError {
@@ -72,36 +102,54 @@ pub fn compare(threads: usize, runs: usize) -> Result<(), BenchError> {
             residual: false,
         })
         .map_err(codegen)?;
+    let bias_gelu = builder
+        .add_gemm(Epilogue {
+            bias: true,
+            activation: Some(Activation::Gelu),
+            residual: false,
+        })
+        .map_err(codegen)?;
     let library = builder.finish().map_err(codegen)?;
 
     println!(
         "| product | m x k x n | candle (gemm crate) ms | GFLOP/s | lamina JIT ms | GFLOP/s | lamina / candle | max abs diff |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (seed, (what, m, k, n)) in SHAPES.iter().copied().enumerate() {
-        let x = filler(m * k, 2 * seed as u32 + 1);
-        let w = filler(n * k, 2 * seed as u32 + 2); // [n, k], as a PyTorch Linear stores it
+    for (seed, (what, m, k, n, after)) in SHAPES.iter().copied().enumerate() {
+        let x = filler(m * k, 3 * seed as u32 + 1);
+        let w = filler(n * k, 3 * seed as u32 + 2); // [n, k], as a PyTorch Linear stores it
+        let bias = filler(n, 3 * seed as u32 + 3);
 
         let cx = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?;
         let cw = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?;
+        let cb = Tensor::from_vec(bias.clone(), n, &Device::Cpu)?;
         let cwt = cw.t()?;
         let mut candle_out = Vec::new();
         let candle = time(runs, || {
-            candle_out = cx.matmul(&cwt)?.flatten_all()?.to_vec1::<f32>()?;
+            let product = cx.matmul(&cwt)?;
+            let y = match after {
+                After::Nothing => product,
+                After::BiasGelu => product.broadcast_add(&cb)?.gelu_erf()?,
+            };
+            candle_out = y.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         })?;
 
         let packed = PackedB::pack(&MatrixRef::transposed(&w, k, n).map_err(codegen)?);
         let mut c = vec![0.0f32; m * n];
+        let (kernel, bias) = match after {
+            After::Nothing => (plain, None),
+            After::BiasGelu => (bias_gelu, Some(bias.as_slice())),
+        };
         let lamina = time(runs, || {
             let args = GemmArgs {
                 a: MatrixRef::row_major(&x, m, k).map_err(codegen)?,
                 b: packed.as_ref(),
-                bias: None,
+                bias,
                 residual: None,
                 c: &mut c,
             };
-            library.gemm(plain, args, &lamina_threads).map_err(codegen)
+            library.gemm(kernel, args, &lamina_threads).map_err(codegen)
         })?;
 
         let diff = candle_out

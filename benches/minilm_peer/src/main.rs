@@ -86,6 +86,12 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         runs: usize,
     },
+    /// The tables again from a sweep's JSON-lines log.
+    Report {
+        log: PathBuf,
+        #[arg(long, default_value_t = 0.3)]
+        max_others: f64,
+    },
     /// Every configuration, each in its own process, `rounds` times; prints
     /// the markdown tables of medians.
     Sweep {
@@ -117,7 +123,7 @@ fn main() -> ExitCode {
         Command::Measure { threads, .. } | Command::Gemm { threads, .. } => {
             measure::pin_thread_count(*threads)
         }
-        Command::Check | Command::Sweep { .. } => {}
+        Command::Check | Command::Sweep { .. } | Command::Report { .. } => {}
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,12 +135,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
-    if let Command::Gemm { threads, runs } = cli.command {
-        return gemm::compare(threads, runs);
+    match cli.command {
+        Command::Gemm { threads, runs } => return gemm::compare(threads, runs),
+        Command::Report { log, max_others } => return sweep::report(&log, max_others),
+        Command::Check | Command::Measure { .. } | Command::Sweep { .. } => {}
     }
     let files = Files::locate(cli.cache.as_deref())?;
     match cli.command {
-        Command::Gemm { .. } => unreachable!("handled above"),
+        Command::Gemm { .. } | Command::Report { .. } => unreachable!("handled above"),
         Command::Check => check::check(&files),
         Command::Measure {
             engine,

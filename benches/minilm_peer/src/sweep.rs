@@ -97,7 +97,7 @@ fn run_one(exe: &Path, config: Config, options: &SweepOptions) -> Result<Measure
 }
 
 /// One process's measurement as the sweep log keeps it.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SweepRecord {
     round: usize,
     attempt: usize,
@@ -162,10 +162,7 @@ pub fn sweep(options: &SweepOptions) -> Result<(), BenchError> {
                     path: options.out.clone(),
                     source,
                 })?;
-                // The machine has two cores: a one-thread run leaves one
-                // free for others without losing anything.
-                let spare_cores = MACHINE_CORES.saturating_sub(m.threads) as f64;
-                let quiet = m.cpu.others_cores <= spare_cores + options.max_others;
+                let quiet = is_quiet(&m, options.max_others);
                 if quietest
                     .as_ref()
                     .is_none_or(|q| m.cpu.others_cores < q.cpu.others_cores)
@@ -176,9 +173,43 @@ pub fn sweep(options: &SweepOptions) -> Result<(), BenchError> {
                     break;
                 }
             }
-            if let Some(m) = quietest {
+            if let Some(m) = quietest.filter(|m| is_quiet(m, options.max_others)) {
                 results.entry(config).or_default().push(m);
             }
+        }
+    }
+    print!("{}", render(&results));
+    Ok(())
+}
+
+/// Did the measurement have the cores it asked for? The machine has two:
+/// a one-thread run leaves one to other processes without losing anything.
+fn is_quiet(m: &Measurement, max_others: f64) -> bool {
+    let spare_cores = MACHINE_CORES.saturating_sub(m.threads) as f64;
+    m.cpu.others_cores <= spare_cores + max_others
+}
+
+fn config_of(m: &Measurement) -> Option<Config> {
+    Some(Config {
+        workload: Workload::ALL.iter().position(|&w| w == m.workload)?,
+        threads: m.threads,
+        engine: ENGINES.iter().position(|&e| e == m.engine)?,
+    })
+}
+
+/// The tables again from a sweep's log, keeping the quiet measurements.
+pub fn report(log: &Path, max_others: f64) -> Result<(), BenchError> {
+    let text = std::fs::read_to_string(log).map_err(|source| BenchError::Io {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let mut results: BTreeMap<Config, Vec<Measurement>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let record: SweepRecord =
+            serde_json::from_str(line).map_err(|e| BenchError::Child(format!("{e}: {line}")))?;
+        let m = record.measurement;
+        if let (true, Some(config)) = (is_quiet(&m, max_others), config_of(&m)) {
+            results.entry(config).or_default().push(m);
         }
     }
     print!("{}", render(&results));
@@ -231,9 +262,9 @@ fn render(results: &BTreeMap<Config, Vec<Measurement>>) -> String {
     let cell = |s: &Summary| format!("{:.2} ({:.2}–{:.2})", s.median_ms, s.low_ms, s.high_ms);
     let mut text = String::new();
     text.push_str(
-        "| workload | tokens | threads | candle ms | lamina JIT ms | JIT / candle | JIT / candle, CPU time | interpreter ms | interpreter / candle |\n",
+        "| workload | tokens | threads | candle ms | lamina JIT ms | JIT / candle | JIT / candle, CPU time | interpreter ms | interpreter / candle | processes (candle, JIT) |\n",
     );
-    text.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    text.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (w, workload) in Workload::ALL.iter().enumerate() {
         for threads in [1, 2] {
             let (Some(candle), Some(jit)) = (get(w, threads, 0), get(w, threads, 1)) else {
@@ -246,7 +277,7 @@ fn render(results: &BTreeMap<Config, Vec<Measurement>>) -> String {
                 None => ("–".to_string(), "–".to_string()),
             };
             text.push_str(&format!(
-                "| {} | {} x {} | {} | {} | {} | **{:.2}** | {:.2} | {} | {} |\n",
+                "| {} | {} x {} | {} | {} | {} | **{:.2}** | {:.2} | {} | {} | {}, {} |\n",
                 workload.label(),
                 candle[0].texts,
                 candle[0].tokens,
@@ -256,7 +287,9 @@ fn render(results: &BTreeMap<Config, Vec<Measurement>>) -> String {
                 j.median_ms / c.median_ms,
                 j.cpu_ms / c.cpu_ms,
                 interp_cell,
-                interp_ratio
+                interp_ratio,
+                candle.len(),
+                jit.len()
             ));
         }
     }
@@ -281,4 +314,51 @@ fn render(results: &BTreeMap<Config, Vec<Measurement>>) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuUse;
+
+    fn measured(threads: usize, others_cores: f64) -> Measurement {
+        Measurement {
+            engine: Engine::Jit,
+            threads,
+            workload: Workload::Twelve,
+            texts: 12,
+            tokens: 37,
+            warmup: 1,
+            runs: 1,
+            median_ms: 1.0,
+            min_ms: 1.0,
+            max_ms: 1.0,
+            median_cpu_ms: 1.0,
+            candle_threads: None,
+            cpu: CpuUse {
+                cpu_per_wall: 1.0,
+                busy_threads: threads,
+                live_threads: threads,
+                others_cores,
+            },
+        }
+    }
+
+    #[test]
+    fn a_one_thread_run_may_share_the_machine_but_a_two_thread_run_may_not() {
+        assert!(is_quiet(&measured(1, 1.0), 0.3));
+        assert!(!is_quiet(&measured(1, 1.5), 0.3));
+        assert!(is_quiet(&measured(2, 0.2), 0.3));
+        assert!(!is_quiet(&measured(2, 0.6), 0.3));
+    }
+
+    #[test]
+    fn every_workload_runs_candle_and_the_jit_on_one_and_two_threads() {
+        let all = configs();
+        // 3 workloads x (candle, JIT on 1 and 2 threads + interpreter on 1).
+        assert_eq!(all.len(), 15);
+        assert!(all
+            .iter()
+            .all(|c| ENGINES[c.engine] != Engine::Interp || c.threads == 1));
+    }
 }
