@@ -498,9 +498,12 @@ impl Workload {
         let (engine, plan, flops, threads) = match setup.backend {
             BenchBackend::Jit => {
                 let start = Instant::now();
-                let (model, _) =
-                    crate::compile::compile(&m.graph, &bound.values, CompileOptions { threads })
-                        .map_err(|e| error(&e))?;
+                let (model, _) = crate::compile::compile(
+                    &m.graph,
+                    &bound.values,
+                    CompileOptions { threads, isa: None },
+                )
+                .map_err(|e| error(&e))?;
                 compile.optimise_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
@@ -651,6 +654,7 @@ impl Workload {
                 params,
                 CompileOptions {
                     threads: self.threads,
+                    isa: None,
                 },
             )
             .map_err(|e| error(&e))?;

@@ -280,6 +280,7 @@ fn run_jit(
     let error = |e: &dyn std::fmt::Display| fail(vec![Diagnostic::error(e.to_string())], None);
     let options = CompileOptions {
         threads: args.threads.max(1),
+        isa: None,
     };
     let (compiled, _) =
         crate::compile::compile(&m.graph, params, options).map_err(|e| error(&e))?;

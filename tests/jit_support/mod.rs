@@ -134,7 +134,7 @@ pub fn compile_plain(
     params: &HashMap<String, Tensor>,
     threads: usize,
 ) -> CompiledModel {
-    CompiledModel::compile(graph, params, CompileOptions { threads })
+    CompiledModel::compile(graph, params, CompileOptions { threads, isa: None })
         .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
 }
 
@@ -143,7 +143,7 @@ pub fn compile_all_passes(
     params: &HashMap<String, Tensor>,
     threads: usize,
 ) -> CompiledModel {
-    lamina::compile::compile(graph, params, CompileOptions { threads })
+    lamina::compile::compile(graph, params, CompileOptions { threads, isa: None })
         .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
         .0
 }
