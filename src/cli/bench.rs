@@ -24,6 +24,7 @@ use serde_json::json;
 
 use super::run::default_threads;
 use super::{fail, Reported};
+use crate::codegen::Isa;
 use crate::diagnostics::{render_all, Diagnostic, SourceFile};
 use crate::ir::bind::{bind_inputs, concretize};
 use crate::ir::{Bindings, DType, Dim, Graph, NodeId, Op};
@@ -72,6 +73,10 @@ pub struct BenchArgs {
     /// GB/s of operand and result traffic for the rest. Shows where the time of a run goes.
     #[arg(long)]
     profile: bool,
+    /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the
+    /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
+    #[arg(long, value_name = "TIER")]
+    isa: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,6 +122,8 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Keep the parameter values after compiling, for [`Workload::profile`].
     pub keep_params: bool,
+    /// The kernel tier (`None`: `LAMINA_ISA`, else the CPU's best).
+    pub isa: Option<Isa>,
 }
 
 impl BenchSetup {
@@ -131,6 +138,7 @@ impl BenchSetup {
             backend: BenchBackend::Jit,
             seed: 0,
             keep_params: false,
+            isa: None,
         }
     }
 }
@@ -220,6 +228,8 @@ pub struct Workload {
     pub plan: Option<PlanStats>,
     pub threads: usize,
     pub backend: BenchBackend,
+    /// The kernel tier (JIT backend).
+    pub isa: Option<Isa>,
 }
 
 fn ms_since(start: Instant) -> f64 {
@@ -495,13 +505,17 @@ impl Workload {
         let error = |e: &dyn std::fmt::Display| BenchFailure::plain(e.to_string());
 
         let threads = setup.threads.max(1);
+        let mut isa = None;
         let (engine, plan, flops, threads) = match setup.backend {
             BenchBackend::Jit => {
                 let start = Instant::now();
                 let (model, _) = crate::compile::compile(
                     &m.graph,
                     &bound.values,
-                    CompileOptions { threads, isa: None },
+                    CompileOptions {
+                        threads,
+                        isa: setup.isa,
+                    },
                 )
                 .map_err(|e| error(&e))?;
                 compile.optimise_ms = ms_since(start);
@@ -516,6 +530,7 @@ impl Workload {
                     native_steps: info.native_steps,
                     kernels: info.kernels,
                 };
+                isa = Some(model.isa());
                 let engine = Engine::Jit {
                     model: Box::new(model),
                     outputs: Vec::new(),
@@ -544,6 +559,7 @@ impl Workload {
             plan,
             threads,
             backend: setup.backend,
+            isa,
         })
     }
 
@@ -654,7 +670,7 @@ impl Workload {
                 params,
                 CompileOptions {
                     threads: self.threads,
-                    isa: None,
+                    isa: self.isa,
                 },
             )
             .map_err(|e| error(&e))?;
@@ -857,6 +873,8 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
     if args.threads == 0 {
         return Err(failed(BenchFailure::plain("--threads must be at least 1")));
     }
+    let isa =
+        super::resolve_isa(args.isa.as_deref()).map_err(|e| failed(BenchFailure::plain(e)))?;
     let setup = BenchSetup {
         model: args.model.clone(),
         weights: args.weights.clone(),
@@ -866,6 +884,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         backend: args.backend,
         seed: args.seed,
         keep_params: args.profile,
+        isa: Some(isa),
     };
     if args.profile && args.backend != BenchBackend::Jit {
         return Err(failed(BenchFailure::plain(
@@ -911,6 +930,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "model": args.model.display().to_string(),
             "backend": workload.backend.name(),
             "threads": workload.threads,
+            "isa": workload.isa.map(|i| i.name()),
             "bindings": workload.bindings,
             "compile_ms": compile.total_ms(),
             "latency_us_median": median_us,
@@ -943,10 +963,13 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         return Ok(());
     }
     println!(
-        "{} ({}), backend {}, {} thread(s)",
+        "{} ({}), backend {}{}, {} thread(s)",
         args.model.display(),
         bindings_text(&workload.bindings),
         workload.backend.name(),
+        workload
+            .isa
+            .map_or(String::new(), |i| format!(" ({i} kernels)")),
         workload.threads
     );
     println!(

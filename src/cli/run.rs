@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs).
     #[arg(long)]
     dump_clif: bool,
+    /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the
+    /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
+    #[arg(long, value_name = "TIER")]
+    isa: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -278,9 +282,10 @@ fn run_jit(
     bindings: &Bindings,
 ) -> Result<Vec<(String, Tensor)>, Reported> {
     let error = |e: &dyn std::fmt::Display| fail(vec![Diagnostic::error(e.to_string())], None);
+    let isa = super::resolve_isa(args.isa.as_deref()).map_err(|e| error(&e))?;
     let options = CompileOptions {
         threads: args.threads.max(1),
-        isa: None,
+        isa: Some(isa),
     };
     let (compiled, _) =
         crate::compile::compile(&m.graph, params, options).map_err(|e| error(&e))?;
