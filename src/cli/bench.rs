@@ -1009,23 +1009,49 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         );
     }
     if let Some(nodes) = &profile {
-        print!("{}", profile_table(nodes, median_us));
+        print!("{}", profile_table(nodes, median_us, workload.threads));
     }
     Ok(())
 }
 
 /// The per-node profile as text: time, share of the summed node times,
 /// and a rate (GFLOP/s for products, GB/s of traffic otherwise).
-fn profile_table(nodes: &[NodeProfile], run_median_us: f64) -> String {
+/// Core clock for the flop/cycle figures: measured on the project's
+/// Zen 4 machines (a dependent 1-cycle add chain: 3.63-3.66 GHz; the
+/// nominal /proc/cpuinfo figure is lower). `LAMINA_CLOCK_GHZ` overrides it.
+const DEFAULT_CLOCK_GHZ: f64 = 3.64;
+
+/// Peak f32 flop/cycle of one core: two 256-bit FMA pipes (Zen 4 runs
+/// zmm FMAs as two halves, so AVX-512 does not raise it), or two 128-bit
+/// pipes without AVX2.
+fn peak_flops_per_cycle() -> f64 {
+    let f = crate::codegen::Target::detected().features;
+    if f.fma && (f.avx2 || f.avx512f) {
+        32.0
+    } else {
+        16.0
+    }
+}
+
+fn profile_table(nodes: &[NodeProfile], run_median_us: f64, threads: usize) -> String {
     let total: f64 = nodes.iter().map(|n| n.latency_us_median).sum();
+    let clock_ghz = std::env::var("LAMINA_CLOCK_GHZ")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(DEFAULT_CLOCK_GHZ);
+    let peak = peak_flops_per_cycle();
     let mut text = format!(
-        "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run):\n"
+        "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run; \
+         flop/cycle per core at {clock_ghz:.2} GHz, peak {peak:.0}):\n"
     );
     for n in nodes {
         let rate = if n.flops > 0 {
+            let gflops = n.flops as f64 / (n.latency_us_median * 1e3);
+            let per_cycle = gflops / clock_ghz / threads.max(1) as f64;
             format!(
-                "{:7.2} GFLOP/s",
-                n.flops as f64 / (n.latency_us_median * 1e3)
+                "{gflops:7.2} GFLOP/s {per_cycle:5.1} flop/cycle ({:3.0}% of peak)",
+                100.0 * per_cycle / peak
             )
         } else {
             format!(
