@@ -44,7 +44,7 @@ pub(crate) fn panel_width(isa: Isa) -> usize {
 }
 
 /// Rows of A per full micro-kernel call: 12 x 2 zmm = 24 accumulators
-/// (+2 B vectors, broadcasts come from memory) for AVX-512; 6 x 2 ymm = 12
+/// (+2 B vectors, +1 broadcast) of the 32 zmm for AVX-512; 6 x 2 ymm = 12
 /// (+2 B, +1 broadcast) of the 16 ymm for AVX2; the baseline's 12 x f32x4.
 pub(crate) fn rows_per_kernel(isa: Isa) -> usize {
     match isa {
@@ -61,7 +61,7 @@ pub(crate) fn wide_panels(isa: Isa, rows: usize) -> usize {
     match (isa, rows) {
         (Isa::Avx512, 1..=2) => 4,
         (Isa::Avx512, 3) => 3,
-        (Isa::Avx512, 4..=7) => 2,
+        (Isa::Avx512, 4..=6) => 2,
         (Isa::Avx2, 1) => 3,
         (Isa::Avx2, 2) => 2,
         _ => 1,
@@ -91,13 +91,13 @@ impl Layout {
     fn acc(self, i: usize, v: usize, h: usize) -> usize {
         (i * self.panels + v) * 2 + h
     }
+    /// The A broadcast: the top register.
+    fn broadcast(self) -> usize {
+        self.vectors() - 1
+    }
     fn b(self, v: usize, h: usize) -> usize {
-        // From the top, below the AVX2 broadcast register.
-        let top = match self.isa {
-            Isa::Avx512 => 31,
-            _ => 14,
-        };
-        top - (v * 2 + h)
+        // Downwards from below the broadcast register.
+        self.broadcast() - 1 - (v * 2 + h)
     }
     fn vec_bytes(self) -> i32 {
         match self.isa {
@@ -109,8 +109,7 @@ impl Layout {
         2 * self.vec_bytes()
     }
     fn fits(self) -> bool {
-        let broadcast = usize::from(self.isa == Isa::Avx2);
-        self.rows * self.panels * 2 + self.panels * 2 + broadcast <= self.vectors()
+        self.rows * self.panels * 2 + self.panels * 2 + 1 <= self.vectors()
     }
 }
 
@@ -229,26 +228,29 @@ impl Asm {
                 self.vmovups_load(l.b(v, h), mem)?;
             }
         }
+        // One broadcast load per row feeding register FMAs: an embedded
+        // `{1to16}` broadcast per FMA would load each A value once per
+        // vector, and on cores with two 512-bit FMA pipes (Intel server)
+        // the loads, not the FMAs, then set the pace.
+        let bc = l.broadcast();
         for i in 0..rows {
             let a_elem = rdi + (i as i32 * 4);
             match l.isa {
                 Isa::Avx512 => {
+                    self.a.vbroadcastss(ZMM[bc], dword_ptr(a_elem))?;
                     for v in 0..panels {
                         for h in 0..2 {
-                            self.a.vfmadd231ps(
-                                ZMM[l.acc(i, v, h)],
-                                ZMM[l.b(v, h)],
-                                dword_bcst(a_elem),
-                            )?;
+                            self.a
+                                .vfmadd231ps(ZMM[l.acc(i, v, h)], ZMM[l.b(v, h)], ZMM[bc])?;
                         }
                     }
                 }
                 _ => {
-                    self.a.vbroadcastss(ymm15, dword_ptr(a_elem))?;
+                    self.a.vbroadcastss(YMM[bc], dword_ptr(a_elem))?;
                     for v in 0..panels {
                         for h in 0..2 {
                             self.a
-                                .vfmadd231ps(YMM[l.acc(i, v, h)], YMM[l.b(v, h)], ymm15)?;
+                                .vfmadd231ps(YMM[l.acc(i, v, h)], YMM[l.b(v, h)], YMM[bc])?;
                         }
                     }
                 }
