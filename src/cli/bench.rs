@@ -1016,31 +1016,60 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
 
 /// The per-node profile as text: time, share of the summed node times,
 /// and a rate (GFLOP/s for products, GB/s of traffic otherwise).
-/// Core clock for the flop/cycle figures: measured on the project's
-/// Zen 4 machines (a dependent 1-cycle add chain: 3.63-3.66 GHz; the
-/// nominal /proc/cpuinfo figure is lower). `LAMINA_CLOCK_GHZ` overrides it.
-const DEFAULT_CLOCK_GHZ: f64 = 3.64;
+/// Core clock for the flop/cycle figures when it cannot be measured.
+const FALLBACK_CLOCK_GHZ: f64 = 3.0;
 
-/// Peak f32 flop/cycle of one core: two 256-bit FMA pipes (Zen 4 runs
-/// zmm FMAs as two halves, so AVX-512 does not raise it), or two 128-bit
-/// pipes without AVX2.
-fn peak_flops_per_cycle() -> f64 {
-    let f = crate::codegen::Target::detected().features;
-    if f.fma && (f.avx2 || f.avx512f) {
-        32.0
-    } else {
-        16.0
+/// The core clock in GHz: `LAMINA_CLOCK_GHZ`, else measured as a chain of
+/// dependent register adds (one per cycle) timed in on-CPU time, so time
+/// the scheduler gives to other jobs does not count (the nominal
+/// /proc/cpuinfo figure ignores boost, and `add reg, imm` chains are folded
+/// by some cores, hence `add reg, reg`).
+fn clock_ghz() -> f64 {
+    let forced = std::env::var("LAMINA_CLOCK_GHZ")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0);
+    forced
+        .or_else(measure_clock_ghz)
+        .unwrap_or(FALLBACK_CLOCK_GHZ)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_clock_ghz() -> Option<f64> {
+    const ITERATIONS: u64 = 40_000_000;
+    let start = process_cpu_ns()?;
+    let (mut x, mut n) = (1u64, ITERATIONS);
+    // SAFETY: register arithmetic only; no memory, no stack.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "sub {n}, 1",
+            "jnz 2b",
+            x = inout(reg) x,
+            n = inout(reg) n,
+            options(nomem, nostack),
+        );
     }
+    std::hint::black_box((x, n));
+    let ns = process_cpu_ns()?.checked_sub(start)?;
+    (ns > 0).then(|| 4.0 * ITERATIONS as f64 / ns as f64)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_clock_ghz() -> Option<f64> {
+    None
 }
 
 fn profile_table(nodes: &[NodeProfile], run_median_us: f64, threads: usize) -> String {
     let total: f64 = nodes.iter().map(|n| n.latency_us_median).sum();
-    let clock_ghz = std::env::var("LAMINA_CLOCK_GHZ")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .unwrap_or(DEFAULT_CLOCK_GHZ);
-    let peak = peak_flops_per_cycle();
+    let clock_ghz = clock_ghz();
+    let peak = crate::codegen::Target::detected()
+        .features
+        .peak_flops_per_cycle();
     let mut text = format!(
         "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run; \
          flop/cycle per core at {clock_ghz:.2} GHz, peak {peak:.0}):\n"

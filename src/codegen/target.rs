@@ -75,6 +75,33 @@ impl FromStr for Isa {
     }
 }
 
+/// Who made the CPU: the FMA width behind AVX-512 differs (below).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vendor {
+    Intel,
+    Amd,
+    #[default]
+    Other,
+}
+
+impl Vendor {
+    /// From Linux's /proc/cpuinfo (`Other` where that is absent).
+    fn detect() -> Vendor {
+        let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return Vendor::Other;
+        };
+        let vendor = text
+            .lines()
+            .find_map(|l| l.strip_prefix("vendor_id"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim());
+        match vendor {
+            Some("GenuineIntel") => Vendor::Intel,
+            Some("AuthenticAMD") => Vendor::Amd,
+            _ => Vendor::Other,
+        }
+    }
+}
+
 /// ISA extensions the tiers depend on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuFeatures {
@@ -85,6 +112,7 @@ pub struct CpuFeatures {
     pub avx512bw: bool,
     pub avx512dq: bool,
     pub avx512vl: bool,
+    pub vendor: Vendor,
 }
 
 impl CpuFeatures {
@@ -98,12 +126,27 @@ impl CpuFeatures {
             avx512bw: std::is_x86_feature_detected!("avx512bw"),
             avx512dq: std::is_x86_feature_detected!("avx512dq"),
             avx512vl: std::is_x86_feature_detected!("avx512vl"),
+            vendor: Vendor::detect(),
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     fn detect() -> CpuFeatures {
         CpuFeatures::default()
+    }
+
+    /// Peak f32 flop/cycle of one core (two FMA pipes): 64 with two
+    /// 512-bit FMA units (Intel server cores with AVX-512; a few Intel parts
+    /// have one, and then this overstates), 32 with 256-bit FMAs (AVX2, and
+    /// AMD Zen 4, which runs a zmm FMA as two halves), 16 without.
+    pub fn peak_flops_per_cycle(&self) -> f64 {
+        if self.avx512f && self.fma && self.vendor == Vendor::Intel {
+            64.0
+        } else if self.fma && (self.avx2 || self.avx512f) {
+            32.0
+        } else {
+            16.0
+        }
     }
 
     /// The best tier these features run. The wide kernels are x86-64
