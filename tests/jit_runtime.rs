@@ -239,7 +239,7 @@ fn parameters_that_do_not_fit_are_errors() {
 /// out of range (too big or negative) are errors, never reads past the
 /// table, and the model keeps working afterwards.
 #[test]
-fn gather_ids_out_of_range_are_errors() {
+fn gather_ids_count_from_the_end_and_out_of_range_ids_are_errors() {
     let mut b = Builder::new("embed");
     let ids = b.input("ids", "i64[batch, seq]");
     let table = Tensor::f32(vec![5, 4], (0..20).map(|v| v as f32).collect());
@@ -256,16 +256,26 @@ fn gather_ids_out_of_range_are_errors() {
             compile_plain(&graph, &params, 1)
         };
         let feed = |v: Vec<i64>| HashMap::from([("ids".to_string(), Tensor::i64(vec![2, 3], v))]);
-        let good = feed(vec![0, 1, 2, 3, 4, 0]);
+        // Negative ids count from the end (numpy, ONNX): -5..5 is valid.
+        let good = feed(vec![0, 1, 2, 3, 4, -5]);
         let vocab = Bindings::from([("vocab".to_string(), 5)]);
         let reference = interp::run(&graph, &params, &good, &vocab).unwrap();
         let first = model.run(&good).expect("valid ids");
         compare_outputs("valid ids", &first, &reference, 1e-6).unwrap();
+        let negative = feed(vec![-1, -2, -3, -4, -5, 0]);
+        let reference = interp::run(&graph, &params, &negative, &vocab).unwrap();
+        let got = model.run(&negative).expect("ids counted from the end");
+        compare_outputs("negative ids", &got, &reference, 1e-6).unwrap();
+        let reversed = feed(vec![4, 3, 2, 1, 0, 0]);
+        same_bits("-k is size - k", &model.run(&reversed).unwrap(), &got).unwrap();
         for (bad, id) in [
             (vec![0, 1, 2, 3, 5, 0], 5),
-            (vec![0, -1, 2, 3, 4, 0], -1),
+            (vec![0, -6, 2, 3, 4, 0], -6),
             (vec![i64::MAX; 6], i64::MAX),
+            (vec![i64::MIN; 6], i64::MIN),
         ] {
+            let reference = interp::run(&graph, &params, &feed(bad.clone()), &vocab);
+            assert!(reference.is_err(), "the interpreter accepts id {id}");
             match model.run(&feed(bad)) {
                 Err(ExecError::GatherIndex { id: got, size: 5 }) => assert_eq!(got, id),
                 other => panic!("id {id}: expected a gather index error, got {other:?}"),
@@ -790,4 +800,93 @@ fn sums_and_means_of_huge_values_do_not_overflow() {
     let means = got[3].1.as_f32().unwrap();
     assert_eq!(means[2], 3e38, "{means:?}");
     assert_eq!(got[0].1.as_f32().unwrap()[0], 3e38);
+}
+
+/// Reductions over an axis of size 0 give the same answer on both
+/// backends, as numpy: sum 0, mean NaN (0/0), max an error (max has no
+/// identity); softmax, log_softmax and layer_norm of an empty axis are
+/// empty. Reduced along the last axis, a middle one and several.
+#[test]
+fn reductions_over_an_empty_axis_agree() {
+    for (shape, axes) in [
+        ("f32[2, 0]", vec![1]),
+        ("f32[2, 0, 3]", vec![1]),
+        ("f32[2, 0, 3]", vec![0, 1]),
+        ("f32[0, 4]", vec![0]),
+    ] {
+        let dims: Vec<usize> = shape[4..shape.len() - 1]
+            .split(", ")
+            .map(|d| d.parse().unwrap())
+            .collect();
+        let feed = HashMap::from([("x".to_string(), Tensor::f32(dims, vec![]))]);
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            let mut b = Builder::new("empty");
+            let x = b.input("x", shape);
+            let y = b.op(
+                Op::Reduce {
+                    op,
+                    axes: axes.clone(),
+                    keepdims: false,
+                },
+                &[x],
+            );
+            b.output("y", y);
+            let (graph, params) = b.finish();
+            let what = format!("{}{axes:?} of {shape}", op.name());
+            let reference = interp::run(&graph, &params, &feed, &Bindings::new());
+            for with_passes in [false, true] {
+                let model = if with_passes {
+                    compile_all_passes(&graph, &params, 1)
+                } else {
+                    compile_plain(&graph, &params, 1)
+                };
+                let got = model.run(&feed);
+                match (op, &reference, got) {
+                    (ReduceOp::Max, Err(e), Err(ExecError::Interp(ours))) => {
+                        assert!(
+                            matches!(e.root(), interp::InterpError::EmptyMax { .. })
+                                && matches!(ours, interp::InterpError::EmptyMax { .. }),
+                            "{what}: {e} / {ours}"
+                        );
+                    }
+                    (ReduceOp::Sum | ReduceOp::Mean, Ok(want), Ok(got)) => {
+                        compare_outputs(&what, &got, want, 0.0).unwrap();
+                        let v = got[0].1.as_f32().unwrap();
+                        assert!(!v.is_empty(), "{what}");
+                        if op == ReduceOp::Sum {
+                            assert!(v.iter().all(|&v| v == 0.0), "{what}: {v:?}");
+                        } else {
+                            assert!(v.iter().all(|v| v.is_nan()), "{what}: {v:?}");
+                        }
+                    }
+                    (_, reference, got) => {
+                        panic!("{what}: interpreter {reference:?}, jit {got:?}")
+                    }
+                }
+            }
+        }
+    }
+    let mut b = Builder::new("empty_rows");
+    let x = b.input("x", "f32[3, 0]");
+    let none = b.param("none", Tensor::f32(vec![0], vec![]));
+    for (name, op) in [
+        ("softmax", Op::Softmax { axis: 1 }),
+        ("log_softmax", Op::LogSoftmax { axis: 1 }),
+    ] {
+        let y = b.op(op, &[x]);
+        b.output(name, y);
+    }
+    let y = b.op(
+        Op::LayerNorm {
+            axis: 1,
+            eps: Float(1e-5),
+        },
+        &[x, none, none],
+    );
+    b.output("layer_norm", y);
+    let (graph, params) = b.finish();
+    let feed = HashMap::from([("x".to_string(), Tensor::f32(vec![3, 0], vec![]))]);
+    let reference = interp::run(&graph, &params, &feed, &Bindings::new()).unwrap();
+    let got = compile_plain(&graph, &params, 1).run(&feed).unwrap();
+    compare_outputs("empty rows", &got, &reference, 0.0).unwrap();
 }
