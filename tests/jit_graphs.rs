@@ -16,6 +16,8 @@
 //! agreement of 1 and 2 threads on graphs big enough to run in parallel.
 
 mod jit_support;
+#[path = "common/seeds.rs"]
+mod seeds;
 
 use std::collections::HashMap;
 
@@ -833,16 +835,8 @@ fn check(seed: u64, recipe: &[u8], outputs: usize, batch: usize) -> Result<(), T
     Ok(())
 }
 
-/// `default` cases, or `PROPTEST_CASES` when set (for long local runs).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(96), max_global_rejects: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(seeds::config(96, 10_000))]
 
     #[test]
     fn random_graphs_match_the_interpreter(
@@ -851,7 +845,7 @@ proptest! {
         outputs in 1usize..4,
         batch in 1usize..4,
     ) {
-        check(seed, &recipe, outputs, batch)?;
+        check(seed, &recipe, outputs, batch).map_err(seeds::with_seed)?;
     }
 }
 
@@ -886,7 +880,7 @@ fn check_threads_agree(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(12), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(seeds::config(12, 1024))]
 
     #[test]
     fn random_graphs_give_the_same_bits_on_1_and_2_threads(
@@ -895,7 +889,7 @@ proptest! {
         outputs in 1usize..4,
         batch in 1500usize..3000,
     ) {
-        check_threads_agree(seed, &recipe, outputs, batch)?;
+        check_threads_agree(seed, &recipe, outputs, batch).map_err(seeds::with_seed)?;
     }
 }
 

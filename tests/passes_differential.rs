@@ -8,6 +8,8 @@
 //! duplicates and constant subgraphs.
 
 mod passes_support;
+#[path = "common/seeds.rs"]
+mod seeds;
 
 use std::collections::HashMap;
 
@@ -654,7 +656,7 @@ fn check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+    #![proptest_config(seeds::config(1000, 100_000))]
 
     #[test]
     fn random_graphs_compute_the_same_after_all_passes(
@@ -665,7 +667,8 @@ proptest! {
         with_params in any::<bool>(),
     ) {
         let generated = generate(seed, &recipe, outputs);
-        check(&generated, batch, seed, with_params, "all", Agreement::Close)?;
+        check(&generated, batch, seed, with_params, "all", Agreement::Close)
+            .map_err(seeds::with_seed)?;
     }
 
     #[test]
@@ -677,7 +680,8 @@ proptest! {
         with_params in any::<bool>(),
     ) {
         let generated = generate(seed, &recipe, outputs);
-        check(&generated, batch, seed, with_params, EXACT_PASSES, Agreement::Exact)?;
+        check(&generated, batch, seed, with_params, EXACT_PASSES, Agreement::Exact)
+            .map_err(seeds::with_seed)?;
     }
 }
 
