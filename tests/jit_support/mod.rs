@@ -3,6 +3,8 @@
 //! graph builder.
 #![allow(dead_code)]
 
+pub mod random_graph;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
