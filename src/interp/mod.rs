@@ -68,7 +68,7 @@ pub enum InterpError {
     },
     #[error("{op}: the result {shape} is still symbolic; bind every symbol first")]
     Symbolic { op: &'static str, shape: String },
-    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size}")]
+    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
     GatherIndex {
         index: i64,
         position: usize,
@@ -91,8 +91,9 @@ pub enum InterpError {
     MissingOutput { name: String },
     #[error("the graph has a cycle: only {ordered} of its {total} nodes can be ordered")]
     Cycle { ordered: usize, total: usize },
-    /// An error while evaluating one node, with where that node is.
-    #[error("node {node} ({op}{}): {source}", .span.map(|s| format!(" at bytes {}..{}", s.start, s.end)).unwrap_or_default())]
+    /// An error while evaluating one node, with where that node is declared
+    /// (diagnostics render the span as the model's line and column).
+    #[error("{}", crate::diagnostics::at_node_message(.op, .source))]
     AtNode {
         node: usize,
         op: &'static str,
