@@ -514,24 +514,39 @@ impl GemmKernels {
             n,
             k,
         };
-        let (tasks, parallel) = plan_tasks(
-            m,
-            n,
-            k,
-            threads.count(),
-            self.micro.mr,
-            self.micro.layout.panel_width(),
-        );
+        let pw = self.micro.layout.panel_width();
         // SAFETY (for `run_task`): tasks cover disjoint (row range x panel
         // range) rectangles of C, and `c` is exclusively borrowed until
         // every task has finished.
-        if parallel {
-            threads.for_each(&tasks, |t| run_task(&job, t));
-        } else {
-            tasks.iter().for_each(|t| run_task(&job, t));
+        if !runs_parallel(m, n, k, threads.count()) {
+            // The per-inference path on one thread: no task list, so a call
+            // allocates nothing.
+            for panels in sequential_blocks(n, k, pw) {
+                run_task(&job, &Task { rows: 0..m, panels });
+            }
+            return Ok(());
         }
+        let (tasks, _) = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
+        threads.for_each(&tasks, |t| run_task(&job, t));
         Ok(())
     }
+}
+
+/// Whether a call is worth handing to the thread pool.
+fn runs_parallel(m: usize, n: usize, k: usize, threads: usize) -> bool {
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    threads > 1 && flops >= PARALLEL_MIN_FLOPS
+}
+
+/// The N blocks (panel ranges) of a call run on one thread, in order:
+/// `split_range(panels, blocks, 1)` without the vector.
+fn sequential_blocks(n: usize, k: usize, panel_width: usize) -> impl Iterator<Item = Range<usize>> {
+    let panels = panel_count(n, panel_width);
+    let blocks = panels.div_ceil(nc_panels(k, panel_width)).max(1);
+    let chunk = panels.div_ceil(blocks).max(1);
+    (0..panels)
+        .step_by(chunk)
+        .map(move |start| start..(start + chunk).min(panels))
 }
 
 /// The tasks of one call, and whether to hand them to the thread pool
@@ -545,11 +560,9 @@ fn plan_tasks(
     panel_width: usize,
 ) -> (Vec<Task>, bool) {
     let panels = panel_count(n, panel_width);
-    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let nc = nc_panels(k, panel_width);
-    if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
-        let sequential = split_range(panels, panels.div_ceil(nc), 1)
-            .into_iter()
+    if !runs_parallel(m, n, k, threads) {
+        let sequential = sequential_blocks(n, k, panel_width)
             .map(|p| Task {
                 rows: 0..m,
                 panels: p,
@@ -1022,8 +1035,13 @@ mod tests {
                 (37, 3000, 8, 2),
             ] {
                 let (tasks, parallel) = plan_tasks(m, n, k, threads, mr, pw);
-                assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
                 let panels = panel_count(n, pw);
+                assert_eq!(
+                    sequential_blocks(n, k, pw).collect::<Vec<_>>(),
+                    split_range(panels, panels.div_ceil(nc_panels(k, pw)), 1),
+                    "{isa}: {m}x{n}x{k}"
+                );
+                assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
                 let mut covered = vec![0u8; m * panels];
                 for t in &tasks {
                     for i in t.rows.clone() {
