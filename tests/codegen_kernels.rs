@@ -2034,9 +2034,34 @@ fn clif_text_is_deterministic() {
     };
     let (a, b) = (build(), build());
     assert_eq!(a.clif_text(), b.clif_text());
-    assert!(a.clif_text().contains("; kernel gemm_12x1\n"));
+    // The full-height micro-kernel of the tier the host runs by default.
+    let full = match a.isa() {
+        Isa::Baseline => "gemm_12x1",
+        Isa::Avx2 => "gemm_avx2_6x1",
+        Isa::Avx512 => "gemm_avx512_12x1",
+    };
+    assert!(a.clif_text().contains(&format!("; kernel {full}\n")));
     assert!(a.clif_text().contains("; kernel gemm_epilogue_tanh\n"));
     assert!(a.kernels().iter().any(|k| k.name == "layer_norm_eps1e-5"));
+}
+
+/// The listing of an assembled wide-tier kernel, as `--dump-clif` prints
+/// it: a change to kernel generation shows here as a reviewable diff.
+#[test]
+fn asm_snapshot_of_an_avx2_micro_kernel() {
+    if !tiers().contains(&Isa::Avx2) {
+        eprintln!("this CPU lacks the avx2 tier: no snapshot to compare");
+        return;
+    }
+    let mut builder = builder_for(Isa::Avx2);
+    builder.add_gemm(Epilogue::none()).unwrap();
+    let lib = builder.finish().unwrap();
+    let kernel = lib
+        .kernels()
+        .iter()
+        .find(|k| k.name == "gemm_avx2_6x1")
+        .expect("the 6-row AVX2 kernel");
+    insta::assert_snapshot!(kernel.text());
 }
 
 #[test]
@@ -2096,11 +2121,12 @@ fn disassembly_on_request_and_shared_pools() {
     let mut builder = KernelLibraryBuilder::with_options(&options).unwrap();
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
-    let main_kernel = lib
-        .kernels()
-        .iter()
-        .find(|k| k.name == "gemm_12x1")
-        .unwrap();
+    let full = match lib.isa() {
+        Isa::Baseline => "gemm_12x1",
+        Isa::Avx2 => "gemm_avx2_6x1",
+        Isa::Avx512 => "gemm_avx512_12x1",
+    };
+    let main_kernel = lib.kernels().iter().find(|k| k.name == full).unwrap();
     let asm = main_kernel.disassembly.as_deref().unwrap();
     if lib.features().fma {
         assert!(

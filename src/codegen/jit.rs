@@ -97,8 +97,38 @@ fn kernel_tier(options: &CodegenOptions, features: IsaFeatures) -> Result<Isa, C
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
     pub name: String,
+    /// The CLIF; for an assembled kernel, a one-line header (its listing
+    /// is in `disassembly` when kept, and in `KernelLibrary::clif_text`).
     pub clif: String,
     pub disassembly: Option<String>,
+    /// Machine code of an assembled kernel (formatted on demand).
+    pub(crate) code: Option<std::sync::Arc<[u8]>>,
+}
+
+impl KernelInfo {
+    /// The CLIF, or for an assembled kernel its header and Intel-syntax listing.
+    pub fn text(&self) -> String {
+        match &self.code {
+            Some(code) => format!("{}{}", self.clif, x86_listing(code)),
+            None => self.clif.clone(),
+        }
+    }
+}
+
+/// An Intel-syntax listing of assembled code (offsets from 0), for the
+/// kernel dump: kernel generation can be reviewed and snapshot-tested.
+pub(crate) fn x86_listing(code: &[u8]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut formatter = IntelFormatter::new();
+    let mut text = String::new();
+    let mut line = String::new();
+    for instruction in &mut decoder {
+        line.clear();
+        formatter.format(&instruction, &mut line);
+        text.push_str(&format!("{:04x}  {line}\n", instruction.ip()));
+    }
+    text
 }
 
 /// Index of a kernel inside one `JitBuilder`, resolved to a code pointer
@@ -230,7 +260,9 @@ impl JitBuilder {
     /// function taking `params` pointer-sized integers and returning
     /// nothing. Nothing checks the bytes against that signature: the
     /// assembler that made them is responsible for it, and for needing no
-    /// relocations.
+    /// relocations. Its disassembly stands in for the CLIF in the kernel
+    /// dump, formatted only when asked for (formatting every kernel would
+    /// cost more than assembling them).
     pub(crate) fn define_bytes(
         &mut self,
         name: &str,
@@ -259,7 +291,8 @@ impl JitBuilder {
                 code.len(),
                 self.isa
             ),
-            disassembly: None,
+            disassembly: self.keep_disassembly.then(|| x86_listing(code)),
+            code: Some(code.into()),
         });
         Ok(KernelSlot(self.ids.len() - 1))
     }
@@ -319,6 +352,7 @@ impl JitBuilder {
             name: name.to_string(),
             clif,
             disassembly,
+            code: None,
         });
         Ok(KernelSlot(self.ids.len() - 1))
     }

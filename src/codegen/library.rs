@@ -292,7 +292,7 @@ impl KernelLibrary {
     pub fn clif_text(&self) -> String {
         let mut text = String::new();
         for info in &self.infos {
-            text.push_str(&format!("; kernel {}\n{}\n", info.name, info.clif));
+            text.push_str(&format!("; kernel {}\n{}\n", info.name, info.text()));
         }
         text
     }
