@@ -37,10 +37,7 @@ fn ty(dtype: DType, dims: &[Dim]) -> TensorType {
 
 /// Adds a node whose type its shape rule infers from its operands.
 fn add(graph: &mut Graph, op: Op, operands: &[NodeId]) -> NodeId {
-    let types: Vec<TensorType> = operands.iter().map(|&o| graph.node(o).ty.clone()).collect();
-    let refs: Vec<&TensorType> = types.iter().collect();
-    let out_ty = shape_rules::infer(&op, &refs).expect("a well-typed test graph");
-    graph.add_node(op, operands, out_ty, None)
+    crate::ir::builder::add_typed(graph, op, operands, None).expect("a well-typed test graph")
 }
 
 fn input(graph: &mut Graph, name: &str, ty: TensorType) -> NodeId {
