@@ -127,6 +127,16 @@ pub fn bind_params(
     })
 }
 
+/// What [`bind_params`] would report, without copying or moving a weight:
+/// the unused tensor names, or every problem.
+pub fn check_params(
+    graph: &Graph,
+    weights: Option<&WeightFile>,
+    bindings: &Bindings,
+) -> Result<Vec<String>, Vec<ParamError>> {
+    plan(graph, weights, bindings).map(|plan| plan.unused)
+}
+
 /// [`bind_params`] that consumes the weight file, moving its tensors into
 /// the result instead of copying them (checkpoints run to hundreds of MB).
 pub fn bind_params_owned(
