@@ -378,7 +378,7 @@ impl Gen {
                 let rows = self.shape(a)[..self.shape(a).len() - 1].to_vec();
                 let flat = self.op(
                     Op::Reshape {
-                        shape: vec![lamina::ir::dim::product(&rows), k.into()],
+                        shape: vec![lamina::ir::dim::product(&rows).unwrap(), k.into()],
                     },
                     &[a],
                 );

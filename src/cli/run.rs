@@ -261,7 +261,7 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
 
     let outputs = match args.backend {
         Backend::Interp => crate::interp::run(&m.graph, &params.values, &inputs, &bindings)
-            .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?,
+            .map_err(|e| fail(e.diagnostics(), file))?,
         Backend::Jit => run_jit(args, &m, &params.values, &inputs, &bindings)?,
     };
 
@@ -277,12 +277,12 @@ fn run_jit(
     inputs: &HashMap<String, Tensor>,
     bindings: &Bindings,
 ) -> Result<Vec<(String, Tensor)>, Reported> {
-    let error = |e: &dyn std::fmt::Display| fail(vec![Diagnostic::error(e.to_string())], None);
+    let error = |e: &crate::runtime::exec::ExecError| fail(e.diagnostics(), Some(&m.source));
     let options = CompileOptions {
         threads: args.threads.max(1),
     };
-    let (compiled, _) =
-        crate::compile::compile(&m.graph, params, options).map_err(|e| error(&e))?;
+    let (compiled, _) = crate::compile::compile(&m.graph, params, options)
+        .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
     let ordered: Vec<&Tensor> = compiled.input_names().iter().map(|n| &inputs[*n]).collect();
     if args.dump_clif {
         let info = compiled
