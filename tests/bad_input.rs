@@ -111,7 +111,10 @@ fn an_unused_tensor_of_an_unsupported_dtype_does_not_block_loading() {
         &format!("x={}", case("x_4.npy")),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("[1.000000, 2.000000, 3.000000, 4.000000]"), "{stdout}");
+    assert!(
+        stdout.contains("[1.000000, 2.000000, 3.000000, 4.000000]"),
+        "{stdout}"
+    );
     assert!(stderr.contains("not used by the model: step"), "{stderr}");
 }
 
