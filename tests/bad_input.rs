@@ -131,3 +131,58 @@ fn every_unreadable_weight_the_model_binds_is_reported_at_once() {
     assert_eq!(stderr.matches(": error:").count(), 2, "{stderr}");
     insta::assert_snapshot!(stderr);
 }
+
+#[test]
+fn parameters_over_the_memory_budget_are_refused_before_allocation() {
+    // Before: `--bind n=2^40` aborted with "memory allocation failed" (134).
+    let stderr = user_error(&[
+        "run",
+        &case("huge_seeded_param.lam"),
+        "--bind",
+        "n=1099511627776",
+        "--input",
+        &format!("x={}", case("x_4.npy")),
+    ]);
+    assert!(
+        stderr.contains("needs 4.0 TiB of memory, more than the memory budget"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("parameter `w` f32[1099511627776]"),
+        "{stderr}"
+    );
+    let stderr = on_both_backends(&[
+        "run",
+        &case("big_init.lam"),
+        "--input",
+        &format!("x={}", case("x_4.npy")),
+        "--max-memory",
+        "1M",
+    ]);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn intermediate_values_over_the_memory_budget_are_refused_on_both_backends() {
+    let args = [
+        "run",
+        &case("big_intermediates.lam"),
+        "--input",
+        &format!("x={}", case("x_64x64.npy")),
+    ];
+    for backend in ["jit", "interp"] {
+        let small = [&args[..], &["--max-memory", "20K", "--backend", backend]].concat();
+        let stderr = user_error(&small);
+        assert!(
+            stderr.contains("running the model needs")
+                && stderr.contains("more than the memory budget of 20.0 KiB (--max-memory)")
+                && stderr.contains("matmul result f32[64, 64] (16.0 KiB)"),
+            "{backend}: {stderr}"
+        );
+        let enough = [&args[..], &["--max-memory", "1M", "--backend", backend]].concat();
+        let (code, _, stderr) = lamina(&enough);
+        assert_eq!(code, 0, "{backend}: {stderr}");
+    }
+    let stderr = user_error(&[&args[..], &["--max-memory", "12Q"]].concat());
+    assert!(stderr.contains("`12Q` is not a size"), "{stderr}");
+}

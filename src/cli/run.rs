@@ -11,9 +11,10 @@ use super::{fail, report, Reported};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{Bindings, Graph};
 use crate::model::LoadedModel;
+use crate::runtime::budget::MemoryBudget;
 use crate::runtime::exec::CompileOptions;
 use crate::runtime::npy::{read_npy, write_npy};
-use crate::runtime::params::bind_params;
+use crate::runtime::params::bind_params_within;
 use crate::runtime::text::encode_batch;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
@@ -59,6 +60,10 @@ pub struct RunArgs {
     /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs).
     #[arg(long)]
     dump_clif: bool,
+    /// Most memory the model may use (parameters, intermediate values), e.g. 512M or 8G
+    /// [default: 3/4 of physical RAM]. A model that needs more is an error, not a crash.
+    #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
+    max_memory: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -238,12 +243,14 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
             None,
         )
     })?;
-    let params = bind_params(&m.graph, weights.as_ref(), &bindings).map_err(|errs| {
-        fail(
-            errs.iter().map(|e| param_diagnostic(&m.graph, e)).collect(),
-            file,
-        )
-    })?;
+    let budget = args.max_memory.map(MemoryBudget::new).unwrap_or_default();
+    let params =
+        bind_params_within(&m.graph, weights.as_ref(), &bindings, &budget).map_err(|errs| {
+            fail(
+                errs.iter().map(|e| param_diagnostic(&m.graph, e)).collect(),
+                file,
+            )
+        })?;
     if !params.unused.is_empty() {
         let w = weights
             .as_ref()
@@ -260,9 +267,11 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
     }
 
     let outputs = match args.backend {
-        Backend::Interp => crate::interp::run(&m.graph, &params.values, &inputs, &bindings)
-            .map_err(|e| fail(e.diagnostics(), file))?,
-        Backend::Jit => run_jit(args, &m, &params.values, &inputs, &bindings)?,
+        Backend::Interp => {
+            crate::interp::run_within(&m.graph, &params.values, &inputs, &bindings, &budget)
+                .map_err(|e| fail(e.diagnostics(), file))?
+        }
+        Backend::Jit => run_jit(args, &m, &params.values, &inputs, &bindings, budget)?,
     };
 
     write_outputs(args, &outputs)?;
@@ -276,13 +285,15 @@ fn run_jit(
     params: &HashMap<String, Tensor>,
     inputs: &HashMap<String, Tensor>,
     bindings: &Bindings,
+    budget: MemoryBudget,
 ) -> Result<Vec<(String, Tensor)>, Reported> {
     let error = |e: &crate::runtime::exec::ExecError| fail(e.diagnostics(), Some(&m.source));
     let options = CompileOptions {
         threads: args.threads.max(1),
     };
-    let (compiled, _) = crate::compile::compile(&m.graph, params, options)
+    let (mut compiled, _) = crate::compile::compile(&m.graph, params, options)
         .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
+    compiled.set_memory_budget(budget);
     let ordered: Vec<&Tensor> = compiled.input_names().iter().map(|n| &inputs[*n]).collect();
     if args.dump_clif {
         let info = compiled
