@@ -347,7 +347,7 @@ fn generate_inputs(
         let ty = &graph.node(id).ty;
         let mut shape = Vec::with_capacity(ty.shape.len());
         for (axis, d) in ty.shape.iter().enumerate() {
-            match d.substitute(bindings).as_known() {
+            match d.substitute(bindings).and_then(|d| d.as_known()) {
                 Some(n) => shape.push(n),
                 None => {
                     let hint = if position == 0 && axis == 0 && !batch_given {
@@ -506,7 +506,8 @@ impl Workload {
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
                 let info = model.prepare(&ordered, &bindings).map_err(|e| error(&e))?;
                 compile.plan_ms = ms_since(start);
-                let concrete = concretize(model.graph(), &bindings).map_err(|e| error(&e))?;
+                let concrete = concretize(model.graph(), &bindings)
+                    .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
                 let plan = PlanStats {
                     arena_bytes: info.arena_bytes,
                     steps: info.steps,
@@ -521,7 +522,8 @@ impl Workload {
                 (engine, Some(plan), matmul_flops(&concrete), threads)
             }
             BenchBackend::Interp => {
-                let concrete = concretize(&m.graph, &bindings).map_err(|e| error(&e))?;
+                let concrete = concretize(&m.graph, &bindings)
+                    .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
                 let engine = Engine::Interp {
                     graph: Box::new(m.graph.clone()),
                     params: bound.values,
@@ -636,7 +638,8 @@ impl Workload {
                 "profiling needs the JIT backend and a workload that kept its parameters",
             ));
         };
-        let graph = concretize(model.graph(), &self.bindings).map_err(|e| error(&e))?;
+        let graph = concretize(model.graph(), &self.bindings)
+            .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
         let numbers = crate::ir::printer::numbering(&graph);
         let mut profiles = Vec::new();
         for id in graph.topo_order() {

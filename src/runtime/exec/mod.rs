@@ -29,6 +29,7 @@ use crate::codegen::{
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
 use crate::ir::{Bindings, DType, Graph, NodeId, Op};
+use crate::runtime::budget::{BudgetError, MemoryBudget};
 use crate::span::Span;
 use crate::tensor::{Tensor, TensorData};
 
@@ -60,6 +61,8 @@ pub enum ExecError {
         span: Option<Span>,
         source: Box<ExecError>,
     },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error("expected {expected} inputs ({names}), got {got}")]
     InputCount {
         expected: usize,
@@ -76,6 +79,35 @@ impl ExecError {
             other => other,
         }
     }
+
+    /// The error as diagnostics: one per binding problem, each located in
+    /// the model source when it has a place there.
+    pub fn diagnostics(&self) -> Vec<crate::diagnostics::Diagnostic> {
+        match self {
+            ExecError::Bind(errors) => errors.iter().map(bind_diagnostic).collect(),
+            ExecError::Interp(e) => e.diagnostics(),
+            ExecError::AtNode { span, .. } => {
+                vec![crate::diagnostics::Diagnostic::error(self.to_string()).at(*span)]
+            }
+            other => vec![crate::diagnostics::Diagnostic::error(other.to_string())],
+        }
+    }
+}
+
+pub(crate) fn bind_diagnostic(e: &BindError) -> crate::diagnostics::Diagnostic {
+    crate::diagnostics::Diagnostic::error(e.to_string()).at(e.span())
+}
+
+/// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
+fn boxed_bytes(plan: &Plan) -> usize {
+    plan.boxed
+        .iter()
+        .map(|t| {
+            t.known_shape()
+                .and_then(|s| crate::ir::dim::checked_bytes(&s, 8))
+                .unwrap_or(usize::MAX)
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 impl From<BindError> for ExecError {
@@ -117,6 +149,8 @@ pub struct CompiledModel {
     /// Symbols the parameters' shapes fix (`param embed: f32[vocab, 384]`).
     param_bindings: Bindings,
     plans: Mutex<Vec<Arc<CachedPlan>>>,
+    /// Checked by every new plan before its arena can be allocated.
+    budget: MemoryBudget,
 }
 
 /// Statistics about the plan for one set of input shapes.
@@ -206,6 +240,7 @@ impl CompiledModel {
             threads,
             param_bindings,
             plans: Mutex::new(Vec::new()),
+            budget: MemoryBudget::default(),
         })
     }
 
@@ -281,7 +316,7 @@ impl CompiledModel {
         let mut known = self.param_bindings.clone();
         known.extend(fixed.iter().map(|(k, v)| (k.clone(), *v)));
         let bindings = bind_inputs(&self.graph, &named, &known).map_err(ExecError::Bind)?;
-        let concrete = concretize(&self.graph, &bindings)?;
+        let concrete = concretize(&self.graph, &bindings).map_err(ExecError::Bind)?;
         let planner = Planner {
             graph: &concrete,
             bindings: &bindings,
@@ -306,6 +341,7 @@ impl CompiledModel {
                 .collect(),
             &reusable,
         )?;
+        self.check_budget(&concrete, &plan)?;
         let cached = Arc::new(CachedPlan {
             plan: Arc::new(plan),
             arenas: Mutex::new(Vec::new()),
@@ -314,17 +350,38 @@ impl CompiledModel {
         Ok(cached)
     }
 
+    /// Replaces the memory budget (the default is a share of physical RAM)
+    /// that each new plan's arena, boxed values and weights must fit.
+    pub fn set_memory_budget(&mut self, budget: MemoryBudget) {
+        self.budget = budget;
+    }
+
+    /// Arena, boxed slots and the weights already held must fit the budget
+    /// before the first run allocates the arena.
+    fn check_budget(&self, concrete: &Graph, plan: &Plan) -> Result<(), BudgetError> {
+        let weights = self.weights.iter().fold(0usize, |acc, w| {
+            acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
+        });
+        let needed = plan
+            .arena_len
+            .saturating_mul(4)
+            .saturating_add(boxed_bytes(plan))
+            .saturating_add(weights);
+        let mut sizes: Vec<(String, usize)> = crate::runtime::budget::tensor_sizes(concrete)
+            .into_iter()
+            .map(|(_, what, bytes)| (what, bytes))
+            .collect();
+        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        sizes.truncate(3);
+        self.budget.check_total("running the model", needed, &sizes)
+    }
+
     /// Plans (and compiles kernels) for these inputs without running.
     pub fn prepare(&self, inputs: &[&Tensor], fixed: &Bindings) -> Result<PlanInfo, ExecError> {
         let cached = self.plan_for(inputs, fixed)?;
         let plan = &cached.plan;
         Ok(PlanInfo {
-            arena_bytes: plan.arena_len * 4
-                + plan
-                    .boxed
-                    .iter()
-                    .map(|t| t.known_shape().map_or(0, |s| s.iter().product::<usize>()) * 8)
-                    .sum::<usize>(),
+            arena_bytes: plan.arena_len * 4 + boxed_bytes(plan),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
             kernels: plan.kernels.library.kernels().len(),
