@@ -186,3 +186,36 @@ fn intermediate_values_over_the_memory_budget_are_refused_on_both_backends() {
     let stderr = user_error(&[&args[..], &["--max-memory", "12Q"]].concat());
     assert!(stderr.contains("`12Q` is not a size"), "{stderr}");
 }
+
+#[test]
+fn bench_checks_generated_inputs_and_runs_against_the_budget() {
+    let stderr = user_error(&[
+        "bench",
+        &case("huge_input.lam"),
+        "--bind",
+        "n=1099511627776",
+        "--runs",
+        "1",
+        "--min-time",
+        "0",
+    ]);
+    assert!(
+        stderr.contains("generating the inputs needs 4.0 TiB of memory"),
+        "{stderr}"
+    );
+    for backend in ["jit", "interp"] {
+        let stderr = user_error(&[
+            "bench",
+            &case("big_intermediates.lam"),
+            "--max-memory",
+            "20K",
+            "--runs",
+            "1",
+            "--min-time",
+            "0",
+            "--backend",
+            backend,
+        ]);
+        assert!(stderr.contains("running the model needs"), "{stderr}");
+    }
+}

@@ -173,7 +173,17 @@ pub fn bind_params_owned(
     weights: Option<WeightFile>,
     bindings: &Bindings,
 ) -> Result<BoundParams, Vec<ParamError>> {
-    let plan = plan(graph, weights.as_ref(), bindings, &MemoryBudget::default())?;
+    bind_params_owned_within(graph, weights, bindings, &MemoryBudget::default())
+}
+
+/// [`bind_params_owned`] with the initializers checked against `budget`.
+pub fn bind_params_owned_within(
+    graph: &Graph,
+    weights: Option<WeightFile>,
+    bindings: &Bindings,
+    budget: &MemoryBudget,
+) -> Result<BoundParams, Vec<ParamError>> {
+    let plan = plan(graph, weights.as_ref(), bindings, budget)?;
     let mut values = plan.initialized;
     if let Some(mut weights) = weights {
         for name in plan.from_file {
