@@ -130,6 +130,18 @@ fn snippet(out: &mut String, index: &LineIndex, span: Span) {
     writeln!(out, "{:gutter$} | {pad}{}", "", "^".repeat(width)).unwrap();
 }
 
+/// The message of an error that happened in one node: the op's name, then
+/// the error (once, when the error already starts with it). Where the node
+/// is comes from its span, rendered as the diagnostic's line and caret.
+pub fn at_node_message(op: &str, error: &dyn std::fmt::Display) -> String {
+    let message = error.to_string();
+    if message.starts_with(&format!("{op}:")) {
+        message
+    } else {
+        format!("{op}: {message}")
+    }
+}
+
 /// Renders a list of diagnostics about one file.
 pub fn render_all(diags: &[Diagnostic], file: Option<&SourceFile>) -> String {
     let index = file.and_then(|f| f.text.as_deref()).map(LineIndex::new);

@@ -4,10 +4,12 @@
 //! native kernels (`codegen`) -> execution (`runtime`), with a reference
 //! interpreter (`interp`) as the oracle. See ARCHITECTURE.md.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod codegen;
 pub mod compile;
 pub mod diagnostics;
+pub mod engine;
 pub mod interp;
 pub mod ir;
 pub mod model;
@@ -16,3 +18,5 @@ pub mod runtime;
 pub mod span;
 pub mod syntax;
 pub mod tensor;
+
+pub use engine::{Backend, Error, Model, Options, Session, Weights};

@@ -171,3 +171,98 @@ fn help_exits_zero_and_explains_each_subcommand() {
         assert!(stdout.contains("Usage: lamina"), "{sub} --help:\n{stdout}");
     }
 }
+
+#[test]
+fn bind_of_a_symbol_the_model_lacks_suggests_the_closest() {
+    let stderr = user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--bind",
+        "bacth=2",
+    ]);
+    assert!(
+        stderr.contains("`bacth`") && stderr.contains("did you mean `batch`?"),
+        "{stderr}"
+    );
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn every_independent_flag_error_is_reported_at_once() {
+    let stderr = user_error(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--threads",
+        "0",
+        "--bind",
+        "batch=4",
+        "--bind",
+        "batch=3",
+        "--input",
+        "x=tests/cases/runtime/x.npy",
+        "--input",
+        "x=tests/cases/runtime/x_wide.npy",
+    ]);
+    assert_eq!(stderr.matches("error:").count(), 3, "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+    assert!(stderr.contains("bound twice, to 4 and to 3"), "{stderr}");
+    assert!(stderr.contains("--input x: given 2 times"), "{stderr}");
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn flag_errors_are_reported_with_the_errors_of_a_model_that_does_not_load() {
+    let stderr = user_error(&["run", "tests/cases/does_not_exist.lam", "--threads", "0"]);
+    assert!(stderr.contains("--threads"), "{stderr}");
+    assert!(stderr.contains("cannot read the model file"), "{stderr}");
+}
+
+#[test]
+fn the_same_bind_twice_with_one_value_is_accepted() {
+    let (code, stdout, stderr) = lamina(&[
+        "run",
+        TINY,
+        "--weights",
+        "tests/cases/runtime/good.safetensors",
+        "--bind",
+        "batch=2",
+        "--bind",
+        "batch=2",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("y: f32[2, 3]"), "{stdout}");
+}
+
+#[test]
+fn run_time_errors_point_at_the_failing_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("lookup.lam");
+    std::fs::write(
+        &model,
+        "model lookup {\n  input ids: i64[n]\n  param table: f32[4, 2] = ones\n  output rows = gather(table, ids, axis=0)\n}\n",
+    )
+    .unwrap();
+    lamina::runtime::write_npy(
+        &dir.path().join("ids.npy"),
+        &lamina::tensor::Tensor::i64(vec![2], vec![1, 9]),
+    )
+    .unwrap();
+    let model = model.to_string_lossy().into_owned();
+    for backend in ["jit", "interp"] {
+        let stderr = user_error(&["run", &model, "--backend", backend]);
+        assert!(
+            stderr.starts_with(&format!("{model}:4:")) && stderr.contains("gather: id 9"),
+            "{backend}: {stderr}"
+        );
+        assert!(
+            stderr.contains("gather(table, ids, axis=0)"),
+            "{backend}: {stderr}"
+        );
+    }
+}

@@ -6,17 +6,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use super::inspect::load;
 use super::{fail, report, Reported};
 use crate::diagnostics::Diagnostic;
-use crate::ir::{Bindings, Graph};
-use crate::model::LoadedModel;
-use crate::runtime::budget::MemoryBudget;
-use crate::runtime::exec::CompileOptions;
+use crate::engine::{self, Model, OptionError, Options, Weights};
 use crate::runtime::npy::{read_npy, write_npy};
-use crate::runtime::params::bind_params_within;
-use crate::runtime::text::encode_batch;
-use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
 
 #[derive(Args, Debug)]
@@ -74,9 +67,18 @@ enum Backend {
     Interp,
 }
 
+impl From<Backend> for engine::Backend {
+    fn from(b: Backend) -> engine::Backend {
+        match b {
+            Backend::Jit => engine::Backend::Jit,
+            Backend::Interp => engine::Backend::Interp,
+        }
+    }
+}
+
 /// All cores: the kernels split work so results do not depend on the count.
 pub(super) fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    engine::all_cores()
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -86,7 +88,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_binding(s: &str) -> Result<(String, usize), String> {
+pub(super) fn parse_binding(s: &str) -> Result<(String, usize), String> {
     let (k, v) = parse_key_value(s)?;
     let n = v
         .parse::<usize>()
@@ -94,101 +96,78 @@ fn parse_binding(s: &str) -> Result<(String, usize), String> {
     Ok((k, n))
 }
 
-/// A path given relative to the model file's folder.
-fn beside(model: &Path, name: &str) -> PathBuf {
-    model.parent().unwrap_or(Path::new(".")).join(name)
+/// A compile option problem, phrased with the flag that set it.
+pub(super) fn option_diagnostic(e: &OptionError) -> Diagnostic {
+    let flag = match e {
+        OptionError::NoThreads => "--threads",
+        OptionError::UnknownSymbol { .. } | OptionError::ConflictingBind { .. } => "--bind",
+    };
+    Diagnostic::error(format!("{flag}: {e}"))
 }
 
-fn weights_path(args: &RunArgs, m: &LoadedModel) -> Option<PathBuf> {
-    if let Some(w) = &args.weights {
-        return Some(w.clone());
-    }
-    if let Some((w, _)) = &m.weights {
-        return Some(beside(&m.path, w));
-    }
-    let stem = m.path.file_stem()?.to_string_lossy();
-    let conventional = beside(&m.path, &format!("{stem}.safetensors"));
-    conventional.exists().then_some(conventional)
+/// Reports an engine failure against the source it points into.
+pub(super) fn engine_failure(e: engine::Error) -> Reported {
+    fail(e.diagnostics().to_vec(), e.file())
 }
 
-/// The tokenizer for --text: the flag, else tokenizer.json beside the model, else beside the weights.
-fn tokenizer_path(
-    args: &RunArgs,
-    m: &LoadedModel,
-    weights: Option<&Path>,
-) -> Result<PathBuf, Diagnostic> {
-    if let Some(t) = &args.tokenizer {
-        return Ok(t.clone());
+/// Flag problems that do not depend on the model: reported even when the
+/// model does not load.
+fn model_free_problems(args: &RunArgs, options: &Options) -> Vec<Diagnostic> {
+    let mut problems: Vec<Diagnostic> = options.check().iter().map(option_diagnostic).collect();
+    let mut files: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, file) in &args.inputs {
+        match files.iter_mut().find(|(n, _)| n == name) {
+            Some((_, given)) => given.push(file),
+            None => files.push((name, vec![file])),
+        }
     }
-    let mut candidates = vec![beside(&m.path, "tokenizer.json")];
-    if let Some(w) = weights {
-        candidates.push(beside(w, "tokenizer.json"));
-    }
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .ok_or_else(|| {
-            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            Diagnostic::error(format!(
-                "--text needs a tokenizer: pass --tokenizer FILE (looked for {})",
-                looked.join(", ")
-            ))
-        })
-}
-
-/// The model inputs that --text fills, from the tokenizer's output.
-fn text_inputs(
-    args: &RunArgs,
-    m: &LoadedModel,
-    weights: Option<&Path>,
-) -> Result<Vec<(String, Tensor)>, Diagnostic> {
-    let tokenizer = tokenizer_path(args, m, weights)?;
-    let encoded = encode_batch(&tokenizer, &args.texts, args.max_tokens)
-        .map_err(|e| Diagnostic::error(e.to_string()))?;
-    let declared = m.graph.input_names();
-    let all = [
-        ("input_ids", encoded.input_ids),
-        ("attention_mask", encoded.attention_mask),
-        ("token_type_ids", encoded.token_type_ids),
-    ];
-    if !declared.contains(&"input_ids") {
-        return Err(Diagnostic::error(format!(
-            "--text fills an input named `input_ids`, but the model's inputs are: {}",
-            declared.join(", ")
+    for (name, given) in files.iter().filter(|(_, given)| given.len() > 1) {
+        problems.push(Diagnostic::error(format!(
+            "--input {name}: given {} times ({}); give each input once",
+            given.len(),
+            given.join(", ")
         )));
     }
-    Ok(all
-        .into_iter()
-        .filter(|(name, _)| declared.contains(name))
-        .map(|(name, t)| (name.to_string(), t))
-        .collect())
+    problems
 }
 
-fn load_inputs(
-    args: &RunArgs,
-    m: &LoadedModel,
-    from_text: Vec<(String, Tensor)>,
-) -> Result<HashMap<String, Tensor>, Vec<Diagnostic>> {
-    let mut inputs: HashMap<String, Tensor> = from_text.into_iter().collect();
-    let mut errors = Vec::new();
-    let declared = m.graph.input_names();
+/// Flag problems that need the model: symbols and inputs it does not have,
+/// a symbol bound to two values.
+fn model_problems(args: &RunArgs, model: &Model, options: &Options) -> Vec<Diagnostic> {
+    let mut problems: Vec<Diagnostic> = model
+        .check_bindings(&options.bind)
+        .iter()
+        .map(option_diagnostic)
+        .collect();
+    let declared = model.input_names();
+    let mut reported: Vec<&str> = Vec::new();
     for (name, _) in &args.inputs {
-        if !declared.contains(&name.as_str()) {
-            errors.push(Diagnostic::error(format!(
+        if !declared.contains(&name.as_str()) && !reported.contains(&name.as_str()) {
+            reported.push(name);
+            problems.push(Diagnostic::error(format!(
                 "--input {name}: the model has no input `{name}` (inputs: {})",
                 declared.join(", ")
             )));
         }
     }
-    for name in declared {
+    problems
+}
+
+/// The inputs not filled from text: from --input, else `NAME.npy` beside the model.
+fn load_inputs(
+    args: &RunArgs,
+    model: &Model,
+    inputs: &mut HashMap<String, Tensor>,
+) -> Result<(), Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    for name in model.input_names() {
         if inputs.contains_key(name) {
             continue;
         }
         let path = match args.inputs.iter().find(|(n, _)| n == name) {
             Some((_, file)) => PathBuf::from(file),
             None => {
-                let conventional = beside(&m.path, &format!("{name}.npy"));
+                let conventional = model.beside(format!("{name}.npy"));
                 if !conventional.exists() {
                     errors.push(Diagnostic::error(format!(
                         "no value for input `{name}`: pass --input {name}=FILE.npy or put {} beside the model",
@@ -207,119 +186,70 @@ fn load_inputs(
         }
     }
     if errors.is_empty() {
-        Ok(inputs)
+        Ok(())
     } else {
         Err(errors)
     }
 }
 
 pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
-    let m = load(&args.model)?;
-    let file = Some(&m.source);
-    let fixed: Bindings = args.binds.iter().cloned().collect();
-
-    let weights_file = weights_path(args, &m);
-    let weights = match &weights_file {
-        Some(p) => Some(
-            WeightFile::load(p).map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?,
-        ),
-        None => None,
+    let options = Options {
+        backend: args.backend.into(),
+        threads: args.threads,
+        bind: args.binds.clone(),
+        max_memory: args.max_memory,
     };
-    let from_text = if args.texts.is_empty() {
-        Vec::new()
-    } else {
-        text_inputs(args, &m, weights_file.as_deref()).map_err(|d| fail(vec![d], None))?
+    let mut problems = model_free_problems(args, &options);
+    let model = match Model::load(&args.model) {
+        Ok(model) => model,
+        Err(e) => {
+            report(&problems, None);
+            return Err(engine_failure(e));
+        }
     };
-    let inputs = load_inputs(args, &m, from_text).map_err(|d| fail(d, None))?;
-    let shapes: Vec<_> = inputs
-        .iter()
-        .map(|(n, t)| (n.clone(), t.dtype(), t.shape().to_vec()))
-        .collect();
-    let bindings = crate::ir::bind::bind_inputs(&m.graph, &shapes, &fixed).map_err(|errs| {
-        fail(
-            errs.iter()
-                .map(|e| Diagnostic::error(e.to_string()))
-                .collect(),
-            None,
-        )
-    })?;
-    let budget = args.max_memory.map(MemoryBudget::new).unwrap_or_default();
-    let params =
-        bind_params_within(&m.graph, weights.as_ref(), &bindings, &budget).map_err(|errs| {
-            fail(
-                errs.iter().map(|e| param_diagnostic(&m.graph, e)).collect(),
-                file,
-            )
-        })?;
-    if !params.unused.is_empty() {
-        let w = weights
-            .as_ref()
-            .map(|w| w.path.display().to_string())
+    problems.extend(model_problems(args, &model, &options));
+    if !problems.is_empty() {
+        return Err(fail(problems, None));
+    }
+    let weights = match &args.weights {
+        Some(path) => Weights::File(path.clone()),
+        None => Weights::Conventional,
+    };
+    let session = model.compile(weights, &options).map_err(engine_failure)?;
+    if !session.unused_weights().is_empty() {
+        let file = session
+            .weights_path()
+            .map(|w| w.display().to_string())
             .unwrap_or_default();
         report(
             &[Diagnostic::warning(format!(
-                "{} tensor(s) in {w} are not used by the model: {}",
-                params.unused.len(),
-                params.unused.join(", ")
+                "{} tensor(s) in {file} are not used by the model: {}",
+                session.unused_weights().len(),
+                session.unused_weights().join(", ")
             ))],
             None,
         );
     }
-
-    let outputs = match args.backend {
-        Backend::Interp => {
-            crate::interp::run_within(&m.graph, &params.values, &inputs, &bindings, &budget)
-                .map_err(|e| fail(e.diagnostics(), file))?
-        }
-        Backend::Jit => run_jit(args, &m, &params.values, &inputs, &bindings, budget)?,
+    let mut inputs = if args.texts.is_empty() {
+        HashMap::new()
+    } else {
+        let tokenizer = session
+            .tokenizer(args.tokenizer.as_deref(), args.max_tokens)
+            .map_err(engine_failure)?;
+        session
+            .text_inputs(&tokenizer, &args.texts)
+            .map_err(engine_failure)?
     };
-
-    write_outputs(args, &outputs)?;
-    report_labels(args, &m, &outputs)?;
-    Ok(())
-}
-
-fn run_jit(
-    args: &RunArgs,
-    m: &LoadedModel,
-    params: &HashMap<String, Tensor>,
-    inputs: &HashMap<String, Tensor>,
-    bindings: &Bindings,
-    budget: MemoryBudget,
-) -> Result<Vec<(String, Tensor)>, Reported> {
-    let error = |e: &crate::runtime::exec::ExecError| fail(e.diagnostics(), Some(&m.source));
-    let options = CompileOptions {
-        threads: args.threads.max(1),
-    };
-    let (mut compiled, _) = crate::compile::compile(&m.graph, params, options)
-        .map_err(|e| fail(vec![Diagnostic::error(e.to_string())], None))?;
-    compiled.set_memory_budget(budget);
-    let ordered: Vec<&Tensor> = compiled.input_names().iter().map(|n| &inputs[*n]).collect();
+    load_inputs(args, session.model(), &mut inputs).map_err(|d| fail(d, None))?;
     if args.dump_clif {
-        let info = compiled
-            .prepare(&ordered, bindings)
-            .map_err(|e| error(&e))?;
-        print!("{}", info.clif);
+        if let Some(clif) = session.kernel_ir(&inputs).map_err(engine_failure)? {
+            print!("{clif}");
+        }
     }
-    let mut outputs = Vec::new();
-    compiled
-        .run_into(&ordered, bindings, &mut outputs)
-        .map_err(|e| error(&e))?;
-    Ok(m.graph
-        .outputs
-        .iter()
-        .map(|(n, _)| n.clone())
-        .zip(outputs)
-        .collect())
-}
-
-fn param_diagnostic(graph: &Graph, e: &crate::runtime::params::ParamError) -> Diagnostic {
-    let span = graph
-        .params()
-        .into_iter()
-        .find(|(name, _)| name == e.param_name())
-        .and_then(|(_, id)| graph.node(id).span);
-    Diagnostic::error(e.to_string()).at(span)
+    let outputs = session.run(&inputs).map_err(engine_failure)?;
+    write_outputs(args, &outputs)?;
+    report_labels(args, session.model(), &outputs)?;
+    Ok(())
 }
 
 fn write_outputs(args: &RunArgs, outputs: &[(String, Tensor)]) -> Result<(), Reported> {
@@ -409,13 +339,13 @@ fn argmax_rows(t: &Tensor) -> Vec<usize> {
 
 fn report_labels(
     args: &RunArgs,
-    m: &LoadedModel,
+    model: &Model,
     outputs: &[(String, Tensor)],
 ) -> Result<(), Reported> {
     let path = match &args.labels {
         Some(p) => p.clone(),
         None => {
-            let p = beside(&m.path, "labels.npy");
+            let p = model.beside("labels.npy");
             if !p.exists() {
                 return Ok(());
             }

@@ -94,8 +94,9 @@ pub enum InterpError {
     Budget(#[from] BudgetError),
     #[error("the graph has a cycle: only {ordered} of its {total} nodes can be ordered")]
     Cycle { ordered: usize, total: usize },
-    /// An error while evaluating one node, with where that node is.
-    #[error("node {node} ({op}{}): {source}", .span.map(|s| format!(" at bytes {}..{}", s.start, s.end)).unwrap_or_default())]
+    /// An error while evaluating one node, with where that node is declared
+    /// (diagnostics render the span as the model's line and column).
+    #[error("{}", crate::diagnostics::at_node_message(.op, .source))]
     AtNode {
         node: usize,
         op: &'static str,

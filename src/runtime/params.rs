@@ -166,6 +166,17 @@ pub fn bind_params_within(
     })
 }
 
+/// What [`bind_params`] would report, without copying or moving a weight:
+/// the unused tensor names, or every problem.
+pub fn check_params(
+    graph: &Graph,
+    weights: Option<&WeightFile>,
+    bindings: &Bindings,
+    budget: &MemoryBudget,
+) -> Result<Vec<String>, Vec<ParamError>> {
+    plan(graph, weights, bindings, budget).map(|plan| plan.unused)
+}
+
 /// [`bind_params`] that consumes the weight file, moving its tensors into
 /// the result instead of copying them (checkpoints run to hundreds of MB).
 pub fn bind_params_owned(
@@ -176,7 +187,8 @@ pub fn bind_params_owned(
     bind_params_owned_within(graph, weights, bindings, &MemoryBudget::default())
 }
 
-/// [`bind_params_owned`] with the initializers checked against `budget`.
+/// [`bind_params_owned`] with the initializers' memory checked against
+/// `budget`.
 pub fn bind_params_owned_within(
     graph: &Graph,
     weights: Option<WeightFile>,

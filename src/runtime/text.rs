@@ -39,6 +39,8 @@ pub enum TextError {
         #[source]
         source: tokenizers::Error,
     },
+    #[error("text input needs a tokenizer: give its path (looked for {looked})")]
+    NoTokenizer { looked: String },
     #[error("no texts to encode: the text list is empty")]
     NoTexts,
     #[error(

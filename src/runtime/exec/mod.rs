@@ -30,6 +30,7 @@ use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
 use crate::ir::{Bindings, DType, Graph, NodeId, Op};
 use crate::runtime::budget::{BudgetError, MemoryBudget};
+use crate::span::Span;
 use crate::tensor::{Tensor, TensorData};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,16 @@ pub enum ExecError {
     },
     #[error("gather: id {id} is out of range for a table axis of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
     GatherIndex { id: i64, size: usize },
+    #[error("weight `{name}` of a matrix product is {dtype}; matrix products take f32")]
+    WeightNotF32 { name: String, dtype: DType },
+    /// A failure while running one node, with where the node is declared.
+    #[error("{}", crate::diagnostics::at_node_message(.op, .source))]
+    AtNode {
+        node: NodeId,
+        op: &'static str,
+        span: Option<Span>,
+        source: Box<ExecError>,
+    },
     #[error(transparent)]
     Budget(#[from] BudgetError),
     #[error("the machine could not provide {} for the model's intermediate values (within the memory budget, but not available now)", crate::runtime::budget::format_bytes(*.bytes))]
@@ -63,12 +74,23 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// The error itself, without the `AtNode` context around it.
+    pub fn root(&self) -> &ExecError {
+        match self {
+            ExecError::AtNode { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
     /// The error as diagnostics: one per binding problem, each located in
     /// the model source when it has a place there.
     pub fn diagnostics(&self) -> Vec<crate::diagnostics::Diagnostic> {
         match self {
             ExecError::Bind(errors) => errors.iter().map(bind_diagnostic).collect(),
             ExecError::Interp(e) => e.diagnostics(),
+            ExecError::AtNode { span, .. } => {
+                vec![crate::diagnostics::Diagnostic::error(self.to_string()).at(*span)]
+            }
             other => vec![crate::diagnostics::Diagnostic::error(other.to_string())],
         }
     }
@@ -207,9 +229,13 @@ impl CompiledModel {
             if shape.len() != 2 {
                 continue;
             }
-            let data = weights[w]
-                .as_f32()
-                .ok_or_else(|| ExecError::MissingParam(format!("{b:?} is not f32")))?;
+            let data = weights[w].as_f32().ok_or_else(|| ExecError::WeightNotF32 {
+                name: match &graph.node(b).op {
+                    Op::Param { name, .. } => name.clone(),
+                    other => other.name().to_string(),
+                },
+                dtype: weights[w].dtype(),
+            })?;
             let matrix = if transpose_b {
                 MatrixRef::transposed(data, shape[1], shape[0])?
             } else {
@@ -384,6 +410,33 @@ impl CompiledModel {
         &self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        self.run_named(inputs, &Bindings::new())
+    }
+
+    /// [`CompiledModel::run`] with symbols fixed up front (`--bind`).
+    pub fn run_named(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        fixed: &Bindings,
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        let ordered = self.ordered_inputs(inputs)?;
+        let mut outputs = Vec::new();
+        self.run_into(&ordered, fixed, &mut outputs)?;
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(outputs)
+            .collect())
+    }
+
+    /// Named inputs in declaration order (the order `run_into` and `prepare`
+    /// take), reporting every missing and unknown name at once.
+    pub fn ordered_inputs<'t>(
+        &self,
+        inputs: &'t HashMap<String, Tensor>,
+    ) -> Result<Vec<&'t Tensor>, ExecError> {
         let mut ordered = Vec::with_capacity(self.graph.inputs.len());
         let mut problems = Vec::new();
         for &id in &self.graph.inputs {
@@ -397,26 +450,22 @@ impl CompiledModel {
             }
         }
         let declared: Vec<&str> = self.input_names();
-        for name in inputs.keys() {
-            if !declared.contains(&name.as_str()) {
-                problems.push(BindError::UnknownInput {
-                    name: name.clone(),
-                    known: declared.join(", "),
-                });
-            }
+        let mut unknown: Vec<&String> = inputs
+            .keys()
+            .filter(|name| !declared.contains(&name.as_str()))
+            .collect();
+        unknown.sort();
+        for name in unknown {
+            problems.push(BindError::UnknownInput {
+                name: name.clone(),
+                known: declared.join(", "),
+            });
         }
-        if !problems.is_empty() {
-            return Err(ExecError::Bind(problems));
+        if problems.is_empty() {
+            Ok(ordered)
+        } else {
+            Err(ExecError::Bind(problems))
         }
-        let mut outputs = Vec::new();
-        self.run_into(&ordered, &Bindings::new(), &mut outputs)?;
-        Ok(self
-            .graph
-            .outputs
-            .iter()
-            .map(|(n, _)| n.clone())
-            .zip(outputs)
-            .collect())
     }
 
     /// Runs on inputs in declaration order, writing outputs into `outputs`
@@ -486,10 +535,32 @@ impl CompiledModel {
         }
     }
 
+    /// Runs the plan's steps; a failure names the node whose step failed.
     fn execute(&self, plan: &Plan, inputs: &[&Tensor], arena: &mut Arena) -> Result<(), ExecError> {
+        let mut current = 0;
+        self.execute_steps(plan, inputs, arena, &mut current)
+            .map_err(|e| {
+                let node = plan.step_nodes[current];
+                ExecError::AtNode {
+                    node,
+                    op: self.graph.node(node).op.name(),
+                    span: self.graph.node(node).span,
+                    source: Box::new(e),
+                }
+            })
+    }
+
+    fn execute_steps(
+        &self,
+        plan: &Plan,
+        inputs: &[&Tensor],
+        arena: &mut Arena,
+        current: &mut usize,
+    ) -> Result<(), ExecError> {
         let threads = &self.threads;
         let mem = Memory::new(arena, inputs, &self.weights);
-        for step in &plan.steps {
+        for (index, step) in plan.steps.iter().enumerate() {
+            *current = index;
             match step {
                 Step::Gemm {
                     kernel,

@@ -127,6 +127,9 @@ pub struct Plan {
     /// Possibly shared with other plans of the same model.
     pub kernels: Arc<KernelSet>,
     pub steps: Vec<Step>,
+    /// The node each step computes (same order as `steps`), to say where a
+    /// run failed.
+    pub step_nodes: Vec<NodeId>,
     pub arena_len: usize,
     /// Shapes and dtypes of the boxed slots, to allocate them once per arena.
     pub boxed: Vec<TensorType>,
@@ -457,6 +460,7 @@ impl Planner<'_> {
             bindings: self.bindings.clone(),
             kernels,
             steps,
+            step_nodes: computed,
             arena_len,
             boxed,
             outputs,
