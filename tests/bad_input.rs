@@ -186,3 +186,75 @@ fn intermediate_values_over_the_memory_budget_are_refused_on_both_backends() {
     let stderr = user_error(&[&args[..], &["--max-memory", "12Q"]].concat());
     assert!(stderr.contains("`12Q` is not a size"), "{stderr}");
 }
+
+#[test]
+fn bench_checks_generated_inputs_and_runs_against_the_budget() {
+    let stderr = user_error(&[
+        "bench",
+        &case("huge_input.lam"),
+        "--bind",
+        "n=1099511627776",
+        "--runs",
+        "1",
+        "--min-time",
+        "0",
+    ]);
+    assert!(
+        stderr.contains("generating the inputs needs 4.0 TiB of memory"),
+        "{stderr}"
+    );
+    for backend in ["jit", "interp"] {
+        let stderr = user_error(&[
+            "bench",
+            &case("big_intermediates.lam"),
+            "--max-memory",
+            "20K",
+            "--runs",
+            "1",
+            "--min-time",
+            "0",
+            "--backend",
+            backend,
+        ]);
+        assert!(stderr.contains("running the model needs"), "{stderr}");
+    }
+}
+
+#[test]
+fn file_headers_claiming_4_gib_are_checked_against_the_file_not_allocated() {
+    // Each file is 100-odd bytes; the error comes from comparing the header
+    // with the file's length (a 4 GiB allocation would take seconds or abort).
+    let npy = user_error(&[
+        "run",
+        &case("huge_input.lam"),
+        "--input",
+        &format!("x={}", case("claims_4gib.npy")),
+    ]);
+    assert!(
+        npy.contains("announces 4294967296 data bytes, the file holds 16"),
+        "{npy}"
+    );
+    let st = user_error(&[
+        "run",
+        &case("uses_w.lam"),
+        "--input",
+        &format!("x={}", case("x_4.npy")),
+        "--weights",
+        &case("claims_4gib.safetensors"),
+    ]);
+    assert!(st.contains("not a valid safetensors file"), "{st}");
+}
+
+#[test]
+fn an_array_numpy_cannot_describe_is_not_written() {
+    // Before: a reshape to heads=2^63 over an empty axis wrote such a file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.npy");
+    let empty_but_huge = lamina::tensor::Tensor::f32(vec![0, 1 << 63], vec![]);
+    let err = lamina::runtime::write_npy(&path, &empty_but_huge).unwrap_err();
+    assert!(err.to_string().contains("larger than numpy"), "{err}");
+    assert!(!path.exists());
+    let fine = lamina::tensor::Tensor::f32(vec![0, 4], vec![]);
+    lamina::runtime::write_npy(&path, &fine).unwrap();
+    assert_eq!(lamina::runtime::read_npy(&path).unwrap(), fine);
+}

@@ -28,8 +28,9 @@ use crate::diagnostics::{render_all, Diagnostic, SourceFile};
 use crate::ir::bind::{bind_inputs, concretize};
 use crate::ir::{Bindings, DType, Dim, Graph, NodeId, Op};
 use crate::model::LoadedModel;
+use crate::runtime::budget::MemoryBudget;
 use crate::runtime::exec::{CompileOptions, CompiledModel};
-use crate::runtime::params::bind_params_owned;
+use crate::runtime::params::bind_params_owned_within;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
 
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// Worker threads for the JIT backend's kernels.
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
+    /// Most memory the model may use (parameters, inputs, intermediate values), e.g. 512M or 8G
+    /// [default: 3/4 of physical RAM].
+    #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
+    max_memory: Option<usize>,
     /// Time at least this many runs (after the warm-up).
     #[arg(long, value_name = "R", default_value_t = 20)]
     runs: usize,
@@ -117,6 +122,8 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Keep the parameter values after compiling, for [`Workload::profile`].
     pub keep_params: bool,
+    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of physical RAM.
+    pub max_memory: Option<usize>,
 }
 
 impl BenchSetup {
@@ -131,6 +138,7 @@ impl BenchSetup {
             backend: BenchBackend::Jit,
             seed: 0,
             keep_params: false,
+            max_memory: None,
         }
     }
 }
@@ -202,6 +210,7 @@ enum Engine {
         graph: Box<Graph>,
         params: HashMap<String, Tensor>,
         named_inputs: HashMap<String, Tensor>,
+        budget: MemoryBudget,
     },
 }
 
@@ -337,7 +346,29 @@ fn generate_inputs(
     bindings: &Bindings,
     seed: u64,
     batch_given: bool,
+    budget: &MemoryBudget,
 ) -> Result<Vec<Tensor>, BenchFailure> {
+    // Sizes before any allocation: `--bind n=2^40` must be an error, not an abort.
+    let mut sizes = Vec::new();
+    for &id in &graph.inputs {
+        let ty = &graph.node(id).ty;
+        let shape: Option<Vec<usize>> = ty
+            .shape
+            .iter()
+            .map(|d| d.substitute(bindings).and_then(|d| d.as_known()))
+            .collect();
+        if let Some(shape) = shape {
+            let bytes =
+                crate::ir::dim::checked_bytes(&shape, ty.dtype.size_bytes()).unwrap_or(usize::MAX);
+            sizes.push((
+                format!("input `{}` {}{shape:?}", graph.input_name(id), ty.dtype),
+                bytes,
+            ));
+        }
+    }
+    budget
+        .check("generating the inputs", &sizes)
+        .map_err(|e| BenchFailure::plain(e.to_string()))?;
     let concrete = concretize(graph, bindings).ok();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = Vec::new();
@@ -455,24 +486,32 @@ impl Workload {
             Some(p) => Some(WeightFile::load(&p).map_err(|e| BenchFailure::plain(e.to_string()))?),
             None => None,
         };
-        let bound = bind_params_owned(&m.graph, weights, &fixed).map_err(|errs| {
-            with_source(
-                errs.iter()
-                    .map(|e| {
-                        let span = m
-                            .graph
-                            .params()
-                            .into_iter()
-                            .find(|(name, _)| name == e.param_name())
-                            .and_then(|(_, id)| m.graph.node(id).span);
-                        Diagnostic::error(e.to_string()).at(span)
-                    })
-                    .collect(),
-            )
-        })?;
+        let budget = setup.max_memory.map(MemoryBudget::new).unwrap_or_default();
+        let bound =
+            bind_params_owned_within(&m.graph, weights, &fixed, &budget).map_err(|errs| {
+                with_source(
+                    errs.iter()
+                        .map(|e| {
+                            let span = m
+                                .graph
+                                .params()
+                                .into_iter()
+                                .find(|(name, _)| name == e.param_name())
+                                .and_then(|(_, id)| m.graph.node(id).span);
+                            Diagnostic::error(e.to_string()).at(span)
+                        })
+                        .collect(),
+                )
+            })?;
         compile.params_ms = ms_since(start);
 
-        let inputs = generate_inputs(&m.graph, &bound.bindings, setup.seed, setup.batch.is_some())?;
+        let inputs = generate_inputs(
+            &m.graph,
+            &bound.bindings,
+            setup.seed,
+            setup.batch.is_some(),
+            &budget,
+        )?;
         let input_names: Vec<String> = m
             .graph
             .inputs
@@ -498,9 +537,10 @@ impl Workload {
         let (engine, plan, flops, threads) = match setup.backend {
             BenchBackend::Jit => {
                 let start = Instant::now();
-                let (model, _) =
+                let (mut model, _) =
                     crate::compile::compile(&m.graph, &bound.values, CompileOptions { threads })
                         .map_err(|e| error(&e))?;
+                model.set_memory_budget(budget.clone());
                 compile.optimise_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
@@ -528,6 +568,7 @@ impl Workload {
                     graph: Box::new(m.graph.clone()),
                     params: bound.values,
                     named_inputs: input_names.iter().cloned().zip(inputs.clone()).collect(),
+                    budget,
                 };
                 // The interpreter runs on the calling thread only.
                 (engine, None, matmul_flops(&concrete), 1)
@@ -561,7 +602,8 @@ impl Workload {
                 graph,
                 params,
                 named_inputs,
-            } => crate::interp::run(graph, params, named_inputs, &self.bindings)
+                budget,
+            } => crate::interp::run_within(graph, params, named_inputs, &self.bindings, budget)
                 .map(|_| ())
                 .map_err(|e| error(&e)),
         }
@@ -648,7 +690,13 @@ impl Workload {
                 continue;
             }
             let alone = single_node_graph(&graph, id);
-            let inputs = generate_inputs(&alone, &Bindings::new(), id.index() as u64, false)?;
+            let inputs = generate_inputs(
+                &alone,
+                &Bindings::new(),
+                id.index() as u64,
+                false,
+                &MemoryBudget::default(),
+            )?;
             let compiled = CompiledModel::compile(
                 &alone,
                 params,
@@ -865,6 +913,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         backend: args.backend,
         seed: args.seed,
         keep_params: args.profile,
+        max_memory: args.max_memory,
     };
     if args.profile && args.backend != BenchBackend::Jit {
         return Err(failed(BenchFailure::plain(
@@ -1069,7 +1118,8 @@ mod tests {
              output y = gather(table, reshape(ids, [100]), axis=0)\n \
              output z = cast(mask, f32)\n}\n",
         );
-        let inputs = generate_inputs(&g, &Bindings::new(), 3, false).unwrap();
+        let inputs =
+            generate_inputs(&g, &Bindings::new(), 3, false, &MemoryBudget::default()).unwrap();
         let TensorData::I64(ids) = inputs[0].data() else {
             panic!("ids are i64")
         };
@@ -1102,7 +1152,7 @@ mod tests {
         let g = load("model m {\n input x: f32[m, k]\n output y = relu(x)\n}\n");
         let mut b = Bindings::new();
         b.insert("m".into(), 2);
-        let err = generate_inputs(&g, &b, 0, false).unwrap_err();
+        let err = generate_inputs(&g, &b, 0, false, &MemoryBudget::default()).unwrap_err();
         assert!(err.render().contains("--bind k=N"), "{}", err.render());
     }
 

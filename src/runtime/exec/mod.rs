@@ -63,6 +63,8 @@ pub enum ExecError {
     },
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    #[error("the machine could not provide {} for the model's intermediate values (within the memory budget, but not available now)", crate::runtime::budget::format_bytes(*.bytes))]
+    OutOfMemory { bytes: usize },
     #[error("expected {expected} inputs ({names}), got {got}")]
     InputCount {
         expected: usize,
@@ -96,6 +98,20 @@ impl ExecError {
 
 pub(crate) fn bind_diagnostic(e: &BindError) -> crate::diagnostics::Diagnostic {
     crate::diagnostics::Diagnostic::error(e.to_string()).at(e.span())
+}
+
+/// The f32 arena, allocated fallibly: the budget allows it, but the
+/// machine may still be short (other processes, overcommit limits), and
+/// that must be an error rather than an abort.
+fn alloc_arena(len: usize) -> Result<Vec<f32>, ExecError> {
+    let mut arena = Vec::new();
+    arena
+        .try_reserve_exact(len)
+        .map_err(|_| ExecError::OutOfMemory {
+            bytes: len.saturating_mul(4),
+        })?;
+    arena.resize(len, 0.0);
+    Ok(arena)
 }
 
 /// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
@@ -463,14 +479,17 @@ impl CompiledModel {
         let cached = self.plan_for(inputs, fixed)?;
         let plan = &cached.plan;
         let arena = cached.arenas.lock().expect("arena pool lock").pop();
-        let mut arena = arena.unwrap_or_else(|| Arena {
-            f32: vec![0.0; plan.arena_len],
-            boxed: plan
-                .boxed
-                .iter()
-                .map(|t| Tensor::zeros(t.dtype, t.known_shape().expect("concrete")))
-                .collect(),
-        });
+        let mut arena = match arena {
+            Some(arena) => arena,
+            None => Arena {
+                f32: alloc_arena(plan.arena_len)?,
+                boxed: plan
+                    .boxed
+                    .iter()
+                    .map(|t| Tensor::zeros(t.dtype, t.known_shape().expect("concrete")))
+                    .collect(),
+            },
+        };
         let result = self.execute(plan, inputs, &mut arena);
         if result.is_ok() {
             outputs.truncate(plan.outputs.len());
