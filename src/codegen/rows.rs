@@ -238,6 +238,218 @@ fn write_row(
     );
 }
 
+/// Row sum accumulated in f64 and returned as a scalar f64: a sum or mean
+/// of f32 values near the top of the range (3e38) overflows an f32
+/// accumulator, and f64 makes the rounding of long rows negligible, so the
+/// result is the interpreter's up to the final rounding.
+fn row_sum_f64(e: &mut Emitter<'_, '_>, len: Value, row: Value) -> Value {
+    let zero = e.fb.ins().f64const(0.0);
+    let zero = e.fb.ins().splat(types::F64X2, zero);
+    let zero = e.f64x2_as_state(zero);
+    let state = run_loop(
+        e,
+        len,
+        vec![zero, zero, zero],
+        &[],
+        |e, off, s, _| {
+            let at = e.fb.ins().iadd(row, off);
+            let low = e.load_pair_f64(at, 0);
+            let high = e.load_pair_f64(at, 8);
+            let (a, b) = (e.state_as_f64x2(s[0]), e.state_as_f64x2(s[1]));
+            let a = e.fb.ins().fadd(a, low);
+            let b = e.fb.ins().fadd(b, high);
+            vec![e.f64x2_as_state(a), e.f64x2_as_state(b), s[2]]
+        },
+        |e, off, s, _| {
+            let at = e.fb.ins().iadd(row, off);
+            let v =
+                e.fb.ins()
+                    .load(types::F32, super::simd::input_flags(), at, 0);
+            let v = e.fb.ins().fpromote(types::F64, v);
+            let v = e.fb.ins().splat(types::F64X2, v);
+            let t = e.state_as_f64x2(s[2]);
+            let t = e.fb.ins().fadd(t, v);
+            vec![s[0], s[1], e.f64x2_as_state(t)]
+        },
+    );
+    let a = e.state_as_f64x2(state[0]);
+    let b = e.state_as_f64x2(state[1]);
+    let both = e.fb.ins().fadd(a, b);
+    let l0 = e.fb.ins().extractlane(both, 0);
+    let l1 = e.fb.ins().extractlane(both, 1);
+    let lanes = e.fb.ins().fadd(l0, l1);
+    let tail = e.state_as_f64x2(state[2]);
+    let tail = e.fb.ins().extractlane(tail, 0);
+    e.fb.ins().fadd(lanes, tail)
+}
+
+/// The smallest power of two layer norm divides a row by: rows of tinier
+/// magnitude are scaled up by at most 2^40, so `eps * s^2` stays finite for
+/// any eps below 1e14. (Such rows are dominated by eps anyway unless eps is
+/// 0; with eps = 0 and |x| < 1e-20 the squares underflow.)
+const LAYER_NORM_SMALLEST_POWER: f32 = 1.0 / (1u64 << 40) as f32;
+
+/// One layer norm row in three passes over the (L1-resident) row, all f32:
+///
+/// 1. `a = max |x|` and `sum x`. `s = 2^-floor(log2 a)` (a power of two,
+///    so `x s` is exact) makes every `x s` smaller than 2 in magnitude:
+///    squares and sums of the scaled row cannot overflow, however large x
+///    is (1e19 squared would). `m = sum(x) s / n` is a first mean; when the
+///    unscaled sum overflowed (|x| near 3e38), one more pass sums `x s`.
+///    The first mean's rounding error is up to half an ulp of the mean,
+///    large against the spread when the mean is large ([100, 100.01]; mean
+///    1e4 with std 1), so it is corrected next:
+/// 2. `d = x s - m` (exact or nearly: close values subtract exactly),
+///    `c = sum(d) / n` (the first mean's error) and
+///    `v = sum(d^2) / n - c^2`, the corrected two-pass variance (Chan, Golub
+///    and LeVeque). A constant row gives d = c exactly, so its output is
+///    exactly 0.
+/// 3. `y = ((x s - m) - c) / sqrt(v + eps s^2) * gain + bias`.
+///
+/// Infinite or NaN inputs give s = 0 or NaN sums, so the row becomes NaN,
+/// as in the interpreter.
+fn emit_layer_norm_row(
+    e: &mut Emitter<'_, '_>,
+    len: Value,
+    x: Value,
+    out: Value,
+    gain: Value,
+    bias: Value,
+    eps: f32,
+) {
+    let n = len_as_f32(e, len);
+    let zero = e.splat_f(0.0);
+    // State: [max |x|, sum chain a, sum chain b, tail sum].
+    let first = run_loop(
+        e,
+        len,
+        vec![zero, zero, zero, zero],
+        &[],
+        |e, off, st, _| {
+            let v = load_vec(e, x, off);
+            let a = e.abs(v);
+            let max = e.max_keep_nan(a, st[0]);
+            let sum = e.add(st[1], v);
+            // Two add chains, swapped each step, as in `row_sum`.
+            vec![max, st[2], sum, st[3]]
+        },
+        |e, off, st, _| {
+            let v = load_splat(e, x, off);
+            let a = e.abs(v);
+            let max = e.max_keep_nan(a, st[0]);
+            let sum = e.add(st[3], v);
+            vec![max, st[1], st[2], sum]
+        },
+    );
+    let lanes: Vec<Value> = (0..4)
+        .map(|i| {
+            let l = e.fb.ins().extractlane(first[0], i);
+            e.fb.ins().splat(F32X4, l)
+        })
+        .collect();
+    let a01 = e.max_keep_nan(lanes[0], lanes[1]);
+    let a23 = e.max_keep_nan(lanes[2], lanes[3]);
+    let a = e.max_keep_nan(a01, a23);
+    let both = e.add(first[1], first[2]);
+    let lanes = e.horizontal_sum(both);
+    let tail = e.fb.ins().extractlane(first[3], 0);
+    let sum = e.fb.ins().fadd(lanes, tail);
+
+    let bits = e.f32_to_bits(a);
+    let exponent_mask = e.splat_i(0x7F80_0000);
+    let bits = e.fb.ins().band(bits, exponent_mask);
+    let power = e.bits_to_f32(bits);
+    let floor = e.splat_f(LAYER_NORM_SMALLEST_POWER);
+    let power = e.max_keep_nan(power, floor);
+    let s = e.recip(power);
+    let eps_s = e.mul_const(s, eps);
+    let eps_s = e.mul(eps_s, s);
+    // For rows of huge magnitude eps s^2 underflows to 0; keep it positive
+    // when eps is, so a constant row gives 0 * finite = 0 (not 0 * inf).
+    // Against any nonzero variance of the scaled row it is negligible.
+    let eps_s = if eps > 0.0 {
+        let tiny = e.splat_f(f32::from_bits(1));
+        e.max_keep_nan(eps_s, tiny)
+    } else {
+        eps_s
+    };
+
+    // m: from the unscaled sum when it is finite, else by a scaled pass.
+    let merge = e.fb.create_block();
+    let m = e.fb.append_block_param(merge, F32X4);
+    let rescan = e.fb.create_block();
+    let sum_v = e.fb.ins().splat(F32X4, sum);
+    let sum_s = e.mul(sum_v, s);
+    let m_fast = e.div(sum_s, n);
+    let abs_sum = e.fb.ins().fabs(sum);
+    let inf = e.fb.ins().f32const(f32::INFINITY);
+    let finite = e.fb.ins().fcmp(
+        cranelift_codegen::ir::condcodes::FloatCC::LessThan,
+        abs_sum,
+        inf,
+    );
+    e.fb.ins()
+        .brif(finite, merge, &args(&[m_fast]), rescan, &[]);
+    e.fb.switch_to_block(rescan);
+    let scaled_sum = row_sum(e, len, &[s], |e, off, vector, inv| {
+        let v = load_at(e, x, off, vector);
+        e.mul(v, inv[0])
+    });
+    let m_slow = e.div(scaled_sum, n);
+    e.fb.ins().jump(merge, &args(&[m_slow]));
+    e.fb.switch_to_block(merge);
+    let neg_m = e.neg(m);
+
+    let state = run_loop(
+        e,
+        len,
+        vec![zero, zero, zero, zero, zero, zero],
+        &[s, neg_m],
+        |e, off, st, inv| {
+            let v = load_vec(e, x, off);
+            let d = e.mul_add(v, inv[0], inv[1]);
+            let d1 = e.add(st[0], d);
+            let d2 = e.mul_add(d, d, st[2]);
+            vec![st[1], d1, st[3], d2, st[4], st[5]]
+        },
+        |e, off, st, inv| {
+            let v = load_splat(e, x, off);
+            let d = e.mul_add(v, inv[0], inv[1]);
+            let t1 = e.add(st[4], d);
+            let t2 = e.mul_add(d, d, st[5]);
+            vec![st[0], st[1], st[2], st[3], t1, t2]
+        },
+    );
+    let mut totals = Vec::new();
+    for (pair, tail) in [((0, 1), 4), ((2, 3), 5)] {
+        let both = e.add(state[pair.0], state[pair.1]);
+        let lanes = e.horizontal_sum(both);
+        let tail = e.fb.ins().extractlane(state[tail], 0);
+        let total = e.fb.ins().fadd(lanes, tail);
+        totals.push(e.fb.ins().splat(F32X4, total));
+    }
+    let c = e.div(totals[0], n);
+    let squares = e.div(totals[1], n);
+    let c2 = e.mul(c, c);
+    let v = e.sub(squares, c2);
+    // v >= 0 in exact arithmetic; rounding may leave a tiny negative.
+    let v = e.max_keep_nan(v, zero);
+    let v = e.add(v, eps_s);
+    let sd = e.sqrt(v);
+    let r = e.recip(sd);
+
+    write_row(e, len, &[s, neg_m, c, r], |e, off, vector, inv| {
+        let v = load_at(e, x, off, vector);
+        let g = load_at(e, gain, off, vector);
+        let b = load_at(e, bias, off, vector);
+        let d = e.mul_add(v, inv[0], inv[1]);
+        let d = e.sub(d, inv[2]);
+        let normalized = e.mul(d, inv[3]);
+        let y = e.mul_add(normalized, g, b);
+        store_at(e, y, out, off, vector);
+    });
+}
+
 fn emit_row_op(e: &mut Emitter<'_, '_>, p: &[Value], op: RowOp) {
     let len = p[3];
     let (gain, bias) = (p[4], p[5]);
@@ -279,39 +491,21 @@ fn emit_row_op(e: &mut Emitter<'_, '_>, p: &[Value], op: RowOp) {
             });
         }),
         RowOp::LayerNorm { eps } => emit_rows(e, p, None, |e, x, out| {
-            let n = len_as_f32(e, len);
-            let sum = row_sum(e, len, &[], |e, off, vector, _| load_at(e, x, off, vector));
-            let mean = e.div(sum, n);
-            let squares = row_sum(e, len, &[mean], |e, off, vector, inv| {
-                let v = load_at(e, x, off, vector);
-                let d = e.sub(v, inv[0]);
-                e.mul(d, d)
-            });
-            let var = e.div(squares, n);
-            let var_eps = e.add_const(var, eps);
-            let sd = e.sqrt(var_eps);
-            let rstd = e.recip(sd);
-            write_row(e, len, &[mean, rstd], |e, off, vector, inv| {
-                let v = load_at(e, x, off, vector);
-                let g = load_at(e, gain, off, vector);
-                let b = load_at(e, bias, off, vector);
-                let d = e.sub(v, inv[0]);
-                let normalized = e.mul(d, inv[1]);
-                let y = e.mul_add(normalized, g, b);
-                store_at(e, y, out, off, vector);
-            });
+            emit_layer_norm_row(e, len, x, out, gain, bias, eps)
         }),
         RowOp::Reduce(reduce) => emit_rows(e, p, Some(4), |e, x, out| {
             let r = match reduce {
                 ReduceOp::Max => row_max(e, len, x, true),
                 ReduceOp::Sum | ReduceOp::Mean => {
-                    let s = row_sum(e, len, &[], |e, off, vector, _| load_at(e, x, off, vector));
-                    if reduce == ReduceOp::Mean {
-                        let n = len_as_f32(e, len);
-                        e.div(s, n)
+                    let total = row_sum_f64(e, len, x);
+                    let total = if reduce == ReduceOp::Mean {
+                        let n = e.fb.ins().fcvt_from_uint(types::F64, len);
+                        e.fb.ins().fdiv(total, n)
                     } else {
-                        s
-                    }
+                        total
+                    };
+                    let r = e.fb.ins().fdemote(types::F32, total);
+                    e.fb.ins().splat(F32X4, r)
                 }
             };
             e.store_lane0(r, out, 0);

@@ -202,6 +202,25 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.fb.ins().store(output_flags(), scalar, ptr, offset);
     }
 
+    /// Two f32 at `ptr + offset` widened to f64x2 (an 8-byte load, so a
+    /// vector step can read its four elements as two pairs without reading
+    /// past them).
+    pub(crate) fn load_pair_f64(&mut self, ptr: Value, offset: i32) -> Value {
+        let pair = self.fb.ins().load(types::I64, input_flags(), ptr, offset);
+        let v = self.fb.ins().scalar_to_vector(types::I64X2, pair);
+        let v = self.fb.ins().bitcast(F32X4, lane_cast_flags(), v);
+        self.fb.ins().fvpromote_low(v)
+    }
+
+    /// Loop state is typed f32x4 (`loops::run_loop`); f64x2 accumulators
+    /// travel through it bit-cast, which costs no instruction.
+    pub(crate) fn f64x2_as_state(&mut self, v: Value) -> Value {
+        self.fb.ins().bitcast(F32X4, lane_cast_flags(), v)
+    }
+    pub(crate) fn state_as_f64x2(&mut self, v: Value) -> Value {
+        self.fb.ins().bitcast(types::F64X2, lane_cast_flags(), v)
+    }
+
     // ---- arithmetic ------------------------------------------------------
 
     pub(crate) fn add(&mut self, a: Value, b: Value) -> Value {
@@ -605,9 +624,12 @@ impl<'a, 'b> Emitter<'a, 'b> {
         self.select(underflow, minus_zero, r)
     }
 
-    /// a^b as exp(b log|a|) with the signs and special cases of C `powf`:
-    /// a < 0 needs an integer b (the result is negative for odd b), b = 0
-    /// or a = 1 give 1. Relative error about (1 + |b ln a|) * 1.2e-7.
+    /// a^b as exp(b log|a|) with the signs and special cases of C `powf`
+    /// (which numpy and the interpreter follow): a finite a < 0 needs an
+    /// integer b; the sign of a (also of -0 and -inf) carries to the result
+    /// for odd b; b = 0 or a = 1 give 1. pow(-inf, 0.5) = +inf,
+    /// pow(-0, 3) = -0, pow(-0, -1) = -inf. Relative error about
+    /// (1 + |b ln a|) * 1.2e-7.
     pub(crate) fn pow(&mut self, a: Value, b: Value) -> Value {
         let abs_a = self.abs(a);
         let log_a = self.log(abs_a);
@@ -620,13 +642,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let is_even = self.fcmp(FloatCC::Equal, half_round, half_b);
         let not_even = self.mask_not(is_even);
         let is_odd = self.mask_and(is_int, not_even);
-        let zero = self.splat_f(0.0);
-        let a_negative = self.fcmp(FloatCC::LessThan, a, zero);
-        let flip = self.mask_and(a_negative, is_odd);
+        let a_bits = self.f32_to_bits(a);
+        let sign_set = self.fb.ins().sshr_imm_u(a_bits, 31);
+        let flip = self.mask_and(sign_set, is_odd);
         let neg_r = self.neg(r);
         let r = self.select(flip, neg_r, r);
+        let zero = self.splat_f(0.0);
+        let a_negative = self.fcmp(FloatCC::LessThan, a, zero);
+        let a_finite = self.fcmp_const(FloatCC::GreaterThan, a, f32::NEG_INFINITY);
+        let a_finite_negative = self.mask_and(a_negative, a_finite);
         let not_int = self.mask_not(is_int);
-        let invalid = self.mask_and(a_negative, not_int);
+        let invalid = self.mask_and(a_finite_negative, not_int);
         let nan = self.splat_f(f32::NAN);
         let r = self.select(invalid, nan, r);
         let one = self.splat_f(1.0);
@@ -634,6 +660,17 @@ impl<'a, 'b> Emitter<'a, 'b> {
         let r = self.select(b_zero, one, r);
         let a_one = self.fcmp(FloatCC::Equal, a, one);
         self.select(a_one, one, r)
+    }
+
+    /// `pow(a, 0.5)` by a square root, with pow's answers where sqrt's
+    /// differ: pow(-0, 0.5) = +0 and pow(-inf, 0.5) = +inf.
+    fn pow_half(&mut self, a: Value) -> Value {
+        let r = self.sqrt(a);
+        // -0 + 0 = +0; every other value is unchanged.
+        let r = self.add_const(r, 0.0);
+        let inf = self.splat_f(f32::INFINITY);
+        let is_neg_inf = self.fcmp_const(FloatCC::Equal, a, f32::NEG_INFINITY);
+        self.select(is_neg_inf, inf, r)
     }
 
     /// a^c for a compile-time exponent: exact shortcuts for the exponents
@@ -651,9 +688,9 @@ impl<'a, 'b> Emitter<'a, 'b> {
                 let a2 = self.mul(a, a);
                 self.mul(a2, a2)
             }
-            0.5 => self.sqrt(a),
+            0.5 => self.pow_half(a),
             -0.5 => {
-                let s = self.sqrt(a);
+                let s = self.pow_half(a);
                 self.recip(s)
             }
             -1.0 => self.recip(a),

@@ -109,11 +109,9 @@ pub fn gather(
     let size = table.shape()[axis];
     let mut rows = Vec::with_capacity(ids.len());
     for (position, &index) in ids.iter().enumerate() {
-        // Negative ids are not wrapped python-style: in a model they are
-        // almost always a corrupted token id, so they are reported.
-        match usize::try_from(index) {
-            Ok(row) if row < size => rows.push(row),
-            _ => {
+        match gather_row(index, size) {
+            Some(row) => rows.push(row),
+            None => {
                 return Err(InterpError::GatherIndex {
                     index,
                     position,
@@ -130,6 +128,19 @@ pub fn gather(
             .flat_map(move |&row| (0..inner).map(move |j| (o * size + row) * inner + j))
     });
     take("gather", table, out_shape.to_vec(), offsets)
+}
+
+/// The row an id picks on an axis of `size`: ids in `0..size` count from
+/// the start and ids in `-size..0` from the end, as numpy's `take` and
+/// ONNX `Gather`; anything else is out of range.
+fn gather_row(index: i64, size: usize) -> Option<usize> {
+    let size = i64::try_from(size).ok()?;
+    let row = if index < 0 {
+        index.checked_add(size)?
+    } else {
+        index
+    };
+    (0..size).contains(&row).then_some(row as usize)
 }
 
 /// Conversions between the element types, one table row per source type.

@@ -68,7 +68,7 @@ pub enum InterpError {
     },
     #[error("{op}: the result {shape} is still symbolic; bind every symbol first")]
     Symbolic { op: &'static str, shape: String },
-    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size}")]
+    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
     GatherIndex {
         index: i64,
         position: usize,

@@ -78,13 +78,25 @@ pub fn erfc(x: f64) -> f64 {
 /// gelu(x) = 0.5 x (1 + erf(x/sqrt 2)) = 0.5 x erfc(-x/sqrt 2); the erfc
 /// form keeps full relative accuracy for very negative x.
 pub fn gelu(x: f64) -> f64 {
+    if x == f64::NEG_INFINITY {
+        // The limit; the formula would give -inf * 0 = NaN.
+        return -0.0;
+    }
     0.5 * x * erfc(-x / std::f64::consts::SQRT_2)
 }
 
-/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+/// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
+/// x / (1 + e^{-2u}): the same function, but `1 + tanh(u)` cancels to 0
+/// once tanh(u) rounds to -1 (x <= -8 in f64) where the true value is still
+/// a normal f32 (gelu_tanh(-9) = -1.2e-28).
 pub fn gelu_tanh(x: f64) -> f64 {
+    if x == f64::NEG_INFINITY {
+        // The limit; the formula would give -inf / inf = NaN.
+        return -0.0;
+    }
     let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
-    0.5 * x * (1.0 + (sqrt_2_over_pi * (x + 0.044715 * x * x * x)).tanh())
+    let u = sqrt_2_over_pi * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
 }
 
 pub fn unary(op: UnaryOp, x: f32) -> f32 {
@@ -231,6 +243,34 @@ mod tests {
         // 0.5 * -10 * erfc(10 / sqrt 2), from Python's math.erfc.
         let expected = -7.619853024160593e-23;
         assert!((gelu(-10.0) - expected).abs() / expected.abs() < 1e-12);
+    }
+
+    #[test]
+    fn gelus_at_the_infinities_are_their_limits() {
+        for f in [gelu, gelu_tanh] {
+            let y = f(f64::NEG_INFINITY);
+            assert!(y == 0.0 && y.is_sign_negative(), "{y}");
+            assert_eq!(f(f64::INFINITY), f64::INFINITY);
+            assert!(f(f64::NAN).is_nan());
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_keeps_relative_accuracy_in_the_far_negative_tail() {
+        // 0.5 x (1 + tanh(u)) with 50 digits (mpmath), where f64's
+        // 1 + tanh(u) has cancelled to 0.
+        for (x, expected) in [
+            (-9.0, -1.3364595947348725e-28),
+            (-5.0, -2.291796196629506e-7),
+            (3.0, 2.996362607918227),
+        ] {
+            let rel = (gelu_tanh(x) - expected).abs() / expected.abs();
+            assert!(
+                rel < 1e-12,
+                "gelu_tanh({x}) = {} (rel {rel:e})",
+                gelu_tanh(x)
+            );
+        }
     }
 
     #[test]

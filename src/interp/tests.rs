@@ -280,38 +280,42 @@ fn nan_propagates_through_relu_max_softmax_and_matmul() {
 }
 
 #[test]
-fn gather_rejects_out_of_range_and_negative_ids() {
+fn gather_counts_negative_ids_from_the_end_and_rejects_out_of_range() {
     let table = Tensor::f32(vec![3, 2], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-    let too_big = eval(
-        Op::Gather { axis: 0 },
-        &[&table, &Tensor::i64(vec![3], vec![0, 2, 3])],
-    );
-    match too_big {
-        Err(InterpError::GatherIndex {
-            index: 3,
-            position: 2,
-            axis: 0,
-            size: 3,
-        }) => {}
-        other => panic!("expected a gather index error, got {other:?}"),
-    }
-    let negative = eval(
-        Op::Gather { axis: 1 },
-        &[&table, &i32_tensor(vec![1], vec![-1])],
-    );
-    match negative {
-        Err(
-            e @ InterpError::GatherIndex {
-                index: -1,
-                axis: 1,
-                size: 2,
-                ..
-            },
-        ) => {
-            assert!(e.to_string().contains("gather: id -1"), "{e}");
+    for (ids, axis, size, bad, position) in [
+        (vec![0, 2, 3], 0, 3, 3, 2),
+        (vec![-3, -4], 0, 3, -4, 1),
+        (vec![i64::MIN], 1, 2, i64::MIN, 0),
+    ] {
+        let n = ids.len();
+        match eval(Op::Gather { axis }, &[&table, &Tensor::i64(vec![n], ids)]) {
+            Err(
+                e @ InterpError::GatherIndex {
+                    index,
+                    position: p,
+                    axis: a,
+                    size: s,
+                },
+            ) if (index, p, a, s) == (bad, position, axis, size) => {
+                let valid = format!("valid ids: -{size} to {}", size - 1);
+                assert!(e.to_string().contains(&valid), "{e}");
+            }
+            other => panic!("id {bad}: expected a gather index error, got {other:?}"),
         }
-        other => panic!("expected a gather index error, got {other:?}"),
     }
+    // -1 is the last row (numpy's take, ONNX Gather); -3 the first.
+    let from_end = eval(
+        Op::Gather { axis: 0 },
+        &[&table, &i32_tensor(vec![2], vec![-1, -3])],
+    )
+    .unwrap();
+    assert_eq!(f32s(&from_end), &[4.0, 5.0, 0.0, 1.0]);
+    let from_end = eval(
+        Op::Gather { axis: 1 },
+        &[&table, &Tensor::i64(vec![1], vec![-2])],
+    )
+    .unwrap();
+    assert_eq!(f32s(&from_end), &[0.0, 2.0, 4.0]);
     // i32 ids along a middle axis pick columns.
     let columns = eval(
         Op::Gather { axis: 1 },

@@ -3,6 +3,7 @@
 //! arithmetic is prepared once per plan (`Strided::*`); running allocates
 //! nothing.
 
+use crate::interp::InterpError;
 use crate::ir::ReduceOp;
 use crate::tensor::strides;
 
@@ -94,8 +95,17 @@ pub fn concat(parts: &[(&[f32], usize)], outer: usize, out: &mut [f32]) {
     }
 }
 
+/// The row an id picks on an axis of `size`, as the interpreter's
+/// `gather`: `0..size` from the start, `-size..0` from the end (numpy,
+/// ONNX), `None` when out of range.
+pub fn gather_row(id: i64, size: usize) -> Option<usize> {
+    let size = i64::try_from(size).ok()?;
+    let row = if id < 0 { id.checked_add(size)? } else { id };
+    (0..size).contains(&row).then_some(row as usize)
+}
+
 /// Rows of a table (`outer x size x inner`) picked by ids along the middle
-/// axis. Ids must already be checked against `size`.
+/// axis. Ids must already be resolved by `gather_row`.
 pub fn gather(
     table: &[f32],
     outer: usize,
@@ -121,6 +131,8 @@ pub struct Reduction {
     pub op: ReduceOp,
     pub kept: Strided,
     pub reduced: Strided,
+    /// A reduced axis of size 0, for the error of max over nothing.
+    pub empty_axis: Option<usize>,
 }
 
 impl Reduction {
@@ -140,12 +152,18 @@ impl Reduction {
             op,
             kept: pick(true),
             reduced: pick(false),
+            empty_axis: axes.iter().copied().find(|&a| shape[a] == 0),
         }
     }
 
-    /// Accumulates in f64, like the interpreter.
-    pub fn run(&self, x: &[f32], out: &mut [f32]) {
+    /// Accumulates in f64, like the interpreter. Over an empty axis sum is
+    /// 0, mean NaN (0/0) and max an error, as in the interpreter (numpy).
+    pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), InterpError> {
         let count: usize = self.reduced.shape.iter().product();
+        if self.op == ReduceOp::Max && count == 0 && !out.is_empty() {
+            let axis = self.empty_axis.unwrap_or(0);
+            return Err(InterpError::EmptyMax { axis });
+        }
         for (o, slot) in out.iter_mut().enumerate() {
             let base = offset_of(&self.kept, o);
             let mut acc = match self.op {
@@ -165,6 +183,7 @@ impl Reduction {
                 ReduceOp::Sum | ReduceOp::Max => acc as f32,
             };
         }
+        Ok(())
     }
 }
 
@@ -208,7 +227,9 @@ mod tests {
     fn reduce_over_a_middle_axis() {
         let x: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [2, 3, 2]
         let mut out = vec![0.0; 4];
-        Reduction::new(&[2, 3, 2], &[1], ReduceOp::Sum).run(&x, &mut out);
+        Reduction::new(&[2, 3, 2], &[1], ReduceOp::Sum)
+            .run(&x, &mut out)
+            .unwrap();
         assert_eq!(out, [6.0, 9.0, 24.0, 27.0]);
     }
 }

@@ -48,7 +48,7 @@ pub enum ExecError {
         declared: String,
         actual: String,
     },
-    #[error("gather: id {id} is out of range for a table axis of size {size}")]
+    #[error("gather: id {id} is out of range for a table axis of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
     GatherIndex { id: i64, size: usize },
     #[error("weight `{name}` of a matrix product is {dtype}; matrix products take f32")]
     WeightNotF32 { name: String, dtype: DType },
@@ -611,13 +611,11 @@ impl CompiledModel {
                     ..
                 } => {
                     let size = *size;
-                    let check = |id: i64| {
-                        if id < 0 || id as usize >= size {
-                            Err(ExecError::GatherIndex { id, size })
-                        } else {
-                            Ok(())
-                        }
+                    let check = |id: i64| match copy::gather_row(id, size) {
+                        Some(_) => Ok(()),
+                        None => Err(ExecError::GatherIndex { id, size }),
                     };
+                    let row = |id: i64| copy::gather_row(id, size).unwrap_or(0);
                     let (table, out) = (mem.f32(*table), mem.f32_mut(*out));
                     match mem.tensor(*ids).data() {
                         TensorData::I64(v) => {
@@ -627,7 +625,7 @@ impl CompiledModel {
                                 *outer,
                                 size,
                                 *inner,
-                                v.iter().map(|&i| i as usize),
+                                v.iter().map(|&i| row(i)),
                                 out,
                             );
                         }
@@ -638,7 +636,7 @@ impl CompiledModel {
                                 *outer,
                                 size,
                                 *inner,
-                                v.iter().map(|&i| i as usize),
+                                v.iter().map(|&i| row(i64::from(i))),
                                 out,
                             );
                         }
@@ -663,7 +661,9 @@ impl CompiledModel {
                             .for_each(|(o, &x)| *o = x as u8 as f32),
                     }
                 }
-                Step::Reduce { x, reduction, out } => reduction.run(mem.f32(*x), mem.f32_mut(*out)),
+                Step::Reduce { x, reduction, out } => {
+                    reduction.run(mem.f32(*x), mem.f32_mut(*out))?
+                }
                 Step::Fallback {
                     op,
                     inputs: operands,
