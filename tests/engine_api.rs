@@ -152,3 +152,15 @@ fn a_run_time_error_names_the_node_and_its_line_on_both_backends() {
         assert_eq!(at_node, "gather");
     }
 }
+
+/// README's library example, as written there (paths from the crate root).
+#[test]
+fn the_readme_library_example_runs() -> Result<(), Box<dyn std::error::Error>> {
+    let model = Model::load(repo("models/digits/digits.lam"))?;
+    let session = model.compile(Weights::Conventional, &Options::default())?;
+    let x: Tensor = lamina::runtime::read_npy(&repo("models/digits/x.npy"))?;
+    let outputs = session.run(&HashMap::from([("x".to_string(), x)]))?;
+    assert_eq!(outputs[0].0, "probs");
+    assert_eq!(outputs[0].1.shape(), [450, 10]);
+    Ok(())
+}
