@@ -10,10 +10,11 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::run::{default_threads, parse_binding};
+use super::run::{default_threads, option_diagnostic, parse_binding};
 use super::{fail, Reported};
 use crate::bench::{measure, BenchFailure, BenchSetup, NodeProfile, Schedule, Workload};
-use crate::engine::Backend;
+use crate::diagnostics::Diagnostic;
+use crate::engine::{Backend, Options};
 use crate::ir::Bindings;
 
 #[derive(Args, Debug)]
@@ -97,14 +98,24 @@ fn bindings_text(bindings: &Bindings) -> String {
 
 pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
     let failed = |f: BenchFailure| fail(f.diagnostics, f.source.as_ref());
+    let threads = Options {
+        threads: args.threads,
+        ..Options::default()
+    };
+    let mut problems: Vec<Diagnostic> = threads.check().iter().map(option_diagnostic).collect();
     if !(args.min_time.is_finite() && args.min_time >= 0.0) {
-        return Err(failed(BenchFailure::plain(format!(
+        problems.push(Diagnostic::error(format!(
             "--min-time must be a non-negative number of seconds, got {}",
             args.min_time
-        ))));
+        )));
     }
-    if args.threads == 0 {
-        return Err(failed(BenchFailure::plain("--threads must be at least 1")));
+    if args.profile && args.backend != BenchBackend::Jit {
+        problems.push(Diagnostic::error(
+            "--profile times the JIT backend's nodes; drop --backend interp",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(fail(problems, None));
     }
     let setup = BenchSetup {
         model: args.model.clone(),
@@ -116,11 +127,6 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         seed: args.seed,
         keep_params: args.profile,
     };
-    if args.profile && args.backend != BenchBackend::Jit {
-        return Err(failed(BenchFailure::plain(
-            "--profile times the JIT backend's nodes; drop --backend interp",
-        )));
-    }
     let mut workload = Workload::prepare(&setup).map_err(failed)?;
     let schedule = Schedule {
         warmup_runs: 3,

@@ -46,6 +46,12 @@ use crate::runtime::weights::WeightFile;
 use crate::tensor::Tensor;
 
 /// Which executor runs the model.
+///
+/// ```
+/// use lamina::engine::{Backend, Options};
+///
+/// assert_eq!(Options::default().backend, Backend::Jit);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The optimised graph, native kernels JIT-compiled with Cranelift.

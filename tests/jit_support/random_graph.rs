@@ -872,7 +872,7 @@ impl Gen {
         let rank = shape.len();
         let f = self.last(x).expect("picked with a known last dim");
         let y = match self.rng.random_range(0..3) {
-            0 if f % 2 == 0 => {
+            0 if f.is_multiple_of(2) => {
                 let mut split = shape[..rank - 1].to_vec();
                 split.push(2.into());
                 split.push((f / 2).into());
