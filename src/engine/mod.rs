@@ -49,6 +49,12 @@ use crate::runtime::weights::WeightFile;
 use crate::tensor::Tensor;
 
 /// Which executor runs the model.
+///
+/// ```
+/// use lamina::engine::{Backend, Options};
+///
+/// assert_eq!(Options::default().backend, Backend::Jit);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The optimised graph, native kernels JIT-compiled with Cranelift.
@@ -56,6 +62,20 @@ pub enum Backend {
     Jit,
     /// The reference interpreter: plain, obviously correct, slow.
     Interp,
+}
+
+impl Backend {
+    /// The backend's name as the CLI spells it.
+    ///
+    /// ```
+    /// assert_eq!(lamina::engine::Backend::Interp.name(), "interp");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
 }
 
 /// How to compile a model. Settings that later work adds (an ISA tier, a
@@ -317,27 +337,7 @@ impl Model {
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
     pub fn check_bindings(&self, bind: &[(String, usize)]) -> Vec<OptionError> {
-        let mut problems = Vec::new();
-        let known = symbols(self.graph());
-        let mut bound: BTreeMap<&str, usize> = BTreeMap::new();
-        for (symbol, value) in bind {
-            if !known.contains(symbol) && !bound.contains_key(symbol.as_str()) {
-                problems.push(OptionError::UnknownSymbol {
-                    symbol: symbol.clone(),
-                    suggestion: closest(symbol, &known),
-                    known: known.clone(),
-                });
-            }
-            match bound.insert(symbol, *value) {
-                Some(first) if first != *value => problems.push(OptionError::ConflictingBind {
-                    symbol: symbol.clone(),
-                    first,
-                    second: *value,
-                }),
-                _ => {}
-            }
-        }
-        problems
+        check_bindings(self.graph(), bind)
     }
 
     /// Binds the parameters to `weights` and compiles the model.
@@ -425,6 +425,39 @@ impl Model {
             prepared,
         })
     }
+}
+
+/// [`Model::check_bindings`] for a graph: every symbol value given up front
+/// that the graph has no symbol for, or that contradicts an earlier one.
+///
+/// ```
+/// let model = lamina::engine::Model::from_source("m.lam", "model m {\n  input x: f32[n]\n  output y = x\n}\n")?;
+/// let problems = lamina::engine::check_bindings(model.graph(), &[("n".into(), 2), ("n".into(), 3)]);
+/// assert_eq!(problems.len(), 1);
+/// # Ok::<(), lamina::engine::Error>(())
+/// ```
+pub fn check_bindings(graph: &Graph, bind: &[(String, usize)]) -> Vec<OptionError> {
+    let mut problems = Vec::new();
+    let known = symbols(graph);
+    let mut bound: BTreeMap<&str, usize> = BTreeMap::new();
+    for (symbol, value) in bind {
+        if !known.contains(symbol) && !bound.contains_key(symbol.as_str()) {
+            problems.push(OptionError::UnknownSymbol {
+                symbol: symbol.clone(),
+                suggestion: closest(symbol, &known),
+                known: known.clone(),
+            });
+        }
+        match bound.insert(symbol, *value) {
+            Some(first) if first != *value => problems.push(OptionError::ConflictingBind {
+                symbol: symbol.clone(),
+                first,
+                second: *value,
+            }),
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// The closest of `known` to `name`, when it is close enough to be a typo

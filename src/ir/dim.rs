@@ -65,7 +65,7 @@ impl Dim {
 
     /// `self / other` when the division is exact as monomials.
     pub fn div(&self, other: &Dim) -> Option<Dim> {
-        if other.factor == 0 || self.factor % other.factor != 0 {
+        if other.factor == 0 || !self.factor.is_multiple_of(other.factor) {
             return None;
         }
         let mut symbols = self.symbols.clone();
