@@ -1,5 +1,5 @@
 //! Run latency of the benchmark models (`models/bench/`) on the JIT backend,
-//! through the same setup as `lamina bench` (`lamina::cli::bench::Workload`):
+//! through the same setup as `lamina bench` (`lamina::bench::Workload`):
 //! seeded parameters, generated inputs, one plan prepared before timing.
 //! Throughput is reported in elements = matmul flops, so criterion's
 //! `Gelem/s` reads as GFLOP/s.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lamina::cli::bench::{BenchSetup, Workload};
+use lamina::bench::{BenchSetup, Workload};
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)

@@ -266,3 +266,19 @@ fn run_time_errors_point_at_the_failing_node() {
         );
     }
 }
+
+#[test]
+fn bench_reports_every_bad_flag_at_once() {
+    let stderr = user_error(&[
+        "bench",
+        "models/bench/mlp.lam",
+        "--threads",
+        "0",
+        "--min-time=-1",
+        "--profile",
+        "--backend",
+        "interp",
+    ]);
+    assert_eq!(stderr.matches("error:").count(), 3, "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+}

@@ -42,10 +42,12 @@ fn one_session_runs_from_many_threads_with_the_answers_of_one() {
         .map(|seed| {
             let session = Arc::clone(&session);
             std::thread::spawn(move || {
-                (0..5)
-                    .map(|_| session.run(&mlp_input(1 + seed, seed as f32)).unwrap())
-                    .last()
-                    .unwrap()
+                let input = mlp_input(1 + seed, seed as f32);
+                let first = session.run(&input).unwrap();
+                for _ in 0..4 {
+                    assert_eq!(session.run(&input).unwrap(), first);
+                }
+                first
             })
         })
         .collect();
@@ -151,4 +153,16 @@ fn a_run_time_error_names_the_node_and_its_line_on_both_backends() {
         };
         assert_eq!(at_node, "gather");
     }
+}
+
+/// README's library example, as written there (paths from the crate root).
+#[test]
+fn the_readme_library_example_runs() -> Result<(), Box<dyn std::error::Error>> {
+    let model = Model::load(repo("models/digits/digits.lam"))?;
+    let session = model.compile(Weights::Conventional, &Options::default())?;
+    let x: Tensor = lamina::runtime::read_npy(&repo("models/digits/x.npy"))?;
+    let outputs = session.run(&HashMap::from([("x".to_string(), x)]))?;
+    assert_eq!(outputs[0].0, "probs");
+    assert_eq!(outputs[0].1.shape(), [450, 10]);
+    Ok(())
 }

@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs).
     #[arg(long)]
     dump_clif: bool,
+    /// Most memory the model may use (parameters, intermediate values), e.g. 512M or 8G
+    /// [default: 3/4 of physical RAM]. A model that needs more is an error, not a crash.
+    #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
+    max_memory: Option<usize>,
     /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the
     /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
     #[arg(long, value_name = "TIER")]
@@ -200,6 +204,7 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
         backend: args.backend.into(),
         threads: args.threads,
         bind: args.binds.clone(),
+        max_memory: args.max_memory,
         // An unknown or unsupported tier is reported with the other flag problems.
         isa: super::resolve_isa(args.isa.as_deref()).ok(),
     };

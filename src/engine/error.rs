@@ -12,6 +12,13 @@ use crate::runtime::text::TextError;
 use crate::runtime::weights::WeightError;
 
 /// A compile option that does not fit the model.
+///
+/// ```
+/// use lamina::engine::OptionError;
+///
+/// let e = OptionError::ConflictingBind { symbol: "n".into(), first: 4, second: 3 };
+/// assert_eq!(e.to_string(), "symbol `n` is bound twice, to 4 and to 3");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OptionError {
     #[error("at least one worker thread is needed, got 0")]
@@ -46,6 +53,16 @@ fn symbol_hint(suggestion: &Option<String>, known: &[String]) -> String {
 }
 
 /// What went wrong, by stage.
+///
+/// ```
+/// use lamina::engine::{ErrorKind, Model, Options, Weights};
+///
+/// let model = Model::from_source("m.lam", "model m {\n  param w: f32[2]\n  output y = w\n}\n")?;
+/// let err = model.compile(Weights::None, &Options::default()).unwrap_err();
+/// let ErrorKind::Params(problems) = err.kind() else { panic!("{err}") };
+/// assert_eq!(problems[0].param_name(), "w");
+/// # Ok::<(), lamina::engine::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ErrorKind {
     /// The model text does not parse or type-check; the diagnostics say where.
@@ -94,7 +111,11 @@ fn lines<E: std::fmt::Display>(errors: &[E]) -> String {
 /// assert!(err.to_string().starts_with("bad.lam:2:"), "{err}");
 /// ```
 #[derive(Debug)]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+/// Boxed, so that a `Result<_, Error>` stays one pointer wide on the error side.
+#[derive(Debug)]
+struct Inner {
     kind: ErrorKind,
     diagnostics: Vec<Diagnostic>,
     file: Option<SourceFile>,
@@ -108,19 +129,19 @@ impl Error {
         // Faults outside the model (a weight file, an input) are not
         // prefixed with the model's path.
         let located = diagnostics.iter().any(|d| d.span.is_some());
-        Error {
+        Error(Box::new(Inner {
             kind,
             diagnostics,
             file: file.filter(|_| located).cloned(),
-        }
+        }))
     }
 
     pub(crate) fn load(diagnostics: Vec<Diagnostic>, file: SourceFile) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind: ErrorKind::Load,
             diagnostics,
             file: Some(file),
-        }
+        }))
     }
 
     /// What went wrong.
@@ -135,7 +156,7 @@ impl Error {
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
     pub fn kind(&self) -> &ErrorKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// One diagnostic per independent problem, in the order found.
@@ -150,7 +171,7 @@ impl Error {
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
     pub fn diagnostics(&self) -> &[Diagnostic] {
-        &self.diagnostics
+        &self.0.diagnostics
     }
 
     /// The model source the diagnostics point into, when they do.
@@ -162,7 +183,7 @@ impl Error {
     /// assert_eq!(err.file().unwrap().path, "bad.lam");
     /// ```
     pub fn file(&self) -> Option<&SourceFile> {
-        self.file.as_ref()
+        self.0.file.as_ref()
     }
 
     /// The diagnostics as text, each ending in a newline.
@@ -174,7 +195,7 @@ impl Error {
     /// assert!(err.render().contains("^^^"));
     /// ```
     pub fn render(&self) -> String {
-        render_all(&self.diagnostics, self.file.as_ref())
+        render_all(&self.0.diagnostics, self.0.file.as_ref())
     }
 }
 
@@ -186,7 +207,7 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.kind)
+        Some(&self.0.kind)
     }
 }
 
@@ -205,13 +226,12 @@ fn diagnostics_of(kind: &ErrorKind, graph: Option<&Graph>) -> Vec<Diagnostic> {
         ErrorKind::Compile(CompileError::Exec(e)) | ErrorKind::Exec(e) => {
             exec_diagnostics(e, graph)
         }
-        ErrorKind::Interp(InterpError::Bind(errors)) => errors.iter().map(|e| plain(e)).collect(),
-        ErrorKind::Interp(e @ InterpError::AtNode { span, .. }) => vec![plain(e).at(*span)],
         ErrorKind::Interp(
             e @ (InterpError::MissingParam { name, .. } | InterpError::ParamType { name, .. }),
         ) => {
             vec![plain(e).at(graph.and_then(|g| param_span(g, name)))]
         }
+        ErrorKind::Interp(e) => e.diagnostics(),
         other => vec![plain(other)],
     }
 }
@@ -221,12 +241,7 @@ fn exec_diagnostics(e: &ExecError, graph: Option<&Graph>) -> Vec<Diagnostic> {
         ExecError::MissingParam(name) | ExecError::ParamType { name, .. } => {
             vec![Diagnostic::error(e.to_string()).at(graph.and_then(|g| param_span(g, name)))]
         }
-        ExecError::Bind(errors) => errors
-            .iter()
-            .map(|e| Diagnostic::error(e.to_string()))
-            .collect(),
-        ExecError::AtNode { span, .. } => vec![Diagnostic::error(e.to_string()).at(*span)],
-        other => vec![Diagnostic::error(other.to_string())],
+        other => other.diagnostics(),
     }
 }
 

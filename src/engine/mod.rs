@@ -39,13 +39,22 @@ use crate::ir::bind::{bind_inputs, symbols};
 use crate::ir::lower_error::edit_distance;
 use crate::ir::{Bindings, DType, Graph};
 use crate::model::LoadedModel;
+use crate::runtime::budget::MemoryBudget;
 use crate::runtime::exec::{CompileOptions, CompiledModel};
-use crate::runtime::params::{bind_params, bind_params_owned, check_params, ParamError};
+use crate::runtime::params::{
+    bind_params_owned_within, bind_params_within, check_params, ParamError,
+};
 use crate::runtime::text::BatchTokenizer;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::Tensor;
 
 /// Which executor runs the model.
+///
+/// ```
+/// use lamina::engine::{Backend, Options};
+///
+/// assert_eq!(Options::default().backend, Backend::Jit);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The optimised graph, native kernels JIT-compiled with Cranelift.
@@ -53,6 +62,20 @@ pub enum Backend {
     Jit,
     /// The reference interpreter: plain, obviously correct, slow.
     Interp,
+}
+
+impl Backend {
+    /// The backend's name as the CLI spells it.
+    ///
+    /// ```
+    /// assert_eq!(lamina::engine::Backend::Interp.name(), "interp");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
 }
 
 /// How to compile a model. Settings that later work adds (an ISA tier, a
@@ -73,6 +96,10 @@ pub struct Options {
     /// needed when a parameter's initializer has a symbolic shape no weight
     /// or input fixes.
     pub bind: Vec<(String, usize)>,
+    /// Most bytes the model may hold at once (parameters, intermediate
+    /// values); `None` is three quarters of physical RAM. A model that needs
+    /// more is an error naming its largest tensors, not an abort.
+    pub max_memory: Option<usize>,
     /// The JIT's kernel tier (`None`: `LAMINA_ISA` when set, else the best
     /// the CPU runs); a tier above the CPU's fails at compile time.
     pub isa: Option<crate::codegen::Isa>,
@@ -85,8 +112,16 @@ impl Default for Options {
             backend: Backend::Jit,
             threads: all_cores(),
             bind: Vec::new(),
+            max_memory: None,
             isa: None,
         }
+    }
+}
+
+impl Options {
+    /// The memory budget these options set.
+    fn budget(&self) -> MemoryBudget {
+        self.max_memory.map(MemoryBudget::new).unwrap_or_default()
     }
 }
 
@@ -306,27 +341,7 @@ impl Model {
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
     pub fn check_bindings(&self, bind: &[(String, usize)]) -> Vec<OptionError> {
-        let mut problems = Vec::new();
-        let known = symbols(self.graph());
-        let mut bound: BTreeMap<&str, usize> = BTreeMap::new();
-        for (symbol, value) in bind {
-            if !known.contains(symbol) && !bound.contains_key(symbol.as_str()) {
-                problems.push(OptionError::UnknownSymbol {
-                    symbol: symbol.clone(),
-                    suggestion: closest(symbol, &known),
-                    known: known.clone(),
-                });
-            }
-            match bound.insert(symbol, *value) {
-                Some(first) if first != *value => problems.push(OptionError::ConflictingBind {
-                    symbol: symbol.clone(),
-                    first,
-                    second: *value,
-                }),
-                _ => {}
-            }
-        }
-        problems
+        check_bindings(self.graph(), bind)
     }
 
     /// Binds the parameters to `weights` and compiles the model.
@@ -364,14 +379,16 @@ impl Model {
             Weights::Tensors(tensors) => Some(WeightFile {
                 path: PathBuf::from("<tensors>"),
                 tensors: tensors.into_iter().collect(),
+                unreadable: Default::default(),
             }),
             Weights::None => None,
         };
         let weights_path = weights.as_ref().map(|w| w.path.clone());
         let input_symbols = input_symbols(self.graph());
-        let prepared = match check_params(self.graph(), weights.as_ref(), &fixed) {
+        let budget = options.budget();
+        let prepared = match check_params(self.graph(), weights.as_ref(), &fixed, &budget) {
             Ok(unused) => {
-                let bound = bind_params_owned(self.graph(), weights, &fixed)
+                let bound = bind_params_owned_within(self.graph(), weights, &fixed, &budget)
                     .map_err(|e| fail(ErrorKind::Params(e)))?;
                 let runner = Runner::new(&self, bound.values, options)?;
                 (Prepared::Ready(Arc::new(runner)), unused)
@@ -412,6 +429,39 @@ impl Model {
             prepared,
         })
     }
+}
+
+/// [`Model::check_bindings`] for a graph: every symbol value given up front
+/// that the graph has no symbol for, or that contradicts an earlier one.
+///
+/// ```
+/// let model = lamina::engine::Model::from_source("m.lam", "model m {\n  input x: f32[n]\n  output y = x\n}\n")?;
+/// let problems = lamina::engine::check_bindings(model.graph(), &[("n".into(), 2), ("n".into(), 3)]);
+/// assert_eq!(problems.len(), 1);
+/// # Ok::<(), lamina::engine::Error>(())
+/// ```
+pub fn check_bindings(graph: &Graph, bind: &[(String, usize)]) -> Vec<OptionError> {
+    let mut problems = Vec::new();
+    let known = symbols(graph);
+    let mut bound: BTreeMap<&str, usize> = BTreeMap::new();
+    for (symbol, value) in bind {
+        if !known.contains(symbol) && !bound.contains_key(symbol.as_str()) {
+            problems.push(OptionError::UnknownSymbol {
+                symbol: symbol.clone(),
+                suggestion: closest(symbol, &known),
+                known: known.clone(),
+            });
+        }
+        match bound.insert(symbol, *value) {
+            Some(first) if first != *value => problems.push(OptionError::ConflictingBind {
+                symbol: symbol.clone(),
+                first,
+                second: *value,
+            }),
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// The closest of `known` to `name`, when it is close enough to be a typo
@@ -457,10 +507,11 @@ impl Runner {
                     threads: options.threads,
                     isa: options.isa,
                 };
-                let (compiled, _) =
+                let (mut compiled, _) =
                     crate::compile::compile(model.graph(), &params, compile_options).map_err(
                         |e| Error::new(e.into(), Some(model.graph()), Some(model.source())),
                     )?;
+                compiled.set_memory_budget(options.budget());
                 Ok(Runner::Jit(Box::new(compiled)))
             }
         }
@@ -607,8 +658,14 @@ impl Session {
             Runner::Jit(compiled) => compiled
                 .run_named(inputs, &self.fixed)
                 .map_err(|e| located(e.into())),
-            Runner::Interp(params) => crate::interp::run(graph, params, inputs, &self.fixed)
-                .map_err(|e| located(e.into())),
+            Runner::Interp(params) => crate::interp::run_within(
+                graph,
+                params,
+                inputs,
+                &self.fixed,
+                &self.options.budget(),
+            )
+            .map_err(|e| located(e.into())),
         }
     }
 
@@ -743,7 +800,7 @@ impl Session {
         if let Some((_, runner)) = compiled.iter().find(|(k, _)| *k == key) {
             return Ok(runner.clone());
         }
-        let bound = bind_params(graph, weights.as_ref(), &bindings)
+        let bound = bind_params_within(graph, weights.as_ref(), &bindings, &self.options.budget())
             .map_err(|e| fail(ErrorKind::Params(e)))?;
         let runner = Arc::new(Runner::new(&self.model, bound.values, &self.options)?);
         compiled.push((key, runner.clone()));

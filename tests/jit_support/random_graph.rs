@@ -377,7 +377,7 @@ impl Gen {
                 let rows = self.shape(a)[..self.shape(a).len() - 1].to_vec();
                 let flat = self.op(
                     Op::Reshape {
-                        shape: vec![lamina::ir::dim::product(&rows), k.into()],
+                        shape: vec![lamina::ir::dim::product(&rows).unwrap(), k.into()],
                     },
                     &[a],
                 );
@@ -607,7 +607,7 @@ impl Gen {
             1 => {
                 let mut to = shape.clone();
                 if rank >= 2 && self.rng.random_bool(0.5) {
-                    let merged = to[rank - 2].mul(&to[rank - 1]);
+                    let merged = to[rank - 2].checked_mul(&to[rank - 1]).unwrap();
                     to.truncate(rank - 2);
                     to.push(merged);
                 } else if let Some(f) = self.last(x).filter(|f| f % 2 == 0) {
@@ -872,7 +872,7 @@ impl Gen {
         let rank = shape.len();
         let f = self.last(x).expect("picked with a known last dim");
         let y = match self.rng.random_range(0..3) {
-            0 if f % 2 == 0 => {
+            0 if f.is_multiple_of(2) => {
                 let mut split = shape[..rank - 1].to_vec();
                 split.push(2.into());
                 split.push((f / 2).into());
