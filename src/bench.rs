@@ -20,8 +20,9 @@ use crate::diagnostics::{render_all, Diagnostic, SourceFile};
 use crate::engine::{check_bindings, Backend, ErrorKind, Model};
 use crate::ir::bind::{bind_inputs, concretize};
 use crate::ir::{Bindings, DType, Dim, Graph, NodeId, Op};
-use crate::runtime::exec::{CompileOptions, CompiledModel};
-use crate::runtime::params::bind_params_owned;
+use crate::runtime::budget::MemoryBudget;
+use crate::runtime::exec::{CompileOptions, CompiledModel, ExecError};
+use crate::runtime::params::bind_params_owned_within;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
 
@@ -40,6 +41,8 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Keep the parameter values after compiling, for [`Workload::profile`].
     pub keep_params: bool,
+    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of physical RAM.
+    pub max_memory: Option<usize>,
 }
 
 impl BenchSetup {
@@ -54,6 +57,7 @@ impl BenchSetup {
             backend: Backend::Jit,
             seed: 0,
             keep_params: false,
+            max_memory: None,
         }
     }
 }
@@ -135,6 +139,7 @@ enum Engine {
         graph: Box<Graph>,
         params: HashMap<String, Tensor>,
         named_inputs: HashMap<String, Tensor>,
+        budget: MemoryBudget,
     },
 }
 
@@ -246,7 +251,29 @@ fn generate_inputs(
     bindings: &Bindings,
     seed: u64,
     batch_given: bool,
+    budget: &MemoryBudget,
 ) -> Result<Vec<Tensor>, BenchFailure> {
+    // Sizes before any allocation: `--bind n=2^40` must be an error, not an abort.
+    let mut sizes = Vec::new();
+    for &id in &graph.inputs {
+        let ty = &graph.node(id).ty;
+        let shape: Option<Vec<usize>> = ty
+            .shape
+            .iter()
+            .map(|d| d.substitute(bindings).and_then(|d| d.as_known()))
+            .collect();
+        if let Some(shape) = shape {
+            let bytes =
+                crate::ir::dim::checked_bytes(&shape, ty.dtype.size_bytes()).unwrap_or(usize::MAX);
+            sizes.push((
+                format!("input `{}` {}{shape:?}", graph.input_name(id), ty.dtype),
+                bytes,
+            ));
+        }
+    }
+    budget
+        .check("generating the inputs", &sizes)
+        .map_err(|e| BenchFailure::plain(e.to_string()))?;
     let concrete = concretize(graph, bindings).ok();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = Vec::new();
@@ -256,7 +283,7 @@ fn generate_inputs(
         let ty = &graph.node(id).ty;
         let mut shape = Vec::with_capacity(ty.shape.len());
         for (axis, d) in ty.shape.iter().enumerate() {
-            match d.substitute(bindings).as_known() {
+            match d.substitute(bindings).and_then(|d| d.as_known()) {
                 Some(n) => shape.push(n),
                 None => {
                     let hint = if position == 0 && axis == 0 && !batch_given {
@@ -357,13 +384,15 @@ impl Workload {
             Some(p) => Some(WeightFile::load(&p).map_err(|e| BenchFailure::plain(e.to_string()))?),
             None => None,
         };
-        let bound = bind_params_owned(m.graph(), weights, &fixed).map_err(|errs| {
-            BenchFailure::from(crate::engine::Error::new(
-                ErrorKind::Params(errs),
-                Some(m.graph()),
-                Some(m.source()),
-            ))
-        })?;
+        let budget = setup.max_memory.map(MemoryBudget::new).unwrap_or_default();
+        let bound =
+            bind_params_owned_within(m.graph(), weights, &fixed, &budget).map_err(|errs| {
+                BenchFailure::from(crate::engine::Error::new(
+                    ErrorKind::Params(errs),
+                    Some(m.graph()),
+                    Some(m.source()),
+                ))
+            })?;
         compile.params_ms = ms_since(start);
 
         let inputs = generate_inputs(
@@ -371,6 +400,7 @@ impl Workload {
             &bound.bindings,
             setup.seed,
             setup.batch.is_some(),
+            &budget,
         )?;
         let input_names: Vec<String> = m
             .graph()
@@ -397,15 +427,17 @@ impl Workload {
         let (engine, plan, flops, threads) = match setup.backend {
             Backend::Jit => {
                 let start = Instant::now();
-                let (model, _) =
+                let (mut model, _) =
                     crate::compile::compile(m.graph(), &bound.values, CompileOptions { threads })
                         .map_err(|e| error(&e))?;
+                model.set_memory_budget(budget.clone());
                 compile.optimise_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
                 let info = model.prepare(&ordered, &bindings).map_err(|e| error(&e))?;
                 compile.plan_ms = ms_since(start);
-                let concrete = concretize(model.graph(), &bindings).map_err(|e| error(&e))?;
+                let concrete =
+                    concretize(model.graph(), &bindings).map_err(|e| error(&ExecError::Bind(e)))?;
                 let plan = PlanStats {
                     arena_bytes: info.arena_bytes,
                     steps: info.steps,
@@ -420,11 +452,13 @@ impl Workload {
                 (engine, Some(plan), matmul_flops(&concrete), threads)
             }
             Backend::Interp => {
-                let concrete = concretize(m.graph(), &bindings).map_err(|e| error(&e))?;
+                let concrete =
+                    concretize(m.graph(), &bindings).map_err(|e| error(&ExecError::Bind(e)))?;
                 let engine = Engine::Interp {
                     graph: Box::new(m.graph().clone()),
                     params: bound.values,
                     named_inputs: input_names.iter().cloned().zip(inputs.clone()).collect(),
+                    budget,
                 };
                 // The interpreter runs on the calling thread only.
                 (engine, None, matmul_flops(&concrete), 1)
@@ -458,7 +492,8 @@ impl Workload {
                 graph,
                 params,
                 named_inputs,
-            } => crate::interp::run(graph, params, named_inputs, &self.bindings)
+                budget,
+            } => crate::interp::run_within(graph, params, named_inputs, &self.bindings, budget)
                 .map(|_| ())
                 .map_err(|e| error(&e)),
         }
@@ -535,7 +570,8 @@ impl Workload {
                 "profiling needs the JIT backend and a workload that kept its parameters",
             ));
         };
-        let graph = concretize(model.graph(), &self.bindings).map_err(|e| error(&e))?;
+        let graph =
+            concretize(model.graph(), &self.bindings).map_err(|e| error(&ExecError::Bind(e)))?;
         let numbers = crate::ir::printer::numbering(&graph);
         let mut profiles = Vec::new();
         for id in graph.topo_order() {
@@ -544,7 +580,13 @@ impl Workload {
                 continue;
             }
             let alone = single_node_graph(&graph, id);
-            let inputs = generate_inputs(&alone, &Bindings::new(), id.index() as u64, false)?;
+            let inputs = generate_inputs(
+                &alone,
+                &Bindings::new(),
+                id.index() as u64,
+                false,
+                &MemoryBudget::default(),
+            )?;
             let compiled = CompiledModel::compile(
                 &alone,
                 params,
@@ -763,7 +805,8 @@ mod tests {
              output y = gather(table, reshape(ids, [100]), axis=0)\n \
              output z = cast(mask, f32)\n}\n",
         );
-        let inputs = generate_inputs(&g, &Bindings::new(), 3, false).unwrap();
+        let inputs =
+            generate_inputs(&g, &Bindings::new(), 3, false, &MemoryBudget::default()).unwrap();
         let TensorData::I64(ids) = inputs[0].data() else {
             panic!("ids are i64")
         };
@@ -796,7 +839,7 @@ mod tests {
         let g = load("model m {\n input x: f32[m, k]\n output y = relu(x)\n}\n");
         let mut b = Bindings::new();
         b.insert("m".into(), 2);
-        let err = generate_inputs(&g, &b, 0, false).unwrap_err();
+        let err = generate_inputs(&g, &b, 0, false, &MemoryBudget::default()).unwrap_err();
         assert!(err.render().contains("--bind k=N"), "{}", err.render());
     }
 

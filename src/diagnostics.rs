@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use crate::span::{line_col, Span};
+use crate::span::{LineIndex, Span};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {
@@ -79,34 +79,27 @@ pub struct SourceFile {
 
 /// Renders one diagnostic as text (ends with a newline).
 pub fn render(d: &Diagnostic, file: Option<&SourceFile>) -> String {
+    let index = file.and_then(|f| f.text.as_deref()).map(LineIndex::new);
+    render_indexed(d, file, index.as_ref())
+}
+
+fn render_indexed(d: &Diagnostic, file: Option<&SourceFile>, index: Option<&LineIndex>) -> String {
     let mut out = String::new();
     let location = match (file, d.span) {
-        (
-            Some(SourceFile {
-                path,
-                text: Some(text),
-            }),
-            Some(span),
-        ) => {
-            let (line, col) = line_col(text, span.start);
+        (Some(SourceFile { path, .. }), Some(span)) if index.is_some() => {
+            let (line, col) = index.expect("checked").line_col(span.start);
             format!("{path}:{line}:{col}: ")
         }
         (Some(f), _) => format!("{}: ", f.path),
         (None, _) => String::new(),
     };
     writeln!(out, "{location}{}: {}", d.severity.word(), d.message).unwrap();
-    if let (
-        Some(SourceFile {
-            text: Some(text), ..
-        }),
-        Some(span),
-    ) = (file, d.span)
-    {
-        snippet(&mut out, text, span);
+    if let (Some(index), Some(span)) = (index, d.span) {
+        snippet(&mut out, index, span);
         for (span, label) in &d.related {
-            let (line, col) = line_col(text, span.start);
+            let (line, col) = index.line_col(span.start);
             writeln!(out, "  note: {label} ({line}:{col})").unwrap();
-            snippet(&mut out, text, *span);
+            snippet(&mut out, index, *span);
         }
     }
     for note in &d.notes {
@@ -116,9 +109,10 @@ pub fn render(d: &Diagnostic, file: Option<&SourceFile>) -> String {
 }
 
 /// The line holding `span.start`, with `^` under the span (clipped to that line).
-fn snippet(out: &mut String, text: &str, span: Span) {
-    let (line_no, col) = line_col(text, span.start);
-    let line = text.lines().nth(line_no - 1).unwrap_or("");
+fn snippet(out: &mut String, index: &LineIndex, span: Span) {
+    let text = index.text();
+    let (line_no, col) = index.line_col(span.start);
+    let line = index.line(line_no);
     let gutter = line_no.to_string().len();
     let line_chars = line.chars().count();
     let span_chars = text
@@ -150,7 +144,11 @@ pub fn at_node_message(op: &str, error: &dyn std::fmt::Display) -> String {
 
 /// Renders a list of diagnostics about one file.
 pub fn render_all(diags: &[Diagnostic], file: Option<&SourceFile>) -> String {
-    diags.iter().map(|d| render(d, file)).collect()
+    let index = file.and_then(|f| f.text.as_deref()).map(LineIndex::new);
+    diags
+        .iter()
+        .map(|d| render_indexed(d, file, index.as_ref()))
+        .collect()
 }
 
 #[cfg(test)]

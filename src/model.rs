@@ -28,8 +28,11 @@ pub struct LoadFailure {
 
 pub fn load(path: &Path) -> Result<LoadedModel, LoadFailure> {
     let shown = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_source(path, text),
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => load_source(path, text),
+            Err(e) => Err(not_utf8(&shown, e)),
+        },
         Err(e) => Err(LoadFailure {
             source: SourceFile {
                 path: shown,
@@ -42,8 +45,46 @@ pub fn load(path: &Path) -> Result<LoadedModel, LoadFailure> {
     }
 }
 
+/// A model file that is not UTF-8, located at its first bad byte. The text
+/// shown is the file with invalid bytes replaced, which leaves everything
+/// before the first one (and so its line and column) as it was.
+fn not_utf8(path: &str, e: std::string::FromUtf8Error) -> LoadFailure {
+    let at = e.utf8_error().valid_up_to();
+    let bad = e.as_bytes()[at];
+    let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+    LoadFailure {
+        source: SourceFile {
+            path: path.to_string(),
+            text: Some(text),
+        },
+        diagnostics: vec![Diagnostic::error(format!(
+            "the model file is not UTF-8 text: byte 0x{bad:02x} here does not start a valid \
+             character (save the file as UTF-8)"
+        ))
+        .at(Some(Span::new(at, at + 1)))],
+    }
+}
+
+/// Old Mac files end lines with a lone CR. The grammar only knows LF (and
+/// CRLF), so such a file would be one long line and, after its first `#`,
+/// one comment. A lone CR becomes LF: one byte for one, so every span still
+/// points at the same place in the file.
+fn normalize_line_ends(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    let mut bytes = text.into_bytes();
+    for i in 0..bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+            bytes[i] = b'\n';
+        }
+    }
+    String::from_utf8(bytes).expect("replacing an ASCII byte by another keeps UTF-8")
+}
+
 /// Like `load`, for text already in memory (`path` is used for messages).
 pub fn load_source(path: &Path, text: String) -> Result<LoadedModel, LoadFailure> {
+    let text = normalize_line_ends(text);
     let source = SourceFile {
         path: path.display().to_string(),
         text: Some(text),

@@ -54,8 +54,8 @@ impl Tensor {
     /// tensors from data they sized themselves; file loaders check first.
     pub fn new(shape: Vec<usize>, data: TensorData) -> Tensor {
         assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
+            shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)),
+            Some(data.len()),
             "tensor data length does not match shape {shape:?}"
         );
         Tensor { shape, data }
@@ -73,8 +73,13 @@ impl Tensor {
         Tensor::f32(vec![], vec![value])
     }
 
+    /// Panics if the shape's element count overflows: callers size tensors
+    /// from concrete graphs, whose every shape has been checked to fit.
     pub fn zeros(dtype: DType, shape: Vec<usize>) -> Tensor {
-        let n = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .expect("tensor shapes are checked to fit in memory before allocation");
         let data = match dtype {
             DType::F32 => TensorData::F32(vec![0.0; n]),
             DType::I64 => TensorData::I64(vec![0; n]),

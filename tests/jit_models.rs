@@ -99,7 +99,7 @@ fn inputs_for(graph: &Graph, bindings: &Bindings, rng: &mut ChaCha8Rng) -> HashM
             .iter()
             .map(|d| {
                 d.substitute(bindings)
-                    .as_known()
+                    .and_then(|d| d.as_known())
                     .expect("input symbols bound")
             })
             .collect();
@@ -132,7 +132,7 @@ fn longest_reduction(graph: &Graph, bindings: &Bindings) -> usize {
     let size = |id: NodeId, axis: usize| {
         graph.node(id).ty.shape[axis]
             .substitute(bindings)
-            .as_known()
+            .and_then(|d| d.as_known())
             .unwrap_or(0)
     };
     graph

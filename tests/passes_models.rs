@@ -73,7 +73,7 @@ fn concrete(shape: &[Dim], bindings: &mut Bindings) -> Vec<usize> {
                 bindings.entry(s.clone()).or_insert_with(|| default_size(s));
             }
             d.substitute(bindings)
-                .as_known()
+                .and_then(|d| d.as_known())
                 .expect("every symbol bound")
         })
         .collect()

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Worker threads for the JIT backend's kernels.
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
+    /// Most memory the model may use (parameters, inputs, intermediate values), e.g. 512M or 8G
+    /// [default: 3/4 of physical RAM].
+    #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
+    max_memory: Option<usize>,
     /// Time at least this many runs (after the warm-up).
     #[arg(long, value_name = "R", default_value_t = 20)]
     runs: usize,
@@ -126,6 +130,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         backend: args.backend.into(),
         seed: args.seed,
         keep_params: args.profile,
+        max_memory: args.max_memory,
     };
     let mut workload = Workload::prepare(&setup).map_err(failed)?;
     let schedule = Schedule {

@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs).
     #[arg(long)]
     dump_clif: bool,
+    /// Most memory the model may use (parameters, intermediate values), e.g. 512M or 8G
+    /// [default: 3/4 of physical RAM]. A model that needs more is an error, not a crash.
+    #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
+    max_memory: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,6 +197,7 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
         backend: args.backend.into(),
         threads: args.threads,
         bind: args.binds.clone(),
+        max_memory: args.max_memory,
     };
     let mut problems = model_free_problems(args, &options);
     let model = match Model::load(&args.model) {

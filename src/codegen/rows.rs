@@ -286,7 +286,8 @@ fn row_sum_f64(e: &mut Emitter<'_, '_>, len: Value, row: Value) -> Value {
 /// The smallest power of two layer norm divides a row by: rows of tinier
 /// magnitude are scaled up by at most 2^40, so `eps * s^2` stays finite for
 /// any eps below 1e14. (Such rows are dominated by eps anyway unless eps is
-/// 0; with eps = 0 and |x| < 1e-20 the squares underflow.)
+/// 0; with eps = 0 and a row spread below 1e-31 the squares underflow:
+/// measured 1e-6 off at 1e-32, 2% at 1e-34.)
 const LAYER_NORM_SMALLEST_POWER: f32 = 1.0 / (1u64 << 40) as f32;
 
 /// One layer norm row in three passes over the (L1-resident) row, all f32:

@@ -226,13 +226,12 @@ fn diagnostics_of(kind: &ErrorKind, graph: Option<&Graph>) -> Vec<Diagnostic> {
         ErrorKind::Compile(CompileError::Exec(e)) | ErrorKind::Exec(e) => {
             exec_diagnostics(e, graph)
         }
-        ErrorKind::Interp(InterpError::Bind(errors)) => errors.iter().map(|e| plain(e)).collect(),
-        ErrorKind::Interp(e @ InterpError::AtNode { span, .. }) => vec![plain(e).at(*span)],
         ErrorKind::Interp(
             e @ (InterpError::MissingParam { name, .. } | InterpError::ParamType { name, .. }),
         ) => {
             vec![plain(e).at(graph.and_then(|g| param_span(g, name)))]
         }
+        ErrorKind::Interp(e) => e.diagnostics(),
         other => vec![plain(other)],
     }
 }
@@ -242,12 +241,7 @@ fn exec_diagnostics(e: &ExecError, graph: Option<&Graph>) -> Vec<Diagnostic> {
         ExecError::MissingParam(name) | ExecError::ParamType { name, .. } => {
             vec![Diagnostic::error(e.to_string()).at(graph.and_then(|g| param_span(g, name)))]
         }
-        ExecError::Bind(errors) => errors
-            .iter()
-            .map(|e| Diagnostic::error(e.to_string()))
-            .collect(),
-        ExecError::AtNode { span, .. } => vec![Diagnostic::error(e.to_string()).at(*span)],
-        other => vec![Diagnostic::error(other.to_string())],
+        other => other.diagnostics(),
     }
 }
 

@@ -39,8 +39,11 @@ use crate::ir::bind::{bind_inputs, symbols};
 use crate::ir::lower_error::edit_distance;
 use crate::ir::{Bindings, DType, Graph};
 use crate::model::LoadedModel;
+use crate::runtime::budget::MemoryBudget;
 use crate::runtime::exec::{CompileOptions, CompiledModel};
-use crate::runtime::params::{bind_params, bind_params_owned, check_params, ParamError};
+use crate::runtime::params::{
+    bind_params_owned_within, bind_params_within, check_params, ParamError,
+};
 use crate::runtime::text::BatchTokenizer;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::Tensor;
@@ -93,6 +96,10 @@ pub struct Options {
     /// needed when a parameter's initializer has a symbolic shape no weight
     /// or input fixes.
     pub bind: Vec<(String, usize)>,
+    /// Most bytes the model may hold at once (parameters, intermediate
+    /// values); `None` is three quarters of physical RAM. A model that needs
+    /// more is an error naming its largest tensors, not an abort.
+    pub max_memory: Option<usize>,
 }
 
 impl Default for Options {
@@ -102,7 +109,15 @@ impl Default for Options {
             backend: Backend::Jit,
             threads: all_cores(),
             bind: Vec::new(),
+            max_memory: None,
         }
+    }
+}
+
+impl Options {
+    /// The memory budget these options set.
+    fn budget(&self) -> MemoryBudget {
+        self.max_memory.map(MemoryBudget::new).unwrap_or_default()
     }
 }
 
@@ -360,14 +375,16 @@ impl Model {
             Weights::Tensors(tensors) => Some(WeightFile {
                 path: PathBuf::from("<tensors>"),
                 tensors: tensors.into_iter().collect(),
+                unreadable: Default::default(),
             }),
             Weights::None => None,
         };
         let weights_path = weights.as_ref().map(|w| w.path.clone());
         let input_symbols = input_symbols(self.graph());
-        let prepared = match check_params(self.graph(), weights.as_ref(), &fixed) {
+        let budget = options.budget();
+        let prepared = match check_params(self.graph(), weights.as_ref(), &fixed, &budget) {
             Ok(unused) => {
-                let bound = bind_params_owned(self.graph(), weights, &fixed)
+                let bound = bind_params_owned_within(self.graph(), weights, &fixed, &budget)
                     .map_err(|e| fail(ErrorKind::Params(e)))?;
                 let runner = Runner::new(&self, bound.values, options)?;
                 (Prepared::Ready(Arc::new(runner)), unused)
@@ -485,10 +502,11 @@ impl Runner {
                 let compile_options = CompileOptions {
                     threads: options.threads,
                 };
-                let (compiled, _) =
+                let (mut compiled, _) =
                     crate::compile::compile(model.graph(), &params, compile_options).map_err(
                         |e| Error::new(e.into(), Some(model.graph()), Some(model.source())),
                     )?;
+                compiled.set_memory_budget(options.budget());
                 Ok(Runner::Jit(Box::new(compiled)))
             }
         }
@@ -635,8 +653,14 @@ impl Session {
             Runner::Jit(compiled) => compiled
                 .run_named(inputs, &self.fixed)
                 .map_err(|e| located(e.into())),
-            Runner::Interp(params) => crate::interp::run(graph, params, inputs, &self.fixed)
-                .map_err(|e| located(e.into())),
+            Runner::Interp(params) => crate::interp::run_within(
+                graph,
+                params,
+                inputs,
+                &self.fixed,
+                &self.options.budget(),
+            )
+            .map_err(|e| located(e.into())),
         }
     }
 
@@ -771,7 +795,7 @@ impl Session {
         if let Some((_, runner)) = compiled.iter().find(|(k, _)| *k == key) {
             return Ok(runner.clone());
         }
-        let bound = bind_params(graph, weights.as_ref(), &bindings)
+        let bound = bind_params_within(graph, weights.as_ref(), &bindings, &self.options.budget())
             .map_err(|e| fail(ErrorKind::Params(e)))?;
         let runner = Arc::new(Runner::new(&self.model, bound.values, &self.options)?);
         compiled.push((key, runner.clone()));

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use crate::ir::bind::{bind_inputs, concretize, BindError};
 use crate::ir::shape_rules::{self, ShapeError};
 use crate::ir::{Bindings, DType, Graph, NodeId, Op, TensorType};
+use crate::runtime::budget::{interpreter_peak, tensor_sizes, BudgetError, MemoryBudget};
 use crate::span::Span;
 use crate::tensor::Tensor;
 
@@ -89,6 +90,8 @@ pub enum InterpError {
     SourceOp { op: &'static str },
     #[error("output `{name}` names a node that is not in the graph")]
     MissingOutput { name: String },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error("the graph has a cycle: only {ordered} of its {total} nodes can be ordered")]
     Cycle { ordered: usize, total: usize },
     /// An error while evaluating one node, with where that node is declared
@@ -108,6 +111,27 @@ impl InterpError {
         match self {
             InterpError::AtNode { source, .. } => source.root(),
             other => other,
+        }
+    }
+}
+
+impl InterpError {
+    /// The error as diagnostics: one per binding problem, located in the
+    /// model source when it has a place there.
+    pub fn diagnostics(&self) -> Vec<crate::diagnostics::Diagnostic> {
+        use crate::diagnostics::Diagnostic;
+        match self.root() {
+            InterpError::Bind(errors) => errors
+                .iter()
+                .map(|e| Diagnostic::error(e.to_string()).at(e.span()))
+                .collect(),
+            root => {
+                let span = match self {
+                    InterpError::AtNode { span, .. } => *span,
+                    _ => None,
+                };
+                vec![Diagnostic::error(root.to_string()).at(span)]
+            }
         }
     }
 }
@@ -204,12 +228,31 @@ pub fn run(
     inputs: &HashMap<String, Tensor>,
     fixed: &Bindings,
 ) -> Result<Vec<(String, Tensor)>, InterpError> {
+    run_within(graph, params, inputs, fixed, &MemoryBudget::default())
+}
+
+/// [`run`] that first checks the most memory the run holds at once
+/// against `budget`, so that an oversized model is an error, not an abort.
+pub fn run_within(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+    fixed: &Bindings,
+    budget: &MemoryBudget,
+) -> Result<Vec<(String, Tensor)>, InterpError> {
     let given: Vec<(String, DType, Vec<usize>)> = inputs
         .iter()
         .map(|(name, t)| (name.clone(), t.dtype(), t.shape().to_vec()))
         .collect();
     let bindings = bind_inputs(graph, &given, fixed).map_err(InterpError::Bind)?;
-    let graph = concretize(graph, &bindings).map_err(|e| InterpError::Bind(vec![e]))?;
+    let graph = concretize(graph, &bindings).map_err(InterpError::Bind)?;
+    let mut sizes: Vec<(String, usize)> = tensor_sizes(&graph)
+        .into_iter()
+        .map(|(_, what, bytes)| (what, bytes))
+        .collect();
+    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    sizes.truncate(3);
+    budget.check_total("running the model", interpreter_peak(&graph), &sizes)?;
 
     let order = graph.topo_order();
     if order.len() != graph.node_count() {

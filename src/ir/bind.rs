@@ -1,6 +1,9 @@
 //! Binding symbolic dims to sizes from the tensors a model is run with.
 
-use super::{Bindings, DType, Dim, Graph, Op};
+use std::collections::HashSet;
+
+use super::{shape_rules, Bindings, DType, Dim, Graph, NodeId, Op, TensorType};
+use crate::span::Span;
 
 /// A tensor given at the boundary does not fit what the model declares.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -24,6 +27,26 @@ pub enum BindError {
     },
     #[error("symbol `{symbol}` is not bound: pass --bind {symbol}=N or an input that fixes it")]
     Unbound { symbol: String },
+    /// A node of the concrete graph fails its shape rule or is too large
+    /// for memory once symbols have values.
+    #[error("{}{message}", .what.as_ref().map(|w| format!("{w}: ")).unwrap_or_default())]
+    Node {
+        /// `input `x``, `parameter `w`` or `output `y``; `None` for other
+        /// nodes, whose message names the op and whose span locates them.
+        what: Option<String>,
+        message: String,
+        span: Option<Span>,
+    },
+}
+
+impl BindError {
+    /// Where in the model source the problem is, when it has a place there.
+    pub fn span(&self) -> Option<Span> {
+        match self {
+            BindError::Node { span, .. } => *span,
+            _ => None,
+        }
+    }
 }
 
 /// Unifies a declared shape with a concrete one, extending `bindings`.
@@ -49,7 +72,12 @@ pub fn unify(declared: &[Dim], actual: &[usize], bindings: &mut Bindings) -> Res
         }
     }
     for (axis, (d, &a)) in declared.iter().zip(actual).enumerate() {
-        if let Some(v) = d.substitute(bindings).as_known() {
+        let Some(d_bound) = d.substitute(bindings) else {
+            return Err(format!(
+                " (axis {axis} is {d}, which overflows with the bound values: no tensor is that large)"
+            ));
+        };
+        if let Some(v) = d_bound.as_known() {
             if v != a {
                 let expected = if d.as_known().is_some() {
                     v.to_string()
@@ -136,36 +164,109 @@ pub fn symbols(graph: &Graph) -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// Substitutes `bindings` into every type and dim attribute, so that a
-/// symbolic graph becomes a concrete one. Fails naming the first unbound
-/// symbol.
-pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, BindError> {
+/// How a node is named in messages: inputs and parameters by name, other
+/// nodes by their op (the span locates them).
+fn describe(graph: &Graph, id: NodeId) -> Option<String> {
+    match &graph.node(id).op {
+        Op::Input { name } => Some(format!("input `{name}`")),
+        Op::Param { name, .. } => Some(format!("parameter `{name}`")),
+        _ => graph
+            .outputs
+            .iter()
+            .find(|(_, o)| *o == id)
+            .map(|(name, _)| format!("output `{name}`")),
+    }
+}
+
+fn substitute_all(dims: &mut [Dim], bindings: &Bindings) -> Result<(), String> {
+    for d in dims.iter_mut() {
+        *d = d.substitute(bindings).ok_or_else(|| {
+            format!("the dimension {d} overflows with the bound values: no tensor is that large")
+        })?;
+    }
+    Ok(())
+}
+
+/// Substitutes `bindings` into every type and dim attribute and re-runs
+/// every shape rule on the result, so that a symbolic graph becomes a
+/// concrete one that kernels can trust: a slice end bound past its axis, a
+/// product of symbols that overflows, or a tensor too large for memory is
+/// an error here, not a crash in a kernel. Reports every failing node whose
+/// operands are sound (one mistake is not repeated downstream).
+pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, Vec<BindError>> {
     let mut g = graph.clone();
-    let ids: Vec<_> = g.node_ids().collect();
-    for id in ids {
+    let mut errors = Vec::new();
+    let mut unbound = std::collections::BTreeSet::new();
+    let mut failed: HashSet<NodeId> = HashSet::new();
+    for id in g.topo_order() {
+        let operands = g.inputs(id);
+        if operands.iter().any(|o| failed.contains(o)) {
+            failed.insert(id);
+            continue;
+        }
+        let what = describe(&g, id);
+        let span = g.node(id).span;
+        let fail = |message: String| BindError::Node {
+            what: what.clone(),
+            message,
+            span,
+        };
         let node = g.node_mut(id);
-        for d in node.ty.shape.iter_mut() {
-            *d = d.substitute(bindings);
+        let attrs = match &mut node.op {
+            Op::Reshape { shape } => substitute_all(shape, bindings),
+            Op::Slice { end, .. } => substitute_all(std::slice::from_mut(end), bindings),
+            _ => Ok(()),
+        };
+        let declared = substitute_all(&mut node.ty.shape, bindings);
+        if let Err(message) = attrs.and(declared) {
+            errors.push(fail(message));
+            failed.insert(id);
+            continue;
         }
-        match &mut node.op {
-            Op::Reshape { shape } => {
-                for d in shape.iter_mut() {
-                    *d = d.substitute(bindings);
-                }
-            }
-            Op::Slice { end, .. } => *end = end.substitute(bindings),
-            _ => {}
-        }
-        let unbound = node
+        let symbols: Vec<String> = node
             .ty
             .shape
             .iter()
-            .find_map(|d| d.symbols().first().cloned());
-        if let Some(symbol) = unbound {
-            return Err(BindError::Unbound { symbol });
+            .flat_map(|d| d.symbols().iter().cloned())
+            .collect();
+        if !symbols.is_empty() {
+            unbound.extend(symbols);
+            failed.insert(id);
+            continue;
+        }
+        let checked = if matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
+            shape_rules::check_size(&node.ty)
+        } else {
+            let op = node.op.clone();
+            let declared = node.ty.clone();
+            let types: Vec<TensorType> = operands.iter().map(|&o| g.node(o).ty.clone()).collect();
+            let refs: Vec<&TensorType> = types.iter().collect();
+            shape_rules::infer(&op, &refs).and_then(|ty| {
+                if ty == declared {
+                    Ok(())
+                } else {
+                    Err(shape_rules::ShapeError(format!(
+                        "the operands give {ty}, but the graph declares {declared}"
+                    )))
+                }
+            })
+        };
+        if let Err(e) = checked {
+            errors.push(fail(e.0));
+            failed.insert(id);
         }
     }
-    Ok(g)
+    // An unbound symbol is one mistake however many nodes mention it.
+    errors.extend(
+        unbound
+            .into_iter()
+            .map(|symbol| BindError::Unbound { symbol }),
+    );
+    if errors.is_empty() {
+        Ok(g)
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +279,9 @@ mod tests {
         let declared = [
             Dim::symbol("batch"),
             Dim::symbol("seq"),
-            Dim::symbol("batch").mul(&Dim::symbol("seq")),
+            Dim::symbol("batch")
+                .checked_mul(&Dim::symbol("seq"))
+                .unwrap(),
         ];
         unify(&declared, &[2, 3, 6], &mut b).unwrap();
         assert_eq!(b["batch"], 2);

@@ -51,14 +51,16 @@ impl Dim {
         self.factor
     }
 
-    pub fn mul(&self, other: &Dim) -> Dim {
+    /// The product, or `None` when the known factors overflow `usize`
+    /// (a wrapped factor would silently describe a tiny tensor).
+    pub fn checked_mul(&self, other: &Dim) -> Option<Dim> {
         let mut symbols = self.symbols.clone();
         symbols.extend(other.symbols.iter().cloned());
         symbols.sort();
-        Dim {
-            factor: self.factor * other.factor,
+        Some(Dim {
+            factor: self.factor.checked_mul(other.factor)?,
             symbols,
-        }
+        })
     }
 
     /// `self / other` when the division is exact as monomials.
@@ -78,16 +80,17 @@ impl Dim {
     }
 
     /// Replaces bound symbols by their values; unbound symbols stay.
-    pub fn substitute(&self, bindings: &Bindings) -> Dim {
+    /// `None` when the product overflows `usize`.
+    pub fn substitute(&self, bindings: &Bindings) -> Option<Dim> {
         let mut factor = self.factor;
         let mut symbols = Vec::new();
         for s in &self.symbols {
             match bindings.get(s) {
-                Some(v) => factor *= v,
+                Some(v) => factor = factor.checked_mul(*v)?,
                 None => symbols.push(s.clone()),
             }
         }
-        Dim { factor, symbols }
+        Some(Dim { factor, symbols })
     }
 }
 
@@ -115,9 +118,27 @@ impl fmt::Debug for Dim {
     }
 }
 
-/// The product of all dims of a shape.
-pub fn product(dims: &[Dim]) -> Dim {
-    dims.iter().fold(Dim::known(1), |acc, d| acc.mul(d))
+/// The product of all dims of a shape; `None` when the known factors overflow.
+pub fn product(dims: &[Dim]) -> Option<Dim> {
+    dims.iter()
+        .try_fold(Dim::known(1), |acc, d| acc.checked_mul(d))
+}
+
+/// The largest byte count lamina lets one tensor have: Rust's allocation
+/// limit, which is also the largest size numpy can describe.
+pub const MAX_TENSOR_BYTES: usize = isize::MAX as usize;
+
+/// Bytes of a tensor of this shape and element size, or `None` when the
+/// shape is not representable. Zero dims are skipped in the overflow check,
+/// as numpy does, so `[0, 2^63]` is rejected too: no file format or
+/// allocator can describe it, even though it holds no element.
+pub fn checked_bytes(shape: &[usize], elem_bytes: usize) -> Option<usize> {
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(elem_bytes, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= MAX_TENSOR_BYTES)?;
+    Some(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 #[cfg(test)]
@@ -127,8 +148,9 @@ mod tests {
     #[test]
     fn monomials_multiply_divide_and_bind() {
         let bs = Dim::symbol("batch")
-            .mul(&Dim::symbol("seq"))
-            .mul(&Dim::known(12));
+            .checked_mul(&Dim::symbol("seq"))
+            .and_then(|d| d.checked_mul(&Dim::known(12)))
+            .unwrap();
         assert_eq!(bs.to_string(), "12*batch*seq");
         assert_eq!(bs.div(&Dim::symbol("seq")).unwrap().to_string(), "12*batch");
         assert!(bs.div(&Dim::symbol("heads")).is_none());
@@ -136,6 +158,22 @@ mod tests {
         let mut b = Bindings::new();
         b.insert("batch".into(), 2);
         b.insert("seq".into(), 5);
-        assert_eq!(bs.substitute(&b).as_known(), Some(120));
+        assert_eq!(bs.substitute(&b).unwrap().as_known(), Some(120));
+    }
+
+    #[test]
+    fn products_that_overflow_are_none_not_wrapped() {
+        let big = Dim::known(1 << 32);
+        assert!(big.checked_mul(&big).is_none());
+        let ab = Dim::symbol("a").checked_mul(&Dim::symbol("b")).unwrap();
+        let mut b = Bindings::new();
+        b.insert("a".into(), 1 << 32);
+        b.insert("b".into(), 1 << 32);
+        assert!(ab.substitute(&b).is_none());
+        assert!(product(&[big.clone(), big]).is_none());
+        assert_eq!(checked_bytes(&[2, 3], 4), Some(24));
+        assert_eq!(checked_bytes(&[0, 5], 4), Some(0));
+        assert_eq!(checked_bytes(&[0, 1 << 63], 1), None);
+        assert_eq!(checked_bytes(&[1 << 62], 4), None);
     }
 }

@@ -21,6 +21,15 @@ impl DType {
         }
     }
 
+    /// Bytes per element as lamina stores it (`bool` as one byte).
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        }
+    }
+
     pub fn is_integer(self) -> bool {
         matches!(self, DType::I64 | DType::I32)
     }

@@ -132,6 +132,23 @@ impl Graph {
         edges.into_iter().map(|(_, n)| n).collect()
     }
 
+    /// True when some node reads `id`. Constant time, unlike `users`: a
+    /// shared scalar constant can have a reader per node of the graph.
+    pub fn has_users(&self, id: NodeId) -> bool {
+        self.graph
+            .neighbors_directed(id, Direction::Outgoing)
+            .next()
+            .is_some()
+    }
+
+    /// The only node reading `id` (possibly through several operands), or
+    /// `None` when none or several do; stops at the second distinct reader.
+    pub fn single_user(&self, id: NodeId) -> Option<NodeId> {
+        let mut readers = self.graph.neighbors_directed(id, Direction::Outgoing);
+        let first = readers.next()?;
+        readers.all(|r| r == first).then_some(first)
+    }
+
     /// Nodes that read `id` (each once, even if it reads it twice), sorted.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
         let mut users: Vec<NodeId> = self

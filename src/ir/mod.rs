@@ -2,6 +2,7 @@
 //! lowering from the AST, the printer and the verifier.
 
 pub mod bind;
+pub mod builder;
 pub mod dim;
 pub mod dtype;
 pub mod graph;

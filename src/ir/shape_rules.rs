@@ -167,17 +167,40 @@ fn matmul_shape(
 /// multiples of the same symbols (`seq + seq = 2*seq`).
 fn add_dims(a: &Dim, b: &Dim) -> Option<Dim> {
     if let (Some(x), Some(y)) = (a.as_known(), b.as_known()) {
-        return Some(Dim::known(x + y));
+        return x.checked_add(y).map(Dim::known);
     }
     if a.symbols() != b.symbols() {
         return None;
     }
     let unit = a.div(&Dim::known(a.factor()))?;
-    Some(unit.mul(&Dim::known(a.factor() + b.factor())))
+    unit.checked_mul(&Dim::known(a.factor().checked_add(b.factor())?))
 }
 
-/// The output type of `op` applied to `inputs`.
+/// Checks that a tensor of this type can exist: every byte count fits in
+/// memory's address range. For symbolic dims only the known factors can be
+/// checked (a symbol bound to 0 empties the tensor; zero dims are skipped,
+/// as numpy does); the concrete graph is checked again after binding.
+pub fn check_size(ty: &TensorType) -> Result<(), ShapeError> {
+    let factors: Vec<usize> = ty.shape.iter().map(Dim::factor).collect();
+    if super::dim::checked_bytes(&factors, ty.dtype.size_bytes()).is_none() {
+        return err(format!(
+            "{} is too large: it needs more than {} bytes, the most one tensor can have",
+            show(ty),
+            super::dim::MAX_TENSOR_BYTES
+        ));
+    }
+    Ok(())
+}
+
+/// The output type of `op` applied to `inputs`, checked to be a size that
+/// can exist (see [`check_size`]).
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let ty = infer_unchecked(op, inputs)?;
+    check_size(&ty).map_err(|e| ShapeError(format!("{}: the result {}", op.name(), e.0)))?;
+    Ok(ty)
+}
+
+fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
     let name = op.name();
     let (lo, hi) = arity(op);
     if inputs.len() < lo || inputs.len() > hi {
@@ -345,7 +368,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         }
         Op::Reshape { shape } => {
             let x = inputs[0];
-            let (from, to) = (super::dim::product(&x.shape), super::dim::product(shape));
+            let (Some(from), Some(to)) =
+                (super::dim::product(&x.shape), super::dim::product(shape))
+            else {
+                return err(format!(
+                    "reshape: {} or {} has more elements than fit in memory",
+                    show(x),
+                    ShapeDisplay(shape)
+                ));
+            };
             if from != to {
                 return err(format!(
                     "reshape: cannot reshape {} ({from} elements) to {} ({to} elements)",

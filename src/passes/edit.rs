@@ -85,16 +85,16 @@ pub fn prune(graph: &mut Graph, id: NodeId) {
 
 /// Read by another node or named as an output.
 pub fn is_used(graph: &Graph, id: NodeId) -> bool {
-    !graph.users(id).is_empty() || graph.is_output(id)
+    graph.has_users(id) || graph.is_output(id)
 }
 
 /// The one node reading `id`, if exactly one does and `id` is not an output:
 /// the condition for folding `id` into its reader without keeping a copy.
 pub fn sole_user(graph: &Graph, id: NodeId) -> Option<NodeId> {
-    match graph.users(id).as_slice() {
-        [user] if !graph.is_output(id) => Some(*user),
-        _ => None,
+    if graph.is_output(id) {
+        return None;
     }
+    graph.single_user(id)
 }
 
 /// The constant tensor of a `Constant` node.

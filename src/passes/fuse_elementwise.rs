@@ -79,10 +79,33 @@ impl Pass for ElementwiseFusion {
     }
 }
 
+/// The most expression steps one fused node may have. Without a bound a
+/// long chain of elementwise ops (generated models have 100,000) becomes a
+/// single kernel whose compile time and register pressure grow with it;
+/// past the bound the chain is cut into several fused nodes.
+pub const MAX_FUSED_STEPS: usize = 1024;
+
+/// Expression steps a node brings into a region.
+fn steps_of(graph: &Graph, id: NodeId) -> usize {
+    match &graph.node(id).op {
+        Op::FusedElementwise { expr } => expr.steps.len(),
+        _ => 1,
+    }
+}
+
 /// The region ending at `root`, in no particular order.
+///
+/// The set of tensors the region reads from outside is kept up to date as
+/// members join (recomputing it per candidate made long chains quadratic).
 fn grow_region(graph: &Graph, root: NodeId) -> Vec<NodeId> {
     let shape = &graph.node(root).ty.shape;
     let mut members: HashSet<NodeId> = HashSet::from([root]);
+    let mut external: HashSet<NodeId> = graph
+        .inputs(root)
+        .into_iter()
+        .filter(|&o| o != root && !is_scalar_literal(graph, o))
+        .collect();
+    let mut steps = steps_of(graph, root);
     let mut region = vec![root];
     let mut grew = true;
     while grew {
@@ -95,15 +118,31 @@ fn grow_region(graph: &Graph, root: NodeId) -> Vec<NodeId> {
                     && candidate.op.is_elementwise()
                     && candidate.ty.shape == *shape
                     && !graph.is_output(operand)
+                    && steps + steps_of(graph, operand) <= MAX_FUSED_STEPS
                     && graph.users(operand).iter().all(|u| members.contains(u));
                 if !joins {
                     continue;
                 }
-                members.insert(operand);
-                if external_inputs(graph, &members).len() > MAX_FUSED_INPUTS {
-                    members.remove(&operand);
+                let mut added: Vec<NodeId> = graph
+                    .inputs(operand)
+                    .into_iter()
+                    .filter(|o| {
+                        !members.contains(o)
+                            && *o != operand
+                            && !external.contains(o)
+                            && !is_scalar_literal(graph, *o)
+                    })
+                    .collect();
+                added.sort_unstable();
+                added.dedup();
+                let after = external.len() - usize::from(external.contains(&operand)) + added.len();
+                if after > MAX_FUSED_INPUTS {
                     continue;
                 }
+                members.insert(operand);
+                external.remove(&operand);
+                external.extend(added);
+                steps += steps_of(graph, operand);
                 region.push(operand);
                 grew = true;
             }
@@ -111,15 +150,6 @@ fn grow_region(graph: &Graph, root: NodeId) -> Vec<NodeId> {
         }
     }
     region
-}
-
-/// The tensors a region reads from outside (scalar constants excluded).
-fn external_inputs(graph: &Graph, members: &HashSet<NodeId>) -> HashSet<NodeId> {
-    members
-        .iter()
-        .flat_map(|&id| graph.inputs(id))
-        .filter(|o| !members.contains(o) && !is_scalar_literal(graph, *o))
-        .collect()
 }
 
 fn is_scalar_literal(graph: &Graph, id: NodeId) -> bool {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use npyz::{Deserialize, Serialize, TypeChar, TypeStr, WriterBuilder};
 
+use crate::ir::dim::checked_bytes;
 use crate::tensor::{Tensor, TensorData};
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +146,10 @@ fn parse_npy(bytes: &[u8]) -> Result<Tensor, ParseError> {
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
         .map_err(|_| ParseError::Corrupt("a dimension does not fit in memory".to_string()))?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| ParseError::Corrupt(format!("shape {shape:?} overflows")))?;
     let item_size = type_str.num_bytes().unwrap_or(usize::MAX);
-    let expected = count
-        .checked_mul(item_size)
+    // Checked as numpy checks it (zero dims skipped), so `[0, 2^63]` is
+    // refused too: lamina could not write such an array back.
+    let expected = checked_bytes(&shape, item_size)
         .ok_or_else(|| ParseError::Corrupt(format!("shape {shape:?} overflows")))?;
     let found = bytes.len() - data_start;
     if found < expected {
@@ -226,6 +224,17 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
         path: path.to_path_buf(),
         source,
     };
+    // numpy refuses a header whose sizes overflow its index type, even
+    // with a zero dim; such a file would be written but never read.
+    if checked_bytes(t.shape(), t.dtype().size_bytes()).is_none() {
+        return Err(io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "shape {:?} is larger than numpy (or any array) can describe",
+                t.shape()
+            ),
+        )));
+    }
     let file = File::create(path).map_err(io_error)?;
     let mut writer = BufWriter::new(file);
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();

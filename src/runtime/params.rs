@@ -7,9 +7,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
+use super::budget::MemoryBudget;
 use super::init::materialize;
 use super::weights::WeightFile;
 use crate::ir::bind::unify;
+use crate::ir::dim::checked_bytes;
 use crate::ir::{Bindings, DType, Graph, Init, NodeId, Op, TensorType};
 use crate::tensor::{Tensor, TensorData};
 
@@ -65,6 +67,29 @@ pub enum ParamError {
         declared: TensorType,
         init: Init,
     },
+    #[error(
+        "parameter `{name}` ({declared}) would have shape {shape}: larger than any tensor can be"
+    )]
+    TooLarge {
+        name: String,
+        declared: TensorType,
+        /// The shape with bound values, or the dim that overflowed.
+        shape: String,
+    },
+    /// The weight file has a tensor of this name that lamina cannot read.
+    #[error("parameter `{name}` ({declared}): {reason}")]
+    Unreadable {
+        name: String,
+        declared: TensorType,
+        reason: String,
+    },
+    /// The initializers together need more memory than the budget; `name`
+    /// is the largest of them.
+    #[error("{source}")]
+    Budget {
+        name: String,
+        source: super::budget::BudgetError,
+    },
 }
 
 impl ParamError {
@@ -76,7 +101,10 @@ impl ParamError {
             | ParamError::DType { name, .. }
             | ParamError::Missing { name, .. }
             | ParamError::Unbound { name, .. }
-            | ParamError::InitDType { name, .. } => name,
+            | ParamError::InitDType { name, .. }
+            | ParamError::TooLarge { name, .. }
+            | ParamError::Unreadable { name, .. }
+            | ParamError::Budget { name, .. } => name,
         }
     }
 }
@@ -113,7 +141,18 @@ pub fn bind_params(
     weights: Option<&WeightFile>,
     bindings: &Bindings,
 ) -> Result<BoundParams, Vec<ParamError>> {
-    let plan = plan(graph, weights, bindings)?;
+    bind_params_within(graph, weights, bindings, &MemoryBudget::default())
+}
+
+/// [`bind_params`] with the initializers' memory checked against `budget`
+/// (the default is a share of physical RAM) before any is materialised.
+pub fn bind_params_within(
+    graph: &Graph,
+    weights: Option<&WeightFile>,
+    bindings: &Bindings,
+    budget: &MemoryBudget,
+) -> Result<BoundParams, Vec<ParamError>> {
+    let plan = plan(graph, weights, bindings, budget)?;
     let mut values = plan.initialized;
     if let Some(weights) = weights {
         for name in plan.from_file {
@@ -133,8 +172,9 @@ pub fn check_params(
     graph: &Graph,
     weights: Option<&WeightFile>,
     bindings: &Bindings,
+    budget: &MemoryBudget,
 ) -> Result<Vec<String>, Vec<ParamError>> {
-    plan(graph, weights, bindings).map(|plan| plan.unused)
+    plan(graph, weights, bindings, budget).map(|plan| plan.unused)
 }
 
 /// [`bind_params`] that consumes the weight file, moving its tensors into
@@ -144,7 +184,18 @@ pub fn bind_params_owned(
     weights: Option<WeightFile>,
     bindings: &Bindings,
 ) -> Result<BoundParams, Vec<ParamError>> {
-    let plan = plan(graph, weights.as_ref(), bindings)?;
+    bind_params_owned_within(graph, weights, bindings, &MemoryBudget::default())
+}
+
+/// [`bind_params_owned`] with the initializers' memory checked against
+/// `budget`.
+pub fn bind_params_owned_within(
+    graph: &Graph,
+    weights: Option<WeightFile>,
+    bindings: &Bindings,
+    budget: &MemoryBudget,
+) -> Result<BoundParams, Vec<ParamError>> {
+    let plan = plan(graph, weights.as_ref(), bindings, budget)?;
     let mut values = plan.initialized;
     if let Some(mut weights) = weights {
         for name in plan.from_file {
@@ -175,6 +226,7 @@ fn plan(
     graph: &Graph,
     weights: Option<&WeightFile>,
     given: &Bindings,
+    budget: &MemoryBudget,
 ) -> Result<Plan, Vec<ParamError>> {
     let params: Vec<(String, NodeId, Option<Init>)> = graph
         .params()
@@ -214,6 +266,16 @@ fn plan(
                 }
             }
             None => match init {
+                _ if weights.and_then(|w| w.unreadable(name)).is_some() => {
+                    errors.push(ParamError::Unreadable {
+                        name: name.clone(),
+                        declared: declared.clone(),
+                        reason: weights
+                            .and_then(|w| w.unreadable(name))
+                            .unwrap_or_default()
+                            .to_string(),
+                    })
+                }
                 Some(init) => init_params.push((name, declared, init)),
                 None => errors.push(ParamError::Missing {
                     name: name.clone(),
@@ -247,7 +309,9 @@ fn plan(
         }
     }
 
-    let mut initialized = HashMap::new();
+    // Shapes and sizes first: nothing is materialised until every
+    // initializer is known to be representable and all fit the budget.
+    let mut sized = Vec::new();
     for (name, declared, init) in init_params {
         if let Some(symbol) = first_unbound(declared, &bindings) {
             errors.push(ParamError::Unbound {
@@ -257,11 +321,54 @@ fn plan(
             });
             continue;
         }
-        let shape: Vec<usize> = declared
+        let shape: Option<Vec<usize>> = declared
             .shape
             .iter()
-            .filter_map(|d| d.substitute(&bindings).as_known())
+            .map(|d| d.substitute(&bindings).and_then(|d| d.as_known()))
             .collect();
+        let bytes = shape
+            .as_ref()
+            .and_then(|s| checked_bytes(s, declared.dtype.size_bytes()));
+        match (shape, bytes) {
+            (Some(shape), Some(bytes)) => sized.push((name, declared, init, shape, bytes)),
+            (shape, _) => errors.push(ParamError::TooLarge {
+                name: name.clone(),
+                declared: declared.clone(),
+                shape: shape.map_or_else(
+                    || "with a dimension that overflows".to_string(),
+                    |s| format!("{s:?}"),
+                ),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        let sizes: Vec<(String, usize)> = sized
+            .iter()
+            .map(|(name, declared, _, shape, bytes)| {
+                (
+                    format!("parameter `{name}` {}{shape:?}", declared.dtype),
+                    *bytes,
+                )
+            })
+            .collect();
+        if let Err(e) = budget.check("initializing the parameters", &sizes) {
+            let largest = sized
+                .iter()
+                .max_by_key(|(_, _, _, _, bytes)| *bytes)
+                .map(|(name, ..)| (*name).clone())
+                .unwrap_or_default();
+            errors.push(ParamError::Budget {
+                name: largest,
+                source: e,
+            });
+        }
+    }
+
+    let mut initialized = HashMap::new();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    for (name, declared, init, shape, _) in sized {
         match initial_value(init, name, declared.dtype, &shape) {
             Some(value) => {
                 initialized.insert(name.clone(), value);
@@ -310,7 +417,7 @@ fn first_unbound(declared: &TensorType, bindings: &Bindings) -> Option<String> {
     declared
         .shape
         .iter()
-        .find_map(|d| d.substitute(bindings).symbols().first().cloned())
+        .find_map(|d| d.substitute(bindings)?.symbols().first().cloned())
 }
 
 /// The initial value of a parameter of any dtype; `None` when a random

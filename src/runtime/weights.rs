@@ -41,6 +41,12 @@ pub enum WeightError {
 pub struct WeightFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, Tensor>,
+    /// Tensors lamina cannot read (a dtype it does not support, invalid
+    /// booleans), with why. They only matter if the model binds them:
+    /// checkpoints often carry extra tensors (an f64 step counter, say) that
+    /// a model never uses, and those must not stop it from loading.
+    /// The values are the messages (`WeightError` is not `Clone`).
+    pub unreadable: BTreeMap<String, String>,
 }
 
 impl WeightFile {
@@ -62,6 +68,7 @@ impl WeightFile {
             reason: e.to_string(),
         })?;
         let mut tensors = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         for (name, view) in file.iter() {
             let data = decode(view.dtype(), view.data()).map_err(|problem| match problem {
                 DecodeProblem::Unsupported => WeightError::UnsupportedDType {
@@ -74,14 +81,22 @@ impl WeightFile {
                     tensor: name.to_string(),
                     byte,
                 },
-            })?;
-            // safetensors has already checked that the byte length matches
-            // shape x dtype size, so the element count is right.
-            tensors.insert(name.to_string(), Tensor::new(view.shape().to_vec(), data));
+            });
+            match data {
+                // safetensors has already checked that the byte length
+                // matches shape x dtype size, so the element count is right.
+                Ok(data) => {
+                    tensors.insert(name.to_string(), Tensor::new(view.shape().to_vec(), data));
+                }
+                Err(e) => {
+                    unreadable.insert(name.to_string(), e.to_string());
+                }
+            }
         }
         Ok(WeightFile {
             path: path.to_path_buf(),
             tensors,
+            unreadable,
         })
     }
 
@@ -89,8 +104,21 @@ impl WeightFile {
         self.tensors.get(name)
     }
 
+    /// Why the tensor `name` could not be read, if it is one of those.
+    pub fn unreadable(&self, name: &str) -> Option<&str> {
+        self.unreadable.get(name).map(String::as_str)
+    }
+
+    /// Every tensor name in the file, readable or not, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        let mut names: Vec<&str> = self
+            .tensors
+            .keys()
+            .chain(self.unreadable.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.into_iter()
     }
 }
 

@@ -33,6 +33,10 @@ use grammar::{LaminaParser, Rule};
 /// message rather than overflowing a stack somewhere downstream.
 pub const MAX_NESTING: usize = 256;
 
+/// Operators of one flat chain (`a + b - c + ...`, `a * b / c`) that cost
+/// one level of `MAX_NESTING`, so that a long generated sum parses.
+pub const CHAIN_TERMS_PER_LEVEL: usize = 16;
+
 /// A syntax error: where it is and what went wrong, in words.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -530,14 +534,31 @@ fn build_left_chain(pair: Pair<'_, Rule>, depth: usize) -> Result<Expr, ParseErr
         return Err(ParseError::internal(span));
     }
     let operators = rest.len() / 2;
+    // A flat chain is not nesting as the user sees it, but its tree is
+    // `operators` levels high and later stages recurse through it; so it
+    // spends one level of the budget per CHAIN_TERMS_PER_LEVEL operators.
+    // The tree's height then stays under MAX_NESTING * CHAIN_TERMS_PER_LEVEL
+    // however chains and brackets are mixed.
+    let levels = operators.div_ceil(CHAIN_TERMS_PER_LEVEL);
+    if depth + levels > MAX_NESTING {
+        return Err(ParseError::new(
+            span,
+            format!(
+                "this chain of {} terms is too long at this nesting depth (a flat chain may \
+                 have up to {} terms); split it into several statements",
+                operators + 1,
+                MAX_NESTING * CHAIN_TERMS_PER_LEVEL
+            ),
+        ));
+    }
     let start = span_of(&first).start;
-    let mut acc = build_expr(first, depth + operators)?;
-    for (i, op_and_operand) in rest.chunks(2).enumerate() {
+    let mut acc = build_expr(first, depth + levels)?;
+    for op_and_operand in rest.chunks(2) {
         let [op, operand] = op_and_operand else {
             return Err(ParseError::internal(span));
         };
         let end = span_of(operand).end;
-        let rhs = build_expr(operand.clone(), depth + operators - i)?;
+        let rhs = build_expr(operand.clone(), depth + levels)?;
         acc = Expr::Binary {
             op: binary_op(op)?,
             lhs: Box::new(acc),

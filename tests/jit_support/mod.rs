@@ -6,9 +6,8 @@
 pub mod random_graph;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use lamina::ir::{shape_rules, DType, Dim, Graph, NodeId, Op, TensorType};
+use lamina::ir::{Dim, Graph, NodeId, Op, TensorType};
 use lamina::runtime::exec::{CompileOptions, CompiledModel};
 use lamina::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -171,108 +170,12 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
 /// `"f32[batch, 784]"` -> a tensor type; integers are known dims, other
 /// names symbols.
 pub fn ty(text: &str) -> TensorType {
-    let (dtype, rest) = text.split_once('[').expect("type has [");
-    let dims = rest.trim_end_matches(']');
-    let shape = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| {
-            d.parse::<usize>()
-                .map(Dim::known)
-                .unwrap_or_else(|_| Dim::symbol(d))
-        })
-        .collect();
-    TensorType::new(dtype.parse::<DType>().expect("dtype"), shape)
+    lamina::ir::builder::parse_type(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Builds well-typed graphs (every node typed by its shape rule) and the
-/// values of their parameters.
-pub struct Builder {
-    pub graph: Graph,
-    pub params: HashMap<String, Tensor>,
-}
-
-impl Builder {
-    pub fn new(name: &str) -> Builder {
-        Builder {
-            graph: Graph::new(name),
-            params: HashMap::new(),
-        }
-    }
-
-    pub fn input(&mut self, name: &str, t: &str) -> NodeId {
-        let id = self
-            .graph
-            .add_node(Op::Input { name: name.into() }, &[], ty(t), None);
-        self.graph.inputs.push(id);
-        id
-    }
-
-    /// A parameter with this value (its type is the value's).
-    pub fn param(&mut self, name: &str, value: Tensor) -> NodeId {
-        let t = TensorType::new(
-            value.dtype(),
-            value.shape().iter().map(|&d| Dim::known(d)).collect(),
-        );
-        self.params.insert(name.to_string(), value);
-        self.graph.add_node(
-            Op::Param {
-                name: name.into(),
-                init: None,
-            },
-            &[],
-            t,
-            None,
-        )
-    }
-
-    pub fn constant(&mut self, value: Tensor) -> NodeId {
-        let t = TensorType::new(
-            value.dtype(),
-            value.shape().iter().map(|&d| Dim::known(d)).collect(),
-        );
-        self.graph.add_node(
-            Op::Constant {
-                value: Arc::new(value),
-            },
-            &[],
-            t,
-            None,
-        )
-    }
-
-    pub fn scalar(&mut self, v: f32) -> NodeId {
-        self.constant(Tensor::scalar(v))
-    }
-
-    /// Adds `op` on `inputs`, typed by its shape rule (panics on a test's own
-    /// ill-typed graph).
-    pub fn op(&mut self, op: Op, inputs: &[NodeId]) -> NodeId {
-        self.try_op(op, inputs)
-            .unwrap_or_else(|e| panic!("test graph is ill-typed: {e}"))
-    }
-
-    /// Adds `op` when it is well-typed on `inputs`.
-    pub fn try_op(&mut self, op: Op, inputs: &[NodeId]) -> Result<NodeId, String> {
-        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.graph.node(i).ty).collect();
-        let t = shape_rules::infer(&op, &types).map_err(|e| e.to_string())?;
-        Ok(self.graph.add_node(op, inputs, t, None))
-    }
-
-    pub fn ty(&self, id: NodeId) -> &TensorType {
-        &self.graph.node(id).ty
-    }
-
-    pub fn output(&mut self, name: &str, id: NodeId) {
-        self.graph.outputs.push((name.into(), id));
-    }
-
-    pub fn finish(self) -> (Graph, HashMap<String, Tensor>) {
-        lamina::ir::verify::verify(&self.graph).expect("test graph verifies");
-        (self.graph, self.params)
-    }
-}
+/// The library's graph builder: nodes typed by their shape rules,
+/// parameters with values.
+pub use lamina::ir::builder::GraphBuilder as Builder;
 
 /// Inputs for a graph in declaration order from a name -> tensor map.
 pub fn ordered<'a>(model: &CompiledModel, inputs: &'a HashMap<String, Tensor>) -> Vec<&'a Tensor> {

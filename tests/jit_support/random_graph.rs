@@ -377,7 +377,7 @@ impl Gen {
                 let rows = self.shape(a)[..self.shape(a).len() - 1].to_vec();
                 let flat = self.op(
                     Op::Reshape {
-                        shape: vec![lamina::ir::dim::product(&rows), k.into()],
+                        shape: vec![lamina::ir::dim::product(&rows).unwrap(), k.into()],
                     },
                     &[a],
                 );
@@ -607,7 +607,7 @@ impl Gen {
             1 => {
                 let mut to = shape.clone();
                 if rank >= 2 && self.rng.random_bool(0.5) {
-                    let merged = to[rank - 2].mul(&to[rank - 1]);
+                    let merged = to[rank - 2].checked_mul(&to[rank - 1]).unwrap();
                     to.truncate(rank - 2);
                     to.push(merged);
                 } else if let Some(f) = self.last(x).filter(|f| f % 2 == 0) {

@@ -1,97 +1,45 @@
-//! Shared helpers for the pass tests: a tiny graph builder and a
-//! before/after rendering for snapshots.
+//! Shared helpers for the pass tests: the library's graph builder with
+//! parameters declared by type, and a before/after rendering for snapshots.
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
-use lamina::ir::{printer, shape_rules, DType, Dim, Graph, NodeId, Op, TensorType};
+use lamina::ir::builder::GraphBuilder;
+use lamina::ir::{printer, Graph, NodeId, TensorType};
 use lamina::passes::{PassContext, PassManager, PassReport};
-use lamina::tensor::Tensor;
 
 /// `"f32[batch, 784]"` -> a tensor type; integers are known dims, other
 /// names symbols.
 pub fn ty(text: &str) -> TensorType {
-    let (dtype, rest) = text.split_once('[').expect("type has [");
-    let dims = rest.trim_end_matches(']');
-    let shape = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| {
-            d.parse::<usize>()
-                .map(Dim::known)
-                .unwrap_or_else(|_| Dim::symbol(d))
-        })
-        .collect();
-    TensorType::new(dtype.parse::<DType>().expect("dtype"), shape)
+    lamina::ir::builder::parse_type(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub struct Builder {
-    pub graph: Graph,
-}
+/// The library's graph builder, with parameters declared by type (pass
+/// tests run without parameter values) and `finish` giving the graph.
+pub struct Builder(GraphBuilder);
 
 impl Builder {
     pub fn new(name: &str) -> Builder {
-        Builder {
-            graph: Graph::new(name),
-        }
-    }
-
-    pub fn input(&mut self, name: &str, t: &str) -> NodeId {
-        let id = self
-            .graph
-            .add_node(Op::Input { name: name.into() }, &[], ty(t), None);
-        self.graph.inputs.push(id);
-        id
+        Builder(GraphBuilder::new(name))
     }
 
     pub fn param(&mut self, name: &str, t: &str) -> NodeId {
-        self.graph.add_node(
-            Op::Param {
-                name: name.into(),
-                init: None,
-            },
-            &[],
-            ty(t),
-            None,
-        )
-    }
-
-    pub fn constant(&mut self, value: Tensor) -> NodeId {
-        let t = TensorType::new(
-            value.dtype(),
-            value.shape().iter().map(|&d| Dim::known(d)).collect(),
-        );
-        self.graph.add_node(
-            Op::Constant {
-                value: Arc::new(value),
-            },
-            &[],
-            t,
-            None,
-        )
-    }
-
-    pub fn scalar(&mut self, v: f32) -> NodeId {
-        self.constant(Tensor::scalar(v))
-    }
-
-    /// Adds `op` on `inputs`, typed by its shape rule (panics on a test's own
-    /// ill-typed graph).
-    pub fn op(&mut self, op: Op, inputs: &[NodeId]) -> NodeId {
-        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.graph.node(i).ty).collect();
-        let t = shape_rules::infer(&op, &types)
-            .unwrap_or_else(|e| panic!("test graph is ill-typed: {e}"));
-        self.graph.add_node(op, inputs, t, None)
-    }
-
-    pub fn output(&mut self, name: &str, id: NodeId) {
-        self.graph.outputs.push((name.into(), id));
+        self.0.param_decl(name, t)
     }
 
     pub fn finish(self) -> Graph {
-        lamina::ir::verify::verify(&self.graph).expect("test graph verifies");
-        self.graph
+        self.0.finish().0
+    }
+}
+
+impl std::ops::Deref for Builder {
+    type Target = GraphBuilder;
+    fn deref(&self) -> &GraphBuilder {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Builder {
+    fn deref_mut(&mut self) -> &mut GraphBuilder {
+        &mut self.0
     }
 }
 

@@ -318,9 +318,12 @@ fn reshape_target(
     }
     if inferred == 1 {
         let known: Vec<Dim> = dims.iter().flatten().cloned().collect();
-        let total = dim::product(&lw.graph.node(x).ty.shape);
+        // Operand types passed the size check, so only `rest` can overflow,
+        // and an overflowing `rest` cannot divide the operand's count.
+        let total = dim::product(&lw.graph.node(x).ty.shape).unwrap_or(Dim::known(0));
         let rest = dim::product(&known);
-        let Some(missing) = total.div(&rest) else {
+        let Some(missing) = rest.as_ref().and_then(|rest| total.div(rest)) else {
+            let rest = rest.map_or("too many".to_string(), |r| r.to_string());
             let from = lw.graph.node(x).ty.to_string();
             return Err(lw.error(LowerError::Shape {
                 op: "reshape".into(),

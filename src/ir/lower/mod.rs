@@ -17,6 +17,20 @@ use crate::span::Span;
 use crate::syntax::ast::{self, BinOp, BlockParamKind, Expr, Item, PathSegment, Stmt};
 use crate::tensor::Tensor;
 
+/// Most nodes one model may lower to. Loops and blocks make a short file
+/// describe a huge graph (blocks that call the previous one twice double
+/// at each level); past this, lowering stops with an error instead of
+/// eating memory for minutes.
+pub const MAX_NODES: usize = 2_000_000;
+
+/// Most loop iterations plus block instances one model may expand to
+/// (an empty loop body costs no node but still takes time to unroll).
+pub const MAX_EXPANSIONS: usize = 2_000_000;
+
+/// Deepest chain of block instances (a block calling a block calling ...):
+/// lowering recurses once per level.
+pub const MAX_BLOCK_DEPTH: usize = 256;
+
 /// A model ready for the passes: its graph and the weight file it names.
 #[derive(Clone, Debug)]
 pub struct LoweredModel {
@@ -66,6 +80,11 @@ struct Lowerer<'a> {
     /// Instantiation stack, to reject recursive blocks.
     active_blocks: Vec<String>,
     errors: Vec<LowerError>,
+    /// Loop iterations and block instances so far (see `MAX_EXPANSIONS`).
+    expansions: usize,
+    /// Set once a size limit is hit: lowering then stops everywhere, since
+    /// every later statement would only add noise.
+    exhausted: bool,
 }
 
 /// Lowers a parsed file to a graph, or reports every error found.
@@ -79,6 +98,8 @@ pub fn lower(file: &ast::File) -> Result<LoweredModel, Vec<LowerError>> {
         symbols: BTreeSet::new(),
         active_blocks: Vec::new(),
         errors: Vec::new(),
+        expansions: 0,
+        exhausted: false,
     };
     let mut model: Option<&ast::ModelDef> = None;
     let mut weights = None;
@@ -129,14 +150,10 @@ pub fn lower(file: &ast::File) -> Result<LoweredModel, Vec<LowerError>> {
         Some(m) => lw.model(m),
     }
     // A block instantiated twice reports its mistakes twice: keep one.
-    let mut seen = Vec::new();
-    lw.errors.retain(|e| {
-        let new = !seen.contains(e);
-        if new {
-            seen.push(e.clone());
-        }
-        new
-    });
+    // (A set, not a list scan: a generated file may hold tens of thousands
+    // of errors.)
+    let mut seen = std::collections::HashSet::new();
+    lw.errors.retain(|e| seen.insert(format!("{e:?}")));
     if lw.errors.is_empty() {
         Ok(LoweredModel {
             graph: lw.graph,
@@ -173,7 +190,27 @@ impl<'a> Lowerer<'a> {
 
     // ---- statements -------------------------------------------------------
 
+    /// Counts one loop iteration or block instance; false (with one error
+    /// for the whole model) once the limit is passed.
+    fn expand(&mut self, span: Span) -> bool {
+        self.expansions += 1;
+        if self.expansions > MAX_EXPANSIONS && !self.exhausted {
+            self.exhausted = true;
+            self.error(LowerError::Invalid {
+                message: format!(
+                    "this model expands to more than {MAX_EXPANSIONS} loop iterations and block \
+                     instances; lamina unrolls at most that many (see docs/language.md, Limits)"
+                ),
+                span,
+            });
+        }
+        !self.exhausted
+    }
+
     fn stmt(&mut self, stmt: &'a Stmt, in_model: bool) {
+        if self.exhausted {
+            return;
+        }
         match stmt {
             Stmt::Input { name, ty, span } => {
                 if !in_model {
@@ -242,9 +279,23 @@ impl<'a> Lowerer<'a> {
                 start,
                 end,
                 body,
-                ..
+                span,
             } => {
+                let count = (*end as i128 - *start as i128).max(0);
+                if count > MAX_EXPANSIONS as i128 {
+                    self.error(LowerError::Invalid {
+                        message: format!(
+                            "this loop runs {count} times; lamina unrolls at most \
+                             {MAX_EXPANSIONS} iterations (see docs/language.md, Limits)"
+                        ),
+                        span: *span,
+                    });
+                    return;
+                }
                 for i in *start..*end {
+                    if !self.expand(*span) {
+                        break;
+                    }
                     let mut frame = Frame {
                         is_loop: true,
                         ..Frame::default()
@@ -481,7 +532,8 @@ impl<'a> Lowerer<'a> {
 
     /// `f32[batch, 784]`. With `introduce`, unknown names become new symbols
     /// (input and parameter declarations); otherwise they must exist.
-    fn tensor_type(&mut self, ty: &ast::TypeExpr, introduce: bool) -> Lowered<TensorType> {
+    fn tensor_type(&mut self, ty_expr: &ast::TypeExpr, introduce: bool) -> Lowered<TensorType> {
+        let ty = ty_expr;
         let dtype = ty
             .dtype
             .name
@@ -499,10 +551,14 @@ impl<'a> Lowerer<'a> {
                 span: ty.dtype.span,
             }));
         };
-        Ok(TensorType::new(
-            dtype,
-            dims.into_iter().collect::<Lowered<_>>()?,
-        ))
+        let ty = TensorType::new(dtype, dims.into_iter().collect::<Lowered<_>>()?);
+        if let Err(e) = shape_rules::check_size(&ty) {
+            return Err(self.error(LowerError::Invalid {
+                message: e.0,
+                span: ty_expr.span,
+            }));
+        }
+        Ok(ty)
     }
 
     /// A dim expression: an integer, an int block argument, a symbol, or a product.
@@ -522,7 +578,15 @@ impl<'a> Lowerer<'a> {
             } => {
                 let a = self.dim(lhs, introduce, context);
                 let b = self.dim(rhs, introduce, context);
-                Ok(a?.mul(&b?))
+                let (a, b) = (a?, b?);
+                a.checked_mul(&b).ok_or_else(|| {
+                    self.error(LowerError::Invalid {
+                        message: format!(
+                            "the dimension {a}*{b} overflows: it is larger than any tensor can be"
+                        ),
+                        span: e.span(),
+                    })
+                })
             }
             Expr::Name(path) if path.segments.len() == 1 => {
                 let PathSegment::Name(name) = &path.segments[0] else {
@@ -652,6 +716,19 @@ impl<'a> Lowerer<'a> {
 
     /// Adds a node after checking its operand types with the op's shape rule.
     fn node(&mut self, op: Op, inputs: &[NodeId], span: Span) -> Lowered<NodeId> {
+        if self.graph.node_count() >= MAX_NODES {
+            if !self.exhausted {
+                self.exhausted = true;
+                self.error(LowerError::Invalid {
+                    message: format!(
+                        "this model lowers to more than {MAX_NODES} nodes; split it or \
+                         use fewer loop iterations and block instances (see docs/language.md, Limits)"
+                    ),
+                    span,
+                });
+            }
+            return Err(Poisoned);
+        }
         let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.graph.node(i).ty).collect();
         match shape_rules::infer(&op, &types) {
             Ok(ty) => Ok(self.graph.add_node(op, inputs, ty, Some(span))),
@@ -678,6 +755,18 @@ impl<'a> Lowerer<'a> {
                 message: format!("block `{name}` instantiates itself"),
                 span,
             }));
+        }
+        if self.active_blocks.len() >= MAX_BLOCK_DEPTH {
+            return Err(self.error(LowerError::Invalid {
+                message: format!(
+                    "blocks are instantiated inside each other more than {MAX_BLOCK_DEPTH} \
+                     levels deep here (see docs/language.md, Limits)"
+                ),
+                span,
+            }));
+        }
+        if !self.expand(span) {
+            return Err(Poisoned);
         }
         let bound = args::bind_block_args(self, block, args, span)?;
         let prefix_parts = match prefix {

@@ -20,7 +20,7 @@ const ALIGN: usize = 16;
 pub fn place(buffers: &[Lifetime]) -> (Vec<usize>, usize) {
     let mut order: Vec<usize> = (0..buffers.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(buffers[i].len), i));
-    let mut offsets = vec![0; buffers.len()];
+    let mut offsets = vec![0usize; buffers.len()];
     let mut placed: Vec<usize> = Vec::new();
     let mut total = 0;
     for i in order {
@@ -33,20 +33,22 @@ pub fn place(buffers: &[Lifetime]) -> (Vec<usize>, usize) {
             .map(|&j| {
                 (
                     offsets[j],
-                    offsets[j] + buffers[j].len.div_ceil(ALIGN) * ALIGN,
+                    offsets[j].saturating_add(buffers[j].len.div_ceil(ALIGN) * ALIGN),
                 )
             })
             .collect();
         busy.sort_unstable();
-        let mut offset = 0;
+        // Saturating: each buffer fits in memory (the concrete graph is
+        // checked), but their sum need not; the budget check then refuses it.
+        let mut offset = 0usize;
         for (start, end) in busy {
-            if offset + size <= start {
+            if offset.saturating_add(size) <= start {
                 break;
             }
             offset = offset.max(end);
         }
         offsets[i] = offset;
-        total = total.max(offset + size);
+        total = total.max(offset.saturating_add(size));
         placed.push(i);
     }
     (offsets, total)

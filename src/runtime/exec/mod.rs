@@ -29,6 +29,7 @@ use crate::codegen::{
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
 use crate::ir::{Bindings, DType, Graph, NodeId, Op};
+use crate::runtime::budget::{BudgetError, MemoryBudget};
 use crate::span::Span;
 use crate::tensor::{Tensor, TensorData};
 
@@ -60,6 +61,10 @@ pub enum ExecError {
         span: Option<Span>,
         source: Box<ExecError>,
     },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    #[error("the machine could not provide {} for the model's intermediate values (within the memory budget, but not available now)", crate::runtime::budget::format_bytes(*.bytes))]
+    OutOfMemory { bytes: usize },
     #[error("expected {expected} inputs ({names}), got {got}")]
     InputCount {
         expected: usize,
@@ -76,6 +81,49 @@ impl ExecError {
             other => other,
         }
     }
+
+    /// The error as diagnostics: one per binding problem, each located in
+    /// the model source when it has a place there.
+    pub fn diagnostics(&self) -> Vec<crate::diagnostics::Diagnostic> {
+        match self {
+            ExecError::Bind(errors) => errors.iter().map(bind_diagnostic).collect(),
+            ExecError::Interp(e) => e.diagnostics(),
+            ExecError::AtNode { span, .. } => {
+                vec![crate::diagnostics::Diagnostic::error(self.to_string()).at(*span)]
+            }
+            other => vec![crate::diagnostics::Diagnostic::error(other.to_string())],
+        }
+    }
+}
+
+pub(crate) fn bind_diagnostic(e: &BindError) -> crate::diagnostics::Diagnostic {
+    crate::diagnostics::Diagnostic::error(e.to_string()).at(e.span())
+}
+
+/// The f32 arena, allocated fallibly: the budget allows it, but the
+/// machine may still be short (other processes, overcommit limits), and
+/// that must be an error rather than an abort.
+fn alloc_arena(len: usize) -> Result<Vec<f32>, ExecError> {
+    let mut arena = Vec::new();
+    arena
+        .try_reserve_exact(len)
+        .map_err(|_| ExecError::OutOfMemory {
+            bytes: len.saturating_mul(4),
+        })?;
+    arena.resize(len, 0.0);
+    Ok(arena)
+}
+
+/// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
+fn boxed_bytes(plan: &Plan) -> usize {
+    plan.boxed
+        .iter()
+        .map(|t| {
+            t.known_shape()
+                .and_then(|s| crate::ir::dim::checked_bytes(&s, 8))
+                .unwrap_or(usize::MAX)
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 impl From<BindError> for ExecError {
@@ -117,6 +165,8 @@ pub struct CompiledModel {
     /// Symbols the parameters' shapes fix (`param embed: f32[vocab, 384]`).
     param_bindings: Bindings,
     plans: Mutex<Vec<Arc<CachedPlan>>>,
+    /// Checked by every new plan before its arena can be allocated.
+    budget: MemoryBudget,
 }
 
 /// Statistics about the plan for one set of input shapes.
@@ -206,6 +256,7 @@ impl CompiledModel {
             threads,
             param_bindings,
             plans: Mutex::new(Vec::new()),
+            budget: MemoryBudget::default(),
         })
     }
 
@@ -281,7 +332,7 @@ impl CompiledModel {
         let mut known = self.param_bindings.clone();
         known.extend(fixed.iter().map(|(k, v)| (k.clone(), *v)));
         let bindings = bind_inputs(&self.graph, &named, &known).map_err(ExecError::Bind)?;
-        let concrete = concretize(&self.graph, &bindings)?;
+        let concrete = concretize(&self.graph, &bindings).map_err(ExecError::Bind)?;
         let planner = Planner {
             graph: &concrete,
             bindings: &bindings,
@@ -306,6 +357,7 @@ impl CompiledModel {
                 .collect(),
             &reusable,
         )?;
+        self.check_budget(&concrete, &plan)?;
         let cached = Arc::new(CachedPlan {
             plan: Arc::new(plan),
             arenas: Mutex::new(Vec::new()),
@@ -314,17 +366,38 @@ impl CompiledModel {
         Ok(cached)
     }
 
+    /// Replaces the memory budget (the default is a share of physical RAM)
+    /// that each new plan's arena, boxed values and weights must fit.
+    pub fn set_memory_budget(&mut self, budget: MemoryBudget) {
+        self.budget = budget;
+    }
+
+    /// Arena, boxed slots and the weights already held must fit the budget
+    /// before the first run allocates the arena.
+    fn check_budget(&self, concrete: &Graph, plan: &Plan) -> Result<(), BudgetError> {
+        let weights = self.weights.iter().fold(0usize, |acc, w| {
+            acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
+        });
+        let needed = plan
+            .arena_len
+            .saturating_mul(4)
+            .saturating_add(boxed_bytes(plan))
+            .saturating_add(weights);
+        let mut sizes: Vec<(String, usize)> = crate::runtime::budget::tensor_sizes(concrete)
+            .into_iter()
+            .map(|(_, what, bytes)| (what, bytes))
+            .collect();
+        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        sizes.truncate(3);
+        self.budget.check_total("running the model", needed, &sizes)
+    }
+
     /// Plans (and compiles kernels) for these inputs without running.
     pub fn prepare(&self, inputs: &[&Tensor], fixed: &Bindings) -> Result<PlanInfo, ExecError> {
         let cached = self.plan_for(inputs, fixed)?;
         let plan = &cached.plan;
         Ok(PlanInfo {
-            arena_bytes: plan.arena_len * 4
-                + plan
-                    .boxed
-                    .iter()
-                    .map(|t| t.known_shape().map_or(0, |s| s.iter().product::<usize>()) * 8)
-                    .sum::<usize>(),
+            arena_bytes: plan.arena_len * 4 + boxed_bytes(plan),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
             kernels: plan.kernels.library.kernels().len(),
@@ -406,14 +479,17 @@ impl CompiledModel {
         let cached = self.plan_for(inputs, fixed)?;
         let plan = &cached.plan;
         let arena = cached.arenas.lock().expect("arena pool lock").pop();
-        let mut arena = arena.unwrap_or_else(|| Arena {
-            f32: vec![0.0; plan.arena_len],
-            boxed: plan
-                .boxed
-                .iter()
-                .map(|t| Tensor::zeros(t.dtype, t.known_shape().expect("concrete")))
-                .collect(),
-        });
+        let mut arena = match arena {
+            Some(arena) => arena,
+            None => Arena {
+                f32: alloc_arena(plan.arena_len)?,
+                boxed: plan
+                    .boxed
+                    .iter()
+                    .map(|t| Tensor::zeros(t.dtype, t.known_shape().expect("concrete")))
+                    .collect(),
+            },
+        };
         let result = self.execute(plan, inputs, &mut arena);
         if result.is_ok() {
             outputs.truncate(plan.outputs.len());

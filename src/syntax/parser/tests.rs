@@ -1221,6 +1221,24 @@ fn deep_nesting_within_the_limit_parses() {
     parse_ok(&format!("model m {{ h = {calls} }}"));
     let sum = format!("x{}", " + x".repeat(depth));
     parse_ok(&format!("model m {{ h = {sum} }}"));
+    // A flat chain is not nesting: a 257-term sum once hit the limit.
+    let long_sum = format!(
+        "x{}",
+        " + x".repeat(MAX_NESTING * CHAIN_TERMS_PER_LEVEL - 1)
+    );
+    parse_ok(&format!("model m {{ h = {long_sum} }}"));
+}
+
+#[test]
+fn a_chain_too_long_is_reported_at_its_start_every_time() {
+    let n = MAX_NESTING * CHAIN_TERMS_PER_LEVEL + 1;
+    let source = format!("model m {{ h = x{} }}", " + x".repeat(n));
+    let first = parse_err(&source);
+    assert!(first.message.contains("chain"), "{}", first.message);
+    assert_eq!(first.span.start, source.find("x +").unwrap());
+    for _ in 0..3 {
+        assert_eq!(parse_err(&source), first);
+    }
 }
 
 #[test]
@@ -1242,7 +1260,11 @@ fn excessive_nesting_is_an_error_not_a_crash() {
     for expr in &cases {
         let source = format!("model m {{ h = {expr} }}");
         let e = parse_err(&source);
-        assert!(e.message.contains("nested too deeply"), "{}", e.message);
+        assert!(
+            e.message.contains("nested too deeply") || e.message.contains("too long"),
+            "{}",
+            e.message
+        );
         assert!(e.span.end <= source.len());
     }
     let loops = "for i in 0..1 {".repeat(MAX_NESTING + 1) + &"}".repeat(MAX_NESTING + 1);
