@@ -778,7 +778,7 @@ impl Session {
     ///
     /// ```
     /// # use lamina::engine::{Model, Options, Weights};
-    /// let model = Model::from_source("m.lam", "model m {\n  input input_ids: i64[b, s]\n  input attention_mask: i64[b, s]\n  output y = input_ids + attention_mask\n}\n")?;
+    /// let model = Model::from_source("m.lam", "model m {\n  input input_ids: i64[b, s]\n  input attention_mask: i64[b, s]\n  output y = cast(input_ids, f32) + cast(attention_mask, f32)\n}\n")?;
     /// let session = model.compile(Weights::None, &Options::default())?;
     /// assert_eq!(session.text_input_names(), ["input_ids", "attention_mask"]);
     /// # Ok::<(), lamina::engine::Error>(())
