@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::codegen::Isa;
 use crate::diagnostics::{render_all, Diagnostic, SourceFile};
 use crate::engine::{check_bindings, Backend, ErrorKind, Model};
 use crate::ir::bind::{bind_inputs, concretize};
 use crate::ir::{Bindings, DType, Dim, Graph, NodeId, Op};
 use crate::runtime::budget::MemoryBudget;
-use crate::runtime::exec::{CompileOptions, CompiledModel, ExecError};
+use crate::runtime::exec::{CompileOptions, CompiledModel};
 use crate::runtime::params::bind_params_owned_within;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
@@ -43,6 +44,8 @@ pub struct BenchSetup {
     pub keep_params: bool,
     /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of physical RAM.
     pub max_memory: Option<usize>,
+    /// The kernel tier (`None`: `LAMINA_ISA`, else the CPU's best).
+    pub isa: Option<Isa>,
 }
 
 impl BenchSetup {
@@ -58,6 +61,7 @@ impl BenchSetup {
             seed: 0,
             keep_params: false,
             max_memory: None,
+            isa: None,
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Workload {
     pub plan: Option<PlanStats>,
     pub threads: usize,
     pub backend: Backend,
+    /// The kernel tier (JIT backend).
+    pub isa: Option<Isa>,
 }
 
 fn ms_since(start: Instant) -> f64 {
@@ -424,26 +430,34 @@ impl Workload {
         let error = |e: &dyn std::fmt::Display| BenchFailure::plain(e.to_string());
 
         let threads = setup.threads.max(1);
+        let mut isa = None;
         let (engine, plan, flops, threads) = match setup.backend {
             Backend::Jit => {
                 let start = Instant::now();
-                let (mut model, _) =
-                    crate::compile::compile(m.graph(), &bound.values, CompileOptions { threads })
-                        .map_err(|e| error(&e))?;
+                let (mut model, _) = crate::compile::compile(
+                    m.graph(),
+                    &bound.values,
+                    CompileOptions {
+                        threads,
+                        isa: setup.isa,
+                    },
+                )
+                .map_err(|e| error(&e))?;
                 model.set_memory_budget(budget.clone());
                 compile.optimise_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
                 let info = model.prepare(&ordered, &bindings).map_err(|e| error(&e))?;
                 compile.plan_ms = ms_since(start);
-                let concrete =
-                    concretize(model.graph(), &bindings).map_err(|e| error(&ExecError::Bind(e)))?;
+                let concrete = concretize(model.graph(), &bindings)
+                    .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
                 let plan = PlanStats {
                     arena_bytes: info.arena_bytes,
                     steps: info.steps,
                     native_steps: info.native_steps,
                     kernels: info.kernels,
                 };
+                isa = Some(model.isa());
                 let engine = Engine::Jit {
                     model: Box::new(model),
                     outputs: Vec::new(),
@@ -452,8 +466,8 @@ impl Workload {
                 (engine, Some(plan), matmul_flops(&concrete), threads)
             }
             Backend::Interp => {
-                let concrete =
-                    concretize(m.graph(), &bindings).map_err(|e| error(&ExecError::Bind(e)))?;
+                let concrete = concretize(m.graph(), &bindings)
+                    .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
                 let engine = Engine::Interp {
                     graph: Box::new(m.graph().clone()),
                     params: bound.values,
@@ -474,6 +488,7 @@ impl Workload {
             plan,
             threads,
             backend: setup.backend,
+            isa,
         })
     }
 
@@ -570,8 +585,8 @@ impl Workload {
                 "profiling needs the JIT backend and a workload that kept its parameters",
             ));
         };
-        let graph =
-            concretize(model.graph(), &self.bindings).map_err(|e| error(&ExecError::Bind(e)))?;
+        let graph = concretize(model.graph(), &self.bindings)
+            .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
         let numbers = crate::ir::printer::numbering(&graph);
         let mut profiles = Vec::new();
         for id in graph.topo_order() {
@@ -592,6 +607,7 @@ impl Workload {
                 params,
                 CompileOptions {
                     threads: self.threads,
+                    isa: self.isa,
                 },
             )
             .map_err(|e| error(&e))?;
@@ -745,6 +761,54 @@ fn time_calls_with_progress(
     let mut latencies = Latencies::new(samples);
     latencies.cpu_us_per_run = cpu_ns.map(|ns| ns as f64 / runs / 1e3);
     Ok(latencies)
+}
+
+/// Core clock for the flop/cycle figures when it cannot be measured.
+const FALLBACK_CLOCK_GHZ: f64 = 3.0;
+
+/// The core clock in GHz: `LAMINA_CLOCK_GHZ`, else measured as a chain of
+/// dependent register adds (one per cycle) timed in on-CPU time, so time
+/// the scheduler gives to other jobs does not count (the nominal
+/// /proc/cpuinfo figure ignores boost, and `add reg, imm` chains are folded
+/// by some cores, hence `add reg, reg`).
+pub fn clock_ghz() -> f64 {
+    let forced = std::env::var("LAMINA_CLOCK_GHZ")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0);
+    forced
+        .or_else(measure_clock_ghz)
+        .unwrap_or(FALLBACK_CLOCK_GHZ)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_clock_ghz() -> Option<f64> {
+    const ITERATIONS: u64 = 40_000_000;
+    let start = process_cpu_ns()?;
+    let (mut x, mut n) = (1u64, ITERATIONS);
+    // SAFETY: register arithmetic only; no memory, no stack.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "add {x}, {x}",
+            "sub {n}, 1",
+            "jnz 2b",
+            x = inout(reg) x,
+            n = inout(reg) n,
+            options(nomem, nostack),
+        );
+    }
+    std::hint::black_box((x, n));
+    let ns = process_cpu_ns()?.checked_sub(start)?;
+    (ns > 0).then(|| 4.0 * ITERATIONS as f64 / ns as f64)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_clock_ghz() -> Option<f64> {
+    None
 }
 
 /// Nanoseconds the threads of this process have spent on a CPU, from the

@@ -19,6 +19,47 @@ fn two_threads() -> Threads {
     Threads::new(2).expect("thread pool")
 }
 
+/// Every GEMM tier this CPU runs, best first. A tier the CPU lacks is
+/// reported on stderr, never skipped silently; `wide_tiers_are_tested_where_the_cpu_has_them`
+/// fails if detection loses a tier the CPU has.
+fn tiers() -> Vec<Isa> {
+    let supported = Target::detected().supported_isas();
+    for isa in Isa::ALL {
+        if !supported.contains(&isa) {
+            eprintln!("GEMM tests: this CPU lacks the {isa} tier, not testing it");
+        }
+    }
+    supported
+}
+
+fn builder_for(isa: Isa) -> KernelLibraryBuilder {
+    let builder = KernelLibraryBuilder::with_options(&CodegenOptions {
+        isa: Some(isa),
+        ..CodegenOptions::default()
+    })
+    .unwrap();
+    assert_eq!(builder.isa(), isa);
+    builder
+}
+
+#[test]
+fn wide_tiers_are_tested_where_the_cpu_has_them() {
+    let t = tiers();
+    assert_eq!(t.last(), Some(&Isa::Baseline));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma = is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma");
+        assert_eq!(
+            t.contains(&Isa::Avx512),
+            fma && is_x86_feature_detected!("avx512f")
+        );
+        assert_eq!(
+            t.contains(&Isa::Avx2),
+            fma && is_x86_feature_detected!("avx2")
+        );
+    }
+}
+
 // ---------------------------------------------------------------- f64 math
 
 fn erf64(x: f64) -> f64 {
@@ -139,13 +180,13 @@ impl Problem {
         MatrixRef::strided(&self.a, self.m, self.k, self.lda, self.a_transposed).unwrap()
     }
 
-    fn packed_b(&self) -> PackedB {
+    fn packed_b(&self, layout: PackLayout) -> PackedB {
         let view = if self.b_transposed {
             MatrixRef::transposed(&self.b, self.k, self.n)
         } else {
             MatrixRef::row_major(&self.b, self.k, self.n)
         };
-        PackedB::pack(&view.unwrap())
+        PackedB::pack_for(&view.unwrap(), layout)
     }
 
     /// (exact product in f64, sum of |a||b| for the error scale).
@@ -185,7 +226,7 @@ fn run_gemm(
     residual: Option<&[f32]>,
     threads: &Threads,
 ) -> Vec<f32> {
-    let packed = p.packed_b();
+    let packed = p.packed_b(lib.pack_layout());
     let mut c = vec![f32::NAN; p.m * p.n];
     lib.gemm(
         id,
@@ -242,7 +283,13 @@ fn check_gemm(
 
 #[test]
 fn gemm_matches_reference_across_shapes() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_matches_reference_across_shapes_on(isa);
+    }
+}
+
+fn gemm_matches_reference_across_shapes_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
     let dims = [1usize, 3, 4, 12, 13, 17, 64, 127, 255, 300];
@@ -271,13 +318,26 @@ fn gemm_matches_reference_across_shapes() {
     for (seed, &(m, k, n)) in shapes.iter().enumerate() {
         let p = Problem::new(seed as u64, m, k, n);
         let c = run_gemm(&lib, id, &p, None, None, &single);
-        check_gemm(&p, &c, Epilogue::none(), None, None, "plain");
+        check_gemm(
+            &p,
+            &c,
+            Epilogue::none(),
+            None,
+            None,
+            &format!("{isa} plain"),
+        );
     }
 }
 
 #[test]
 fn gemm_strided_and_transposed_operands() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_strided_and_transposed_operands_on(isa);
+    }
+}
+
+fn gemm_strided_and_transposed_operands_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
     for (seed, &(m, k, n)) in [(13, 17, 9), (1, 300, 3), (127, 64, 255), (4, 1, 1)]
@@ -305,7 +365,7 @@ fn gemm_strided_and_transposed_operands() {
                 Epilogue::none(),
                 None,
                 None,
-                &format!("a_t={a_t} b_t={b_t} pad={pad}"),
+                &format!("{isa} a_t={a_t} b_t={b_t} pad={pad}"),
             );
         }
     }
@@ -337,7 +397,13 @@ fn all_epilogues() -> Vec<Epilogue> {
 
 #[test]
 fn gemm_every_epilogue_combination() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_every_epilogue_combination_on(isa);
+    }
+}
+
+fn gemm_every_epilogue_combination_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let epilogues = all_epilogues();
     let ids: Vec<GemmId> = epilogues
         .iter()
@@ -357,9 +423,19 @@ fn gemm_every_epilogue_combination() {
             let bias = epilogue.bias.then_some(bias.as_slice());
             let residual = epilogue.residual.then_some(residual.as_slice());
             let c1 = run_gemm(&lib, id, &p, bias, residual, &Threads::single());
-            check_gemm(&p, &c1, epilogue, bias, residual, &format!("{epilogue:?}"));
+            check_gemm(
+                &p,
+                &c1,
+                epilogue,
+                bias,
+                residual,
+                &format!("{isa} {epilogue:?}"),
+            );
             let c2 = run_gemm(&lib, id, &p, bias, residual, &threads);
-            assert!(bits_equal(&c1, &c2), "{epilogue:?}: 1 vs 2 threads differ");
+            assert!(
+                bits_equal(&c1, &c2),
+                "{isa} {epilogue:?}: 1 vs 2 threads differ"
+            );
         }
     }
 }
@@ -370,7 +446,13 @@ fn bits_equal(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn gemm_thread_count_does_not_change_bits() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_thread_count_does_not_change_bits_on(isa);
+    }
+}
+
+fn gemm_thread_count_does_not_change_bits_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let epilogue = Epilogue {
         bias: true,
         activation: Some(Activation::Gelu),
@@ -392,14 +474,20 @@ fn gemm_thread_count_does_not_change_bits() {
             .map(|t| run_gemm(&lib, id, &p, Some(&bias), None, t))
             .collect();
         for r in &results[1..] {
-            assert!(bits_equal(&results[0], r), "{m}x{k}x{n}");
+            assert!(bits_equal(&results[0], r), "{isa} {m}x{k}x{n}");
         }
     }
 }
 
 #[test]
 fn gemm_large_square_sampled() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_large_square_sampled_on(isa);
+    }
+}
+
+fn gemm_large_square_sampled_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
     let (m, k, n) = (1000, 1000, 1003);
@@ -413,7 +501,7 @@ fn gemm_large_square_sampled() {
         let got = c[i * n + j] as f64;
         assert!(
             (got - dot).abs() <= p.tolerance(scale),
-            "C[{i},{j}] = {got}, expected {dot}"
+            "{isa}: C[{i},{j}] = {got}, expected {dot}"
         );
     }
     let single = run_gemm(&lib, id, &p, None, None, &Threads::single());
@@ -422,6 +510,7 @@ fn gemm_large_square_sampled() {
 
 #[test]
 fn gemm_runtime_packing_into_scratch() {
+    // The host-default layout functions and the default builder agree.
     let mut builder = KernelLibraryBuilder::new().unwrap();
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
@@ -447,7 +536,13 @@ fn gemm_runtime_packing_into_scratch() {
 
 #[test]
 fn gemm_zero_sized_dims() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        gemm_zero_sized_dims_on(isa);
+    }
+}
+
+fn gemm_zero_sized_dims_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let epilogue = Epilogue {
         bias: true,
         activation: Some(Activation::Sigmoid),
@@ -458,7 +553,8 @@ fn gemm_zero_sized_dims() {
     // k = 0: the product is empty, the epilogue still applies: sigmoid(bias).
     let a: Vec<f32> = vec![];
     let bias = vec![0.0f32, 1.0, -1.0];
-    let packed = PackedB::pack(&MatrixRef::row_major(&[], 0, 3).unwrap());
+    let layout = lib.pack_layout();
+    let packed = PackedB::pack_for(&MatrixRef::row_major(&[], 0, 3).unwrap(), layout);
     let mut c = vec![f32::NAN; 6];
     lib.gemm(
         id,
@@ -474,10 +570,10 @@ fn gemm_zero_sized_dims() {
     .unwrap();
     for (i, &v) in c.iter().enumerate() {
         let expected = sigmoid64(bias[i % 3] as f64);
-        assert!((v as f64 - expected).abs() < 1e-7, "{i}: {v}");
+        assert!((v as f64 - expected).abs() < 1e-7, "{isa} {i}: {v}");
     }
     // m = 0 and n = 0: nothing to do, no error.
-    let packed = PackedB::pack(&MatrixRef::row_major(&[], 4, 0).unwrap());
+    let packed = PackedB::pack_for(&MatrixRef::row_major(&[], 4, 0).unwrap(), layout);
     lib.gemm(
         id,
         GemmArgs {
@@ -490,6 +586,99 @@ fn gemm_zero_sized_dims() {
         &Threads::single(),
     )
     .unwrap();
+}
+
+/// The conformance suite every GEMM candidate passes: edge shapes
+/// (m, n, k in {1, 3, 17, 127, 1000}: single rows and columns, partial row
+/// panels and B panels of every tier, one and several K blocks) and every
+/// epilogue, on every tier the CPU runs, against an f64 reference, with 1
+/// and 2 threads bitwise equal.
+#[test]
+fn gemm_conformance_edge_shapes_every_tier() {
+    let dims = [1usize, 3, 17, 127, 1000];
+    // At most one dimension of 1000 keeps the f64 reference cheap.
+    let mut shapes = Vec::new();
+    for &m in &dims {
+        for &k in &dims {
+            for &n in &dims {
+                if [m, k, n].iter().filter(|&&d| d == 1000).count() <= 1 {
+                    shapes.push((m, k, n));
+                }
+            }
+        }
+    }
+    let epilogue_shapes = [
+        (17, 127, 3),
+        (3, 1000, 17),
+        (127, 17, 127),
+        (1, 1000, 127),
+        (1000, 3, 17),
+        (127, 300, 33),
+    ];
+    let epilogues = all_epilogues();
+    let two = two_threads();
+    for isa in tiers() {
+        let mut builder = builder_for(isa);
+        let ids: Vec<GemmId> = epilogues
+            .iter()
+            .map(|&e| builder.add_gemm(e).unwrap())
+            .collect();
+        let lib = builder.finish().unwrap();
+        assert_eq!(lib.isa(), isa);
+        let plain = ids[0];
+        assert!(epilogues[0].is_identity());
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+            let p = Problem::new(1000 + seed as u64, m, k, n);
+            let c1 = run_gemm(&lib, plain, &p, None, None, &Threads::single());
+            check_gemm(&p, &c1, Epilogue::none(), None, None, &format!("{isa}"));
+            let c2 = run_gemm(&lib, plain, &p, None, None, &two);
+            assert!(bits_equal(&c1, &c2), "{isa} {m}x{k}x{n}: 1 vs 2 threads");
+        }
+        for (&epilogue, &id) in epilogues.iter().zip(&ids) {
+            for &(m, k, n) in &epilogue_shapes {
+                let p = Problem::new((m * 7 + k * 5 + n) as u64, m, k, n);
+                let mut r = rng(m as u64 + n as u64);
+                // Large enough that relu and the activations see both signs.
+                let bias: Vec<f32> = random_vec(&mut r, n).iter().map(|x| 4.0 * x).collect();
+                let residual: Vec<f32> = random_vec(&mut r, m * n);
+                let bias = epilogue.bias.then_some(bias.as_slice());
+                let residual = epilogue.residual.then_some(residual.as_slice());
+                let c1 = run_gemm(&lib, id, &p, bias, residual, &Threads::single());
+                let what = format!("{isa} {epilogue:?}");
+                check_gemm(&p, &c1, epilogue, bias, residual, &what);
+                let c2 = run_gemm(&lib, id, &p, bias, residual, &two);
+                assert!(bits_equal(&c1, &c2), "{what} {m}x{k}x{n}: 1 vs 2 threads");
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_rejects_b_packed_for_another_tier() {
+    let t = tiers();
+    for &isa in &t {
+        let mut builder = builder_for(isa);
+        let id = builder.add_gemm(Epilogue::none()).unwrap();
+        let lib = builder.finish().unwrap();
+        let p = Problem::new(1, 5, 7, 40);
+        for &other in &t {
+            let packed = p.packed_b(PackLayout::for_isa(other));
+            let mut c = vec![0.0f32; 5 * 40];
+            let result = lib.gemm(
+                id,
+                GemmArgs {
+                    a: p.a_view(),
+                    b: packed.as_ref(),
+                    bias: None,
+                    residual: None,
+                    c: &mut c,
+                },
+                &Threads::single(),
+            );
+            let same = PackLayout::for_isa(other) == lib.pack_layout();
+            assert_eq!(result.is_ok(), same, "{isa} kernels, B packed for {other}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- batched
@@ -552,7 +741,13 @@ fn batched_reference(
 
 #[test]
 fn batched_matmul_with_broadcast_and_transposes() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        batched_matmul_with_broadcast_and_transposes_on(isa);
+    }
+}
+
+fn batched_matmul_with_broadcast_and_transposes_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let id = builder.add_gemm(Epilogue::none()).unwrap();
     let lib = builder.finish().unwrap();
     let cases: Vec<(Vec<usize>, bool, Vec<usize>, bool)> = vec![

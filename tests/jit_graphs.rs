@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use jit_support::random_graph::{generate, inputs, largest_intermediate, mm};
 use jit_support::{
-    compare_outputs, compile_all_passes, compile_plain, same_bits, Builder, Outputs,
+    compare_outputs, compile_all_passes_on, compile_plain_on, same_bits, Builder, Outputs,
 };
 use lamina::interp;
 use lamina::ir::{Bindings, Graph, LinearEpilogue, Op, UnaryOp};
@@ -49,12 +49,19 @@ fn check(seed: u64, recipe: &[u8], outputs: usize, batch: usize) -> Result<(), T
     let reference = interp::run(&graph, &params, &feed, &Bindings::new())
         .map_err(|e| TestCaseError::fail(format!("the interpreter fails: {e}")))?;
     let show = |g: &Graph| lamina::ir::printer::print(g);
-    let plain = run(&compile_plain(&graph, &params, 1), &feed)?;
-    compare_outputs("without passes", &plain, &reference, 1e-5)
+    let isa = Some(jit_support::tier_for(seed));
+    let plain = run(&compile_plain_on(&graph, &params, 1, isa), &feed)?;
+    compare_outputs(&format!("{isa:?} without passes"), &plain, &reference, 1e-5)
         .map_err(|e| TestCaseError::fail(format!("{e}\n{}", show(&graph))))?;
-    let optimised = compile_all_passes(&graph, &params, 1);
+    let optimised = compile_all_passes_on(&graph, &params, 1, isa);
     let fused = run(&optimised, &feed)?;
-    compare_outputs("after all passes", &fused, &reference, 1e-5).map_err(|e| {
+    compare_outputs(
+        &format!("{isa:?} after all passes"),
+        &fused,
+        &reference,
+        1e-5,
+    )
+    .map_err(|e| {
         TestCaseError::fail(format!(
             "{e}\n{}\noptimised:\n{}",
             show(&graph),
@@ -90,16 +97,17 @@ fn check_threads_agree(
 ) -> Result<(), TestCaseError> {
     let (graph, params) = generate(seed, recipe, outputs);
     let feed = inputs(seed, batch);
+    let isa = Some(jit_support::tier_for(seed));
     for with_passes in [false, true] {
         let compile = if with_passes {
-            compile_all_passes
+            compile_all_passes_on
         } else {
-            compile_plain
+            compile_plain_on
         };
-        let one = run(&compile(&graph, &params, 1), &feed)?;
-        let two = run(&compile(&graph, &params, 2), &feed)?;
+        let one = run(&compile(&graph, &params, 1, isa), &feed)?;
+        let two = run(&compile(&graph, &params, 2, isa), &feed)?;
         same_bits(
-            &format!("passes: {with_passes}, 1 vs 2 threads"),
+            &format!("{isa:?}, passes: {with_passes}, 1 vs 2 threads"),
             &one,
             &two,
         )
@@ -253,23 +261,34 @@ fn gemm_edge_shapes_match_the_interpreter() {
                 continue;
             }
             let (graph, params) = gemm_graph(k, n, &mut rng);
-            let single = compile_plain(&graph, &params, 1);
-            let double = compile_plain(&graph, &params, 2);
+            // Every tier against one interpreter reference per shape.
+            let compiled: Vec<_> = jit_support::tiers()
+                .into_iter()
+                .map(|isa| {
+                    let single = compile_plain_on(&graph, &params, 1, Some(isa));
+                    let double = compile_plain_on(&graph, &params, 2, Some(isa));
+                    (isa, single, double)
+                })
+                .collect();
             for m in ms {
                 let feed = gemm_inputs(m, k, n, &mut rng);
                 let reference = interp::run(&graph, &params, &feed, &Bindings::new())
                     .expect("interpreter runs");
                 let rtol = if k > 256 { 1e-4 } else { 1e-5 };
-                let what = format!("m={m} n={n} k={k}");
-                let ours = single.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
-                if let Err(e) = compare_outputs(&what, &ours, &reference, rtol) {
-                    failures.push(e);
-                }
-                // Big enough to split across threads: must give the same bits.
-                if 2 * m * n * k >= 1 << 20 {
-                    let theirs = double.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
-                    if let Err(e) = same_bits(&format!("{what}: 1 vs 2 threads"), &ours, &theirs) {
+                for (isa, single, double) in &compiled {
+                    let what = format!("[{isa}] m={m} n={n} k={k}");
+                    let ours = single.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    if let Err(e) = compare_outputs(&what, &ours, &reference, rtol) {
                         failures.push(e);
+                    }
+                    // Big enough to split across threads: must give the same bits.
+                    if 2 * m * n * k >= 1 << 20 {
+                        let theirs = double.run(&feed).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        if let Err(e) =
+                            same_bits(&format!("{what}: 1 vs 2 threads"), &ours, &theirs)
+                        {
+                            failures.push(e);
+                        }
                     }
                 }
             }

@@ -17,7 +17,8 @@ mod jit_support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use jit_support::{compare_outputs, compile_all_passes, compile_plain, same_bits, Outputs};
+use jit_support::{compare_outputs, compile_all_passes_on, compile_plain_on, same_bits, Outputs};
+use lamina::codegen::Isa;
 use lamina::interp;
 use lamina::ir::bind::symbols;
 use lamina::ir::{Bindings, DType, Graph, NodeId, Op};
@@ -238,15 +239,29 @@ fn run_jit(
         .unwrap_or_else(|e| panic!("jit run fails: {e}"))
 }
 
-/// Everything the brief asks of one model; returns the failures.
+/// Everything the brief asks of one model, on every kernel tier the CPU
+/// runs (one interpreter reference per batch); returns the failures.
 fn check_model(model: &Model) -> Vec<String> {
     let mut failures = Vec::new();
     let name = model.path.display().to_string();
     let mut rng = jit_support::rng(0x3a1f_0001);
-    let optimised: Vec<_> = [1, 2]
-        .map(|threads| compile_all_passes(&model.graph, &model.params, threads))
-        .into();
-    let unoptimised = compile_plain(&model.graph, &model.params, 1);
+    struct Tier {
+        isa: Isa,
+        optimised: Vec<lamina::runtime::exec::CompiledModel>,
+        unoptimised: lamina::runtime::exec::CompiledModel,
+    }
+    let tiers: Vec<Tier> = jit_support::tiers()
+        .into_iter()
+        .map(|isa| Tier {
+            isa,
+            optimised: [1, 2]
+                .map(|threads| {
+                    compile_all_passes_on(&model.graph, &model.params, threads, Some(isa))
+                })
+                .into(),
+            unoptimised: compile_plain_on(&model.graph, &model.params, 1, Some(isa)),
+        })
+        .collect();
     for (round, batch) in [2usize, 3].into_iter().enumerate() {
         let bindings = bindings_for(model, batch);
         let rtol = if longest_reduction(&model.graph, &bindings) > 256 {
@@ -257,48 +272,56 @@ fn check_model(model: &Model) -> Vec<String> {
         let inputs = inputs_for(&model.graph, &bindings, &mut rng);
         let reference = interp::run(&model.graph, &model.params, &inputs, &model.weight_bindings)
             .unwrap_or_else(|e| panic!("{name}: the interpreter fails: {e}"));
-        let mut by_threads = Vec::new();
-        for (compiled, threads) in optimised.iter().zip([1, 2]) {
-            let what = format!("{name} batch {batch}, {threads} thread(s)");
-            let first = run_jit(compiled, &inputs);
-            match compare_outputs(&what, &first, &reference, rtol) {
-                Ok(worst) => eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})"),
-                Err(e) => failures.push(e),
+        for tier in &tiers {
+            let isa = tier.isa;
+            let mut by_threads = Vec::new();
+            for (compiled, threads) in tier.optimised.iter().zip([1, 2]) {
+                assert_eq!(compiled.isa(), isa);
+                let what = format!("{name} [{isa}] batch {batch}, {threads} thread(s)");
+                let first = run_jit(compiled, &inputs);
+                match compare_outputs(&what, &first, &reference, rtol) {
+                    Ok(worst) => {
+                        eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})")
+                    }
+                    Err(e) => failures.push(e),
+                }
+                let again = run_jit(compiled, &inputs);
+                if let Err(e) = same_bits(&format!("{what}, second call"), &first, &again) {
+                    failures.push(e);
+                }
+                // Kernels depend on expressions and strides, not on sizes: the
+                // second batch size shares the first one's kernels.
+                if compiled.kernel_library_count() != 1 {
+                    failures.push(format!(
+                        "{what}: {} kernel libraries for {} batch sizes",
+                        compiled.kernel_library_count(),
+                        round + 1
+                    ));
+                }
+                if compiled.plan_count() != round + 1 {
+                    failures.push(format!(
+                        "{what}: {} plans after {} batch sizes (each size once, reused after)",
+                        compiled.plan_count(),
+                        round + 1
+                    ));
+                }
+                by_threads.push(first);
             }
-            let again = run_jit(compiled, &inputs);
-            if let Err(e) = same_bits(&format!("{what}, second call"), &first, &again) {
+            if let Err(e) = same_bits(
+                &format!("{name} [{isa}] batch {batch}: 1 vs 2 threads"),
+                &by_threads[0],
+                &by_threads[1],
+            ) {
                 failures.push(e);
             }
-            // Kernels depend on expressions and strides, not on sizes: the
-            // second batch size shares the first one's kernels.
-            if compiled.kernel_library_count() != 1 {
-                failures.push(format!(
-                    "{what}: {} kernel libraries for {} batch sizes",
-                    compiled.kernel_library_count(),
-                    round + 1
-                ));
+            let plain = run_jit(&tier.unoptimised, &inputs);
+            let what = format!("{name} [{isa}] batch {batch} without passes");
+            match compare_outputs(&what, &plain, &reference, rtol) {
+                Ok(worst) => {
+                    eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})")
+                }
+                Err(e) => failures.push(e),
             }
-            if compiled.plan_count() != round + 1 {
-                failures.push(format!(
-                    "{what}: {} plans after {} batch sizes (each size once, reused after)",
-                    compiled.plan_count(),
-                    round + 1
-                ));
-            }
-            by_threads.push(first);
-        }
-        if let Err(e) = same_bits(
-            &format!("{name} batch {batch}: 1 vs 2 threads"),
-            &by_threads[0],
-            &by_threads[1],
-        ) {
-            failures.push(e);
-        }
-        let plain = run_jit(&unoptimised, &inputs);
-        let what = format!("{name} batch {batch} without passes");
-        match compare_outputs(&what, &plain, &reference, rtol) {
-            Ok(worst) => eprintln!("{what}: worst relative error {worst:.2e} (bound {rtol:e})"),
-            Err(e) => failures.push(e),
         }
     }
     failures

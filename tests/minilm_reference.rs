@@ -133,7 +133,8 @@ fn minilm_jit_matches_the_numpy_reference_on_one_and_two_threads() {
     let texts = sentences();
     for threads in [1, 2] {
         let (model, _) =
-            lamina::compile::compile(&l.graph, &l.params, CompileOptions { threads }).unwrap();
+            lamina::compile::compile(&l.graph, &l.params, CompileOptions { threads, isa: None })
+                .unwrap();
         let outputs = model.run(&encode(&l, &texts)).unwrap();
         assert_matches_reference(
             &outputs[0].1.to_f64_vec(),
@@ -151,8 +152,15 @@ fn minilm_jit_matches_the_numpy_reference_on_one_and_two_threads() {
 fn minilm_padded_batch_gives_each_sentence_its_own_embedding() {
     let l = load();
     let texts = sentences();
-    let (model, _) =
-        lamina::compile::compile(&l.graph, &l.params, CompileOptions { threads: 1 }).unwrap();
+    let (model, _) = lamina::compile::compile(
+        &l.graph,
+        &l.params,
+        CompileOptions {
+            threads: 1,
+            isa: None,
+        },
+    )
+    .unwrap();
     let batched = model.run(&encode(&l, &texts)).unwrap()[0].1.to_f64_vec();
     // Each sentence alone (its own length: a new plan per shape, no recompiling by hand).
     for (i, text) in texts.iter().enumerate() {

@@ -460,23 +460,25 @@ def check_worker(spec: dict) -> dict:
 # --------------------------------------------------------------------- driver
 
 
-def configurations(only: set, with_tract: bool) -> list:
+def configurations(only: set, with_tract: bool, isas: list) -> list:
     configs = []
+    # One lamina configuration per kernel tier asked for (`None`: its default).
+    laminas = [f"lamina@{isa}" for isa in isas] if isas else ["lamina"]
     if "sgemm" in only:
         for n in SGEMM_SIZES:
             for t in THREADS:
-                for engine in ("numpy", "onnxruntime", "lamina"):
+                for engine in ["numpy", "onnxruntime"] + laminas:
                     configs.append({"kind": "sgemm", "size": n, "threads": t, "engine": engine})
     if "mlp" in only:
         for b in MLP_BATCHES:
             for t in THREADS:
-                engines = ["numpy", "onnxruntime", "lamina"] + (["tract"] if with_tract and t == 1 else [])
+                engines = ["numpy", "onnxruntime"] + laminas + (["tract"] if with_tract and t == 1 else [])
                 for engine in engines:
                     configs.append({"kind": "mlp", "size": b, "threads": t, "engine": engine})
     if "encoder" in only:
         for b in ENCODER_BATCHES:
             for t in THREADS:
-                engines = ["onnxruntime", "lamina"] + (["tract"] if with_tract and t == 1 else [])
+                engines = ["onnxruntime"] + laminas + (["tract"] if with_tract and t == 1 else [])
                 for engine in engines:
                     configs.append({"kind": "encoder", "size": b, "threads": t, "engine": engine})
     return configs
@@ -490,13 +492,15 @@ def lamina_command(config: dict, runs: int, min_time: float) -> list:
         command += ["--bind", f"m={size}", "--bind", f"k={size}", "--bind", f"n={size}"]
     else:
         command += ["--batch", str(size)]
+    if "@" in config["engine"]:
+        command += ["--isa", config["engine"].split("@", 1)[1]]
     return command
 
 
 def measure_once(config: dict, runs: int, min_time: float) -> dict:
     threads = str(config["threads"])
     env = dict(os.environ, OMP_NUM_THREADS=threads)
-    if config["engine"] == "lamina":
+    if config["engine"].startswith("lamina"):
         command = lamina_command(config, runs, min_time)
     else:
         if config["engine"] == "numpy":
@@ -632,6 +636,18 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
     return "\n".join(lines)
 
 
+def tier_reports(summary: dict, only: set, with_tract: bool, isas: list) -> list:
+    """The tables and targets once per lamina tier, each against the same peer rows."""
+    if not isas:
+        return [report(summary, only, with_tract), targets(summary)]
+    out = []
+    for isa in isas:
+        view = {k: v for k, v in summary.items() if not k[3].startswith("lamina")}
+        view.update({(k[0], k[1], k[2], "lamina"): v for k, v in summary.items() if k[3] == f"lamina@{isa}"})
+        out += [f"## lamina `--isa {isa}`", "", report(view, only, with_tract), targets(view)]
+    return out
+
+
 def targets(summary: dict) -> str:
     def us(kind, size, threads, engine):
         row = summary.get((kind, size, threads, engine))
@@ -685,6 +701,9 @@ def main() -> None:
     parser.add_argument("--no-tract", action="store_true", help="do not try to install and measure tract")
     parser.add_argument("--quick", action="store_true", help="1 round, 0.2 s per process: a smoke test")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write all results")
+    parser.add_argument("--isa", default="", help="comma-separated lamina kernel tiers to measure in the same run "
+                        "(avx512, avx2, baseline), one table set each [default: lamina's default tier only]")
+    parser.add_argument("--sizes", default="", help="override the sizes, e.g. sgemm=64:512:1024,mlp=1:64,encoder=1")
     args = parser.parse_args()
 
     if args.worker:
@@ -700,6 +719,19 @@ def main() -> None:
     unknown = only - {"sgemm", "mlp", "encoder"}
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
+    isas = [s.strip() for s in args.isa.split(",") if s.strip()]
+    global SGEMM_SIZES, MLP_BATCHES, ENCODER_BATCHES
+    for part in filter(None, (p.strip() for p in args.sizes.split(","))):
+        kind, _, values = part.partition("=")
+        sizes = [int(v) for v in values.split(":") if v]
+        if kind == "sgemm":
+            SGEMM_SIZES = sizes
+        elif kind == "mlp":
+            MLP_BATCHES = sizes
+        elif kind == "encoder":
+            ENCODER_BATCHES = sizes
+        else:
+            parser.error(f"--sizes: unknown kind {kind}")
     installed = ensure_venv(with_tract=not args.no_tract)
     with_tract = bool(installed.get("tract")) and not args.no_tract
     if not args.no_build:
@@ -722,7 +754,7 @@ def main() -> None:
             if worst > 1e-4:
                 sys.exit(f"{kind}: engines disagree with the float64 reference ({checks[kind]})")
 
-    configs = configurations(only, with_tract)
+    configs = configurations(only, with_tract, isas)
     samples: dict = {}
     started = time.time()
     for r in range(args.rounds):
@@ -745,7 +777,7 @@ def main() -> None:
                       f"rounds: {args.rounds} processes per measurement, each >= {args.runs} runs and >= {args.min_time} s",
                       f"other jobs on the machine while measuring: median {statistics.median(background) if background else float('nan'):.2f} "
                       f"CPUs busy (max {max(background) if background else float('nan'):.2f})", "",
-                      report(summary, only, with_tract), targets(summary)])
+                      *tier_reports(summary, only, with_tract, isas)])
     print(text)
     Path(args.out).write_text(json.dumps({
         "machine": machine, "versions": versions, "checks": checks, "rounds": args.rounds,

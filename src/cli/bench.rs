@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// GB/s of operand and result traffic for the rest. Shows where the time of a run goes.
     #[arg(long)]
     profile: bool,
+    /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the
+    /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
+    #[arg(long, value_name = "TIER")]
+    isa: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,6 +122,9 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "--profile times the JIT backend's nodes; drop --backend interp",
         ));
     }
+    if let Err(e) = super::resolve_isa(args.isa.as_deref()) {
+        problems.push(Diagnostic::error(e));
+    }
     if !problems.is_empty() {
         return Err(fail(problems, None));
     }
@@ -130,6 +137,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         backend: args.backend.into(),
         seed: args.seed,
         keep_params: args.profile,
+        isa: super::resolve_isa(args.isa.as_deref()).ok(),
         max_memory: args.max_memory,
     };
     let mut workload = Workload::prepare(&setup).map_err(failed)?;
@@ -171,6 +179,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "model": args.model.display().to_string(),
             "backend": workload.backend.name(),
             "threads": workload.threads,
+            "isa": workload.isa.map(|i| i.name()),
             "bindings": workload.bindings,
             "compile_ms": compile.total_ms(),
             "latency_us_median": median_us,
@@ -203,10 +212,13 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         return Ok(());
     }
     println!(
-        "{} ({}), backend {}, {} thread(s)",
+        "{} ({}), backend {}{}, {} thread(s)",
         args.model.display(),
         bindings_text(&workload.bindings),
         workload.backend.name(),
+        workload
+            .isa
+            .map_or(String::new(), |i| format!(" ({i} kernels)")),
         workload.threads
     );
     println!(
@@ -246,23 +258,31 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         );
     }
     if let Some(nodes) = &profile {
-        print!("{}", profile_table(nodes, median_us));
+        print!("{}", profile_table(nodes, median_us, workload.threads));
     }
     Ok(())
 }
 
 /// The per-node profile as text: time, share of the summed node times,
-/// and a rate (GFLOP/s for products, GB/s of traffic otherwise).
-fn profile_table(nodes: &[NodeProfile], run_median_us: f64) -> String {
+/// and a rate (GFLOP/s and flop/cycle per core for products, GB/s of
+/// traffic otherwise).
+fn profile_table(nodes: &[NodeProfile], run_median_us: f64, threads: usize) -> String {
     let total: f64 = nodes.iter().map(|n| n.latency_us_median).sum();
+    let clock_ghz = crate::bench::clock_ghz();
+    let peak = crate::codegen::Target::detected()
+        .features
+        .peak_flops_per_cycle();
     let mut text = format!(
-        "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run):\n"
+        "nodes timed alone (sum {total:.1} us vs {run_median_us:.1} us for a whole run; \
+         flop/cycle per core at {clock_ghz:.2} GHz, peak {peak:.0}):\n"
     );
     for n in nodes {
         let rate = if n.flops > 0 {
+            let gflops = n.flops as f64 / (n.latency_us_median * 1e3);
+            let per_cycle = gflops / clock_ghz / threads.max(1) as f64;
             format!(
-                "{:7.2} GFLOP/s",
-                n.flops as f64 / (n.latency_us_median * 1e3)
+                "{gflops:7.2} GFLOP/s {per_cycle:5.1} flop/cycle ({:3.0}% of peak)",
+                100.0 * per_cycle / peak
             )
         } else {
             format!(

@@ -86,6 +86,23 @@ pub(crate) fn report(diags: &[Diagnostic], file: Option<&SourceFile>) {
     eprint!("{}", render_all(diags, file));
 }
 
+/// The kernel tier `--isa` asks for, else the one `LAMINA_ISA` asks for,
+/// else the best the CPU runs; an unknown name or a tier above the CPU's
+/// is an error (exit 1).
+pub(crate) fn resolve_isa(flag: Option<&str>) -> Result<crate::codegen::Isa, String> {
+    use crate::codegen::{Isa, Target};
+    let target = match flag {
+        Some(name) => name
+            .parse::<Isa>()
+            .and_then(|isa| Target::detected().with_isa(isa)),
+        None => Target::from_env(),
+    };
+    target.map(|t| t.isa).map_err(|e| match flag {
+        Some(_) => format!("--isa: {e}"),
+        None => format!("{}: {e}", crate::codegen::target::ISA_ENV),
+    })
+}
+
 /// Prints diagnostics that stop the command.
 pub(crate) fn fail(diags: Vec<Diagnostic>, file: Option<&SourceFile>) -> Reported {
     report(&diags, file);

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// [default: 3/4 of physical RAM]. A model that needs more is an error, not a crash.
     #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
     max_memory: Option<usize>,
+    /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the
+    /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
+    #[arg(long, value_name = "TIER")]
+    isa: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,6 +118,9 @@ pub(super) fn engine_failure(e: engine::Error) -> Reported {
 /// model does not load.
 fn model_free_problems(args: &RunArgs, options: &Options) -> Vec<Diagnostic> {
     let mut problems: Vec<Diagnostic> = options.check().iter().map(option_diagnostic).collect();
+    if let Err(e) = super::resolve_isa(args.isa.as_deref()) {
+        problems.push(Diagnostic::error(e));
+    }
     let mut files: Vec<(&str, Vec<&str>)> = Vec::new();
     for (name, file) in &args.inputs {
         match files.iter_mut().find(|(n, _)| n == name) {
@@ -198,6 +205,8 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
         threads: args.threads,
         bind: args.binds.clone(),
         max_memory: args.max_memory,
+        // An unknown or unsupported tier is reported with the other flag problems.
+        isa: super::resolve_isa(args.isa.as_deref()).ok(),
     };
     let mut problems = model_free_problems(args, &options);
     let model = match Model::load(&args.model) {

@@ -12,6 +12,7 @@ use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, L
 use std::collections::HashMap;
 
 use super::simd::{ConstantPool, Emitter};
+use super::target::{Isa, Target};
 use super::CodegenError;
 
 /// How kernels are compiled. The defaults use every feature the CPU has.
@@ -27,6 +28,10 @@ pub struct CodegenOptions {
     pub verify: bool,
     /// Keep each kernel's disassembly (for `--dump-asm` style debugging).
     pub keep_disassembly: bool,
+    /// The kernel tier: `None` takes `LAMINA_ISA` when set, else the best
+    /// tier the CPU runs. A tier above the CPU's is an error. The wide
+    /// tiers need `use_avx` and `use_fma`.
+    pub isa: Option<Isa>,
 }
 
 impl Default for CodegenOptions {
@@ -36,6 +41,7 @@ impl Default for CodegenOptions {
             use_fma: true,
             verify: cfg!(debug_assertions),
             keep_disassembly: false,
+            isa: None,
         }
     }
 }
@@ -64,6 +70,25 @@ fn host_features() -> IsaFeatures {
     IsaFeatures {
         avx: false,
         fma: true,
+    }
+}
+
+/// The tier `options` ask for, checked against the CPU (and `LAMINA_ISA`
+/// when the options leave it open). The wide tiers' code uses VEX/EVEX
+/// encodings and FMA, so options that switch those off mean the baseline.
+fn kernel_tier(options: &CodegenOptions, features: IsaFeatures) -> Result<Isa, CodegenError> {
+    let target = match options.isa {
+        Some(isa) => Target::detected().with_isa(isa)?,
+        None => Target::from_env()?,
+    };
+    if features.avx && features.fma {
+        return Ok(target.isa);
+    }
+    match options.isa {
+        Some(isa) if isa != Isa::Baseline => Err(CodegenError::Unsupported(format!(
+            "the {isa} tier with AVX or FMA switched off"
+        ))),
+        _ => Ok(Isa::Baseline),
     }
 }
 
@@ -116,6 +141,7 @@ pub(crate) struct JitBuilder {
     ctx: Context,
     fn_ctx: FunctionBuilderContext,
     features: IsaFeatures,
+    isa: Isa,
     keep_disassembly: bool,
     ids: Vec<FuncId>,
     infos: Vec<KernelInfo>,
@@ -171,6 +197,7 @@ impl JitBuilder {
         let isa = isa_builder
             .finish(settings::Flags::new(flags))
             .map_err(cranelift_err)?;
+        let tier = kernel_tier(options, features)?;
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let constants_id = module
             .declare_data("lamina_vector_constants", Linkage::Local, false, false)
@@ -183,6 +210,7 @@ impl JitBuilder {
             ctx,
             fn_ctx: FunctionBuilderContext::new(),
             features,
+            isa: tier,
             keep_disassembly: options.keep_disassembly,
             ids: Vec::new(),
             infos: Vec::new(),
@@ -191,6 +219,49 @@ impl JitBuilder {
 
     pub(crate) fn features(&self) -> IsaFeatures {
         self.features
+    }
+
+    /// The kernel tier this module's kernels are generated for.
+    pub(crate) fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Adds finished machine code (the wide tiers' micro-kernels) as a
+    /// function taking `params` pointer-sized integers and returning
+    /// nothing. Nothing checks the bytes against that signature: the
+    /// assembler that made them is responsible for it, and for needing no
+    /// relocations.
+    pub(crate) fn define_bytes(
+        &mut self,
+        name: &str,
+        params: usize,
+        code: &[u8],
+    ) -> Result<KernelSlot, CodegenError> {
+        let pointer = self.module.target_config().pointer_type();
+        let mut signature = self.module.make_signature();
+        for _ in 0..params {
+            signature.params.push(AbiParam::new(pointer));
+        }
+        let id = self
+            .module
+            .declare_function(name, Linkage::Local, &signature)
+            .map_err(cranelift_err)?;
+        // 64: a cache line, so a kernel's hot loop never straddles one more
+        // than it must.
+        self.module
+            .define_function_bytes(id, 64, code, &[])
+            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+        self.ids.push(id);
+        self.infos.push(KernelInfo {
+            name: name.to_string(),
+            clif: format!(
+                "; {} bytes of assembled {} machine code\n",
+                code.len(),
+                self.isa
+            ),
+            disassembly: None,
+        });
+        Ok(KernelSlot(self.ids.len() - 1))
     }
 
     /// Compile one kernel taking `params` pointer-sized integer arguments and

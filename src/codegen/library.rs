@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::elementwise::{self, ElementwiseArgs, ElementwiseKernel, ElementwiseSlot, InnerStride};
 use super::gemm::{
     self, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, GemmKernels, GemmSlots, MicroSlots,
+    PackLayout,
 };
 use super::jit::KernelSlot;
 use super::jit::{CodegenOptions, FinalizedCode, IsaFeatures, JitBuilder, KernelInfo};
 use super::rows::{self, RowArgs, RowKernel, RowOp, RowSlot};
+use super::target::Isa;
 use super::threads::Threads;
 use super::CodegenError;
 use crate::ir::ElementwiseExpr;
@@ -76,6 +78,17 @@ impl KernelLibraryBuilder {
         self.jit.features()
     }
 
+    /// The kernel tier GEMMs are generated for.
+    pub fn isa(&self) -> Isa {
+        self.jit.isa()
+    }
+
+    /// The packed-B layout this library's GEMM kernels read: pack weights
+    /// with [`PackedB::pack_for`](super::PackedB::pack_for) and this.
+    pub fn pack_layout(&self) -> PackLayout {
+        PackLayout::for_isa(self.jit.isa())
+    }
+
     /// A GEMM with the given epilogue. The micro-kernels depend on neither
     /// M, N, K nor the epilogue (selected by runtime flags), so they are
     /// compiled once per library; transcendental activations add one
@@ -89,7 +102,8 @@ impl KernelLibraryBuilder {
             });
         }
         if self.micro.is_none() {
-            self.micro = Some(gemm::compile_micro_kernels(&mut self.jit)?);
+            let isa = self.jit.isa();
+            self.micro = Some(gemm::compile_micro_kernels(&mut self.jit, isa)?);
         }
         let tile_pass = match epilogue.activation {
             Some(activation) if !gemm::is_inline(activation) => {
@@ -145,6 +159,7 @@ impl KernelLibraryBuilder {
     /// Link every kernel (one `finalize_definitions` for the module).
     pub fn finish(self) -> Result<KernelLibrary, CodegenError> {
         let features = self.jit.features();
+        let isa = self.jit.isa();
         let (code, addresses, infos) = self.jit.finish()?;
         let micro = self
             .micro
@@ -169,6 +184,7 @@ impl KernelLibraryBuilder {
             rows: self.rows.iter().map(|s| s.link(&addresses)).collect(),
             infos,
             features,
+            isa,
             _code: code,
         })
     }
@@ -184,6 +200,7 @@ pub struct KernelLibrary {
     rows: Vec<RowKernel>,
     infos: Vec<KernelInfo>,
     features: IsaFeatures,
+    isa: Isa,
     // Declared last: dropped after the kernel tables holding its addresses.
     _code: FinalizedCode,
 }
@@ -252,6 +269,16 @@ impl KernelLibrary {
 
     pub fn features(&self) -> IsaFeatures {
         self.features
+    }
+
+    /// The kernel tier GEMMs were generated for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The packed-B layout this library's GEMM kernels read.
+    pub fn pack_layout(&self) -> PackLayout {
+        PackLayout::for_isa(self.isa)
     }
 
     /// Every compiled function, in compilation order.

@@ -140,16 +140,18 @@ mod library;
 mod loops;
 mod rows;
 mod simd;
+pub mod target;
 mod threads;
 
 pub use elementwise::{ElementwiseArgs, InnerStride, TensorView};
 pub use gemm::{
-    packed_b_len, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, MatrixRef, PackedB,
-    PackedBRef, KC_MAX,
+    packed_b_len, packed_b_len_for, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, MatrixRef,
+    PackLayout, PackedB, PackedBRef, KC_MAX,
 };
 pub use jit::{CodegenOptions, IsaFeatures, KernelInfo};
 pub use library::{ElementwiseId, GemmId, KernelLibrary, KernelLibraryBuilder, RowKernelId};
 pub use rows::{RowArgs, RowOp};
+pub use target::{Isa, Target, TargetError};
 pub use threads::Threads;
 
 /// Errors from compiling or calling kernels.
@@ -169,6 +171,10 @@ pub enum CodegenError {
     ForeignKernel,
     #[error("could not start the thread pool: {0}")]
     ThreadPool(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("assembling a wide-tier kernel: {0}")]
+    Assembler(String),
 }
 
 impl CodegenError {

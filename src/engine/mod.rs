@@ -100,6 +100,9 @@ pub struct Options {
     /// values); `None` is three quarters of physical RAM. A model that needs
     /// more is an error naming its largest tensors, not an abort.
     pub max_memory: Option<usize>,
+    /// The JIT's kernel tier (`None`: `LAMINA_ISA` when set, else the best
+    /// the CPU runs); a tier above the CPU's fails at compile time.
+    pub isa: Option<crate::codegen::Isa>,
 }
 
 impl Default for Options {
@@ -110,6 +113,7 @@ impl Default for Options {
             threads: all_cores(),
             bind: Vec::new(),
             max_memory: None,
+            isa: None,
         }
     }
 }
@@ -501,6 +505,7 @@ impl Runner {
             Backend::Jit => {
                 let compile_options = CompileOptions {
                     threads: options.threads,
+                    isa: options.isa,
                 };
                 let (mut compiled, _) =
                     crate::compile::compile(model.graph(), &params, compile_options).map_err(

@@ -7,6 +7,7 @@ pub mod random_graph;
 
 use std::collections::HashMap;
 
+use lamina::codegen::{Isa, Target};
 use lamina::ir::{Dim, Graph, NodeId, Op, TensorType};
 use lamina::runtime::exec::{CompileOptions, CompiledModel};
 use lamina::tensor::{Tensor, TensorData};
@@ -144,8 +145,7 @@ pub fn compile_plain(
     params: &HashMap<String, Tensor>,
     threads: usize,
 ) -> CompiledModel {
-    CompiledModel::compile(graph, params, CompileOptions { threads })
-        .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
+    compile_plain_on(graph, params, threads, None)
 }
 
 pub fn compile_all_passes(
@@ -153,7 +153,47 @@ pub fn compile_all_passes(
     params: &HashMap<String, Tensor>,
     threads: usize,
 ) -> CompiledModel {
-    lamina::compile::compile(graph, params, CompileOptions { threads })
+    compile_all_passes_on(graph, params, threads, None)
+}
+
+/// Every kernel tier this CPU runs, best first (the CPU's lacking tiers
+/// are named on stderr, not skipped silently).
+#[allow(dead_code)]
+pub fn tiers() -> Vec<Isa> {
+    let supported = Target::detected().supported_isas();
+    for isa in Isa::ALL {
+        if !supported.contains(&isa) {
+            eprintln!("this CPU lacks the {isa} kernel tier: not tested");
+        }
+    }
+    supported
+}
+
+/// The tier a generated case runs on: cases rotate through the tiers, so
+/// every tier sees the generated graphs without multiplying the cases.
+#[allow(dead_code)]
+pub fn tier_for(seed: u64) -> Isa {
+    let t = Target::detected().supported_isas();
+    t[(seed % t.len() as u64) as usize]
+}
+
+pub fn compile_plain_on(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    threads: usize,
+    isa: Option<Isa>,
+) -> CompiledModel {
+    CompiledModel::compile(graph, params, CompileOptions { threads, isa })
+        .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
+}
+
+pub fn compile_all_passes_on(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    threads: usize,
+    isa: Option<Isa>,
+) -> CompiledModel {
+    lamina::compile::compile(graph, params, CompileOptions { threads, isa })
         .unwrap_or_else(|e| panic!("{}: compile fails: {e}", graph.name))
         .0
 }

@@ -18,7 +18,7 @@ fn main() {
     let model = lamina::model::load(&root.join("minilm.lam")).unwrap();
     let w = WeightFile::load(cache.join("model.safetensors")).unwrap();
     let params = bind_params_owned(&model.graph, Some(w), &Default::default()).unwrap().values;
-    let (compiled, _) = lamina::compile::compile(&model.graph, &params, CompileOptions { threads }).unwrap();
+    let (compiled, _) = lamina::compile::compile(&model.graph, &params, CompileOptions { threads, isa: None }).unwrap();
     let sentences: Vec<String> = std::fs::read_to_string(root.join("testdata/sentences.txt")).unwrap().lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
     let texts = match which.as_str() { "one" => vec![sentences[0].clone()], "onelong" => vec![sentences[10].clone()], _ => sentences[..12].to_vec() };
     let b = BatchTokenizer::from_file(&cache.join("tokenizer.json"), 128).unwrap().encode(&texts).unwrap();

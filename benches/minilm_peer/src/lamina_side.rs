@@ -44,7 +44,7 @@ impl LaminaMiniLm {
     }
 
     pub fn jit(&self, threads: usize) -> Result<CompiledModel, BenchError> {
-        let (model, _report) = compile(&self.graph, &self.params, CompileOptions { threads })
+        let (model, _report) = compile(&self.graph, &self.params, CompileOptions { threads, isa: None })
             .map_err(|e| BenchError::Lamina(e.to_string()))?;
         Ok(model)
     }

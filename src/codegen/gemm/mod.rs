@@ -9,12 +9,19 @@
 //! before any JIT code runs.
 //!
 //! Loop order per task (a range of rows x a range of B panels): M blocks
-//! of `MC` rows; inside, every K block; inside, 12-row panels of A (packed
-//! `[kc][12]`, 12 KiB, stays in L1); inside, the task's B panels (the
-//! task's B columns for all K blocks are sized to stay in L2).
+//! of `MC` rows; inside, every K block; inside, `mr`-row panels of A
+//! (packed `[kc][mr]`, at most 12 KiB, stays in L1); inside, the task's B
+//! panels (the task's B columns for all K blocks are sized to stay in L2).
+//!
+//! Kernel tiers (`Target::isa`): the baseline's micro-kernels are Cranelift
+//! f32x4 code (12 rows, 4-column panels); the wide tiers' are machine code
+//! assembled in `wide.rs` (AVX2: 6 rows x 16 columns; AVX-512: 12 x 32).
+//! The tier fixes the packed-B panel width ([`PackLayout`]), `mr` and the
+//! kernels; this driver, the validation and the epilogue flags are shared.
 
 mod microkernel;
 mod pack;
+mod wide;
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -22,6 +29,7 @@ use std::sync::Arc;
 
 use crate::codegen::jit::{JitBuilder, KernelSlot};
 use crate::codegen::simd::Emitter;
+use crate::codegen::target::Isa;
 use crate::codegen::threads::{split_range, SharedMut, Threads};
 use crate::codegen::CodegenError;
 use crate::ir::{LinearEpilogue, UnaryOp};
@@ -30,19 +38,23 @@ use microkernel::{
     emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
     FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
 };
-use pack::{k_block, pack_a_panel, panel_count, PANEL_WIDTH};
-pub use pack::{packed_b_len, MatrixRef, PackedB, PackedBRef, KC_MAX};
+use pack::{k_block, pack_a_panel, panel_count};
+pub use pack::{
+    packed_b_len, packed_b_len_for, MatrixRef, PackLayout, PackedB, PackedBRef, KC_MAX,
+};
 
-/// Rows of A per micro-kernel call (12 accumulators of one B panel).
-pub(crate) const MR: usize = 12;
+/// The most rows of A per micro-kernel call in any tier.
+const MAX_MR: usize = 12;
+/// The widest B panel of any tier.
+const MAX_PANEL_WIDTH: usize = 32;
 /// Bytes of packed B (all K blocks of one N block) a task sweeps per M
 /// block; kept within L2 so B is read from memory once per M block.
 const B_BLOCK_BUDGET: usize = 512 * 1024;
 
 /// B panels per N block for a given K: as wide as the L2 budget allows,
-/// between 16 and 64 panels (64 to 256 columns).
-fn nc_panels(k: usize) -> usize {
-    (B_BLOCK_BUDGET / (k.max(1) * PANEL_WIDTH * 4)).clamp(16, 64)
+/// between 64 and 256 columns.
+fn nc_panels(k: usize, panel_width: usize) -> usize {
+    (B_BLOCK_BUDGET / (k.max(1) * panel_width * 4)).clamp(64 / panel_width, 256 / panel_width)
 }
 
 /// Rows of C per M block: an `MC x 256` tile of C (96 KiB) stays in L2
@@ -212,14 +224,24 @@ pub(crate) type TilePassFn = unsafe extern "C" fn(
 /// Compiled-but-not-linked micro-kernels, shared by every GEMM of a
 /// library (the epilogue is selected by runtime flags).
 pub(crate) struct MicroSlots {
+    isa: Isa,
     narrow: Vec<KernelSlot>,
     wide: Vec<(usize, KernelSlot)>,
 }
 
-pub(crate) fn compile_micro_kernels(jit: &mut JitBuilder) -> Result<MicroSlots, CodegenError> {
-    let mut narrow = Vec::with_capacity(MR);
-    let mut wide = Vec::with_capacity(MR);
-    for rows in 1..=MR {
+/// The micro-kernels of a tier: for each row count `1..=mr`, one of a
+/// single panel and (for short row counts) one of several panels.
+pub(crate) fn compile_micro_kernels(
+    jit: &mut JitBuilder,
+    isa: Isa,
+) -> Result<MicroSlots, CodegenError> {
+    if isa != Isa::Baseline {
+        return assemble_micro_kernels(jit, isa);
+    }
+    let mr = wide::rows_per_kernel(isa);
+    let mut narrow = Vec::with_capacity(mr);
+    let mut wide = Vec::with_capacity(mr);
+    for rows in 1..=mr {
         let shape = MicroShape { rows, vecs: 1 };
         let slot = jit.define(&format!("gemm_{rows}x1"), MICRO_KERNEL_PARAMS, |e, p| {
             emit_micro_kernel(e, p, shape)
@@ -238,7 +260,31 @@ pub(crate) fn compile_micro_kernels(jit: &mut JitBuilder) -> Result<MicroSlots, 
             wide.push((1, slot));
         }
     }
-    Ok(MicroSlots { narrow, wide })
+    Ok(MicroSlots { isa, narrow, wide })
+}
+
+fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, CodegenError> {
+    let mr = wide::rows_per_kernel(isa);
+    let mut narrow = Vec::with_capacity(mr);
+    let mut wide = Vec::with_capacity(mr);
+    for rows in 1..=mr {
+        let code = wide::assemble(isa, rows, 1)?;
+        let slot = jit.define_bytes(&format!("gemm_{isa}_{rows}x1"), MICRO_KERNEL_PARAMS, &code)?;
+        narrow.push(slot);
+        let panels = wide::wide_panels(isa, rows);
+        if panels > 1 {
+            let code = wide::assemble(isa, rows, panels)?;
+            let slot = jit.define_bytes(
+                &format!("gemm_{isa}_{rows}x{panels}"),
+                MICRO_KERNEL_PARAMS,
+                &code,
+            )?;
+            wide.push((panels, slot));
+        } else {
+            wide.push((1, slot));
+        }
+    }
+    Ok(MicroSlots { isa, narrow, wide })
 }
 
 /// The tile pass applying a transcendental activation (and the residual).
@@ -263,6 +309,10 @@ pub(crate) fn is_inline(activation: Activation) -> bool {
 
 /// Linked micro-kernels.
 pub(crate) struct MicroKernels {
+    isa: Isa,
+    /// Rows per full call (`narrow.len()`).
+    mr: usize,
+    layout: PackLayout,
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
 }
@@ -272,13 +322,18 @@ fn micro_fn(address: usize) -> MicroFn {
     // SAFETY: `address` is the entry of a finalized function compiled by
     // `emit_micro_kernel` with MICRO_KERNEL_PARAMS pointer-sized integer
     // parameters and no results, which is this signature under the host
-    // calling convention.
+    // calling convention, or assembled by `wide::assemble` for exactly
+    // this signature under System V (the only ABI of the x86-64 hosts the
+    // wide tiers are chosen on).
     unsafe { std::mem::transmute::<usize, MicroFn>(address) }
 }
 
 impl MicroSlots {
     pub(crate) fn link(&self, addresses: &[usize]) -> MicroKernels {
         MicroKernels {
+            isa: self.isa,
+            mr: self.narrow.len(),
+            layout: PackLayout::for_isa(self.isa),
             narrow: self
                 .narrow
                 .iter()
@@ -346,7 +401,7 @@ impl GemmSlots {
 }
 
 thread_local! {
-    /// Packed A panel of the current micro-kernel call (12 x KC_MAX).
+    /// Packed A panel of the current micro-kernel call (mr x KC_MAX).
     static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -375,6 +430,10 @@ impl GemmKernels {
         self.epilogue
     }
 
+    pub(crate) fn layout(&self) -> PackLayout {
+        self.micro.layout
+    }
+
     pub(crate) fn run(&self, args: GemmArgs<'_>, threads: &Threads) -> Result<(), CodegenError> {
         let GemmArgs {
             a,
@@ -386,6 +445,14 @@ impl GemmKernels {
         let (m, k, n) = (a.rows(), a.cols(), b.n());
         if b.k() != k {
             return Err(shape_err(format!("A is {m}x{k} but B is {}x{n}", b.k())));
+        }
+        if b.layout() != self.micro.layout {
+            return Err(shape_err(format!(
+                "B was packed in {}-column panels but the {} kernels read {}-column panels",
+                b.layout().panel_width(),
+                self.micro.isa,
+                self.micro.layout.panel_width()
+            )));
         }
         let out_len = m
             .checked_mul(n)
@@ -447,28 +514,55 @@ impl GemmKernels {
             n,
             k,
         };
-        let (tasks, parallel) = plan_tasks(m, n, k, threads.count());
+        let pw = self.micro.layout.panel_width();
         // SAFETY (for `run_task`): tasks cover disjoint (row range x panel
         // range) rectangles of C, and `c` is exclusively borrowed until
         // every task has finished.
-        if parallel {
-            threads.for_each(&tasks, |t| run_task(&job, t));
-        } else {
-            tasks.iter().for_each(|t| run_task(&job, t));
+        if !runs_parallel(m, n, k, threads.count()) {
+            // The per-inference path on one thread: no task list, so a call
+            // allocates nothing.
+            for panels in sequential_blocks(n, k, pw) {
+                run_task(&job, &Task { rows: 0..m, panels });
+            }
+            return Ok(());
         }
+        let (tasks, _) = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
+        threads.for_each(&tasks, |t| run_task(&job, t));
         Ok(())
     }
 }
 
+/// Whether a call is worth handing to the thread pool.
+fn runs_parallel(m: usize, n: usize, k: usize, threads: usize) -> bool {
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    threads > 1 && flops >= PARALLEL_MIN_FLOPS
+}
+
+/// The N blocks (panel ranges) of a call run on one thread, in order:
+/// `split_range(panels, blocks, 1)` without the vector.
+fn sequential_blocks(n: usize, k: usize, panel_width: usize) -> impl Iterator<Item = Range<usize>> {
+    let panels = panel_count(n, panel_width);
+    let blocks = panels.div_ceil(nc_panels(k, panel_width)).max(1);
+    let chunk = panels.div_ceil(blocks).max(1);
+    (0..panels)
+        .step_by(chunk)
+        .map(move |start| start..(start + chunk).min(panels))
+}
+
 /// The tasks of one call, and whether to hand them to the thread pool
 /// (else they run in order on the calling thread).
-fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> (Vec<Task>, bool) {
-    let panels = panel_count(n);
-    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    let nc = nc_panels(k);
-    if threads <= 1 || flops < PARALLEL_MIN_FLOPS {
-        let sequential = split_range(panels, panels.div_ceil(nc), 1)
-            .into_iter()
+fn plan_tasks(
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    mr: usize,
+    panel_width: usize,
+) -> (Vec<Task>, bool) {
+    let panels = panel_count(n, panel_width);
+    let nc = nc_panels(k, panel_width);
+    if !runs_parallel(m, n, k, threads) {
+        let sequential = sequential_blocks(n, k, panel_width)
             .map(|p| Task {
                 rows: 0..m,
                 panels: p,
@@ -478,7 +572,7 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> (Vec<Task>, bool)
     }
     let target = 4 * threads;
     let col_blocks = panels.div_ceil(nc);
-    let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(MR)).max(1);
+    let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(mr)).max(1);
     let col_parts = if row_parts * col_blocks >= target {
         col_blocks
     } else {
@@ -488,7 +582,7 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> (Vec<Task>, bool)
     // the same panels whatever the split (not needed for the result, which
     // is split-independent, but keeps the work per task even).
     let col_ranges = split_range(panels, col_parts, 4);
-    let row_ranges = split_range(m, row_parts, MR);
+    let row_ranges = split_range(m, row_parts, mr);
     let mut tasks = Vec::with_capacity(col_ranges.len() * row_ranges.len());
     for rows in &row_ranges {
         for cols in &col_ranges {
@@ -504,8 +598,8 @@ fn plan_tasks(m: usize, n: usize, k: usize, threads: usize) -> (Vec<Task>, bool)
 fn run_task(job: &Job<'_>, task: &Task) {
     A_PANEL.with(|cell| {
         let mut a_panel = cell.borrow_mut();
-        if a_panel.len() < MR * KC_MAX {
-            a_panel.resize(MR * KC_MAX, 0.0);
+        if a_panel.len() < MAX_MR * KC_MAX {
+            a_panel.resize(MAX_MR * KC_MAX, 0.0);
         }
         for chunk in (task.rows.start..task.rows.end).step_by(MC) {
             let chunk = chunk..(chunk + MC).min(task.rows.end);
@@ -519,8 +613,10 @@ fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_pa
     let (n, k) = (job.n, job.k);
     let kc = k_block(k);
     let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
-    let panels = panel_count(n);
-    let full_panels = n / PANEL_WIDTH;
+    let micro = &job.kernels.micro;
+    let pw = micro.layout.panel_width();
+    let panels = panel_count(n, pw);
+    let full_panels = n / pw;
     let b_data = job.b.data();
     let ldc_bytes = n * 4;
     for p in 0..blocks {
@@ -535,20 +631,20 @@ fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_pa
             flags |= FLAG_EPILOGUE | job.kernels.micro_flags;
         }
         let tile_pass = if last { job.kernels.tile_pass } else { None };
-        let block_base = k0 * panels * PANEL_WIDTH;
-        let b_panel_stride = kcp * PANEL_WIDTH * 4;
+        let block_base = k0 * panels * pw;
+        let b_panel_stride = kcp * pw * 4;
         let mut i0 = rows.start;
         while i0 < rows.end {
-            let r = MR.min(rows.end - i0);
+            let r = micro.mr.min(rows.end - i0);
             let packed_a = &mut a_panel[..r * kcp];
             pack_a_panel(&job.a, i0, r, k0, packed_a);
             let packed_a: &[f32] = packed_a;
-            let narrow = job.kernels.micro.narrow[r - 1];
-            let (vecs, wide) = job.kernels.micro.wide[r - 1];
+            let narrow = micro.narrow[r - 1];
+            let (vecs, wide) = micro.wide[r - 1];
             let full_end = panels_range.end.min(full_panels);
             let mut j = panels_range.start;
             while j < panels_range.end {
-                let b_ptr = b_data[block_base + j * kcp * PANEL_WIDTH..].as_ptr();
+                let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
                 let call = MicroCall {
                     job,
                     a: packed_a.as_ptr(),
@@ -558,6 +654,7 @@ fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_pa
                     tile_pass,
                     b_panel_stride,
                     ldc_bytes,
+                    pw,
                 };
                 if j < full_end {
                     if vecs > 1 && j + vecs <= full_end {
@@ -589,18 +686,20 @@ struct MicroCall<'j, 'a> {
     tile_pass: Option<TilePassFn>,
     b_panel_stride: usize,
     ldc_bytes: usize,
+    /// Columns per B panel.
+    pw: usize,
 }
 
 impl MicroCall<'_, '_> {
-    /// Panels `j..j + vecs` are all full (4 valid columns) and rows
+    /// Panels `j..j + vecs` are all full (`pw` valid columns) and rows
     /// `i0..i0 + r` exist: the kernel touches exactly that block of C, the
     /// residual and the bias.
     fn full(&self, f: MicroFn, i0: usize, r: usize, j: usize, vecs: usize) {
         let job = self.job;
-        let offset = i0 * job.n + j * PANEL_WIDTH;
+        let offset = i0 * job.n + j * self.pw;
         let bias = job
             .bias
-            .map_or(std::ptr::null(), |b| b[j * PANEL_WIDTH..].as_ptr());
+            .map_or(std::ptr::null(), |b| b[j * self.pw..].as_ptr());
         let residual = job
             .residual
             .map_or(std::ptr::null(), |r| r[offset..].as_ptr());
@@ -626,22 +725,25 @@ impl MicroCall<'_, '_> {
                     residual,
                     self.ldc_bytes,
                     r,
-                    vecs,
+                    // The tile pass counts f32x4 vectors per row.
+                    vecs * self.pw / 4,
                     job.kernels.tile_flags,
                 );
             }
         }
     }
 
-    /// The last panel has fewer than 4 valid columns: run the kernel on a
-    /// 4-column copy of the tile so it never touches memory past row ends.
+    /// The last panel has fewer than `pw` valid columns: run the kernel on
+    /// a full-width copy of the tile so it never touches memory past row
+    /// ends.
     fn partial(&self, f: MicroFn, i0: usize, r: usize, j: usize) {
         let job = self.job;
-        let c0 = j * PANEL_WIDTH;
+        let pw = self.pw;
+        let c0 = j * pw;
         let width = job.n - c0;
-        let mut tile = [0.0f32; MR * PANEL_WIDTH];
-        let mut residual_tile = [0.0f32; MR * PANEL_WIDTH];
-        let mut bias_tile = [0.0f32; PANEL_WIDTH];
+        let mut tile = [0.0f32; MAX_MR * MAX_PANEL_WIDTH];
+        let mut residual_tile = [0.0f32; MAX_MR * MAX_PANEL_WIDTH];
+        let mut bias_tile = [0.0f32; MAX_PANEL_WIDTH];
         if let Some(bias) = job.bias {
             bias_tile[..width].copy_from_slice(&bias[c0..]);
         }
@@ -650,23 +752,23 @@ impl MicroCall<'_, '_> {
             if self.flags & FLAG_ACCUMULATE != 0 {
                 for col in 0..width {
                     // SAFETY: (i0 + i, c0 + col) is inside C and in this task.
-                    tile[i * PANEL_WIDTH + col] = unsafe { job.c.0.add(row + col).read() };
+                    tile[i * pw + col] = unsafe { job.c.0.add(row + col).read() };
                 }
             }
             if let Some(residual) = job.residual {
-                residual_tile[i * PANEL_WIDTH..i * PANEL_WIDTH + width]
-                    .copy_from_slice(&residual[row..row + width]);
+                residual_tile[i * pw..i * pw + width].copy_from_slice(&residual[row..row + width]);
             }
         }
-        // SAFETY: the tile buffers are 12 x 4 and the kernel touches r <= 12
-        // rows of 4 columns at a 16-byte row stride.
+        // SAFETY: the tile buffers hold MAX_MR x MAX_PANEL_WIDTH and the
+        // kernel touches r <= mr <= MAX_MR rows of pw <= MAX_PANEL_WIDTH
+        // columns at a pw * 4-byte row stride.
         unsafe {
             f(
                 self.a,
                 self.b,
                 tile.as_mut_ptr(),
                 self.kc,
-                PANEL_WIDTH * 4,
+                pw * 4,
                 self.flags,
                 bias_tile.as_ptr(),
                 residual_tile.as_ptr(),
@@ -676,9 +778,9 @@ impl MicroCall<'_, '_> {
                 pass(
                     tile.as_mut_ptr(),
                     residual_tile.as_ptr(),
-                    PANEL_WIDTH * 4,
+                    pw * 4,
                     r,
-                    1,
+                    pw / 4,
                     job.kernels.tile_flags,
                 );
             }
@@ -687,7 +789,7 @@ impl MicroCall<'_, '_> {
             let row = (i0 + i) * job.n + c0;
             for col in 0..width {
                 // SAFETY: as above.
-                unsafe { job.c.0.add(row + col).write(tile[i * PANEL_WIDTH + col]) };
+                unsafe { job.c.0.add(row + col).write(tile[i * pw + col]) };
             }
         }
     }
@@ -835,7 +937,7 @@ impl GemmKernels {
         if b_strides.iter().all(|&s| s == 0) && a_contiguous {
             let a_view = MatrixRef::row_major(a, batches * m, k)?;
             let b_view = matrix(b, 0, k, n, transpose_b)?;
-            let packed = PackedB::pack(&b_view);
+            let packed = PackedB::pack_for(&b_view, self.layout());
             return self.run(
                 GemmArgs {
                     a: a_view,
@@ -852,15 +954,20 @@ impl GemmKernels {
                          out: SharedMut,
                          inner_threads: &Threads|
          -> Result<(), CodegenError> {
-            let mut scratch = vec![0.0f32; packed_b_len(k, n)];
+            let layout = self.layout();
+            let mut scratch = vec![0.0f32; packed_b_len_for(k, n, layout)];
             let mut packed_for: Option<usize> = None;
             for index in range {
                 let (a_off, b_off) = offsets(index);
                 if packed_for != Some(b_off) {
-                    PackedBRef::pack_into(&matrix(b, b_off, k, n, transpose_b)?, &mut scratch)?;
+                    PackedBRef::pack_into_for(
+                        &matrix(b, b_off, k, n, transpose_b)?,
+                        &mut scratch,
+                        layout,
+                    )?;
                     packed_for = Some(b_off);
                 }
-                let packed = PackedBRef::from_packed(&scratch, k, n);
+                let packed = PackedBRef::from_packed(&scratch, k, n, layout);
                 // SAFETY: batch entry `index` owns C[index * mn..][..mn];
                 // ranges handed to different tasks are disjoint and `c` is
                 // exclusively borrowed for the whole call.
@@ -917,27 +1024,43 @@ mod tests {
 
     #[test]
     fn plans_cover_the_output_once() {
-        for &(m, n, k, threads) in &[
-            (1, 1, 1, 2),
-            (1000, 1000, 1000, 2),
-            (1, 512, 784, 2),
-            (513, 17, 300, 4),
-            (64, 64, 64, 1),
-            (37, 3000, 8, 2),
-        ] {
-            let (tasks, parallel) = plan_tasks(m, n, k, threads);
-            assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
-            let mut covered = vec![0u8; m * panel_count(n)];
-            for t in &tasks {
-                for i in t.rows.clone() {
-                    for j in t.panels.clone() {
-                        covered[i * panel_count(n) + j] += 1;
+        for isa in Isa::ALL {
+            let (mr, pw) = (wide::rows_per_kernel(isa), wide::panel_width(isa));
+            for &(m, n, k, threads) in &[
+                (1, 1, 1, 2),
+                (1000, 1000, 1000, 2),
+                (1, 512, 784, 2),
+                (513, 17, 300, 4),
+                (64, 64, 64, 1),
+                (37, 3000, 8, 2),
+            ] {
+                let (tasks, parallel) = plan_tasks(m, n, k, threads, mr, pw);
+                let panels = panel_count(n, pw);
+                assert_eq!(
+                    sequential_blocks(n, k, pw).collect::<Vec<_>>(),
+                    split_range(panels, panels.div_ceil(nc_panels(k, pw)), 1),
+                    "{isa}: {m}x{n}x{k}"
+                );
+                assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
+                let mut covered = vec![0u8; m * panels];
+                for t in &tasks {
+                    for i in t.rows.clone() {
+                        for j in t.panels.clone() {
+                            covered[i * panels + j] += 1;
+                        }
                     }
                 }
-            }
-            assert!(covered.iter().all(|&c| c == 1), "{m}x{n}x{k} on {threads}");
-            if threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS {
-                assert!(tasks.len() >= threads, "{m}x{n}x{k}: {} tasks", tasks.len());
+                assert!(
+                    covered.iter().all(|&c| c == 1),
+                    "{isa}: {m}x{n}x{k} on {threads}"
+                );
+                if threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS && panels > 1 {
+                    assert!(
+                        tasks.len() >= threads,
+                        "{isa}: {m}x{n}x{k}: {} tasks",
+                        tasks.len()
+                    );
+                }
             }
         }
     }

@@ -1,20 +1,46 @@
 //! Matrix views and the packed layouts the micro-kernels read.
 //!
 //! Packed B: K is cut into blocks of `k_block(k)` rows (the last block may
-//! be shorter); inside a block, columns are cut into panels of 4 (the last
-//! panel zero-padded), and each panel is stored k-major: `[kc][4]`.
-//! Block `p` starts at `p * kc * panels * 4`, its panel `j` at
-//! `+ j * kc_p * 4`. Packed A (per micro-kernel call, in the driver): the
-//! `r` rows of one row panel, k-major: `[kc_p][r]`.
+//! be shorter); inside a block, columns are cut into panels of `w` (the
+//! chosen kernel's panel width: 4, 16 or 32; the last panel zero-padded),
+//! and each panel is stored k-major: `[kc][w]`. Block `p` starts at
+//! `p * kc * panels * w`, its panel `j` at `+ j * kc_p * w`. Packed A (per
+//! micro-kernel call, in the driver): the `r` rows of one row panel,
+//! k-major: `[kc_p][r]`.
 
+use crate::codegen::target::{Isa, Target};
 use crate::codegen::CodegenError;
+
+/// The packed-B format a GEMM kernel set reads: owned by the kernel tier,
+/// so weights are packed for the kernel that was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PackLayout {
+    panel_width: usize,
+}
+
+impl PackLayout {
+    /// The layout the `isa` tier's micro-kernels read.
+    pub fn for_isa(isa: Isa) -> PackLayout {
+        PackLayout {
+            panel_width: super::wide::panel_width(isa),
+        }
+    }
+
+    /// The layout of the default tier (`LAMINA_ISA` or the best the host
+    /// runs), which `KernelLibraryBuilder::new()` compiles for.
+    pub fn host() -> PackLayout {
+        PackLayout::for_isa(Target::from_env_or_detected().isa)
+    }
+
+    /// Columns per B panel.
+    pub fn panel_width(&self) -> usize {
+        self.panel_width
+    }
+}
 
 /// Upper bound on the K block: a 12-row A panel (12 KiB) and a 4-column B
 /// panel (4 KiB) of this depth stay in L1 while the micro-kernel runs.
 pub const KC_MAX: usize = 256;
-
-/// Columns per B panel (one f32x4).
-pub(crate) const PANEL_WIDTH: usize = 4;
 
 /// K block length for a given K: blocks are balanced (no tiny last block)
 /// and even (the micro-kernel's K loop is unrolled twice).
@@ -27,13 +53,20 @@ pub(crate) fn k_block(k: usize) -> usize {
     kc + (kc & 1)
 }
 
-pub(crate) fn panel_count(n: usize) -> usize {
-    n.div_ceil(PANEL_WIDTH)
+pub(crate) fn panel_count(n: usize, w: usize) -> usize {
+    n.div_ceil(w)
 }
 
-/// Number of f32 a packed `k x n` B occupies.
+/// Number of f32 a packed `k x n` B occupies in the host's default layout
+/// ([`PackLayout::host`]).
 pub fn packed_b_len(k: usize, n: usize) -> usize {
-    k * panel_count(n) * PANEL_WIDTH
+    packed_b_len_for(k, n, PackLayout::host())
+}
+
+/// Number of f32 a packed `k x n` B occupies in `layout`.
+pub fn packed_b_len_for(k: usize, n: usize, layout: PackLayout) -> usize {
+    let w = layout.panel_width;
+    k * panel_count(n, w) * w
 }
 
 /// A read-only view of a logical `rows x cols` f32 matrix inside a slice:
@@ -139,6 +172,7 @@ pub(crate) fn pack_a_panel(a: &MatrixRef<'_>, i0: usize, r: usize, k0: usize, ds
         match r {
             12 => pack_rows::<12>(a, i0, k0, dst),
             8 => pack_rows::<8>(a, i0, k0, dst),
+            6 => pack_rows::<6>(a, i0, k0, dst),
             4 => pack_rows::<4>(a, i0, k0, dst),
             _ => {
                 for i in 0..r {
@@ -168,20 +202,22 @@ fn pack_rows<const R: usize>(a: &MatrixRef<'_>, i0: usize, k0: usize, dst: &mut 
     }
 }
 
-/// Packs all of `b` (`k x n`) into `dst` (exactly `packed_b_len(k, n)` long).
-pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32]) {
+/// Packs all of `b` (`k x n`) into `dst` (exactly `packed_b_len_for(k, n,
+/// layout)` long).
+pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32], layout: PackLayout) {
     let (k, n) = (b.rows, b.cols);
-    debug_assert_eq!(dst.len(), packed_b_len(k, n));
+    debug_assert_eq!(dst.len(), packed_b_len_for(k, n, layout));
+    let w = layout.panel_width;
     let kc = k_block(k);
-    let panels = panel_count(n);
+    let panels = panel_count(n, w);
     let mut k0 = 0;
     while k0 < k {
         let kcp = kc.min(k - k0);
-        let block = &mut dst[k0 * panels * PANEL_WIDTH..(k0 + kcp) * panels * PANEL_WIDTH];
-        for (j, panel) in block.chunks_exact_mut(kcp * PANEL_WIDTH).enumerate() {
-            let c0 = j * PANEL_WIDTH;
-            let width = PANEL_WIDTH.min(n - c0);
-            if width < PANEL_WIDTH {
+        let block = &mut dst[k0 * panels * w..(k0 + kcp) * panels * w];
+        for (j, panel) in block.chunks_exact_mut(kcp * w).enumerate() {
+            let c0 = j * w;
+            let width = w.min(n - c0);
+            if width < w {
                 panel.fill(0.0);
             }
             if b.transposed {
@@ -189,12 +225,12 @@ pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32]) {
                 for c in 0..width {
                     let start = (c0 + c) * b.ld + k0;
                     let column = &b.data[start..start + kcp];
-                    for (out, &v) in panel[c..].iter_mut().step_by(PANEL_WIDTH).zip(column) {
+                    for (out, &v) in panel[c..].iter_mut().step_by(w).zip(column) {
                         *out = v;
                     }
                 }
             } else {
-                for (kk, out) in panel.chunks_exact_mut(PANEL_WIDTH).enumerate() {
+                for (kk, out) in panel.chunks_exact_mut(w).enumerate() {
                     let start = (k0 + kk) * b.ld + c0;
                     out[..width].copy_from_slice(&b.data[start..start + width]);
                 }
@@ -212,21 +248,30 @@ pub struct PackedB {
     offset: usize,
     k: usize,
     n: usize,
+    layout: PackLayout,
 }
 
 impl PackedB {
+    /// Packs for the host's default tier ([`PackLayout::host`]).
     pub fn pack(b: &MatrixRef<'_>) -> PackedB {
-        let len = packed_b_len(b.rows, b.cols);
+        PackedB::pack_for(b, PackLayout::host())
+    }
+
+    /// Packs for the kernels that read `layout` (e.g.
+    /// `KernelLibrary::pack_layout()`).
+    pub fn pack_for(b: &MatrixRef<'_>, layout: PackLayout) -> PackedB {
+        let len = packed_b_len_for(b.rows, b.cols, layout);
         // Over-allocate one cache line and start at a 64-byte boundary.
         let mut storage = vec![0.0f32; len + 16];
         let misalignment = (storage.as_ptr() as usize / 4) % 16;
         let offset = (16 - misalignment) % 16;
-        pack_b_into(b, &mut storage[offset..offset + len]);
+        pack_b_into(b, &mut storage[offset..offset + len], layout);
         PackedB {
             storage,
             offset,
             k: b.rows,
             n: b.cols,
+            layout,
         }
     }
 
@@ -237,33 +282,50 @@ impl PackedB {
         self.n
     }
 
+    pub fn layout(&self) -> PackLayout {
+        self.layout
+    }
+
     pub fn as_ref(&self) -> PackedBRef<'_> {
         PackedBRef {
-            data: &self.storage[self.offset..self.offset + packed_b_len(self.k, self.n)],
+            data: &self.storage
+                [self.offset..self.offset + packed_b_len_for(self.k, self.n, self.layout)],
             k: self.k,
             n: self.n,
+            layout: self.layout,
         }
     }
 }
 
 /// A borrowed packed B (from a [`PackedB`] or packed at run time into
-/// caller scratch). `data.len() == packed_b_len(k, n)` always holds.
+/// caller scratch). `data.len() == packed_b_len_for(k, n, layout)` always
+/// holds.
 #[derive(Clone, Copy, Debug)]
 pub struct PackedBRef<'a> {
     data: &'a [f32],
     k: usize,
     n: usize,
+    layout: PackLayout,
 }
 
 impl<'a> PackedBRef<'a> {
     /// Packs `b` into the front of `scratch` (at least
-    /// `packed_b_len(b.rows(), b.cols())` long), e.g. an activation used as
-    /// the right operand of attention.
+    /// `packed_b_len(b.rows(), b.cols())` long) in the host's default
+    /// layout, e.g. an activation used as the right operand of attention.
     pub fn pack_into(
         b: &MatrixRef<'_>,
         scratch: &'a mut [f32],
     ) -> Result<PackedBRef<'a>, CodegenError> {
-        let len = packed_b_len(b.rows, b.cols);
+        PackedBRef::pack_into_for(b, scratch, PackLayout::host())
+    }
+
+    /// `pack_into` for the kernels that read `layout`.
+    pub fn pack_into_for(
+        b: &MatrixRef<'_>,
+        scratch: &'a mut [f32],
+        layout: PackLayout,
+    ) -> Result<PackedBRef<'a>, CodegenError> {
+        let len = packed_b_len_for(b.rows, b.cols, layout);
         if scratch.len() < len {
             return Err(CodegenError::shape(
                 "pack_b",
@@ -276,22 +338,34 @@ impl<'a> PackedBRef<'a> {
             ));
         }
         let dst = &mut scratch[..len];
-        pack_b_into(b, dst);
+        pack_b_into(b, dst, layout);
         Ok(PackedBRef {
             data: dst,
             k: b.rows,
             n: b.cols,
+            layout,
         })
     }
 
-    /// A view of data that was packed for `k x n` (crate-internal: the
-    /// caller guarantees `data` came from `pack_b_into` with these dims).
-    pub(crate) fn from_packed(data: &'a [f32], k: usize, n: usize) -> PackedBRef<'a> {
+    /// A view of data that was packed for `k x n` in `layout`
+    /// (crate-internal: the caller guarantees `data` came from `pack_b_into`
+    /// with these dims and layout).
+    pub(crate) fn from_packed(
+        data: &'a [f32],
+        k: usize,
+        n: usize,
+        layout: PackLayout,
+    ) -> PackedBRef<'a> {
         PackedBRef {
-            data: &data[..packed_b_len(k, n)],
+            data: &data[..packed_b_len_for(k, n, layout)],
             k,
             n,
+            layout,
         }
+    }
+
+    pub fn layout(&self) -> PackLayout {
+        self.layout
     }
 
     pub fn k(&self) -> usize {
@@ -329,28 +403,31 @@ mod tests {
         let (k, n) = (300, 7);
         let b: Vec<f32> = (0..k * n).map(|x| x as f32 + 1.0).collect();
         let view = MatrixRef::row_major(&b, k, n).unwrap();
-        let packed = PackedB::pack(&view);
-        let data = packed.as_ref().data();
-        assert_eq!(data.len(), packed_b_len(k, n));
-        assert_eq!(data.as_ptr() as usize % 64, 0);
-        let kc = k_block(k);
-        let panels = panel_count(n);
-        for kk in 0..k {
-            let (p, within) = (kk / kc, kk % kc);
-            let k0 = p * kc;
-            let kcp = kc.min(k - k0);
-            for col in 0..panels * PANEL_WIDTH {
-                let (j, lane) = (col / PANEL_WIDTH, col % PANEL_WIDTH);
-                let at =
-                    k0 * panels * PANEL_WIDTH + j * kcp * PANEL_WIDTH + within * PANEL_WIDTH + lane;
-                let expected = if col < n { b[kk * n + col] } else { 0.0 };
-                assert_eq!(data[at], expected, "k {kk} col {col}");
+        for isa in Isa::ALL {
+            let layout = PackLayout::for_isa(isa);
+            let w = layout.panel_width();
+            let packed = PackedB::pack_for(&view, layout);
+            let data = packed.as_ref().data();
+            assert_eq!(data.len(), packed_b_len_for(k, n, layout));
+            assert_eq!(data.as_ptr() as usize % 64, 0);
+            let kc = k_block(k);
+            let panels = panel_count(n, w);
+            for kk in 0..k {
+                let (p, within) = (kk / kc, kk % kc);
+                let k0 = p * kc;
+                let kcp = kc.min(k - k0);
+                for col in 0..panels * w {
+                    let (j, lane) = (col / w, col % w);
+                    let at = k0 * panels * w + j * kcp * w + within * w + lane;
+                    let expected = if col < n { b[kk * n + col] } else { 0.0 };
+                    assert_eq!(data[at], expected, "{isa}: k {kk} col {col}");
+                }
             }
+            // The transposed view of the same logical matrix packs identically.
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let view_t = MatrixRef::transposed(&bt, k, n).unwrap();
+            assert_eq!(PackedB::pack_for(&view_t, layout).as_ref().data(), data);
         }
-        // The transposed view of the same logical matrix packs identically.
-        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        let view_t = MatrixRef::transposed(&bt, k, n).unwrap();
-        assert_eq!(PackedB::pack(&view_t).as_ref().data(), data);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::{
-    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, MatrixRef, PackedB, PackedBRef,
-    RowArgs, TensorView, Threads,
+    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackLayout,
+    PackedB, PackedBRef, RowArgs, Target, TensorView, Threads,
 };
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
@@ -136,11 +136,27 @@ impl From<BindError> for ExecError {
 pub struct CompileOptions {
     /// Worker threads for kernels (1 runs everything on the caller's thread).
     pub threads: usize,
+    /// The kernel tier (`None`: `LAMINA_ISA` when set, else the best tier
+    /// the CPU runs). A tier above the CPU's is an error at compile time.
+    pub isa: Option<Isa>,
 }
 
 impl Default for CompileOptions {
     fn default() -> CompileOptions {
-        CompileOptions { threads: 1 }
+        CompileOptions {
+            threads: 1,
+            isa: None,
+        }
+    }
+}
+
+impl CompileOptions {
+    /// `threads` workers at the default tier.
+    pub fn threads(threads: usize) -> CompileOptions {
+        CompileOptions {
+            threads,
+            ..CompileOptions::default()
+        }
     }
 }
 
@@ -161,6 +177,8 @@ pub struct CompiledModel {
     weight_index: HashMap<NodeId, usize>,
     /// GEMM right operands that are weights, packed once: keyed by the GEMM node.
     prepacked: HashMap<NodeId, PackedB>,
+    /// The kernel tier: fixes the packing of `prepacked` and every plan's kernels.
+    isa: Isa,
     threads: Threads,
     /// Symbols the parameters' shapes fix (`param embed: f32[vocab, 384]`).
     param_bindings: Bindings,
@@ -214,6 +232,13 @@ impl CompiledModel {
             weight_index.insert(id, weights.len());
             weights.push(value);
         }
+        let isa = match options.isa {
+            Some(isa) => Target::detected().with_isa(isa),
+            None => Target::from_env(),
+        }
+        .map_err(CodegenError::from)?
+        .isa;
+        let layout = PackLayout::for_isa(isa);
         let mut prepacked = HashMap::new();
         for id in graph.node_ids() {
             let transpose_b = match &graph.node(id).op {
@@ -241,7 +266,7 @@ impl CompiledModel {
             } else {
                 MatrixRef::row_major(data, shape[0], shape[1])?
             };
-            prepacked.insert(id, PackedB::pack(&matrix));
+            prepacked.insert(id, PackedB::pack_for(&matrix, layout));
         }
         let threads = if options.threads <= 1 {
             Threads::single()
@@ -253,6 +278,7 @@ impl CompiledModel {
             weights,
             weight_index,
             prepacked,
+            isa,
             threads,
             param_bindings,
             plans: Mutex::new(Vec::new()),
@@ -262,6 +288,11 @@ impl CompiledModel {
 
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// The kernel tier this model was compiled for.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// How many plans (one per distinct set of input shapes) have been
@@ -339,6 +370,7 @@ impl CompiledModel {
             weights: &self.weights,
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
+            isa: self.isa,
         };
         // Kernel sets of earlier plans, newest first, each once.
         let mut reusable: Vec<Arc<KernelSet>> = Vec::new();
@@ -592,7 +624,11 @@ impl CompiledModel {
                             } else {
                                 MatrixRef::row_major(data, *k, *n)?
                             };
-                            PackedBRef::pack_into(&matrix, mem.f32_mut(*scratch))?
+                            PackedBRef::pack_into_for(
+                                &matrix,
+                                mem.f32_mut(*scratch),
+                                plan.kernels.library.pack_layout(),
+                            )?
                         }
                     };
                     let args = GemmArgs {

@@ -11,8 +11,8 @@ use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::{
-    packed_b_len, CodegenError, ElementwiseId, Epilogue, GemmId, InnerStride, KernelLibrary,
-    KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+    packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
+    Isa, KernelLibrary, KernelLibraryBuilder, PackLayout, PackedB, RowKernelId, RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
@@ -218,9 +218,16 @@ impl Kernels {
         }
     }
 
-    fn compiling() -> Result<Kernels, ExecError> {
+    /// Compiling for the `isa` tier: its GEMM candidate is that tier's
+    /// micro-kernel set (Cranelift f32x4 for the baseline, assembled
+    /// AVX2 / AVX-512 otherwise), which reads B in that tier's layout.
+    fn compiling(isa: Isa) -> Result<Kernels, ExecError> {
+        let options = CodegenOptions {
+            isa: Some(isa),
+            ..CodegenOptions::default()
+        };
         Ok(Kernels {
-            builder: Some(KernelLibraryBuilder::new()?),
+            builder: Some(KernelLibraryBuilder::with_options(&options)?),
             index: KernelIndex::default(),
         })
     }
@@ -287,6 +294,8 @@ pub struct Planner<'a> {
     pub weights: &'a [Arc<Tensor>],
     pub weight_index: &'a HashMap<NodeId, usize>,
     pub prepacked: &'a HashMap<NodeId, PackedB>,
+    /// The kernel tier (the one `prepacked` was packed for).
+    pub isa: Isa,
 }
 
 impl Planner<'_> {
@@ -391,7 +400,7 @@ impl Planner<'_> {
             if let Some((k, n)) = self.per_run_pack(id) {
                 scratch_of.insert(id, buffers.len());
                 buffers.push(Lifetime {
-                    len: packed_b_len(k, n),
+                    len: packed_b_len_for(k, n, PackLayout::for_isa(self.isa)),
                     first: step,
                     last: step,
                 });
@@ -435,7 +444,7 @@ impl Planner<'_> {
         let (steps, kernels) = match planned {
             Some(found) => found,
             None => {
-                let mut kernels = Kernels::compiling()?;
+                let mut kernels = Kernels::compiling(self.isa)?;
                 let steps = match self.steps(&mut kernels, &computed, &loc, &scratch) {
                     Ok(steps) => steps,
                     Err(StepError::Exec(e)) => return Err(e),

@@ -1,0 +1,356 @@
+//! The wide-tier GEMM micro-kernels: x86-64 machine code assembled with
+//! iced-x86 at model compile time and placed in the same JIT module as the
+//! Cranelift kernels (Cranelift's x86-64 backend stops at 128-bit vectors;
+//! these use the full 256 / 512 bits).
+//!
+//! Same contract and signature as the Cranelift micro-kernel
+//! (`microkernel.rs`): `(a, b, c, kc, ldc, flags, bias, residual,
+//! b_panel_stride)`, System V: the first six in rdi, rsi, rdx, rcx, r8, r9,
+//! the last three on the stack at [rsp+8], [rsp+16], [rsp+24]. A panel is
+//! `panel_width` columns (32 = 2 zmm for AVX-512, 16 = 2 ymm for AVX2); a
+//! kernel covers `rows` rows x `panels` adjacent panels. Each output element
+//! is one sequential fused multiply-add chain over k, as in the baseline,
+//! so the split over threads never changes a result.
+//!
+//! The code touches only caller-saved registers (rax, rcx, rdx, rsi, rdi,
+//! r8-r11, every vector register) and no stack, so it needs no prologue;
+//! it ends with `vzeroupper` so SSE code after it pays no transition.
+//! Bounds are the driver's job (`mod.rs` validates every slice first).
+
+use iced_x86::code_asm::*;
+
+use super::microkernel::{FLAG_ACCUMULATE, FLAG_BIAS, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL};
+use crate::codegen::target::Isa;
+use crate::codegen::CodegenError;
+
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
+    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
+    zmm28, zmm29, zmm30, zmm31,
+];
+const YMM: [AsmRegisterYmm; 16] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
+    ymm15,
+];
+
+/// Columns per packed B panel for a tier: two vector registers wide, so a
+/// k step of one row is two independent FMA chains per panel.
+pub(crate) fn panel_width(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 32,
+        Isa::Avx2 => 16,
+        Isa::Baseline => 4,
+    }
+}
+
+/// Rows of A per full micro-kernel call: 12 x 2 zmm = 24 accumulators
+/// (+2 B vectors, +1 broadcast) of the 32 zmm for AVX-512; 6 x 2 ymm = 12
+/// (+2 B, +1 broadcast) of the 16 ymm for AVX2; the baseline's 12 x f32x4.
+pub(crate) fn rows_per_kernel(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 12,
+        Isa::Avx2 => 6,
+        Isa::Baseline => 12,
+    }
+}
+
+/// Panels per call for a short row count (the M edge, small batches): more
+/// panels give the kernel enough independent accumulator chains to hide
+/// FMA latency while accumulators + B vectors fit the register file.
+pub(crate) fn wide_panels(isa: Isa, rows: usize) -> usize {
+    match (isa, rows) {
+        (Isa::Avx512, 1..=2) => 4,
+        (Isa::Avx512, 3) => 3,
+        (Isa::Avx512, 4..=6) => 2,
+        (Isa::Avx2, 1) => 3,
+        (Isa::Avx2, 2) => 2,
+        _ => 1,
+    }
+}
+
+fn asm_err(e: IcedError) -> CodegenError {
+    CodegenError::Assembler(e.to_string())
+}
+
+/// Vector registers of one kernel: accumulators `acc(i, v, h)` (row i,
+/// panel v, half h), B vectors `b(v, h)`, and (AVX2) the A broadcast.
+#[derive(Clone, Copy)]
+struct Layout {
+    isa: Isa,
+    rows: usize,
+    panels: usize,
+}
+
+impl Layout {
+    fn vectors(self) -> usize {
+        match self.isa {
+            Isa::Avx512 => 32,
+            _ => 16,
+        }
+    }
+    fn acc(self, i: usize, v: usize, h: usize) -> usize {
+        (i * self.panels + v) * 2 + h
+    }
+    /// The A broadcast: the top register.
+    fn broadcast(self) -> usize {
+        self.vectors() - 1
+    }
+    fn b(self, v: usize, h: usize) -> usize {
+        // Downwards from below the broadcast register.
+        self.broadcast() - 1 - (v * 2 + h)
+    }
+    fn vec_bytes(self) -> i32 {
+        match self.isa {
+            Isa::Avx512 => 64,
+            _ => 32,
+        }
+    }
+    fn panel_bytes(self) -> i32 {
+        2 * self.vec_bytes()
+    }
+    fn fits(self) -> bool {
+        self.rows * self.panels * 2 + self.panels * 2 + 1 <= self.vectors()
+    }
+}
+
+/// Emits one instruction per vector register size; `$z` and `$y` are the
+/// register arrays' element expressions.
+struct Asm {
+    a: CodeAssembler,
+    l: Layout,
+}
+
+impl Asm {
+    fn vmovups_load(&mut self, reg: usize, mem: AsmMemoryOperand) -> Result<(), IcedError> {
+        match self.l.isa {
+            Isa::Avx512 => self.a.vmovups(ZMM[reg], zmmword_ptr(mem)),
+            _ => self.a.vmovups(YMM[reg], ymmword_ptr(mem)),
+        }
+    }
+    fn vmovups_store(&mut self, mem: AsmMemoryOperand, reg: usize) -> Result<(), IcedError> {
+        match self.l.isa {
+            Isa::Avx512 => self.a.vmovups(zmmword_ptr(mem), ZMM[reg]),
+            _ => self.a.vmovups(ymmword_ptr(mem), YMM[reg]),
+        }
+    }
+    fn zero(&mut self, reg: usize) -> Result<(), IcedError> {
+        match self.l.isa {
+            // vxorps zmm needs AVX512DQ; vpxord is AVX512F.
+            Isa::Avx512 => self.a.vpxord(ZMM[reg], ZMM[reg], ZMM[reg]),
+            _ => self.a.vxorps(YMM[reg], YMM[reg], YMM[reg]),
+        }
+    }
+    fn add_mem(&mut self, reg: usize, mem: AsmMemoryOperand) -> Result<(), IcedError> {
+        match self.l.isa {
+            Isa::Avx512 => self.a.vaddps(ZMM[reg], ZMM[reg], zmmword_ptr(mem)),
+            _ => self.a.vaddps(YMM[reg], YMM[reg], ymmword_ptr(mem)),
+        }
+    }
+    /// `reg = max(zero, reg)`: maxps returns its second source when either
+    /// is NaN (NaN passes through, as in the baseline's relu).
+    fn relu(&mut self, reg: usize, zero: usize) -> Result<(), IcedError> {
+        match self.l.isa {
+            Isa::Avx512 => self.a.vmaxps(ZMM[reg], ZMM[zero], ZMM[reg]),
+            _ => self.a.vmaxps(YMM[reg], YMM[zero], YMM[reg]),
+        }
+    }
+
+    /// Jumps to `skip` unless both `flag` and `FLAG_EPILOGUE` are set.
+    fn unless_flag(&mut self, flag: usize, skip: CodeLabel) -> Result<(), IcedError> {
+        let mask = (flag | FLAG_EPILOGUE) as i32;
+        self.a.mov(r11, r9)?;
+        self.a.and(r11, mask)?;
+        self.a.cmp(r11, mask)?;
+        self.a.jne(skip)
+    }
+
+    /// The address of panel `v`'s half `h` at the current k: panels are
+    /// `b_panel_stride` (rax) bytes apart; r10 holds 3 * rax.
+    fn b_operand(&self, v: usize, h: usize) -> AsmMemoryOperand {
+        let disp = h as i32 * self.l.vec_bytes();
+        match v {
+            0 => rsi + disp,
+            1 => rsi + rax + disp,
+            2 => rsi + rax * 2 + disp,
+            _ => rsi + r10 + disp,
+        }
+    }
+
+    fn body(&mut self) -> Result<(), IcedError> {
+        let l = self.l;
+        let (rows, panels) = (l.rows, l.panels);
+        let vb = l.vec_bytes();
+        let pb = l.panel_bytes();
+        let mut load_c = self.a.create_label();
+        let mut loop_head = self.a.create_label();
+        let mut k_loop = self.a.create_label();
+        let mut after = self.a.create_label();
+        let mut no_bias = self.a.create_label();
+        let mut no_relu = self.a.create_label();
+        let mut no_residual = self.a.create_label();
+
+        self.a.mov(rax, qword_ptr(rsp + 24))?;
+        if panels > 3 {
+            self.a.lea(r10, qword_ptr(rax + rax * 2))?;
+        }
+        self.a.test(r9, FLAG_ACCUMULATE as i32)?;
+        self.a.jnz(load_c)?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.zero(l.acc(i, v, h))?;
+                }
+            }
+        }
+        self.a.jmp(loop_head)?;
+
+        // Later K blocks continue each output's chain from C.
+        self.a.set_label(&mut load_c)?;
+        self.a.mov(r11, rdx)?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.vmovups_load(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                }
+            }
+            if i + 1 < rows {
+                self.a.add(r11, r8)?;
+            }
+        }
+
+        self.a.set_label(&mut loop_head)?;
+        self.a.test(rcx, rcx)?;
+        self.a.jz(after)?;
+        self.a.set_label(&mut k_loop)?;
+        for v in 0..panels {
+            for h in 0..2 {
+                let mem = self.b_operand(v, h);
+                self.vmovups_load(l.b(v, h), mem)?;
+            }
+        }
+        // One broadcast load per row feeding register FMAs: an embedded
+        // `{1to16}` broadcast per FMA would load each A value once per
+        // vector, and on cores with two 512-bit FMA pipes (Intel server)
+        // the loads, not the FMAs, then set the pace.
+        let bc = l.broadcast();
+        for i in 0..rows {
+            let a_elem = rdi + (i as i32 * 4);
+            match l.isa {
+                Isa::Avx512 => {
+                    self.a.vbroadcastss(ZMM[bc], dword_ptr(a_elem))?;
+                    for v in 0..panels {
+                        for h in 0..2 {
+                            self.a
+                                .vfmadd231ps(ZMM[l.acc(i, v, h)], ZMM[l.b(v, h)], ZMM[bc])?;
+                        }
+                    }
+                }
+                _ => {
+                    self.a.vbroadcastss(YMM[bc], dword_ptr(a_elem))?;
+                    for v in 0..panels {
+                        for h in 0..2 {
+                            self.a
+                                .vfmadd231ps(YMM[l.acc(i, v, h)], YMM[l.b(v, h)], YMM[bc])?;
+                        }
+                    }
+                }
+            }
+        }
+        self.a.add(rdi, (rows * 4) as i32)?;
+        self.a.add(rsi, pb)?;
+        self.a.dec(rcx)?;
+        self.a.jnz(k_loop)?;
+        self.a.set_label(&mut after)?;
+
+        // Epilogue, in the baseline's order: bias, relu, residual.
+        self.unless_flag(FLAG_BIAS, no_bias)?;
+        self.a.mov(r11, qword_ptr(rsp + 8))?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.add_mem(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                }
+            }
+        }
+        self.a.set_label(&mut no_bias)?;
+
+        self.unless_flag(FLAG_RELU, no_relu)?;
+        // The B registers are free once the K loop is done.
+        let zero = l.b(0, 0);
+        self.zero(zero)?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.relu(l.acc(i, v, h), zero)?;
+                }
+            }
+        }
+        self.a.set_label(&mut no_relu)?;
+
+        self.unless_flag(FLAG_RESIDUAL, no_residual)?;
+        self.a.mov(r11, qword_ptr(rsp + 16))?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.add_mem(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                }
+            }
+            if i + 1 < rows {
+                self.a.add(r11, r8)?;
+            }
+        }
+        self.a.set_label(&mut no_residual)?;
+
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.vmovups_store(rdx + (v as i32 * pb + h as i32 * vb), l.acc(i, v, h))?;
+                }
+            }
+            if i + 1 < rows {
+                self.a.add(rdx, r8)?;
+            }
+        }
+        self.a.vzeroupper()?;
+        self.a.ret()
+    }
+}
+
+/// The machine code of one micro-kernel (position-independent, no
+/// relocations) and its instruction listing.
+pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Vec<u8>, CodegenError> {
+    let l = Layout { isa, rows, panels };
+    if isa == Isa::Baseline || rows == 0 || panels == 0 || panels > 4 || !l.fits() {
+        return Err(CodegenError::Unsupported(format!(
+            "a {isa} micro-kernel of {rows} rows x {panels} panels"
+        )));
+    }
+    let mut asm = Asm {
+        a: CodeAssembler::new(64).map_err(asm_err)?,
+        l,
+    };
+    asm.body().map_err(asm_err)?;
+    asm.a.assemble(0).map_err(asm_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_driver_shape_fits_and_assembles() {
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            for rows in 1..=rows_per_kernel(isa) {
+                for panels in [1, wide_panels(isa, rows)] {
+                    let l = Layout { isa, rows, panels };
+                    assert!(l.fits(), "{isa} {rows}x{panels}");
+                    let code = assemble(isa, rows, panels).unwrap();
+                    // Ends with vzeroupper; ret.
+                    assert_eq!(&code[code.len() - 4..], &[0xc5, 0xf8, 0x77, 0xc3]);
+                }
+            }
+        }
+        assert!(assemble(Isa::Avx2, 6, 2).is_err());
+        assert!(assemble(Isa::Baseline, 1, 1).is_err());
+    }
+}
