@@ -282,3 +282,30 @@ fn bench_reports_every_bad_flag_at_once() {
     assert_eq!(stderr.matches("error:").count(), 3, "{stderr}");
     assert!(stderr.contains("--threads"), "{stderr}");
 }
+
+#[test]
+fn an_input_given_by_file_and_by_text_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ids.lam");
+    std::fs::write(
+        &model,
+        "model ids {\n  input input_ids: i64[b, s]\n  output y = cast(input_ids, f32)\n}\n",
+    )
+    .unwrap();
+    // An empty tokenizer file: the flag clash must be reported before it is read.
+    let tokenizer = dir.path().join("tokenizer.json");
+    std::fs::write(&tokenizer, "{}").unwrap();
+    let model = model.to_string_lossy().into_owned();
+    let stderr = user_error(&[
+        "run",
+        &model,
+        "--text",
+        "hello",
+        "--input",
+        "input_ids=ids.npy",
+    ]);
+    assert!(
+        stderr.contains("--input input_ids=ids.npy: --text fills `input_ids`"),
+        "{stderr}"
+    );
+}

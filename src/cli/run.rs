@@ -242,6 +242,20 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
     let mut inputs = if args.texts.is_empty() {
         HashMap::new()
     } else {
+        let filled = session.text_input_names();
+        let both: Vec<Diagnostic> = args
+            .inputs
+            .iter()
+            .filter(|(name, _)| filled.contains(&name.as_str()))
+            .map(|(name, file)| {
+                Diagnostic::error(format!(
+                    "--input {name}={file}: --text fills `{name}`; give one or the other"
+                ))
+            })
+            .collect();
+        if !both.is_empty() {
+            return Err(fail(both, None));
+        }
         let tokenizer = session
             .tokenizer(args.tokenizer.as_deref(), args.max_tokens)
             .map_err(engine_failure)?;

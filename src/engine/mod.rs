@@ -529,6 +529,9 @@ enum Prepared {
     },
 }
 
+/// The inputs a tokenizer fills, BERT-style.
+const TEXT_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
+
 /// A compiled model with its parameters, ready to run on named inputs.
 /// `Send + Sync`: share it (`Arc<Session>` or `&Session` across scoped
 /// threads) and run from many threads at once.
@@ -764,15 +767,33 @@ impl Session {
             }));
         }
         let encoded = tokenizer.encode(texts).map_err(|e| fail(e.into()))?;
+        let [ids, mask, types] = TEXT_INPUTS;
         Ok([
-            ("input_ids", encoded.input_ids),
-            ("attention_mask", encoded.attention_mask),
-            ("token_type_ids", encoded.token_type_ids),
+            (ids, encoded.input_ids),
+            (mask, encoded.attention_mask),
+            (types, encoded.token_type_ids),
         ]
         .into_iter()
         .filter(|(name, _)| declared.contains(name))
         .map(|(name, t)| (name.to_string(), t))
         .collect())
+    }
+
+    /// The inputs [`Session::text_inputs`] fills that this model declares.
+    ///
+    /// ```
+    /// # use lamina::engine::{Model, Options, Weights};
+    /// let model = Model::from_source("m.lam", "model m {\n  input input_ids: i64[b, s]\n  input attention_mask: i64[b, s]\n  output y = cast(input_ids, f32) + cast(attention_mask, f32)\n}\n")?;
+    /// let session = model.compile(Weights::None, &Options::default())?;
+    /// assert_eq!(session.text_input_names(), ["input_ids", "attention_mask"]);
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn text_input_names(&self) -> Vec<&'static str> {
+        let declared = self.model.input_names();
+        TEXT_INPUTS
+            .into_iter()
+            .filter(|name| declared.contains(name))
+            .collect()
     }
 
     /// The runner for these inputs: the one compiled up front, or the one
