@@ -10,6 +10,7 @@ pub mod cli;
 pub mod codegen;
 pub mod compile;
 pub mod diagnostics;
+pub mod dtype;
 pub mod engine;
 pub mod interp;
 pub mod ir;

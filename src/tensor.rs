@@ -1,6 +1,6 @@
 //! Dense, row-major, owned tensors: the data that flows in and out of a model.
 
-use crate::ir::DType;
+use crate::dtype::DType;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {

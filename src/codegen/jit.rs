@@ -9,8 +9,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, Linkage, Module};
 
-use std::collections::HashMap;
-
+use super::constants::ConstantTable;
 use super::simd::{ConstantPool, Emitter};
 use super::target::{Isa, Target};
 use super::CodegenError;
@@ -135,34 +134,6 @@ pub(crate) fn x86_listing(code: &[u8]) -> String {
 /// after finalization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KernelSlot(pub(crate) usize);
-
-/// f32x4 constants of every kernel, in one read-only data object of the
-/// module: kernels load them with `readonly+can_move` loads, which x64
-/// lowering folds into the arithmetic instruction using them (a `vconst`
-/// is materialised into a register first). Entries are 16 bytes, deduplicated.
-#[derive(Default)]
-pub(crate) struct ConstantTable {
-    bytes: Vec<u8>,
-    offsets: HashMap<(u32, u8), i32>,
-}
-
-impl ConstantTable {
-    /// Byte offset of the entry holding `lane_bits` in all four lanes.
-    /// Different `copy` numbers give different entries with equal values,
-    /// so independent code paths get loads Cranelift will not merge (a
-    /// merged constant is held in a register across both, and spills).
-    pub(crate) fn offset(&mut self, lane_bits: u32, copy: u8) -> i32 {
-        if let Some(&offset) = self.offsets.get(&(lane_bits, copy)) {
-            return offset;
-        }
-        let offset = i32::try_from(self.bytes.len()).expect("constant table below 2 GiB");
-        for _ in 0..4 {
-            self.bytes.extend_from_slice(&lane_bits.to_le_bytes());
-        }
-        self.offsets.insert((lane_bits, copy), offset);
-        offset
-    }
-}
 
 pub(crate) struct JitBuilder {
     module: JITModule,
@@ -361,10 +332,7 @@ impl JitBuilder {
     pub(crate) fn finish(
         mut self,
     ) -> Result<(FinalizedCode, Vec<usize>, Vec<KernelInfo>), CodegenError> {
-        let mut bytes = std::mem::take(&mut self.constants.bytes);
-        if bytes.is_empty() {
-            bytes.resize(16, 0);
-        }
+        let bytes = std::mem::take(&mut self.constants).into_bytes();
         let mut data = DataDescription::new();
         data.define(bytes.into_boxed_slice());
         data.set_align(16);

@@ -11,7 +11,7 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::FunctionBuilder;
 
-use super::jit::ConstantTable;
+use super::constants::ConstantTable;
 
 pub(crate) const F32X4: Type = types::F32X4;
 pub(crate) const I32X4: Type = types::I32X4;

@@ -4,13 +4,12 @@
 pub mod bind;
 pub mod builder;
 pub mod dim;
-pub mod dtype;
 pub mod graph;
 pub mod op;
 pub mod shape_rules;
 
+pub use crate::dtype::DType;
 pub use dim::{Bindings, Dim};
-pub use dtype::DType;
 pub use graph::{Graph, Node, NodeId, TensorType};
 pub use op::{
     BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp,
