@@ -348,6 +348,21 @@ fn the_runner_reports_a_changed_line_as_a_diff() {
     assert!(parse("# passes: dce\n# expect:\nmodel m {}\n").is_err());
 }
 
+/// Every pass has its folder, with room for a rewrite and a guard at least.
+#[test]
+fn every_pass_has_filetests() {
+    let files = filetest_files();
+    for pass in pass_names() {
+        let folder = root().join(pass.replace('-', "_"));
+        let count = files.iter().filter(|f| f.parent() == Some(&folder)).count();
+        assert!(
+            count >= 2,
+            "{} has {count} filetest(s); each pass needs a rewrite and a guard",
+            folder.display()
+        );
+    }
+}
+
 /// The numeric check is what keeps a bless honest: a graph that computes
 /// something else must fail it, however it prints.
 #[test]
