@@ -1,6 +1,8 @@
 //! Building well-typed graphs in code, without a model file: every node is
 //! typed by its op's shape rule, so a graph built here is one the verifier
-//! and every backend accept. The tests build their graphs with it.
+//! and every backend accept. The tests build their graphs with it, and
+//! lowering and the passes type every node they add with [`add_typed`], so a
+//! new node gets its type in one place.
 //!
 //! ```
 //! use lamina::ir::builder::GraphBuilder;

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::PassError;
-use crate::ir::{shape_rules, Dim, Graph, NodeId, Op, TensorType, UnaryOp};
+use crate::ir::builder::{add_typed, type_of};
+use crate::ir::{Graph, NodeId, Op, TensorType, UnaryOp};
 use crate::span::Span;
 use crate::tensor::{Tensor, TensorData};
 
@@ -16,21 +17,17 @@ pub fn add_node(
     inputs: &[NodeId],
     span: Option<Span>,
 ) -> Result<NodeId, PassError> {
-    let types: Vec<&TensorType> = inputs.iter().map(|&i| &graph.node(i).ty).collect();
-    let ty = shape_rules::infer(&op, &types).map_err(|e| PassError::IllTyped {
+    let name = op.name();
+    add_typed(graph, op, inputs, span).map_err(|e| PassError::IllTyped {
         pass,
-        op: op.name(),
+        op: name,
         message: e.0,
-    })?;
-    Ok(graph.add_node(op, inputs, ty, span))
+    })
 }
 
 /// Adds a constant node holding `value`.
 pub fn add_constant(graph: &mut Graph, value: Tensor, span: Option<Span>) -> NodeId {
-    let ty = TensorType::new(
-        value.dtype(),
-        value.shape().iter().map(|&d| Dim::known(d)).collect(),
-    );
+    let ty = type_of(&value);
     graph.add_node(
         Op::Constant {
             value: Arc::new(value),

@@ -729,15 +729,14 @@ impl<'a> Lowerer<'a> {
             }
             return Err(Poisoned);
         }
-        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.graph.node(i).ty).collect();
-        match shape_rules::infer(&op, &types) {
-            Ok(ty) => Ok(self.graph.add_node(op, inputs, ty, Some(span))),
-            Err(e) => Err(self.error(LowerError::Shape {
-                op: op.name().to_string(),
+        let name = op.name();
+        super::builder::add_typed(&mut self.graph, op, inputs, Some(span)).map_err(|e| {
+            self.error(LowerError::Shape {
+                op: name.to_string(),
                 message: e.0,
                 span,
-            })),
-        }
+            })
+        })
     }
 
     // ---- blocks -----------------------------------------------------------
