@@ -1,6 +1,20 @@
 //! Constant folding: a node whose operands are all known values is
-//! evaluated once, at compile time, with the reference interpreter's
-//! single-op function, and becomes a constant.
+//! evaluated once, at compile time, and becomes a constant.
+//!
+//! The value is computed by this pass's own evaluator (`fold_eval.rs`),
+//! never by the reference interpreter: the interpreter is the oracle that
+//! folded graphs are tested against, and a fold computed by the oracle
+//! could not be caught being wrong. The evaluator covers only ops whose
+//! f32 result is exact or correctly rounded, so folding changes no bit:
+//!
+//! - layout: `permute`, `reshape`, `slice`, `concat`, `cast` (any dtype);
+//! - f32 elementwise, with broadcasting: `add`, `sub`, `mul`, `div`,
+//!   `maximum`, `minimum`, `neg`, `abs`, `sqrt`, `recip`.
+//!
+//! That is what parameter-only subgraphs in practice are (transposed,
+//! reshaped, sliced, concatenated or scaled weights, `1 / sqrt(d)` scales).
+//! Every other op (`exp`, `tanh`, `relu`, `pow`, reductions, matmul, ...)
+//! is left in place even when its operands are known.
 //!
 //! Constants are always known. Parameters are known only when the
 //! [`PassContext`] carries their bound values: then a parameter-only
@@ -15,9 +29,11 @@
 
 use std::sync::Arc;
 
+#[path = "fold_eval.rs"]
+mod fold_eval;
+
 use super::edit::{add_constant, known_len, replace};
 use super::{Pass, PassContext, PassError, Steps};
-use crate::interp::eval_node;
 use crate::ir::{Graph, NodeId, Op};
 use crate::tensor::Tensor;
 
@@ -61,9 +77,10 @@ impl Pass for ConstantFolding {
             if !graph.contains(id) || graph.node(id).op.is_source() {
                 continue;
             }
-            let Some(out_len) = known_len(&graph.node(id).ty) else {
+            let Some(out_shape) = graph.node(id).ty.known_shape() else {
                 continue;
             };
+            let out_len = known_len(&graph.node(id).ty).unwrap_or(0);
             let Some(known) = known_operands(graph, id, cx)? else {
                 continue;
             };
@@ -73,9 +90,12 @@ impl Pass for ConstantFolding {
             }
             let operands: Vec<&Tensor> = known.iter().map(Known::tensor).collect();
             let node = graph.node(id);
-            let Ok(value) = eval_node(&node.op, &operands, &node.ty) else {
+            let Some(value) = fold_eval::eval(&node.op, &operands, &out_shape) else {
                 continue;
             };
+            if value.dtype() != node.ty.dtype {
+                continue;
+            }
             let uses_params = known.iter().any(|k| matches!(k, Known::Param(_)));
             let span = node.span;
             if !steps.take(
