@@ -29,10 +29,8 @@
 
 use std::sync::Arc;
 
-#[path = "fold_eval.rs"]
-mod fold_eval;
-
 use super::edit::{add_constant, known_len, replace};
+use super::fold_eval;
 use super::{Pass, PassContext, PassError, Steps};
 use crate::ir::{Graph, NodeId, Op};
 use crate::tensor::Tensor;

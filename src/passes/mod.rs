@@ -28,6 +28,7 @@ mod const_fold;
 mod cse;
 mod dce;
 mod edit;
+mod fold_eval;
 mod fuse_elementwise;
 mod fuse_linear;
 mod recognize;
