@@ -32,17 +32,21 @@
 //! Review the diff before committing: the blessed text is only as right as
 //! the pass.
 
+#[path = "common/random_values.rs"]
+mod random_values;
+use random_values::{concrete, random_tensor};
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use lamina::interp;
 use lamina::ir::printer::print;
-use lamina::ir::{Bindings, DType, Dim, Graph};
+use lamina::ir::{Bindings, Graph};
 use lamina::model;
 use lamina::passes::{pass_names, PassContext, PassManager};
-use lamina::tensor::{Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use lamina::tensor::Tensor;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const PASSES: &str = "# passes:";
@@ -154,42 +158,6 @@ fn diff(expected: &[String], actual: &[String]) -> String {
         }
     }
     out
-}
-
-/// Sizes for symbols: small, and different per symbol so that a rewrite
-/// that mixes up two dims shows.
-fn symbol_size(symbol: &str) -> usize {
-    match symbol {
-        "batch" => 3,
-        "seq" => 5,
-        _ => 2 + symbol.len() % 4,
-    }
-}
-
-fn concrete(shape: &[Dim], bindings: &mut Bindings) -> Vec<usize> {
-    shape
-        .iter()
-        .map(|d| {
-            for s in d.symbols() {
-                bindings.entry(s.clone()).or_insert_with(|| symbol_size(s));
-            }
-            d.substitute(bindings)
-                .and_then(|d| d.as_known())
-                .expect("every symbol has a size")
-        })
-        .collect()
-}
-
-fn random_tensor(rng: &mut ChaCha8Rng, dtype: DType, shape: Vec<usize>) -> Tensor {
-    let n = shape.iter().product();
-    let data = match dtype {
-        DType::F32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()),
-        // Ids: 0 and 1 index any table of two or more rows.
-        DType::I64 => TensorData::I64((0..n).map(|_| rng.random_range(0..2)).collect()),
-        DType::I32 => TensorData::I32((0..n).map(|_| rng.random_range(0..2)).collect()),
-        DType::Bool => TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect()),
-    };
-    Tensor::new(shape, data)
 }
 
 /// Random values for every parameter, initializer or not: with opaque

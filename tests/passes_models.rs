@@ -7,18 +7,22 @@
 
 mod passes_support;
 
+#[path = "common/random_values.rs"]
+mod random_values;
+use random_values::{concrete, random_tensor};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lamina::interp;
 use lamina::ir::bind::unify;
 use lamina::ir::printer::print;
-use lamina::ir::{Bindings, DType, Dim, Graph, Op};
+use lamina::ir::{Bindings, Graph, Op};
 use lamina::model;
 use lamina::passes::{PassContext, PassManager};
 use lamina::runtime::{materialize, read_npy, WeightFile};
 use lamina::tensor::{Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn lam_files(dir: &Path, found: &mut Vec<PathBuf>) {
@@ -57,42 +61,6 @@ fn snapshot_name(path: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("__")
-}
-
-/// A size for a symbol no input or weight fixes: small, and different per
-/// symbol so that mixed-up dims show.
-fn default_size(symbol: &str) -> usize {
-    match symbol {
-        "batch" => 3,
-        "seq" => 5,
-        _ => 2 + symbol.len() % 3,
-    }
-}
-
-fn concrete(shape: &[Dim], bindings: &mut Bindings) -> Vec<usize> {
-    shape
-        .iter()
-        .map(|d| {
-            for s in d.symbols() {
-                bindings.entry(s.clone()).or_insert_with(|| default_size(s));
-            }
-            d.substitute(bindings)
-                .and_then(|d| d.as_known())
-                .expect("every symbol bound")
-        })
-        .collect()
-}
-
-fn random_tensor(rng: &mut ChaCha8Rng, dtype: DType, shape: Vec<usize>) -> Tensor {
-    let n = shape.iter().product();
-    let data = match dtype {
-        DType::F32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()),
-        // Ids and masks: 0 and 1 index any table and are valid masks.
-        DType::I64 => TensorData::I64((0..n).map(|_| rng.random_range(0..2)).collect()),
-        DType::I32 => TensorData::I32((0..n).map(|_| rng.random_range(0..2)).collect()),
-        DType::Bool => TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect()),
-    };
-    Tensor::new(shape, data)
 }
 
 /// Parameter values: the model's weight file where it has the tensor,
