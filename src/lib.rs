@@ -4,6 +4,7 @@
 //! native kernels (`codegen`) -> execution (`runtime`), with a reference
 //! interpreter (`interp`) as the oracle. See ARCHITECTURE.md.
 
+pub mod autodiff;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;

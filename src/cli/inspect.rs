@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{fail, GraphFormat, Reported};
+use crate::autodiff::{append_gradients, Wrt};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{printer, Dim, Graph, TensorType};
 use crate::model::{self, LoadedModel};
@@ -109,8 +110,19 @@ pub(super) struct GraphPasses {
     pub max_steps: Option<usize>,
 }
 
-pub(super) fn graph(path: &Path, format: GraphFormat, opts: GraphPasses) -> Result<(), Reported> {
+pub(super) fn graph(
+    path: &Path,
+    format: GraphFormat,
+    grad: Option<(String, Wrt)>,
+    opts: GraphPasses,
+) -> Result<(), Reported> {
     let mut m = load(path)?;
+    if let Some((output, wrt)) = grad {
+        append_gradients(&mut m.graph, &output, &wrt).map_err(|errors| {
+            let diags = errors.iter().map(|e| e.diagnostic()).collect();
+            fail(diags, Some(&m.source))
+        })?;
+    }
     let implied = (opts.stats || opts.max_steps.is_some()).then_some("all");
     if let Some(spec) = opts.passes.as_deref().or(implied) {
         let manager = PassManager::from_spec(spec)

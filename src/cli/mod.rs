@@ -60,6 +60,14 @@ enum Command {
         /// Stop after N rewrites, to bisect a bad one (implies --passes all when no passes are given).
         #[arg(long, value_name = "N")]
         max_steps: Option<usize>,
+        /// Append the backward graph: the gradient of this scalar f32 output, as outputs
+        /// `grad.NAME` (before any --passes run on the whole graph).
+        #[arg(long, value_name = "OUTPUT")]
+        grad: Option<String>,
+        /// What --grad differentiates with respect to: `params` (every f32 parameter), `inputs`
+        /// (every f32 input), or parameter and input names, comma-separated.
+        #[arg(long, value_name = "params|inputs|NAME,...", default_value = "params", requires = "grad")]
+        wrt: String,
     },
     /// Run a model on weights and inputs.
     ///
@@ -132,9 +140,12 @@ pub fn main() -> ExitCode {
             passes,
             stats,
             max_steps,
+            grad,
+            wrt,
         } => inspect::graph(
             &model,
             format,
+            grad.map(|output| (output, crate::autodiff::Wrt::parse(&wrt))),
             inspect::GraphPasses {
                 passes,
                 stats,

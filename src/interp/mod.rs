@@ -69,8 +69,9 @@ pub enum InterpError {
     },
     #[error("{op}: the result {shape} is still symbolic; bind every symbol first")]
     Symbolic { op: &'static str, shape: String },
-    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
+    #[error("{op}: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
     GatherIndex {
+        op: &'static str,
         index: i64,
         position: usize,
         axis: usize,
@@ -206,6 +207,8 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
         } => layout::slice(inputs[0], *axis, *start, *step, out),
         Op::Gather { axis } => layout::gather(inputs[0], inputs[1], *axis, out),
         Op::Cast { to } => layout::cast(inputs[0], *to),
+        Op::Broadcast { .. } => layout::broadcast(inputs[0], out),
+        Op::ScatterAdd { axis } => layout::scatter_add(inputs[0], inputs[1], inputs[2], *axis),
         Op::FusedLinear {
             transpose_b,
             epilogue,

@@ -288,6 +288,7 @@ fn gather_counts_negative_ids_from_the_end_and_rejects_out_of_range() {
         match eval(Op::Gather { axis }, &[&table, &Tensor::i64(vec![n], ids)]) {
             Err(
                 e @ InterpError::GatherIndex {
+                    op: "gather",
                     index,
                     position: p,
                     axis: a,

@@ -153,7 +153,7 @@ pub fn symbols(graph: &Graph) -> Vec<String> {
     for id in graph.node_ids() {
         let node = graph.node(id);
         let attr_dims: Vec<&Dim> = match &node.op {
-            Op::Reshape { shape } => shape.iter().collect(),
+            Op::Reshape { shape } | Op::Broadcast { shape } => shape.iter().collect(),
             Op::Slice { end, .. } => vec![end],
             _ => vec![],
         };
@@ -213,7 +213,7 @@ pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, Vec<BindE
         };
         let node = g.node_mut(id);
         let attrs = match &mut node.op {
-            Op::Reshape { shape } => substitute_all(shape, bindings),
+            Op::Reshape { shape } | Op::Broadcast { shape } => substitute_all(shape, bindings),
             Op::Slice { end, .. } => substitute_all(std::slice::from_mut(end), bindings),
             _ => Ok(()),
         };

@@ -16,6 +16,7 @@ pub use op::{
     UnaryOp,
 };
 pub mod lower;
+pub mod losses;
 pub mod lower_error;
 pub mod printer;
 pub mod verify;

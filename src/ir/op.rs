@@ -352,6 +352,18 @@ pub enum Op {
     Cast {
         to: DType,
     },
+    /// `broadcast_to(x, shape)`: `x` repeated along new leading axes and
+    /// along its size-1 axes, numpy-style (the adjoint of a sum over them).
+    Broadcast {
+        shape: Vec<Dim>,
+    },
+    /// `scatter_add(base, ids, updates, axis)`: `base` with each slice of
+    /// `updates` added at the row its id picks along `axis`; repeated ids
+    /// accumulate. `updates` has gather's output shape
+    /// (base[..axis] ++ ids ++ base[axis+1..]): this is gather's adjoint.
+    ScatterAdd {
+        axis: usize,
+    },
     /// matmul + epilogue. Inputs: a, b, then bias (if any), then residual (if any).
     FusedLinear {
         transpose_b: bool,
@@ -385,6 +397,8 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Gather { .. } => "gather",
             Op::Cast { .. } => "cast",
+            Op::Broadcast { .. } => "broadcast_to",
+            Op::ScatterAdd { .. } => "scatter_add",
             Op::FusedLinear { .. } => "fused_linear",
             Op::FusedElementwise { .. } => "fused_elementwise",
         }

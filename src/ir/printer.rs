@@ -61,7 +61,8 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         Op::Softmax { axis }
         | Op::LogSoftmax { axis }
         | Op::Concat { axis }
-        | Op::Gather { axis } => {
+        | Op::Gather { axis }
+        | Op::ScatterAdd { axis } => {
             vec![("axis", axis.to_string())]
         }
         Op::LayerNorm { axis, eps } => vec![("axis", axis.to_string()), ("eps", eps.to_string())],
@@ -73,7 +74,9 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             a
         }
         Op::Permute { perm } => vec![("perm", list(perm))],
-        Op::Reshape { shape } => vec![("shape", ShapeDisplay(shape).to_string())],
+        Op::Reshape { shape } | Op::Broadcast { shape } => {
+            vec![("shape", ShapeDisplay(shape).to_string())]
+        }
         Op::Slice {
             axis,
             start,

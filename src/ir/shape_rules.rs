@@ -32,9 +32,10 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Op::Permute { .. }
         | Op::Reshape { .. }
         | Op::Slice { .. }
+        | Op::Broadcast { .. }
         | Op::Cast { .. } => (1, 1),
         Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Gather { .. } => (2, 2),
-        Op::Where | Op::LayerNorm { .. } => (3, 3),
+        Op::Where | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => (3, 3),
         Op::Concat { .. } => (1, usize::MAX),
         Op::FusedLinear { epilogue, .. } => {
             let n = 2 + epilogue.bias as usize + epilogue.residual as usize;
@@ -464,6 +465,40 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             Ok(TensorType::new(table.dtype, shape))
         }
         Op::Cast { to } => Ok(TensorType::new(*to, inputs[0].shape.clone())),
+        Op::Broadcast { shape } => {
+            let x = inputs[0];
+            if broadcast_shapes(&x.shape, shape).as_deref() != Some(shape.as_slice()) {
+                return err(format!(
+                    "broadcast_to: {} does not broadcast to {}",
+                    show(x),
+                    ShapeDisplay(shape)
+                ));
+            }
+            Ok(TensorType::new(x.dtype, shape.clone()))
+        }
+        Op::ScatterAdd { axis } => {
+            let (base, ids, updates) = (inputs[0], inputs[1], inputs[2]);
+            expect_dtype(name, "base", base, DType::F32)?;
+            expect_dtype(name, "updates", updates, DType::F32)?;
+            expect_axis(name, *axis, base)?;
+            if !ids.dtype.is_integer() {
+                return err(format!(
+                    "scatter_add: ids must be integers (i64 or i32), got {}",
+                    show(ids)
+                ));
+            }
+            let mut want = base.shape[..*axis].to_vec();
+            want.extend(ids.shape.iter().cloned());
+            want.extend(base.shape[axis + 1..].iter().cloned());
+            if updates.shape != want {
+                return err(format!(
+                    "scatter_add: updates must be {} (base[..axis] ++ ids ++ base[axis+1..]), got {}",
+                    ShapeDisplay(&want),
+                    show(updates)
+                ));
+            }
+            Ok(base.clone())
+        }
         Op::FusedElementwise { expr } => {
             let shape = broadcast_all(name, inputs)?;
             let mut dtypes: Vec<DType> = Vec::with_capacity(expr.steps.len());

@@ -116,11 +116,12 @@ fn hash_op<H: Hasher>(op: &Op, h: &mut H) {
         Op::Softmax { axis }
         | Op::LogSoftmax { axis }
         | Op::Concat { axis }
-        | Op::Gather { axis } => axis.hash(h),
+        | Op::Gather { axis }
+        | Op::ScatterAdd { axis } => axis.hash(h),
         Op::LayerNorm { axis, eps } => (axis, eps).hash(h),
         Op::Reduce { op, axes, keepdims } => (op, axes, keepdims).hash(h),
         Op::Permute { perm } => perm.hash(h),
-        Op::Reshape { shape } => shape.hash(h),
+        Op::Reshape { shape } | Op::Broadcast { shape } => shape.hash(h),
         Op::Slice {
             axis,
             start,

@@ -190,6 +190,9 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         }
         Op::Cast { to } => (graph.node(ins[0]).ty.dtype == *to)
             .then_some(("identity-cast", Rewrite::UseExisting(ins[0]))),
+        Op::Broadcast { .. } => {
+            same_type_as(ins[0]).then_some(("identity-broadcast", Rewrite::UseExisting(ins[0])))
+        }
         Op::Slice {
             axis,
             start,
@@ -215,6 +218,7 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::LayerNorm { .. }
         | Op::Concat { .. }
         | Op::Gather { .. }
+        | Op::ScatterAdd { .. }
         | Op::FusedLinear { .. }
         | Op::FusedElementwise { .. } => None,
     }

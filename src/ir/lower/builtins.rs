@@ -4,6 +4,7 @@
 use super::args::Args;
 use super::{Lowered, Lowerer, Poisoned};
 use crate::ir::lower_error::{did_you_mean, LowerError};
+use crate::ir::losses;
 use crate::ir::op::{BinaryOp, Float, Init, ReduceOp, UnaryOp};
 use crate::ir::{dim, Dim, NodeId, Op};
 use crate::span::Span;
@@ -29,6 +30,10 @@ const OTHER_BUILTINS: &[&str] = &[
     "gather",
     "embedding",
     "cast",
+    "broadcast_to",
+    "scatter_add",
+    "cross_entropy",
+    "mse",
 ];
 
 const INITIALIZERS: &[&str] = &["zeros", "ones", "uniform", "normal", "xavier", "he"];
@@ -280,8 +285,75 @@ fn lower_call<'a>(
             let to = args.dtype(lw, "dtype")?;
             Ok((Op::Cast { to }, vec![x]))
         }
+        "broadcast_to" => {
+            let x = args.tensor(lw)?;
+            let (items, _) = args.list(lw, "shape", true)?;
+            let mut shape = Vec::with_capacity(items.len());
+            let mut failed = false;
+            for item in items {
+                match lw.dim(item, false, "broadcast_to") {
+                    Ok(d) => shape.push(d),
+                    Err(_) => failed = true,
+                }
+            }
+            if failed {
+                return Err(Poisoned);
+            }
+            Ok((Op::Broadcast { shape }, vec![x]))
+        }
+        "scatter_add" => {
+            let base = args.tensor(lw)?;
+            let ids = args.tensor(lw)?;
+            let updates = args.tensor(lw)?;
+            let axis = args.int(lw, "axis", Some(0))?;
+            let axis = normalize_axis(lw, args, axis, rank(lw, base))?;
+            Ok((Op::ScatterAdd { axis }, vec![base, ids, updates]))
+        }
+        "cross_entropy" => {
+            let logits = args.tensor(lw)?;
+            let labels = args.tensor(lw)?;
+            cross_entropy(lw, args, logits, labels)
+        }
+        "mse" => {
+            let prediction = args.tensor(lw)?;
+            let target = args.tensor(lw)?;
+            let span = args.span;
+            let diff = lw.node(Op::Binary(BinaryOp::Sub), &[prediction, target], span)?;
+            let square = lw.node(Op::Binary(BinaryOp::Mul), &[diff, diff], span)?;
+            Ok(losses::mean_of_all(rank(lw, square), square))
+        }
         _ => unreachable!("is_builtin lists `{name}` but lower_call does not handle it"),
     }
+}
+
+/// `cross_entropy(logits, labels)`, after checking the operands' types
+/// (the ops it is made of are in `ir::losses`).
+fn cross_entropy(
+    lw: &mut Lowerer<'_>,
+    args: &Args<'_>,
+    logits: NodeId,
+    labels: NodeId,
+) -> Lowered<(Op, Vec<NodeId>)> {
+    let span = args.span;
+    if let Err(message) =
+        losses::check_cross_entropy(&lw.graph.node(logits).ty, &lw.graph.node(labels).ty)
+    {
+        return Err(lw.error(LowerError::Argument {
+            func: "cross_entropy".into(),
+            message,
+            span,
+        }));
+    }
+    let name = "cross_entropy";
+    let (op, inputs) =
+        losses::cross_entropy_parts(&mut lw.graph, logits, labels, Some(span)).map_err(|e| {
+            lw.error(LowerError::Shape {
+                op: name.into(),
+                message: e.0,
+                span,
+            })
+        })?;
+    Ok((op, inputs))
 }
 
 /// Resolves a reshape target: dims as in types, plus one `-1` inferred from

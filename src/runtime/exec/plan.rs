@@ -648,10 +648,18 @@ impl Planner<'_> {
                 transpose_b: *transpose_b,
                 out,
             },
-            op @ (Op::Unary(_) | Op::Binary(_) | Op::FusedElementwise { .. } | Op::Where)
+            op @ (Op::Unary(_)
+            | Op::Binary(_)
+            | Op::FusedElementwise { .. }
+            | Op::Where
+            | Op::Broadcast { .. })
                 if all_f32 =>
             {
                 let expr = match op {
+                    // The elementwise kernel broadcasts its inputs: a copy is a broadcast.
+                    Op::Broadcast { .. } => ElementwiseExpr {
+                        steps: vec![ExprStep::Input(0)],
+                    },
                     Op::Unary(u) => ElementwiseExpr {
                         steps: vec![ExprStep::Input(0), ExprStep::Unary(*u, 0)],
                     },
