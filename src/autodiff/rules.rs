@@ -1,14 +1,19 @@
 //! The vector-Jacobian rule of every differentiable op: given the gradient
 //! `g` of the op's output, the gradient of each operand, built as ops.
 //!
-//! This file is the rules' temporary home: each moves into its op's own
-//! file as the ops are given one (docs/adding-an-op.md).
-
-use std::f64::consts::PI;
+//! The rules of ops registered in `Op::kind` are their `OpKind::vjp`, in
+//! the op's own file (`ir/ops/unary.rs`, ...). This file is the temporary
+//! home of the rules of the families not migrated yet: each moves into its
+//! op's file with the family (docs/adding-an-op.md).
 
 use super::{GradError, Vjp};
+use crate::ir::ops::{
+    Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
+    Reduce, Reshape, ScatterAdd, Slice, Softmax,
+};
 use crate::ir::{
-    BinaryOp, CompareOp, Dim, ExprStep, LinearEpilogue, NodeId, Op, ReduceOp, TensorType, UnaryOp,
+    BinaryOp, CompareOp, DType, Dim, ExprStep, LinearEpilogue, NodeId, Op, ReduceOp, TensorType,
+    UnaryOp,
 };
 
 /// The gradient of each operand of `op` (at `node`, on `inputs`) given the
@@ -23,11 +28,13 @@ pub fn vjp(
     g: NodeId,
     wants: &[bool],
 ) -> Result<Vec<Option<NodeId>>, GradError> {
+    if let Some(kind) = op.kind() {
+        return kind.vjp(cx, node, inputs, g, wants);
+    }
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
     let shape_of = |cx: &Vjp<'_>, i: usize| cx.ty(inputs[i]).shape.clone();
     match op {
-        Op::Unary(u) => Ok(vec![Some(unary(cx, *u, inputs[0], node, g)?)]),
-        Op::Binary(b) => {
+                Op::Binary(b) => {
             let [da, db] = binary(cx, *b, inputs[0], inputs[1], node, g, [want(0), want(1)])?;
             Ok(vec![da, db])
         }
@@ -45,10 +52,10 @@ pub fn vjp(
             }
             Ok(out)
         }
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => {
+        }) => {
             let [da, db] = matmul(
                 cx,
                 inputs[0],
@@ -60,181 +67,59 @@ pub fn vjp(
             )?;
             Ok(vec![da, db])
         }
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => fused_linear(cx, inputs, *transpose_b, epilogue, g, wants),
-        Op::FusedElementwise { expr } => fused_elementwise(cx, &expr.steps, node, inputs, g, wants),
-        Op::Softmax { axis } => {
+        }) => fused_linear(cx, inputs, *transpose_b, epilogue, g, wants),
+        Op::FusedElementwise(FusedElementwise { expr }) => fused_elementwise(cx, &expr.steps, node, inputs, g, wants),
+        Op::Softmax(Softmax { axis }) => {
             // dx = y * (g - sum(g * y))
             let gy = cx.mul(g, node)?;
             let s = cx.reduce(ReduceOp::Sum, gy, vec![*axis], true)?;
             let centred = cx.binary(BinaryOp::Sub, g, s)?;
             Ok(vec![Some(cx.mul(node, centred)?)])
         }
-        Op::LogSoftmax { axis } => {
+        Op::LogSoftmax(LogSoftmax { axis }) => {
             // dx = g - softmax(x) * sum(g)
             let p = cx.add(Op::Unary(UnaryOp::Exp), &[node])?;
             let s = cx.reduce(ReduceOp::Sum, g, vec![*axis], true)?;
             let ps = cx.mul(p, s)?;
             Ok(vec![Some(cx.binary(BinaryOp::Sub, g, ps)?)])
         }
-        Op::LayerNorm { axis, eps } => layer_norm(cx, inputs, *axis, eps.0, g, wants),
-        Op::Reduce { op, axes, keepdims } => {
+        Op::LayerNorm(LayerNorm { axis, eps }) => layer_norm(cx, inputs, *axis, eps.0, g, wants),
+        Op::Reduce(Reduce { op, axes, keepdims }) => {
             Ok(vec![Some(reduce(cx, *op, inputs[0], node, axes, *keepdims, g)?)])
         }
-        Op::Permute { perm } => {
+        Op::Permute(Permute { perm }) => {
             let mut inverse = vec![0; perm.len()];
             for (i, &p) in perm.iter().enumerate() {
                 inverse[p] = i;
             }
-            Ok(vec![Some(cx.add(Op::Permute { perm: inverse }, &[g])?)])
+            Ok(vec![Some(cx.add(Op::Permute(Permute { perm: inverse }), &[g])?)])
         }
-        Op::Reshape { .. } => {
+        Op::Reshape(Reshape { .. }) => {
             let shape = shape_of(cx, 0);
-            Ok(vec![Some(cx.add(Op::Reshape { shape }, &[g])?)])
+            Ok(vec![Some(cx.add(Op::Reshape(Reshape { shape }), &[g])?)])
         }
-        Op::Broadcast { .. } => {
-            let shape = shape_of(cx, 0);
-            Ok(vec![Some(cx.unbroadcast(g, &shape)?)])
-        }
-        Op::Cast { .. } => Ok(vec![Some(g)]),
-        Op::Concat { axis } => concat(cx, inputs, *axis, g, wants),
-        Op::Slice {
+        Op::Cast(Cast { .. }) => Ok(vec![Some(g)]),
+        Op::Concat(Concat { axis }) => concat(cx, inputs, *axis, g, wants),
+        Op::Slice(Slice {
             axis,
             start,
             end: _,
             step,
-        } => Ok(vec![Some(slice(cx, inputs[0], *axis, *start, *step, g)?)]),
-        Op::Gather { axis } => {
+        }) => Ok(vec![Some(slice(cx, inputs[0], *axis, *start, *step, g)?)]),
+        Op::Gather(Gather { axis }) => {
             // The table's gradient: g added back at the rows the ids picked.
             let table_ty = cx.ty(inputs[0]).clone();
             let zeros = cx.zeros(&table_ty)?;
-            let scattered = cx.add(Op::ScatterAdd { axis: *axis }, &[zeros, inputs[1], g])?;
+            let scattered = cx.add(Op::ScatterAdd(ScatterAdd { axis: *axis }), &[zeros, inputs[1], g])?;
             Ok(vec![Some(scattered), None])
         }
-        Op::ScatterAdd { axis } => {
-            let updates = if want(2) {
-                Some(cx.add(Op::Gather { axis: *axis }, &[g, inputs[1]])?)
-            } else {
-                None
-            };
-            Ok(vec![Some(g), None, updates])
-        }
         Op::Compare(_) => cx.no_rule("its result is a bool, which has no gradient"),
-        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => {
-            cx.no_rule("a leaf has no operands")
-        }
-    }
-}
-
-/// d unary(x) / dx times g; `y` is the op's output.
-fn unary(
-    cx: &mut Vjp<'_>,
-    u: UnaryOp,
-    x: NodeId,
-    y: NodeId,
-    g: NodeId,
-) -> Result<NodeId, GradError> {
-    let un = |cx: &mut Vjp<'_>, op: UnaryOp, a: NodeId| cx.add(Op::Unary(op), &[a]);
-    match u {
-        UnaryOp::Neg => cx.neg(g),
-        UnaryOp::Relu => {
-            let zero = cx.scalar(0.0);
-            let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
-            cx.add(Op::Where, &[positive, g, zero])
-        }
-        UnaryOp::Sigmoid => {
-            // y (1 - y)
-            let one = cx.scalar(1.0);
-            let rest = cx.binary(BinaryOp::Sub, one, y)?;
-            let d = cx.mul(y, rest)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Tanh => {
-            // 1 - y^2
-            let one = cx.scalar(1.0);
-            let yy = cx.mul(y, y)?;
-            let d = cx.binary(BinaryOp::Sub, one, yy)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Exp => cx.mul(g, y),
-        UnaryOp::Log => cx.binary(BinaryOp::Div, g, x),
-        UnaryOp::Sqrt => {
-            // 1 / (2 sqrt x)
-            let half = cx.mul_scalar(g, 0.5)?;
-            cx.binary(BinaryOp::Div, half, y)
-        }
-        UnaryOp::Rsqrt => {
-            // -x^(-3/2) / 2 = -y^3 / 2
-            let yy = cx.mul(y, y)?;
-            let yyy = cx.mul(yy, y)?;
-            let d = cx.mul_scalar(yyy, -0.5)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Recip => {
-            // -1 / x^2 = -y^2
-            let yy = cx.mul(y, y)?;
-            let gyy = cx.mul(g, yy)?;
-            cx.neg(gyy)
-        }
-        UnaryOp::Abs => {
-            // sign(x); 0 at 0, the subgradient that keeps zeros where they are
-            let zero = cx.scalar(0.0);
-            let one = cx.scalar(1.0);
-            let minus_one = cx.scalar(-1.0);
-            let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
-            let negative = cx.add(Op::Compare(CompareOp::Lt), &[x, zero])?;
-            let down = cx.add(Op::Where, &[negative, minus_one, zero])?;
-            let sign = cx.add(Op::Where, &[positive, one, down])?;
-            cx.mul(g, sign)
-        }
-        UnaryOp::Erf => {
-            // 2/sqrt(pi) exp(-x^2)
-            let xx = cx.mul(x, x)?;
-            let minus_xx = cx.neg(xx)?;
-            let e = un(cx, UnaryOp::Exp, minus_xx)?;
-            let d = cx.mul_scalar(e, (2.0 / PI.sqrt()) as f32)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Gelu => {
-            // Phi(x) + x phi(x) = (1 + erf(x/sqrt2))/2 + x exp(-x^2/2)/sqrt(2 pi)
-            let scaled = cx.mul_scalar(x, std::f64::consts::FRAC_1_SQRT_2 as f32)?;
-            let erf = un(cx, UnaryOp::Erf, scaled)?;
-            let one = cx.scalar(1.0);
-            let cdf2 = cx.binary(BinaryOp::Add, one, erf)?;
-            let cdf = cx.mul_scalar(cdf2, 0.5)?;
-            let xx = cx.mul(x, x)?;
-            let exponent = cx.mul_scalar(xx, -0.5)?;
-            let e = un(cx, UnaryOp::Exp, exponent)?;
-            let pdf = cx.mul_scalar(e, (1.0 / (2.0 * PI).sqrt()) as f32)?;
-            let xpdf = cx.mul(x, pdf)?;
-            let d = cx.binary(BinaryOp::Add, cdf, xpdf)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::GeluTanh => {
-            // t = tanh(c (x + k x^3)):
-            // (1 + t)/2 + x (1 - t^2) c (1 + 3k x^2) / 2
-            const K: f32 = 0.044715;
-            let c = (2.0 / PI).sqrt() as f32;
-            let xx = cx.mul(x, x)?;
-            let xxx = cx.mul(xx, x)?;
-            let kxxx = cx.mul_scalar(xxx, K)?;
-            let inner = cx.binary(BinaryOp::Add, x, kxxx)?;
-            let u = cx.mul_scalar(inner, c)?;
-            let t = un(cx, UnaryOp::Tanh, u)?;
-            let one = cx.scalar(1.0);
-            let one_plus_t = cx.binary(BinaryOp::Add, one, t)?;
-            let first = cx.mul_scalar(one_plus_t, 0.5)?;
-            let tt = cx.mul(t, t)?;
-            let sech2 = cx.binary(BinaryOp::Sub, one, tt)?;
-            let kxx3 = cx.mul_scalar(xx, 3.0 * K)?;
-            let du = cx.binary(BinaryOp::Add, one, kxx3)?;
-            let du = cx.mul_scalar(du, 0.5 * c)?;
-            let xs = cx.mul(x, sech2)?;
-            let second = cx.mul(xs, du)?;
-            let d = cx.binary(BinaryOp::Add, first, second)?;
-            cx.mul(g, d)
+        Op::Input(_) | Op::Param(_) | Op::Constant(_) => cx.no_rule("a leaf has no operands"),
+        Op::Unary(_) | Op::Broadcast(_) | Op::ScatterAdd(_) => {
+            unreachable!("registered in Op::kind")
         }
     }
 }
@@ -336,10 +221,10 @@ fn matmul(
 ) -> Result<[Option<NodeId>; 2], GradError> {
     let mm = |cx: &mut Vjp<'_>, x: NodeId, y: NodeId, tx: bool, ty: bool| {
         cx.add(
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: tx,
                 transpose_b: ty,
-            },
+            }),
             &[x, y],
         )
     };
@@ -387,10 +272,10 @@ fn fused_linear(
     let gz = match epilogue.activation {
         Some(act) => {
             let product = cx.add(
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     transpose_a: false,
                     transpose_b: tb,
-                },
+                }),
                 &[a, b],
             )?;
             let z = match bias {
@@ -398,7 +283,7 @@ fn fused_linear(
                 None => product,
             };
             let y = cx.add(Op::Unary(act), &[z])?;
-            unary(cx, act, z, y, g)?
+            act.derivative(cx, z, y, g)?
         }
         None => g,
     };
@@ -459,7 +344,7 @@ fn fused_elementwise(
             }
             ExprStep::Const(_) | ExprStep::Compare(..) => {}
             ExprStep::Unary(u, a) => {
-                let d = unary(cx, u, values[a], values[i], gi)?;
+                let d = u.derivative(cx, values[a], values[i], gi)?;
                 grads[a].push(d);
             }
             ExprStep::Binary(b, x, y) => {
@@ -560,9 +445,9 @@ fn reduce(
             Ok(v)
         } else {
             cx.add(
-                Op::Reshape {
+                Op::Reshape(Reshape {
                     shape: kept.clone(),
-                },
+                }),
                 &[v],
             )
         }
@@ -590,7 +475,7 @@ fn reduce(
             // one value, as a broadcast makes them).
             let yk = with_kept_axes(cx, y)?;
             let at_max = cx.add(Op::Compare(CompareOp::Eq), &[x, yk])?;
-            let hits = cx.add(Op::Cast { to: crate::ir::DType::F32 }, &[at_max])?;
+            let hits = cx.add(Op::Cast(Cast { to: DType::F32 }), &[at_max])?;
             let ties = cx.reduce(ReduceOp::Sum, hits, axes.to_vec(), true)?;
             let share = cx.binary(BinaryOp::Div, gk, ties)?;
             let zero = cx.scalar(0.0);
@@ -645,7 +530,7 @@ fn concat(
         shape.push(Dim::known(total));
         shape.push(unit.clone());
         shape.extend(g_shape[axis + 1..].iter().cloned());
-        cx.add(Op::Reshape { shape }, &[g])?
+        cx.add(Op::Reshape(Reshape { shape }), &[g])?
     } else {
         g
     };
@@ -655,17 +540,17 @@ fn concat(
         let n = multiples[i];
         if wants[i] {
             let part = cx.add(
-                Op::Slice {
+                Op::Slice(Slice {
                     axis,
                     start: offset,
                     end: Dim::known(offset + n),
                     step: 1,
-                },
+                }),
                 &[split],
             )?;
             let part = if symbolic {
                 let shape = cx.ty(input).shape.clone();
-                cx.add(Op::Reshape { shape }, &[part])?
+                cx.add(Op::Reshape(Reshape { shape }), &[part])?
             } else {
                 part
             };
@@ -701,5 +586,5 @@ fn slice(
     let positions: Vec<i64> = (0..taken).map(|j| (start + j * step) as i64).collect();
     let ids = cx.ids(positions);
     let zeros = cx.zeros(&x_ty)?;
-    cx.add(Op::ScatterAdd { axis }, &[zeros, ids, g])
+    cx.add(Op::ScatterAdd(ScatterAdd { axis }), &[zeros, ids, g])
 }

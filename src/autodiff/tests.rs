@@ -1,6 +1,7 @@
 use super::*;
 use crate::ir::builder::GraphBuilder;
-use crate::ir::UnaryOp;
+use crate::ir::ops::Reduce;
+use crate::ir::{BinaryOp, Op, ReduceOp, UnaryOp};
 
 #[test]
 fn broadcast_operands_get_gradients_of_their_own_shape() {
@@ -10,11 +11,11 @@ fn broadcast_operands_get_gradients_of_their_own_shape() {
     let y = b.op(Op::Binary(BinaryOp::Add), &[x, bias]);
     let y = b.op(Op::Unary(UnaryOp::Tanh), &[y]);
     let loss = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0, 1],
             keepdims: false,
-        },
+        }),
         &[y],
     );
     b.output("loss", loss);

@@ -4,8 +4,9 @@
 use crate::ir::DType;
 use crate::tensor::{strides, Tensor, TensorData};
 
-use super::index::{elements, take, with_element_type, Element, StridedOffsets};
 use super::InterpError;
+use crate::ir::ops::values::{elements, take, with_element_type, Element, StridedOffsets};
+use crate::ir::ops::EvalError;
 
 /// Output axis i is input axis `perm[i]`.
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor, InterpError> {
@@ -18,6 +19,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor, InterpError> {
         out_shape.clone(),
         StridedOffsets::new(&out_shape, &view_strides, 0),
     )
+    .map_err(InterpError::from)
 }
 
 /// Swaps the last two axes (for matmul's transpose flags).
@@ -65,7 +67,7 @@ pub fn concat(parts: &[&Tensor], axis: usize, out_shape: &[usize]) -> Result<Ten
 /// time, and a too-short input must not silently give a shorter result.
 pub fn check_slice_end(x: &Tensor, axis: usize, end: usize) -> Result<(), InterpError> {
     match x.shape().get(axis) {
-        Some(&size) if end > size => Err(InterpError::SliceEnd { end, size, axis }),
+        Some(&size) if end > size => Err(EvalError::SliceEnd { end, size, axis }.into()),
         _ => Ok(()),
     }
 }
@@ -86,33 +88,7 @@ pub fn slice(
         out_shape.to_vec(),
         StridedOffsets::new(out_shape, &view_strides, base),
     )
-}
-
-/// The rows integer `ids` pick on an axis of `size`, each checked.
-fn id_rows(op: &'static str, ids: &Tensor, axis: usize, size: usize) -> Result<Vec<usize>, InterpError> {
-    let ids: Vec<i64> = match ids.data() {
-        TensorData::I64(v) => v.clone(),
-        TensorData::I32(v) => v.iter().map(|&i| i64::from(i)).collect(),
-        TensorData::F32(_) | TensorData::Bool(_) => {
-            return Err(InterpError::OperandDType {
-                op,
-                expected: DType::I64,
-                actual: ids.dtype(),
-            })
-        }
-    };
-    ids.iter()
-        .enumerate()
-        .map(|(position, &index)| {
-            gather_row(index, size).ok_or(InterpError::GatherIndex {
-                op,
-                index,
-                position,
-                axis,
-                size,
-            })
-        })
-        .collect()
+    .map_err(InterpError::from)
 }
 
 /// Rows of `table` along `axis`, picked by integer `ids`.
@@ -122,55 +98,41 @@ pub fn gather(
     axis: usize,
     out_shape: &[usize],
 ) -> Result<Tensor, InterpError> {
+    let ids: Vec<i64> = match ids.data() {
+        TensorData::I64(v) => v.clone(),
+        TensorData::I32(v) => v.iter().map(|&i| i64::from(i)).collect(),
+        TensorData::F32(_) | TensorData::Bool(_) => {
+            return Err(EvalError::OperandDType {
+                op: "gather",
+                expected: DType::I64,
+                actual: ids.dtype(),
+            }
+            .into())
+        }
+    };
     let size = table.shape()[axis];
-    let rows = id_rows("gather", ids, axis, size)?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for (position, &index) in ids.iter().enumerate() {
+        match gather_row(index, size) {
+            Some(row) => rows.push(row),
+            None => {
+                return Err(EvalError::GatherIndex {
+                    index,
+                    position,
+                    axis,
+                    size,
+                }
+                .into())
+            }
+        }
+    }
     let outer: usize = table.shape()[..axis].iter().product();
     let inner: usize = table.shape()[axis + 1..].iter().product();
     let offsets = (0..outer).flat_map(|o| {
         rows.iter()
             .flat_map(move |&row| (0..inner).map(move |j| (o * size + row) * inner + j))
     });
-    take("gather", table, out_shape.to_vec(), offsets)
-}
-
-/// `base` with the slices of `updates` added at the rows `ids` pick along
-/// `axis` (gather's adjoint); each sum is accumulated in f64 and rounded once.
-pub fn scatter_add(
-    base: &Tensor,
-    ids: &Tensor,
-    updates: &Tensor,
-    axis: usize,
-) -> Result<Tensor, InterpError> {
-    let size = base.shape()[axis];
-    let rows = id_rows("scatter_add", ids, axis, size)?;
-    let base_values = elements::<f32>("scatter_add", base)?;
-    let update_values = elements::<f32>("scatter_add", updates)?;
-    let outer: usize = base.shape()[..axis].iter().product();
-    let inner: usize = base.shape()[axis + 1..].iter().product();
-    let mut sums: Vec<f64> = base_values.iter().map(|&v| f64::from(v)).collect();
-    let mut next = 0;
-    for o in 0..outer {
-        for &row in &rows {
-            for j in 0..inner {
-                sums[(o * size + row) * inner + j] += f64::from(update_values[next]);
-                next += 1;
-            }
-        }
-    }
-    Ok(Tensor::f32(
-        base.shape().to_vec(),
-        sums.into_iter().map(|v| v as f32).collect(),
-    ))
-}
-
-/// `x` repeated to `out_shape`, numpy's broadcasting rule.
-pub fn broadcast(x: &Tensor, out_shape: &[usize]) -> Result<Tensor, InterpError> {
-    take(
-        "broadcast_to",
-        x,
-        out_shape.to_vec(),
-        super::index::broadcast_offsets(x.shape(), out_shape),
-    )
+    take("gather", table, out_shape.to_vec(), offsets).map_err(InterpError::from)
 }
 
 /// The row an id picks on an axis of `size`: ids in `0..size` count from

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::builder::add_typed;
 use super::graph::ShapeDisplay;
-use super::op::{CompareOp, ReduceOp, UnaryOp};
+use super::ops::{Cast, CompareOp, Constant, LogSoftmax, Reduce, ReduceOp, Reshape, UnaryOp};
 use super::shape_rules::ShapeError;
 use super::{DType, Dim, Graph, NodeId, Op, TensorType};
 use crate::span::Span;
@@ -43,11 +43,11 @@ pub fn check_cross_entropy(logits: &TensorType, labels: &TensorType) -> Result<(
 /// `mean(x)` over all `rank` axes, as the last op of a loss.
 pub fn mean_of_all(rank: usize, x: NodeId) -> (Op, Vec<NodeId>) {
     (
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Mean,
             axes: (0..rank).collect(),
             keepdims: false,
-        },
+        }),
         vec![x],
     )
 }
@@ -70,20 +70,20 @@ pub fn cross_entropy_parts(
     let classes = logits_ty.shape[leading]
         .as_known()
         .ok_or_else(|| ShapeError("cross_entropy: the class axis needs a known size".into()))?;
-    let log_probs = add_typed(graph, Op::LogSoftmax { axis: leading }, &[logits], span)?;
+    let log_probs = add_typed(graph, Op::LogSoftmax(LogSoftmax { axis: leading }), &[logits], span)?;
     let labels = if labels_ty.dtype == DType::I64 {
         labels
     } else {
-        add_typed(graph, Op::Cast { to: DType::I64 }, &[labels], span)?
+        add_typed(graph, Op::Cast(Cast { to: DType::I64 }), &[labels], span)?
     };
     let mut column = labels_ty.shape.clone();
     column.push(Dim::known(1));
-    let labels_column = add_typed(graph, Op::Reshape { shape: column }, &[labels], span)?;
+    let labels_column = add_typed(graph, Op::Reshape(Reshape { shape: column }), &[labels], span)?;
     let class_ids = Tensor::i64(vec![classes], (0..classes as i64).collect());
     let class_ids = graph.add_node(
-        Op::Constant {
+        Op::Constant(Constant {
             value: Arc::new(class_ids),
-        },
+        }),
         &[],
         TensorType::new(DType::I64, vec![Dim::known(classes)]),
         span,
@@ -95,9 +95,9 @@ pub fn cross_entropy_parts(
         span,
     )?;
     let zero = graph.add_node(
-        Op::Constant {
+        Op::Constant(Constant {
             value: Arc::new(Tensor::scalar(0.0)),
-        },
+        }),
         &[],
         TensorType::new(DType::F32, vec![]),
         span,
@@ -105,11 +105,11 @@ pub fn cross_entropy_parts(
     let picked = add_typed(graph, Op::Where, &[hit, log_probs, zero], span)?;
     let per_position = add_typed(
         graph,
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![leading],
             keepdims: false,
-        },
+        }),
         &[picked],
         span,
     )?;
