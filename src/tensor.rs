@@ -127,6 +127,13 @@ impl Tensor {
         }
     }
 
+    pub fn as_i64_mut(&mut self) -> Option<&mut [i64]> {
+        match &mut self.data {
+            TensorData::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Same data, new shape of the same element count.
     pub fn reshaped(self, shape: Vec<usize>) -> Tensor {
         Tensor::new(shape, self.data)

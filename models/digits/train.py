@@ -10,6 +10,11 @@ ship with scikit-learn. It writes, next to this script:
                       in the `x @ W` layout that digits.lam declares
   x.npy               the held-out images, float32 [n, 64], pixels in [0, 1]
   labels.npy          their classes, int64 [n]
+  train_x.npy         the training split, float32 [1347, 64], for `lamina train`
+  train_labels.npy    its classes, int64 [1347]
+
+`python3 models/digits/train.py --split-only` writes only the last two
+(the split is the same; the shipped weights are left as they are).
 
 and then re-reads those files and runs a plain numpy forward pass, so the
 accuracy it prints last is the one lamina must reproduce from the files.
@@ -28,14 +33,23 @@ SPLIT_SEED = 0
 INIT_SEED = 0
 
 
-def train():
+def split():
     digits = load_digits()
     # Pixels are counts 0..16; /16 puts them in [0, 1], exactly representable in f32.
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, stratify=y, random_state=SPLIT_SEED
-    )
+    return train_test_split(x, y, test_size=0.25, stratify=y, random_state=SPLIT_SEED)
+
+
+def write_training_split():
+    """The rows the shipped weights were trained on, for `lamina train`."""
+    x_train, _, y_train, _ = split()
+    np.save(HERE / "train_x.npy", np.ascontiguousarray(x_train, dtype=np.float32))
+    np.save(HERE / "train_labels.npy", y_train.astype(np.int64))
+
+
+def train():
+    x_train, x_test, y_train, y_test = split()
     mlp = MLPClassifier(
         hidden_layer_sizes=(32,),
         activation="relu",
@@ -81,5 +95,9 @@ def check_saved_files():
 
 
 if __name__ == "__main__":
-    train()
-    check_saved_files()
+    import sys
+
+    write_training_split()
+    if "--split-only" not in sys.argv[1:]:
+        train()
+        check_saved_files()

@@ -4,6 +4,7 @@
 pub mod bench;
 mod inspect;
 mod run;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,10 @@ enum Command {
     Run(run::RunArgs),
     /// Measure compile time, run latency, GFLOP/s and arena size on generated inputs.
     Bench(bench::BenchArgs),
+    /// Train a model's parameters on examples and integer labels (.npy): one JIT-compiled
+    /// program per step (forward, backward, optimiser update). Writes the weights, a checkpoint
+    /// after every epoch, and a CSV log; Ctrl-C saves and stops. See docs/training.md.
+    Train(train::TrainArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +159,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Train(args) => train::train(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,11 @@ pub enum ErrorKind {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Interp(#[from] InterpError),
+    /// Gradients cannot be taken (an op without a derivative rule, ...).
+    #[error("{}", lines(.0))]
+    Grad(Vec<crate::autodiff::GradError>),
+    #[error(transparent)]
+    Train(#[from] super::train::TrainError),
 }
 
 fn lines<E: std::fmt::Display>(errors: &[E]) -> String {
@@ -234,6 +239,8 @@ fn diagnostics_of(kind: &ErrorKind, graph: Option<&Graph>) -> Vec<Diagnostic> {
             vec![plain(e).at(graph.and_then(|g| param_span(g, name)))]
         }
         ErrorKind::Interp(e) => e.diagnostics(),
+        ErrorKind::Grad(errors) => errors.iter().map(|e| e.diagnostic()).collect(),
+        ErrorKind::Train(e) => e.to_string().lines().map(Diagnostic::error).collect(),
         other => vec![plain(other)],
     }
 }

@@ -27,6 +27,7 @@
 //! diagnostics that point into the model source, run-time ones included.
 
 mod error;
+pub mod train;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
