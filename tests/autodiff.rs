@@ -77,9 +77,17 @@ fn values(graph: &Graph, seed: u64) -> (HashMap<String, Tensor>, HashMap<String,
     (inputs, params)
 }
 
-fn loss_of(graph: &Graph, params: &HashMap<String, Tensor>, inputs: &HashMap<String, Tensor>) -> f64 {
+fn loss_of(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+) -> f64 {
     let out = interp::run(graph, params, inputs, &Bindings::new()).expect("the forward graph runs");
-    out.iter().find(|(n, _)| n == "loss").expect("a loss output").1.to_f64_vec()[0]
+    out.iter()
+        .find(|(n, _)| n == "loss")
+        .expect("a loss output")
+        .1
+        .to_f64_vec()[0]
 }
 
 /// Every f32 input and parameter.
@@ -115,9 +123,15 @@ fn check_against_finite_differences(
     for grad in &grads {
         let analytic = &computed.iter().find(|(n, _)| *n == grad.output).unwrap().1;
         let is_param = params.contains_key(&grad.name);
-        let base = if is_param { &params[&grad.name] } else { &inputs[&grad.name] };
+        let base = if is_param {
+            &params[&grad.name]
+        } else {
+            &inputs[&grad.name]
+        };
         let n = base.len();
-        let picks: Vec<usize> = (0..PER_TENSOR.min(n)).map(|k| k * n / PER_TENSOR.min(n)).collect();
+        let picks: Vec<usize> = (0..PER_TENSOR.min(n))
+            .map(|k| k * n / PER_TENSOR.min(n))
+            .collect();
         for i in picks {
             let at = |delta: f32| {
                 let mut moved = base.clone();
@@ -142,13 +156,19 @@ fn check_against_finite_differences(
                 })
                 .collect();
             let a = f64::from(analytic.as_f32().unwrap()[i]);
-            let close = |x: f64, y: f64, atol: f64| (x - y).abs() <= RTOL * x.abs().max(y.abs()) + atol;
+            let close =
+                |x: f64, y: f64, atol: f64| (x - y).abs() <= RTOL * x.abs().max(y.abs()) + atol;
             if estimates.iter().any(|&(n, atol)| close(a, n, atol)) {
                 checked += 1;
                 continue;
             }
-            let [(coarse, coarse_tol), (fine, fine_tol)] = estimates[..] else { unreachable!() };
-            if !coarse.is_finite() || !fine.is_finite() || !close(coarse, fine, coarse_tol.max(fine_tol)) {
+            let [(coarse, coarse_tol), (fine, fine_tol)] = estimates[..] else {
+                unreachable!()
+            };
+            if !coarse.is_finite()
+                || !fine.is_finite()
+                || !close(coarse, fine, coarse_tol.max(fine_tol))
+            {
                 // The two steps disagree: a kink or a jump lies within them.
                 skipped += 1;
                 continue;
@@ -307,8 +327,14 @@ fn fused_ops_differentiate_like_their_parts() {
     PassManager::all()
         .run(&mut graph, &PassContext::default(), None)
         .unwrap();
-    let names: Vec<&str> = graph.node_ids().map(|id| graph.node(id).op.name()).collect();
-    assert!(names.contains(&"fused_linear") && names.contains(&"fused_elementwise"), "{names:?}");
+    let names: Vec<&str> = graph
+        .node_ids()
+        .map(|id| graph.node(id).op.name())
+        .collect();
+    assert!(
+        names.contains(&"fused_linear") && names.contains(&"fused_elementwise"),
+        "{names:?}"
+    );
     let (inputs, params) = values(&graph, 3);
     let (checked, _) = check_against_finite_differences(&graph, &params, &inputs).unwrap();
     assert!(checked >= 20, "{checked}");
@@ -316,11 +342,16 @@ fn fused_ops_differentiate_like_their_parts() {
 
 /// The JIT runs the backward graph (after every pass) to the interpreter's
 /// values.
-fn jit_matches_interpreter(graph: &Graph, params: &HashMap<String, Tensor>, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+fn jit_matches_interpreter(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<(), String> {
     let mut backward = graph.clone();
     backward.outputs.retain(|(n, _)| n == "loss");
     append_gradients(&mut backward, "loss", &all_leaves(graph)).map_err(|e| format!("{e:?}"))?;
-    let reference = interp::run(&backward, params, inputs, &Bindings::new()).map_err(|e| e.to_string())?;
+    let reference =
+        interp::run(&backward, params, inputs, &Bindings::new()).map_err(|e| e.to_string())?;
     let compiled = jit_support::compile_all_passes(&backward, params, 2);
     let got = compiled.run(inputs).map_err(|e| e.to_string())?;
     jit_support::compare_outputs("gradient", &got, &reference, 1e-4).map(|_| ())
@@ -336,12 +367,32 @@ fn jit_gradients_equal_the_interpreters() {
         let (inputs, params) = values(&graph, 5);
         jit_matches_interpreter(&graph, &params, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let digits = lamina::model::load("models/digits/digits.lam".as_ref()).unwrap().graph;
+    let digits = lamina::model::load("models/digits/digits.lam".as_ref())
+        .unwrap()
+        .graph;
     let mut with_loss = digits.clone();
     let probs = with_loss.outputs[0].1;
-    let log = lamina::ir::builder::add_typed(&mut with_loss, Op::Unary(UnaryOp::Log), &[probs], None).unwrap();
-    let total = lamina::ir::builder::add_typed(&mut with_loss, Op::Reduce(Reduce { op: ReduceOp::Mean, axes: vec![0, 1], keepdims: false }), &[log], None).unwrap();
-    let loss = lamina::ir::builder::add_typed(&mut with_loss, Op::Binary(BinaryOp::Mul), &[total, total], None).unwrap();
+    let log =
+        lamina::ir::builder::add_typed(&mut with_loss, Op::Unary(UnaryOp::Log), &[probs], None)
+            .unwrap();
+    let total = lamina::ir::builder::add_typed(
+        &mut with_loss,
+        Op::Reduce(Reduce {
+            op: ReduceOp::Mean,
+            axes: vec![0, 1],
+            keepdims: false,
+        }),
+        &[log],
+        None,
+    )
+    .unwrap();
+    let loss = lamina::ir::builder::add_typed(
+        &mut with_loss,
+        Op::Binary(BinaryOp::Mul),
+        &[total, total],
+        None,
+    )
+    .unwrap();
     with_loss.outputs.push(("loss".into(), loss));
     let (inputs, params) = values(&with_loss, 7);
     jit_matches_interpreter(&with_loss, &params, &inputs).unwrap();
@@ -357,12 +408,29 @@ fn with_loss(mut graph: Graph) -> Graph {
         .collect();
     let mut total = None;
     for out in outs {
-        let t = lamina::ir::builder::add_typed(&mut graph, Op::Unary(UnaryOp::Tanh), &[out], None).unwrap();
+        let t = lamina::ir::builder::add_typed(&mut graph, Op::Unary(UnaryOp::Tanh), &[out], None)
+            .unwrap();
         let rank = graph.node(t).ty.rank();
-        let s = lamina::ir::builder::add_typed(&mut graph, Op::Reduce(Reduce { op: ReduceOp::Sum, axes: (0..rank).collect(), keepdims: false }), &[t], None).unwrap();
+        let s = lamina::ir::builder::add_typed(
+            &mut graph,
+            Op::Reduce(Reduce {
+                op: ReduceOp::Sum,
+                axes: (0..rank).collect(),
+                keepdims: false,
+            }),
+            &[t],
+            None,
+        )
+        .unwrap();
         total = Some(match total {
             None => s,
-            Some(acc) => lamina::ir::builder::add_typed(&mut graph, Op::Binary(BinaryOp::Add), &[acc, s], None).unwrap(),
+            Some(acc) => lamina::ir::builder::add_typed(
+                &mut graph,
+                Op::Binary(BinaryOp::Add),
+                &[acc, s],
+                None,
+            )
+            .unwrap(),
         });
     }
     if let Some(total) = total {
@@ -397,11 +465,16 @@ fn an_op_without_a_rule_is_a_located_error() {
     let mut graph = load(text);
     let errors = append_gradients(&mut graph, "loss", &Wrt::Inputs).unwrap_err();
     let d = errors[0].diagnostic();
-    let file = lamina::diagnostics::SourceFile { path: "t.lam".into(), text: Some(text.into()) };
+    let file = lamina::diagnostics::SourceFile {
+        path: "t.lam".into(),
+        text: Some(text.into()),
+    };
     let shown = lamina::diagnostics::render(&d, Some(&file));
-    assert!(shown.starts_with("t.lam:4:7: error: slice: no gradient rule"), "{shown}");
+    assert!(
+        shown.starts_with("t.lam:4:7: error: slice: no gradient rule"),
+        "{shown}"
+    );
 }
-
 
 /// The backward graph of each rule case, as `lamina graph --grad loss
 /// --wrt <every f32 leaf>` prints it: a change in any rule shows as a diff.
@@ -428,14 +501,21 @@ fn cli_prints_the_backward_graph_and_its_errors() {
     let (code, plain, stderr) = common::lamina(&["graph", path, "--grad", "loss"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("grad_mlp_cli", plain);
-    let (code, optimised, stderr) =
-        common::lamina(&["graph", path, "--grad", "loss", "--wrt", "w1,x", "--passes", "all"]);
+    let (code, optimised, stderr) = common::lamina(&[
+        "graph", path, "--grad", "loss", "--wrt", "w1,x", "--passes", "all",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("grad_mlp_cli_optimised", optimised);
     let (code, _, stderr) = common::lamina(&["graph", path, "--grad", "h"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("error: the model has no output `h` (outputs: loss)"), "{stderr}");
+    assert!(
+        stderr.contains("error: the model has no output `h` (outputs: loss)"),
+        "{stderr}"
+    );
     let (code, _, stderr) = common::lamina(&["graph", path, "--grad", "loss", "--wrt", "labels"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("`labels` is i64[batch]: only f32 values have gradients"), "{stderr}");
+    assert!(
+        stderr.contains("`labels` is i64[batch]: only f32 values have gradients"),
+        "{stderr}"
+    );
 }

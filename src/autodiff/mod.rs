@@ -10,13 +10,12 @@
 //! The driver walks the nodes that lie between the chosen leaves and the
 //! output in reverse topological order. Each node's gradient is the sum of
 //! the contributions its readers sent it; the node's op turns it into one
-//! contribution per operand with its vector-Jacobian rule ([`rules`]).
+//! contribution per operand with its vector-Jacobian rule (`OpKind::vjp`,
+//! in the op's own file under `ir/ops/`).
 //! Only f32 values carry gradients: comparisons, integer ids and casts to
 //! integers stop the walk. Broadcasting is undone by summing over the
 //! broadcast axes ([`Vjp::unbroadcast`]), so every contribution has its
 //! operand's exact type.
-
-mod rules;
 
 pub use crate::ir::vjp::{GradError, Vjp};
 
@@ -94,7 +93,9 @@ pub fn append_gradients(
     let mut contributions: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     let seed_ty = graph.node(loss).ty.clone();
     let seed = {
-        let shape = seed_ty.known_shape().expect("a scalar output has known dims");
+        let shape = seed_ty
+            .known_shape()
+            .expect("a scalar output has known dims");
         constant(graph, Tensor::f32(shape, vec![1.0]), graph.node(loss).span)
     };
     contributions.insert(loss, vec![seed]);
@@ -120,7 +121,7 @@ pub fn append_gradients(
         if !wants.iter().any(|&w| w) {
             continue;
         }
-        match rules::vjp(&mut cx, &node.op, id, &inputs, g, &wants) {
+        match node.op.kind().vjp(&mut cx, id, &inputs, g, &wants) {
             Ok(grads) => {
                 for ((input, grad), want) in inputs.iter().zip(grads).zip(&wants) {
                     if let (Some(grad), true) = (grad, want) {

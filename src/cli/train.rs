@@ -332,14 +332,20 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         bar.finish_and_clear();
     }
     let (_, stopped) = result.map_err(engine_failure)?;
-    trainer.save_checkpoint(&checkpoint).map_err(engine_failure)?;
+    trainer
+        .save_checkpoint(&checkpoint)
+        .map_err(engine_failure)?;
     trainer.save_weights(&out).map_err(engine_failure)?;
     if let Some(e) = progress.write_failed {
         return Err(fail(vec![Diagnostic::error(format!("--log {e}"))], None));
     }
     eprintln!(
         "{} after epoch {}: weights {}, checkpoint {}",
-        if stopped { "interrupted; saved" } else { "saved" },
+        if stopped {
+            "interrupted; saved"
+        } else {
+            "saved"
+        },
         trainer.epochs_done(),
         out.display(),
         checkpoint.display()

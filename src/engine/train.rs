@@ -69,7 +69,10 @@ impl Optimizer {
 pub enum Schedule {
     Constant,
     /// Multiplied by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f32 },
+    Step {
+        every: usize,
+        gamma: f32,
+    },
     /// Half a cosine from the base rate down to 0 over the steps after warmup.
     Cosine,
 }
@@ -133,7 +136,11 @@ pub enum TrainError {
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
     #[error("the loss became {value} at epoch {epoch}, step {step} (lower the learning rate, or clip with --clip-norm)")]
-    Diverged { value: f32, epoch: usize, step: usize },
+    Diverged {
+        value: f32,
+        epoch: usize,
+        step: usize,
+    },
 }
 
 /// One training step, as progress reports see it.
@@ -250,7 +257,10 @@ fn with_loss(model: &Model, loss: Option<&str>) -> Result<(Graph, String, Option
         let known: Vec<&str> = graph.outputs.iter().map(|(n, _)| n.as_str()).collect();
         return Err(model_error(
             model,
-            format!("the model has no output `{declared}` (outputs: {})", known.join(", ")),
+            format!(
+                "the model has no output `{declared}` (outputs: {})",
+                known.join(", ")
+            ),
         ));
     }
     let Some((first_name, out)) = first else {
@@ -332,12 +342,9 @@ impl Builder<'_> {
         )
     }
     fn input(&mut self, name: &str, ty: TensorType) -> NodeId {
-        let id = self.graph.add_node(
-            Op::Input(Input { name: name.into() }),
-            &[],
-            ty,
-            None,
-        );
+        let id = self
+            .graph
+            .add_node(Op::Input(Input { name: name.into() }), &[], ty, None);
         self.graph.inputs.push(id);
         id
     }
@@ -511,23 +518,27 @@ impl Trainer {
 
         // The step graph: forward + backward + update.
         let mut step = forward.clone();
-        step.outputs.retain(|(n, _)| *n == loss_name || Some(n) == prediction.as_ref());
-        let gradients = append_gradients(&mut step, &loss_name, &Wrt::Params).map_err(|errors| {
-            Error::new(
-                ErrorKind::Grad(errors),
-                Some(model.graph()),
-                Some(model.source()),
-            )
-        })?;
+        step.outputs
+            .retain(|(n, _)| *n == loss_name || Some(n) == prediction.as_ref());
+        let gradients =
+            append_gradients(&mut step, &loss_name, &Wrt::Params).map_err(|errors| {
+                Error::new(
+                    ErrorKind::Grad(errors),
+                    Some(model.graph()),
+                    Some(model.source()),
+                )
+            })?;
         let params = params_as_inputs(&mut step);
         let grads: HashMap<String, NodeId> =
             gradients.iter().map(|g| (g.name.clone(), g.node)).collect();
-        step.outputs.retain(|(n, _)| !n.starts_with(crate::autodiff::GRAD_PREFIX));
+        step.outputs
+            .retain(|(n, _)| !n.starts_with(crate::autodiff::GRAD_PREFIX));
         append_update(&mut step, &params, &grads, &config);
 
         // The validation graph: forward only, parameters as inputs.
         let mut eval = forward.clone();
-        eval.outputs.retain(|(n, _)| *n == loss_name || Some(n) == prediction.as_ref());
+        eval.outputs
+            .retain(|(n, _)| *n == loss_name || Some(n) == prediction.as_ref());
         params_as_inputs(&mut eval);
 
         let options = CompileOptions {
@@ -559,7 +570,12 @@ impl Trainer {
             values.push(value);
         }
         let out_names: Vec<String> = step.outputs.iter().map(|(n, _)| n.clone()).collect();
-        let out_pos = |n: &str| out_names.iter().position(|o| o == n).expect("output exists");
+        let out_pos = |n: &str| {
+            out_names
+                .iter()
+                .position(|o| o == n)
+                .expect("output exists")
+        };
         let mut carried = Vec::new();
         let mut param_slots = Vec::new();
         let mut state_slots = Vec::new();
@@ -688,7 +704,9 @@ impl Trainer {
             for s in 0..steps_per_epoch {
                 let rows = &order[s * batch..(s + 1) * batch];
                 {
-                    let xs = self.values[self.data_input].as_f32_mut().expect("f32 batch");
+                    let xs = self.values[self.data_input]
+                        .as_f32_mut()
+                        .expect("f32 batch");
                     for (k, &r) in rows.iter().enumerate() {
                         xs[k * row_len..(k + 1) * row_len]
                             .copy_from_slice(&x_all[r * row_len..(r + 1) * row_len]);
@@ -701,8 +719,10 @@ impl Trainer {
                 }
                 let lr = self.learning_rate(self.steps_done, total, epoch);
                 self.values[self.lr_input] = Tensor::scalar(lr);
-                if let (Some((c1, c2)), Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. }) =
-                    (self.corrections, self.config.optimizer)
+                if let (
+                    Some((c1, c2)),
+                    Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. },
+                ) = (self.corrections, self.config.optimizer)
                 {
                     let t = (self.steps_done + 1) as i32;
                     self.values[c1] = Tensor::scalar((1.0 / (1.0 - (beta1 as f64).powi(t))) as f32);
@@ -735,7 +755,9 @@ impl Trainer {
                     step: s + 1,
                     steps_per_epoch,
                     loss,
-                    accuracy: self.predictions_output.map(|_| correct as f64 / seen as f64),
+                    accuracy: self
+                        .predictions_output
+                        .map(|_| correct as f64 / seen as f64),
                     samples_per_sec: seen as f64 / elapsed,
                     lr,
                 };
@@ -840,7 +862,11 @@ impl Trainer {
 
     fn check_data(&self, data: &Dataset) -> Result<(), Error> {
         let mut problems = Vec::new();
-        let expected = &self.step_program.graph().node(self.step_program.graph().inputs[self.data_input]).ty;
+        let expected = &self
+            .step_program
+            .graph()
+            .node(self.step_program.graph().inputs[self.data_input])
+            .ty;
         let x = &data.x;
         let fits = x.dtype() == DType::F32
             && x.shape().len() == expected.rank()
@@ -922,10 +948,16 @@ fn check_config(c: &TrainConfig) -> Result<(), Error> {
         problems.push(format!("--lr must be a positive number, got {}", c.lr));
     }
     if !(0.0..1.0).contains(&c.val_split) {
-        problems.push(format!("--val-split must be in [0, 1), got {}", c.val_split));
+        problems.push(format!(
+            "--val-split must be in [0, 1), got {}",
+            c.val_split
+        ));
     }
     if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
-        problems.push(format!("--weight-decay must be >= 0, got {}", c.weight_decay));
+        problems.push(format!(
+            "--weight-decay must be >= 0, got {}",
+            c.weight_decay
+        ));
     }
     if let Some(clip) = c.clip_norm {
         if !(clip.is_finite() && clip > 0.0) {
@@ -967,7 +999,10 @@ fn count_correct(predictions: &Tensor, labels: &[i64], rows: &[usize]) -> usize 
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                );
             best.0 as i64 == labels[r]
         })
         .count()
@@ -1003,7 +1038,9 @@ fn initial_params(
     for (name, id) in params {
         let ty = &step.node(*id).ty;
         let Some(shape) = ty.known_shape() else {
-            problems.push(format!("parameter `{name}` is {ty}: a trained parameter needs known dims"));
+            problems.push(format!(
+                "parameter `{name}` is {ty}: a trained parameter needs known dims"
+            ));
             continue;
         };
         let value = match &file {
@@ -1014,14 +1051,20 @@ fn initial_params(
                         "parameter `{name}` is {}{:?} in {}, the model declares {ty}",
                         t.dtype(),
                         t.shape(),
-                        source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                        source
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
                     ));
                     continue;
                 }
                 None => {
                     problems.push(format!(
                         "parameter `{name}` is not in {}",
-                        source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                        source
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
                     ));
                     continue;
                 }
@@ -1060,7 +1103,9 @@ fn initial_params(
                 Some(t) => {
                     values.insert(key.to_string(), t.clone());
                 }
-                None => problems.push(format!("the checkpoint has no `{key}`: is it a checkpoint of `lamina train`?")),
+                None => problems.push(format!(
+                    "the checkpoint has no `{key}`: is it a checkpoint of `lamina train`?"
+                )),
             }
         }
     }
@@ -1087,7 +1132,11 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<(
             let (dtype, data): (Dtype, Vec<u8>) = match t.dtype() {
                 DType::F32 => (
                     Dtype::F32,
-                    t.as_f32().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    t.as_f32()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
                 ),
                 _ => (
                     Dtype::I64,
@@ -1107,8 +1156,14 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<(
         .collect::<Result<_, _>>()?;
     let serialized =
         safetensors::tensor::serialize(views, None).map_err(|e| write_error(e.to_string()))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     std::fs::write(&temp, &serialized).map_err(|e| write_error(e.to_string()))?;
     std::fs::rename(&temp, path).map_err(|e| {
@@ -1138,11 +1193,12 @@ pub fn split(data: &Dataset, val_split: f64, seed: u64) -> (Dataset, Dataset) {
             x: Tensor::f32(shape, xs.unwrap_or_default()),
             labels: Tensor::i64(
                 vec![rows.len()],
-                rows.iter().map(|&r| labels.get(r).copied().unwrap_or(0)).collect(),
+                rows.iter()
+                    .map(|&r| labels.get(r).copied().unwrap_or(0))
+                    .collect(),
             ),
         }
     };
     let (val, train) = order.split_at(held);
     (pick(train), pick(val))
 }
-

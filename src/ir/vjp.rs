@@ -34,7 +34,9 @@ pub enum GradError {
         reason: String,
         span: Option<Span>,
     },
-    #[error("internal error: the gradient rule of `{op}` built an ill-typed `{built}` node: {message}")]
+    #[error(
+        "internal error: the gradient rule of `{op}` built an ill-typed `{built}` node: {message}"
+    )]
     IllTyped {
         op: &'static str,
         built: &'static str,
@@ -201,4 +203,3 @@ impl<'g> Vjp<'g> {
         })
     }
 }
-

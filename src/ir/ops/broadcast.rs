@@ -2,13 +2,11 @@
 //! adjoint of a sum over broadcast axes, so autodiff emits it (a sum's
 //! gradient spread back over the summed axes); it has no built-in.
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{broadcast_shapes, err, show, ShapeError};
 use super::values::{broadcast_offsets, take};
 use super::{Dim, EvalError, NodeId, OpKind};
-use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::graph::{ShapeDisplay, TensorType};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::tensor::Tensor;
 
 /// `x` repeated along new leading axes and along its size-1 axes to `shape`.
@@ -50,10 +48,6 @@ impl OpKind for Broadcast {
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
         vec![("shape", ShapeDisplay(&self.shape).to_string())]
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 
     /// g summed back over the broadcast axes.

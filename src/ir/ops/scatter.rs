@@ -3,13 +3,11 @@
 //! accumulate. `updates` has gather's output shape, so this is gather's
 //! adjoint (autodiff's gradient of a gathered table).
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{err, expect_axis, expect_dtype, show, ShapeError};
 use super::values::elements;
 use super::{Builtin, CallArgs, EvalError, Gather, NodeId, Op, OpKind, Poisoned};
-use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::graph::{ShapeDisplay, TensorType};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::DType;
 use crate::tensor::{Tensor, TensorData};
 
@@ -72,7 +70,11 @@ impl OpKind for ScatterAdd {
         for (position, &index) in ids.iter().enumerate() {
             // As gather: 0..size from the start, -size..0 from the end.
             let row = i64::try_from(size).ok().and_then(|n| {
-                let r = if index < 0 { index.checked_add(n)? } else { index };
+                let r = if index < 0 {
+                    index.checked_add(n)?
+                } else {
+                    index
+                };
                 (0..n).contains(&r).then_some(r as usize)
             });
             match row {
@@ -111,10 +113,6 @@ impl OpKind for ScatterAdd {
         vec![("axis", self.axis.to_string())]
     }
 
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
-    }
-
     /// The base's gradient is g; the updates' is g gathered at the ids.
     fn vjp(
         &self,
@@ -144,5 +142,8 @@ fn lower(_name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Pois
     let ids = args.tensor()?;
     let updates = args.tensor()?;
     let axis = args.axis("axis", 0, base)?;
-    Ok((Op::ScatterAdd(ScatterAdd { axis }), vec![base, ids, updates]))
+    Ok((
+        Op::ScatterAdd(ScatterAdd { axis }),
+        vec![base, ids, updates],
+    ))
 }
