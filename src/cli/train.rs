@@ -264,6 +264,7 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
     )
     .map_err(engine_failure)?;
     let data = Dataset { x, labels };
+    trainer.check_data(&data).map_err(engine_failure)?;
     let (train_set, val_set) = split(&data, config.val_split, config.seed);
     let out = args
         .out

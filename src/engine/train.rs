@@ -860,7 +860,8 @@ impl Trainer {
             .expect("the validation graph has the loss")
     }
 
-    fn check_data(&self, data: &Dataset) -> Result<(), Error> {
+    /// Checks examples and labels against the model: every problem at once.
+    pub fn check_data(&self, data: &Dataset) -> Result<(), Error> {
         let mut problems = Vec::new();
         let expected = &self
             .step_program
