@@ -1,0 +1,40 @@
+//! `lamina import`: an ONNX file to a .lam model and its safetensors weights.
+
+use std::path::{Path, PathBuf};
+
+use super::{fail, Reported};
+use crate::diagnostics::SourceFile;
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The ONNX model file (weights inside the file; external data is not read).
+    pub model: PathBuf,
+    /// The .lam file to write [default: MODEL with the extension .lam]. The initializers go
+    /// to `<stem>.safetensors` beside it.
+    #[arg(short, long, value_name = "FILE.lam")]
+    pub output: Option<PathBuf>,
+}
+
+pub(super) fn import(args: &ImportArgs) -> Result<(), Reported> {
+    let file = SourceFile {
+        path: args.model.display().to_string(),
+        text: None,
+    };
+    let written = crate::onnx::import_file(&args.model, args.output.as_deref())
+        .map_err(|e| fail(e.diagnostics(), Some(&file)))?;
+    let show = |p: &Path| p.display().to_string();
+    let weights = written
+        .weights
+        .as_deref()
+        .map_or("no parameters".to_string(), |w| {
+            format!("{} tensor(s) in {}", written.imported.weights.len(), show(w))
+        });
+    println!(
+        "{}: wrote {} ({} input(s), {} output(s)); {weights}",
+        show(&args.model),
+        show(&written.model),
+        written.imported.inputs.len(),
+        written.imported.outputs.len(),
+    );
+    Ok(())
+}
