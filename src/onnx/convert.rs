@@ -25,7 +25,7 @@ pub const SUPPORTED: &[&str] = &[
     "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity",
     "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less",
     "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "MatMul", "Max", "Mean",
-    "MeanVarianceNormalization", "Min", "Mish", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
+    "MeanVarianceNormalization", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
     "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
     "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
     "RMSNormalization", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Size", "Slice", "Softmax",
@@ -214,8 +214,25 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 _ => UnaryOp::Tanh,
             };
             let x = x()?;
+            if let (Some(t), "Neg" | "Abs") = (x.as_const(), n.op_type()) {
+                if t.dtype().is_integer() {
+                    let v: Vec<i64> = ints_of(t)
+                        .into_iter()
+                        .map(|v| if n.op_type() == "Neg" { v.wrapping_neg() } else { v.wrapping_abs() })
+                        .collect();
+                    let r = cast_tensor(Tensor::new(t.shape().to_vec(), TensorData::I64(v)), t.dtype())?;
+                    return one(Val::konst(r, &h));
+                }
+            }
             float_only(b, x)?;
             one(b.unary(u, x, &h)?)
+        }
+        "Mod" => {
+            let (a, c) = (req(ins, 0, "A")?, req(ins, 1, "B")?);
+            match fold_int_binary(if n.int("fmod", 0) != 0 { "Fmod" } else { "Mod" }, a, c, &h)? {
+                Some(v) => one(v),
+                None => Err("computes on run-time values; lamina has no remainder op (only known integers are folded)".into()),
+            }
         }
         "Add" | "Sub" | "Mul" | "Div" => {
             let (a, c) = (req(ins, 0, "A")?, req(ins, 1, "B")?);
@@ -1441,6 +1458,14 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
             "Add" => p.wrapping_add(q),
             "Sub" => p.wrapping_sub(q),
             "Mul" => p.wrapping_mul(q),
+            "Mod" | "Fmod" => {
+                if q == 0 {
+                    return Err("integer remainder by zero".into());
+                }
+                let r = p.wrapping_rem(q);
+                // Mod takes the divisor's sign (Python's %); Fmod the dividend's.
+                if op == "Mod" && r != 0 && ((r < 0) != (q < 0)) { r + q } else { r }
+            }
             _ => {
                 if q == 0 {
                     return Err("integer division by zero".into());

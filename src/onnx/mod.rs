@@ -64,7 +64,11 @@ pub fn weights_path(lam: &Path) -> PathBuf {
 /// Reads `onnx`, imports it and writes `out` (default: beside the input,
 /// `.lam`) and `<stem>.safetensors` beside it. Nothing is written unless the
 /// whole import succeeds.
-pub fn import_file(onnx: &Path, out: Option<&Path>) -> Result<Written, ImportErrors> {
+pub fn import_file(
+    onnx: &Path,
+    out: Option<&Path>,
+    fixed: &HashMap<String, Tensor>,
+) -> Result<Written, ImportErrors> {
     let bytes = std::fs::read(onnx).map_err(|source| ImportError::Read {
         path: onnx.display().to_string(),
         source,
@@ -83,7 +87,7 @@ pub fn import_file(onnx: &Path, out: Option<&Path>) -> Result<Written, ImportErr
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let imported = import_bytes(&bytes, &stem, &source_name, &weights_name)?;
+    let imported = import_bytes(&bytes, &stem, &source_name, &weights_name, fixed)?;
     let write_err = |path: &Path, message: String| ImportError::Write {
         path: path.display().to_string(),
         message,
@@ -130,11 +134,15 @@ pub fn safetensors_bytes(weights: &BTreeMap<String, Tensor>) -> Result<Vec<u8>, 
 /// Imports an ONNX model image. `stem` names the model when the graph has
 /// no usable name; `source_name` goes into the header comment;
 /// `weights_file` is the file the model's `weights "..."` line names.
+/// `fixed` gives graph inputs a value at import time: they become
+/// constants, for inputs that ONNX passes as tensors but lamina needs as
+/// attributes (a `Reshape` shape, reduction axes).
 pub fn import_bytes(
     bytes: &[u8],
     stem: &str,
     source_name: &str,
     weights_file: &str,
+    fixed: &HashMap<String, Tensor>,
 ) -> Result<Imported, ImportErrors> {
     let model = proto::ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
     let graph = model.graph.as_ref().ok_or(ImportError::NoGraph)?;
@@ -174,6 +182,10 @@ pub fn import_bytes(
         if values.contains_key(&name) {
             continue; // old exporters list initializers as inputs too
         }
+        if let Some(value) = fixed.get(&name) {
+            values.insert(name.clone(), Val::konst(value.clone(), &name));
+            continue;
+        }
         match input_type(vi, &mut b, &mut unnamed_dims) {
             Ok(ty) => {
                 let v = b.input(&name, ty);
@@ -187,6 +199,15 @@ pub fn import_bytes(
                 name,
                 message,
             }),
+        }
+    }
+    for name in fixed.keys() {
+        if !graph.input.iter().any(|vi| vi.name.as_deref() == Some(name.as_str())) {
+            errors.push(ImportError::Value {
+                what: "input",
+                name: name.clone(),
+                message: "is given a fixed value, but the graph has no such input".into(),
+            });
         }
     }
     if !errors.is_empty() {
