@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::dtype::DType;
-use crate::ir::op::{BinaryOp, CompareOp, ReduceOp, UnaryOp};
+use crate::ir::ops::{BinaryOp, CompareOp, ReduceOp, UnaryOp};
 use crate::ir::shape_rules::infer;
 use crate::ir::{Dim, Op, TensorType};
 use crate::tensor::{Tensor, TensorData};

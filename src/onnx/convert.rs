@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::dtype::DType;
-use crate::ir::op::{BinaryOp, CompareOp, Float, ReduceOp, UnaryOp};
+use crate::ir::ops::{BinaryOp, CompareOp, Float, ReduceOp, UnaryOp};
 use crate::ir::{dim, Dim, Op};
 use crate::tensor::{Tensor, TensorData};
 
@@ -20,7 +20,7 @@ use super::tensors;
 /// The ONNX op types this importer translates (default domain).
 pub const SUPPORTED: &[&str] = &[
     "Abs", "Add", "And", "BatchNormalization", "Cast", "CastLike", "Celu", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "DepthToSpace", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
+    "Constant", "Cos", "ConstantOfShape", "DepthToSpace", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
     "Expand", "EyeLike", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
     "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity",
     "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less",
@@ -28,7 +28,7 @@ pub const SUPPORTED: &[&str] = &[
     "MeanVarianceNormalization", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
     "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
     "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
-    "RMSNormalization", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Size", "Slice", "Softmax",
+    "RMSNormalization", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
     "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Swish",
     "Tanh", "ThresholdedRelu", "Tile", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
 ];
@@ -200,7 +200,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
     match n.op_type() {
         "Identity" => one(x()?.clone()),
         "Abs" | "Exp" | "Log" | "Sqrt" | "Erf" | "Neg" | "Reciprocal" | "Relu" | "Sigmoid"
-        | "Tanh" => {
+        | "Tanh" | "Sin" | "Cos" => {
             let u = match n.op_type() {
                 "Abs" => UnaryOp::Abs,
                 "Exp" => UnaryOp::Exp,
@@ -211,6 +211,8 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 "Reciprocal" => UnaryOp::Recip,
                 "Relu" => UnaryOp::Relu,
                 "Sigmoid" => UnaryOp::Sigmoid,
+                "Sin" => UnaryOp::Sin,
+                "Cos" => UnaryOp::Cos,
                 _ => UnaryOp::Tanh,
             };
             let x = x()?;
