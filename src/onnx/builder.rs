@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::dtype::DType;
-use crate::ir::ops::{BinaryOp, CompareOp, ReduceOp, UnaryOp};
+use crate::ir::ops::{self, BinaryOp, CompareOp, ReduceOp, UnaryOp};
 use crate::ir::shape_rules::infer;
 use crate::ir::{Dim, Op, TensorType};
 use crate::tensor::{Tensor, TensorData};
@@ -250,21 +250,21 @@ impl Builder {
         keepdims: bool,
         hint: &str,
     ) -> Result<Val, String> {
-        self.op(Op::Reduce { op: r, axes, keepdims }, &[x], hint)
+        self.op(Op::Reduce(ops::Reduce { op: r, axes, keepdims }), &[x], hint)
     }
 
     pub fn reshape(&mut self, x: &Val, shape: Vec<Dim>, hint: &str) -> Result<Val, String> {
         if self.ty(x)?.shape == shape {
             return Ok(x.clone());
         }
-        self.op(Op::Reshape { shape }, &[x], hint)
+        self.op(Op::Reshape(ops::Reshape { shape }), &[x], hint)
     }
 
     pub fn cast(&mut self, x: &Val, to: DType, hint: &str) -> Result<Val, String> {
         if self.dtype(x)? == to {
             return Ok(x.clone());
         }
-        self.op(Op::Cast { to }, &[x], hint)
+        self.op(Op::Cast(ops::Cast { to }), &[x], hint)
     }
 }
 
@@ -313,43 +313,43 @@ fn render(op: &Op, a: &[String]) -> String {
             format!("{} {infix} {}", a[0], a[1])
         }
         Op::Where => format!("where({}, {}, {})", a[0], a[1], a[2]),
-        Op::MatMul {
+        Op::MatMul(ops::MatMul {
             transpose_a: false,
             transpose_b: false,
-        } => format!("{} @ {}", a[0], a[1]),
-        Op::MatMul {
+        }) => format!("{} @ {}", a[0], a[1]),
+        Op::MatMul(ops::MatMul {
             transpose_a,
             transpose_b,
-        } => format!(
+        }) => format!(
             "matmul({}, {}, transpose_a={transpose_a}, transpose_b={transpose_b})",
             a[0], a[1]
         ),
-        Op::Softmax { axis } => format!("softmax({}, axis={axis})", a[0]),
-        Op::LogSoftmax { axis } => format!("log_softmax({}, axis={axis})", a[0]),
-        Op::LayerNorm { axis, eps } => format!(
+        Op::Softmax(ops::Softmax { axis }) => format!("softmax({}, axis={axis})", a[0]),
+        Op::LogSoftmax(ops::LogSoftmax { axis }) => format!("log_softmax({}, axis={axis})", a[0]),
+        Op::LayerNorm(ops::LayerNorm { axis, eps }) => format!(
             "layer_norm({}, {}, {}, axis={axis}, eps={})",
             a[0], a[1], a[2], eps
         ),
-        Op::Reduce { op, axes, keepdims } => format!(
+        Op::Reduce(ops::Reduce { op, axes, keepdims }) => format!(
             "{}({}, axis={}, keepdims={keepdims})",
             op.name(),
             a[0],
             list(axes)
         ),
-        Op::Permute { perm } => format!("permute({}, {})", a[0], list(perm)),
-        Op::Reshape { shape } => format!("reshape({}, {})", a[0], list(shape)),
-        Op::Concat { axis } => format!("concat({}, axis={axis})", a.join(", ")),
-        Op::Slice {
+        Op::Permute(ops::Permute { perm }) => format!("permute({}, {})", a[0], list(perm)),
+        Op::Reshape(ops::Reshape { shape }) => format!("reshape({}, {})", a[0], list(shape)),
+        Op::Concat(ops::Concat { axis }) => format!("concat({}, axis={axis})", a.join(", ")),
+        Op::Slice(ops::Slice {
             axis,
             start,
             end,
             step,
-        } => format!(
+        }) => format!(
             "slice({}, axis={axis}, start={start}, end={end}, step={step})",
             a[0]
         ),
-        Op::Gather { axis } => format!("gather({}, {}, axis={axis})", a[0], a[1]),
-        Op::Cast { to } => format!("cast({}, {to})", a[0]),
+        Op::Gather(ops::Gather { axis }) => format!("gather({}, {}, axis={axis})", a[0], a[1]),
+        Op::Cast(ops::Cast { to }) => format!("cast({}, {to})", a[0]),
         other => unreachable!("the importer does not emit `{}`", other.name()),
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::dtype::DType;
-use crate::ir::ops::{BinaryOp, CompareOp, Float, ReduceOp, UnaryOp};
+use crate::ir::ops::{self, BinaryOp, CompareOp, Float, ReduceOp, UnaryOp};
 use crate::ir::{dim, Dim, Op};
 use crate::tensor::{Tensor, TensorData};
 
@@ -495,9 +495,9 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let r = ty.rank();
             let make = |axis| {
                 if n.op_type() == "Softmax" {
-                    Op::Softmax { axis }
+                    Op::Softmax(ops::Softmax { axis })
                 } else {
-                    Op::LogSoftmax { axis }
+                    Op::LogSoftmax(ops::LogSoftmax { axis })
                 }
             };
             if n.opset >= 13 {
@@ -523,10 +523,10 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let c = opt(ins, 2);
             let last = c.is_none() && alpha == 1.0;
             let mm = b.op(
-                Op::MatMul {
+                Op::MatMul(ops::MatMul {
                     transpose_a: n.int("transA", 0) != 0,
                     transpose_b: n.int("transB", 0) != 0,
-                },
+                }),
                 &[a, w],
                 &if last { h.clone() } else { format!("{h}_mm") },
             )?;
@@ -650,7 +650,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if perm.iter().copied().eq(0..r) {
                 return one(x.clone());
             }
-            one(b.op(Op::Permute { perm }, &[x], &h)?)
+            one(b.op(Op::Permute(ops::Permute { perm }), &[x], &h)?)
         }
         "Reshape" => {
             let x = x()?;
@@ -707,7 +707,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if parts.is_empty() {
                 return one((*first).clone());
             }
-            one(b.op(Op::Concat { axis: a }, &parts, &h)?)
+            one(b.op(Op::Concat(ops::Concat { axis: a }), &parts, &h)?)
         }
         "Split" => split(b, n, ins, &h),
         "Slice" => one(slice(b, n, ins, &h)?),
@@ -724,7 +724,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 return one(dims_val(out, scalar, &h));
             }
             let a = axis(n.int("axis", 0), b.rank(data)?)?;
-            one(b.op(Op::Gather { axis: a }, &[data, ids], &h)?)
+            one(b.op(Op::Gather(ops::Gather { axis: a }), &[data, ids], &h)?)
         }
         "Cast" | "CastLike" => {
             let x = x()?;
@@ -741,7 +741,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if b.dtype(x)? == to {
                 return one(x.clone());
             }
-            one(b.op(Op::Cast { to }, &[x], &h)?)
+            one(b.op(Op::Cast(ops::Cast { to }), &[x], &h)?)
         }
         "Constant" => {
             let a = n.proto.attribute.first().ok_or("has no value attribute")?;
@@ -835,7 +835,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 let r = usize::try_from(r).map_err(|_| format!("negative repeat {r}"))?;
                 let ids: Vec<i64> = (0..r).flat_map(|_| 0..d as i64).collect();
                 let ids = Val::konst(i64_tensor(ids), &format!("{h}_tile{a}"));
-                v = b.op(Op::Gather { axis: a }, &[&v, &ids], &h)?;
+                v = b.op(Op::Gather(ops::Gather { axis: a }), &[&v, &ids], &h)?;
             }
             one(v)
         }
@@ -912,7 +912,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 )
             };
             let v = b.reshape(x, split, &format!("{h}_split"))?;
-            let v = b.op(Op::Permute { perm }, &[&v], &format!("{h}_moved"))?;
+            let v = b.op(Op::Permute(ops::Permute { perm }), &[&v], &format!("{h}_moved"))?;
             one(b.reshape(&v, merged, &h)?)
         }
         other => Err(format!("`{other}` has no translation")),
@@ -983,11 +983,11 @@ fn matmul(b: &mut Builder, a: &Val, w: &Val, h: &str) -> Result<Val, String> {
     let a1 = ta.rank() == 1;
     let w1 = tw.rank() == 1;
     if !a1 && !w1 {
-        return b.op(Op::MatMul { transpose_a: false, transpose_b: false }, &[a, w], h);
+        return b.op(Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }), &[a, w], h);
     }
     let a2 = if a1 { b.reshape(a, vec![Dim::known(1), ta.shape[0].clone()], &format!("{h}_row"))? } else { a.clone() };
     let w2 = if w1 { b.reshape(w, vec![tw.shape[0].clone(), Dim::known(1)], &format!("{h}_col"))? } else { w.clone() };
-    let m = b.op(Op::MatMul { transpose_a: false, transpose_b: false }, &[&a2, &w2], &format!("{h}_2d"))?;
+    let m = b.op(Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }), &[&a2, &w2], &format!("{h}_2d"))?;
     let mut shape = b.ty(&m)?.shape;
     if w1 {
         shape.pop();
@@ -1032,7 +1032,7 @@ fn layer_norm(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Re
                 &zero_bias
             }
         };
-        return Ok(vec![b.op(Op::LayerNorm { axis: a, eps: Float(eps) }, &[x, scale, bias], h)?]);
+        return Ok(vec![b.op(Op::LayerNorm(ops::LayerNorm { axis: a, eps: Float(eps) }), &[x, scale, bias], h)?]);
     }
     let over: Vec<usize> = (a..r).collect();
     let mean = b.reduce(ReduceOp::Mean, x, over.clone(), true, &format!("{h}_mean"))?;
@@ -1187,7 +1187,7 @@ fn split(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
     for (i, s) in sizes.iter().enumerate() {
         let name = if n.output(i).is_empty() { format!("{h}_{i}") } else { n.output(i).to_string() };
         outs.push(b.op(
-            Op::Slice { axis: a, start, end: Dim::known(start + s), step: 1 },
+            Op::Slice(ops::Slice { axis: a, start, end: Dim::known(start + s), step: 1 }),
             &[x],
             &name,
         )?);
@@ -1240,7 +1240,7 @@ fn slice(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
             }
             if start >= 0 && end >= 0 && end < i32::MAX as i64 && step > 0 {
                 v = b.op(
-                    Op::Slice { axis: a, start: start as usize, end: Dim::known(end as usize), step: step as usize },
+                    Op::Slice(ops::Slice { axis: a, start: start as usize, end: Dim::known(end as usize), step: step as usize }),
                     &[&v],
                     h,
                 )?;
@@ -1256,13 +1256,13 @@ fn slice(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
             let s = idx.first().copied().unwrap_or(0);
             let e = idx.last().map_or(s, |&l| l + 1);
             v = b.op(
-                Op::Slice { axis: a, start: s, end: Dim::known(e), step: step as usize },
+                Op::Slice(ops::Slice { axis: a, start: s, end: Dim::known(e), step: step as usize }),
                 &[&v],
                 h,
             )?;
         } else {
             let ids = Val::konst(i64_tensor(idx.iter().map(|&i| i as i64).collect()), &format!("{h}_ids"));
-            v = b.op(Op::Gather { axis: a }, &[&v, &ids], h)?;
+            v = b.op(Op::Gather(ops::Gather { axis: a }), &[&v, &ids], h)?;
         }
     }
     if let Val::Rt { name, .. } = &v {
@@ -1314,7 +1314,7 @@ fn broadcast_to(b: &mut Builder, x: &Val, out: &[Dim], h: &str) -> Result<Val, S
             .as_known()
             .ok_or_else(|| format!("expanding to a symbolic size ({want}) is not supported"))?;
         let ids = Val::konst(i64_tensor(vec![0; count]), &format!("{h}_repeat{a}"));
-        v = b.op(Op::Gather { axis: a }, &[&v, &ids], h)?;
+        v = b.op(Op::Gather(ops::Gather { axis: a }), &[&v, &ids], h)?;
     }
     Ok(v)
 }
@@ -1338,7 +1338,7 @@ fn fill(value: &Tensor, dims: Vec<usize>) -> Result<Tensor, String> {
 fn cast_tensor(t: Tensor, to: DType) -> Result<Tensor, String> {
     let ty = super::builder::const_type(&t);
     let out = crate::ir::TensorType::new(to, ty.shape);
-    crate::interp::eval_node(&Op::Cast { to }, &[&t], &out).map_err(|e| e.root().to_string())
+    crate::interp::eval_node(&Op::Cast(ops::Cast { to }), &[&t], &out).map_err(|e| e.root().to_string())
 }
 
 fn cast_known_bool(v: &Val) -> Result<Val, String> {
