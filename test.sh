@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 cargo test --release
 bash python/build.sh
-.venv/bin/python -m pytest python/tests
+"${LAMINA_VENV:-.venv}/bin/python" -m pytest python/tests
