@@ -479,6 +479,118 @@ fn gemm_thread_count_does_not_change_bits_on(isa: Isa) {
     }
 }
 
+/// Every tier computes each output as the same sequential FMA chain and
+/// the wide tiers' activation epilogues (assembled at full width) repeat
+/// the baseline's f32x4 operation sequence, so on an FMA machine whole
+/// fused GEMMs agree bit for bit across tiers, including at the
+/// activations' edges (clamps, underflow to -0, inf, NaN, subnormals).
+/// The values reach the epilogue exactly: C = x * 1 (k = 1).
+#[test]
+fn gemm_epilogues_agree_bit_for_bit_across_tiers() {
+    let tiers = tiers();
+    let mut xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.005).collect();
+    xs.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-40,
+        -1e-40,
+        1e-8,
+        -1e-8,
+        13.999,
+        -13.999,
+        14.001,
+        -14.001,
+        -19.999,
+        -20.001,
+        -30.0,
+        44.0,
+        -44.0,
+        88.9,
+        -88.9,
+        104.1,
+        -104.1,
+        0.6249,
+        0.6251,
+        -0.6251,
+    ]);
+    let mut r = rng(41);
+    xs.extend((0..997).map(|_| r.random_range(-40.0f32..40.0)));
+    // n = 40: one full AVX-512 panel and a partial one (two full AVX2
+    // panels and a partial one), so both the in-place and the tile-copy
+    // epilogue paths run.
+    let (m, n) = (xs.len(), 40);
+    let b = vec![1.0f32; n];
+    let residual = random_vec(&mut rng(42), m * n);
+    let mut epilogues = Vec::new();
+    for activation in [
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::GeluTanh,
+    ] {
+        for residual in [false, true] {
+            epilogues.push(Epilogue {
+                bias: false,
+                activation: Some(activation),
+                residual,
+            });
+        }
+    }
+    let outputs: Vec<Vec<Vec<f32>>> = tiers
+        .iter()
+        .map(|&isa| {
+            let mut builder = builder_for(isa);
+            let ids: Vec<GemmId> = epilogues
+                .iter()
+                .map(|&e| builder.add_gemm(e).unwrap())
+                .collect();
+            let lib = builder.finish().unwrap();
+            let packed = PackedB::pack_for(
+                &MatrixRef::row_major(&b, 1, n).unwrap(),
+                lib.pack_layout(),
+            );
+            epilogues
+                .iter()
+                .zip(&ids)
+                .map(|(e, &id)| {
+                    let mut c = vec![0.0f32; m * n];
+                    lib.gemm(
+                        id,
+                        GemmArgs {
+                            a: MatrixRef::row_major(&xs, m, 1).unwrap(),
+                            b: packed.as_ref(),
+                            bias: None,
+                            residual: e.residual.then_some(residual.as_slice()),
+                            c: &mut c,
+                        },
+                        &Threads::single(),
+                    )
+                    .unwrap();
+                    c
+                })
+                .collect()
+        })
+        .collect();
+    let baseline = tiers.iter().position(|&t| t == Isa::Baseline).unwrap();
+    for (t, &isa) in tiers.iter().enumerate() {
+        for (e, epilogue) in epilogues.iter().enumerate() {
+            for (i, (&got, &want)) in outputs[t][e].iter().zip(&outputs[baseline][e]).enumerate() {
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{isa} {epilogue:?}: x = {:e} (column {}): {got:e} vs baseline {want:e}",
+                    xs[i / n],
+                    i % n
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_large_square_sampled() {
     for isa in tiers() {
@@ -2041,7 +2153,11 @@ fn clif_text_is_deterministic() {
         Isa::Avx512 => "gemm_avx512_12x1",
     };
     assert!(a.clif_text().contains(&format!("; kernel {full}\n")));
-    assert!(a.clif_text().contains("; kernel gemm_epilogue_tanh\n"));
+    let tanh_pass = match a.isa() {
+        Isa::Baseline => "gemm_epilogue_tanh".to_string(),
+        isa => format!("gemm_{isa}_epilogue_tanh"),
+    };
+    assert!(a.clif_text().contains(&format!("; kernel {tanh_pass}\n")));
     assert!(a.kernels().iter().any(|k| k.name == "layer_norm_eps1e-5"));
 }
 
@@ -2061,6 +2177,31 @@ fn asm_snapshot_of_an_avx2_micro_kernel() {
         .iter()
         .find(|k| k.name == "gemm_avx2_6x1")
         .expect("the 6-row AVX2 kernel");
+    insta::assert_snapshot!(kernel.text());
+}
+
+/// The full-width erf-GELU epilogue (the tile pass) as assembled for AVX2:
+/// the listing stops where the constant table starts.
+#[test]
+fn asm_snapshot_of_the_avx2_gelu_epilogue() {
+    if !tiers().contains(&Isa::Avx2) {
+        eprintln!("this CPU lacks the avx2 tier: no snapshot to compare");
+        return;
+    }
+    let mut builder = builder_for(Isa::Avx2);
+    builder
+        .add_gemm(Epilogue {
+            bias: true,
+            activation: Some(Activation::Gelu),
+            residual: true,
+        })
+        .unwrap();
+    let lib = builder.finish().unwrap();
+    let kernel = lib
+        .kernels()
+        .iter()
+        .find(|k| k.name == "gemm_avx2_epilogue_gelu")
+        .expect("the AVX2 GELU epilogue");
     insta::assert_snapshot!(kernel.text());
 }
 

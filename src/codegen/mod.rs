@@ -143,6 +143,7 @@ mod rows;
 mod simd;
 pub mod target;
 mod threads;
+mod wide_math;
 
 pub use elementwise::{ElementwiseArgs, InnerStride, TensorView};
 pub use gemm::{

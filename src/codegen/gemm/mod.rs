@@ -287,11 +287,22 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
     Ok(MicroSlots { isa, narrow, wide })
 }
 
-/// The tile pass applying a transcendental activation (and the residual).
+/// The tile pass applying a transcendental activation (and the residual):
+/// Cranelift f32x4 code on the baseline tier, full-width machine code
+/// (`wide::assemble_tile_pass`) on the wide tiers.
 pub(crate) fn compile_tile_pass(
     jit: &mut JitBuilder,
     activation: Activation,
 ) -> Result<KernelSlot, CodegenError> {
+    let isa = jit.isa();
+    if isa != Isa::Baseline {
+        let code = wide::assemble_tile_pass(isa, activation)?;
+        return jit.define_bytes(
+            &format!("gemm_{isa}_epilogue_{}", activation.name()),
+            TILE_PASS_PARAMS,
+            &code,
+        );
+    }
     jit.define(
         &format!("gemm_epilogue_{}", activation.name()),
         TILE_PASS_PARAMS,
@@ -391,7 +402,9 @@ impl GemmSlots {
                 let address = addresses[s.0];
                 assert_ne!(address, 0, "finalized function has a null address");
                 // SAFETY: compiled by `emit_tile_pass` with TILE_PASS_PARAMS
-                // pointer-sized integer parameters and no results.
+                // pointer-sized integer parameters and no results, or
+                // assembled by `wide::assemble_tile_pass` for exactly this
+                // signature under System V (the wide tiers' only ABI).
                 unsafe { std::mem::transmute::<usize, TilePassFn>(address) }
             }),
             micro_flags,
