@@ -650,39 +650,28 @@ fn run_task(job: &Job<'_>, task: &Task) {
         for start in task.rows.clone().step_by(rows_per_chunk) {
             let chunk = start..(start + rows_per_chunk).min(task.rows.end);
             let packed = &mut a_chunk[..chunk.len() * job.k];
-            pack_a_chunk(job, chunk.clone(), packed);
-            for panels in n_blocks(task.panels.clone(), nc_panels(job.k, pw)) {
-                run_chunk(job, chunk.clone(), panels, packed);
+            // The first N block packs each row panel just before its first
+            // use (so small products keep the panel hot in L1); later N
+            // blocks reuse the packed chunk.
+            for (i, panels) in n_blocks(task.panels.clone(), nc_panels(job.k, pw)).enumerate() {
+                run_chunk(job, chunk.clone(), panels, packed, i == 0);
             }
         }
     });
 }
 
-/// Packs rows `rows` of A for every K block: block `p` (depth `k0..k0 +
-/// kcp`) at `k0 * rows.len()`, and in it the row panel starting at row
-/// `i0` at `(i0 - rows.start) * kcp`, laid out `[kcp][r]`.
-fn pack_a_chunk(job: &Job<'_>, rows: Range<usize>, dst: &mut [f32]) {
-    let k = job.k;
-    let kc = k_block(k);
-    let mr = job.kernels.micro.mr;
-    let mut k0 = 0;
-    while k0 < k {
-        let kcp = kc.min(k - k0);
-        let block = &mut dst[k0 * rows.len()..(k0 + kcp) * rows.len()];
-        let mut i0 = rows.start;
-        while i0 < rows.end {
-            let r = mr.min(rows.end - i0);
-            let at = (i0 - rows.start) * kcp;
-            pack_a_panel(&job.a, i0, r, k0, &mut block[at..at + r * kcp]);
-            i0 += r;
-        }
-        k0 += kcp;
-    }
-}
-
-/// All K blocks of rows `rows` x panels `panels`, with the C tile kept hot;
-/// `a_chunk` is those rows of A packed by `pack_a_chunk`.
-fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_chunk: &[f32]) {
+/// All K blocks of rows `rows` x panels `panels`, with the C tile kept hot.
+/// `a_chunk` holds those rows of A packed for every K block: block `p`
+/// (depth `k0..k0 + kcp`) at `k0 * rows.len()`, in it the row panel
+/// starting at row `i0` at `(i0 - rows.start) * kcp`, laid out `[kcp][r]`;
+/// `pack` fills each panel right before its first use.
+fn run_chunk(
+    job: &Job<'_>,
+    rows: Range<usize>,
+    panels_range: Range<usize>,
+    a_chunk: &mut [f32],
+    pack: bool,
+) {
     let (n, k) = (job.n, job.k);
     let kc = k_block(k);
     let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
@@ -710,7 +699,11 @@ fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_ch
         while i0 < rows.end {
             let r = micro.mr.min(rows.end - i0);
             let at = k0 * rows.len() + (i0 - rows.start) * kcp;
-            let packed_a = &a_chunk[at..at + r * kcp];
+            let packed_a = &mut a_chunk[at..at + r * kcp];
+            if pack {
+                pack_a_panel(&job.a, i0, r, k0, packed_a);
+            }
+            let packed_a: &[f32] = packed_a;
             let narrow = micro.narrow[r - 1];
             let (vecs, wide) = micro.wide[r - 1];
             let full_end = panels_range.end.min(full_panels);
