@@ -1969,6 +1969,12 @@ fn row_reference(op: RowOp, row: &[f32], gain: &[f32], bias: &[f32]) -> Vec<f64>
 
 #[test]
 fn row_kernels_match_reference() {
+    for isa in tiers() {
+        row_kernels_match_reference_on(isa);
+    }
+}
+
+fn row_kernels_match_reference_on(isa: Isa) {
     let ops = [
         RowOp::Softmax,
         RowOp::LogSoftmax,
@@ -1977,7 +1983,7 @@ fn row_kernels_match_reference() {
         RowOp::Reduce(ReduceOp::Mean),
         RowOp::Reduce(ReduceOp::Max),
     ];
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    let mut builder = builder_for(isa);
     let ids: Vec<RowKernelId> = ops
         .iter()
         .map(|&op| builder.add_row_kernel(op).unwrap())
@@ -2024,7 +2030,7 @@ fn row_kernels_match_reference() {
                 .unwrap();
                 outs.push(out);
             }
-            assert!(bits_equal(&outs[0], &outs[1]), "{op:?} {rows}x{len}");
+            assert!(bits_equal(&outs[0], &outs[1]), "{isa} {op:?} {rows}x{len}");
             let per_row = if op.reduces() { 1 } else { len };
             for row in 0..rows {
                 let want = row_reference(op, &x[row * len..(row + 1) * len], &gain, &bias);
@@ -2039,7 +2045,7 @@ fn row_kernels_match_reference() {
                         4e-7 * (len as f64).sqrt().max(1.0) * w.abs().max(scale) + 1e-7 * scale;
                     assert!(
                         (g as f64 - w).abs() <= tol,
-                        "{op:?} {rows}x{len} row {row} [{i}]: {g} vs {w} (tol {tol:e})"
+                        "{isa} {op:?} {rows}x{len} row {row} [{i}]: {g} vs {w} (tol {tol:e})"
                     );
                 }
             }
@@ -2049,7 +2055,13 @@ fn row_kernels_match_reference() {
 
 #[test]
 fn row_kernels_edge_cases() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        row_kernels_edge_cases_on(isa);
+    }
+}
+
+fn row_kernels_edge_cases_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let max = builder
         .add_row_kernel(RowOp::Reduce(ReduceOp::Max))
         .unwrap();
@@ -2097,6 +2109,35 @@ fn row_kernels_edge_cases() {
     let mut out = [0.0f32; 3];
     run(softmax, &[1000.0, 1000.0, -1000.0], 1, 3, &mut out).unwrap();
     assert_eq!(out, [0.5, 0.5, 0.0]);
+    // A NaN anywhere in a row makes that whole row NaN, and only that row.
+    for len in [3usize, 16, 37] {
+        for at in [0, len / 2, len - 1] {
+            let mut x: Vec<f32> = (0..2 * len).map(|i| (i % 7) as f32).collect();
+            x[at] = f32::NAN;
+            let mut out = vec![0.0f32; 2 * len];
+            run(softmax, &x, 2, len, &mut out).unwrap();
+            assert!(out[..len].iter().all(|v| v.is_nan()), "{isa} {len} {at}");
+            assert!(out[len..].iter().all(|v| v.is_finite()), "{isa} {len} {at}");
+        }
+    }
+    // Rows of every length up to three vectors and a half: nothing past the
+    // rows is read (a NaN there would poison the last row) or written.
+    for len in 1..=56usize {
+        let rows = 3;
+        let total = rows * len;
+        let mut x: Vec<f32> = (0..total).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        x.extend([f32::NAN; 16]);
+        let mut out = vec![f32::NAN; total];
+        out.extend([-7.0f32; 16]);
+        let (head, guard) = out.split_at_mut(total);
+        run(softmax, &x[..total], rows, len, head).unwrap();
+        assert!(guard.iter().all(|&v| v == -7.0), "{isa} len {len}: wrote past the rows");
+        for row in head.chunks(len) {
+            let sum: f32 = row.iter().sum();
+            assert!(row.iter().all(|v| v.is_finite()), "{isa} len {len}: {row:?}");
+            assert!((sum - 1.0).abs() < 1e-5, "{isa} len {len}: sum {sum}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- library

@@ -140,6 +140,7 @@ mod jit;
 mod library;
 mod loops;
 mod rows;
+mod rows_wide;
 mod simd;
 pub mod target;
 mod threads;

@@ -50,6 +50,8 @@ pub(crate) fn asm_err(e: IcedError) -> CodegenError {
 pub(crate) enum Src {
     R(usize),
     Bits(u32),
+    /// A register shared by every group (not offset per group).
+    Fixed(usize),
 }
 
 /// `Src::Bits` of an f32.
@@ -83,7 +85,8 @@ pub(crate) struct Assembled {
 pub(crate) struct VecAsm {
     pub(crate) a: CodeAssembler,
     pub(crate) isa: Isa,
-    constants: Vec<(u32, CodeLabel)>,
+    /// Each entry: the value of every lane, and its label.
+    constants: Vec<(Vec<u32>, CodeLabel)>,
     /// Bytes of padding before the table (found by a first assembly).
     table_padding: usize,
     /// Math operations are emitted once per group, on registers
@@ -129,10 +132,11 @@ impl VecAsm {
             let constants = std::mem::take(&mut v.constants);
             // The first constant's label marks the table's start.
             let mut table = None;
-            for (bits, mut label) in constants {
+            for (values, mut label) in constants {
+                debug_assert_eq!(values.len(), lanes);
                 v.a.set_label(&mut label)?;
                 table.get_or_insert(label);
-                v.a.dd(&vec![bits; lanes])?;
+                v.a.dd(&values)?;
             }
             let table = table.expect("the table is not empty");
             let result =
@@ -175,12 +179,20 @@ impl VecAsm {
     }
 
     /// The table entry holding `bits` in every lane.
-    fn constant(&mut self, bits: u32) -> AsmMemoryOperand {
-        if let Some(&(_, label)) = self.constants.iter().find(|(b, _)| *b == bits) {
+    pub(crate) fn constant(&mut self, bits: u32) -> AsmMemoryOperand {
+        let lanes = vec![bits; self.lanes()];
+        self.lanes_constant(&lanes)
+    }
+
+    /// The table entry holding `values` (one per lane).
+    pub(crate) fn lanes_constant(&mut self, values: &[u32]) -> AsmMemoryOperand {
+        assert_eq!(values.len(), self.lanes(), "one value per lane");
+        if let Some((_, label)) = self.constants.iter().find(|(v, _)| v == values) {
+            let label = *label;
             return self.vector_ptr(label);
         }
         let label = self.a.create_label();
-        self.constants.push((bits, label));
+        self.constants.push((values.to_vec(), label));
         self.vector_ptr(label)
     }
 
@@ -193,7 +205,7 @@ impl VecAsm {
 
     fn src_mem(&mut self, s: Src) -> Option<AsmMemoryOperand> {
         match s {
-            Src::R(_) => None,
+            Src::R(_) | Src::Fixed(_) => None,
             Src::Bits(bits) => Some(self.constant(bits)),
         }
     }
@@ -226,6 +238,7 @@ impl VecAsm {
         match (self.isa, s) {
             (Isa::Avx512, Src::R(r)) => self.a.vmovaps(ZMM[d], ZMM[r]),
             (_, Src::R(r)) => self.a.vmovaps(YMM[d], YMM[r]),
+            (_, Src::Fixed(_)) => unreachable!("grouped operations resolve shared registers"),
             (_, Src::Bits(bits)) => {
                 let mem = self.constant(bits);
                 match self.isa {
@@ -250,7 +263,7 @@ impl VecAsm {
                     (Isa::Avx512, _, Some(m)) => self.a.$z(ZMM[d], ZMM[a], m),
                     (_, Src::R(r), _) => self.a.$y(YMM[d], YMM[a], YMM[r]),
                     (_, _, Some(m)) => self.a.$y(YMM[d], YMM[a], m),
-                    (_, Src::Bits(_), None) => unreachable!("a constant has a table entry"),
+                    _ => unreachable!("constants have table entries, shared registers resolve per group"),
                 }
             };
         }
@@ -274,10 +287,10 @@ impl VecAsm {
     pub(crate) fn add(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
         self.bin(Bin::Add, d, a, b)
     }
-    fn sub(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
+    pub(crate) fn sub(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
         self.bin(Bin::Sub, d, a, b)
     }
-    fn mul(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
+    pub(crate) fn mul(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
         self.bin(Bin::Mul, d, a, b)
     }
     fn div(&mut self, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
@@ -299,7 +312,7 @@ impl VecAsm {
             (Isa::Avx512, _, Some(m)) => self.a.vfmadd213ps(ZMM[d], ZMM[b], m),
             (_, Src::R(r), _) => self.a.vfmadd213ps(YMM[d], YMM[b], YMM[r]),
             (_, _, Some(m)) => self.a.vfmadd213ps(YMM[d], YMM[b], m),
-            (_, Src::Bits(_), None) => unreachable!("a constant has a table entry"),
+            _ => unreachable!("constants have table entries, shared registers resolve per group"),
         }
     }
 
@@ -310,7 +323,7 @@ impl VecAsm {
             (Isa::Avx512, _, Some(m)) => self.a.vfmadd231ps(ZMM[d], ZMM[a], m),
             (_, Src::R(r), _) => self.a.vfmadd231ps(YMM[d], YMM[a], YMM[r]),
             (_, _, Some(m)) => self.a.vfmadd231ps(YMM[d], YMM[a], m),
-            (_, Src::Bits(_), None) => unreachable!("a constant has a table entry"),
+            _ => unreachable!("constants have table entries, shared registers resolve per group"),
         }
     }
 
@@ -321,7 +334,7 @@ impl VecAsm {
             (Isa::Avx512, _, Some(m)) => self.a.vfmadd132ps(ZMM[d], ZMM[b], m),
             (_, Src::R(r), _) => self.a.vfmadd132ps(YMM[d], YMM[b], YMM[r]),
             (_, _, Some(m)) => self.a.vfmadd132ps(YMM[d], YMM[b], m),
-            (_, Src::Bits(_), None) => unreachable!("a constant has a table entry"),
+            _ => unreachable!("constants have table entries, shared registers resolve per group"),
         }
     }
 
@@ -390,7 +403,7 @@ impl VecAsm {
         Ok(())
     }
 
-    fn set(&mut self, d: usize, s: Src) -> Result<(), IcedError> {
+    pub(crate) fn set(&mut self, d: usize, s: Src) -> Result<(), IcedError> {
         self.each(|v, o, _| v.set_one(d + o, s.shifted(o)))
     }
     fn bin(&mut self, op: Bin, d: usize, a: usize, b: Src) -> Result<(), IcedError> {
@@ -423,6 +436,7 @@ impl Src {
     fn shifted(self, offset: usize) -> Src {
         match self {
             Src::R(r) => Src::R(r + offset),
+            Src::Fixed(r) => Src::R(r),
             bits => bits,
         }
     }
@@ -501,7 +515,7 @@ impl VecAsm {
     }
 
     /// e^x in place (as `Emitter::exp`), using three temporaries.
-    fn exp(&mut self, x: usize, t: [usize; 3]) -> Result<(), IcedError> {
+    pub(crate) fn exp(&mut self, x: usize, t: [usize; 3]) -> Result<(), IcedError> {
         let [t1, t2, t3] = t;
         // clamp_keep_nan(x, -104, 89): maxps(lo, x), then minps(hi, .).
         self.load_f(t1, -104.0)?;
