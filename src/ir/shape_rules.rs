@@ -1,46 +1,45 @@
-//! Every op's type rule, in one place.
+//! The entry point of every op's type rule: `infer` asks the op
+//! ([`OpKind::infer`](super::ops::OpKind::infer), in the op's file), then
+//! checks that the result is a size that can exist.
 //!
 //! `infer` works on symbolic and on concrete dims alike, so the same rule
 //! checks a model at compile time and sizes buffers at run time.
 
 use super::graph::{ShapeDisplay, TensorType};
-use super::op::{ExprStep, Op};
+use super::ops::shape::{
+    add_dims, broadcast_all, err, expect_axis, expect_dtype, matmul_shape, show,
+};
+pub use super::ops::shape::{broadcast_shapes, check_size, ShapeError};
+use super::ops::{ExprStep, Op};
 use super::{DType, Dim};
-
-/// Why an op cannot take the operands it was given. The caller adds the op
-/// name and source span.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ShapeError(pub String);
-
-fn err<T>(msg: impl Into<String>) -> Result<T, ShapeError> {
-    Err(ShapeError(msg.into()))
-}
-
-fn show(ty: &TensorType) -> String {
-    ty.to_string()
-}
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul,
+    Permute, Reduce, Reshape, Slice, Softmax,
+};
 
 /// How many operands an op takes: `(min, max)`.
 pub fn arity(op: &Op) -> (usize, usize) {
+    if let Some(kind) = op.kind() {
+        return kind.arity();
+    }
     match op {
-        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => (0, 0),
-        Op::Unary(_)
-        | Op::Softmax { .. }
-        | Op::LogSoftmax { .. }
-        | Op::Reduce { .. }
-        | Op::Permute { .. }
-        | Op::Reshape { .. }
-        | Op::Slice { .. }
-        | Op::Cast { .. } => (1, 1),
-        Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Gather { .. } => (2, 2),
-        Op::Where | Op::LayerNorm { .. } => (3, 3),
-        Op::Concat { .. } => (1, usize::MAX),
-        Op::FusedLinear { epilogue, .. } => {
+        Op::Input(_) | Op::Param(_) | Op::Constant(_) => (0, 0),
+        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Softmax(_)
+        | Op::LogSoftmax(_)
+        | Op::Reduce(_)
+        | Op::Permute(_)
+        | Op::Reshape(_)
+        | Op::Slice(_)
+        | Op::Cast(_) => (1, 1),
+        Op::Binary(_) | Op::Compare(_) | Op::MatMul(_) | Op::Gather(_) => (2, 2),
+        Op::Where | Op::LayerNorm(_) => (3, 3),
+        Op::Concat(_) => (1, usize::MAX),
+        Op::FusedLinear(FusedLinear { epilogue, .. }) => {
             let n = 2 + epilogue.bias as usize + epilogue.residual as usize;
             (n, n)
         }
-        Op::FusedElementwise { expr } => {
+        Op::FusedElementwise(FusedElementwise { expr }) => {
             let n = expr
                 .steps
                 .iter()
@@ -53,143 +52,6 @@ pub fn arity(op: &Op) -> (usize, usize) {
             (n, n)
         }
     }
-}
-
-/// numpy broadcasting of two shapes.
-pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
-    let rank = a.len().max(b.len());
-    let mut out = Vec::with_capacity(rank);
-    for i in 0..rank {
-        let da = (i + a.len()).checked_sub(rank).map(|j| &a[j]);
-        let db = (i + b.len()).checked_sub(rank).map(|j| &b[j]);
-        let d = match (da, db) {
-            (Some(x), None) | (None, Some(x)) => x.clone(),
-            (Some(x), Some(y)) if x == y => x.clone(),
-            (Some(x), Some(y)) if x.is_one() => y.clone(),
-            (Some(x), Some(y)) if y.is_one() => x.clone(),
-            _ => return None,
-        };
-        out.push(d);
-    }
-    Some(out)
-}
-
-fn broadcast_all(op: &str, inputs: &[&TensorType]) -> Result<Vec<Dim>, ShapeError> {
-    let mut shape: Vec<Dim> = Vec::new();
-    for ty in inputs {
-        shape = match broadcast_shapes(&shape, &ty.shape) {
-            Some(s) => s,
-            None => {
-                let all: Vec<String> = inputs.iter().map(|t| show(t)).collect();
-                return err(format!(
-                    "{op}: shapes {} do not broadcast",
-                    all.join(" and ")
-                ));
-            }
-        };
-    }
-    Ok(shape)
-}
-
-fn expect_dtype(op: &str, what: &str, ty: &TensorType, dtype: DType) -> Result<(), ShapeError> {
-    if ty.dtype != dtype {
-        return err(format!(
-            "{op}: {what} must be {dtype}, got {}{}",
-            show(ty),
-            if dtype == DType::F32 && ty.dtype.is_integer() {
-                " (convert with cast(x, f32))"
-            } else {
-                ""
-            }
-        ));
-    }
-    Ok(())
-}
-
-fn expect_axis(op: &str, axis: usize, ty: &TensorType) -> Result<(), ShapeError> {
-    if axis >= ty.rank() {
-        return err(format!(
-            "{op}: axis {axis} is out of range for {}",
-            show(ty)
-        ));
-    }
-    Ok(())
-}
-
-/// The shape of `a @ b` with optional transposes of the last two axes.
-fn matmul_shape(
-    a: &TensorType,
-    b: &TensorType,
-    ta: bool,
-    tb: bool,
-) -> Result<Vec<Dim>, ShapeError> {
-    if a.rank() < 2 || b.rank() < 2 {
-        return err(format!(
-            "matmul: operands need rank >= 2, got {} and {} (reshape a vector to [1, n] or [n, 1])",
-            show(a),
-            show(b)
-        ));
-    }
-    let last2 = |t: &TensorType, tr: bool| {
-        let (r, c) = (t.shape[t.rank() - 2].clone(), t.shape[t.rank() - 1].clone());
-        if tr {
-            (c, r)
-        } else {
-            (r, c)
-        }
-    };
-    let (m, ka) = last2(a, ta);
-    let (kb, n) = last2(b, tb);
-    if ka != kb {
-        return err(format!(
-            "matmul: inner dimensions differ: {} @ {}{}{} ({ka} vs {kb})",
-            show(a),
-            show(b),
-            if ta { " with a transposed" } else { "" },
-            if tb { " with b transposed" } else { "" },
-        ));
-    }
-    let batch_a = &a.shape[..a.rank() - 2];
-    let batch_b = &b.shape[..b.rank() - 2];
-    let Some(mut shape) = broadcast_shapes(batch_a, batch_b) else {
-        return err(format!(
-            "matmul: batch dimensions of {} and {} do not broadcast",
-            show(a),
-            show(b)
-        ));
-    };
-    shape.push(m);
-    shape.push(n);
-    Ok(shape)
-}
-
-/// Sum of dims along a concat axis: exact for known sizes and for
-/// multiples of the same symbols (`seq + seq = 2*seq`).
-fn add_dims(a: &Dim, b: &Dim) -> Option<Dim> {
-    if let (Some(x), Some(y)) = (a.as_known(), b.as_known()) {
-        return x.checked_add(y).map(Dim::known);
-    }
-    if a.symbols() != b.symbols() {
-        return None;
-    }
-    let unit = a.div(&Dim::known(a.factor()))?;
-    unit.checked_mul(&Dim::known(a.factor().checked_add(b.factor())?))
-}
-
-/// Checks that a tensor of this type can exist: every byte count fits in
-/// memory's address range. For symbolic dims only the known factors can be
-/// checked (a symbol bound to 0 empties the tensor; zero dims are skipped,
-/// as numpy does); the concrete graph is checked again after binding.
-pub fn check_size(ty: &TensorType) -> Result<(), ShapeError> {
-    let factors: Vec<usize> = ty.shape.iter().map(Dim::factor).collect();
-    if super::dim::checked_bytes(&factors, ty.dtype.size_bytes()).is_none() {
-        return err(format!(
-            "{} is too large: it needs more than {} bytes, the most one tensor can have",
-            show(ty),
-            super::dim::MAX_TENSOR_BYTES
-        ));
-    }
-    Ok(())
 }
 
 /// The output type of `op` applied to `inputs`, checked to be a size that
@@ -216,20 +78,22 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             inputs.len()
         ));
     }
+    if let Some(kind) = op.kind() {
+        return kind.infer(inputs);
+    }
     match op {
-        Op::Input { .. } | Op::Param { .. } => {
+        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Input(_) | Op::Param(_) => {
             err(format!("{name} has a declared type, not an inferred one"))
         }
-        Op::Constant { value } => Ok(TensorType::new(
+        Op::Constant(Constant { value }) => Ok(TensorType::new(
             value.dtype(),
             value.shape().iter().map(|&d| Dim::known(d)).collect(),
         )),
-        Op::Unary(_) | Op::Softmax { .. } | Op::LogSoftmax { .. } => {
+        Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis }) => {
             let x = inputs[0];
             expect_dtype(name, "operand", x, DType::F32)?;
-            if let Op::Softmax { axis } | Op::LogSoftmax { axis } = op {
-                expect_axis(name, *axis, x)?;
-            }
+            expect_axis(name, *axis, x)?;
             Ok(x.clone())
         }
         Op::Binary(_) => {
@@ -262,10 +126,10 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 broadcast_all(name, inputs)?,
             ))
         }
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => {
+        }) => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             Ok(TensorType::new(
@@ -273,10 +137,10 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 matmul_shape(inputs[0], inputs[1], *transpose_a, *transpose_b)?,
             ))
         }
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => {
+        }) => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             let shape = matmul_shape(inputs[0], inputs[1], false, *transpose_b)?;
@@ -304,7 +168,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(TensorType::new(DType::F32, shape))
         }
-        Op::LayerNorm { axis, .. } => {
+        Op::LayerNorm(LayerNorm { axis, .. }) => {
             let (x, gain, bias) = (inputs[0], inputs[1], inputs[2]);
             for t in inputs {
                 expect_dtype(name, "operand", t, DType::F32)?;
@@ -329,7 +193,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(x.clone())
         }
-        Op::Reduce { axes, keepdims, .. } => {
+        Op::Reduce(Reduce { axes, keepdims, .. }) => {
             let x = inputs[0];
             expect_dtype(name, "operand", x, DType::F32)?;
             let mut seen = vec![false; x.rank()];
@@ -351,7 +215,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 .collect();
             Ok(TensorType::new(DType::F32, shape))
         }
-        Op::Permute { perm } => {
+        Op::Permute(Permute { perm }) => {
             let x = inputs[0];
             let mut sorted = perm.clone();
             sorted.sort_unstable();
@@ -366,7 +230,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 perm.iter().map(|&p| x.shape[p].clone()).collect(),
             ))
         }
-        Op::Reshape { shape } => {
+        Op::Reshape(Reshape { shape }) => {
             let x = inputs[0];
             let (Some(from), Some(to)) =
                 (super::dim::product(&x.shape), super::dim::product(shape))
@@ -386,7 +250,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(TensorType::new(x.dtype, shape.clone()))
         }
-        Op::Concat { axis } => {
+        Op::Concat(Concat { axis }) => {
             let first = inputs[0];
             expect_axis(name, *axis, first)?;
             let mut total = first.shape[*axis].clone();
@@ -412,12 +276,12 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape[*axis] = total;
             Ok(TensorType::new(first.dtype, shape))
         }
-        Op::Slice {
+        Op::Slice(Slice {
             axis,
             start,
             end,
             step,
-        } => {
+        }) => {
             let x = inputs[0];
             expect_axis(name, *axis, x)?;
             if *step == 0 {
@@ -449,7 +313,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape[*axis] = len;
             Ok(TensorType::new(x.dtype, shape))
         }
-        Op::Gather { axis } => {
+        Op::Gather(Gather { axis }) => {
             let (table, ids) = (inputs[0], inputs[1]);
             expect_axis(name, *axis, table)?;
             if !ids.dtype.is_integer() {
@@ -463,8 +327,8 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape.extend(table.shape[axis + 1..].iter().cloned());
             Ok(TensorType::new(table.dtype, shape))
         }
-        Op::Cast { to } => Ok(TensorType::new(*to, inputs[0].shape.clone())),
-        Op::FusedElementwise { expr } => {
+        Op::Cast(Cast { to }) => Ok(TensorType::new(*to, inputs[0].shape.clone())),
+        Op::FusedElementwise(FusedElementwise { expr }) => {
             let shape = broadcast_all(name, inputs)?;
             let mut dtypes: Vec<DType> = Vec::with_capacity(expr.steps.len());
             for step in &expr.steps {
@@ -487,7 +351,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::op::{BinaryOp, Op};
+    use crate::ir::ops::{BinaryOp, Op};
 
     fn t(dims: &[&str]) -> TensorType {
         TensorType::new(
@@ -501,10 +365,10 @@ mod tests {
     #[test]
     fn symbolic_matmul_propagates_batch() {
         let out = infer(
-            &Op::MatMul {
+            &Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[&t(&["batch", "784"]), &t(&["784", "512"])],
         )
         .unwrap();
@@ -514,10 +378,10 @@ mod tests {
     #[test]
     fn matmul_mismatch_names_both_shapes() {
         let e = infer(
-            &Op::MatMul {
+            &Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[&t(&["batch", "784"]), &t(&["100", "512"])],
         )
         .unwrap_err();
@@ -541,21 +405,21 @@ mod tests {
     #[test]
     fn reshape_checks_symbolic_element_count() {
         let x = t(&["batch", "seq", "384"]);
-        let ok = Op::Reshape {
+        let ok = Op::Reshape(Reshape {
             shape: vec![
                 Dim::symbol("batch"),
                 Dim::symbol("seq"),
                 Dim::known(12),
                 Dim::known(32),
             ],
-        };
+        });
         assert_eq!(
             infer(&ok, &[&x]).unwrap().to_string(),
             "f32[batch, seq, 12, 32]"
         );
-        let bad = Op::Reshape {
+        let bad = Op::Reshape(Reshape {
             shape: vec![Dim::symbol("batch"), Dim::known(384)],
-        };
+        });
         assert!(infer(&bad, &[&x]).is_err());
     }
 }

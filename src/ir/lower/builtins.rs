@@ -1,11 +1,19 @@
 //! Built-in functions: each maps a call to one op (or a few, for sugar like
 //! `transpose` and `embedding`) and normalises its attributes.
+//!
+//! Op families registered in `ops::BUILTINS` lower their own calls through
+//! the [`CallArgs`] this file implements over `Args`; the rest are still
+//! matched here (being migrated into their op files).
 
 use super::args::Args;
 use super::{Lowered, Lowerer, Poisoned};
 use crate::ir::lower_error::{did_you_mean, LowerError};
-use crate::ir::op::{BinaryOp, Float, Init, ReduceOp, UnaryOp};
+use crate::ir::ops::{self, BinaryOp, CallArgs, Float, Init, ReduceOp};
+use crate::ir::ops::{
+    Cast, Concat, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce, Reshape, Slice, Softmax,
+};
 use crate::ir::{dim, Dim, NodeId, Op};
+use crate::ir::{DType, TensorType};
 use crate::span::Span;
 use crate::syntax::ast::{self, Expr, PathSegment};
 
@@ -34,14 +42,54 @@ const OTHER_BUILTINS: &[&str] = &[
 const INITIALIZERS: &[&str] = &["zeros", "ones", "uniform", "normal", "xavier", "he"];
 
 pub(super) fn is_builtin(name: &str) -> bool {
-    UnaryOp::from_name(name).is_some() || OTHER_BUILTINS.contains(&name)
+    ops::builtin(name).is_some() || OTHER_BUILTINS.contains(&name)
 }
 
 fn all_names() -> impl Iterator<Item = &'static str> {
-    UnaryOp::ALL
+    ops::BUILTINS
         .iter()
-        .map(|u| u.name())
+        .flat_map(|b| b.names.iter().copied())
         .chain(OTHER_BUILTINS.iter().copied())
+}
+
+/// One call's arguments as the op files read them.
+struct CallSite<'l, 'a> {
+    lw: &'l mut Lowerer<'a>,
+    args: &'l mut Args<'a>,
+}
+
+impl CallArgs for CallSite<'_, '_> {
+    fn tensor(&mut self) -> Lowered<NodeId> {
+        self.args.tensor(self.lw)
+    }
+    fn rest_tensors(&mut self) -> Lowered<Vec<NodeId>> {
+        self.args.rest_tensors(self.lw)
+    }
+    fn int(&mut self, key: &str, default: Option<i64>) -> Lowered<i64> {
+        self.args.int(self.lw, key, default)
+    }
+    fn float(&mut self, key: &str, default: f64) -> Lowered<f64> {
+        self.args.float(self.lw, key, default)
+    }
+    fn bool(&mut self, key: &str, default: bool) -> Lowered<bool> {
+        self.args.bool(self.lw, key, default)
+    }
+    fn int_list(&mut self, key: &str, positional: bool) -> Lowered<Option<Vec<i64>>> {
+        self.args.int_list(self.lw, key, positional)
+    }
+    fn dtype(&mut self, key: &str) -> Lowered<DType> {
+        self.args.dtype(self.lw, key)
+    }
+    fn operand_type(&self, operand: NodeId) -> &TensorType {
+        &self.lw.graph.node(operand).ty
+    }
+    fn error(&mut self, message: String) -> Poisoned {
+        self.lw.error(LowerError::Argument {
+            func: self.args.func.clone(),
+            message,
+            span: self.args.span,
+        })
+    }
 }
 
 /// `axis` counted from the end when negative, checked against `rank`.
@@ -95,8 +143,8 @@ fn lower_call<'a>(
     args: &mut Args<'a>,
     name: &str,
 ) -> Lowered<(Op, Vec<NodeId>)> {
-    if let Some(u) = UnaryOp::from_name(name) {
-        return Ok((Op::Unary(u), vec![args.tensor(lw)?]));
+    if let Some(builtin) = ops::builtin(name) {
+        return (builtin.lower)(name, &mut CallSite { lw, args });
     }
     match name {
         "matmul" => {
@@ -105,10 +153,10 @@ fn lower_call<'a>(
             let transpose_a = args.bool(lw, "transpose_a", false)?;
             let transpose_b = args.bool(lw, "transpose_b", false)?;
             Ok((
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     transpose_a,
                     transpose_b,
-                },
+                }),
                 vec![a, b],
             ))
         }
@@ -133,9 +181,9 @@ fn lower_call<'a>(
             let axis = args.int(lw, "axis", Some(-1))?;
             let axis = normalize_axis(lw, args, axis, rank(lw, x))?;
             let op = if name == "softmax" {
-                Op::Softmax { axis }
+                Op::Softmax(Softmax { axis })
             } else {
-                Op::LogSoftmax { axis }
+                Op::LogSoftmax(LogSoftmax { axis })
             };
             Ok((op, vec![x]))
         }
@@ -147,10 +195,10 @@ fn lower_call<'a>(
             let eps = args.float(lw, "eps", 1e-5)?;
             let axis = normalize_axis(lw, args, axis, rank(lw, x))?;
             Ok((
-                Op::LayerNorm {
+                Op::LayerNorm(LayerNorm {
                     axis,
                     eps: Float(eps as f32),
-                },
+                }),
                 vec![x, gain, bias],
             ))
         }
@@ -172,11 +220,11 @@ fn lower_call<'a>(
                 _ => ReduceOp::Max,
             };
             Ok((
-                Op::Reduce {
+                Op::Reduce(Reduce {
                     op,
                     axes: resolved,
                     keepdims,
-                },
+                }),
                 vec![x],
             ))
         }
@@ -192,7 +240,7 @@ fn lower_call<'a>(
             }
             let mut perm: Vec<usize> = (0..r).collect();
             perm.swap(r - 2, r - 1);
-            Ok((Op::Permute { perm }, vec![x]))
+            Ok((Op::Permute(Permute { perm }), vec![x]))
         }
         "permute" => {
             let x = args.tensor(lw)?;
@@ -208,13 +256,13 @@ fn lower_call<'a>(
             for p in perm {
                 resolved.push(normalize_axis(lw, args, p, r)?);
             }
-            Ok((Op::Permute { perm: resolved }, vec![x]))
+            Ok((Op::Permute(Permute { perm: resolved }), vec![x]))
         }
         "reshape" => {
             let x = args.tensor(lw)?;
             let (items, list_span) = args.list(lw, "shape", true)?;
             let shape = reshape_target(lw, x, items, list_span)?;
-            Ok((Op::Reshape { shape }, vec![x]))
+            Ok((Op::Reshape(Reshape { shape }), vec![x]))
         }
         "concat" => {
             let inputs = args.rest_tensors(lw)?;
@@ -228,7 +276,7 @@ fn lower_call<'a>(
             }
             let axis = args.int(lw, "axis", Some(0))?;
             let axis = normalize_axis(lw, args, axis, rank(lw, inputs[0]))?;
-            Ok((Op::Concat { axis }, inputs))
+            Ok((Op::Concat(Concat { axis }), inputs))
         }
         "slice" => {
             let x = args.tensor(lw)?;
@@ -250,12 +298,12 @@ fn lower_call<'a>(
                 }));
             }
             Ok((
-                Op::Slice {
+                Op::Slice(Slice {
                     axis,
                     start: start as usize,
                     end,
                     step: step as usize,
-                },
+                }),
                 vec![x],
             ))
         }
@@ -273,12 +321,12 @@ fn lower_call<'a>(
                 0
             };
             let axis = normalize_axis(lw, args, axis, rank(lw, table))?;
-            Ok((Op::Gather { axis }, vec![table, ids]))
+            Ok((Op::Gather(Gather { axis }), vec![table, ids]))
         }
         "cast" => {
             let x = args.tensor(lw)?;
             let to = args.dtype(lw, "dtype")?;
-            Ok((Op::Cast { to }, vec![x]))
+            Ok((Op::Cast(Cast { to }), vec![x]))
         }
         _ => unreachable!("is_builtin lists `{name}` but lower_call does not handle it"),
     }

@@ -8,6 +8,7 @@
 mod args;
 mod builtins;
 
+use crate::ir::ops::{Constant, Input, MatMul, Param};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -40,8 +41,7 @@ pub struct LoweredModel {
 }
 
 /// Marks a value whose error has already been recorded.
-#[derive(Clone, Copy, Debug)]
-struct Poisoned;
+use crate::ir::ops::Poisoned;
 
 type Lowered<T> = Result<T, Poisoned>;
 
@@ -225,9 +225,9 @@ impl<'a> Lowerer<'a> {
                     return;
                 };
                 let id = self.graph.add_node(
-                    Op::Input {
+                    Op::Input(Input {
                         name: name.name.clone(),
-                    },
+                    }),
                     &[],
                     ty,
                     Some(*span),
@@ -400,7 +400,7 @@ impl<'a> Lowerer<'a> {
         self.params.insert(full.clone(), path.span);
         let id = self
             .graph
-            .add_node(Op::Param { name: full, init }, &[], ty, Some(span));
+            .add_node(Op::Param(Param { name: full, init }), &[], ty, Some(span));
         self.define(&local, Value::Tensor(id), path.span)
     }
 
@@ -659,10 +659,10 @@ impl<'a> Lowerer<'a> {
                     BinOp::Mul => Op::Binary(super::BinaryOp::Mul),
                     BinOp::Div => Op::Binary(super::BinaryOp::Div),
                     BinOp::Pow => Op::Binary(super::BinaryOp::Pow),
-                    BinOp::MatMul => Op::MatMul {
+                    BinOp::MatMul => Op::MatMul(MatMul {
                         transpose_a: false,
                         transpose_b: false,
-                    },
+                    }),
                     BinOp::Lt => Op::Compare(super::CompareOp::Lt),
                     BinOp::Le => Op::Compare(super::CompareOp::Le),
                     BinOp::Gt => Op::Compare(super::CompareOp::Gt),
@@ -707,9 +707,9 @@ impl<'a> Lowerer<'a> {
     }
 
     fn constant(&mut self, value: f32, span: Span) -> NodeId {
-        let op = Op::Constant {
+        let op = Op::Constant(Constant {
             value: Arc::new(Tensor::scalar(value)),
-        };
+        });
         self.graph
             .add_node(op, &[], TensorType::new(DType::F32, vec![]), Some(span))
     }

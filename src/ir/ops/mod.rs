@@ -1,0 +1,281 @@
+//! Every graph operation: the closed `enum Op` (the index of ops), the
+//! [`OpKind`] trait each op implements in its own file, and the one match
+//! that maps an `Op` to its implementation ([`Op::kind`], the registration).
+//!
+//! An op file holds everything the compiler knows about one op or op
+//! family: its built-in function(s) and attribute parsing ([`Builtin`]),
+//! its shape rule, its reference evaluation (the interpreter's semantics:
+//! f64 arithmetic, one rounding to f32), its printed attributes, the hash
+//! CSE needs and its flop count. Kernels are downstream of the IR and are
+//! not named here: their candidates live in `runtime::exec::candidates`.
+//! See docs/adding-an-op.md for the recipe.
+//!
+//! Fused ops are produced only by passes.
+
+use std::fmt;
+use std::hash::Hasher;
+
+use super::graph::TensorType;
+use super::{DType, Dim, NodeId};
+use crate::tensor::Tensor;
+
+pub mod cast;
+pub mod elementwise;
+pub mod gather;
+pub mod layout;
+pub mod linalg;
+pub mod math;
+pub mod normalize;
+pub mod reduce;
+pub mod shape;
+pub mod sources;
+pub mod unary;
+pub mod values;
+
+pub use cast::Cast;
+pub use elementwise::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, FusedElementwise, Where};
+pub use gather::Gather;
+pub use layout::{Concat, Permute, Reshape, Slice};
+pub use linalg::{FusedLinear, LinearEpilogue, MatMul};
+pub use normalize::{LayerNorm, LogSoftmax, Softmax};
+pub use reduce::{Reduce, ReduceOp};
+pub use shape::ShapeError;
+pub use sources::{Constant, Init, Input, Param};
+pub use unary::UnaryOp;
+
+/// What the compiler asks of an op. Implemented by the op's attribute type
+/// (`UnaryOp`, ...), in the op's file.
+pub trait OpKind: fmt::Debug + Send + Sync {
+    /// The op's name as the printer shows it.
+    fn name(&self) -> &'static str;
+
+    /// How many operands the op takes: `(min, max)`.
+    fn arity(&self) -> (usize, usize);
+
+    /// The shape rule: the output type for operands of these types (their
+    /// count is already checked against `arity`). Works on symbolic and
+    /// concrete dims alike; the size check is done by the caller.
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError>;
+
+    /// The reference evaluation, the oracle's semantics: plain loops, f64
+    /// arithmetic and accumulation, one rounding to f32. Called by the
+    /// interpreter after `infer` accepted the operands and gave the concrete
+    /// `out_shape`. Never called by const-fold (see passes/fold_eval.rs).
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError>;
+
+    /// The attributes as `key=value` pairs for the printed form, in a fixed
+    /// order (none for most elementwise ops).
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Hashes everything `==` on the op compares, for CSE. With `#[derive(Hash)]`
+    /// on the attribute type this is `std::hash::Hash::hash(self, &mut state)`.
+    fn hash_attributes(&self, state: &mut dyn Hasher);
+
+    /// Floating-point operations of one evaluation as `lamina bench` counts
+    /// them: matrix products only (2 per multiply-add), so GFLOP/s compares
+    /// with peers' GEMM figures; every other op counts 0.
+    fn flops(&self, _inputs: &[&[usize]], _out_shape: &[usize]) -> u64 {
+        0
+    }
+
+    // Derivative rule: the autodiff work adds its per-op method here.
+}
+
+impl Op {
+    /// The op's implementation: the registration of every op, one line each.
+    /// `None` for the ops still handled by the older per-layer matches
+    /// (being migrated family by family).
+    pub fn kind(&self) -> Option<&dyn OpKind> {
+        match self {
+            Op::Unary(op) => Some(op),
+            _ => None,
+        }
+    }
+}
+
+/// Why an op could not evaluate its operands (the reference evaluation).
+/// The interpreter adds the node and its source line.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("{op}: expected a {expected} operand, got {actual}")]
+    OperandDType {
+        op: &'static str,
+        expected: DType,
+        actual: DType,
+    },
+    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
+    GatherIndex {
+        index: i64,
+        position: usize,
+        axis: usize,
+        size: usize,
+    },
+    #[error("slice: end {end} is past the size {size} of axis {axis}")]
+    SliceEnd {
+        end: usize,
+        size: usize,
+        axis: usize,
+    },
+    #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
+    EmptyMax { axis: usize },
+    #[error("fused_elementwise: step {step}: {reason}")]
+    BadExpr { step: usize, reason: String },
+}
+
+/// A built-in function of the language: the names lowering accepts and how
+/// a call becomes an op. Every op family lists its built-ins in [`BUILTINS`].
+pub struct Builtin {
+    pub names: &'static [&'static str],
+    /// Reads the call's arguments (in the order the built-in documents)
+    /// and returns the op and its operands. `name` is one of `names`.
+    pub lower: fn(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned>,
+}
+
+/// Every op family's built-ins: the registration line of the lowering table.
+pub const BUILTINS: &[&Builtin] = &[&unary::BUILTIN];
+
+/// The built-in with this name, if any.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().copied().find(|b| b.names.contains(&name))
+}
+
+/// An error already reported to the user (lowering collects errors and
+/// goes on; the value that failed is poisoned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Poisoned;
+
+/// The arguments of one built-in call, as lowering offers them to the op's
+/// `Builtin::lower`. Each reader reports its own error (located at the
+/// argument) and returns `Poisoned`; lowering then rejects arguments left
+/// unread.
+pub trait CallArgs {
+    /// The next positional tensor operand.
+    fn tensor(&mut self) -> Result<NodeId, Poisoned>;
+    /// All remaining positional tensor operands.
+    fn rest_tensors(&mut self) -> Result<Vec<NodeId>, Poisoned>;
+    /// An integer attribute (keyword, or the next positional); `default`
+    /// `None` makes it required.
+    fn int(&mut self, key: &str, default: Option<i64>) -> Result<i64, Poisoned>;
+    fn float(&mut self, key: &str, default: f64) -> Result<f64, Poisoned>;
+    fn bool(&mut self, key: &str, default: bool) -> Result<bool, Poisoned>;
+    /// A list of integers, or one integer as a list of one; `None` when absent.
+    fn int_list(&mut self, key: &str, positional: bool) -> Result<Option<Vec<i64>>, Poisoned>;
+    fn dtype(&mut self, key: &str) -> Result<DType, Poisoned>;
+    /// The type of an operand already read.
+    fn operand_type(&self, operand: NodeId) -> &TensorType;
+    /// Reports a wrong argument of this call.
+    fn error(&mut self, message: String) -> Poisoned;
+
+    /// An axis attribute counted from the end when negative, checked
+    /// against the rank of `operand`.
+    fn axis(&mut self, key: &str, default: i64, operand: NodeId) -> Result<usize, Poisoned> {
+        let axis = self.int(key, Some(default))?;
+        let rank = self.operand_type(operand).rank();
+        self.resolve_axis(axis, rank)
+    }
+
+    /// `axis` counted from the end when negative, checked against `rank`.
+    fn resolve_axis(&mut self, axis: i64, rank: usize) -> Result<usize, Poisoned> {
+        let resolved = if axis < 0 { axis + rank as i64 } else { axis };
+        if resolved < 0 || resolved >= rank as i64 {
+            return Err(self.error(format!("axis {axis} is out of range for rank {rank}")));
+        }
+        Ok(resolved as usize)
+    }
+}
+
+/// An f32 attribute that compares and hashes by bit pattern, so ops can be
+/// keys in common-subexpression elimination.
+#[derive(Clone, Copy, Debug)]
+pub struct Float(pub f32);
+
+impl PartialEq for Float {
+    fn eq(&self, other: &Float) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Float {}
+impl std::hash::Hash for Float {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state)
+    }
+}
+impl fmt::Display for Float {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `{:?}` keeps a decimal point on integral values (`1.0`, not `1`)
+        // and prints the shortest text that round-trips.
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// The index of ops: one variant per op, holding the op's attribute type
+/// (defined, with everything else about the op, in its family's file).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Input(Input),
+    Param(Param),
+    Constant(Constant),
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CompareOp),
+    Where,
+    MatMul(MatMul),
+    Softmax(Softmax),
+    LogSoftmax(LogSoftmax),
+    LayerNorm(LayerNorm),
+    Reduce(Reduce),
+    Permute(Permute),
+    Reshape(Reshape),
+    Concat(Concat),
+    Slice(Slice),
+    Gather(Gather),
+    Cast(Cast),
+    FusedLinear(FusedLinear),
+    FusedElementwise(FusedElementwise),
+}
+
+impl Op {
+    /// The op's name as the printer shows it.
+    pub fn name(&self) -> &'static str {
+        if let Some(kind) = self.kind() {
+            return kind.name();
+        }
+        match self {
+            Op::Input(_) => "input",
+            Op::Param(_) => "param",
+            Op::Constant(_) => "const",
+            Op::Unary(_) => unreachable!("registered in Op::kind"),
+            Op::Binary(b) => b.name(),
+            Op::Compare(c) => c.name(),
+            Op::Where => "where",
+            Op::MatMul(_) => "matmul",
+            Op::Softmax(_) => "softmax",
+            Op::LogSoftmax(_) => "log_softmax",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::Reduce(Reduce { op, .. }) => op.name(),
+            Op::Permute(_) => "permute",
+            Op::Reshape(_) => "reshape",
+            Op::Concat(_) => "concat",
+            Op::Slice(_) => "slice",
+            Op::Gather(_) => "gather",
+            Op::Cast(_) => "cast",
+            Op::FusedLinear(_) => "fused_linear",
+            Op::FusedElementwise(_) => "fused_elementwise",
+        }
+    }
+
+    /// Elementwise ops (same-position in, same-position out after broadcasting).
+    pub fn is_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::FusedElementwise(_)
+        )
+    }
+
+    /// Ops with no inputs whose value does not depend on model inputs.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input(_) | Op::Param(_) | Op::Constant(_))
+    }
+}
