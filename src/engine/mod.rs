@@ -35,12 +35,12 @@ use std::sync::{Arc, Mutex};
 pub use error::{Error, ErrorKind, OptionError};
 
 use crate::diagnostics::SourceFile;
+use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, symbols};
 use crate::ir::lower_error::edit_distance;
 use crate::ir::{Bindings, DType, Graph, TensorType};
 use crate::model::LoadedModel;
 use crate::runtime::budget::MemoryBudget;
-use crate::interp::InterpError;
 use crate::runtime::exec::{CompileOptions, CompiledModel, ExecError};
 use crate::runtime::params::{
     bind_params_owned_within, bind_params_within, check_params, ParamError,
@@ -704,14 +704,12 @@ impl Session {
         // Inputs that do not fit are the caller's fault whichever backend
         // finds it: one kind for both.
         match runner.as_ref() {
-            Runner::Jit(compiled) => compiled
-                .run_named(inputs, &self.fixed)
-                .map_err(|e| {
-                    located(match e {
-                        ExecError::Bind(errors) => ErrorKind::Inputs(errors),
-                        other => other.into(),
-                    })
-                }),
+            Runner::Jit(compiled) => compiled.run_named(inputs, &self.fixed).map_err(|e| {
+                located(match e {
+                    ExecError::Bind(errors) => ErrorKind::Inputs(errors),
+                    other => other.into(),
+                })
+            }),
             Runner::Interp(params) => crate::interp::run_within(
                 graph,
                 params,
@@ -977,7 +975,10 @@ mod tests {
             let session = m.clone().compile(Weights::None, &options).unwrap();
             for inputs in &cases {
                 let err = session.run(inputs).unwrap_err();
-                assert!(matches!(err.kind(), ErrorKind::Inputs(_)), "{backend:?}: {err:?}");
+                assert!(
+                    matches!(err.kind(), ErrorKind::Inputs(_)),
+                    "{backend:?}: {err:?}"
+                );
             }
         }
     }
