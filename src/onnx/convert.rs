@@ -124,7 +124,7 @@ fn known_f32(v: &Val, what: &str) -> Result<f32, String> {
         Some(TensorData::F32(d)) if d.len() == 1 => Ok(d[0]),
         Some(TensorData::I64(d)) if d.len() == 1 => Ok(d[0] as f32),
         Some(TensorData::I32(d)) if d.len() == 1 => Ok(d[0] as f32),
-        _ => Err(format!("{what} must be a known scalar")),
+        _ => Err(format!("{what} must be known when the model is imported (a scalar)")),
     }
 }
 
@@ -1349,7 +1349,10 @@ fn cast_known_bool(v: &Val) -> Result<Val, String> {
 }
 
 fn range(s: &Val, l: &Val, d: &Val) -> Result<Tensor, String> {
-    let dt = s.as_const().map(|t| t.dtype()).ok_or("start must be known")?;
+    let dt = s
+        .as_const()
+        .map(|t| t.dtype())
+        .ok_or("start must be known when the model is imported (Range builds a constant)")?;
     match dt {
         DType::F32 => {
             let (s, l, d) = (known_f32(s, "start")?, known_f32(l, "limit")?, known_f32(d, "delta")?);
