@@ -19,7 +19,7 @@ use super::tensors;
 
 /// The ONNX op types this importer translates (default domain).
 pub const SUPPORTED: &[&str] = &[
-    "Abs", "Add", "And", "BatchNormalization", "Cast", "CastLike", "Celu", "Clip", "Concat",
+    "Abs", "Add", "And", "Attention", "BatchNormalization", "Cast", "CastLike", "Celu", "Clip", "Concat",
     "Constant", "Cos", "ConstantOfShape", "DepthToSpace", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
     "Expand", "EyeLike", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
     "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity",
@@ -124,7 +124,7 @@ fn known_f32(v: &Val, what: &str) -> Result<f32, String> {
         Some(TensorData::F32(d)) if d.len() == 1 => Ok(d[0]),
         Some(TensorData::I64(d)) if d.len() == 1 => Ok(d[0] as f32),
         Some(TensorData::I32(d)) if d.len() == 1 => Ok(d[0] as f32),
-        _ => Err(format!("{what} must be a known scalar")),
+        _ => Err(format!("{what} must be known when the model is imported (a scalar)")),
     }
 }
 
@@ -546,6 +546,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             one(y)
         }
         "LayerNormalization" => layer_norm(b, n, ins, &h),
+        "Attention" => attention(b, n, ins, &h),
         "RMSNormalization" => {
             let x = x()?;
             float_only(b, x)?;
@@ -1349,7 +1350,10 @@ fn cast_known_bool(v: &Val) -> Result<Val, String> {
 }
 
 fn range(s: &Val, l: &Val, d: &Val) -> Result<Tensor, String> {
-    let dt = s.as_const().map(|t| t.dtype()).ok_or("start must be known")?;
+    let dt = s
+        .as_const()
+        .map(|t| t.dtype())
+        .ok_or("start must be known when the model is imported (Range builds a constant)")?;
     match dt {
         DType::F32 => {
             let (s, l, d) = (known_f32(s, "start")?, known_f32(l, "limit")?, known_f32(d, "delta")?);
@@ -1488,4 +1492,150 @@ fn ints_of(t: &Tensor) -> Vec<i64> {
         TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
         _ => vec![],
     }
+}
+
+/// `Attention` (opset 23) written out as ONNX's reference computes it:
+/// heads split from 3-D inputs, the KV cache concatenated, grouped KV heads
+/// repeated, `softmax((q s)(k s)^T + bias) v` with `s = sqrt(scale)`, the
+/// bias from the mask (bool: 0 or -inf; shorter masks padded) and the causal
+/// triangle, `softcap` before the bias.
+fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<Vec<Val>, String> {
+    if opt(ins, 6).is_some() {
+        return Err("nonpad_kv_seqlen is not supported".into());
+    }
+    let (q, k, v) = (req(ins, 0, "Q")?, req(ins, 1, "K")?, req(ins, 2, "V")?);
+    for t in [q, k, v] {
+        float_only(b, t)?;
+    }
+    let tmp = |s: &str| format!("{h}_{s}");
+    let three_d = b.rank(q)? == 3;
+    let heads = |b: &mut Builder, x: &Val, count: i64, what: &str| -> Result<Val, String> {
+        if !three_d {
+            return Ok(x.clone());
+        }
+        let s = b.ty(x)?.shape;
+        let count = usize::try_from(count).ok().filter(|&c| c > 0).ok_or("3-D inputs need q_num_heads and kv_num_heads")?;
+        let size = s[2].div(&Dim::known(count)).ok_or_else(|| format!("{} is not a multiple of {count} heads", s[2]))?;
+        let split = b.reshape(x, vec![s[0].clone(), s[1].clone(), Dim::known(count), size], &tmp(&format!("{what}_split")))?;
+        b.op(Op::Permute(ops::Permute { perm: vec![0, 2, 1, 3] }), &[&split], &tmp(&format!("{what}_heads")))
+    };
+    let q = heads(b, q, n.int("q_num_heads", 0), "q")?;
+    let mut k = heads(b, k, n.int("kv_num_heads", 0), "k")?;
+    let mut v = heads(b, v, n.int("kv_num_heads", 0), "v")?;
+    let qs = b.ty(&q)?.shape;
+    let head_size = qs[3].as_known().ok_or("a symbolic head size")?;
+    let scale = match n.attr("scale").and_then(|a| a.f) {
+        Some(s) => s,
+        None => 1.0 / (head_size as f32).sqrt(),
+    };
+    let past_len = match opt(ins, 4) {
+        Some(pk) => {
+            let len = b.ty(pk)?.shape[2].clone();
+            k = b.op(Op::Concat(ops::Concat { axis: 2 }), &[pk, &k], &tmp("present_key"))?;
+            len.as_known().ok_or("a symbolic past length")?
+        }
+        None => 0,
+    };
+    if let Some(pv) = opt(ins, 5) {
+        v = b.op(Op::Concat(ops::Concat { axis: 2 }), &[pv, &v], &tmp("present_value"))?;
+    }
+    let (present_k, present_v) = (k.clone(), v.clone());
+    let q_seq = qs[2].as_known().ok_or("a symbolic query length")?;
+    let kv_seq = b.ty(&k)?.shape[2].as_known().ok_or("a symbolic key length")?;
+
+    let neg_inf = Val::konst(Tensor::scalar(f32::NEG_INFINITY), "neg_inf");
+    let mut bias = None;
+    if let Some(mask) = opt(ins, 3) {
+        let ms = b.ty(mask)?.shape;
+        let last = ms.last().and_then(Dim::as_known).ok_or("a symbolic mask length")?;
+        let is_bool = b.dtype(mask)? == DType::Bool;
+        let mut mask = mask.clone();
+        if last < kv_seq {
+            let mut pad_shape: Vec<usize> = ms[..ms.len() - 1]
+                .iter()
+                .map(|d| d.as_known().ok_or("a symbolic mask shape"))
+                .collect::<Result<_, _>>()?;
+            pad_shape.push(kv_seq - last);
+            let fill_value = if is_bool {
+                Tensor::new(vec![], TensorData::Bool(vec![false]))
+            } else {
+                Tensor::scalar(f32::NEG_INFINITY)
+            };
+            let pad = Val::konst(fill(&fill_value, pad_shape)?, &tmp("mask_pad"));
+            mask = b.op(Op::Concat(ops::Concat { axis: ms.len() - 1 }), &[&mask, &pad], &tmp("mask_padded"))?;
+        }
+        if is_bool {
+            if n.int("is_causal", 0) != 0 {
+                return Err("a bool mask together with is_causal is not supported".into());
+            }
+            mask = b.select(&mask, &b.scalar(0.0), &neg_inf, &tmp("mask_bias"))?;
+        }
+        bias = Some(mask);
+    }
+    if n.int("is_causal", 0) != 0 {
+        let tri: Vec<f32> = (0..q_seq * kv_seq)
+            .map(|i| {
+                let (r, c) = (i / kv_seq, i % kv_seq);
+                if c >= past_len && c - past_len > r { f32::NEG_INFINITY } else { 0.0 }
+            })
+            .collect();
+        let causal = Val::konst(Tensor::f32(vec![q_seq, kv_seq], tri), &tmp("causal"));
+        bias = Some(match bias {
+            Some(m) => b.binary(BinaryOp::Add, &m, &causal, &tmp("bias"))?,
+            None => causal,
+        });
+    }
+    let (qh, kh) = (
+        qs[1].as_known().ok_or("a symbolic head count")?,
+        b.ty(&k)?.shape[1].as_known().ok_or("a symbolic head count")?,
+    );
+    if qh != kh {
+        if kh == 0 || qh % kh != 0 {
+            return Err(format!("{qh} query heads cannot share {kh} key/value heads"));
+        }
+        let ids = Val::konst(
+            i64_tensor((0..qh).map(|i| (i / (qh / kh)) as i64).collect()),
+            &tmp("kv_head_ids"),
+        );
+        k = b.op(Op::Gather(ops::Gather { axis: 1 }), &[&k, &ids], &tmp("k_shared"))?;
+        v = b.op(Op::Gather(ops::Gather { axis: 1 }), &[&v, &ids], &tmp("v_shared"))?;
+    }
+    let s = b.scalar(scale.sqrt());
+    let qs_ = b.binary(BinaryOp::Mul, &q, &s, &tmp("q_scaled"))?;
+    let ks_ = b.binary(BinaryOp::Mul, &k, &s, &tmp("k_scaled"))?;
+    let mut qk = b.op(
+        Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: true }),
+        &[&qs_, &ks_],
+        &tmp("qk"),
+    )?;
+    let softcap = n.float("softcap", 0.0);
+    if softcap > 0.0 {
+        let d = b.binary(BinaryOp::Div, &qk, &b.scalar(softcap), &tmp("qk_capped"))?;
+        let t = b.unary(UnaryOp::Tanh, &d, &tmp("qk_tanh"))?;
+        qk = b.binary(BinaryOp::Mul, &t, &b.scalar(softcap), &tmp("qk_softcap"))?;
+    }
+    let with_bias = match &bias {
+        Some(bias) => b.binary(BinaryOp::Add, &qk, bias, &tmp("scores"))?,
+        None => qk.clone(),
+    };
+    let probs = b.op(Op::Softmax(ops::Softmax { axis: 3 }), &[&with_bias], &tmp("probs"))?;
+    let mode_out = match n.int("qk_matmul_output_mode", 0) {
+        2 => with_bias.clone(),
+        3 => probs.clone(),
+        _ => qk.clone(),
+    };
+    let ctx = b.op(
+        Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }),
+        &[&probs, &v],
+        &if three_d { tmp("context") } else { h.to_string() },
+    )?;
+    let y = if three_d {
+        let merged = b.op(Op::Permute(ops::Permute { perm: vec![0, 2, 1, 3] }), &[&ctx], &tmp("context_merged"))?;
+        let cs = b.ty(&merged)?.shape;
+        let hidden = cs[2].checked_mul(&cs[3]).ok_or("too large")?;
+        b.reshape(&merged, vec![cs[0].clone(), cs[1].clone(), hidden], h)?
+    } else {
+        ctx
+    };
+    Ok(vec![y, present_k, present_v, mode_out])
 }
