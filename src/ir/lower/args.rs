@@ -181,6 +181,62 @@ impl<'a> Args<'a> {
         Ok(Some(out))
     }
 
+    /// One number or a list of numbers (`mean=127.0`, `mean=[123.7, 116.3, 103.5]`);
+    /// None if absent.
+    pub fn float_list(&mut self, lw: &mut Lowerer<'a>, name: &str) -> Lowered<Option<Vec<f64>>> {
+        let Some((e, span)) = self.attr(name, false) else {
+            return Ok(None);
+        };
+        let items: Vec<&'a Expr> = match e {
+            Expr::List { items, .. } => items.iter().collect(),
+            single => vec![single],
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match lw.expr(item)? {
+                Value::Int(v) => out.push(v as f64),
+                Value::Float(v) => out.push(v),
+                Value::Tensor(_) => {
+                    return Err(self.arg_error(lw, format!("`{name}` must be numbers"), span))
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// A string attribute that must be one of `allowed` (`padding="same"`).
+    pub fn choice(
+        &mut self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        allowed: &[&str],
+        default: &'static str,
+    ) -> Lowered<String> {
+        let quoted: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+        match self.attr(name, false) {
+            None => Ok(default.to_string()),
+            Some((Expr::Str { value, span }, _)) => {
+                if allowed.contains(&value.as_str()) {
+                    Ok(value.clone())
+                } else {
+                    Err(self.arg_error(
+                        lw,
+                        format!(
+                            "`{name}` is \"{value}\"; expected one of {}",
+                            quoted.join(", ")
+                        ),
+                        *span,
+                    ))
+                }
+            }
+            Some((_, span)) => Err(self.arg_error(
+                lw,
+                format!("`{name}` must be a string, one of {}", quoted.join(", ")),
+                span,
+            )),
+        }
+    }
+
     /// A list of dim expressions as written (`shape=[batch, -1, 64]`).
     pub fn list(
         &mut self,
