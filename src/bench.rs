@@ -351,6 +351,18 @@ pub fn matmul_flops(graph: &Graph) -> u64 {
     let mut total = 0u64;
     for id in graph.node_ids() {
         let node = graph.node(id);
+        if let Some(kind) = node.op.kind() {
+            let shapes: Option<Vec<Vec<usize>>> = graph
+                .inputs(id)
+                .iter()
+                .map(|&i| graph.node(i).ty.known_shape())
+                .collect();
+            if let (Some(shapes), Some(out)) = (shapes, node.ty.known_shape()) {
+                let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+                total += kind.flops(&refs, &out);
+            }
+            continue;
+        }
         let transpose_a = match &node.op {
             Op::MatMul { transpose_a, .. } => *transpose_a,
             Op::FusedLinear { .. } => false,

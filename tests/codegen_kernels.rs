@@ -1412,6 +1412,8 @@ fn eval_scalar(expr: &ElementwiseExpr, inputs: &[f64]) -> f64 {
                     UnaryOp::Erf => erf64(a),
                     UnaryOp::Abs => a.abs(),
                     UnaryOp::Recip => 1.0 / a,
+                    UnaryOp::Sin => a.sin(),
+                    UnaryOp::Cos => a.cos(),
                 }
             }
             ExprStep::Binary(op, a, b) => {

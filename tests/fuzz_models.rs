@@ -162,9 +162,19 @@ impl Gen {
         let rank = a.shape.len();
         match self.rng.random_range(0..15) {
             0 => {
-                let f = *["relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "abs", "erf"]
-                    .choose(&mut self.rng)
-                    .unwrap();
+                let f = *[
+                    "relu",
+                    "sigmoid",
+                    "tanh",
+                    "gelu",
+                    "gelu_tanh",
+                    "abs",
+                    "erf",
+                    "sin",
+                    "cos",
+                ]
+                .choose(&mut self.rng)
+                .unwrap();
                 self.emit(a.shape.clone(), format!("{f}({})", a.name));
             }
             1 => {

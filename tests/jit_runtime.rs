@@ -844,8 +844,13 @@ fn reductions_over_an_empty_axis_agree() {
                 match (op, &reference, got.as_ref().map_err(ExecError::root)) {
                     (ReduceOp::Max, Err(e), Err(ExecError::Interp(ours))) => {
                         assert!(
-                            matches!(e.root(), interp::InterpError::EmptyMax { .. })
-                                && matches!(ours, interp::InterpError::EmptyMax { .. }),
+                            matches!(
+                                e.root(),
+                                interp::InterpError::Eval(interp::EvalError::EmptyMax { .. })
+                            ) && matches!(
+                                ours,
+                                interp::InterpError::Eval(interp::EvalError::EmptyMax { .. })
+                            ),
                             "{what}: {e} / {ours}"
                         );
                     }

@@ -95,6 +95,12 @@ fn float_cc(op: CompareOp) -> FloatCC {
     }
 }
 
+/// Whether `emit_unary` has code for `op`. Ops without it make the whole
+/// expression unsupported (the planner then runs the node on the interpreter).
+pub(crate) fn has_vector_code(op: UnaryOp) -> bool {
+    !matches!(op, UnaryOp::Sin | UnaryOp::Cos)
+}
+
 pub(crate) fn emit_unary(e: &mut Emitter<'_, '_>, op: UnaryOp, x: Value) -> Value {
     match op {
         UnaryOp::Neg => e.neg(x),
@@ -114,6 +120,9 @@ pub(crate) fn emit_unary(e: &mut Emitter<'_, '_>, op: UnaryOp, x: Value) -> Valu
         UnaryOp::Erf => e.erf(x),
         UnaryOp::Abs => e.abs(x),
         UnaryOp::Recip => e.recip(x),
+        UnaryOp::Sin | UnaryOp::Cos => {
+            unreachable!("validate rejects unary ops without vector code")
+        }
     }
 }
 
@@ -141,7 +150,15 @@ fn validate(expr: &ElementwiseExpr, inputs: usize) -> Result<(), CodegenError> {
                 vec![]
             }
             ExprStep::Const(_) => vec![],
-            ExprStep::Unary(_, a) => vec![*a],
+            ExprStep::Unary(op, a) => {
+                if !has_vector_code(*op) {
+                    return Err(CodegenError::Unsupported(format!(
+                        "`{}` has no vector code; the node runs on the interpreter",
+                        op.name()
+                    )));
+                }
+                vec![*a]
+            }
             ExprStep::Binary(_, a, b) | ExprStep::Compare(_, a, b) => vec![*a, *b],
             ExprStep::Where(c, a, b) => vec![*c, *a, *b],
         };

@@ -1,19 +1,14 @@
 //! Elementwise ops with numpy broadcasting: unary, binary, comparison,
 //! `where`, and the fused expression that chains them.
 
-use crate::ir::{BinaryOp, CompareOp, DType, ElementwiseExpr, ExprStep, UnaryOp};
+use crate::ir::ops::math as scalar;
+use crate::ir::ops::unary;
+use crate::ir::ops::values::{broadcast_offsets, elements, with_element_type, Element};
+use crate::ir::ops::EvalError;
+use crate::ir::{BinaryOp, CompareOp, DType, ElementwiseExpr, ExprStep};
 use crate::tensor::{Tensor, TensorData};
 
-use super::index::{broadcast_offsets, elements, with_element_type, Element};
-use super::{scalar, InterpError};
-
-pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor, InterpError> {
-    let values = elements::<f32>(op.name(), x)?;
-    Ok(Tensor::f32(
-        x.shape().to_vec(),
-        values.iter().map(|&v| scalar::unary(op, v)).collect(),
-    ))
-}
+use super::InterpError;
 
 pub fn binary(
     op: BinaryOp,
@@ -107,10 +102,10 @@ impl Value {
 }
 
 fn expr_error(step: usize, reason: impl Into<String>) -> InterpError {
-    InterpError::BadExpr {
+    InterpError::Eval(EvalError::BadExpr {
         step,
         reason: reason.into(),
-    }
+    })
 }
 
 /// The dtype of every step, checking that each step reads only earlier
@@ -196,7 +191,7 @@ fn eval_steps(
         let value = match step {
             ExprStep::Input(k) => inputs[*k],
             ExprStep::Const(c) => Value::F32(c.0),
-            ExprStep::Unary(op, a) => Value::F32(scalar::unary(*op, f32_operand(*a)?)),
+            ExprStep::Unary(op, a) => Value::F32(unary::apply(*op, f32_operand(*a)?)),
             ExprStep::Binary(op, a, b) => {
                 Value::F32(scalar::binary(*op, f32_operand(*a)?, f32_operand(*b)?))
             }

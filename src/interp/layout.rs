@@ -4,8 +4,9 @@
 use crate::ir::DType;
 use crate::tensor::{strides, Tensor, TensorData};
 
-use super::index::{elements, take, with_element_type, Element, StridedOffsets};
 use super::InterpError;
+use crate::ir::ops::values::{elements, take, with_element_type, Element, StridedOffsets};
+use crate::ir::ops::EvalError;
 
 /// Output axis i is input axis `perm[i]`.
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor, InterpError> {
@@ -18,6 +19,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor, InterpError> {
         out_shape.clone(),
         StridedOffsets::new(&out_shape, &view_strides, 0),
     )
+    .map_err(InterpError::from)
 }
 
 /// Swaps the last two axes (for matmul's transpose flags).
@@ -65,7 +67,7 @@ pub fn concat(parts: &[&Tensor], axis: usize, out_shape: &[usize]) -> Result<Ten
 /// time, and a too-short input must not silently give a shorter result.
 pub fn check_slice_end(x: &Tensor, axis: usize, end: usize) -> Result<(), InterpError> {
     match x.shape().get(axis) {
-        Some(&size) if end > size => Err(InterpError::SliceEnd { end, size, axis }),
+        Some(&size) if end > size => Err(EvalError::SliceEnd { end, size, axis }.into()),
         _ => Ok(()),
     }
 }
@@ -86,6 +88,7 @@ pub fn slice(
         out_shape.to_vec(),
         StridedOffsets::new(out_shape, &view_strides, base),
     )
+    .map_err(InterpError::from)
 }
 
 /// Rows of `table` along `axis`, picked by integer `ids`.
@@ -99,11 +102,12 @@ pub fn gather(
         TensorData::I64(v) => v.clone(),
         TensorData::I32(v) => v.iter().map(|&i| i64::from(i)).collect(),
         TensorData::F32(_) | TensorData::Bool(_) => {
-            return Err(InterpError::OperandDType {
+            return Err(EvalError::OperandDType {
                 op: "gather",
                 expected: DType::I64,
                 actual: ids.dtype(),
-            })
+            }
+            .into())
         }
     };
     let size = table.shape()[axis];
@@ -112,12 +116,13 @@ pub fn gather(
         match gather_row(index, size) {
             Some(row) => rows.push(row),
             None => {
-                return Err(InterpError::GatherIndex {
+                return Err(EvalError::GatherIndex {
                     index,
                     position,
                     axis,
                     size,
-                })
+                }
+                .into())
             }
         }
     }
@@ -127,7 +132,7 @@ pub fn gather(
         rows.iter()
             .flat_map(move |&row| (0..inner).map(move |j| (o * size + row) * inner + j))
     });
-    take("gather", table, out_shape.to_vec(), offsets)
+    take("gather", table, out_shape.to_vec(), offsets).map_err(InterpError::from)
 }
 
 /// The row an id picks on an axis of `size`: ids in `0..size` count from

@@ -6,9 +6,9 @@ use crate::ir::{BinaryOp, LinearEpilogue};
 use crate::tensor::Tensor;
 
 use super::elementwise;
-use super::index::{broadcast_offsets, elements};
 use super::layout::transpose_last_two;
 use super::InterpError;
+use crate::ir::ops::values::{broadcast_offsets, elements};
 
 /// One `[m, k] @ [k, n]` product into `out`, in i-k-j order so the inner
 /// loop runs over contiguous rows of `b` and `out`. Sums are accumulated in
@@ -94,7 +94,7 @@ pub fn fused_linear(
         next += 1;
     }
     if let Some(activation) = epilogue.activation {
-        y = elementwise::unary(activation, &y)?;
+        y = crate::ir::ops::OpKind::eval(&activation, &[&y], out_shape)?;
     }
     if epilogue.residual {
         y = elementwise::binary(BinaryOp::Add, &y, inputs[next], out_shape)?;

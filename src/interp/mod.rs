@@ -14,11 +14,9 @@
 //! and NaN propagates through every op as in numpy.
 
 mod elementwise;
-mod index;
 mod layout;
 mod linalg;
 mod reduce;
-mod scalar;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -30,7 +28,8 @@ use crate::runtime::budget::{interpreter_peak, tensor_sizes, BudgetError, Memory
 use crate::span::Span;
 use crate::tensor::Tensor;
 
-pub use scalar::{erf, erfc};
+pub use crate::ir::ops::math::{erf, erfc};
+pub use crate::ir::ops::EvalError;
 
 /// Why a graph could not be evaluated. Errors from one node's evaluation
 /// come wrapped in `AtNode`; `root()` unwraps them.
@@ -61,31 +60,12 @@ pub enum InterpError {
         computed: String,
         declared: String,
     },
-    #[error("{op}: expected a {expected} operand, got {actual}")]
-    OperandDType {
-        op: &'static str,
-        expected: DType,
-        actual: DType,
-    },
     #[error("{op}: the result {shape} is still symbolic; bind every symbol first")]
     Symbolic { op: &'static str, shape: String },
-    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
-    GatherIndex {
-        index: i64,
-        position: usize,
-        axis: usize,
-        size: usize,
-    },
-    #[error("slice: end {end} is past the size {size} of axis {axis}")]
-    SliceEnd {
-        end: usize,
-        size: usize,
-        axis: usize,
-    },
-    #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
-    EmptyMax { axis: usize },
-    #[error("fused_elementwise: step {step}: {reason}")]
-    BadExpr { step: usize, reason: String },
+    /// The op's reference evaluation failed on these operands (bad data:
+    /// out-of-range ids, an empty max, ...).
+    #[error(transparent)]
+    Eval(#[from] EvalError),
     #[error("{op} nodes take their value from the run's inputs or parameters, not from eval_node")]
     SourceOp { op: &'static str },
     #[error("output `{name}` names a node that is not in the graph")]
@@ -181,10 +161,13 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
         });
     }
     let out = &out_shape[..];
+    if let Some(kind) = op.kind() {
+        return Ok(kind.eval(inputs, out)?);
+    }
     match op {
         Op::Input { .. } | Op::Param { .. } => Err(InterpError::SourceOp { op: op.name() }),
         Op::Constant { value } => Ok(Tensor::clone(value)),
-        Op::Unary(u) => elementwise::unary(*u, inputs[0]),
+        Op::Unary(_) => unreachable!("registered in Op::kind"),
         Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], out),
         Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1], out),
         Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2], out),

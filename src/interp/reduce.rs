@@ -6,9 +6,9 @@
 use crate::ir::ReduceOp;
 use crate::tensor::{strides, Tensor};
 
-use super::index::{elements, StridedOffsets};
-use super::scalar::nan_max;
 use super::InterpError;
+use crate::ir::ops::math::nan_max;
+use crate::ir::ops::values::{elements, StridedOffsets};
 
 /// For every lane along `axis` (all positions that differ only in their
 /// `axis` index), the offsets of that lane's elements in order.
@@ -132,7 +132,7 @@ pub fn reduce(
             .copied()
             .find(|&a| x.shape()[a] == 0)
             .unwrap_or(0);
-        return Err(InterpError::EmptyMax { axis });
+        return Err(crate::ir::ops::EvalError::EmptyMax { axis }.into());
     }
     let init = match op {
         ReduceOp::Sum | ReduceOp::Mean => 0.0,

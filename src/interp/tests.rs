@@ -158,7 +158,7 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
         &[&empty],
     );
     assert!(
-        matches!(max, Err(InterpError::EmptyMax { axis: 0 })),
+        matches!(max, Err(InterpError::Eval(EvalError::EmptyMax { axis: 0 }))),
         "{max:?}"
     );
 
@@ -287,12 +287,12 @@ fn gather_counts_negative_ids_from_the_end_and_rejects_out_of_range() {
         let n = ids.len();
         match eval(Op::Gather { axis }, &[&table, &Tensor::i64(vec![n], ids)]) {
             Err(
-                e @ InterpError::GatherIndex {
+                e @ InterpError::Eval(EvalError::GatherIndex {
                     index,
                     position: p,
                     axis: a,
                     size: s,
-                },
+                }),
             ) if (index, p, a, s) == (bad, position, axis, size) => {
                 let valid = format!("valid ids: -{size} to {}", size - 1);
                 assert!(e.to_string().contains(&valid), "{e}");
@@ -351,7 +351,10 @@ fn a_bad_gather_in_a_graph_names_the_node_and_the_index() {
     .unwrap_err();
     let message = err.to_string();
     assert!(
-        matches!(err.root(), InterpError::GatherIndex { index: 9, .. }),
+        matches!(
+            err.root(),
+            InterpError::Eval(EvalError::GatherIndex { index: 9, .. })
+        ),
         "{err:?}"
     );
     assert!(
@@ -583,7 +586,7 @@ fn fused_elementwise_rejects_ill_formed_expressions() {
     };
     let err = eval(Op::FusedElementwise { expr: on_bool }, &[&flags]).unwrap_err();
     assert!(
-        matches!(err, InterpError::BadExpr { step: 1, .. }),
+        matches!(err, InterpError::Eval(EvalError::BadExpr { step: 1, .. })),
         "{err:?}"
     );
     let forward = ElementwiseExpr {
@@ -596,7 +599,7 @@ fn fused_elementwise_rejects_ill_formed_expressions() {
     let x = Tensor::f32(vec![2], vec![1.0, 2.0]);
     let err = eval(Op::FusedElementwise { expr: forward }, &[&x]).unwrap_err();
     assert!(
-        matches!(err, InterpError::BadExpr { step: 1, .. }),
+        matches!(err, InterpError::Eval(EvalError::BadExpr { step: 1, .. })),
         "{err:?}"
     );
 }

@@ -6,13 +6,13 @@ pub mod builder;
 pub mod dim;
 pub mod graph;
 pub mod image_input;
-pub mod op;
+pub mod ops;
 pub mod shape_rules;
 
 pub use crate::dtype::DType;
 pub use dim::{Bindings, Dim};
 pub use graph::{Graph, Node, NodeId, TensorType};
-pub use op::{
+pub use ops::{
     BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp,
     UnaryOp,
 };

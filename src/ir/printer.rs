@@ -30,6 +30,9 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
                 .join(", ")
         )
     };
+    if let Some(kind) = op.kind() {
+        return kind.attributes();
+    }
     match op {
         Op::Input { .. }
         | Op::Param { .. }

@@ -96,8 +96,11 @@ fn same_op(a: &Op, b: &Op) -> bool {
 /// Hashes everything `same_op` compares. Large constants hash a prefix of
 /// their data: equal tensors still hash equal, and the full comparison
 /// settles collisions.
-fn hash_op<H: Hasher>(op: &Op, h: &mut H) {
+fn hash_op(op: &Op, h: &mut DefaultHasher) {
     std::mem::discriminant(op).hash(h);
+    if let Some(kind) = op.kind() {
+        return kind.hash_attributes(h);
+    }
     match op {
         Op::Input { name } => name.hash(h),
         Op::Param { name, init } => {
@@ -105,7 +108,7 @@ fn hash_op<H: Hasher>(op: &Op, h: &mut H) {
             init.hash(h);
         }
         Op::Constant { value } => hash_tensor_prefix(value, h),
-        Op::Unary(u) => u.hash(h),
+        Op::Unary(_) => unreachable!("registered in Op::kind"),
         Op::Binary(b) => b.hash(h),
         Op::Compare(c) => c.hash(h),
         Op::Where => {}

@@ -231,7 +231,9 @@ impl Gen {
                     UnaryOp::Erf,
                     UnaryOp::Abs,
                     UnaryOp::Exp,
-                ][self.rng.random_range(0..9)];
+                    UnaryOp::Sin,
+                    UnaryOp::Cos,
+                ][self.rng.random_range(0..11)];
                 if u == UnaryOp::Exp {
                     let t = self.unary(UnaryOp::Tanh, x);
                     self.unary(u, t)

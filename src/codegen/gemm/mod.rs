@@ -90,7 +90,9 @@ impl Activation {
             | UnaryOp::Rsqrt
             | UnaryOp::Erf
             | UnaryOp::Abs
-            | UnaryOp::Recip => None,
+            | UnaryOp::Recip
+            | UnaryOp::Sin
+            | UnaryOp::Cos => None,
         }
     }
 

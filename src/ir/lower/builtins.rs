@@ -1,11 +1,16 @@
 //! Built-in functions: each maps a call to one op (or a few, for sugar like
 //! `transpose` and `embedding`) and normalises its attributes.
+//!
+//! Op families registered in `ops::BUILTINS` lower their own calls through
+//! the [`CallArgs`] this file implements over `Args`; the rest are still
+//! matched here (being migrated into their op files).
 
 use super::args::Args;
 use super::{Lowered, Lowerer, Poisoned};
 use crate::ir::lower_error::{did_you_mean, LowerError};
-use crate::ir::op::{BinaryOp, Float, Init, ReduceOp, UnaryOp};
+use crate::ir::ops::{self, BinaryOp, CallArgs, Float, Init, ReduceOp};
 use crate::ir::{dim, Dim, NodeId, Op};
+use crate::ir::{DType, TensorType};
 use crate::span::Span;
 use crate::syntax::ast::{self, Expr, PathSegment};
 
@@ -34,14 +39,54 @@ const OTHER_BUILTINS: &[&str] = &[
 const INITIALIZERS: &[&str] = &["zeros", "ones", "uniform", "normal", "xavier", "he"];
 
 pub(super) fn is_builtin(name: &str) -> bool {
-    UnaryOp::from_name(name).is_some() || OTHER_BUILTINS.contains(&name)
+    ops::builtin(name).is_some() || OTHER_BUILTINS.contains(&name)
 }
 
 fn all_names() -> impl Iterator<Item = &'static str> {
-    UnaryOp::ALL
+    ops::BUILTINS
         .iter()
-        .map(|u| u.name())
+        .flat_map(|b| b.names.iter().copied())
         .chain(OTHER_BUILTINS.iter().copied())
+}
+
+/// One call's arguments as the op files read them.
+struct CallSite<'l, 'a> {
+    lw: &'l mut Lowerer<'a>,
+    args: &'l mut Args<'a>,
+}
+
+impl CallArgs for CallSite<'_, '_> {
+    fn tensor(&mut self) -> Lowered<NodeId> {
+        self.args.tensor(self.lw)
+    }
+    fn rest_tensors(&mut self) -> Lowered<Vec<NodeId>> {
+        self.args.rest_tensors(self.lw)
+    }
+    fn int(&mut self, key: &str, default: Option<i64>) -> Lowered<i64> {
+        self.args.int(self.lw, key, default)
+    }
+    fn float(&mut self, key: &str, default: f64) -> Lowered<f64> {
+        self.args.float(self.lw, key, default)
+    }
+    fn bool(&mut self, key: &str, default: bool) -> Lowered<bool> {
+        self.args.bool(self.lw, key, default)
+    }
+    fn int_list(&mut self, key: &str, positional: bool) -> Lowered<Option<Vec<i64>>> {
+        self.args.int_list(self.lw, key, positional)
+    }
+    fn dtype(&mut self, key: &str) -> Lowered<DType> {
+        self.args.dtype(self.lw, key)
+    }
+    fn operand_type(&self, operand: NodeId) -> &TensorType {
+        &self.lw.graph.node(operand).ty
+    }
+    fn error(&mut self, message: String) -> Poisoned {
+        self.lw.error(LowerError::Argument {
+            func: self.args.func.clone(),
+            message,
+            span: self.args.span,
+        })
+    }
 }
 
 /// `axis` counted from the end when negative, checked against `rank`.
@@ -95,8 +140,8 @@ fn lower_call<'a>(
     args: &mut Args<'a>,
     name: &str,
 ) -> Lowered<(Op, Vec<NodeId>)> {
-    if let Some(u) = UnaryOp::from_name(name) {
-        return Ok((Op::Unary(u), vec![args.tensor(lw)?]));
+    if let Some(builtin) = ops::builtin(name) {
+        return (builtin.lower)(name, &mut CallSite { lw, args });
     }
     match name {
         "matmul" => {

@@ -44,8 +44,7 @@ pub struct LoweredModel {
 }
 
 /// Marks a value whose error has already been recorded.
-#[derive(Clone, Copy, Debug)]
-struct Poisoned;
+use crate::ir::ops::Poisoned;
 
 type Lowered<T> = Result<T, Poisoned>;
 

@@ -162,7 +162,7 @@ impl Reduction {
         let count: usize = self.reduced.shape.iter().product();
         if self.op == ReduceOp::Max && count == 0 && !out.is_empty() {
             let axis = self.empty_axis.unwrap_or(0);
-            return Err(InterpError::EmptyMax { axis });
+            return Err(crate::ir::ops::EvalError::EmptyMax { axis }.into());
         }
         for (o, slot) in out.iter_mut().enumerate() {
             let base = offset_of(&self.kept, o);

@@ -1,13 +1,175 @@
-//! The closed set of graph operations.
+//! Every graph operation: the closed `enum Op` (the index of ops), the
+//! [`OpKind`] trait each op implements in its own file, and the one match
+//! that maps an `Op` to its implementation ([`Op::kind`], the registration).
 //!
-//! Few primitives, each with one shape rule (`shape_rules.rs`) and one
-//! reference semantics (`interp`). Fused ops are produced only by passes.
+//! An op file holds everything the compiler knows about one op or op
+//! family: its built-in function(s) and attribute parsing ([`Builtin`]),
+//! its shape rule, its reference evaluation (the interpreter's semantics:
+//! f64 arithmetic, one rounding to f32), its printed attributes, the hash
+//! CSE needs and its flop count. Kernels are downstream of the IR and are
+//! not named here: their candidates live in `runtime::exec::candidates`.
+//! See docs/adding-an-op.md for the recipe.
+//!
+//! Fused ops are produced only by passes.
 
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::Arc;
 
-use super::{DType, Dim};
+use super::graph::TensorType;
+use super::{DType, Dim, NodeId};
 use crate::tensor::Tensor;
+
+pub mod math;
+pub mod shape;
+pub mod unary;
+pub mod values;
+
+pub use shape::ShapeError;
+pub use unary::UnaryOp;
+
+/// What the compiler asks of an op. Implemented by the op's attribute type
+/// (`UnaryOp`, ...), in the op's file.
+pub trait OpKind: fmt::Debug + Send + Sync {
+    /// The op's name as the printer shows it.
+    fn name(&self) -> &'static str;
+
+    /// How many operands the op takes: `(min, max)`.
+    fn arity(&self) -> (usize, usize);
+
+    /// The shape rule: the output type for operands of these types (their
+    /// count is already checked against `arity`). Works on symbolic and
+    /// concrete dims alike; the size check is done by the caller.
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError>;
+
+    /// The reference evaluation, the oracle's semantics: plain loops, f64
+    /// arithmetic and accumulation, one rounding to f32. Called by the
+    /// interpreter after `infer` accepted the operands and gave the concrete
+    /// `out_shape`. Never called by const-fold (see passes/fold_eval.rs).
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError>;
+
+    /// The attributes as `key=value` pairs for the printed form, in a fixed
+    /// order (none for most elementwise ops).
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Hashes everything `==` on the op compares, for CSE. With `#[derive(Hash)]`
+    /// on the attribute type this is `std::hash::Hash::hash(self, &mut state)`.
+    fn hash_attributes(&self, state: &mut dyn Hasher);
+
+    /// Floating-point operations of one evaluation as `lamina bench` counts
+    /// them: matrix products only (2 per multiply-add), so GFLOP/s compares
+    /// with peers' GEMM figures; every other op counts 0.
+    fn flops(&self, _inputs: &[&[usize]], _out_shape: &[usize]) -> u64 {
+        0
+    }
+
+    // Derivative rule: the autodiff work adds its per-op method here.
+}
+
+impl Op {
+    /// The op's implementation: the registration of every op, one line each.
+    /// `None` for the ops still handled by the older per-layer matches
+    /// (being migrated family by family).
+    pub fn kind(&self) -> Option<&dyn OpKind> {
+        match self {
+            Op::Unary(op) => Some(op),
+            _ => None,
+        }
+    }
+}
+
+/// Why an op could not evaluate its operands (the reference evaluation).
+/// The interpreter adds the node and its source line.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("{op}: expected a {expected} operand, got {actual}")]
+    OperandDType {
+        op: &'static str,
+        expected: DType,
+        actual: DType,
+    },
+    #[error("gather: id {index} (at position {position} of the ids) is out of range for axis {axis} of size {size} (valid ids: -{size} to {})", *.size as i64 - 1)]
+    GatherIndex {
+        index: i64,
+        position: usize,
+        axis: usize,
+        size: usize,
+    },
+    #[error("slice: end {end} is past the size {size} of axis {axis}")]
+    SliceEnd {
+        end: usize,
+        size: usize,
+        axis: usize,
+    },
+    #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
+    EmptyMax { axis: usize },
+    #[error("fused_elementwise: step {step}: {reason}")]
+    BadExpr { step: usize, reason: String },
+}
+
+/// A built-in function of the language: the names lowering accepts and how
+/// a call becomes an op. Every op family lists its built-ins in [`BUILTINS`].
+pub struct Builtin {
+    pub names: &'static [&'static str],
+    /// Reads the call's arguments (in the order the built-in documents)
+    /// and returns the op and its operands. `name` is one of `names`.
+    pub lower: fn(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned>,
+}
+
+/// Every op family's built-ins: the registration line of the lowering table.
+pub const BUILTINS: &[&Builtin] = &[&unary::BUILTIN];
+
+/// The built-in with this name, if any.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().copied().find(|b| b.names.contains(&name))
+}
+
+/// An error already reported to the user (lowering collects errors and
+/// goes on; the value that failed is poisoned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Poisoned;
+
+/// The arguments of one built-in call, as lowering offers them to the op's
+/// `Builtin::lower`. Each reader reports its own error (located at the
+/// argument) and returns `Poisoned`; lowering then rejects arguments left
+/// unread.
+pub trait CallArgs {
+    /// The next positional tensor operand.
+    fn tensor(&mut self) -> Result<NodeId, Poisoned>;
+    /// All remaining positional tensor operands.
+    fn rest_tensors(&mut self) -> Result<Vec<NodeId>, Poisoned>;
+    /// An integer attribute (keyword, or the next positional); `default`
+    /// `None` makes it required.
+    fn int(&mut self, key: &str, default: Option<i64>) -> Result<i64, Poisoned>;
+    fn float(&mut self, key: &str, default: f64) -> Result<f64, Poisoned>;
+    fn bool(&mut self, key: &str, default: bool) -> Result<bool, Poisoned>;
+    /// A list of integers, or one integer as a list of one; `None` when absent.
+    fn int_list(&mut self, key: &str, positional: bool) -> Result<Option<Vec<i64>>, Poisoned>;
+    fn dtype(&mut self, key: &str) -> Result<DType, Poisoned>;
+    /// The type of an operand already read.
+    fn operand_type(&self, operand: NodeId) -> &TensorType;
+    /// Reports a wrong argument of this call.
+    fn error(&mut self, message: String) -> Poisoned;
+
+    /// An axis attribute counted from the end when negative, checked
+    /// against the rank of `operand`.
+    fn axis(&mut self, key: &str, default: i64, operand: NodeId) -> Result<usize, Poisoned> {
+        let axis = self.int(key, Some(default))?;
+        let rank = self.operand_type(operand).rank();
+        self.resolve_axis(axis, rank)
+    }
+
+    /// `axis` counted from the end when negative, checked against `rank`.
+    fn resolve_axis(&mut self, axis: i64, rank: usize) -> Result<usize, Poisoned> {
+        let resolved = if axis < 0 { axis + rank as i64 } else { axis };
+        if resolved < 0 || resolved >= rank as i64 {
+            return Err(self.error(format!("axis {axis} is out of range for rank {rank}")));
+        }
+        Ok(resolved as usize)
+    }
+}
 
 /// An f32 attribute that compares and hashes by bit pattern, so ops can be
 /// keys in common-subexpression elimination.
@@ -30,73 +192,6 @@ impl fmt::Display for Float {
         // `{:?}` keeps a decimal point on integral values (`1.0`, not `1`)
         // and prints the shortest text that round-trips.
         write!(f, "{:?}", self.0)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnaryOp {
-    Neg,
-    Relu,
-    Sigmoid,
-    Tanh,
-    /// 0.5 x (1 + erf(x / sqrt 2))
-    Gelu,
-    /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    GeluTanh,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Erf,
-    Abs,
-    Recip,
-}
-
-impl UnaryOp {
-    pub const ALL: [UnaryOp; 13] = [
-        UnaryOp::Neg,
-        UnaryOp::Relu,
-        UnaryOp::Sigmoid,
-        UnaryOp::Tanh,
-        UnaryOp::Gelu,
-        UnaryOp::GeluTanh,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Erf,
-        UnaryOp::Abs,
-        UnaryOp::Recip,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Relu => "relu",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Gelu => "gelu",
-            UnaryOp::GeluTanh => "gelu_tanh",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Rsqrt => "rsqrt",
-            UnaryOp::Erf => "erf",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Recip => "recip",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<UnaryOp> {
-        UnaryOp::ALL.into_iter().find(|op| op.name() == name)
-    }
-
-    /// Activations a fused linear layer may apply in its epilogue.
-    pub fn is_activation(self) -> bool {
-        matches!(
-            self,
-            UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Tanh | UnaryOp::Gelu | UnaryOp::GeluTanh
-        )
     }
 }
 
@@ -366,11 +461,14 @@ pub enum Op {
 impl Op {
     /// The op's name as the printer shows it.
     pub fn name(&self) -> &'static str {
+        if let Some(kind) = self.kind() {
+            return kind.name();
+        }
         match self {
             Op::Input { .. } => "input",
             Op::Param { .. } => "param",
             Op::Constant { .. } => "const",
-            Op::Unary(u) => u.name(),
+            Op::Unary(_) => unreachable!("registered in Op::kind"),
             Op::Binary(b) => b.name(),
             Op::Compare(c) => c.name(),
             Op::Where => "where",

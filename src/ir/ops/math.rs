@@ -1,13 +1,15 @@
-//! Per-element semantics of the unary, binary and comparison ops, shared by
-//! the plain elementwise nodes and `FusedElementwise`, so that a fused
-//! expression gives bit-for-bit the values of the unfused graph.
+//! Per-element f64 semantics shared by the op files: the special functions
+//! (erf, gelu), numpy's NaN-propagating max/min, and the binary and
+//! comparison ops, used by the plain elementwise nodes and `FusedElementwise`
+//! alike, so that a fused expression gives bit-for-bit the values of the
+//! unfused graph.
 //!
 //! Every f32 op is computed in f64 and rounded once to f32. For `+ - * /`
 //! and `sqrt` that is exactly the f32 result; for the transcendental ops it
 //! is the correctly rounded value in all but rare ties, which makes the
 //! oracle at least as accurate as any f32 fast path.
 
-use crate::ir::{BinaryOp, CompareOp, UnaryOp};
+use super::{BinaryOp, CompareOp};
 
 const FRAC_2_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
 const SQRT_PI: f64 = 1.772_453_850_905_516;
@@ -97,34 +99,6 @@ pub fn gelu_tanh(x: f64) -> f64 {
     let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
     let u = sqrt_2_over_pi * (x + 0.044715 * x * x * x);
     x / (1.0 + (-2.0 * u).exp())
-}
-
-pub fn unary(op: UnaryOp, x: f32) -> f32 {
-    let x = f64::from(x);
-    let y = match op {
-        UnaryOp::Neg => -x,
-        // `x < 0` is false for NaN, so NaN passes through like numpy's
-        // maximum(x, 0); `f64::max` would return 0.
-        UnaryOp::Relu => {
-            if x < 0.0 {
-                0.0
-            } else {
-                x
-            }
-        }
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Gelu => gelu(x),
-        UnaryOp::GeluTanh => gelu_tanh(x),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Erf => erf(x),
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Recip => 1.0 / x,
-    };
-    y as f32
 }
 
 /// numpy's maximum/minimum: NaN in either operand gives NaN (Rust's
@@ -275,8 +249,6 @@ mod tests {
 
     #[test]
     fn relu_max_and_min_propagate_nan() {
-        assert!(unary(UnaryOp::Relu, f32::NAN).is_nan());
-        assert_eq!(unary(UnaryOp::Relu, -2.0), 0.0);
         assert!(binary(BinaryOp::Max, f32::NAN, 1.0).is_nan());
         assert!(binary(BinaryOp::Max, 1.0, f32::NAN).is_nan());
         assert!(binary(BinaryOp::Min, 1.0, f32::NAN).is_nan());

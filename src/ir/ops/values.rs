@@ -10,7 +10,7 @@
 use crate::ir::DType;
 use crate::tensor::{Tensor, TensorData};
 
-use super::InterpError;
+use super::EvalError;
 
 /// Flat offsets of every position of `shape`, in row-major order, into a
 /// buffer addressed as `base + sum(index[i] * strides[i])`.
@@ -155,8 +155,8 @@ impl Element for bool {
 pub fn elements<'a, T: Element>(
     op: &'static str,
     tensor: &'a Tensor,
-) -> Result<&'a [T], InterpError> {
-    T::slice(tensor.data()).ok_or(InterpError::OperandDType {
+) -> Result<&'a [T], EvalError> {
+    T::slice(tensor.data()).ok_or(EvalError::OperandDType {
         op,
         expected: T::DTYPE,
         actual: tensor.dtype(),
@@ -195,12 +195,12 @@ pub fn take(
     source: &Tensor,
     shape: Vec<usize>,
     offsets: impl Iterator<Item = usize>,
-) -> Result<Tensor, InterpError> {
+) -> Result<Tensor, EvalError> {
     fn typed<T: Element>(
         op: &'static str,
         source: &Tensor,
         offsets: impl Iterator<Item = usize>,
-    ) -> Result<TensorData, InterpError> {
+    ) -> Result<TensorData, EvalError> {
         let values = elements::<T>(op, source)?;
         Ok(T::wrap(offsets.map(|o| values[o]).collect()))
     }
