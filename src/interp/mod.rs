@@ -167,7 +167,13 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
     match op {
         Op::Input { .. } | Op::Param { .. } => Err(InterpError::SourceOp { op: op.name() }),
         Op::Constant { value } => Ok(Tensor::clone(value)),
-        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Unary(_)
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => unreachable!("registered in Op::kind"),
         Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], out),
         Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1], out),
         Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2], out),

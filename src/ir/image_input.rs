@@ -12,7 +12,7 @@
 use crate::span::Span;
 
 /// How the crop is brought to the input's height and width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ResizeFilter {
     /// Each output pixel takes the nearest source pixel (half-pixel centres).
     Nearest,

@@ -40,6 +40,12 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         | Op::Binary(_)
         | Op::Compare(_)
         | Op::Where => vec![],
+        Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => unreachable!("registered in Op::kind"),
         Op::Constant { value } => {
             let shown = if value.len() == 1 {
                 format!("{}", value.to_f64_vec()[0] as f32)

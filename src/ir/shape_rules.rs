@@ -20,7 +20,13 @@ pub fn arity(op: &Op) -> (usize, usize) {
     }
     match op {
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => (0, 0),
-        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Unary(_)
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => unreachable!("registered in Op::kind"),
         Op::Softmax { .. }
         | Op::LogSoftmax { .. }
         | Op::Reduce { .. }
@@ -78,7 +84,13 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
         return kind.infer(inputs);
     }
     match op {
-        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Unary(_)
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => unreachable!("registered in Op::kind"),
         Op::Input { .. } | Op::Param { .. } => {
             err(format!("{name} has a declared type, not an inferred one"))
         }

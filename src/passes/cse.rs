@@ -108,7 +108,13 @@ fn hash_op(op: &Op, h: &mut DefaultHasher) {
             init.hash(h);
         }
         Op::Constant { value } => hash_tensor_prefix(value, h),
-        Op::Unary(_) => unreachable!("registered in Op::kind"),
+        Op::Unary(_)
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => unreachable!("registered in Op::kind"),
         Op::Binary(b) => b.hash(h),
         Op::Compare(c) => c.hash(h),
         Op::Where => {}

@@ -216,6 +216,12 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::Concat { .. }
         | Op::Gather { .. }
         | Op::FusedLinear { .. }
-        | Op::FusedElementwise { .. } => None,
+        | Op::FusedElementwise { .. }
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => None,
     }
 }

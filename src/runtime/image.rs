@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use image::{ImageReader, Limits};
 
 use crate::ir::dim::checked_bytes;
-use crate::ir::image_input::{ImageInput, ResizeFilter};
+use crate::ir::image_input::ImageInput;
+use crate::ir::ops::resize::resize_plane;
 use crate::tensor::{Tensor, TensorData};
 
 /// The largest photo decoded, per side: far beyond any camera, small enough
@@ -171,52 +172,10 @@ fn centre_crop(spec: &ImageInput, height: usize, width: usize) -> (usize, usize,
     )
 }
 
-/// Resizes one row-major plane with half-pixel centres (`src = (dst + 0.5)
-/// * in / out - 0.5`), edges clamped, no antialiasing: ONNX Resize's and
-/// PyTorch's `align_corners=False` convention.
-pub fn resize_plane(
-    src: &[f64],
-    in_h: usize,
-    in_w: usize,
-    out_h: usize,
-    out_w: usize,
-    filter: ResizeFilter,
-) -> Vec<f64> {
-    let ys = taps(in_h, out_h, filter);
-    let xs = taps(in_w, out_w, filter);
-    let mut out = Vec::with_capacity(out_h * out_w);
-    for &(y0, y1, fy) in &ys {
-        for &(x0, x1, fx) in &xs {
-            let at = |y: usize, x: usize| src[y * in_w + x];
-            let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
-            let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-            out.push(top * (1.0 - fy) + bottom * fy);
-        }
-    }
-    out
-}
-
-/// For each output index: the two source indices and the weight of the second.
-fn taps(n_in: usize, n_out: usize, filter: ResizeFilter) -> Vec<(usize, usize, f64)> {
-    let scale = n_in as f64 / n_out as f64;
-    (0..n_out)
-        .map(|o| match filter {
-            ResizeFilter::Nearest => {
-                let i = (((o as f64 + 0.5) * scale) as usize).min(n_in - 1);
-                (i, i, 0.0)
-            }
-            ResizeFilter::Bilinear => {
-                let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f64);
-                let lo = s.floor() as usize;
-                (lo, (lo + 1).min(n_in - 1), s - lo as f64)
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::image_input::ResizeFilter;
     use crate::span::Span;
 
     fn spec(channels: usize, height: usize, width: usize, crop: f64) -> ImageInput {
@@ -245,24 +204,6 @@ mod tests {
         assert_eq!(
             centre_crop(&spec(3, 50, 100, 1.0), 100, 100),
             (25, 0, 50, 100)
-        );
-    }
-
-    #[test]
-    fn resize_identity_upsample_and_nearest() {
-        let plane: Vec<f64> = (0..12).map(f64::from).collect();
-        assert_eq!(
-            resize_plane(&plane, 3, 4, 3, 4, ResizeFilter::Bilinear),
-            plane
-        );
-        // 1x2 -> 1x4 bilinear, half-pixel: sources -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
-        assert_eq!(
-            resize_plane(&[0.0, 4.0], 1, 2, 1, 4, ResizeFilter::Bilinear),
-            [0.0, 1.0, 3.0, 4.0]
-        );
-        assert_eq!(
-            resize_plane(&[0.0, 4.0], 1, 2, 1, 4, ResizeFilter::Nearest),
-            [0.0, 0.0, 4.0, 4.0]
         );
     }
 

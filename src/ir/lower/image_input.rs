@@ -35,7 +35,7 @@ pub(super) fn image_input<'a>(
     };
     let mut args = Args::new(lw, FUNC, call_args, span)?;
     let crop = args.float(lw, "crop", 1.0);
-    let filter = args.choice(lw, "resize", &ResizeFilter::NAMES, "bilinear");
+    let filter = args.word(lw, "resize", &ResizeFilter::NAMES, "bilinear");
     let mean = args.float_list(lw, "mean");
     let std = args.float_list(lw, "std");
     let finished = args.finish(lw);
@@ -112,7 +112,7 @@ pub(super) fn image_input<'a>(
         height,
         width,
         crop,
-        filter: ResizeFilter::from_name(&filter).expect("choice() allows only known filters"),
+        filter: ResizeFilter::from_name(&filter).expect("word() allows only known filters"),
         mean,
         std,
         span,

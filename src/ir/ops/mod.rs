@@ -20,10 +20,18 @@ use super::graph::TensorType;
 use super::{DType, Dim, NodeId};
 use crate::tensor::Tensor;
 
+pub mod batch_norm;
+pub mod clip;
+pub mod conv;
+pub mod flatten;
 pub mod math;
+pub mod pad;
+pub mod pool;
+pub mod resize;
 pub mod shape;
 pub mod unary;
 pub mod values;
+pub mod window;
 
 pub use shape::ShapeError;
 pub use unary::UnaryOp;
@@ -75,6 +83,12 @@ impl Op {
     pub fn kind(&self) -> Option<&dyn OpKind> {
         match self {
             Op::Unary(op) => Some(op),
+            Op::Conv2d(op) => Some(op),
+            Op::Pool2d(op) => Some(op),
+            Op::BatchNorm(op) => Some(op),
+            Op::Clip(op) => Some(op),
+            Op::Pad(op) => Some(op),
+            Op::Resize(op) => Some(op),
             _ => None,
         }
     }
@@ -105,6 +119,8 @@ pub enum EvalError {
     },
     #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
     EmptyMax { axis: usize },
+    #[error("{op}: {message}")]
+    Invalid { op: &'static str, message: String },
     #[error("fused_elementwise: step {step}: {reason}")]
     BadExpr { step: usize, reason: String },
 }
@@ -119,7 +135,16 @@ pub struct Builtin {
 }
 
 /// Every op family's built-ins: the registration line of the lowering table.
-pub const BUILTINS: &[&Builtin] = &[&unary::BUILTIN];
+pub const BUILTINS: &[&Builtin] = &[
+    &unary::BUILTIN,
+    &conv::BUILTIN,
+    &pool::BUILTIN,
+    &batch_norm::BUILTIN,
+    &clip::BUILTIN,
+    &pad::BUILTIN,
+    &flatten::BUILTIN,
+    &resize::BUILTIN,
+];
 
 /// The built-in with this name, if any.
 pub fn builtin(name: &str) -> Option<&'static Builtin> {
@@ -148,6 +173,16 @@ pub trait CallArgs {
     /// A list of integers, or one integer as a list of one; `None` when absent.
     fn int_list(&mut self, key: &str, positional: bool) -> Result<Option<Vec<i64>>, Poisoned>;
     fn dtype(&mut self, key: &str) -> Result<DType, Poisoned>;
+    /// A word attribute (`mode="bilinear"`) that must be one of `words`.
+    fn word(
+        &mut self,
+        key: &str,
+        words: &[&str],
+        default: &'static str,
+    ) -> Result<String, Poisoned>;
+    /// One integer, a list of integers, or one of `words` (`padding=1`,
+    /// `padding=[1, 2]`, `padding="same"`); `None` when absent.
+    fn ints_or_word(&mut self, key: &str, words: &[&str]) -> Result<Option<IntsOrWord>, Poisoned>;
     /// The type of an operand already read.
     fn operand_type(&self, operand: NodeId) -> &TensorType;
     /// Reports a wrong argument of this call.
@@ -169,6 +204,13 @@ pub trait CallArgs {
         }
         Ok(resolved as usize)
     }
+}
+
+/// An attribute that is integers or a word, as [`CallArgs::ints_or_word`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntsOrWord {
+    Ints(Vec<i64>),
+    Word(String),
 }
 
 /// An f32 attribute that compares and hashes by bit pattern, so ops can be
@@ -456,6 +498,12 @@ pub enum Op {
     FusedElementwise {
         expr: ElementwiseExpr,
     },
+    Conv2d(conv::Conv2d),
+    Pool2d(pool::Pool2d),
+    BatchNorm(batch_norm::BatchNorm),
+    Clip(clip::Clip),
+    Pad(pad::Pad),
+    Resize(resize::Resize),
 }
 
 impl Op {
@@ -468,7 +516,13 @@ impl Op {
             Op::Input { .. } => "input",
             Op::Param { .. } => "param",
             Op::Constant { .. } => "const",
-            Op::Unary(_) => unreachable!("registered in Op::kind"),
+            Op::Unary(_)
+            | Op::Conv2d(_)
+            | Op::Pool2d(_)
+            | Op::BatchNorm(_)
+            | Op::Clip(_)
+            | Op::Pad(_)
+            | Op::Resize(_) => unreachable!("registered in Op::kind"),
             Op::Binary(b) => b.name(),
             Op::Compare(c) => c.name(),
             Op::Where => "where",

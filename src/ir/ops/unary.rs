@@ -1,6 +1,6 @@
 //! Unary elementwise ops on f32: `neg`, `relu`, `sigmoid`, `tanh`, `gelu`,
 //! `gelu_tanh`, `exp`, `log`, `sqrt`, `rsqrt`, `erf`, `abs`, `recip`, `sin`,
-//! `cos`. Each is a built-in of the same name taking one tensor; the result
+//! `cos`, `relu6`, `hard_sigmoid`, `hard_swish`. Each is a built-in of the same name taking one tensor; the result
 //! has the operand's type.
 
 use std::hash::{Hash, Hasher};
@@ -31,10 +31,16 @@ pub enum UnaryOp {
     Recip,
     Sin,
     Cos,
+    /// min(max(x, 0), 6)
+    Relu6,
+    /// relu6(x + 3) / 6, PyTorch's `hardsigmoid`
+    HardSigmoid,
+    /// x * relu6(x + 3) / 6, PyTorch's `hardswish`
+    HardSwish,
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 15] = [
+    pub const ALL: [UnaryOp; 18] = [
         UnaryOp::Neg,
         UnaryOp::Relu,
         UnaryOp::Sigmoid,
@@ -50,6 +56,9 @@ impl UnaryOp {
         UnaryOp::Recip,
         UnaryOp::Sin,
         UnaryOp::Cos,
+        UnaryOp::Relu6,
+        UnaryOp::HardSigmoid,
+        UnaryOp::HardSwish,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -69,6 +78,9 @@ impl UnaryOp {
             UnaryOp::Recip => "recip",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
+            UnaryOp::Relu6 => "relu6",
+            UnaryOp::HardSigmoid => "hard_sigmoid",
+            UnaryOp::HardSwish => "hard_swish",
         }
     }
 
@@ -134,6 +146,17 @@ fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poiso
     Ok((Op::Unary(op), vec![args.tensor()?]))
 }
 
+/// min(max(x, 0), 6), NaN passing through as numpy's `clip`.
+fn relu6(x: f64) -> f64 {
+    if x < 0.0 {
+        0.0
+    } else if x > 6.0 {
+        6.0
+    } else {
+        x
+    }
+}
+
 /// The op on one element: computed in f64, rounded once to f32.
 pub fn apply(op: UnaryOp, x: f32) -> f32 {
     let x = f64::from(x);
@@ -161,6 +184,9 @@ pub fn apply(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Recip => 1.0 / x,
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
+        UnaryOp::Relu6 => relu6(x),
+        UnaryOp::HardSigmoid => relu6(x + 3.0) / 6.0,
+        UnaryOp::HardSwish => x * relu6(x + 3.0) / 6.0,
     };
     y as f32
 }
