@@ -9,6 +9,7 @@
 //! `fused_linear`, batched ones included), the convention BLAS and ONNX
 //! benchmarks use.
 
+use crate::ir::ops::{Gather, Input, MatMul};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -228,7 +229,7 @@ fn id_bound(graph: &Graph, input: NodeId) -> Option<usize> {
         }
         for user in graph.users(id) {
             match &graph.node(user).op {
-                Op::Gather { axis } if graph.inputs(user).get(1) == Some(&id) => {
+                Op::Gather(Gather { axis }) if graph.inputs(user).get(1) == Some(&id) => {
                     let table = graph.inputs(user)[0];
                     if let Some(size) = graph
                         .node(table)
@@ -240,9 +241,7 @@ fn id_bound(graph: &Graph, input: NodeId) -> Option<usize> {
                         bound = Some(bound.map_or(size, |b| b.min(size)));
                     }
                 }
-                Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. } => {
-                    stack.push(user)
-                }
+                Op::Reshape(_) | Op::Permute(_) | Op::Slice(_) | Op::Concat(_) => stack.push(user),
                 _ => {}
             }
         }
@@ -364,8 +363,8 @@ pub fn matmul_flops(graph: &Graph) -> u64 {
             continue;
         }
         let transpose_a = match &node.op {
-            Op::MatMul { transpose_a, .. } => *transpose_a,
-            Op::FusedLinear { .. } => false,
+            Op::MatMul(MatMul { transpose_a, .. }) => *transpose_a,
+            Op::FusedLinear(_) => false,
             _ => continue,
         };
         let a = graph.inputs(id)[0];
@@ -560,13 +559,13 @@ fn single_node_graph(graph: &Graph, node: NodeId) -> Graph {
     for (position, operand) in graph.inputs(node).into_iter().enumerate() {
         let source = graph.node(operand);
         let id = match &source.op {
-            Op::Param { .. } | Op::Constant { .. } => {
+            Op::Param(_) | Op::Constant(_) => {
                 alone.add_node(source.op.clone(), &[], source.ty.clone(), None)
             }
             _ => {
-                let op = Op::Input {
+                let op = Op::Input(Input {
                     name: format!("operand{position}"),
-                };
+                });
                 let id = alone.add_node(op, &[], source.ty.clone(), None);
                 alone.inputs.push(id);
                 id

@@ -14,6 +14,7 @@
 
 mod jit_support;
 
+use lamina::ir::ops::Reshape;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -159,9 +160,9 @@ fn cases() -> Vec<(String, CompiledModel, Tensor)> {
     let mut b = jit_support::Builder::new("views");
     let x = b.input("x", "f32[batch, 4]");
     let view = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![Dim::symbol("batch"), 2.into(), 2.into()],
-        },
+        }),
         &[x],
     );
     let w = b.param("w", Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]));

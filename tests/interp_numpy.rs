@@ -4,6 +4,10 @@
 //! `Graph::add_node` (types from `shape_rules::infer`) and run through
 //! `interp::run`, so binding and concretization are exercised too.
 
+use lamina::ir::ops::{
+    Cast, Concat, Constant, FusedLinear, Gather, Input, LayerNorm, LogSoftmax, MatMul, Param,
+    Permute, Reduce, Reshape, Slice, Softmax,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,7 +96,7 @@ impl Case {
         let ty = TensorType::new(value.dtype(), shape);
         let id = self
             .graph
-            .add_node(Op::Input { name: file.into() }, &[], ty, None);
+            .add_node(Op::Input(Input { name: file.into() }), &[], ty, None);
         self.graph.inputs.push(id);
         self.inputs.insert(file.to_string(), value);
         id
@@ -103,10 +107,10 @@ impl Case {
         let ty = TensorType::new(value.dtype(), known(value.shape()));
         let name = format!("{}.{file}", self.name);
         let id = self.graph.add_node(
-            Op::Param {
+            Op::Param(Param {
                 name: name.clone(),
                 init: None,
-            },
+            }),
             &[],
             ty,
             None,
@@ -117,9 +121,9 @@ impl Case {
 
     fn scalar(&mut self, value: f32) -> NodeId {
         self.op(
-            Op::Constant {
+            Op::Constant(Constant {
                 value: Arc::new(Tensor::scalar(value)),
-            },
+            }),
             &[],
         )
     }
@@ -180,20 +184,26 @@ fn assert_matches_numpy(case: &str, actual: &Tensor) {
 fn single_op_case(name: &str) -> Option<Case> {
     let mut case = Case::new(name);
     let binary = |op| Op::Binary(op);
-    let reduce = |op, axes: &[usize], keepdims| Op::Reduce {
-        op,
-        axes: axes.to_vec(),
-        keepdims,
+    let reduce = |op, axes: &[usize], keepdims| {
+        Op::Reduce(Reduce {
+            op,
+            axes: axes.to_vec(),
+            keepdims,
+        })
     };
-    let matmul = |transpose_a, transpose_b| Op::MatMul {
-        transpose_a,
-        transpose_b,
+    let matmul = |transpose_a, transpose_b| {
+        Op::MatMul(MatMul {
+            transpose_a,
+            transpose_b,
+        })
     };
-    let slice = |axis, start, end, step| Op::Slice {
-        axis,
-        start,
-        end: Dim::known(end),
-        step,
+    let slice = |axis, start, end, step| {
+        Op::Slice(Slice {
+            axis,
+            start,
+            end: Dim::known(end),
+            step,
+        })
     };
     let (op, operands): (Op, &[&str]) = match name {
         "add_broadcast" => (binary(BinaryOp::Add), &["a", "b"]),
@@ -214,19 +224,19 @@ fn single_op_case(name: &str) -> Option<Case> {
         "matmul_transpose_a" => (matmul(true, false), &["a", "b"]),
         "matmul_transpose_b" => (matmul(false, true), &["a", "b"]),
         "matmul_transpose_both" => (matmul(true, true), &["a", "b"]),
-        "softmax_axis0" => (Op::Softmax { axis: 0 }, &["x"]),
-        "softmax_last" | "softmax_middle" => (Op::Softmax { axis: 1 }, &["x"]),
-        "log_softmax_axis0" => (Op::LogSoftmax { axis: 0 }, &["x"]),
-        "log_softmax_last" => (Op::LogSoftmax { axis: 1 }, &["x"]),
+        "softmax_axis0" => (Op::Softmax(Softmax { axis: 0 }), &["x"]),
+        "softmax_last" | "softmax_middle" => (Op::Softmax(Softmax { axis: 1 }), &["x"]),
+        "log_softmax_axis0" => (Op::LogSoftmax(LogSoftmax { axis: 0 }), &["x"]),
+        "log_softmax_last" => (Op::LogSoftmax(LogSoftmax { axis: 1 }), &["x"]),
         "layer_norm" | "layer_norm_offset" => {
             let x = case.input("x");
             let (gain, bias) = (case.param("gain"), case.param("bias"));
             let axis = case.graph.node(x).ty.rank() - 1;
             let out = case.op(
-                Op::LayerNorm {
+                Op::LayerNorm(LayerNorm {
                     axis,
                     eps: Float(1e-5),
-                },
+                }),
                 &[x, gain, bias],
             );
             case.graph.outputs.push(("out".into(), out));
@@ -238,33 +248,33 @@ fn single_op_case(name: &str) -> Option<Case> {
         "sum_all" => (reduce(ReduceOp::Sum, &[0, 1, 2], false), &["x"]),
         "max_all_keepdims" => (reduce(ReduceOp::Max, &[0, 1, 2], true), &["x"]),
         "permute_0213" => (
-            Op::Permute {
+            Op::Permute(Permute {
                 perm: vec![0, 2, 1, 3],
-            },
+            }),
             &["x"],
         ),
         "permute_3102" => (
-            Op::Permute {
+            Op::Permute(Permute {
                 perm: vec![3, 1, 0, 2],
-            },
+            }),
             &["x"],
         ),
         "reshape" => (
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: known(&[6, 4]),
-            },
+            }),
             &["x"],
         ),
-        "concat_axis0" => (Op::Concat { axis: 0 }, &["a", "b", "c"]),
-        "concat_axis1" => (Op::Concat { axis: 1 }, &["a", "b"]),
+        "concat_axis0" => (Op::Concat(Concat { axis: 0 }), &["a", "b", "c"]),
+        "concat_axis1" => (Op::Concat(Concat { axis: 1 }), &["a", "b"]),
         "slice_step2" => (slice(1, 1, 7, 2), &["x"]),
         "slice_prefix" => (slice(0, 0, 2, 1), &["x"]),
-        "gather_axis0_i64" => (Op::Gather { axis: 0 }, &["table", "ids"]),
-        "gather_axis1_i32" => (Op::Gather { axis: 1 }, &["table", "ids"]),
-        "cast_f32_i64" => (Op::Cast { to: DType::I64 }, &["x"]),
-        "cast_f32_i32" => (Op::Cast { to: DType::I32 }, &["x"]),
-        "cast_f32_bool" => (Op::Cast { to: DType::Bool }, &["x"]),
-        "cast_i64_f32" | "cast_bool_f32" => (Op::Cast { to: DType::F32 }, &["x"]),
+        "gather_axis0_i64" => (Op::Gather(Gather { axis: 0 }), &["table", "ids"]),
+        "gather_axis1_i32" => (Op::Gather(Gather { axis: 1 }), &["table", "ids"]),
+        "cast_f32_i64" => (Op::Cast(Cast { to: DType::I64 }), &["x"]),
+        "cast_f32_i32" => (Op::Cast(Cast { to: DType::I32 }), &["x"]),
+        "cast_f32_bool" => (Op::Cast(Cast { to: DType::Bool }), &["x"]),
+        "cast_i64_f32" | "cast_bool_f32" => (Op::Cast(Cast { to: DType::F32 }), &["x"]),
         unary => {
             let op = UnaryOp::from_name(unary.strip_prefix("unary_")?)?;
             (Op::Unary(op), &["x"])
@@ -329,10 +339,10 @@ fn mlp(fused: bool) -> Tensor {
             residual: false,
         };
         let hidden = case.op(
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b: false,
                 epilogue: gelu_layer,
-            },
+            }),
             &[x, w1, b1],
         );
         let plain_layer = LinearEpilogue {
@@ -341,24 +351,24 @@ fn mlp(fused: bool) -> Tensor {
             residual: false,
         };
         case.op(
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b: false,
                 epilogue: plain_layer,
-            },
+            }),
             &[hidden, w2, b2],
         )
     } else {
-        let matmul = Op::MatMul {
+        let matmul = Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: false,
-        };
+        });
         let h = case.op(matmul.clone(), &[x, w1]);
         let h = case.op(Op::Binary(BinaryOp::Add), &[h, b1]);
         let h = case.op(Op::Unary(UnaryOp::Gelu), &[h]);
         let l = case.op(matmul, &[h, w2]);
         case.op(Op::Binary(BinaryOp::Add), &[l, b2])
     };
-    let out = case.op(Op::LogSoftmax { axis: 1 }, &[logits]);
+    let out = case.op(Op::LogSoftmax(LogSoftmax { axis: 1 }), &[logits]);
     case.run(out)
 }
 
@@ -377,17 +387,17 @@ fn attention(fused_output_projection: bool) -> Tensor {
     let mut case = Case::new("attention");
     let x = case.input_declared("x", symbols(&["batch", "seq", "16"]));
     let mask = case.input_declared("mask", symbols(&["batch", "seq"]));
-    let matmul = Op::MatMul {
+    let matmul = Op::MatMul(MatMul {
         transpose_a: false,
         transpose_b: false,
-    };
+    });
     let add = Op::Binary(BinaryOp::Add);
-    let split_heads = Op::Reshape {
+    let split_heads = Op::Reshape(Reshape {
         shape: symbols(&["batch", "seq", &heads.to_string(), &head_dim.to_string()]),
-    };
-    let swap_middle = Op::Permute {
+    });
+    let swap_middle = Op::Permute(Permute {
         perm: vec![0, 2, 1, 3],
-    };
+    });
 
     let project = |case: &mut Case, which: &str| {
         let (w, b) = (
@@ -406,10 +416,10 @@ fn attention(fused_output_projection: bool) -> Tensor {
     );
 
     let scores = case.op(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: true,
-        },
+        }),
         &[q, k],
     );
     let scale = case.scalar(1.0 / (head_dim as f32).sqrt());
@@ -417,19 +427,19 @@ fn attention(fused_output_projection: bool) -> Tensor {
     let (keep, drop) = (case.scalar(0.0), case.scalar(-1e9));
     let bias = case.op(Op::Where, &[mask, keep, drop]);
     let bias = case.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: symbols(&["batch", "1", "1", "seq"]),
-        },
+        }),
         &[bias],
     );
     let scores = case.op(add.clone(), &[scores, bias]);
-    let probs = case.op(Op::Softmax { axis: 3 }, &[scores]);
+    let probs = case.op(Op::Softmax(Softmax { axis: 3 }), &[scores]);
     let context = case.op(matmul.clone(), &[probs, v]);
     let context = case.op(swap_middle, &[context]);
     let context = case.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: symbols(&["batch", "seq", &hidden.to_string()]),
-        },
+        }),
         &[context],
     );
 
@@ -441,10 +451,10 @@ fn attention(fused_output_projection: bool) -> Tensor {
             residual: true,
         };
         case.op(
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b: false,
                 epilogue,
-            },
+            }),
             &[context, wo, bo, x],
         )
     } else {
@@ -454,10 +464,10 @@ fn attention(fused_output_projection: bool) -> Tensor {
     };
     let (gain, beta) = (case.param("gain"), case.param("bias"));
     let out = case.op(
-        Op::LayerNorm {
+        Op::LayerNorm(LayerNorm {
             axis: 2,
             eps: Float(1e-5),
-        },
+        }),
         &[residual, gain, beta],
     );
     case.run(out)
@@ -518,7 +528,7 @@ impl RandomModel {
         let ty = TensorType::new(DType::F32, known(value.shape()));
         self.params.insert(name.clone(), value);
         self.graph
-            .add_node(Op::Param { name, init: None }, &[], ty, None)
+            .add_node(Op::Param(Param { name, init: None }), &[], ty, None)
     }
 
     /// A parameter drawn from N(0, std).
@@ -539,10 +549,10 @@ impl RandomModel {
         );
         let b = self.random_param(format!("{name}.b"), &[fan_out], 0.02);
         let y = self.op(
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[x, w],
         );
         self.op(Op::Binary(BinaryOp::Add), &[y, b])
@@ -559,10 +569,10 @@ impl RandomModel {
             Tensor::f32(vec![width], vec![0.0; width]),
         );
         self.op(
-            Op::LayerNorm {
+            Op::LayerNorm(LayerNorm {
                 axis: 2,
                 eps: Float(1e-12),
-            },
+            }),
             &[x, gain, bias],
         )
     }
@@ -589,19 +599,19 @@ fn bert_small_forward_pass() {
     let ids_ty = TensorType::new(DType::I64, symbols(&["batch", "seq"]));
     let ids = model
         .graph
-        .add_node(Op::Input { name: "ids".into() }, &[], ids_ty, None);
+        .add_node(Op::Input(Input { name: "ids".into() }), &[], ids_ty, None);
     model.graph.inputs.push(ids);
     let table = model.random_param("embed".into(), &[vocab, hidden], 0.5);
-    let mut x = model.op(Op::Gather { axis: 0 }, &[table, ids]);
-    let split_heads = Op::Reshape {
+    let mut x = model.op(Op::Gather(Gather { axis: 0 }), &[table, ids]);
+    let split_heads = Op::Reshape(Reshape {
         shape: symbols(&["batch", "seq", &heads.to_string(), &head_dim.to_string()]),
-    };
-    let merge_heads = Op::Reshape {
+    });
+    let merge_heads = Op::Reshape(Reshape {
         shape: symbols(&["batch", "seq", &hidden.to_string()]),
-    };
-    let swap_middle = Op::Permute {
+    });
+    let swap_middle = Op::Permute(Permute {
         perm: vec![0, 2, 1, 3],
-    };
+    });
     for layer in 0..layers {
         let mut qkv = Vec::new();
         for which in ["q", "k", "v"] {
@@ -610,23 +620,23 @@ fn bert_small_forward_pass() {
             qkv.push(model.op(swap_middle.clone(), &[y]));
         }
         let scores = model.op(
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: true,
-            },
+            }),
             &[qkv[0], qkv[1]],
         );
-        let scale = Op::Constant {
+        let scale = Op::Constant(Constant {
             value: Arc::new(Tensor::scalar(1.0 / (head_dim as f32).sqrt())),
-        };
+        });
         let scale = model.op(scale, &[]);
         let scores = model.op(Op::Binary(BinaryOp::Mul), &[scores, scale]);
-        let probs = model.op(Op::Softmax { axis: 3 }, &[scores]);
+        let probs = model.op(Op::Softmax(Softmax { axis: 3 }), &[scores]);
         let context = model.op(
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[probs, qkv[2]],
         );
         let context = model.op(swap_middle.clone(), &[context]);

@@ -19,6 +19,7 @@ mod jit_support;
 #[path = "common/seeds.rs"]
 mod seeds;
 
+use lamina::ir::ops::FusedLinear;
 use std::collections::HashMap;
 
 use jit_support::random_graph::{generate, inputs, largest_intermediate, mm};
@@ -188,13 +189,15 @@ fn gemm_graph(k: usize, n: usize, rng: &mut ChaCha8Rng) -> (Graph, HashMap<Strin
     let w = b.param("w", jit_support::random_f32(rng, vec![k, n], -1.0, 1.0));
     let wt = b.param("wt", jit_support::random_f32(rng, vec![n, k], -1.0, 1.0));
     let bias = b.param("bias", jit_support::random_f32(rng, vec![n], -1.0, 1.0));
-    let fused = |activation, bias: bool, residual: bool, transpose_b| Op::FusedLinear {
-        transpose_b,
-        epilogue: LinearEpilogue {
-            bias,
-            activation,
-            residual,
-        },
+    let fused = |activation, bias: bool, residual: bool, transpose_b| {
+        Op::FusedLinear(FusedLinear {
+            transpose_b,
+            epilogue: LinearEpilogue {
+                bias,
+                activation,
+                residual,
+            },
+        })
     };
     let plain = b.op(mm(false, false), &[a, w]);
     b.output("weight", plain);

@@ -14,6 +14,7 @@
 
 mod jit_support;
 
+use lamina::ir::ops::{Gather, LayerNorm, LogSoftmax, MatMul, Reduce, Softmax};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -73,8 +74,8 @@ fn gather_bound(graph: &Graph, input: NodeId) -> Option<usize> {
     while let Some(id) = frontier.pop() {
         for user in graph.users(id) {
             match &graph.node(user).op {
-                Op::Reshape { .. } => frontier.push(user),
-                Op::Gather { axis } if graph.inputs(user)[1] == id => {
+                Op::Reshape(_) => frontier.push(user),
+                Op::Gather(Gather { axis }) if graph.inputs(user)[1] == id => {
                     let table = graph.inputs(user)[0];
                     if let Some(size) = graph.node(table).ty.shape[*axis].as_known() {
                         bound = Some(bound.map_or(size, |b| b.min(size)));
@@ -141,15 +142,15 @@ fn longest_reduction(graph: &Graph, bindings: &Bindings) -> usize {
         .map(|id| {
             let ins = graph.inputs(id);
             match &graph.node(id).op {
-                Op::MatMul { transpose_a, .. } => {
+                Op::MatMul(MatMul { transpose_a, .. }) => {
                     let rank = graph.node(ins[0]).ty.rank();
                     size(ins[0], if *transpose_a { rank - 2 } else { rank - 1 })
                 }
-                Op::FusedLinear { .. } => size(ins[0], graph.node(ins[0]).ty.rank() - 1),
-                Op::Reduce { axes, .. } => axes.iter().map(|&a| size(ins[0], a)).product(),
-                Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::LayerNorm { axis, .. } => {
-                    size(ins[0], *axis)
-                }
+                Op::FusedLinear(_) => size(ins[0], graph.node(ins[0]).ty.rank() - 1),
+                Op::Reduce(Reduce { axes, .. }) => axes.iter().map(|&a| size(ins[0], a)).product(),
+                Op::Softmax(Softmax { axis })
+                | Op::LogSoftmax(LogSoftmax { axis })
+                | Op::LayerNorm(LayerNorm { axis, .. }) => size(ins[0], *axis),
                 _ => 0,
             }
         })

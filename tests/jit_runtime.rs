@@ -3,6 +3,10 @@
 
 mod jit_support;
 
+use lamina::ir::ops::{
+    Cast, Concat, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce, Reshape,
+    Softmax,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -245,7 +249,7 @@ fn gather_ids_count_from_the_end_and_out_of_range_ids_are_errors() {
     let table = Tensor::f32(vec![5, 4], (0..20).map(|v| v as f32).collect());
     let t = b.param("table", table);
     b.graph.node_mut(t).ty.shape[0] = Dim::symbol("vocab");
-    let rows = b.op(Op::Gather { axis: 0 }, &[t, ids]);
+    let rows = b.op(Op::Gather(Gather { axis: 0 }), &[t, ids]);
     let y = b.op(Op::Unary(UnaryOp::Tanh), &[rows]);
     b.output("y", y);
     let (graph, params) = b.finish();
@@ -321,35 +325,38 @@ fn nan_and_infinity_propagate_like_the_interpreter() {
     let zero = b.scalar(0.0);
     let gt = b.op(Op::Compare(CompareOp::Gt), &[x, zero]);
     outputs.push(("where".to_string(), b.op(Op::Where, &[gt, x, half])));
-    outputs.push(("softmax".to_string(), b.op(Op::Softmax { axis: 1 }, &[x])));
+    outputs.push((
+        "softmax".to_string(),
+        b.op(Op::Softmax(Softmax { axis: 1 }), &[x]),
+    ));
     outputs.push((
         "log_softmax".to_string(),
-        b.op(Op::LogSoftmax { axis: 1 }, &[x]),
+        b.op(Op::LogSoftmax(LogSoftmax { axis: 1 }), &[x]),
     ));
     outputs.push((
         "softmax_axis0".to_string(),
-        b.op(Op::Softmax { axis: 0 }, &[x]),
+        b.op(Op::Softmax(Softmax { axis: 0 }), &[x]),
     ));
     let ones = b.param("gain", Tensor::f32(vec![8], vec![1.0; 8]));
     let zeros = b.param("bias", Tensor::f32(vec![8], vec![0.0; 8]));
     outputs.push((
         "layer_norm".to_string(),
         b.op(
-            Op::LayerNorm {
+            Op::LayerNorm(LayerNorm {
                 axis: 1,
                 eps: Float(1e-5),
-            },
+            }),
             &[x, ones, zeros],
         ),
     ));
     for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
         for axes in [vec![1], vec![0], vec![0, 1]] {
             let r = b.op(
-                Op::Reduce {
+                Op::Reduce(Reduce {
                     op,
                     axes: axes.clone(),
                     keepdims: false,
-                },
+                }),
                 &[x],
             );
             outputs.push((format!("{}{axes:?}", op.name()), r));
@@ -362,10 +369,10 @@ fn nan_and_infinity_propagate_like_the_interpreter() {
     outputs.push((
         "matmul".to_string(),
         b.op(
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[x, w],
         ),
     ));
@@ -373,18 +380,18 @@ fn nan_and_infinity_propagate_like_the_interpreter() {
     outputs.push((
         "fused_linear_relu".to_string(),
         b.op(
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b: false,
                 epilogue: LinearEpilogue {
                     bias: true,
                     activation: Some(UnaryOp::Relu),
                     residual: false,
                 },
-            },
+            }),
             &[x, w, bias3],
         ),
     ));
-    let xt = b.op(Op::Permute { perm: vec![1, 0] }, &[x]);
+    let xt = b.op(Op::Permute(Permute { perm: vec![1, 0] }), &[x]);
     outputs.push(("permute".to_string(), xt));
     for (name, id) in &outputs {
         b.output(name, *id);
@@ -529,44 +536,44 @@ fn planner_corner_cases_match_the_interpreter() {
     let x = b.input("x", "f32[batch, 3, 4]");
     let ids = b.input("ids", "i64[batch, 2]");
     let s = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0, 1, 2],
             keepdims: false,
-        },
+        }),
         &[x],
     );
     let s2 = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Max,
             axes: vec![],
             keepdims: false,
-        },
+        }),
         &[s],
     );
     let none = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Mean,
             axes: vec![],
             keepdims: true,
-        },
+        }),
         &[x],
     );
     let t = b.op(Op::Unary(UnaryOp::Tanh), &[x]);
-    let same = b.op(Op::Cast { to: DType::F32 }, &[t]);
+    let same = b.op(Op::Cast(Cast { to: DType::F32 }), &[t]);
     let w3 = b.param(
         "w3",
         Tensor::f32(vec![1, 4, 2], (0..8).map(|v| v as f32 * 0.1).collect()),
     );
     let batched_fused = b.op(
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b: false,
             epilogue: LinearEpilogue {
                 bias: false,
                 activation: Some(UnaryOp::Tanh),
                 residual: false,
             },
-        },
+        }),
         &[same, w3],
     );
     let w = b.param(
@@ -574,35 +581,35 @@ fn planner_corner_cases_match_the_interpreter() {
         Tensor::f32(vec![4, 2], (0..8).map(|v| v as f32 * 0.1 - 0.4).collect()),
     );
     let exp_fused = b.op(
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b: false,
             epilogue: LinearEpilogue {
                 bias: false,
                 activation: Some(UnaryOp::Exp),
                 residual: false,
             },
-        },
+        }),
         &[x, w],
     );
     let zero = b.scalar(0.0);
     let positive = b.op(Op::Compare(CompareOp::Gt), &[x, zero]);
-    let as_f32 = b.op(Op::Cast { to: DType::F32 }, &[positive]);
+    let as_f32 = b.op(Op::Cast(Cast { to: DType::F32 }), &[positive]);
     let flat_ids = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![Dim::symbol("batch").checked_mul(&Dim::known(2)).unwrap()],
-        },
+        }),
         &[ids],
     );
-    let as_i32 = b.op(Op::Cast { to: DType::I32 }, &[flat_ids]);
-    let ids_f32 = b.op(Op::Cast { to: DType::F32 }, &[as_i32]);
+    let as_i32 = b.op(Op::Cast(Cast { to: DType::I32 }), &[flat_ids]);
+    let ids_f32 = b.op(Op::Cast(Cast { to: DType::F32 }), &[as_i32]);
     // Rank 9 and 17 operands: beyond the native steps' stack arrays, so
     // these run on the interpreter's ops.
     let mut deep_shape = vec![Dim::symbol("batch")];
     deep_shape.extend([1, 1, 1, 1, 1, 1, 3, 4].map(Dim::known));
-    let deep = b.op(Op::Reshape { shape: deep_shape }, &[t]);
+    let deep = b.op(Op::Reshape(Reshape { shape: deep_shape }), &[t]);
     let deep = b.op(Op::Unary(UnaryOp::Sigmoid), &[deep]);
     let parts = vec![t; 17];
-    let wide = b.op(Op::Concat { axis: 2 }, &parts);
+    let wide = b.op(Op::Concat(Concat { axis: 2 }), &parts);
     for (name, id) in [
         ("rank9", deep),
         ("concat17", wide),
@@ -675,10 +682,10 @@ fn layer_norm_both(rows: &[Vec<f32>], eps: f32) -> (Tensor, Tensor) {
     let gain = b.param("gain", Tensor::f32(vec![len], vec![1.0; len]));
     let bias = b.param("bias", Tensor::f32(vec![len], vec![0.0; len]));
     let y = b.op(
-        Op::LayerNorm {
+        Op::LayerNorm(LayerNorm {
             axis: 1,
             eps: Float(eps),
-        },
+        }),
         &[x, gain, bias],
     );
     b.output("y", y);
@@ -775,11 +782,11 @@ fn sums_and_means_of_huge_values_do_not_overflow() {
     for (name, op) in [("sum", ReduceOp::Sum), ("mean", ReduceOp::Mean)] {
         for axis in [0, 1] {
             let y = b.op(
-                Op::Reduce {
+                Op::Reduce(Reduce {
                     op,
                     axes: vec![axis],
                     keepdims: false,
-                },
+                }),
                 &[x],
             );
             b.output(&format!("{name}{axis}"), y);
@@ -823,11 +830,11 @@ fn reductions_over_an_empty_axis_agree() {
             let mut b = Builder::new("empty");
             let x = b.input("x", shape);
             let y = b.op(
-                Op::Reduce {
+                Op::Reduce(Reduce {
                     op,
                     axes: axes.clone(),
                     keepdims: false,
-                },
+                }),
                 &[x],
             );
             b.output("y", y);
@@ -875,17 +882,17 @@ fn reductions_over_an_empty_axis_agree() {
     let x = b.input("x", "f32[3, 0]");
     let none = b.param("none", Tensor::f32(vec![0], vec![]));
     for (name, op) in [
-        ("softmax", Op::Softmax { axis: 1 }),
-        ("log_softmax", Op::LogSoftmax { axis: 1 }),
+        ("softmax", Op::Softmax(Softmax { axis: 1 })),
+        ("log_softmax", Op::LogSoftmax(LogSoftmax { axis: 1 })),
     ] {
         let y = b.op(op, &[x]);
         b.output(name, y);
     }
     let y = b.op(
-        Op::LayerNorm {
+        Op::LayerNorm(LayerNorm {
             axis: 1,
             eps: Float(1e-5),
-        },
+        }),
         &[x, none, none],
     );
     b.output("layer_norm", y);
@@ -919,10 +926,10 @@ fn layer_norm_matches_the_interpreter_on_every_row_length() {
         );
         for (name, eps) in [("eps_1e-5", 1e-5f32), ("eps_0", 0.0)] {
             let y = b.op(
-                Op::LayerNorm {
+                Op::LayerNorm(LayerNorm {
                     axis: 1,
                     eps: Float(eps),
-                },
+                }),
                 &[x, gain, bias],
             );
             b.output(name, y);

@@ -14,6 +14,7 @@
 mod passes_support;
 
 use lamina::interp::eval_node;
+use lamina::ir::ops::{Cast, Concat, Constant, MatMul, Permute, Reduce, Reshape, Slice};
 use lamina::ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, ReduceOp, UnaryOp};
 use lamina::tensor::{Tensor, TensorData};
 use passes_support::{optimize, Builder};
@@ -59,7 +60,7 @@ fn fold(op: &Op, operands: &[Tensor]) -> (Option<Tensor>, Graph) {
     let g = b.finish();
     let (after, _) = optimize(&g, "const-fold");
     let value = match &after.node(after.outputs[0].1).op {
-        Op::Constant { value } => Some(Tensor::clone(value)),
+        Op::Constant(Constant { value }) => Some(Tensor::clone(value)),
         _ => None,
     };
     (value, g)
@@ -161,31 +162,31 @@ fn folded_layout_ops_equal_the_interpreter() {
         [2, 1, 0],
     ] {
         check(
-            &Op::Permute {
+            &Op::Permute(Permute {
                 perm: perm.to_vec(),
-            },
+            }),
             &[x.clone()],
         );
     }
     check(
-        &Op::Permute { perm: vec![1, 0] },
+        &Op::Permute(Permute { perm: vec![1, 0] }),
         &[generated(&mut rng, &[1, 7])],
     );
     for shape in [vec![5, 6], vec![30], vec![1, 30, 1], vec![3, 2, 5]] {
         let shape = shape.into_iter().map(Dim::known).collect();
-        check(&Op::Reshape { shape }, &[x.clone()]);
+        check(&Op::Reshape(Reshape { shape }), &[x.clone()]);
     }
     for axis in 0..3 {
         let len = x.shape()[axis];
         for start in 0..len {
             for step in 1..=3 {
                 for end in start..=len {
-                    let op = Op::Slice {
+                    let op = Op::Slice(Slice {
                         axis,
                         start,
                         end: Dim::known(end),
                         step,
-                    };
+                    });
                     check(&op, &[x.clone()]);
                 }
             }
@@ -197,11 +198,11 @@ fn folded_layout_ops_equal_the_interpreter() {
         let y = generated(&mut rng, &other);
         other[axis] = 4;
         let z = generated(&mut rng, &other);
-        check(&Op::Concat { axis }, &[x.clone(), y.clone()]);
-        check(&Op::Concat { axis }, &[y, x.clone(), z]);
+        check(&Op::Concat(Concat { axis }), &[x.clone(), y.clone()]);
+        check(&Op::Concat(Concat { axis }), &[y, x.clone(), z]);
     }
     let ids = Tensor::i64(vec![2, 3], vec![0, -1, i64::MAX, 5, 1 << 53, 3]);
-    check(&Op::Concat { axis: 1 }, &[ids.clone(), ids.clone()]);
+    check(&Op::Concat(Concat { axis: 1 }), &[ids.clone(), ids.clone()]);
 }
 
 #[test]
@@ -219,7 +220,7 @@ fn folded_casts_equal_the_interpreter() {
     let bools = Tensor::new(vec![2], TensorData::Bool(vec![true, false]));
     for to in DType::ALL {
         for x in [&floats, &ints, &i32s, &bools] {
-            check(&Op::Cast { to }, &[x.clone()]);
+            check(&Op::Cast(Cast { to }), &[x.clone()]);
         }
     }
 }
@@ -238,18 +239,18 @@ fn ops_outside_the_exact_set_stay_in_the_graph() {
         (Op::Unary(UnaryOp::Relu), vec![v.clone()]),
         (Op::Binary(BinaryOp::Pow), vec![v.clone(), v.clone()]),
         (
-            Op::Reduce {
+            Op::Reduce(Reduce {
                 op: ReduceOp::Sum,
                 axes: vec![0],
                 keepdims: false,
-            },
+            }),
             vec![v.clone()],
         ),
         (
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             vec![m.clone(), m],
         ),
     ] {

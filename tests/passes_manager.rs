@@ -4,6 +4,7 @@
 mod passes_support;
 
 use insta::assert_snapshot;
+use lamina::ir::ops::{Cast, MatMul, Reduce};
 use lamina::ir::verify::verify;
 use lamina::ir::{BinaryOp, DType, Graph, Op, UnaryOp};
 use lamina::passes::{Pass, PassContext, PassError, PassManager, Steps};
@@ -18,10 +19,10 @@ fn mlp() -> Graph {
     let b1 = b.param("fc1.bias", "f32[32]");
     let w2 = b.param("fc2.weight", "f32[32, 10]");
     let b2 = b.param("fc2.bias", "f32[10]");
-    let mm = Op::MatMul {
+    let mm = Op::MatMul(MatMul {
         transpose_a: false,
         transpose_b: false,
-    };
+    });
     let m1 = b.op(mm.clone(), &[x, w1]);
     let a1 = b.op(Op::Binary(BinaryOp::Add), &[m1, b1]);
     let h = b.op(Op::Unary(UnaryOp::Relu), &[a1]);
@@ -30,21 +31,21 @@ fn mlp() -> Graph {
     let one = b.scalar(1.0);
     let scaled = b.op(Op::Binary(BinaryOp::Mul), &[logits, one]);
     let max = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: lamina::ir::ReduceOp::Max,
             axes: vec![1],
             keepdims: true,
-        },
+        }),
         &[scaled],
     );
     let d = b.op(Op::Binary(BinaryOp::Sub), &[scaled, max]);
     let e = b.op(Op::Unary(UnaryOp::Exp), &[d]);
     let s = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: lamina::ir::ReduceOp::Sum,
             axes: vec![1],
             keepdims: true,
-        },
+        }),
         &[e],
     );
     let p = b.op(Op::Binary(BinaryOp::Div), &[e, s]);
@@ -170,7 +171,7 @@ impl Pass for Recast {
         let (_, out) = graph.outputs[0].clone();
         let mut ty = graph.node(out).ty.clone();
         ty.dtype = DType::I64;
-        let cast = graph.add_node(Op::Cast { to: DType::I64 }, &[out], ty, None);
+        let cast = graph.add_node(Op::Cast(Cast { to: DType::I64 }), &[out], ty, None);
         graph.outputs[0].1 = cast;
         Ok(())
     }

@@ -9,6 +9,7 @@ mod passes_support;
 
 #[path = "common/random_values.rs"]
 mod random_values;
+use lamina::ir::ops::{FusedLinear, Param};
 use random_values::{concrete, random_tensor};
 
 use std::collections::HashMap;
@@ -81,9 +82,9 @@ fn parameters(
         }
         let shape = concrete(&node.ty.shape, bindings);
         let value = match &node.op {
-            Op::Param {
+            Op::Param(Param {
                 init: Some(init), ..
-            } => materialize(init, &name, &shape),
+            }) => materialize(init, &name, &shape),
             _ => random_tensor(rng, node.ty.dtype, shape),
         };
         values.insert(name, value);
@@ -213,7 +214,7 @@ fn the_digits_mlp_is_two_fused_layers() {
         .topo_order()
         .into_iter()
         .filter_map(|id| match &g.node(id).op {
-            Op::FusedLinear { epilogue, .. } => {
+            Op::FusedLinear(FusedLinear { epilogue, .. }) => {
                 Some(format!("{:?}/{:?}", epilogue.bias, epilogue.activation))
             }
             _ => None,
@@ -222,7 +223,7 @@ fn the_digits_mlp_is_two_fused_layers() {
     assert_eq!(layers, vec!["true/Some(Relu)", "true/None"]);
     assert_eq!(
         g.node_ids()
-            .filter(|&id| matches!(g.node(id).op, Op::MatMul { .. }))
+            .filter(|&id| matches!(g.node(id).op, Op::MatMul(_)))
             .count(),
         0
     );

@@ -4,19 +4,22 @@
 mod passes_support;
 
 use insta::assert_snapshot;
+use lamina::ir::ops::{
+    Constant, FusedElementwise, FusedLinear, Gather, MatMul, Permute, Reduce, Reshape, Softmax,
+};
 use lamina::ir::{BinaryOp, CompareOp, ExprStep, Op, ReduceOp, UnaryOp};
 use lamina::tensor::Tensor;
 use passes_support::{before_after, count_ops, optimize, Builder};
 
 fn matmul() -> Op {
-    Op::MatMul {
+    Op::MatMul(MatMul {
         transpose_a: false,
         transpose_b: false,
-    }
+    })
 }
 
 fn transpose2() -> Op {
-    Op::Permute { perm: vec![1, 0] }
+    Op::Permute(Permute { perm: vec![1, 0] })
 }
 
 fn add() -> Op {
@@ -40,11 +43,11 @@ fn unary(u: UnaryOp) -> Op {
 }
 
 fn reduce(op: ReduceOp, axis: usize) -> Op {
-    Op::Reduce {
+    Op::Reduce(Reduce {
         op,
         axes: vec![axis],
         keepdims: true,
-    }
+    })
 }
 
 // ---- dce --------------------------------------------------------------------
@@ -100,7 +103,7 @@ fn cse_merges_equal_constants_and_commuted_operands() {
 
 fn constant_values(graph: &lamina::ir::Graph, id: lamina::ir::NodeId) -> Vec<f32> {
     match &graph.node(id).op {
-        Op::Constant { value } => value.as_f32().expect("f32 constant").to_vec(),
+        Op::Constant(Constant { value }) => value.as_f32().expect("f32 constant").to_vec(),
         other => panic!("expected a constant, got {}", other.name()),
     }
 }
@@ -121,7 +124,7 @@ fn const_fold_evaluates_constant_subgraphs() {
     // ids out of range: left for run time, where the error names the node
     let table = b.constant(Tensor::f32(vec![2, 3], vec![1.0; 6]));
     let ids = b.constant(Tensor::i64(vec![1], vec![5]));
-    let rows = b.op(Op::Gather { axis: 0 }, &[table, ids]);
+    let rows = b.op(Op::Gather(Gather { axis: 0 }), &[table, ids]);
     b.output("rows", rows);
     // a broadcast to 64 * 128 elements is not materialised
     let col = b.constant(Tensor::f32(vec![64, 1], vec![1.0; 64]));
@@ -299,7 +302,7 @@ fn simplify_division_by_constants() {
         .node_ids()
         .filter(|&id| matches!(after.node(id).op, Op::Binary(BinaryOp::Mul)))
         .map(|id| match &after.node(after.inputs(id)[1]).op {
-            Op::Constant { value } => value.as_f32().unwrap().to_vec(),
+            Op::Constant(Constant { value }) => value.as_f32().unwrap().to_vec(),
             other => panic!("expected a constant factor, got {}", other.name()),
         })
         .collect();
@@ -314,64 +317,64 @@ fn simplify_permute_and_reshape_chains() {
     let x = b.input("x", "f32[batch, seq, 4, 8]");
     // transpose(transpose(x)) is x
     let t1 = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 1, 3, 2],
-        },
+        }),
         &[x],
     );
     let t2 = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 1, 3, 2],
-        },
+        }),
         &[t1],
     );
     // two permutes compose into one
     let p1 = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 2, 1, 3],
-        },
+        }),
         &[t2],
     );
     let p2 = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 1, 3, 2],
-        },
+        }),
         &[p1],
     );
     b.output("permuted", p2);
     // reshape of reshape is one reshape; an identity reshape disappears
     let y = b.input("y", "f32[2, 12]");
     let r1 = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![6.into(), 4.into()],
-        },
+        }),
         &[y],
     );
     let r2 = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![3.into(), 8.into()],
-        },
+        }),
         &[r1],
     );
     let r3 = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![3.into(), 8.into()],
-        },
+        }),
         &[r2],
     );
     b.output("reshaped", r3);
     // a transpose of a reshape that only moves a unit axis is a reshape
     let z = b.input("z", "f32[4, 6]");
     let unit = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![4.into(), 1.into(), 6.into()],
-        },
+        }),
         &[z],
     );
     let moved = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![1, 0, 2],
-        },
+        }),
         &[unit],
     );
     b.output("unit_moved", moved);
@@ -387,15 +390,15 @@ fn simplify_keeps_a_real_transpose_of_a_reshape() {
     let mut b = Builder::new("real_transpose");
     let z = b.input("z", "f32[4, 6]");
     let r = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![2.into(), 2.into(), 6.into()],
-        },
+        }),
         &[z],
     );
     let t = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![1, 0, 2],
-        },
+        }),
         &[r],
     );
     b.output("t", t);
@@ -423,9 +426,9 @@ fn transposes_fold_into_matmul_flags() {
     let a = b.input("a", "f32[batch, seq, 5]");
     let v = b.input("v", "f32[batch, seq, 3]");
     let at = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 2, 1],
-        },
+        }),
         &[a],
     );
     let z = b.op(matmul(), &[at, v]);
@@ -488,7 +491,7 @@ fn fuse_linear_every_activation() {
         let fused = after
             .node_ids()
             .find_map(|id| match &after.node(id).op {
-                Op::FusedLinear { epilogue, .. } => Some(epilogue.clone()),
+                Op::FusedLinear(FusedLinear { epilogue, .. }) => Some(epilogue.clone()),
                 _ => None,
             })
             .expect("the bias add fuses");
@@ -575,10 +578,10 @@ fn fuse_linear_guards() {
     b.output("shared_b", r5);
     // the pre-activation is an output itself
     let m6 = b.op(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: true,
             transpose_b: false,
-        },
+        }),
         &[k, w],
     );
     b.output("transpose_a", m6);
@@ -656,7 +659,7 @@ fn fuse_elementwise_shared_subtree_and_where() {
     let (after, _) = optimize(&g, "fuse-elementwise");
     assert_eq!(count_ops(&after, "fused_elementwise"), 2);
     let (_, y_id) = &after.outputs[0];
-    let Op::FusedElementwise { expr } = &after.node(*y_id).op else {
+    let Op::FusedElementwise(FusedElementwise { expr }) = &after.node(*y_id).op else {
         panic!("y is fused")
     };
     let exps = expr
@@ -740,7 +743,7 @@ fn recognize_softmax_and_log_softmax() {
     let ls = b.op(sub(), &[d, l]);
     b.output("log_probs", ls);
     // log(softmax(x)) from the built-in
-    let sm = b.op(Op::Softmax { axis: 1 }, &[x]);
+    let sm = b.op(Op::Softmax(Softmax { axis: 1 }), &[x]);
     let lsm = b.op(unary(UnaryOp::Log), &[sm]);
     b.output("log_of_softmax", lsm);
     // the naive form exp(x) / sum(exp(x))
@@ -763,11 +766,11 @@ fn recognize_softmax_guards() {
     // normalising over two axes at once is not a one-axis softmax
     let e = b.op(unary(UnaryOp::Exp), &[x]);
     let s = b.op(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0, 1],
             keepdims: true,
-        },
+        }),
         &[e],
     );
     let y = b.op(div(), &[e, s]);
@@ -838,7 +841,7 @@ fn recognize_layer_norm_forms() {
     let (_, bare_id) = after.outputs.iter().find(|(n, _)| n == "bare").unwrap();
     let operands = after.inputs(*bare_id);
     let values = |i: usize| match &after.node(operands[i]).op {
-        Op::Constant { value } => value.as_f32().unwrap().to_vec(),
+        Op::Constant(Constant { value }) => value.as_f32().unwrap().to_vec(),
         other => panic!("expected a constant, got {}", other.name()),
     };
     assert_eq!(

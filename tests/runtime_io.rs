@@ -1,5 +1,6 @@
 //! Tensor files in and out (`.npy`, safetensors) and parameter binding.
 
+use lamina::ir::ops::{Input, MatMul, Param, Softmax};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -402,10 +403,10 @@ fn ty(dtype: DType, spec: &[&str]) -> TensorType {
 fn param(g: &mut Graph, name: &str, t: TensorType, init: Option<Init>) -> NodeId {
     let at = g.node_count();
     g.add_node(
-        Op::Param {
+        Op::Param(Param {
             name: name.to_string(),
             init,
-        },
+        }),
         &[],
         t,
         Some(Span::new(at, at + 1)),
@@ -750,7 +751,7 @@ fn digits_graph() -> Graph {
     let mut g = Graph::new("digits");
     let f32t = |spec: &[&str]| ty(DType::F32, spec);
     let x = g.add_node(
-        Op::Input { name: "x".into() },
+        Op::Input(Input { name: "x".into() }),
         &[],
         f32t(&["batch", "64"]),
         None,
@@ -760,10 +761,10 @@ fn digits_graph() -> Graph {
     let b1 = param(&mut g, "fc1.bias", f32t(&["32"]), None);
     let w2 = param(&mut g, "fc2.weight", f32t(&["32", "10"]), None);
     let b2 = param(&mut g, "fc2.bias", f32t(&["10"]), None);
-    let matmul = Op::MatMul {
+    let matmul = Op::MatMul(MatMul {
         transpose_a: false,
         transpose_b: false,
-    };
+    });
     let h = g.add_node(matmul.clone(), &[x, w1], f32t(&["batch", "32"]), None);
     let h = g.add_node(
         Op::Binary(lamina::ir::BinaryOp::Add),
@@ -780,7 +781,7 @@ fn digits_graph() -> Graph {
         None,
     );
     let probs = g.add_node(
-        Op::Softmax { axis: 1 },
+        Op::Softmax(Softmax { axis: 1 }),
         &[logits],
         f32t(&["batch", "10"]),
         None,

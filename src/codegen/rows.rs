@@ -4,6 +4,7 @@
 //!
 //! Kernel signature: `(x, out, rows, len, gain, bias)`.
 
+use crate::ir::ops::{LayerNorm, LogSoftmax, Reduce, Softmax};
 use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Value};
 
 use super::jit::{JitBuilder, KernelSlot};
@@ -47,10 +48,14 @@ impl RowOp {
     pub fn from_op(op: &Op, rank: usize) -> Option<RowOp> {
         let last = rank.checked_sub(1)?;
         match op {
-            Op::Softmax { axis } if *axis == last => Some(RowOp::Softmax),
-            Op::LogSoftmax { axis } if *axis == last => Some(RowOp::LogSoftmax),
-            Op::LayerNorm { axis, eps } if *axis == last => Some(RowOp::LayerNorm { eps: eps.0 }),
-            Op::Reduce { op, axes, .. } if axes.as_slice() == [last] => Some(RowOp::Reduce(*op)),
+            Op::Softmax(Softmax { axis }) if *axis == last => Some(RowOp::Softmax),
+            Op::LogSoftmax(LogSoftmax { axis }) if *axis == last => Some(RowOp::LogSoftmax),
+            Op::LayerNorm(LayerNorm { axis, eps }) if *axis == last => {
+                Some(RowOp::LayerNorm { eps: eps.0 })
+            }
+            Op::Reduce(Reduce { op, axes, .. }) if axes.as_slice() == [last] => {
+                Some(RowOp::Reduce(*op))
+            }
             _ => None,
         }
     }
@@ -672,24 +677,26 @@ mod tests {
     #[test]
     fn from_op_accepts_only_the_last_axis() {
         assert_eq!(
-            RowOp::from_op(&Op::Softmax { axis: 2 }, 3),
+            RowOp::from_op(&Op::Softmax(Softmax { axis: 2 }), 3),
             Some(RowOp::Softmax)
         );
-        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 1 }, 3), None);
+        assert_eq!(RowOp::from_op(&Op::Softmax(Softmax { axis: 1 }), 3), None);
         assert_eq!(
             RowOp::from_op(
-                &Op::LayerNorm {
+                &Op::LayerNorm(LayerNorm {
                     axis: 1,
                     eps: Float(1e-5)
-                },
+                }),
                 2
             ),
             Some(RowOp::LayerNorm { eps: 1e-5 })
         );
-        let reduce = |axes: Vec<usize>| Op::Reduce {
-            op: ReduceOp::Mean,
-            axes,
-            keepdims: true,
+        let reduce = |axes: Vec<usize>| {
+            Op::Reduce(Reduce {
+                op: ReduceOp::Mean,
+                axes,
+                keepdims: true,
+            })
         };
         assert_eq!(
             RowOp::from_op(&reduce(vec![1]), 2),
@@ -697,6 +704,6 @@ mod tests {
         );
         assert_eq!(RowOp::from_op(&reduce(vec![0, 1]), 2), None);
         assert_eq!(RowOp::from_op(&Op::Where, 2), None);
-        assert_eq!(RowOp::from_op(&Op::Softmax { axis: 0 }, 0), None);
+        assert_eq!(RowOp::from_op(&Op::Softmax(Softmax { axis: 0 }), 0), None);
     }
 }

@@ -225,7 +225,9 @@ fn diagnostics_of(kind: &ErrorKind, graph: Option<&Graph>) -> Vec<Diagnostic> {
             .iter()
             .map(|e| plain(e).at(graph.and_then(|g| param_span(g, e.param_name()))))
             .collect(),
-        ErrorKind::Inputs(errors) => errors.iter().map(|e| plain(e)).collect(),
+        // A shape that fails at a node once the inputs fix the symbols is
+        // located at that node.
+        ErrorKind::Inputs(errors) => errors.iter().map(|e| plain(e).at(e.span())).collect(),
         ErrorKind::Compile(CompileError::Exec(e)) | ErrorKind::Exec(e) => {
             exec_diagnostics(e, graph)
         }

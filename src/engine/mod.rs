@@ -35,13 +35,14 @@ use std::sync::{Arc, Mutex};
 pub use error::{Error, ErrorKind, OptionError};
 
 use crate::diagnostics::SourceFile;
+use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, symbols};
 use crate::ir::image_input::ImageInput;
 use crate::ir::lower_error::edit_distance;
-use crate::ir::{Bindings, DType, Graph};
+use crate::ir::{Bindings, DType, Graph, TensorType};
 use crate::model::LoadedModel;
 use crate::runtime::budget::MemoryBudget;
-use crate::runtime::exec::{CompileOptions, CompiledModel};
+use crate::runtime::exec::{CompileOptions, CompiledModel, ExecError};
 use crate::runtime::image::ImageError;
 use crate::runtime::params::{
     bind_params_owned_within, bind_params_within, check_params, ParamError,
@@ -299,6 +300,47 @@ impl Model {
     /// ```
     pub fn image_inputs(&self) -> &[ImageInput] {
         &self.loaded.image_inputs
+    }
+
+    /// Inputs in declaration order, with their declared element type and
+    /// shape (symbolic dims as declared: `batch`, `12*seq`), for callers
+    /// that build inputs without reading the model text.
+    ///
+    /// ```
+    /// use lamina::ir::DType;
+    ///
+    /// let model = lamina::engine::Model::from_source("m.lam", "model m {\n  input ids: i64[batch, 8]\n  output y = ids\n}\n")?;
+    /// let [(name, ty)] = model.input_types()[..] else { panic!("one input") };
+    /// assert_eq!((name, ty.dtype), ("ids", DType::I64));
+    /// assert_eq!(ty.shape[0].to_string(), "batch");
+    /// assert_eq!(ty.shape[1].as_known(), Some(8));
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn input_types(&self) -> Vec<(&str, &TensorType)> {
+        let graph = self.graph();
+        graph
+            .inputs
+            .iter()
+            .map(|&id| (graph.input_name(id), &graph.node(id).ty))
+            .collect()
+    }
+
+    /// Outputs in declaration order, with their element type and shape in
+    /// terms of the model's symbols.
+    ///
+    /// ```
+    /// let model = lamina::engine::Model::from_source("m.lam", "model m {\n  input x: f32[n, 4]\n  output s = sum(x, axis=1)\n}\n")?;
+    /// let [(name, ty)] = model.output_types()[..] else { panic!("one output") };
+    /// assert_eq!(format!("{name}: {ty}"), "s: f32[n]");
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn output_types(&self) -> Vec<(&str, &TensorType)> {
+        let graph = self.graph();
+        graph
+            .outputs
+            .iter()
+            .map(|(name, id)| (name.as_str(), &graph.node(*id).ty))
+            .collect()
     }
 
     /// A path relative to the model file's folder.
@@ -656,8 +698,9 @@ impl Session {
     }
 
     /// Runs on inputs by name; returns the outputs, by name, in declaration
-    /// order. Every missing, unknown or ill-fitting input is reported at once;
-    /// a failure while running names the node and its line in the model.
+    /// order. Every missing, unknown or ill-fitting input is reported at once
+    /// ([`ErrorKind::Inputs`], on either backend); a failure while running
+    /// names the node and its line in the model.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -667,6 +710,7 @@ impl Session {
     /// let session = model.compile(Weights::None, &Options::default())?;
     /// let wrong = HashMap::from([("z".to_string(), Tensor::f32(vec![2], vec![0.0; 2]))]);
     /// let err = session.run(&wrong).unwrap_err();
+    /// assert!(matches!(err.kind(), lamina::engine::ErrorKind::Inputs(_)));
     /// assert_eq!(err.diagnostics().len(), 2, "{err}"); // x missing, z unknown
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
@@ -674,10 +718,15 @@ impl Session {
         let runner = self.runner_for(inputs)?;
         let graph = self.model.graph();
         let located = |kind| Error::new(kind, Some(graph), Some(self.model.source()));
+        // Inputs that do not fit are the caller's fault whichever backend
+        // finds it: one kind for both.
         match runner.as_ref() {
-            Runner::Jit(compiled) => compiled
-                .run_named(inputs, &self.fixed)
-                .map_err(|e| located(e.into())),
+            Runner::Jit(compiled) => compiled.run_named(inputs, &self.fixed).map_err(|e| {
+                located(match e {
+                    ExecError::Bind(errors) => ErrorKind::Inputs(errors),
+                    other => other.into(),
+                })
+            }),
             Runner::Interp(params) => crate::interp::run_within(
                 graph,
                 params,
@@ -685,7 +734,12 @@ impl Session {
                 &self.fixed,
                 &self.options.budget(),
             )
-            .map_err(|e| located(e.into())),
+            .map_err(|e| {
+                located(match e {
+                    InterpError::Bind(errors) => ErrorKind::Inputs(errors),
+                    other => other.into(),
+                })
+            }),
         }
     }
 
@@ -956,6 +1010,31 @@ mod tests {
                 panic!("b waits for n")
             };
             assert_eq!(compiled.lock().unwrap().len(), 2, "one runner per n");
+        }
+    }
+
+    #[test]
+    fn inputs_that_do_not_fit_are_input_errors_on_both_backends() {
+        let m = model("model m {\n  input x: f32[n, 2]\n  output y = x\n}\n");
+        let cases = [
+            HashMap::from([("z".to_string(), Tensor::f32(vec![1, 2], vec![0.0; 2]))]),
+            HashMap::from([("x".to_string(), Tensor::f32(vec![1, 3], vec![0.0; 3]))]),
+            HashMap::from([("x".to_string(), Tensor::i64(vec![1, 2], vec![0; 2]))]),
+        ];
+        for backend in [Backend::Jit, Backend::Interp] {
+            let options = Options {
+                backend,
+                threads: 1,
+                ..Options::default()
+            };
+            let session = m.clone().compile(Weights::None, &options).unwrap();
+            for inputs in &cases {
+                let err = session.run(inputs).unwrap_err();
+                assert!(
+                    matches!(err.kind(), ErrorKind::Inputs(_)),
+                    "{backend:?}: {err:?}"
+                );
+            }
         }
     }
 

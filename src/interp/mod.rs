@@ -18,6 +18,10 @@ mod layout;
 mod linalg;
 mod reduce;
 
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
+    MatMul, Param, Permute, Reduce, Slice, Softmax,
+};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -136,7 +140,7 @@ fn concrete_type(tensor: &Tensor) -> TensorType {
 pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Tensor, InterpError> {
     // Checked before `infer`, whose message for this case is a generic shape
     // error: a symbolic end bound too large is a run-time data error.
-    if let (Op::Slice { axis, end, .. }, [x]) = (op, inputs) {
+    if let (Op::Slice(Slice { axis, end, .. }), [x]) = (op, inputs) {
         if let Some(end) = end.as_known() {
             layout::check_slice_end(x, *axis, end)?;
         }
@@ -144,7 +148,7 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
     let input_types: Vec<TensorType> = inputs.iter().map(|t| concrete_type(t)).collect();
     let input_type_refs: Vec<&TensorType> = input_types.iter().collect();
     let computed = match op {
-        Op::Input { .. } | Op::Param { .. } => return Err(InterpError::SourceOp { op: op.name() }),
+        Op::Input(_) | Op::Param(_) => return Err(InterpError::SourceOp { op: op.name() }),
         _ => shape_rules::infer(op, &input_type_refs)?,
     };
     let Some(out_shape) = computed.known_shape() else {
@@ -165,8 +169,8 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
         return Ok(kind.eval(inputs, out)?);
     }
     match op {
-        Op::Input { .. } | Op::Param { .. } => Err(InterpError::SourceOp { op: op.name() }),
-        Op::Constant { value } => Ok(Tensor::clone(value)),
+        Op::Input(_) | Op::Param(_) => Err(InterpError::SourceOp { op: op.name() }),
+        Op::Constant(Constant { value }) => Ok(Tensor::clone(value)),
         Op::Unary(_)
         | Op::Conv2d(_)
         | Op::Pool2d(_)
@@ -177,29 +181,29 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
         Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], out),
         Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1], out),
         Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2], out),
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => linalg::matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out),
-        Op::Softmax { axis } => reduce::softmax(inputs[0], *axis),
-        Op::LogSoftmax { axis } => reduce::log_softmax(inputs[0], *axis),
-        Op::LayerNorm { axis, eps } => {
+        }) => linalg::matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out),
+        Op::Softmax(Softmax { axis }) => reduce::softmax(inputs[0], *axis),
+        Op::LogSoftmax(LogSoftmax { axis }) => reduce::log_softmax(inputs[0], *axis),
+        Op::LayerNorm(LayerNorm { axis, eps }) => {
             reduce::layer_norm(inputs[0], inputs[1], inputs[2], *axis, eps.0)
         }
-        Op::Reduce { op, axes, .. } => reduce::reduce(*op, inputs[0], axes, out),
-        Op::Permute { perm } => layout::permute(inputs[0], perm),
-        Op::Reshape { .. } => Ok(layout::reshape(inputs[0], out)),
-        Op::Concat { axis } => layout::concat(inputs, *axis, out),
-        Op::Slice {
+        Op::Reduce(Reduce { op, axes, .. }) => reduce::reduce(*op, inputs[0], axes, out),
+        Op::Permute(Permute { perm }) => layout::permute(inputs[0], perm),
+        Op::Reshape(_) => Ok(layout::reshape(inputs[0], out)),
+        Op::Concat(Concat { axis }) => layout::concat(inputs, *axis, out),
+        Op::Slice(Slice {
             axis, start, step, ..
-        } => layout::slice(inputs[0], *axis, *start, *step, out),
-        Op::Gather { axis } => layout::gather(inputs[0], inputs[1], *axis, out),
-        Op::Cast { to } => layout::cast(inputs[0], *to),
-        Op::FusedLinear {
+        }) => layout::slice(inputs[0], *axis, *start, *step, out),
+        Op::Gather(Gather { axis }) => layout::gather(inputs[0], inputs[1], *axis, out),
+        Op::Cast(Cast { to }) => layout::cast(inputs[0], *to),
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => linalg::fused_linear(inputs, *transpose_b, epilogue, out),
-        Op::FusedElementwise { expr } => elementwise::fused(expr, inputs, out),
+        }) => linalg::fused_linear(inputs, *transpose_b, epilogue, out),
+        Op::FusedElementwise(FusedElementwise { expr }) => elementwise::fused(expr, inputs, out),
     }
 }
 
@@ -258,7 +262,7 @@ pub fn run_within(
     for &id in &order {
         let node = graph.node(id);
         let value = match &node.op {
-            Op::Input { name } => {
+            Op::Input(Input { name }) => {
                 // bind_inputs has checked that every declared input is given.
                 let tensor = inputs.get(name).ok_or_else(|| {
                     InterpError::Bind(vec![BindError::MissingInput {
@@ -268,7 +272,7 @@ pub fn run_within(
                 })?;
                 Cow::Borrowed(tensor)
             }
-            Op::Param { name, init } => {
+            Op::Param(Param { name, init }) => {
                 let tensor = params.get(name).ok_or_else(|| InterpError::MissingParam {
                     name: name.clone(),
                     has_init: init.is_some(),

@@ -2,6 +2,10 @@
 //! bad data at run time, and fused ops agreeing bit for bit with the ops
 //! they replace. Numerical agreement with numpy is in tests/interp_numpy.rs.
 
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, MatMul, Param, Reduce,
+    Slice, Softmax,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -41,7 +45,7 @@ fn add(graph: &mut Graph, op: Op, operands: &[NodeId]) -> NodeId {
 }
 
 fn input(graph: &mut Graph, name: &str, ty: TensorType) -> NodeId {
-    let id = graph.add_node(Op::Input { name: name.into() }, &[], ty, None);
+    let id = graph.add_node(Op::Input(Input { name: name.into() }), &[], ty, None);
     graph.inputs.push(id);
     id
 }
@@ -67,11 +71,11 @@ fn rank_zero_tensors_add_broadcast_and_reduce() {
 
     let matrix = Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let total = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0, 1],
             keepdims: false,
-        },
+        }),
         &[&matrix],
     )
     .unwrap();
@@ -80,16 +84,16 @@ fn rank_zero_tensors_add_broadcast_and_reduce() {
 
     // Reducing no axes of a scalar is the identity, as numpy's axis=().
     let same = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Max,
             axes: vec![],
             keepdims: false,
-        },
+        }),
         &[&Tensor::scalar(-4.0)],
     )
     .unwrap();
     assert_eq!(f32s(&same), &[-4.0]);
-    let cast = eval(Op::Cast { to: DType::I64 }, &[&Tensor::scalar(-2.9)]).unwrap();
+    let cast = eval(Op::Cast(Cast { to: DType::I64 }), &[&Tensor::scalar(-2.9)]).unwrap();
     assert_eq!(cast.data(), &TensorData::I64(vec![-2]));
 }
 
@@ -104,31 +108,31 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
     let a = Tensor::f32(vec![2, 0], vec![]);
     let b = Tensor::f32(vec![0, 3], vec![]);
     let product = eval(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: false,
-        },
+        }),
         &[&a, &b],
     )
     .unwrap();
     assert_eq!(product.shape(), &[2, 3]);
     assert_eq!(f32s(&product), &[0.0; 6]);
     let no_rows = eval(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: true,
-        },
+        }),
         &[&empty, &Tensor::f32(vec![4, 3], vec![1.0; 12])],
     )
     .unwrap();
     assert_eq!(no_rows.shape(), &[0, 4]);
 
     let sum = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0],
             keepdims: true,
-        },
+        }),
         &[&empty],
     )
     .unwrap();
@@ -137,11 +141,11 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
         (&[1, 3][..], &[0.0, 0.0, 0.0][..])
     );
     let mean = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Mean,
             axes: vec![0],
             keepdims: false,
-        },
+        }),
         &[&empty],
     )
     .unwrap();
@@ -150,11 +154,11 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
         "mean of nothing is 0/0"
     );
     let max = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Max,
             axes: vec![0],
             keepdims: false,
-        },
+        }),
         &[&empty],
     );
     assert!(
@@ -165,7 +169,7 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
     // The empty part goes second: shape_rules' concat cannot yet add a known
     // 0 on the left (it divides by the factor), which is outside this module.
     let joined = eval(
-        Op::Concat { axis: 0 },
+        Op::Concat(Concat { axis: 0 }),
         &[&Tensor::f32(vec![1, 3], vec![7.0, 8.0, 9.0]), &empty],
     )
     .unwrap();
@@ -174,20 +178,20 @@ fn size_zero_dims_flow_through_every_kind_of_op() {
         (&[1, 3][..], &[7.0, 8.0, 9.0][..])
     );
     let none = eval(
-        Op::Gather { axis: 0 },
+        Op::Gather(Gather { axis: 0 }),
         &[&row, &Tensor::i64(vec![0], vec![])],
     )
     .unwrap();
     assert_eq!(none.shape(), &[0]);
-    let softmax = eval(Op::Softmax { axis: 1 }, &[&empty]).unwrap();
+    let softmax = eval(Op::Softmax(Softmax { axis: 1 }), &[&empty]).unwrap();
     assert_eq!(softmax.shape(), &[0, 3]);
     let sliced = eval(
-        Op::Slice {
+        Op::Slice(Slice {
             axis: 0,
             start: 3,
             end: Dim::known(3),
             step: 1,
-        },
+        }),
         &[&row],
     )
     .unwrap();
@@ -240,18 +244,18 @@ fn nan_propagates_through_relu_max_softmax_and_matmul() {
         "maximum(0, NaN) is NaN as in numpy"
     );
     let reduced = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Max,
             axes: vec![0],
             keepdims: false,
-        },
+        }),
         &[&x],
     )
     .unwrap();
     assert!(f32s(&reduced)[0].is_nan());
 
     let lanes = Tensor::f32(vec![2, 2], vec![f32::NAN, 1.0, 0.0, 0.0]);
-    let softmax = eval(Op::Softmax { axis: 1 }, &[&lanes]).unwrap();
+    let softmax = eval(Op::Softmax(Softmax { axis: 1 }), &[&lanes]).unwrap();
     assert!(
         f32s(&softmax)[..2].iter().all(|v| v.is_nan()),
         "the NaN lane is all NaN"
@@ -266,10 +270,10 @@ fn nan_propagates_through_relu_max_softmax_and_matmul() {
     let a = Tensor::f32(vec![1, 2], vec![f32::NAN, 1.0]);
     let b = Tensor::f32(vec![2, 1], vec![0.0, 3.0]);
     let product = eval(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: false,
-        },
+        }),
         &[&a, &b],
     )
     .unwrap();
@@ -285,7 +289,10 @@ fn gather_counts_negative_ids_from_the_end_and_rejects_out_of_range() {
         (vec![i64::MIN], 1, 2, i64::MIN, 0),
     ] {
         let n = ids.len();
-        match eval(Op::Gather { axis }, &[&table, &Tensor::i64(vec![n], ids)]) {
+        match eval(
+            Op::Gather(Gather { axis }),
+            &[&table, &Tensor::i64(vec![n], ids)],
+        ) {
             Err(
                 e @ InterpError::Eval(EvalError::GatherIndex {
                     index,
@@ -302,20 +309,20 @@ fn gather_counts_negative_ids_from_the_end_and_rejects_out_of_range() {
     }
     // -1 is the last row (numpy's take, ONNX Gather); -3 the first.
     let from_end = eval(
-        Op::Gather { axis: 0 },
+        Op::Gather(Gather { axis: 0 }),
         &[&table, &i32_tensor(vec![2], vec![-1, -3])],
     )
     .unwrap();
     assert_eq!(f32s(&from_end), &[4.0, 5.0, 0.0, 1.0]);
     let from_end = eval(
-        Op::Gather { axis: 1 },
+        Op::Gather(Gather { axis: 1 }),
         &[&table, &Tensor::i64(vec![1], vec![-2])],
     )
     .unwrap();
     assert_eq!(f32s(&from_end), &[0.0, 2.0, 4.0]);
     // i32 ids along a middle axis pick columns.
     let columns = eval(
-        Op::Gather { axis: 1 },
+        Op::Gather(Gather { axis: 1 }),
         &[&table, &i32_tensor(vec![2], vec![1, 1])],
     )
     .unwrap();
@@ -330,15 +337,15 @@ fn a_bad_gather_in_a_graph_names_the_node_and_the_index() {
     let mut graph = Graph::new("lookup");
     let ids = input(&mut graph, "ids", ty(DType::I64, &[Dim::symbol("n")]));
     let table = graph.add_node(
-        Op::Param {
+        Op::Param(Param {
             name: "embed.table".into(),
             init: None,
-        },
+        }),
         &[],
         ty(DType::F32, &[Dim::known(4), Dim::known(2)]),
         None,
     );
-    let rows = add(&mut graph, Op::Gather { axis: 0 }, &[table, ids]);
+    let rows = add(&mut graph, Op::Gather(Gather { axis: 0 }), &[table, ids]);
     graph.node_mut(rows).span = Some(Span::new(10, 24));
     graph.outputs.push(("rows".into(), rows));
     let params = feed(vec![("embed.table", Tensor::f32(vec![4, 2], vec![0.0; 8]))]);
@@ -370,12 +377,12 @@ fn slice_end_bound_past_the_input_size_is_a_run_time_error() {
     let x = input(&mut graph, "x", ty(DType::F32, &[Dim::symbol("seq")]));
     let head = add(
         &mut graph,
-        Op::Slice {
+        Op::Slice(Slice {
             axis: 0,
             start: 0,
             end: Dim::symbol("keep"),
             step: 1,
-        },
+        }),
         &[x],
     );
     graph.outputs.push(("head".into(), head));
@@ -412,20 +419,20 @@ fn run_reports_every_bad_input_and_names_missing_or_mistyped_params() {
     );
     let mask = input(&mut graph, "mask", ty(DType::Bool, &[Dim::symbol("batch")]));
     let w = graph.add_node(
-        Op::Param {
+        Op::Param(Param {
             name: "w".into(),
             init: Some(crate::ir::Init::Zeros),
-        },
+        }),
         &[],
         ty(DType::F32, &[Dim::known(2), Dim::known(2)]),
         None,
     );
     let y = add(
         &mut graph,
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: false,
-        },
+        }),
         &[x, w],
     );
     graph.outputs.push(("y".into(), y));
@@ -483,11 +490,11 @@ fn an_intermediate_output_survives_its_readers() {
     let squared = add(&mut graph, Op::Binary(BinaryOp::Mul), &[doubled, doubled]);
     let total = add(
         &mut graph,
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![0],
             keepdims: false,
-        },
+        }),
         &[squared],
     );
     graph.outputs.push(("total".into(), total));
@@ -507,7 +514,7 @@ fn eval_node_checks_the_declared_type_and_refuses_sources() {
         matches!(err, InterpError::TypeMismatch { op: "neg", .. }),
         "{err:?}"
     );
-    let err = eval_node(&Op::Input { name: "x".into() }, &[], &wrong).unwrap_err();
+    let err = eval_node(&Op::Input(Input { name: "x".into() }), &[], &wrong).unwrap_err();
     assert!(
         matches!(err, InterpError::SourceOp { op: "input" }),
         "{err:?}"
@@ -520,26 +527,26 @@ fn eval_node_checks_the_declared_type_and_refuses_sources() {
         matches!(ill_typed, Err(InterpError::Shape(_))),
         "{ill_typed:?}"
     );
-    let constant = Op::Constant {
+    let constant = Op::Constant(Constant {
         value: Arc::new(x.clone()),
-    };
+    });
     assert_eq!(eval(constant, &[]).unwrap(), x);
 }
 
 #[test]
 fn cast_truncates_toward_zero_and_maps_truth() {
     let x = Tensor::f32(vec![5], vec![-1.7, -0.2, 0.0, 2.9, f32::NAN]);
-    let ints = eval(Op::Cast { to: DType::I32 }, &[&x]).unwrap();
+    let ints = eval(Op::Cast(Cast { to: DType::I32 }), &[&x]).unwrap();
     assert_eq!(ints.data(), &TensorData::I32(vec![-1, 0, 0, 2, 0]));
-    let truth = eval(Op::Cast { to: DType::Bool }, &[&x]).unwrap();
+    let truth = eval(Op::Cast(Cast { to: DType::Bool }), &[&x]).unwrap();
     assert_eq!(
         truth.data(),
         &TensorData::Bool(vec![true, true, false, true, true])
     );
-    let back = eval(Op::Cast { to: DType::F32 }, &[&truth]).unwrap();
+    let back = eval(Op::Cast(Cast { to: DType::F32 }), &[&truth]).unwrap();
     assert_eq!(f32s(&back), &[1.0, 1.0, 0.0, 1.0, 1.0]);
     let wide = Tensor::i64(vec![2], vec![(1 << 32) + 5, -3]);
-    let narrow = eval(Op::Cast { to: DType::I32 }, &[&wide]).unwrap();
+    let narrow = eval(Op::Cast(Cast { to: DType::I32 }), &[&wide]).unwrap();
     assert_eq!(
         narrow.data(),
         &TensorData::I32(vec![5, -3]),
@@ -567,7 +574,11 @@ fn fused_elementwise_matches_the_unfused_ops_bit_for_bit() {
             ExprStep::Where(7, 5, 9),
         ],
     };
-    let fused = eval(Op::FusedElementwise { expr }, &[&x, &bias]).unwrap();
+    let fused = eval(
+        Op::FusedElementwise(FusedElementwise { expr }),
+        &[&x, &bias],
+    )
+    .unwrap();
 
     let scaled = eval(Op::Binary(BinaryOp::Mul), &[&x, &Tensor::scalar(1.7)]).unwrap();
     let shifted = eval(Op::Binary(BinaryOp::Add), &[&scaled, &bias]).unwrap();
@@ -584,7 +595,11 @@ fn fused_elementwise_rejects_ill_formed_expressions() {
     let on_bool = ElementwiseExpr {
         steps: vec![ExprStep::Input(0), ExprStep::Unary(UnaryOp::Exp, 0)],
     };
-    let err = eval(Op::FusedElementwise { expr: on_bool }, &[&flags]).unwrap_err();
+    let err = eval(
+        Op::FusedElementwise(FusedElementwise { expr: on_bool }),
+        &[&flags],
+    )
+    .unwrap_err();
     assert!(
         matches!(err, InterpError::Eval(EvalError::BadExpr { step: 1, .. })),
         "{err:?}"
@@ -597,7 +612,11 @@ fn fused_elementwise_rejects_ill_formed_expressions() {
         ],
     };
     let x = Tensor::f32(vec![2], vec![1.0, 2.0]);
-    let err = eval(Op::FusedElementwise { expr: forward }, &[&x]).unwrap_err();
+    let err = eval(
+        Op::FusedElementwise(FusedElementwise { expr: forward }),
+        &[&x],
+    )
+    .unwrap_err();
     assert!(
         matches!(err, InterpError::Eval(EvalError::BadExpr { step: 1, .. })),
         "{err:?}"
@@ -622,19 +641,19 @@ fn fused_linear_matches_matmul_bias_activation_residual_bit_for_bit() {
         residual: true,
     };
     let fused = eval(
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b: true,
             epilogue,
-        },
+        }),
         &[&a, &b_t, &bias, &residual],
     )
     .unwrap();
 
     let product = eval(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: true,
-        },
+        }),
         &[&a, &b_t],
     )
     .unwrap();
@@ -650,20 +669,20 @@ fn matmul_accumulates_in_double_precision() {
     let a = Tensor::f32(vec![1, 3], vec![1e8, 1.0, -1e8]);
     let b = Tensor::f32(vec![3, 1], vec![1.0, 1.0, 1.0]);
     let product = eval(
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b: false,
-        },
+        }),
         &[&a, &b],
     )
     .unwrap();
     assert_eq!(f32s(&product), &[1.0]);
     let sum = eval(
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: ReduceOp::Sum,
             axes: vec![1],
             keepdims: false,
-        },
+        }),
         &[&a],
     )
     .unwrap();

@@ -1,5 +1,6 @@
 //! Binding symbolic dims to sizes from the tensors a model is run with.
 
+use crate::ir::ops::{Input, Param, Reshape, Slice};
 use std::collections::HashSet;
 
 use super::{shape_rules, Bindings, DType, Dim, Graph, NodeId, Op, TensorType};
@@ -153,8 +154,8 @@ pub fn symbols(graph: &Graph) -> Vec<String> {
     for id in graph.node_ids() {
         let node = graph.node(id);
         let attr_dims: Vec<&Dim> = match &node.op {
-            Op::Reshape { shape } => shape.iter().collect(),
-            Op::Slice { end, .. } => vec![end],
+            Op::Reshape(Reshape { shape }) => shape.iter().collect(),
+            Op::Slice(Slice { end, .. }) => vec![end],
             _ => vec![],
         };
         for d in node.ty.shape.iter().chain(attr_dims) {
@@ -168,8 +169,8 @@ pub fn symbols(graph: &Graph) -> Vec<String> {
 /// nodes by their op (the span locates them).
 fn describe(graph: &Graph, id: NodeId) -> Option<String> {
     match &graph.node(id).op {
-        Op::Input { name } => Some(format!("input `{name}`")),
-        Op::Param { name, .. } => Some(format!("parameter `{name}`")),
+        Op::Input(Input { name }) => Some(format!("input `{name}`")),
+        Op::Param(Param { name, .. }) => Some(format!("parameter `{name}`")),
         _ => graph
             .outputs
             .iter()
@@ -213,8 +214,8 @@ pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, Vec<BindE
         };
         let node = g.node_mut(id);
         let attrs = match &mut node.op {
-            Op::Reshape { shape } => substitute_all(shape, bindings),
-            Op::Slice { end, .. } => substitute_all(std::slice::from_mut(end), bindings),
+            Op::Reshape(Reshape { shape }) => substitute_all(shape, bindings),
+            Op::Slice(Slice { end, .. }) => substitute_all(std::slice::from_mut(end), bindings),
             _ => Ok(()),
         };
         let declared = substitute_all(&mut node.ty.shape, bindings);
@@ -234,7 +235,7 @@ pub fn concretize(graph: &Graph, bindings: &Bindings) -> Result<Graph, Vec<BindE
             failed.insert(id);
             continue;
         }
-        let checked = if matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
+        let checked = if matches!(node.op, Op::Input(_) | Op::Param(_)) {
             shape_rules::check_size(&node.ty)
         } else {
             let op = node.op.clone();

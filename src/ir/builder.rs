@@ -7,12 +7,13 @@
 //! ```
 //! use lamina::ir::builder::GraphBuilder;
 //! use lamina::ir::{Op, UnaryOp};
+//! use lamina::ir::ops::MatMul;
 //! use lamina::tensor::Tensor;
 //!
 //! let mut b = GraphBuilder::new("tiny");
 //! let x = b.input("x", "f32[batch, 3]");
 //! let w = b.param("w", Tensor::f32(vec![3, 2], vec![0.5; 6]));
-//! let y = b.op(Op::MatMul { transpose_a: false, transpose_b: false }, &[x, w]);
+//! let y = b.op(Op::MatMul(MatMul { transpose_a: false, transpose_b: false }), &[x, w]);
 //! let y = b.op(Op::Unary(UnaryOp::Relu), &[y]);
 //! b.output("y", y);
 //! let (graph, params) = b.finish();
@@ -20,6 +21,7 @@
 //! assert!(params.contains_key("w"));
 //! ```
 
+use crate::ir::ops::{Constant, Input, Param};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -109,7 +111,7 @@ impl GraphBuilder {
 
     /// A model input, in declaration order.
     pub fn input(&mut self, name: &str, ty: impl IntoTensorType) -> NodeId {
-        let op = Op::Input { name: name.into() };
+        let op = Op::Input(Input { name: name.into() });
         let id = self.graph.add_node(op, &[], ty.into_tensor_type(), None);
         self.graph.inputs.push(id);
         id
@@ -124,18 +126,18 @@ impl GraphBuilder {
 
     /// A parameter declared by type only, its value bound later.
     pub fn param_decl(&mut self, name: &str, ty: impl IntoTensorType) -> NodeId {
-        let op = Op::Param {
+        let op = Op::Param(Param {
             name: name.into(),
             init: None,
-        };
+        });
         self.graph.add_node(op, &[], ty.into_tensor_type(), None)
     }
 
     pub fn constant(&mut self, value: Tensor) -> NodeId {
         let ty = type_of(&value);
-        let op = Op::Constant {
+        let op = Op::Constant(Constant {
             value: Arc::new(value),
-        };
+        });
         self.graph.add_node(op, &[], ty, None)
     }
 

@@ -5,6 +5,7 @@
 //! stable across removals; `topo_order` gives the deterministic order every
 //! consumer (printer, interpreter, codegen) walks in.
 
+use crate::ir::ops::{Input, Param};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -246,7 +247,7 @@ impl Graph {
         self.topo_order()
             .into_iter()
             .filter_map(|id| match &self.node(id).op {
-                Op::Param { name, .. } => Some((name.clone(), id)),
+                Op::Param(Param { name, .. }) => Some((name.clone(), id)),
                 _ => None,
             })
             .collect()
@@ -259,7 +260,7 @@ impl Graph {
 
     pub fn input_name(&self, id: NodeId) -> &str {
         match &self.node(id).op {
-            Op::Input { name } => name,
+            Op::Input(Input { name }) => name,
             _ => "",
         }
     }

@@ -13,6 +13,10 @@
 //! Nodes are numbered in `topo_order`, so the text depends only on the
 //! graph's structure, never on petgraph's internal indices.
 
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
+    MatMul, Param, Permute, Reduce, Reshape, Slice, Softmax,
+};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -34,19 +38,16 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         return kind.attributes();
     }
     match op {
-        Op::Input { .. }
-        | Op::Param { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Compare(_)
-        | Op::Where => vec![],
+        Op::Input(_) | Op::Param(_) | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where => {
+            vec![]
+        }
         Op::Conv2d(_)
         | Op::Pool2d(_)
         | Op::BatchNorm(_)
         | Op::Clip(_)
         | Op::Pad(_)
         | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Constant { value } => {
+        Op::Constant(Constant { value }) => {
             let shown = if value.len() == 1 {
                 format!("{}", value.to_f64_vec()[0] as f32)
             } else {
@@ -54,10 +55,10 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             };
             vec![("value", shown)]
         }
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => {
+        }) => {
             let mut a = vec![];
             if *transpose_a {
                 a.push(("transpose_a", "true".to_string()));
@@ -67,38 +68,40 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             }
             a
         }
-        Op::Softmax { axis }
-        | Op::LogSoftmax { axis }
-        | Op::Concat { axis }
-        | Op::Gather { axis } => {
+        Op::Softmax(Softmax { axis })
+        | Op::LogSoftmax(LogSoftmax { axis })
+        | Op::Concat(Concat { axis })
+        | Op::Gather(Gather { axis }) => {
             vec![("axis", axis.to_string())]
         }
-        Op::LayerNorm { axis, eps } => vec![("axis", axis.to_string()), ("eps", eps.to_string())],
-        Op::Reduce { axes, keepdims, .. } => {
+        Op::LayerNorm(LayerNorm { axis, eps }) => {
+            vec![("axis", axis.to_string()), ("eps", eps.to_string())]
+        }
+        Op::Reduce(Reduce { axes, keepdims, .. }) => {
             let mut a = vec![("axes", list(axes))];
             if *keepdims {
                 a.push(("keepdims", "true".to_string()));
             }
             a
         }
-        Op::Permute { perm } => vec![("perm", list(perm))],
-        Op::Reshape { shape } => vec![("shape", ShapeDisplay(shape).to_string())],
-        Op::Slice {
+        Op::Permute(Permute { perm }) => vec![("perm", list(perm))],
+        Op::Reshape(Reshape { shape }) => vec![("shape", ShapeDisplay(shape).to_string())],
+        Op::Slice(Slice {
             axis,
             start,
             end,
             step,
-        } => vec![
+        }) => vec![
             ("axis", axis.to_string()),
             ("start", start.to_string()),
             ("end", end.to_string()),
             ("step", step.to_string()),
         ],
-        Op::Cast { to } => vec![("to", to.to_string())],
-        Op::FusedLinear {
+        Op::Cast(Cast { to }) => vec![("to", to.to_string())],
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => {
+        }) => {
             let mut a = vec![];
             if *transpose_b {
                 a.push(("transpose_b", "true".to_string()));
@@ -114,7 +117,7 @@ pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             }
             a
         }
-        Op::FusedElementwise { expr } => vec![("expr", expr.to_string())],
+        Op::FusedElementwise(FusedElementwise { expr }) => vec![("expr", expr.to_string())],
     }
 }
 
@@ -134,8 +137,8 @@ pub fn node_text(graph: &Graph, id: NodeId, numbers: &HashMap<NodeId, usize>) ->
     let mut line = String::new();
     line.push_str(node.op.name());
     match &node.op {
-        Op::Input { name } => write!(line, " \"{name}\"").unwrap(),
-        Op::Param { name, init } => {
+        Op::Input(Input { name }) => write!(line, " \"{name}\"").unwrap(),
+        Op::Param(Param { name, init }) => {
             write!(line, " \"{name}\"").unwrap();
             if let Some(init) = init {
                 write!(line, " {init}").unwrap();
@@ -190,7 +193,9 @@ pub fn to_dot(graph: &Graph) -> String {
     for id in graph.topo_order() {
         let node = graph.node(id);
         let mut label = match &node.op {
-            Op::Input { name } | Op::Param { name, .. } => format!("{} {}", node.op.name(), name),
+            Op::Input(Input { name }) | Op::Param(Param { name, .. }) => {
+                format!("{} {}", node.op.name(), name)
+            }
             op => op.name().to_string(),
         };
         for (k, v) in attributes(&node.op) {
@@ -198,11 +203,9 @@ pub fn to_dot(graph: &Graph) -> String {
         }
         write!(label, "\\n{}", node.ty).unwrap();
         let style = match node.op {
-            Op::Input { .. } => ", style=filled, fillcolor=\"#dbeafe\"",
-            Op::Param { .. } | Op::Constant { .. } => ", style=filled, fillcolor=\"#f3f4f6\"",
-            Op::FusedLinear { .. } | Op::FusedElementwise { .. } => {
-                ", style=filled, fillcolor=\"#dcfce7\""
-            }
+            Op::Input(_) => ", style=filled, fillcolor=\"#dbeafe\"",
+            Op::Param(_) | Op::Constant(_) => ", style=filled, fillcolor=\"#f3f4f6\"",
+            Op::FusedLinear(_) | Op::FusedElementwise(_) => ", style=filled, fillcolor=\"#dcfce7\"",
             _ => "",
         };
         writeln!(

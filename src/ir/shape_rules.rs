@@ -12,6 +12,10 @@ use super::ops::shape::{
 pub use super::ops::shape::{broadcast_shapes, check_size, ShapeError};
 use super::ops::{ExprStep, Op};
 use super::{DType, Dim};
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul,
+    Permute, Reduce, Reshape, Slice, Softmax,
+};
 
 /// How many operands an op takes: `(min, max)`.
 pub fn arity(op: &Op) -> (usize, usize) {
@@ -19,7 +23,7 @@ pub fn arity(op: &Op) -> (usize, usize) {
         return kind.arity();
     }
     match op {
-        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => (0, 0),
+        Op::Input(_) | Op::Param(_) | Op::Constant(_) => (0, 0),
         Op::Unary(_)
         | Op::Conv2d(_)
         | Op::Pool2d(_)
@@ -27,21 +31,21 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Op::Clip(_)
         | Op::Pad(_)
         | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Softmax { .. }
-        | Op::LogSoftmax { .. }
-        | Op::Reduce { .. }
-        | Op::Permute { .. }
-        | Op::Reshape { .. }
-        | Op::Slice { .. }
-        | Op::Cast { .. } => (1, 1),
-        Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Gather { .. } => (2, 2),
-        Op::Where | Op::LayerNorm { .. } => (3, 3),
-        Op::Concat { .. } => (1, usize::MAX),
-        Op::FusedLinear { epilogue, .. } => {
+        Op::Softmax(_)
+        | Op::LogSoftmax(_)
+        | Op::Reduce(_)
+        | Op::Permute(_)
+        | Op::Reshape(_)
+        | Op::Slice(_)
+        | Op::Cast(_) => (1, 1),
+        Op::Binary(_) | Op::Compare(_) | Op::MatMul(_) | Op::Gather(_) => (2, 2),
+        Op::Where | Op::LayerNorm(_) => (3, 3),
+        Op::Concat(_) => (1, usize::MAX),
+        Op::FusedLinear(FusedLinear { epilogue, .. }) => {
             let n = 2 + epilogue.bias as usize + epilogue.residual as usize;
             (n, n)
         }
-        Op::FusedElementwise { expr } => {
+        Op::FusedElementwise(FusedElementwise { expr }) => {
             let n = expr
                 .steps
                 .iter()
@@ -91,14 +95,14 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
         | Op::Clip(_)
         | Op::Pad(_)
         | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Input { .. } | Op::Param { .. } => {
+        Op::Input(_) | Op::Param(_) => {
             err(format!("{name} has a declared type, not an inferred one"))
         }
-        Op::Constant { value } => Ok(TensorType::new(
+        Op::Constant(Constant { value }) => Ok(TensorType::new(
             value.dtype(),
             value.shape().iter().map(|&d| Dim::known(d)).collect(),
         )),
-        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+        Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis }) => {
             let x = inputs[0];
             expect_dtype(name, "operand", x, DType::F32)?;
             expect_axis(name, *axis, x)?;
@@ -134,10 +138,10 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 broadcast_all(name, inputs)?,
             ))
         }
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => {
+        }) => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             Ok(TensorType::new(
@@ -145,10 +149,10 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 matmul_shape(inputs[0], inputs[1], *transpose_a, *transpose_b)?,
             ))
         }
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => {
+        }) => {
             expect_dtype(name, "a", inputs[0], DType::F32)?;
             expect_dtype(name, "b", inputs[1], DType::F32)?;
             let shape = matmul_shape(inputs[0], inputs[1], false, *transpose_b)?;
@@ -176,7 +180,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(TensorType::new(DType::F32, shape))
         }
-        Op::LayerNorm { axis, .. } => {
+        Op::LayerNorm(LayerNorm { axis, .. }) => {
             let (x, gain, bias) = (inputs[0], inputs[1], inputs[2]);
             for t in inputs {
                 expect_dtype(name, "operand", t, DType::F32)?;
@@ -201,7 +205,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(x.clone())
         }
-        Op::Reduce { axes, keepdims, .. } => {
+        Op::Reduce(Reduce { axes, keepdims, .. }) => {
             let x = inputs[0];
             expect_dtype(name, "operand", x, DType::F32)?;
             let mut seen = vec![false; x.rank()];
@@ -223,7 +227,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 .collect();
             Ok(TensorType::new(DType::F32, shape))
         }
-        Op::Permute { perm } => {
+        Op::Permute(Permute { perm }) => {
             let x = inputs[0];
             let mut sorted = perm.clone();
             sorted.sort_unstable();
@@ -238,7 +242,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
                 perm.iter().map(|&p| x.shape[p].clone()).collect(),
             ))
         }
-        Op::Reshape { shape } => {
+        Op::Reshape(Reshape { shape }) => {
             let x = inputs[0];
             let (Some(from), Some(to)) =
                 (super::dim::product(&x.shape), super::dim::product(shape))
@@ -258,7 +262,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             }
             Ok(TensorType::new(x.dtype, shape.clone()))
         }
-        Op::Concat { axis } => {
+        Op::Concat(Concat { axis }) => {
             let first = inputs[0];
             expect_axis(name, *axis, first)?;
             let mut total = first.shape[*axis].clone();
@@ -284,12 +288,12 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape[*axis] = total;
             Ok(TensorType::new(first.dtype, shape))
         }
-        Op::Slice {
+        Op::Slice(Slice {
             axis,
             start,
             end,
             step,
-        } => {
+        }) => {
             let x = inputs[0];
             expect_axis(name, *axis, x)?;
             if *step == 0 {
@@ -321,7 +325,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape[*axis] = len;
             Ok(TensorType::new(x.dtype, shape))
         }
-        Op::Gather { axis } => {
+        Op::Gather(Gather { axis }) => {
             let (table, ids) = (inputs[0], inputs[1]);
             expect_axis(name, *axis, table)?;
             if !ids.dtype.is_integer() {
@@ -335,8 +339,8 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeE
             shape.extend(table.shape[axis + 1..].iter().cloned());
             Ok(TensorType::new(table.dtype, shape))
         }
-        Op::Cast { to } => Ok(TensorType::new(*to, inputs[0].shape.clone())),
-        Op::FusedElementwise { expr } => {
+        Op::Cast(Cast { to }) => Ok(TensorType::new(*to, inputs[0].shape.clone())),
+        Op::FusedElementwise(FusedElementwise { expr }) => {
             let shape = broadcast_all(name, inputs)?;
             let mut dtypes: Vec<DType> = Vec::with_capacity(expr.steps.len());
             for step in &expr.steps {
@@ -373,10 +377,10 @@ mod tests {
     #[test]
     fn symbolic_matmul_propagates_batch() {
         let out = infer(
-            &Op::MatMul {
+            &Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[&t(&["batch", "784"]), &t(&["784", "512"])],
         )
         .unwrap();
@@ -386,10 +390,10 @@ mod tests {
     #[test]
     fn matmul_mismatch_names_both_shapes() {
         let e = infer(
-            &Op::MatMul {
+            &Op::MatMul(MatMul {
                 transpose_a: false,
                 transpose_b: false,
-            },
+            }),
             &[&t(&["batch", "784"]), &t(&["100", "512"])],
         )
         .unwrap_err();
@@ -413,21 +417,21 @@ mod tests {
     #[test]
     fn reshape_checks_symbolic_element_count() {
         let x = t(&["batch", "seq", "384"]);
-        let ok = Op::Reshape {
+        let ok = Op::Reshape(Reshape {
             shape: vec![
                 Dim::symbol("batch"),
                 Dim::symbol("seq"),
                 Dim::known(12),
                 Dim::known(32),
             ],
-        };
+        });
         assert_eq!(
             infer(&ok, &[&x]).unwrap().to_string(),
             "f32[batch, seq, 12, 32]"
         );
-        let bad = Op::Reshape {
+        let bad = Op::Reshape(Reshape {
             shape: vec![Dim::symbol("batch"), Dim::known(384)],
-        };
+        });
         assert!(infer(&bad, &[&x]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 
 use super::printer::{node_text, numbering};
 use super::{shape_rules, Graph, Op, TensorType};
+use crate::ir::ops::Constant;
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("graph `{graph}` is inconsistent: {problems:?}")]
@@ -30,7 +31,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             if !inputs.is_empty() {
                 problems.push(format!("{}: a source node has operands", what()));
             }
-            if let Op::Constant { value } = &node.op {
+            if let Op::Constant(Constant { value }) = &node.op {
                 let ty = shape_rules::infer(&node.op, &[]).expect("constants always type");
                 if ty != node.ty
                     || value.len() != ty.known_shape().map_or(0, |s| s.iter().product())
@@ -63,7 +64,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         }
     }
     for id in &graph.inputs {
-        if !graph.contains(*id) || !matches!(graph.node(*id).op, Op::Input { .. }) {
+        if !graph.contains(*id) || !matches!(graph.node(*id).op, Op::Input(_)) {
             problems.push("a model input is not a live input node".to_string());
         }
     }

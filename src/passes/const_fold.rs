@@ -27,6 +27,7 @@
 //! An op that fails on its constant operands (an out-of-range gather id) is
 //! left in place, so the error surfaces when the model runs, with its span.
 
+use crate::ir::ops::{Constant, Param};
 use std::sync::Arc;
 
 use super::edit::{add_constant, known_len, replace};
@@ -123,8 +124,8 @@ fn known_operands<'a>(
     for operand in graph.inputs(id) {
         let node = graph.node(operand);
         match &node.op {
-            Op::Constant { value } => known.push(Known::Constant(Arc::clone(value))),
-            Op::Param { name, .. } => {
+            Op::Constant(Constant { value }) => known.push(Known::Constant(Arc::clone(value))),
+            Op::Param(Param { name, .. }) => {
                 let Some(value) = cx.params.and_then(|p| p.get(name)) else {
                     return Ok(None);
                 };

@@ -6,6 +6,10 @@
 //! `mul` are commutative in IEEE arithmetic, so `a + b` and `b + a` merge
 //! too. Inputs and parameters are never merged: each names its own value.
 
+use crate::ir::ops::{
+    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
+    MatMul, Param, Permute, Reduce, Reshape, Slice, Softmax,
+};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -35,9 +39,7 @@ impl Pass for CommonSubexpressions {
         // so comparing operand ids compares values.
         let mut seen: HashMap<u64, Vec<NodeId>> = HashMap::new();
         for id in graph.topo_order() {
-            if !graph.contains(id)
-                || matches!(graph.node(id).op, Op::Input { .. } | Op::Param { .. })
-            {
+            if !graph.contains(id) || matches!(graph.node(id).op, Op::Input(_) | Op::Param(_)) {
                 continue;
             }
             let operands = canonical_operands(graph, id);
@@ -87,8 +89,10 @@ fn canonical_operands(graph: &Graph, id: NodeId) -> Vec<NodeId> {
 
 fn same_op(a: &Op, b: &Op) -> bool {
     match (a, b) {
-        (Op::Constant { value: x }, Op::Constant { value: y }) => same_bits(x, y),
-        (Op::Constant { .. }, _) | (_, Op::Constant { .. }) => false,
+        (Op::Constant(Constant { value: x }), Op::Constant(Constant { value: y })) => {
+            same_bits(x, y)
+        }
+        (Op::Constant(_), _) | (_, Op::Constant(_)) => false,
         _ => a == b,
     }
 }
@@ -102,12 +106,12 @@ fn hash_op(op: &Op, h: &mut DefaultHasher) {
         return kind.hash_attributes(h);
     }
     match op {
-        Op::Input { name } => name.hash(h),
-        Op::Param { name, init } => {
+        Op::Input(Input { name }) => name.hash(h),
+        Op::Param(Param { name, init }) => {
             name.hash(h);
             init.hash(h);
         }
-        Op::Constant { value } => hash_tensor_prefix(value, h),
+        Op::Constant(Constant { value }) => hash_tensor_prefix(value, h),
         Op::Unary(_)
         | Op::Conv2d(_)
         | Op::Pool2d(_)
@@ -118,30 +122,30 @@ fn hash_op(op: &Op, h: &mut DefaultHasher) {
         Op::Binary(b) => b.hash(h),
         Op::Compare(c) => c.hash(h),
         Op::Where => {}
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a,
             transpose_b,
-        } => (transpose_a, transpose_b).hash(h),
-        Op::Softmax { axis }
-        | Op::LogSoftmax { axis }
-        | Op::Concat { axis }
-        | Op::Gather { axis } => axis.hash(h),
-        Op::LayerNorm { axis, eps } => (axis, eps).hash(h),
-        Op::Reduce { op, axes, keepdims } => (op, axes, keepdims).hash(h),
-        Op::Permute { perm } => perm.hash(h),
-        Op::Reshape { shape } => shape.hash(h),
-        Op::Slice {
+        }) => (transpose_a, transpose_b).hash(h),
+        Op::Softmax(Softmax { axis })
+        | Op::LogSoftmax(LogSoftmax { axis })
+        | Op::Concat(Concat { axis })
+        | Op::Gather(Gather { axis }) => axis.hash(h),
+        Op::LayerNorm(LayerNorm { axis, eps }) => (axis, eps).hash(h),
+        Op::Reduce(Reduce { op, axes, keepdims }) => (op, axes, keepdims).hash(h),
+        Op::Permute(Permute { perm }) => perm.hash(h),
+        Op::Reshape(Reshape { shape }) => shape.hash(h),
+        Op::Slice(Slice {
             axis,
             start,
             end,
             step,
-        } => (axis, start, end, step).hash(h),
-        Op::Cast { to } => to.hash(h),
-        Op::FusedLinear {
+        }) => (axis, start, end, step).hash(h),
+        Op::Cast(Cast { to }) => to.hash(h),
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => (transpose_b, epilogue).hash(h),
-        Op::FusedElementwise { expr } => expr.hash(h),
+        }) => (transpose_b, epilogue).hash(h),
+        Op::FusedElementwise(FusedElementwise { expr }) => expr.hash(h),
     }
 }
 

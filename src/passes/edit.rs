@@ -1,5 +1,6 @@
 //! Small graph-editing and pattern-matching helpers shared by the passes.
 
+use crate::ir::ops::Constant;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -29,9 +30,9 @@ pub fn add_node(
 pub fn add_constant(graph: &mut Graph, value: Tensor, span: Option<Span>) -> NodeId {
     let ty = type_of(&value);
     graph.add_node(
-        Op::Constant {
+        Op::Constant(Constant {
             value: Arc::new(value),
-        },
+        }),
         &[],
         ty,
         span,
@@ -97,7 +98,7 @@ pub fn sole_user(graph: &Graph, id: NodeId) -> Option<NodeId> {
 /// The constant tensor of a `Constant` node.
 pub fn constant(graph: &Graph, id: NodeId) -> Option<&Tensor> {
     match &graph.node(id).op {
-        Op::Constant { value } => Some(value),
+        Op::Constant(Constant { value }) => Some(value),
         _ => None,
     }
 }
@@ -133,7 +134,7 @@ pub fn is_weight(graph: &Graph, id: NodeId) -> bool {
         if !seen.insert(id) {
             continue;
         }
-        if let Op::Input { .. } = graph.node(id).op {
+        if let Op::Input(_) = graph.node(id).op {
             return false;
         }
         work.extend(graph.inputs(id));

@@ -24,6 +24,7 @@
 //! computed, and an approximation here would make folded and unfolded
 //! graphs disagree.
 
+use crate::ir::ops::{Cast, Concat, Permute, Slice};
 use crate::ir::{BinaryOp, DType, Op, UnaryOp};
 use crate::tensor::{strides, Tensor, TensorData};
 
@@ -34,21 +35,21 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[usize]) -> Option<Tensor> {
     match (op, inputs) {
         (Op::Unary(u), [x]) => unary(*u, x),
         (Op::Binary(b), [a, c]) => binary(*b, a, c, out),
-        (Op::Permute { perm }, [x]) => permute(x, perm, out),
-        (Op::Reshape { .. }, [x]) => {
+        (Op::Permute(Permute { perm }), [x]) => permute(x, perm, out),
+        (Op::Reshape(_), [x]) => {
             if out.iter().product::<usize>() != x.len() {
                 return None;
             }
             Some(Tensor::clone(x).reshaped(out.to_vec()))
         }
         (
-            Op::Slice {
+            Op::Slice(Slice {
                 axis, start, step, ..
-            },
+            }),
             [x],
         ) => slice(x, *axis, *start, *step, out),
-        (Op::Concat { axis }, parts) if !parts.is_empty() => concat(parts, *axis, out),
-        (Op::Cast { to }, [x]) => Some(cast(x, *to)),
+        (Op::Concat(Concat { axis }), parts) if !parts.is_empty() => concat(parts, *axis, out),
+        (Op::Cast(Cast { to }), [x]) => Some(cast(x, *to)),
         _ => None,
     }
 }

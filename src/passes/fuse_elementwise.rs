@@ -16,6 +16,7 @@
 //! Joining only producers whose readers are all inside keeps the graph
 //! acyclic: no path can leave the region and come back.
 
+use crate::ir::ops::FusedElementwise;
 use std::collections::{HashMap, HashSet};
 
 use super::edit::{add_node, is_used, replace, scalar_value};
@@ -63,7 +64,7 @@ impl Pass for ElementwiseFusion {
             if inputs.is_empty() {
                 continue;
             }
-            let op = Op::FusedElementwise { expr };
+            let op = Op::FusedElementwise(FusedElementwise { expr });
             let types: Vec<&TensorType> = inputs.iter().map(|&i| &graph.node(i).ty).collect();
             if shape_rules::infer(&op, &types).ok().as_ref() != Some(&graph.node(root).ty) {
                 continue;
@@ -88,7 +89,7 @@ pub const MAX_FUSED_STEPS: usize = 1024;
 /// Expression steps a node brings into a region.
 fn steps_of(graph: &Graph, id: NodeId) -> usize {
     match &graph.node(id).op {
-        Op::FusedElementwise { expr } => expr.steps.len(),
+        Op::FusedElementwise(FusedElementwise { expr }) => expr.steps.len(),
         _ => 1,
     }
 }
@@ -198,7 +199,9 @@ fn build_expr(graph: &Graph, region: &[NodeId]) -> (ElementwiseExpr, Vec<NodeId>
                 &mut steps,
                 ExprStep::Where(operand_steps[0], operand_steps[1], operand_steps[2]),
             ),
-            Op::FusedElementwise { expr } => inline(&mut steps, expr, &operand_steps),
+            Op::FusedElementwise(FusedElementwise { expr }) => {
+                inline(&mut steps, expr, &operand_steps)
+            }
             other => unreachable!("`{}` is not elementwise but joined a region", other.name()),
         };
         step_of.insert(id, result);

@@ -23,6 +23,7 @@
 
 use super::edit::{add_node, depends_on, is_weight, replace, sole_user};
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::{FusedLinear, MatMul};
 use crate::ir::{BinaryOp, DType, Graph, LinearEpilogue, NodeId, Op};
 
 pub struct LinearFusion;
@@ -77,14 +78,14 @@ impl Pass for LinearFusion {
             let mut inputs = vec![chain.a, chain.b];
             inputs.extend(chain.bias);
             inputs.extend(chain.residual);
-            let op = Op::FusedLinear {
+            let op = Op::FusedLinear(FusedLinear {
                 transpose_b: chain.transpose_b,
                 epilogue: LinearEpilogue {
                     bias: chain.bias.is_some(),
                     activation: chain.activation,
                     residual: chain.residual.is_some(),
                 },
-            };
+            });
             let fused = add_node(graph, self.name(), op, &inputs, span)?;
             replace(graph, self.name(), chain.last, fused)?;
         }
@@ -108,19 +109,16 @@ fn chain_kind(chain: &Chain) -> String {
 
 /// The linear layer starting at `id`, if at least one epilogue op can join it.
 fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
-    if !matches!(
-        graph.node(id).op,
-        Op::MatMul { .. } | Op::FusedLinear { .. }
-    ) {
+    if !matches!(graph.node(id).op, Op::MatMul(_) | Op::FusedLinear(_)) {
         return None;
     }
     let ins = graph.inputs(id);
     let (a, b) = (ins[0], ins[1]);
     let (mut chain, mut stage) = match &graph.node(id).op {
-        Op::MatMul {
+        Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b,
-        } => {
+        }) => {
             let fresh = Chain {
                 a,
                 b,
@@ -133,10 +131,10 @@ fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
             };
             (fresh, Stage::Bias)
         }
-        Op::FusedLinear {
+        Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        } => {
+        }) => {
             let stage = if epilogue.residual {
                 Stage::Done
             } else if epilogue.activation.is_some() {

@@ -20,6 +20,7 @@ use super::edit::{
     add_constant, add_node, constant, is_used, replace, scalar_value, splat_value, unary_operand,
 };
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::{LayerNorm, LogSoftmax, Reduce, Softmax};
 use crate::ir::{
     shape_rules, BinaryOp, DType, Dim, Float, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp,
 };
@@ -112,14 +113,14 @@ fn recognize(graph: &Graph, id: NodeId) -> Option<Found> {
     if let Some((x, axis)) = softmax_of(graph, id) {
         return Some(Found {
             kind: "softmax",
-            op: Op::Softmax { axis },
+            op: Op::Softmax(Softmax { axis }),
             operands: vec![Operand::Node(x)],
         });
     }
     if let Some((x, axis)) = log_softmax_of(graph, id) {
         return Some(Found {
             kind: "log_softmax",
-            op: Op::LogSoftmax { axis },
+            op: Op::LogSoftmax(LogSoftmax { axis }),
             operands: vec![Operand::Node(x)],
         });
     }
@@ -152,11 +153,11 @@ fn either_order<T>(
 /// `reduce(x, axes=[axis], keepdims=true)`: the operand and the axis.
 fn keepdims_reduce(graph: &Graph, id: NodeId, op: ReduceOp) -> Option<(NodeId, usize)> {
     match &graph.node(id).op {
-        Op::Reduce {
+        Op::Reduce(Reduce {
             op: r,
             axes,
             keepdims: true,
-        } if *r == op && axes.len() == 1 => Some((graph.inputs(id)[0], axes[0])),
+        }) if *r == op && axes.len() == 1 => Some((graph.inputs(id)[0], axes[0])),
         _ => None,
     }
 }
@@ -183,7 +184,7 @@ fn softmax_of(graph: &Graph, id: NodeId) -> Option<(NodeId, usize)> {
 /// `d - log(sum(exp(d), axis, keepdims))`, or `log(softmax(x))`.
 fn log_softmax_of(graph: &Graph, id: NodeId) -> Option<(NodeId, usize)> {
     if let Some(inner) = unary_operand(graph, id, UnaryOp::Log) {
-        if let Op::Softmax { axis } = graph.node(inner).op {
+        if let Op::Softmax(Softmax { axis }) = graph.node(inner).op {
             return Some((graph.inputs(inner)[0], axis));
         }
         return softmax_of(graph, inner);
@@ -276,10 +277,10 @@ fn layer_norm_of(graph: &Graph, id: NodeId) -> Option<Found> {
             };
             Some(Found {
                 kind: "layer_norm",
-                op: Op::LayerNorm {
+                op: Op::LayerNorm(LayerNorm {
                     axis: graph.node(x).ty.rank() - 1,
                     eps: Float(eps),
-                },
+                }),
                 operands: vec![Operand::Node(x), gain, bias],
             })
         };

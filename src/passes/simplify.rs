@@ -15,6 +15,7 @@
 
 use super::edit::{add_constant, add_node, constant, replace, splat_value};
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::{Cast, Permute, Reduce, Reshape, Slice};
 use crate::ir::{BinaryOp, Graph, NodeId, Op, UnaryOp};
 use crate::tensor::Tensor;
 
@@ -131,12 +132,12 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
             }
             _ => None,
         },
-        Op::Permute { perm } => {
+        Op::Permute(Permute { perm }) => {
             let x = ins[0];
             if perm.iter().enumerate().all(|(i, &p)| i == p) {
                 return Some(("identity-permute", Rewrite::UseExisting(x)));
             }
-            if let Op::Permute { perm: inner } = &graph.node(x).op {
+            if let Op::Permute(Permute { perm: inner }) = &graph.node(x).op {
                 let source = graph.inputs(x)[0];
                 let composed: Vec<usize> = perm.iter().map(|&p| inner[p]).collect();
                 if composed.iter().enumerate().all(|(i, &p)| i == p) {
@@ -144,7 +145,7 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
                 }
                 return Some((
                     "permute-of-permute",
-                    Rewrite::New(Op::Permute { perm: composed }, vec![source]),
+                    Rewrite::New(Op::Permute(Permute { perm: composed }), vec![source]),
                 ));
             }
             let in_shape = &graph.node(x).ty.shape;
@@ -157,21 +158,21 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
                 return Some((
                     "permute-as-reshape",
                     Rewrite::New(
-                        Op::Reshape {
+                        Op::Reshape(Reshape {
                             shape: node.ty.shape.clone(),
-                        },
+                        }),
                         vec![x],
                     ),
                 ));
             }
             None
         }
-        Op::Reshape { shape } => {
+        Op::Reshape(Reshape { shape }) => {
             let x = ins[0];
             if same_type_as(x) {
                 return Some(("identity-reshape", Rewrite::UseExisting(x)));
             }
-            if let Op::Reshape { .. } = graph.node(x).op {
+            if let Op::Reshape(_) = graph.node(x).op {
                 let source = graph.inputs(x)[0];
                 if graph.node(source).ty == node.ty {
                     return Some(("reshape-of-reshape", Rewrite::UseExisting(source)));
@@ -179,44 +180,44 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
                 return Some((
                     "reshape-of-reshape",
                     Rewrite::New(
-                        Op::Reshape {
+                        Op::Reshape(Reshape {
                             shape: shape.clone(),
-                        },
+                        }),
                         vec![source],
                     ),
                 ));
             }
             None
         }
-        Op::Cast { to } => (graph.node(ins[0]).ty.dtype == *to)
+        Op::Cast(Cast { to }) => (graph.node(ins[0]).ty.dtype == *to)
             .then_some(("identity-cast", Rewrite::UseExisting(ins[0]))),
-        Op::Slice {
+        Op::Slice(Slice {
             axis,
             start,
             end,
             step,
-        } => {
+        }) => {
             let whole = *start == 0 && *step == 1 && graph.node(ins[0]).ty.shape[*axis] == *end;
             (whole && same_type_as(ins[0]))
                 .then_some(("identity-slice", Rewrite::UseExisting(ins[0])))
         }
-        Op::Reduce { axes, .. } => (axes.is_empty() && same_type_as(ins[0]))
+        Op::Reduce(Reduce { axes, .. }) => (axes.is_empty() && same_type_as(ins[0]))
             .then_some(("identity-reduce", Rewrite::UseExisting(ins[0]))),
-        Op::Input { .. }
-        | Op::Param { .. }
-        | Op::Constant { .. }
+        Op::Input(_)
+        | Op::Param(_)
+        | Op::Constant(_)
         | Op::Unary(_)
         | Op::Binary(BinaryOp::Max | BinaryOp::Min)
         | Op::Compare(_)
         | Op::Where
-        | Op::MatMul { .. }
-        | Op::Softmax { .. }
-        | Op::LogSoftmax { .. }
-        | Op::LayerNorm { .. }
-        | Op::Concat { .. }
-        | Op::Gather { .. }
-        | Op::FusedLinear { .. }
-        | Op::FusedElementwise { .. }
+        | Op::MatMul(_)
+        | Op::Softmax(_)
+        | Op::LogSoftmax(_)
+        | Op::LayerNorm(_)
+        | Op::Concat(_)
+        | Op::Gather(_)
+        | Op::FusedLinear(_)
+        | Op::FusedElementwise(_)
         | Op::Conv2d(_)
         | Op::Pool2d(_)
         | Op::BatchNorm(_)

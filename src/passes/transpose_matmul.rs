@@ -10,6 +10,7 @@
 
 use super::edit::{add_node, is_last_two_swap, is_weight, replace, sole_user};
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::{FusedLinear, MatMul, Permute};
 use crate::ir::{Graph, NodeId, Op};
 
 pub struct TransposeIntoMatMul;
@@ -35,10 +36,10 @@ impl Pass for TransposeIntoMatMul {
             }
             let mut operands = graph.inputs(id);
             let (op, kind) = match graph.node(id).op.clone() {
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     transpose_a,
                     transpose_b,
-                } => {
+                }) => {
                     let a = transposed_source(graph, operands[0])
                         .filter(|_| worth_folding_a(graph, id, operands[0], operands[1]));
                     let b = transposed_source(graph, operands[1]);
@@ -54,24 +55,24 @@ impl Pass for TransposeIntoMatMul {
                     if let Some(b) = new_b {
                         operands[1] = b;
                     }
-                    let op = Op::MatMul {
+                    let op = Op::MatMul(MatMul {
                         transpose_a: transpose_a ^ new_a.is_some(),
                         transpose_b: transpose_b ^ new_b.is_some(),
-                    };
+                    });
                     (op, kind)
                 }
-                Op::FusedLinear {
+                Op::FusedLinear(FusedLinear {
                     transpose_b,
                     epilogue,
-                } => {
+                }) => {
                     let Some(b) = transposed_source(graph, operands[1]) else {
                         continue;
                     };
                     operands[1] = b;
-                    let op = Op::FusedLinear {
+                    let op = Op::FusedLinear(FusedLinear {
                         transpose_b: !transpose_b,
                         epilogue,
-                    };
+                    });
                     (op, "transpose(b)")
                 }
                 _ => continue,
@@ -100,7 +101,7 @@ fn worth_folding_a(graph: &Graph, matmul: NodeId, a: NodeId, b: NodeId) -> bool 
 /// The input of a last-two-axes transpose.
 fn transposed_source(graph: &Graph, id: NodeId) -> Option<NodeId> {
     match &graph.node(id).op {
-        Op::Permute { perm } if is_last_two_swap(perm) => Some(graph.inputs(id)[0]),
+        Op::Permute(Permute { perm }) if is_last_two_swap(perm) => Some(graph.inputs(id)[0]),
         _ => None,
     }
 }

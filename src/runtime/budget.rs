@@ -7,6 +7,7 @@
 //! arena, the interpreter's live values) first checks the total against a
 //! budget and reports what needs the memory instead.
 
+use crate::ir::ops::{Input, Param};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -249,8 +250,8 @@ pub fn tensor_sizes(graph: &Graph) -> Vec<(NodeId, String, usize)> {
                 .and_then(|s| checked_bytes(&s, node.ty.dtype.size_bytes()))
                 .unwrap_or(usize::MAX);
             let what = match &node.op {
-                Op::Input { name } => format!("input `{name}` {}", node.ty),
-                Op::Param { name, .. } => format!("parameter `{name}` {}", node.ty),
+                Op::Input(Input { name }) => format!("input `{name}` {}", node.ty),
+                Op::Param(Param { name, .. }) => format!("parameter `{name}` {}", node.ty),
                 op => match graph.outputs.iter().find(|(_, o)| *o == id) {
                     Some((name, _)) => format!("output `{name}` {}", node.ty),
                     None => format!("{} result {}", op.name(), node.ty),

@@ -4,6 +4,7 @@
 //! Every parameter is checked before anything is reported, so a user who
 //! renamed three layers sees three errors at once, not one per run.
 
+use crate::ir::ops::Param;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -232,7 +233,7 @@ fn plan(
         .params()
         .into_iter()
         .filter_map(|(name, id)| match &graph.node(id).op {
-            Op::Param { init, .. } => Some((name, id, init.clone())),
+            Op::Param(Param { init, .. }) => Some((name, id, init.clone())),
             _ => None,
         })
         .collect();

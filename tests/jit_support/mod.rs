@@ -5,6 +5,7 @@
 
 pub mod random_graph;
 
+use lamina::ir::ops::{LayerNorm, MatMul, Permute, Reshape, Softmax};
 use std::collections::HashMap;
 
 use lamina::codegen::{Isa, Target};
@@ -232,10 +233,10 @@ pub fn random_ids(rng: &mut ChaCha8Rng, shape: Vec<usize>, bound: i64) -> Tensor
 }
 
 fn matmul(transpose_a: bool, transpose_b: bool) -> Op {
-    Op::MatMul {
+    Op::MatMul(MatMul {
         transpose_a,
         transpose_b,
-    }
+    })
 }
 
 /// `x @ W^T + b` with `W` stored `[d_out, d_in]` like PyTorch.
@@ -266,10 +267,10 @@ fn layer_norm(b: &mut Builder, rng: &mut ChaCha8Rng, name: &str, x: NodeId, d: u
     let bias = b.param(&format!("{name}.bias"), random_f32(rng, vec![d], -0.1, 0.1));
     let axis = b.ty(x).rank() - 1;
     b.op(
-        Op::LayerNorm {
+        Op::LayerNorm(LayerNorm {
             axis,
             eps: lamina::ir::Float(1e-5),
-        },
+        }),
         &[x, gain, bias],
     )
 }
@@ -294,15 +295,15 @@ pub fn transformer_block(seed: u64) -> (Graph, HashMap<String, Tensor>) {
     let v = torch_linear(&mut b, rng, "v", x, D, D);
     let heads = |b: &mut Builder, t: NodeId| {
         let split = b.op(
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: vec![batch.clone(), seq.clone(), HEADS.into(), HEAD.into()],
-            },
+            }),
             &[t],
         );
         b.op(
-            Op::Permute {
+            Op::Permute(Permute {
                 perm: vec![0, 2, 1, 3],
-            },
+            }),
             &[split],
         )
     };
@@ -310,18 +311,18 @@ pub fn transformer_block(seed: u64) -> (Graph, HashMap<String, Tensor>) {
     let scores = b.op(matmul(false, true), &[qh, kh]);
     let inv_sqrt = b.scalar(1.0 / (HEAD as f32).sqrt());
     let scores = b.op(Op::Binary(BinaryOp::Mul), &[scores, inv_sqrt]);
-    let probs = b.op(Op::Softmax { axis: 3 }, &[scores]);
+    let probs = b.op(Op::Softmax(Softmax { axis: 3 }), &[scores]);
     let ctx = b.op(matmul(false, false), &[probs, vh]);
     let ctx = b.op(
-        Op::Permute {
+        Op::Permute(Permute {
             perm: vec![0, 2, 1, 3],
-        },
+        }),
         &[ctx],
     );
     let ctx = b.op(
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![batch.clone(), seq.clone(), D.into()],
-        },
+        }),
         &[ctx],
     );
     let attended = torch_linear(&mut b, rng, "o", ctx, D, D);

@@ -16,6 +16,10 @@
 //! sums, `abs(x) + 1` under log / sqrt / division); tests that compare at
 //! 1e-5 also skip graphs whose intermediates grow (`largest_intermediate`).
 
+use lamina::ir::ops::{
+    Cast, Concat, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce, Reshape,
+    Slice, Softmax,
+};
 use std::collections::HashMap;
 
 use lamina::interp;
@@ -53,10 +57,10 @@ struct Gen {
 }
 
 pub fn mm(transpose_a: bool, transpose_b: bool) -> Op {
-    Op::MatMul {
+    Op::MatMul(MatMul {
         transpose_a,
         transpose_b,
-    }
+    })
 }
 
 impl Gen {
@@ -152,9 +156,9 @@ impl Gen {
         found.unwrap_or_else(|| {
             let x = self.x;
             self.op(
-                Op::Reshape {
+                Op::Reshape(Reshape {
                     shape: vec![Dim::symbol("batch"), 2.into(), 4.into()],
-                },
+                }),
                 &[x],
             )
         })
@@ -191,11 +195,11 @@ impl Gen {
             1 if last.is_some() => self.param(&[last.unwrap()]),
             2 if rank >= 1 => {
                 let col = self.op(
-                    Op::Reduce {
+                    Op::Reduce(Reduce {
                         op: ReduceOp::Mean,
                         axes: vec![rank - 1],
                         keepdims: true,
-                    },
+                    }),
                     &[x],
                 );
                 self.unary(UnaryOp::Tanh, col)
@@ -316,7 +320,7 @@ impl Gen {
             }
             2 => {
                 let w = self.param(&[n, k]);
-                let wt = self.op(Op::Permute { perm: vec![1, 0] }, &[w]);
+                let wt = self.op(Op::Permute(Permute { perm: vec![1, 0] }), &[w]);
                 self.op(mm(false, false), &[x, wt])
             }
             // A right operand computed from a weight: a constant once
@@ -381,9 +385,9 @@ impl Gen {
             _ => {
                 let rows = self.shape(a)[..self.shape(a).len() - 1].to_vec();
                 let flat = self.op(
-                    Op::Reshape {
+                    Op::Reshape(Reshape {
                         shape: vec![lamina::ir::dim::product(&rows).unwrap(), k.into()],
-                    },
+                    }),
                     &[a],
                 );
                 let gram = self.op(mm(true, false), &[flat, flat]);
@@ -416,14 +420,14 @@ impl Gen {
         inputs.extend(bias);
         inputs.extend(residual);
         let y = self.op(
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b,
                 epilogue: LinearEpilogue {
                     bias: bias.is_some(),
                     activation,
                     residual: residual.is_some(),
                 },
-            },
+            }),
             &inputs,
         );
         self.keep(y);
@@ -438,7 +442,7 @@ impl Gen {
             // scores [batch, r, r] -> softmax -> @ v: back to [batch, r, c]
             0 => {
                 let scores = self.op(mm(false, true), &[v, v]);
-                let p = self.op(Op::Softmax { axis: 2 }, &[scores]);
+                let p = self.op(Op::Softmax(Softmax { axis: 2 }), &[scores]);
                 self.op(mm(false, false), &[p, v])
             }
             // v^T v: [batch, c, c], then v @ that
@@ -462,9 +466,9 @@ impl Gen {
             // explicit permute instead of a transpose flag, transposed weight
             4 => {
                 let vt = self.op(
-                    Op::Permute {
+                    Op::Permute(Permute {
                         perm: vec![0, 2, 1],
-                    },
+                    }),
                     &[v],
                 );
                 let w = self.param(&[c, r]);
@@ -476,15 +480,15 @@ impl Gen {
                 let batch = self.shape(v)[0].clone();
                 let heads = |g: &mut Gen, t: NodeId| {
                     let split = g.op(
-                        Op::Reshape {
+                        Op::Reshape(Reshape {
                             shape: vec![batch.clone(), r.into(), 2.into(), half.into()],
-                        },
+                        }),
                         &[t],
                     );
                     g.op(
-                        Op::Permute {
+                        Op::Permute(Permute {
                             perm: vec![0, 2, 1, 3],
-                        },
+                        }),
                         &[split],
                     )
                 };
@@ -495,18 +499,18 @@ impl Gen {
                 let scores = self.op(mm(false, true), &[qh, kh]);
                 let scale = self.scalar(1.0 / (half as f32).sqrt());
                 let scores = self.binary(BinaryOp::Mul, scores, scale);
-                let p = self.op(Op::Softmax { axis: 3 }, &[scores]);
+                let p = self.op(Op::Softmax(Softmax { axis: 3 }), &[scores]);
                 let ctx = self.op(mm(false, false), &[p, kh]);
                 let back = self.op(
-                    Op::Permute {
+                    Op::Permute(Permute {
                         perm: vec![0, 2, 1, 3],
-                    },
+                    }),
                     &[ctx],
                 );
                 self.op(
-                    Op::Reshape {
+                    Op::Reshape(Reshape {
                         shape: vec![batch, r.into(), c.into()],
-                    },
+                    }),
                     &[back],
                 )
             }
@@ -523,15 +527,15 @@ impl Gen {
         }
         let last = rank - 1;
         let y = match self.rng.random_range(0..5) {
-            0 => self.op(Op::Softmax { axis: last }, &[x]),
-            1 => self.op(Op::LogSoftmax { axis: last }, &[x]),
+            0 => self.op(Op::Softmax(Softmax { axis: last }), &[x]),
+            1 => self.op(Op::LogSoftmax(LogSoftmax { axis: last }), &[x]),
             // over another axis: not a row kernel
             2 => {
                 let axis = self.rng.random_range(0..rank);
                 if self.rng.random_bool(0.5) {
-                    self.op(Op::Softmax { axis }, &[x])
+                    self.op(Op::Softmax(Softmax { axis }), &[x])
                 } else {
-                    self.op(Op::LogSoftmax { axis }, &[x])
+                    self.op(Op::LogSoftmax(LogSoftmax { axis }), &[x])
                 }
             }
             // Layer norm amplifies rounding by 1/sqrt(var + eps): compare
@@ -546,19 +550,21 @@ impl Gen {
                 let gain = self.param(&[f]);
                 let bias = self.param(&[f]);
                 self.op(
-                    Op::LayerNorm {
+                    Op::LayerNorm(LayerNorm {
                         axis: last,
                         eps: Float(1e-5),
-                    },
+                    }),
                     &[spread_x, gain, bias],
                 )
             }
             // softmax written out, for the passes to recognise
             _ => {
-                let reduce = |op| Op::Reduce {
-                    op,
-                    axes: vec![last],
-                    keepdims: true,
+                let reduce = |op| {
+                    Op::Reduce(Reduce {
+                        op,
+                        axes: vec![last],
+                        keepdims: true,
+                    })
                 };
                 let m = self.op(reduce(ReduceOp::Max), &[x]);
                 let d = self.binary(BinaryOp::Sub, x, m);
@@ -583,7 +589,7 @@ impl Gen {
         }
         let op = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max][self.rng.random_range(0..3)];
         let keepdims = self.rng.random_bool(0.5);
-        let r = self.op(Op::Reduce { op, axes, keepdims }, &[x]);
+        let r = self.op(Op::Reduce(Reduce { op, axes, keepdims }), &[x]);
         // Sums over the batch grow with it: bring them back to O(1).
         let r = self.unary(UnaryOp::Tanh, r);
         if self.shape(r).is_empty() {
@@ -606,7 +612,7 @@ impl Gen {
             0 if rank >= 2 => {
                 let mut perm: Vec<usize> = (0..rank).collect();
                 perm.shuffle(&mut self.rng);
-                self.op(Op::Permute { perm }, &[x])
+                self.op(Op::Permute(Permute { perm }), &[x])
             }
             // merge the last two dims, or split an even last dim
             1 => {
@@ -621,7 +627,7 @@ impl Gen {
                 } else {
                     to.push(1.into());
                 }
-                self.op(Op::Reshape { shape: to }, &[x])
+                self.op(Op::Reshape(Reshape { shape: to }), &[x])
             }
             2 => {
                 let axes: Vec<usize> = (0..rank)
@@ -635,12 +641,12 @@ impl Gen {
                 let end = self.rng.random_range(start + 1..=size);
                 let step = self.rng.random_range(1..=3);
                 self.op(
-                    Op::Slice {
+                    Op::Slice(Slice {
                         axis,
                         start,
                         end: end.into(),
                         step,
-                    },
+                    }),
                     &[x],
                 )
             }
@@ -659,11 +665,11 @@ impl Gen {
                             }
                         }
                         let p = self.param(&other);
-                        self.op(Op::Concat { axis }, &[x, p])
+                        self.op(Op::Concat(Concat { axis }), &[x, p])
                     }
                     _ => {
                         let t = self.unary(UnaryOp::Tanh, x);
-                        self.op(Op::Concat { axis }, &[t, x, t])
+                        self.op(Op::Concat(Concat { axis }), &[t, x, t])
                     }
                 }
             }
@@ -686,7 +692,7 @@ impl Gen {
                     )
                 };
                 let ids = self.b.constant(ids);
-                self.op(Op::Gather { axis }, &[x, ids])
+                self.op(Op::Gather(Gather { axis }), &[x, ids])
             }
         };
         self.keep(y);
@@ -699,32 +705,32 @@ impl Gen {
             0 => {
                 let f = [4usize, 8][self.rng.random_range(0..2)];
                 let table = self.param(&[TABLE_ROWS, f]);
-                self.op(Op::Gather { axis: 0 }, &[table, ids])
+                self.op(Op::Gather(Gather { axis: 0 }), &[table, ids])
             }
             1 => {
-                let c = self.op(Op::Cast { to: DType::F32 }, &[ids]);
+                let c = self.op(Op::Cast(Cast { to: DType::F32 }), &[ids]);
                 let s = self.scalar(0.25);
                 self.binary(BinaryOp::Mul, c, s)
             }
             // the identity cast of a computed value
             2 => {
                 let x = self.pick();
-                self.op(Op::Cast { to: DType::F32 }, &[x])
+                self.op(Op::Cast(Cast { to: DType::F32 }), &[x])
             }
             // through bool
             3 => {
                 let x = self.pick();
                 let zero = self.scalar(0.0);
                 let c = self.op(Op::Compare(CompareOp::Gt), &[x, zero]);
-                self.op(Op::Cast { to: DType::F32 }, &[c])
+                self.op(Op::Cast(Cast { to: DType::F32 }), &[c])
             }
             // through i64 (truncation)
             _ => {
                 let x = self.pick();
                 let three = self.scalar(3.0);
                 let big = self.binary(BinaryOp::Mul, x, three);
-                let i = self.op(Op::Cast { to: DType::I64 }, &[big]);
-                self.op(Op::Cast { to: DType::F32 }, &[i])
+                let i = self.op(Op::Cast(Cast { to: DType::I64 }), &[big]);
+                self.op(Op::Cast(Cast { to: DType::F32 }), &[i])
             }
         };
         self.keep(y);
@@ -754,11 +760,11 @@ impl Gen {
                     .filter(|&p| self.shape(p) == shape)
                     .collect();
                 let y = same.choose(&mut self.rng).copied().unwrap_or(x);
-                let yt = self.op(Op::Permute { perm: vec![1, 0] }, &[y]);
+                let yt = self.op(Op::Permute(Permute { perm: vec![1, 0] }), &[y]);
                 let scores = self.op(mm(false, false), &[x, yt]);
                 // [batch, batch] has no known last dim: normalise and bring
                 // it back to features.
-                let p = self.op(Op::Softmax { axis: 1 }, &[scores]);
+                let p = self.op(Op::Softmax(Softmax { axis: 1 }), &[scores]);
                 self.op(mm(false, false), &[p, x])
             }
             _ => {
@@ -830,10 +836,12 @@ impl Gen {
         };
         let f = self.last(x).expect("picked with a known last dim");
         let axis = self.shape(x).len() - 1;
-        let reduce = |op| Op::Reduce {
-            op,
-            axes: vec![axis],
-            keepdims: true,
+        let reduce = |op| {
+            Op::Reduce(Reduce {
+                op,
+                axes: vec![axis],
+                keepdims: true,
+            })
         };
         let y = if self.rng.random_bool(0.5) || f < 4 {
             let m = self.op(reduce(ReduceOp::Max), &[x]);
@@ -881,32 +889,32 @@ impl Gen {
                 let mut split = shape[..rank - 1].to_vec();
                 split.push(2.into());
                 split.push((f / 2).into());
-                let r = self.op(Op::Reshape { shape: split }, &[x]);
+                let r = self.op(Op::Reshape(Reshape { shape: split }), &[x]);
                 self.op(
-                    Op::Reshape {
+                    Op::Reshape(Reshape {
                         shape: shape.clone(),
-                    },
+                    }),
                     &[r],
                 )
             }
             1 if rank >= 2 => {
                 let mut perm: Vec<usize> = (0..rank).collect();
                 perm.swap(rank - 2, rank - 1);
-                let t = self.op(Op::Permute { perm: perm.clone() }, &[x]);
+                let t = self.op(Op::Permute(Permute { perm: perm.clone() }), &[x]);
                 let u = self.unary(UnaryOp::Tanh, t);
-                self.op(Op::Permute { perm }, &[u])
+                self.op(Op::Permute(Permute { perm }), &[u])
             }
             _ => {
                 let mut unit = shape.clone();
                 unit.insert(rank - 1, 1.into());
-                let r = self.op(Op::Reshape { shape: unit }, &[x]);
+                let r = self.op(Op::Reshape(Reshape { shape: unit }), &[x]);
                 let mut perm: Vec<usize> = (0..=rank).collect();
                 perm.swap(rank - 1, rank);
-                let p = self.op(Op::Permute { perm }, &[r]);
+                let p = self.op(Op::Permute(Permute { perm }), &[r]);
                 self.op(
-                    Op::Reshape {
+                    Op::Reshape(Reshape {
                         shape: shape.clone(),
-                    },
+                    }),
                     &[p],
                 )
             }
@@ -926,9 +934,9 @@ impl Gen {
         if self.rng.random_bool(0.2) {
             let x = self.x;
             let view = self.op(
-                Op::Reshape {
+                Op::Reshape(Reshape {
                     shape: vec![Dim::symbol("batch"), 2.into(), 4.into()],
-                },
+                }),
                 &[x],
             );
             let which = if self.rng.random_bool(0.5) { view } else { x };

@@ -9,6 +9,9 @@ use super::args::Args;
 use super::{Lowered, Lowerer, Poisoned};
 use crate::ir::lower_error::{did_you_mean, LowerError};
 use crate::ir::ops::{self, BinaryOp, CallArgs, Float, Init, ReduceOp};
+use crate::ir::ops::{
+    Cast, Concat, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce, Reshape, Slice, Softmax,
+};
 use crate::ir::{dim, Dim, NodeId, Op};
 use crate::ir::{DType, TensorType};
 use crate::span::Span;
@@ -156,10 +159,10 @@ fn lower_call<'a>(
             let transpose_a = args.bool(lw, "transpose_a", false)?;
             let transpose_b = args.bool(lw, "transpose_b", false)?;
             Ok((
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     transpose_a,
                     transpose_b,
-                },
+                }),
                 vec![a, b],
             ))
         }
@@ -184,9 +187,9 @@ fn lower_call<'a>(
             let axis = args.int(lw, "axis", Some(-1))?;
             let axis = normalize_axis(lw, args, axis, rank(lw, x))?;
             let op = if name == "softmax" {
-                Op::Softmax { axis }
+                Op::Softmax(Softmax { axis })
             } else {
-                Op::LogSoftmax { axis }
+                Op::LogSoftmax(LogSoftmax { axis })
             };
             Ok((op, vec![x]))
         }
@@ -198,10 +201,10 @@ fn lower_call<'a>(
             let eps = args.float(lw, "eps", 1e-5)?;
             let axis = normalize_axis(lw, args, axis, rank(lw, x))?;
             Ok((
-                Op::LayerNorm {
+                Op::LayerNorm(LayerNorm {
                     axis,
                     eps: Float(eps as f32),
-                },
+                }),
                 vec![x, gain, bias],
             ))
         }
@@ -223,11 +226,11 @@ fn lower_call<'a>(
                 _ => ReduceOp::Max,
             };
             Ok((
-                Op::Reduce {
+                Op::Reduce(Reduce {
                     op,
                     axes: resolved,
                     keepdims,
-                },
+                }),
                 vec![x],
             ))
         }
@@ -243,7 +246,7 @@ fn lower_call<'a>(
             }
             let mut perm: Vec<usize> = (0..r).collect();
             perm.swap(r - 2, r - 1);
-            Ok((Op::Permute { perm }, vec![x]))
+            Ok((Op::Permute(Permute { perm }), vec![x]))
         }
         "permute" => {
             let x = args.tensor(lw)?;
@@ -259,13 +262,13 @@ fn lower_call<'a>(
             for p in perm {
                 resolved.push(normalize_axis(lw, args, p, r)?);
             }
-            Ok((Op::Permute { perm: resolved }, vec![x]))
+            Ok((Op::Permute(Permute { perm: resolved }), vec![x]))
         }
         "reshape" => {
             let x = args.tensor(lw)?;
             let (items, list_span) = args.list(lw, "shape", true)?;
             let shape = reshape_target(lw, x, items, list_span)?;
-            Ok((Op::Reshape { shape }, vec![x]))
+            Ok((Op::Reshape(Reshape { shape }), vec![x]))
         }
         "concat" => {
             let inputs = args.rest_tensors(lw)?;
@@ -279,7 +282,7 @@ fn lower_call<'a>(
             }
             let axis = args.int(lw, "axis", Some(0))?;
             let axis = normalize_axis(lw, args, axis, rank(lw, inputs[0]))?;
-            Ok((Op::Concat { axis }, inputs))
+            Ok((Op::Concat(Concat { axis }), inputs))
         }
         "slice" => {
             let x = args.tensor(lw)?;
@@ -301,12 +304,12 @@ fn lower_call<'a>(
                 }));
             }
             Ok((
-                Op::Slice {
+                Op::Slice(Slice {
                     axis,
                     start: start as usize,
                     end,
                     step: step as usize,
-                },
+                }),
                 vec![x],
             ))
         }
@@ -324,12 +327,12 @@ fn lower_call<'a>(
                 0
             };
             let axis = normalize_axis(lw, args, axis, rank(lw, table))?;
-            Ok((Op::Gather { axis }, vec![table, ids]))
+            Ok((Op::Gather(Gather { axis }), vec![table, ids]))
         }
         "cast" => {
             let x = args.tensor(lw)?;
             let to = args.dtype(lw, "dtype")?;
-            Ok((Op::Cast { to }, vec![x]))
+            Ok((Op::Cast(Cast { to }), vec![x]))
         }
         _ => unreachable!("is_builtin lists `{name}` but lower_call does not handle it"),
     }

@@ -9,6 +9,7 @@ mod args;
 mod builtins;
 mod image_input;
 
+use crate::ir::ops::{Constant, Input, MatMul, Param};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -241,9 +242,9 @@ impl<'a> Lowerer<'a> {
                     }
                 }
                 let id = self.graph.add_node(
-                    Op::Input {
+                    Op::Input(Input {
                         name: name.name.clone(),
-                    },
+                    }),
                     &[],
                     ty,
                     Some(*span),
@@ -416,7 +417,7 @@ impl<'a> Lowerer<'a> {
         self.params.insert(full.clone(), path.span);
         let id = self
             .graph
-            .add_node(Op::Param { name: full, init }, &[], ty, Some(span));
+            .add_node(Op::Param(Param { name: full, init }), &[], ty, Some(span));
         self.define(&local, Value::Tensor(id), path.span)
     }
 
@@ -679,10 +680,10 @@ impl<'a> Lowerer<'a> {
                     BinOp::Mul => Op::Binary(super::BinaryOp::Mul),
                     BinOp::Div => Op::Binary(super::BinaryOp::Div),
                     BinOp::Pow => Op::Binary(super::BinaryOp::Pow),
-                    BinOp::MatMul => Op::MatMul {
+                    BinOp::MatMul => Op::MatMul(MatMul {
                         transpose_a: false,
                         transpose_b: false,
-                    },
+                    }),
                     BinOp::Lt => Op::Compare(super::CompareOp::Lt),
                     BinOp::Le => Op::Compare(super::CompareOp::Le),
                     BinOp::Gt => Op::Compare(super::CompareOp::Gt),
@@ -727,9 +728,9 @@ impl<'a> Lowerer<'a> {
     }
 
     fn constant(&mut self, value: f32, span: Span) -> NodeId {
-        let op = Op::Constant {
+        let op = Op::Constant(Constant {
             value: Arc::new(Tensor::scalar(value)),
-        };
+        });
         self.graph
             .add_node(op, &[], TensorType::new(DType::F32, vec![]), Some(span))
     }

@@ -3,6 +3,7 @@
 //! a `reshape`, so it adds no op of its own; symbolic dims multiply as
 //! monomials (`[batch, 1280, 1, 1]` flattens to `[batch, 1280]`).
 
+use super::layout::Reshape;
 use super::{Builtin, CallArgs, NodeId, Op, Poisoned};
 use crate::ir::dim;
 
@@ -26,9 +27,9 @@ fn lower(_name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Pois
     let (rows, cols) = shape.split_at(resolved as usize);
     match (dim::product(rows), dim::product(cols)) {
         (Some(rows), Some(cols)) => Ok((
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: vec![rows, cols],
-            },
+            }),
             vec![x],
         )),
         _ => Err(args.error(format!(

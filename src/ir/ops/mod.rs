@@ -14,26 +14,41 @@
 
 use std::fmt;
 use std::hash::Hasher;
-use std::sync::Arc;
 
 use super::graph::TensorType;
 use super::{DType, Dim, NodeId};
 use crate::tensor::Tensor;
 
 pub mod batch_norm;
+pub mod cast;
 pub mod clip;
 pub mod conv;
+pub mod elementwise;
 pub mod flatten;
+pub mod gather;
+pub mod layout;
+pub mod linalg;
 pub mod math;
+pub mod normalize;
 pub mod pad;
 pub mod pool;
+pub mod reduce;
 pub mod resize;
 pub mod shape;
+pub mod sources;
 pub mod unary;
 pub mod values;
 pub mod window;
 
+pub use cast::Cast;
+pub use elementwise::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, FusedElementwise, Where};
+pub use gather::Gather;
+pub use layout::{Concat, Permute, Reshape, Slice};
+pub use linalg::{FusedLinear, LinearEpilogue, MatMul};
+pub use normalize::{LayerNorm, LogSoftmax, Softmax};
+pub use reduce::{Reduce, ReduceOp};
 pub use shape::ShapeError;
+pub use sources::{Constant, Init, Input, Param};
 pub use unary::UnaryOp;
 
 /// What the compiler asks of an op. Implemented by the op's attribute type
@@ -237,267 +252,30 @@ impl fmt::Display for Float {
     }
 }
 
-/// Elementwise arithmetic on f32 with numpy broadcasting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Max,
-    Min,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Pow => "pow",
-            BinaryOp::Max => "maximum",
-            BinaryOp::Min => "minimum",
-        }
-    }
-}
-
-/// Elementwise comparison with broadcasting; the result is bool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CompareOp {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-    Ne,
-}
-
-impl CompareOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            CompareOp::Lt => "lt",
-            CompareOp::Le => "le",
-            CompareOp::Gt => "gt",
-            CompareOp::Ge => "ge",
-            CompareOp::Eq => "eq",
-            CompareOp::Ne => "ne",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Max,
-}
-
-impl ReduceOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Mean => "mean",
-            ReduceOp::Max => "max",
-        }
-    }
-}
-
-/// A seeded initializer for a parameter that has no weight file entry.
-/// The seed is mixed with the parameter's full name, so the same block
-/// repeated under different prefixes gets different values.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Init {
-    Zeros,
-    Ones,
-    Uniform {
-        low: Float,
-        high: Float,
-        seed: u64,
-    },
-    Normal {
-        mean: Float,
-        std: Float,
-        seed: u64,
-    },
-    /// Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
-    Xavier {
-        seed: u64,
-    },
-    /// Kaiming normal: N(0, sqrt(2 / fan_in)).
-    He {
-        seed: u64,
-    },
-}
-
-impl fmt::Display for Init {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Init::Zeros => write!(f, "zeros"),
-            Init::Ones => write!(f, "ones"),
-            Init::Uniform { low, high, seed } => {
-                write!(f, "uniform(low={low}, high={high}, seed={seed})")
-            }
-            Init::Normal { mean, std, seed } => {
-                write!(f, "normal(mean={mean}, std={std}, seed={seed})")
-            }
-            Init::Xavier { seed } => write!(f, "xavier(seed={seed})"),
-            Init::He { seed } => write!(f, "he(seed={seed})"),
-        }
-    }
-}
-
-/// One step of a fused elementwise expression. Steps refer to earlier steps
-/// by index; the last step is the result.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ExprStep {
-    /// The i-th input of the fused node (broadcast to the output shape).
-    Input(usize),
-    Const(Float),
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-    Compare(CompareOp, usize, usize),
-    Where(usize, usize, usize),
-}
-
-/// The expression a `FusedElementwise` node evaluates per element.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ElementwiseExpr {
-    pub steps: Vec<ExprStep>,
-}
-
-impl fmt::Display for ElementwiseExpr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn write_step(e: &ElementwiseExpr, i: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match &e.steps[i] {
-                ExprStep::Input(k) => write!(f, "${k}"),
-                ExprStep::Const(c) => write!(f, "{c}"),
-                ExprStep::Unary(op, a) => {
-                    write!(f, "{}(", op.name())?;
-                    write_step(e, *a, f)?;
-                    write!(f, ")")
-                }
-                ExprStep::Binary(op, a, b) => {
-                    write!(f, "{}(", op.name())?;
-                    write_step(e, *a, f)?;
-                    write!(f, ", ")?;
-                    write_step(e, *b, f)?;
-                    write!(f, ")")
-                }
-                ExprStep::Compare(op, a, b) => {
-                    write!(f, "{}(", op.name())?;
-                    write_step(e, *a, f)?;
-                    write!(f, ", ")?;
-                    write_step(e, *b, f)?;
-                    write!(f, ")")
-                }
-                ExprStep::Where(c, a, b) => {
-                    write!(f, "where(")?;
-                    write_step(e, *c, f)?;
-                    write!(f, ", ")?;
-                    write_step(e, *a, f)?;
-                    write!(f, ", ")?;
-                    write_step(e, *b, f)?;
-                    write!(f, ")")
-                }
-            }
-        }
-        if self.steps.is_empty() {
-            return write!(f, "<empty>");
-        }
-        write_step(self, self.steps.len() - 1, f)
-    }
-}
-
-/// The epilogue of a fused linear layer, applied to each output element
-/// before it is stored: `act(acc + bias) + residual`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LinearEpilogue {
-    pub bias: bool,
-    pub activation: Option<UnaryOp>,
-    pub residual: bool,
-}
-
+/// The index of ops: one variant per op, holding the op's attribute type
+/// (defined, with everything else about the op, in its family's file).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// A model input, fed at run time.
-    Input {
-        name: String,
-    },
-    /// A named parameter: from the weight file, or from `init`.
-    Param {
-        name: String,
-        init: Option<Init>,
-    },
-    /// A literal value known at compile time (scalars from the source,
-    /// folded constants from passes).
-    Constant {
-        value: Arc<Tensor>,
-    },
+    Input(Input),
+    Param(Param),
+    Constant(Constant),
     Unary(UnaryOp),
     Binary(BinaryOp),
     Compare(CompareOp),
-    /// `where(cond, a, b)`, broadcasting all three.
     Where,
-    /// `a @ b`: 2-D, or batched with broadcast batch dims; a 1-D operand is
-    /// not promoted (write a reshape). `transpose_*` swap the last two axes.
-    MatMul {
-        transpose_a: bool,
-        transpose_b: bool,
-    },
-    Softmax {
-        axis: usize,
-    },
-    LogSoftmax {
-        axis: usize,
-    },
-    /// `layer_norm(x, gain, bias)`: normalise over `axis` (the last axis),
-    /// gain and bias have that axis's length.
-    LayerNorm {
-        axis: usize,
-        eps: Float,
-    },
-    Reduce {
-        op: ReduceOp,
-        axes: Vec<usize>,
-        keepdims: bool,
-    },
-    /// Output axis i is input axis `perm[i]`.
-    Permute {
-        perm: Vec<usize>,
-    },
-    /// Target shape with every dim resolved (no -1 left).
-    Reshape {
-        shape: Vec<Dim>,
-    },
-    Concat {
-        axis: usize,
-    },
-    /// Elements `start, start+step, ...` below `end` along `axis`.
-    Slice {
-        axis: usize,
-        start: usize,
-        end: Dim,
-        step: usize,
-    },
-    /// `gather(table, ids)`: rows of `table` along `axis` picked by integer
-    /// ids; out shape = table[..axis] ++ ids ++ table[axis+1..].
-    Gather {
-        axis: usize,
-    },
-    Cast {
-        to: DType,
-    },
-    /// matmul + epilogue. Inputs: a, b, then bias (if any), then residual (if any).
-    FusedLinear {
-        transpose_b: bool,
-        epilogue: LinearEpilogue,
-    },
-    /// A tree of elementwise ops evaluated in one pass over memory.
-    FusedElementwise {
-        expr: ElementwiseExpr,
-    },
+    MatMul(MatMul),
+    Softmax(Softmax),
+    LogSoftmax(LogSoftmax),
+    LayerNorm(LayerNorm),
+    Reduce(Reduce),
+    Permute(Permute),
+    Reshape(Reshape),
+    Concat(Concat),
+    Slice(Slice),
+    Gather(Gather),
+    Cast(Cast),
+    FusedLinear(FusedLinear),
+    FusedElementwise(FusedElementwise),
     Conv2d(conv::Conv2d),
     Pool2d(pool::Pool2d),
     BatchNorm(batch_norm::BatchNorm),
@@ -513,9 +291,9 @@ impl Op {
             return kind.name();
         }
         match self {
-            Op::Input { .. } => "input",
-            Op::Param { .. } => "param",
-            Op::Constant { .. } => "const",
+            Op::Input(_) => "input",
+            Op::Param(_) => "param",
+            Op::Constant(_) => "const",
             Op::Unary(_)
             | Op::Conv2d(_)
             | Op::Pool2d(_)
@@ -526,19 +304,19 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Compare(c) => c.name(),
             Op::Where => "where",
-            Op::MatMul { .. } => "matmul",
-            Op::Softmax { .. } => "softmax",
-            Op::LogSoftmax { .. } => "log_softmax",
-            Op::LayerNorm { .. } => "layer_norm",
-            Op::Reduce { op, .. } => op.name(),
-            Op::Permute { .. } => "permute",
-            Op::Reshape { .. } => "reshape",
-            Op::Concat { .. } => "concat",
-            Op::Slice { .. } => "slice",
-            Op::Gather { .. } => "gather",
-            Op::Cast { .. } => "cast",
-            Op::FusedLinear { .. } => "fused_linear",
-            Op::FusedElementwise { .. } => "fused_elementwise",
+            Op::MatMul(_) => "matmul",
+            Op::Softmax(_) => "softmax",
+            Op::LogSoftmax(_) => "log_softmax",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::Reduce(Reduce { op, .. }) => op.name(),
+            Op::Permute(_) => "permute",
+            Op::Reshape(_) => "reshape",
+            Op::Concat(_) => "concat",
+            Op::Slice(_) => "slice",
+            Op::Gather(_) => "gather",
+            Op::Cast(_) => "cast",
+            Op::FusedLinear(_) => "fused_linear",
+            Op::FusedElementwise(_) => "fused_elementwise",
         }
     }
 
@@ -546,15 +324,12 @@ impl Op {
     pub fn is_elementwise(&self) -> bool {
         matches!(
             self,
-            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::FusedElementwise { .. }
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::FusedElementwise(_)
         )
     }
 
     /// Ops with no inputs whose value does not depend on model inputs.
     pub fn is_source(&self) -> bool {
-        matches!(
-            self,
-            Op::Input { .. } | Op::Param { .. } | Op::Constant { .. }
-        )
+        matches!(self, Op::Input(_) | Op::Param(_) | Op::Constant(_))
     }
 }

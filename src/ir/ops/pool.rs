@@ -13,6 +13,7 @@
 use std::hash::{Hash, Hasher};
 
 use super::math;
+use super::reduce::Reduce;
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
 use super::window::{read_pair, Window2d};
@@ -131,11 +132,11 @@ fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poiso
             )));
         }
         return Ok((
-            Op::Reduce {
+            Op::Reduce(Reduce {
                 op: ReduceOp::Mean,
                 axes: vec![2, 3],
                 keepdims: true,
-            },
+            }),
             vec![x],
         ));
     }

@@ -17,6 +17,7 @@ mod copy;
 mod memory;
 mod plan;
 
+use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -210,7 +211,7 @@ impl CompiledModel {
         for id in graph.node_ids() {
             let node = graph.node(id);
             let value = match &node.op {
-                Op::Param { name, .. } => {
+                Op::Param(Param { name, .. }) => {
                     let value = params
                         .get(name)
                         .ok_or_else(|| ExecError::MissingParam(name.clone()))?;
@@ -226,7 +227,7 @@ impl CompiledModel {
                     }
                     Arc::new(value.clone())
                 }
-                Op::Constant { value } => value.clone(),
+                Op::Constant(Constant { value }) => value.clone(),
                 _ => continue,
             };
             weight_index.insert(id, weights.len());
@@ -242,8 +243,8 @@ impl CompiledModel {
         let mut prepacked = HashMap::new();
         for id in graph.node_ids() {
             let transpose_b = match &graph.node(id).op {
-                Op::FusedLinear { transpose_b, .. } => *transpose_b,
-                Op::MatMul { transpose_b, .. } => *transpose_b,
+                Op::FusedLinear(FusedLinear { transpose_b, .. }) => *transpose_b,
+                Op::MatMul(MatMul { transpose_b, .. }) => *transpose_b,
                 _ => continue,
             };
             let b = graph.inputs(id)[1];
@@ -256,7 +257,7 @@ impl CompiledModel {
             }
             let data = weights[w].as_f32().ok_or_else(|| ExecError::WeightNotF32 {
                 name: match &graph.node(b).op {
-                    Op::Param { name, .. } => name.clone(),
+                    Op::Param(Param { name, .. }) => name.clone(),
                     other => other.name().to_string(),
                 },
                 dtype: weights[w].dtype(),

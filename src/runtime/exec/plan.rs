@@ -4,6 +4,10 @@
 //! Every decision that depends on shapes is made here, once per set of
 //! input shapes; running a plan only follows it.
 
+use crate::ir::ops::{
+    Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Param,
+    Permute, Reduce, Slice, Softmax,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -321,7 +325,7 @@ impl Planner<'_> {
         for &id in &order {
             let node = g.node(id);
             match &node.op {
-                Op::Input { .. } => {
+                Op::Input(_) => {
                     let i = g
                         .inputs
                         .iter()
@@ -329,7 +333,7 @@ impl Planner<'_> {
                         .expect("input nodes are listed");
                     loc.insert(id, Loc::Input(i));
                 }
-                Op::Param { name, .. } => {
+                Op::Param(Param { name, .. }) => {
                     // Kernels trust the concrete types; a weight whose shape
                     // differs (a `fixed` binding contradicting it) must stop here.
                     let w = self.weight_index[&id];
@@ -343,7 +347,7 @@ impl Planner<'_> {
                     }
                     loc.insert(id, Loc::Weight(w));
                 }
-                Op::Constant { .. } => {
+                Op::Constant(_) => {
                     loc.insert(id, Loc::Weight(self.weight_index[&id]));
                 }
                 _ => {
@@ -482,8 +486,8 @@ impl Planner<'_> {
     /// operand's storage.
     fn is_view(&self, id: NodeId) -> bool {
         match &self.graph.node(id).op {
-            Op::Reshape { .. } => true,
-            Op::Cast { to } => self.graph.node(self.graph.inputs(id)[0]).ty.dtype == *to,
+            Op::Reshape(_) => true,
+            Op::Cast(Cast { to }) => self.graph.node(self.graph.inputs(id)[0]).ty.dtype == *to,
             _ => false,
         }
     }
@@ -506,8 +510,8 @@ impl Planner<'_> {
         let g = self.graph;
         let inputs = g.inputs(id);
         let (transpose_b, is_gemm) = match &g.node(id).op {
-            Op::FusedLinear { transpose_b, .. } => (*transpose_b, true),
-            Op::MatMul { transpose_b, .. } => (*transpose_b, self.gemm_shaped(id)),
+            Op::FusedLinear(FusedLinear { transpose_b, .. }) => (*transpose_b, true),
+            Op::MatMul(MatMul { transpose_b, .. }) => (*transpose_b, self.gemm_shaped(id)),
             _ => (false, false),
         };
         if !is_gemm || self.prepacked.contains_key(&id) {
@@ -532,10 +536,10 @@ impl Planner<'_> {
         let (a, b) = (shape(g, inputs[0]), shape(g, inputs[1]));
         let transpose_a = matches!(
             g.node(id).op,
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a: true,
                 ..
-            }
+            })
         );
         b.len() == 2 && (a.len() == 2 || !transpose_a)
     }
@@ -577,15 +581,15 @@ impl Planner<'_> {
         let step = match &node.op {
             // The GEMM driver takes a 2-D right operand and the activations
             // its epilogue implements; anything else runs on the interpreter.
-            Op::FusedLinear { epilogue, .. }
+            Op::FusedLinear(FusedLinear { epilogue, .. })
                 if in_shape(1).len() != 2 || Epilogue::from_ir(epilogue).is_err() =>
             {
                 fallback()
             }
-            Op::FusedLinear {
+            Op::FusedLinear(FusedLinear {
                 transpose_b,
                 epilogue,
-            } => {
+            }) => {
                 let a = in_shape(0);
                 let k = *a.last().expect("rank >= 2");
                 let n = *out_shape.last().expect("rank >= 2");
@@ -611,10 +615,10 @@ impl Planner<'_> {
                     out,
                 }
             }
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a,
                 transpose_b,
-            } if self.gemm_shaped(id) => {
+            }) if self.gemm_shaped(id) => {
                 let a = in_shape(0);
                 let k = if *transpose_a {
                     a[0]
@@ -635,10 +639,10 @@ impl Planner<'_> {
                     out,
                 }
             }
-            Op::MatMul {
+            Op::MatMul(MatMul {
                 transpose_a,
                 transpose_b,
-            } => Step::BatchedMatMul {
+            }) => Step::BatchedMatMul {
                 kernel: kernels.gemm(Epilogue::none())?,
                 a: at(0),
                 a_shape: in_shape(0),
@@ -648,7 +652,7 @@ impl Planner<'_> {
                 transpose_b: *transpose_b,
                 out,
             },
-            op @ (Op::Unary(_) | Op::Binary(_) | Op::FusedElementwise { .. } | Op::Where)
+            op @ (Op::Unary(_) | Op::Binary(_) | Op::FusedElementwise(_) | Op::Where)
                 if all_f32 =>
             {
                 let expr = match op {
@@ -670,7 +674,7 @@ impl Planner<'_> {
                             ExprStep::Where(0, 1, 2),
                         ],
                     },
-                    Op::FusedElementwise { expr } => expr.clone(),
+                    Op::FusedElementwise(FusedElementwise { expr }) => expr.clone(),
                     _ => unreachable!("matched above"),
                 };
                 let out_last = out_shape.last().copied().unwrap_or(1);
@@ -687,10 +691,10 @@ impl Planner<'_> {
                     None => fallback(),
                 }
             }
-            Op::Softmax { axis } | Op::LogSoftmax { axis }
+            Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis })
                 if all_f32 && *axis + 1 == out_shape.len() =>
             {
-                let row_op = if matches!(node.op, Op::Softmax { .. }) {
+                let row_op = if matches!(node.op, Op::Softmax(_)) {
                     RowOp::Softmax
                 } else {
                     RowOp::LogSoftmax
@@ -706,7 +710,7 @@ impl Planner<'_> {
                     out,
                 }
             }
-            Op::LayerNorm { axis, eps } if all_f32 => {
+            Op::LayerNorm(LayerNorm { axis, eps }) if all_f32 => {
                 let row_len = out_shape[*axis];
                 Step::Row {
                     kernel: kernels.row(RowOp::LayerNorm { eps: eps.0 })?,
@@ -718,7 +722,7 @@ impl Planner<'_> {
                     out,
                 }
             }
-            Op::Reduce { op, axes, .. } if all_f32 => {
+            Op::Reduce(Reduce { op, axes, .. }) if all_f32 => {
                 let x = in_shape(0);
                 let over_last = x
                     .last()
@@ -742,26 +746,26 @@ impl Planner<'_> {
                     }
                 }
             }
-            Op::Permute { perm } if all_f32 => Step::Copy {
+            Op::Permute(Permute { perm }) if all_f32 => Step::Copy {
                 x: at(0),
                 walk: Strided::permute(&in_shape(0), perm),
                 out,
             },
-            Op::Slice {
+            Op::Slice(Slice {
                 axis, start, step, ..
-            } if all_f32 => Step::Copy {
+            }) if all_f32 => Step::Copy {
                 x: at(0),
                 walk: Strided::slice(&in_shape(0), *axis, *start, *step, out_shape[*axis]),
                 out,
             },
-            Op::Concat { axis } if all_f32 => Step::Concat {
+            Op::Concat(Concat { axis }) if all_f32 => Step::Concat {
                 parts: (0..inputs.len())
                     .map(|i| (at(i), numel(&in_shape(i)[*axis..])))
                     .collect(),
                 outer: numel(&out_shape[..*axis]),
                 out,
             },
-            Op::Gather { axis } if node.ty.dtype == DType::F32 => {
+            Op::Gather(Gather { axis }) if node.ty.dtype == DType::F32 => {
                 let t = in_shape(0);
                 Step::Gather {
                     table: at(0),
@@ -773,7 +777,7 @@ impl Planner<'_> {
                 }
             }
             // (Casts to the operand's own dtype are views, planned above.)
-            Op::Cast { to: DType::F32 } => Step::CastToF32 { x: at(0), out },
+            Op::Cast(Cast { to: DType::F32 }) => Step::CastToF32 { x: at(0), out },
             _ => fallback(),
         };
         Ok(step)
