@@ -12,12 +12,19 @@
 //! numpy and safetensors).
 //! Installing numpy later is not noticed until this script runs again
 //! (`touch build.rs`); fetching the checkpoint is.
+//!
+//! It also generates the ONNX protobuf messages (`$OUT_DIR/onnx.rs`) from the
+//! vendored `proto/onnx.proto`, with protox as the protobuf compiler so that
+//! no system `protoc` is needed. The `onnx` Python package the node-suite test
+//! reads is one more resource: `lamina_skip_onnx_tests` when it is missing.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    generate_onnx_messages();
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_numpy_tests)");
+    println!("cargo::rustc-check-cfg=cfg(lamina_skip_onnx_tests)");
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_minilm_tests)");
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_efficientnet_tests)");
     println!("cargo::rerun-if-changed=build.rs");
@@ -38,6 +45,13 @@ fn main() {
         .is_ok_and(|out| out.status.success());
     if !has_numpy {
         println!("cargo::rustc-cfg=lamina_skip_numpy_tests");
+    }
+    let has_onnx = Command::new("python3")
+        .args(["-c", "import onnx, numpy"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_onnx {
+        println!("cargo::rustc-cfg=lamina_skip_onnx_tests");
     }
     let cache = match std::env::var_os("LAMINA_CACHE") {
         Some(dir) => {
@@ -73,4 +87,13 @@ fn main() {
     if !vision_fetched || !has_safetensors {
         println!("cargo::rustc-cfg=lamina_skip_efficientnet_tests");
     }
+}
+
+fn generate_onnx_messages() {
+    println!("cargo::rerun-if-changed=proto/onnx.proto");
+    let descriptors = protox::compile(["onnx.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/onnx.proto does not compile: {e}"));
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the ONNX messages failed: {e}"));
 }

@@ -9,7 +9,7 @@
 //! `fused_linear`, batched ones included), the convention BLAS and ONNX
 //! benchmarks use.
 
-use crate::ir::ops::{Gather, Input, MatMul};
+use crate::ir::ops::{Gather, Input};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -344,42 +344,22 @@ fn generate_inputs(
     }
 }
 
-/// Flops of the matrix products of a concrete graph: 2·(output elements)·k
-/// for every `matmul` and `fused_linear`, batch dims included.
+/// Flops of the matrix products of a concrete graph, as each op counts them
+/// (`OpKind::flops`: 2·(output elements)·k for every `matmul` and
+/// `fused_linear`, batch dims included; 0 for other ops).
 pub fn matmul_flops(graph: &Graph) -> u64 {
     let mut total = 0u64;
     for id in graph.node_ids() {
         let node = graph.node(id);
-        if let Some(kind) = node.op.kind() {
-            let shapes: Option<Vec<Vec<usize>>> = graph
-                .inputs(id)
-                .iter()
-                .map(|&i| graph.node(i).ty.known_shape())
-                .collect();
-            if let (Some(shapes), Some(out)) = (shapes, node.ty.known_shape()) {
-                let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-                total += kind.flops(&refs, &out);
-            }
-            continue;
+        let shapes: Option<Vec<Vec<usize>>> = graph
+            .inputs(id)
+            .iter()
+            .map(|&i| graph.node(i).ty.known_shape())
+            .collect();
+        if let (Some(shapes), Some(out)) = (shapes, node.ty.known_shape()) {
+            let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            total += node.op.kind().flops(&refs, &out);
         }
-        let transpose_a = match &node.op {
-            Op::MatMul(MatMul { transpose_a, .. }) => *transpose_a,
-            Op::FusedLinear(_) => false,
-            _ => continue,
-        };
-        let a = graph.inputs(id)[0];
-        let (Some(a_shape), Some(out_shape)) =
-            (graph.node(a).ty.known_shape(), node.ty.known_shape())
-        else {
-            continue;
-        };
-        let inner_axis = if transpose_a { 2 } else { 1 };
-        let k = a_shape
-            .len()
-            .checked_sub(inner_axis)
-            .map_or(0, |axis| a_shape[axis]);
-        let outputs: usize = out_shape.iter().product();
-        total += 2 * outputs as u64 * k as u64;
     }
     total
 }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod interp;
 pub mod ir;
 pub mod model;
+pub mod onnx;
 pub mod passes;
 pub mod runtime;
 pub mod span;

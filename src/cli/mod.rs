@@ -2,6 +2,7 @@
 //! library; user errors become rendered diagnostics and exit code 1.
 
 pub mod bench;
+mod import;
 mod inspect;
 mod run;
 
@@ -69,6 +70,13 @@ enum Command {
     Run(run::RunArgs),
     /// Measure compile time, run latency, GFLOP/s and arena size on generated inputs.
     Bench(bench::BenchArgs),
+    /// Translate an ONNX model into a .lam file and a safetensors file of its initializers.
+    ///
+    /// Writes MODEL.lam (or --output) and `<stem>.safetensors` beside it; run the result with
+    /// `lamina run`. ONNX value names become lamina names, named dims stay symbols. An op lamina
+    /// cannot express is reported with the nodes that use it, and nothing is written. The ops
+    /// imported and how they map: docs/onnx.md.
+    Import(import::ImportArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,6 +151,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Import(args) => import::import(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

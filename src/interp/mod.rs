@@ -1,8 +1,11 @@
 //! The reference interpreter: the oracle every optimised path (passes, JIT)
 //! is tested against.
 //!
-//! Each op has one plain implementation, written for clarity rather than
-//! speed. Accuracy is deliberately higher than a fast path's: matmul sums,
+//! This is the driver: it binds the inputs, checks the memory budget, walks
+//! the graph in order and calls each op's reference evaluation
+//! (`OpKind::eval`, in the op's file under `ir/ops/`), locating errors at
+//! the failing node. Each op has one plain implementation, written for
+//! clarity rather than speed. Accuracy is deliberately higher than a fast path's: matmul sums,
 //! reductions and layer_norm statistics accumulate in f64, and elementwise
 //! ops compute in f64 and round once to f32. Fused ops (`FusedLinear`,
 //! `FusedElementwise`) are evaluated by the very kernels of the ops they
@@ -13,15 +16,7 @@
 //! bound size, missing parameters and ill-typed operands are `InterpError`s,
 //! and NaN propagates through every op as in numpy.
 
-mod elementwise;
-mod layout;
-mod linalg;
-mod reduce;
-
-use crate::ir::ops::{
-    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
-    MatMul, Param, Permute, Reduce, Slice, Softmax,
-};
+use crate::ir::ops::{Input, Param};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -70,8 +65,6 @@ pub enum InterpError {
     /// out-of-range ids, an empty max, ...).
     #[error(transparent)]
     Eval(#[from] EvalError),
-    #[error("{op} nodes take their value from the run's inputs or parameters, not from eval_node")]
-    SourceOp { op: &'static str },
     #[error("output `{name}` names a node that is not in the graph")]
     MissingOutput { name: String },
     #[error(transparent)]
@@ -134,23 +127,19 @@ fn concrete_type(tensor: &Tensor) -> TensorType {
 /// The value of one op applied to `inputs`, checked against `out_ty`.
 ///
 /// The output type comes from `shape_rules::infer` on the inputs' concrete
-/// types, which also validates the operands; it must equal `out_ty`. Passes
-/// can constant-fold with this. `Input` and `Param` have no value here (they
-/// come from `run`'s maps); `Constant` gives its value.
+/// types, which also validates the operands; it must equal `out_ty`. Then
+/// the op's own reference evaluation (`OpKind::eval`, in its file under
+/// `ir/ops/`) computes the value. `Input` and `Param` have no value here
+/// (they come from `run`'s maps); `Constant` gives its value.
 pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Tensor, InterpError> {
-    // Checked before `infer`, whose message for this case is a generic shape
-    // error: a symbolic end bound too large is a run-time data error.
-    if let (Op::Slice(Slice { axis, end, .. }), [x]) = (op, inputs) {
-        if let Some(end) = end.as_known() {
-            layout::check_slice_end(x, *axis, end)?;
-        }
+    let kind = op.kind();
+    if op.is_source() && !matches!(op, Op::Constant(_)) {
+        return Err(EvalError::SourceOp { op: op.name() }.into());
     }
+    kind.check_values(inputs)?;
     let input_types: Vec<TensorType> = inputs.iter().map(|t| concrete_type(t)).collect();
     let input_type_refs: Vec<&TensorType> = input_types.iter().collect();
-    let computed = match op {
-        Op::Input(_) | Op::Param(_) => return Err(InterpError::SourceOp { op: op.name() }),
-        _ => shape_rules::infer(op, &input_type_refs)?,
-    };
+    let computed = shape_rules::infer(op, &input_type_refs)?;
     let Some(out_shape) = computed.known_shape() else {
         return Err(InterpError::Symbolic {
             op: op.name(),
@@ -164,47 +153,7 @@ pub fn eval_node(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Result<Ten
             declared: out_ty.to_string(),
         });
     }
-    let out = &out_shape[..];
-    if let Some(kind) = op.kind() {
-        return Ok(kind.eval(inputs, out)?);
-    }
-    match op {
-        Op::Input(_) | Op::Param(_) => Err(InterpError::SourceOp { op: op.name() }),
-        Op::Constant(Constant { value }) => Ok(Tensor::clone(value)),
-        Op::Unary(_)
-        | Op::Conv2d(_)
-        | Op::Pool2d(_)
-        | Op::BatchNorm(_)
-        | Op::Clip(_)
-        | Op::Pad(_)
-        | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], out),
-        Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1], out),
-        Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2], out),
-        Op::MatMul(MatMul {
-            transpose_a,
-            transpose_b,
-        }) => linalg::matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out),
-        Op::Softmax(Softmax { axis }) => reduce::softmax(inputs[0], *axis),
-        Op::LogSoftmax(LogSoftmax { axis }) => reduce::log_softmax(inputs[0], *axis),
-        Op::LayerNorm(LayerNorm { axis, eps }) => {
-            reduce::layer_norm(inputs[0], inputs[1], inputs[2], *axis, eps.0)
-        }
-        Op::Reduce(Reduce { op, axes, .. }) => reduce::reduce(*op, inputs[0], axes, out),
-        Op::Permute(Permute { perm }) => layout::permute(inputs[0], perm),
-        Op::Reshape(_) => Ok(layout::reshape(inputs[0], out)),
-        Op::Concat(Concat { axis }) => layout::concat(inputs, *axis, out),
-        Op::Slice(Slice {
-            axis, start, step, ..
-        }) => layout::slice(inputs[0], *axis, *start, *step, out),
-        Op::Gather(Gather { axis }) => layout::gather(inputs[0], inputs[1], *axis, out),
-        Op::Cast(Cast { to }) => layout::cast(inputs[0], *to),
-        Op::FusedLinear(FusedLinear {
-            transpose_b,
-            epilogue,
-        }) => linalg::fused_linear(inputs, *transpose_b, epilogue, out),
-        Op::FusedElementwise(FusedElementwise { expr }) => elementwise::fused(expr, inputs, out),
-    }
+    Ok(kind.eval(inputs, &out_shape)?)
 }
 
 /// Runs `graph` on `inputs` and returns its outputs in declaration order.

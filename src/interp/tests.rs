@@ -516,7 +516,7 @@ fn eval_node_checks_the_declared_type_and_refuses_sources() {
     );
     let err = eval_node(&Op::Input(Input { name: "x".into() }), &[], &wrong).unwrap_err();
     assert!(
-        matches!(err, InterpError::SourceOp { op: "input" }),
+        matches!(err, InterpError::Eval(EvalError::SourceOp { op: "input" })),
         "{err:?}"
     );
     let ill_typed = eval(

@@ -13,112 +13,15 @@
 //! Nodes are numbered in `topo_order`, so the text depends only on the
 //! graph's structure, never on petgraph's internal indices.
 
-use crate::ir::ops::{
-    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
-    MatMul, Param, Permute, Reduce, Reshape, Slice, Softmax,
-};
+use crate::ir::ops::{Input, Param};
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::graph::ShapeDisplay;
 use super::{Graph, NodeId, Op};
 
 /// The attributes of an op as `key=value` pairs, in a fixed order.
 pub fn attributes(op: &Op) -> Vec<(&'static str, String)> {
-    let list = |v: &[usize]| {
-        format!(
-            "[{}]",
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    if let Some(kind) = op.kind() {
-        return kind.attributes();
-    }
-    match op {
-        Op::Input(_) | Op::Param(_) | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where => {
-            vec![]
-        }
-        Op::Conv2d(_)
-        | Op::Pool2d(_)
-        | Op::BatchNorm(_)
-        | Op::Clip(_)
-        | Op::Pad(_)
-        | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Constant(Constant { value }) => {
-            let shown = if value.len() == 1 {
-                format!("{}", value.to_f64_vec()[0] as f32)
-            } else {
-                format!("<{} values>", value.len())
-            };
-            vec![("value", shown)]
-        }
-        Op::MatMul(MatMul {
-            transpose_a,
-            transpose_b,
-        }) => {
-            let mut a = vec![];
-            if *transpose_a {
-                a.push(("transpose_a", "true".to_string()));
-            }
-            if *transpose_b {
-                a.push(("transpose_b", "true".to_string()));
-            }
-            a
-        }
-        Op::Softmax(Softmax { axis })
-        | Op::LogSoftmax(LogSoftmax { axis })
-        | Op::Concat(Concat { axis })
-        | Op::Gather(Gather { axis }) => {
-            vec![("axis", axis.to_string())]
-        }
-        Op::LayerNorm(LayerNorm { axis, eps }) => {
-            vec![("axis", axis.to_string()), ("eps", eps.to_string())]
-        }
-        Op::Reduce(Reduce { axes, keepdims, .. }) => {
-            let mut a = vec![("axes", list(axes))];
-            if *keepdims {
-                a.push(("keepdims", "true".to_string()));
-            }
-            a
-        }
-        Op::Permute(Permute { perm }) => vec![("perm", list(perm))],
-        Op::Reshape(Reshape { shape }) => vec![("shape", ShapeDisplay(shape).to_string())],
-        Op::Slice(Slice {
-            axis,
-            start,
-            end,
-            step,
-        }) => vec![
-            ("axis", axis.to_string()),
-            ("start", start.to_string()),
-            ("end", end.to_string()),
-            ("step", step.to_string()),
-        ],
-        Op::Cast(Cast { to }) => vec![("to", to.to_string())],
-        Op::FusedLinear(FusedLinear {
-            transpose_b,
-            epilogue,
-        }) => {
-            let mut a = vec![];
-            if *transpose_b {
-                a.push(("transpose_b", "true".to_string()));
-            }
-            if epilogue.bias {
-                a.push(("bias", "true".to_string()));
-            }
-            if let Some(act) = epilogue.activation {
-                a.push(("activation", act.name().to_string()));
-            }
-            if epilogue.residual {
-                a.push(("residual", "true".to_string()));
-            }
-            a
-        }
-        Op::FusedElementwise(FusedElementwise { expr }) => vec![("expr", expr.to_string())],
-    }
+    op.kind().attributes()
 }
 
 /// Position of each node in `topo_order`, the number the printer shows.

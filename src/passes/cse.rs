@@ -6,17 +6,13 @@
 //! `mul` are commutative in IEEE arithmetic, so `a + b` and `b + a` merge
 //! too. Inputs and parameters are never merged: each names its own value.
 
-use crate::ir::ops::{
-    Cast, Concat, Constant, FusedElementwise, FusedLinear, Gather, Input, LayerNorm, LogSoftmax,
-    MatMul, Param, Permute, Reduce, Reshape, Slice, Softmax,
-};
+use crate::ir::ops::Constant;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::edit::{replace, same_bits};
 use super::{Pass, PassContext, PassError, Steps};
 use crate::ir::{BinaryOp, CompareOp, Graph, NodeId, Op};
-use crate::tensor::{Tensor, TensorData};
 
 pub struct CommonSubexpressions;
 
@@ -97,66 +93,10 @@ fn same_op(a: &Op, b: &Op) -> bool {
     }
 }
 
-/// Hashes everything `same_op` compares. Large constants hash a prefix of
-/// their data: equal tensors still hash equal, and the full comparison
-/// settles collisions.
+/// Hashes everything `same_op` compares: the op's kind and its attributes
+/// (large constants by a prefix of their data; the full comparison settles
+/// collisions).
 fn hash_op(op: &Op, h: &mut DefaultHasher) {
     std::mem::discriminant(op).hash(h);
-    if let Some(kind) = op.kind() {
-        return kind.hash_attributes(h);
-    }
-    match op {
-        Op::Input(Input { name }) => name.hash(h),
-        Op::Param(Param { name, init }) => {
-            name.hash(h);
-            init.hash(h);
-        }
-        Op::Constant(Constant { value }) => hash_tensor_prefix(value, h),
-        Op::Unary(_)
-        | Op::Conv2d(_)
-        | Op::Pool2d(_)
-        | Op::BatchNorm(_)
-        | Op::Clip(_)
-        | Op::Pad(_)
-        | Op::Resize(_) => unreachable!("registered in Op::kind"),
-        Op::Binary(b) => b.hash(h),
-        Op::Compare(c) => c.hash(h),
-        Op::Where => {}
-        Op::MatMul(MatMul {
-            transpose_a,
-            transpose_b,
-        }) => (transpose_a, transpose_b).hash(h),
-        Op::Softmax(Softmax { axis })
-        | Op::LogSoftmax(LogSoftmax { axis })
-        | Op::Concat(Concat { axis })
-        | Op::Gather(Gather { axis }) => axis.hash(h),
-        Op::LayerNorm(LayerNorm { axis, eps }) => (axis, eps).hash(h),
-        Op::Reduce(Reduce { op, axes, keepdims }) => (op, axes, keepdims).hash(h),
-        Op::Permute(Permute { perm }) => perm.hash(h),
-        Op::Reshape(Reshape { shape }) => shape.hash(h),
-        Op::Slice(Slice {
-            axis,
-            start,
-            end,
-            step,
-        }) => (axis, start, end, step).hash(h),
-        Op::Cast(Cast { to }) => to.hash(h),
-        Op::FusedLinear(FusedLinear {
-            transpose_b,
-            epilogue,
-        }) => (transpose_b, epilogue).hash(h),
-        Op::FusedElementwise(FusedElementwise { expr }) => expr.hash(h),
-    }
-}
-
-fn hash_tensor_prefix<H: Hasher>(t: &Tensor, h: &mut H) {
-    const PREFIX: usize = 64;
-    t.shape().hash(h);
-    match t.data() {
-        TensorData::F32(v) => v.iter().take(PREFIX).for_each(|x| x.to_bits().hash(h)),
-        TensorData::I64(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
-        TensorData::I32(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
-        TensorData::Bool(v) => v.iter().take(PREFIX).for_each(|x| x.hash(h)),
-    }
-    t.dtype().hash(h);
+    op.kind().hash_attributes(h);
 }

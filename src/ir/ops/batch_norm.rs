@@ -4,8 +4,6 @@
 //! variance a checkpoint stores. The operands are in PyTorch's
 //! `F.batch_norm` order; each of the four is `[C]`.
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
@@ -71,10 +69,6 @@ impl OpKind for BatchNorm {
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
         vec![("eps", self.eps.to_string())]
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 

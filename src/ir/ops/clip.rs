@@ -2,8 +2,6 @@
 //! (NaN stays NaN, as numpy's `clip`). `relu6` is the unary op
 //! `clip(x, min=0.0, max=6.0)` with its own vector code.
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{expect_dtype, ShapeError};
 use super::values::elements;
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
@@ -50,10 +48,6 @@ impl OpKind for Clip {
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
         vec![("min", self.min.to_string()), ("max", self.max.to_string())]
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 

@@ -4,8 +4,6 @@
 //! `groups` splits channels into independent groups (depthwise: groups =
 //! input channels). Padding is zeros; see `window.rs` for the attributes.
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
 use super::window::Window2d;
@@ -168,10 +166,6 @@ impl OpKind for Conv2d {
         let mut attributes = self.window.attributes();
         attributes.push(("groups", self.groups.to_string()));
         attributes
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 
     fn flops(&self, inputs: &[&[usize]], out_shape: &[usize]) -> u64 {

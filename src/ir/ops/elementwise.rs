@@ -3,7 +3,12 @@
 
 use std::fmt;
 
-use super::{Float, UnaryOp};
+use super::math;
+use super::shape::{broadcast_all, err, expect_dtype, show, ShapeError};
+use super::values::{broadcast_offsets, elements, with_element_type, Element};
+use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned, UnaryOp};
+use crate::ir::{DType, TensorType};
+use crate::tensor::{Tensor, TensorData};
 
 /// Elementwise arithmetic on f32 with numpy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,4 +131,417 @@ pub struct Where;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FusedElementwise {
     pub expr: ElementwiseExpr,
+}
+
+impl OpKind for BinaryOp {
+    fn name(&self) -> &'static str {
+        BinaryOp::name(*self)
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        (2, 2)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        for x in inputs {
+            expect_dtype(self.name(), "operand", x, DType::F32)?;
+        }
+        Ok(TensorType::new(
+            DType::F32,
+            broadcast_all(self.name(), inputs)?,
+        ))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        binary(*self, inputs[0], inputs[1], out_shape)
+    }
+}
+
+impl OpKind for CompareOp {
+    fn name(&self) -> &'static str {
+        CompareOp::name(*self)
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        (2, 2)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        if inputs[0].dtype != inputs[1].dtype {
+            return err(format!(
+                "{}: operands have different dtypes: {} and {}",
+                self.name(),
+                show(inputs[0]),
+                show(inputs[1])
+            ));
+        }
+        Ok(TensorType::new(
+            DType::Bool,
+            broadcast_all(self.name(), inputs)?,
+        ))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        compare(*self, inputs[0], inputs[1], out_shape)
+    }
+}
+
+impl OpKind for Where {
+    fn name(&self) -> &'static str {
+        "where"
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        (3, 3)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        expect_dtype("where", "condition", inputs[0], DType::Bool)?;
+        if inputs[1].dtype != inputs[2].dtype {
+            return err(format!(
+                "where: branches have different dtypes: {} and {}",
+                show(inputs[1]),
+                show(inputs[2])
+            ));
+        }
+        Ok(TensorType::new(
+            inputs[1].dtype,
+            broadcast_all("where", inputs)?,
+        ))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        select(inputs[0], inputs[1], inputs[2], out_shape)
+    }
+}
+
+impl OpKind for FusedElementwise {
+    fn name(&self) -> &'static str {
+        "fused_elementwise"
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        let n = self
+            .expr
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                ExprStep::Input(i) => Some(i + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        (n, n)
+    }
+
+    /// Types the last step only; `eval` (and the code generator) check
+    /// every step.
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        let shape = broadcast_all(self.name(), inputs)?;
+        let mut dtypes: Vec<DType> = Vec::with_capacity(self.expr.steps.len());
+        for step in &self.expr.steps {
+            let d = match step {
+                ExprStep::Input(i) => inputs[*i].dtype,
+                ExprStep::Const(_) | ExprStep::Unary(..) | ExprStep::Binary(..) => DType::F32,
+                ExprStep::Compare(..) => DType::Bool,
+                ExprStep::Where(_, a, _) => *dtypes.get(*a).ok_or_else(|| {
+                    ShapeError(format!("fused_elementwise: step refers to later step {a}"))
+                })?,
+            };
+            dtypes.push(d);
+        }
+        let dtype = *dtypes
+            .last()
+            .ok_or_else(|| ShapeError("fused_elementwise: empty expression".into()))?;
+        Ok(TensorType::new(dtype, shape))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        fused(&self.expr, inputs, out_shape)
+    }
+
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        vec![("expr", self.expr.to_string())]
+    }
+}
+
+/// `maximum(a, b)`, `minimum(a, b)`, `pow(a, b)` (also `a ** b`) and
+/// `where(cond, a, b)`. The arithmetic and comparison operators are lowered
+/// from the expression syntax to `Op::Binary` and `Op::Compare` directly.
+pub const BUILTIN: Builtin = Builtin {
+    names: &["maximum", "minimum", "pow", "where"],
+    lower,
+};
+
+fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned> {
+    let op = match name {
+        "maximum" => Op::Binary(BinaryOp::Max),
+        "minimum" => Op::Binary(BinaryOp::Min),
+        "pow" => Op::Binary(BinaryOp::Pow),
+        _ => {
+            let cond = args.tensor()?;
+            let a = args.tensor()?;
+            let b = args.tensor()?;
+            return Ok((Op::Where, vec![cond, a, b]));
+        }
+    };
+    let a = args.tensor()?;
+    let b = args.tensor()?;
+    Ok((op, vec![a, b]))
+}
+
+// ---- reference evaluation ----
+
+pub(super) fn binary(
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    let (a_values, b_values) = (
+        elements::<f32>(op.name(), a)?,
+        elements::<f32>(op.name(), b)?,
+    );
+    let values = broadcast_offsets(a.shape(), out_shape)
+        .zip(broadcast_offsets(b.shape(), out_shape))
+        .map(|(i, j)| math::binary(op, a_values[i], b_values[j]))
+        .collect();
+    Ok(Tensor::f32(out_shape.to_vec(), values))
+}
+
+pub(super) fn compare(
+    op: CompareOp,
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    fn typed<T: Element>(
+        op: CompareOp,
+        a: &Tensor,
+        b: &Tensor,
+        out_shape: &[usize],
+    ) -> Result<Vec<bool>, EvalError> {
+        let (a_values, b_values) = (elements::<T>(op.name(), a)?, elements::<T>(op.name(), b)?);
+        Ok(broadcast_offsets(a.shape(), out_shape)
+            .zip(broadcast_offsets(b.shape(), out_shape))
+            .map(|(i, j)| math::compare(op, a_values[i], b_values[j]))
+            .collect())
+    }
+    let values = with_element_type!(a.dtype(), T => typed::<T>(op, a, b, out_shape)?);
+    Ok(Tensor::new(out_shape.to_vec(), TensorData::Bool(values)))
+}
+
+/// `where(cond, a, b)`: `a` where `cond` holds, else `b`; all three broadcast.
+pub(super) fn select(
+    cond: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    fn typed<T: Element>(
+        cond: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        out_shape: &[usize],
+    ) -> Result<TensorData, EvalError> {
+        let conditions = elements::<bool>("where", cond)?;
+        let (a_values, b_values) = (elements::<T>("where", a)?, elements::<T>("where", b)?);
+        let values = broadcast_offsets(cond.shape(), out_shape)
+            .zip(broadcast_offsets(a.shape(), out_shape))
+            .zip(broadcast_offsets(b.shape(), out_shape))
+            .map(|((c, i), j)| {
+                if conditions[c] {
+                    a_values[i]
+                } else {
+                    b_values[j]
+                }
+            })
+            .collect();
+        Ok(T::wrap(values))
+    }
+    let data = with_element_type!(a.dtype(), T => typed::<T>(cond, a, b, out_shape)?);
+    Ok(Tensor::new(out_shape.to_vec(), data))
+}
+
+/// One element of any dtype, as a fused expression's steps pass them along.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    F32(f32),
+    I64(i64),
+    I32(i32),
+    Bool(bool),
+}
+
+impl Value {
+    fn read(data: &TensorData, offset: usize) -> Value {
+        match data {
+            TensorData::F32(v) => Value::F32(v[offset]),
+            TensorData::I64(v) => Value::I64(v[offset]),
+            TensorData::I32(v) => Value::I32(v[offset]),
+            TensorData::Bool(v) => Value::Bool(v[offset]),
+        }
+    }
+}
+
+fn expr_error(step: usize, reason: impl Into<String>) -> EvalError {
+    EvalError::BadExpr {
+        step,
+        reason: reason.into(),
+    }
+}
+
+/// The dtype of every step, checking that each step reads only earlier
+/// steps and existing inputs, with operand dtypes its op accepts.
+/// `shape_rules::infer` types only the last step, so the rest is checked here.
+fn check_expr(expr: &ElementwiseExpr, input_dtypes: &[DType]) -> Result<Vec<DType>, EvalError> {
+    if expr.steps.is_empty() {
+        return Err(expr_error(0, "the expression has no steps"));
+    }
+    let mut dtypes: Vec<DType> = Vec::with_capacity(expr.steps.len());
+    for (index, step) in expr.steps.iter().enumerate() {
+        let operand = |i: usize| -> Result<DType, EvalError> {
+            dtypes.get(i).copied().ok_or_else(|| {
+                expr_error(
+                    index,
+                    format!("refers to step {i}, which does not come before it"),
+                )
+            })
+        };
+        let need_f32 = |i: usize| -> Result<(), EvalError> {
+            match operand(i)? {
+                DType::F32 => Ok(()),
+                other => Err(expr_error(
+                    index,
+                    format!("operand step {i} is {other}, arithmetic needs f32"),
+                )),
+            }
+        };
+        let dtype = match step {
+            ExprStep::Input(k) => *input_dtypes.get(*k).ok_or_else(|| {
+                expr_error(
+                    index,
+                    format!("reads input {k}, but the node has {}", input_dtypes.len()),
+                )
+            })?,
+            ExprStep::Const(_) => DType::F32,
+            ExprStep::Unary(_, a) => {
+                need_f32(*a)?;
+                DType::F32
+            }
+            ExprStep::Binary(_, a, b) => {
+                need_f32(*a)?;
+                need_f32(*b)?;
+                DType::F32
+            }
+            ExprStep::Compare(_, a, b) => {
+                let (x, y) = (operand(*a)?, operand(*b)?);
+                if x != y {
+                    return Err(expr_error(index, format!("compares {x} with {y}")));
+                }
+                DType::Bool
+            }
+            ExprStep::Where(c, a, b) => {
+                if operand(*c)? != DType::Bool {
+                    return Err(expr_error(index, format!("condition step {c} is not bool")));
+                }
+                let (x, y) = (operand(*a)?, operand(*b)?);
+                if x != y {
+                    return Err(expr_error(index, format!("branches are {x} and {y}")));
+                }
+                x
+            }
+        };
+        dtypes.push(dtype);
+    }
+    Ok(dtypes)
+}
+
+/// Evaluates the steps for one element. `check_expr` has accepted the
+/// expression, so the dtype mismatch arms are unreachable in practice; they
+/// report instead of panicking.
+fn eval_steps(
+    steps: &[ExprStep],
+    inputs: &[Value],
+    scratch: &mut Vec<Value>,
+) -> Result<Value, EvalError> {
+    scratch.clear();
+    for (index, step) in steps.iter().enumerate() {
+        let f32_operand = |i: usize| match scratch[i] {
+            Value::F32(v) => Ok(v),
+            _ => Err(expr_error(index, "arithmetic on a non-f32 value")),
+        };
+        let value = match step {
+            ExprStep::Input(k) => inputs[*k],
+            ExprStep::Const(c) => Value::F32(c.0),
+            ExprStep::Unary(op, a) => Value::F32(super::unary::apply(*op, f32_operand(*a)?)),
+            ExprStep::Binary(op, a, b) => {
+                Value::F32(math::binary(*op, f32_operand(*a)?, f32_operand(*b)?))
+            }
+            ExprStep::Compare(op, a, b) => Value::Bool(match (scratch[*a], scratch[*b]) {
+                (Value::F32(x), Value::F32(y)) => math::compare(*op, x, y),
+                (Value::I64(x), Value::I64(y)) => math::compare(*op, x, y),
+                (Value::I32(x), Value::I32(y)) => math::compare(*op, x, y),
+                (Value::Bool(x), Value::Bool(y)) => math::compare(*op, x, y),
+                _ => return Err(expr_error(index, "comparison of different dtypes")),
+            }),
+            ExprStep::Where(c, a, b) => match scratch[*c] {
+                Value::Bool(true) => scratch[*a],
+                Value::Bool(false) => scratch[*b],
+                _ => return Err(expr_error(index, "non-bool condition")),
+            },
+        };
+        scratch.push(value);
+    }
+    scratch
+        .last()
+        .copied()
+        .ok_or_else(|| expr_error(0, "the expression has no steps"))
+}
+
+fn push(out: &mut TensorData, value: Value) -> Result<(), EvalError> {
+    match (out, value) {
+        (TensorData::F32(v), Value::F32(x)) => v.push(x),
+        (TensorData::I64(v), Value::I64(x)) => v.push(x),
+        (TensorData::I32(v), Value::I32(x)) => v.push(x),
+        (TensorData::Bool(v), Value::Bool(x)) => v.push(x),
+        _ => return Err(expr_error(0, "the result dtype changed between elements")),
+    }
+    Ok(())
+}
+
+/// Evaluates `expr` per output element, each input broadcast to
+/// `out_shape`. Each step rounds to f32 exactly as the unfused node would,
+/// so fusion does not change a single bit of the result.
+pub(super) fn fused(
+    expr: &ElementwiseExpr,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    let input_dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
+    let step_dtypes = check_expr(expr, &input_dtypes)?;
+    let out_dtype = *step_dtypes
+        .last()
+        .ok_or_else(|| expr_error(0, "the expression has no steps"))?;
+    let mut out = Tensor::zeros(out_dtype, vec![0]).into_data();
+    let mut offsets: Vec<_> = inputs
+        .iter()
+        .map(|t| broadcast_offsets(t.shape(), out_shape))
+        .collect();
+    let count: usize = out_shape.iter().product();
+    let mut element_inputs: Vec<Value> = Vec::with_capacity(inputs.len());
+    let mut scratch = Vec::with_capacity(expr.steps.len());
+    for _ in 0..count {
+        element_inputs.clear();
+        for (tensor, walk) in inputs.iter().zip(offsets.iter_mut()) {
+            let offset = walk
+                .next()
+                .ok_or_else(|| expr_error(0, "an input ran out of elements"))?;
+            element_inputs.push(Value::read(tensor.data(), offset));
+        }
+        push(
+            &mut out,
+            eval_steps(&expr.steps, &element_inputs, &mut scratch)?,
+        )?;
+    }
+    Ok(Tensor::new(out_shape.to_vec(), out))
 }

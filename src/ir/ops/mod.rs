@@ -17,6 +17,7 @@ use std::hash::Hasher;
 
 use super::graph::TensorType;
 use super::{DType, Dim, NodeId};
+use crate::span::Span;
 use crate::tensor::Tensor;
 
 pub mod batch_norm;
@@ -52,8 +53,8 @@ pub use sources::{Constant, Init, Input, Param};
 pub use unary::UnaryOp;
 
 /// What the compiler asks of an op. Implemented by the op's attribute type
-/// (`UnaryOp`, ...), in the op's file.
-pub trait OpKind: fmt::Debug + Send + Sync {
+/// (`UnaryOp`, `MatMul`, ...), in the op's file.
+pub trait OpKind: AttributeHash + fmt::Debug + Send + Sync {
     /// The op's name as the printer shows it.
     fn name(&self) -> &'static str;
 
@@ -71,15 +72,18 @@ pub trait OpKind: fmt::Debug + Send + Sync {
     /// `out_shape`. Never called by const-fold (see passes/fold_eval.rs).
     fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError>;
 
+    /// Checks of the operands' values that must come before the shape rule
+    /// at run time (a slice end bound past its axis is bad data, not a bad
+    /// model). Most ops have none.
+    fn check_values(&self, _inputs: &[&Tensor]) -> Result<(), EvalError> {
+        Ok(())
+    }
+
     /// The attributes as `key=value` pairs for the printed form, in a fixed
     /// order (none for most elementwise ops).
     fn attributes(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
-
-    /// Hashes everything `==` on the op compares, for CSE. With `#[derive(Hash)]`
-    /// on the attribute type this is `std::hash::Hash::hash(self, &mut state)`.
-    fn hash_attributes(&self, state: &mut dyn Hasher);
 
     /// Floating-point operations of one evaluation as `lamina bench` counts
     /// them: matrix products only (2 per multiply-add), so GFLOP/s compares
@@ -91,20 +95,48 @@ pub trait OpKind: fmt::Debug + Send + Sync {
     // Derivative rule: the autodiff work adds its per-op method here.
 }
 
+/// Hashes everything `==` on the op compares, for CSE: every attribute
+/// type that implements `Hash` (derive it) has it.
+pub trait AttributeHash {
+    fn hash_attributes(&self, state: &mut dyn Hasher);
+}
+
+impl<T: std::hash::Hash> AttributeHash for T {
+    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
+        self.hash(&mut state);
+    }
+}
+
 impl Op {
     /// The op's implementation: the registration of every op, one line each.
-    /// `None` for the ops still handled by the older per-layer matches
-    /// (being migrated family by family).
-    pub fn kind(&self) -> Option<&dyn OpKind> {
+    pub fn kind(&self) -> &dyn OpKind {
         match self {
-            Op::Unary(op) => Some(op),
-            Op::Conv2d(op) => Some(op),
-            Op::Pool2d(op) => Some(op),
-            Op::BatchNorm(op) => Some(op),
-            Op::Clip(op) => Some(op),
-            Op::Pad(op) => Some(op),
-            Op::Resize(op) => Some(op),
-            _ => None,
+            Op::Input(op) => op,
+            Op::Param(op) => op,
+            Op::Constant(op) => op,
+            Op::Unary(op) => op,
+            Op::Binary(op) => op,
+            Op::Compare(op) => op,
+            Op::Where => &Where,
+            Op::MatMul(op) => op,
+            Op::Softmax(op) => op,
+            Op::LogSoftmax(op) => op,
+            Op::LayerNorm(op) => op,
+            Op::Reduce(op) => op,
+            Op::Permute(op) => op,
+            Op::Reshape(op) => op,
+            Op::Concat(op) => op,
+            Op::Slice(op) => op,
+            Op::Gather(op) => op,
+            Op::Cast(op) => op,
+            Op::FusedLinear(op) => op,
+            Op::FusedElementwise(op) => op,
+            Op::Conv2d(op) => op,
+            Op::Pool2d(op) => op,
+            Op::BatchNorm(op) => op,
+            Op::Clip(op) => op,
+            Op::Pad(op) => op,
+            Op::Resize(op) => op,
         }
     }
 }
@@ -138,6 +170,8 @@ pub enum EvalError {
     Invalid { op: &'static str, message: String },
     #[error("fused_elementwise: step {step}: {reason}")]
     BadExpr { step: usize, reason: String },
+    #[error("{op} nodes take their value from the run's inputs or parameters, not from eval_node")]
+    SourceOp { op: &'static str },
 }
 
 /// A built-in function of the language: the names lowering accepts and how
@@ -152,6 +186,13 @@ pub struct Builtin {
 /// Every op family's built-ins: the registration line of the lowering table.
 pub const BUILTINS: &[&Builtin] = &[
     &unary::BUILTIN,
+    &elementwise::BUILTIN,
+    &linalg::BUILTIN,
+    &normalize::BUILTIN,
+    &reduce::BUILTIN,
+    &layout::BUILTIN,
+    &gather::BUILTIN,
+    &cast::BUILTIN,
     &conv::BUILTIN,
     &pool::BUILTIN,
     &batch_norm::BUILTIN,
@@ -200,8 +241,20 @@ pub trait CallArgs {
     fn ints_or_word(&mut self, key: &str, words: &[&str]) -> Result<Option<IntsOrWord>, Poisoned>;
     /// The type of an operand already read.
     fn operand_type(&self, operand: NodeId) -> &TensorType;
+    /// A list of dims as written in types (`[batch, seq, 12, 32]`), `-1`
+    /// entries as `None`, with the list's span; required (`key=[...]` or
+    /// the next positional). `context` names the use in error messages.
+    fn dim_list(&mut self, key: &str, context: &str) -> Result<(Vec<Option<Dim>>, Span), Poisoned>;
+    /// One dim expression (`end=seq`), `None` when absent.
+    fn dim(&mut self, key: &str, context: &str) -> Result<Option<Dim>, Poisoned>;
     /// Reports a wrong argument of this call.
     fn error(&mut self, message: String) -> Poisoned;
+    /// Reports a wrong argument at `span` (inside the call).
+    fn error_at(&mut self, span: Span, message: String) -> Poisoned;
+    /// Reports a shape error of this call at `span`.
+    fn shape_error_at(&mut self, span: Span, message: String) -> Poisoned;
+    /// Reports a call with the wrong number of tensor operands.
+    fn arity_error(&mut self, expected: &str, got: usize) -> Poisoned;
 
     /// An axis attribute counted from the end when negative, checked
     /// against the rank of `operand`.
@@ -287,37 +340,7 @@ pub enum Op {
 impl Op {
     /// The op's name as the printer shows it.
     pub fn name(&self) -> &'static str {
-        if let Some(kind) = self.kind() {
-            return kind.name();
-        }
-        match self {
-            Op::Input(_) => "input",
-            Op::Param(_) => "param",
-            Op::Constant(_) => "const",
-            Op::Unary(_)
-            | Op::Conv2d(_)
-            | Op::Pool2d(_)
-            | Op::BatchNorm(_)
-            | Op::Clip(_)
-            | Op::Pad(_)
-            | Op::Resize(_) => unreachable!("registered in Op::kind"),
-            Op::Binary(b) => b.name(),
-            Op::Compare(c) => c.name(),
-            Op::Where => "where",
-            Op::MatMul(_) => "matmul",
-            Op::Softmax(_) => "softmax",
-            Op::LogSoftmax(_) => "log_softmax",
-            Op::LayerNorm(_) => "layer_norm",
-            Op::Reduce(Reduce { op, .. }) => op.name(),
-            Op::Permute(_) => "permute",
-            Op::Reshape(_) => "reshape",
-            Op::Concat(_) => "concat",
-            Op::Slice(_) => "slice",
-            Op::Gather(_) => "gather",
-            Op::Cast(_) => "cast",
-            Op::FusedLinear(_) => "fused_linear",
-            Op::FusedElementwise(_) => "fused_elementwise",
-        }
+        self.kind().name()
     }
 
     /// Elementwise ops (same-position in, same-position out after broadcasting).

@@ -4,8 +4,6 @@
 //! with a symbolic size can only get zero padding (its padded size would not
 //! be a product of symbols).
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{err, ShapeError};
 use super::values::{elements, StridedOffsets};
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
@@ -89,10 +87,6 @@ impl OpKind for Pad {
             ),
             ("value", self.value.to_string()),
         ]
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 

@@ -10,8 +10,6 @@
 //! covers no input pixel (possible only with large dilation) gives -inf
 //! (max) or NaN (average without padding counted: 0 / 0).
 
-use std::hash::{Hash, Hasher};
-
 use super::math;
 use super::reduce::Reduce;
 use super::shape::{err, expect_dtype, ShapeError};
@@ -109,10 +107,6 @@ impl OpKind for Pool2d {
             attributes.push(("count_include_pad", count_include_pad.to_string()));
         }
         attributes
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 

@@ -1,4 +1,11 @@
-//! Reductions over axes: `sum`, `mean`, `max`.
+//! Reductions over axes: `sum`, `mean`, `max`. Sums accumulate in f64.
+
+use super::math::nan_max;
+use super::shape::{err, expect_axis, expect_dtype, ShapeError};
+use super::values::{elements, StridedOffsets};
+use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::{DType, Dim, TensorType};
+use crate::tensor::{strides, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
@@ -24,4 +31,152 @@ pub struct Reduce {
     pub op: ReduceOp,
     pub axes: Vec<usize>,
     pub keepdims: bool,
+}
+
+/// `[1, 2, 3]`, as the printer shows axis lists.
+pub(super) fn show_list(values: &[usize]) -> String {
+    let items: Vec<String> = values.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl OpKind for Reduce {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        (1, 1)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        let name = self.name();
+        let x = inputs[0];
+        expect_dtype(name, "operand", x, DType::F32)?;
+        let mut seen = vec![false; x.rank()];
+        for &a in &self.axes {
+            expect_axis(name, a, x)?;
+            if std::mem::replace(&mut seen[a], true) {
+                return err(format!("{name}: axis {a} is listed twice"));
+            }
+        }
+        let shape = x
+            .shape
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match (seen[i], self.keepdims) {
+                (false, _) => Some(d.clone()),
+                (true, true) => Some(Dim::known(1)),
+                (true, false) => None,
+            })
+            .collect();
+        Ok(TensorType::new(DType::F32, shape))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        reduce(self.op, inputs[0], &self.axes, out_shape)
+    }
+
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mut a = vec![("axes", show_list(&self.axes))];
+        if self.keepdims {
+            a.push(("keepdims", "true".to_string()));
+        }
+        a
+    }
+}
+
+/// `sum(x, axis=..., keepdims=false)`, `mean(...)`, `max(...)`: `axis` one
+/// int or a list; none reduces every axis.
+pub const BUILTIN: Builtin = Builtin {
+    names: &["sum", "mean", "max"],
+    lower,
+};
+
+fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned> {
+    let x = args.tensor()?;
+    let rank = args.operand_type(x).rank();
+    let axes = args
+        .int_list("axis", false)?
+        .unwrap_or_else(|| (0..rank as i64).collect());
+    let keepdims = args.bool("keepdims", false)?;
+    let mut resolved = Vec::with_capacity(axes.len());
+    for a in axes {
+        resolved.push(args.resolve_axis(a, rank)?);
+    }
+    resolved.sort_unstable();
+    let op = match name {
+        "sum" => ReduceOp::Sum,
+        "mean" => ReduceOp::Mean,
+        _ => ReduceOp::Max,
+    };
+    Ok((
+        Op::Reduce(Reduce {
+            op,
+            axes: resolved,
+            keepdims,
+        }),
+        vec![x],
+    ))
+}
+
+// ---- reference evaluation ----
+
+/// Sum, mean or max over `axes`. An empty `axes` reduces nothing (numpy's
+/// `axis=()`); an empty reduced axis gives 0 for sum, NaN for mean (0/0) and
+/// an error for max, which has no identity.
+pub(super) fn reduce(
+    op: ReduceOp,
+    x: &Tensor,
+    axes: &[usize],
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    let values = elements::<f32>(op.name(), x)?;
+    // The output with reduced axes kept as size 1; reading it with stride 0
+    // on those axes maps each input position to the output it folds into.
+    let kept_shape: Vec<usize> = (0..x.shape().len())
+        .map(|axis| {
+            if axes.contains(&axis) {
+                1
+            } else {
+                x.shape()[axis]
+            }
+        })
+        .collect();
+    let mut fold_strides = strides(&kept_shape);
+    for &axis in axes {
+        fold_strides[axis] = 0;
+    }
+    let out_len: usize = kept_shape.iter().product();
+    let count: usize = axes.iter().map(|&axis| x.shape()[axis]).product();
+    if op == ReduceOp::Max && count == 0 && out_len > 0 {
+        let axis = axes
+            .iter()
+            .copied()
+            .find(|&a| x.shape()[a] == 0)
+            .unwrap_or(0);
+        return Err(EvalError::EmptyMax { axis });
+    }
+    let init = match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f64::NEG_INFINITY,
+    };
+    let mut accumulators = vec![init; out_len];
+    for (&value, target) in values
+        .iter()
+        .zip(StridedOffsets::new(x.shape(), &fold_strides, 0))
+    {
+        let acc = &mut accumulators[target];
+        *acc = match op {
+            ReduceOp::Sum | ReduceOp::Mean => *acc + f64::from(value),
+            ReduceOp::Max => nan_max(*acc, f64::from(value)),
+        };
+    }
+    let out = accumulators
+        .into_iter()
+        .map(|acc| match op {
+            ReduceOp::Sum | ReduceOp::Max => acc as f32,
+            ReduceOp::Mean => (acc / count as f64) as f32,
+        })
+        .collect();
+    Ok(Tensor::f32(out_shape.to_vec(), out))
 }

@@ -8,8 +8,6 @@
 //! `resize_plane` is also how `runtime::image` resizes photos, so a model's
 //! declared preprocessing and this op resample alike.
 
-use std::hash::{Hash, Hasher};
-
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
@@ -92,10 +90,6 @@ impl OpKind for Resize {
             ("size", format!("[{}, {}]", self.size[0], self.size[1])),
             ("mode", mode.to_string()),
         ]
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 

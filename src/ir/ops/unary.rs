@@ -3,8 +3,6 @@
 //! `cos`, `relu6`, `hard_sigmoid`, `hard_swish`. Each is a built-in of the same name taking one tensor; the result
 //! has the operand's type.
 
-use std::hash::{Hash, Hasher};
-
 use super::math;
 use super::shape::{expect_dtype, ShapeError};
 use super::values::elements;
@@ -118,10 +116,6 @@ impl OpKind for UnaryOp {
             x.shape().to_vec(),
             values.iter().map(|&v| apply(*self, v)).collect(),
         ))
-    }
-
-    fn hash_attributes(&self, mut state: &mut dyn Hasher) {
-        self.hash(&mut state);
     }
 }
 
