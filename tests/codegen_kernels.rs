@@ -479,6 +479,118 @@ fn gemm_thread_count_does_not_change_bits_on(isa: Isa) {
     }
 }
 
+/// Every tier computes each output as the same sequential FMA chain and
+/// the wide tiers' activation epilogues (assembled at full width) repeat
+/// the baseline's f32x4 operation sequence, so on an FMA machine whole
+/// fused GEMMs agree bit for bit across tiers, including at the
+/// activations' edges (clamps, underflow to -0, inf, NaN, subnormals).
+/// The values reach the epilogue exactly: C = x * 1 (k = 1).
+#[test]
+fn gemm_epilogues_agree_bit_for_bit_across_tiers() {
+    let tiers = tiers();
+    let mut xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.005).collect();
+    xs.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-40,
+        -1e-40,
+        1e-8,
+        -1e-8,
+        13.999,
+        -13.999,
+        14.001,
+        -14.001,
+        -19.999,
+        -20.001,
+        -30.0,
+        44.0,
+        -44.0,
+        88.9,
+        -88.9,
+        104.1,
+        -104.1,
+        0.6249,
+        0.6251,
+        -0.6251,
+    ]);
+    let mut r = rng(41);
+    xs.extend((0..997).map(|_| r.random_range(-40.0f32..40.0)));
+    // n = 40: one full AVX-512 panel and a partial one (two full AVX2
+    // panels and a partial one), so both the in-place and the tile-copy
+    // epilogue paths run.
+    let (m, n) = (xs.len(), 40);
+    let b = vec![1.0f32; n];
+    let residual = random_vec(&mut rng(42), m * n);
+    let mut epilogues = Vec::new();
+    for activation in [
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::GeluTanh,
+    ] {
+        for residual in [false, true] {
+            epilogues.push(Epilogue {
+                bias: false,
+                activation: Some(activation),
+                residual,
+            });
+        }
+    }
+    let outputs: Vec<Vec<Vec<f32>>> = tiers
+        .iter()
+        .map(|&isa| {
+            let mut builder = builder_for(isa);
+            let ids: Vec<GemmId> = epilogues
+                .iter()
+                .map(|&e| builder.add_gemm(e).unwrap())
+                .collect();
+            let lib = builder.finish().unwrap();
+            let packed = PackedB::pack_for(
+                &MatrixRef::row_major(&b, 1, n).unwrap(),
+                lib.pack_layout(),
+            );
+            epilogues
+                .iter()
+                .zip(&ids)
+                .map(|(e, &id)| {
+                    let mut c = vec![0.0f32; m * n];
+                    lib.gemm(
+                        id,
+                        GemmArgs {
+                            a: MatrixRef::row_major(&xs, m, 1).unwrap(),
+                            b: packed.as_ref(),
+                            bias: None,
+                            residual: e.residual.then_some(residual.as_slice()),
+                            c: &mut c,
+                        },
+                        &Threads::single(),
+                    )
+                    .unwrap();
+                    c
+                })
+                .collect()
+        })
+        .collect();
+    let baseline = tiers.iter().position(|&t| t == Isa::Baseline).unwrap();
+    for (t, &isa) in tiers.iter().enumerate() {
+        for (e, epilogue) in epilogues.iter().enumerate() {
+            for (i, (&got, &want)) in outputs[t][e].iter().zip(&outputs[baseline][e]).enumerate() {
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{isa} {epilogue:?}: x = {:e} (column {}): {got:e} vs baseline {want:e}",
+                    xs[i / n],
+                    i % n
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_large_square_sampled() {
     for isa in tiers() {
@@ -1862,6 +1974,12 @@ fn row_reference(op: RowOp, row: &[f32], gain: &[f32], bias: &[f32]) -> Vec<f64>
 
 #[test]
 fn row_kernels_match_reference() {
+    for isa in tiers() {
+        row_kernels_match_reference_on(isa);
+    }
+}
+
+fn row_kernels_match_reference_on(isa: Isa) {
     let ops = [
         RowOp::Softmax,
         RowOp::LogSoftmax,
@@ -1870,7 +1988,7 @@ fn row_kernels_match_reference() {
         RowOp::Reduce(ReduceOp::Mean),
         RowOp::Reduce(ReduceOp::Max),
     ];
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    let mut builder = builder_for(isa);
     let ids: Vec<RowKernelId> = ops
         .iter()
         .map(|&op| builder.add_row_kernel(op).unwrap())
@@ -1917,7 +2035,7 @@ fn row_kernels_match_reference() {
                 .unwrap();
                 outs.push(out);
             }
-            assert!(bits_equal(&outs[0], &outs[1]), "{op:?} {rows}x{len}");
+            assert!(bits_equal(&outs[0], &outs[1]), "{isa} {op:?} {rows}x{len}");
             let per_row = if op.reduces() { 1 } else { len };
             for row in 0..rows {
                 let want = row_reference(op, &x[row * len..(row + 1) * len], &gain, &bias);
@@ -1932,7 +2050,7 @@ fn row_kernels_match_reference() {
                         4e-7 * (len as f64).sqrt().max(1.0) * w.abs().max(scale) + 1e-7 * scale;
                     assert!(
                         (g as f64 - w).abs() <= tol,
-                        "{op:?} {rows}x{len} row {row} [{i}]: {g} vs {w} (tol {tol:e})"
+                        "{isa} {op:?} {rows}x{len} row {row} [{i}]: {g} vs {w} (tol {tol:e})"
                     );
                 }
             }
@@ -1942,7 +2060,13 @@ fn row_kernels_match_reference() {
 
 #[test]
 fn row_kernels_edge_cases() {
-    let mut builder = KernelLibraryBuilder::new().unwrap();
+    for isa in tiers() {
+        row_kernels_edge_cases_on(isa);
+    }
+}
+
+fn row_kernels_edge_cases_on(isa: Isa) {
+    let mut builder = builder_for(isa);
     let max = builder
         .add_row_kernel(RowOp::Reduce(ReduceOp::Max))
         .unwrap();
@@ -1990,6 +2114,35 @@ fn row_kernels_edge_cases() {
     let mut out = [0.0f32; 3];
     run(softmax, &[1000.0, 1000.0, -1000.0], 1, 3, &mut out).unwrap();
     assert_eq!(out, [0.5, 0.5, 0.0]);
+    // A NaN anywhere in a row makes that whole row NaN, and only that row.
+    for len in [3usize, 16, 37] {
+        for at in [0, len / 2, len - 1] {
+            let mut x: Vec<f32> = (0..2 * len).map(|i| (i % 7) as f32).collect();
+            x[at] = f32::NAN;
+            let mut out = vec![0.0f32; 2 * len];
+            run(softmax, &x, 2, len, &mut out).unwrap();
+            assert!(out[..len].iter().all(|v| v.is_nan()), "{isa} {len} {at}");
+            assert!(out[len..].iter().all(|v| v.is_finite()), "{isa} {len} {at}");
+        }
+    }
+    // Rows of every length up to three vectors and a half: nothing past the
+    // rows is read (a NaN there would poison the last row) or written.
+    for len in 1..=56usize {
+        let rows = 3;
+        let total = rows * len;
+        let mut x: Vec<f32> = (0..total).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        x.extend([f32::NAN; 16]);
+        let mut out = vec![f32::NAN; total];
+        out.extend([-7.0f32; 16]);
+        let (head, guard) = out.split_at_mut(total);
+        run(softmax, &x[..total], rows, len, head).unwrap();
+        assert!(guard.iter().all(|&v| v == -7.0), "{isa} len {len}: wrote past the rows");
+        for row in head.chunks(len) {
+            let sum: f32 = row.iter().sum();
+            assert!(row.iter().all(|v| v.is_finite()), "{isa} len {len}: {row:?}");
+            assert!((sum - 1.0).abs() < 1e-5, "{isa} len {len}: sum {sum}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- library
@@ -2046,7 +2199,11 @@ fn clif_text_is_deterministic() {
         Isa::Avx512 => "gemm_avx512_12x1",
     };
     assert!(a.clif_text().contains(&format!("; kernel {full}\n")));
-    assert!(a.clif_text().contains("; kernel gemm_epilogue_tanh\n"));
+    let tanh_pass = match a.isa() {
+        Isa::Baseline => "gemm_epilogue_tanh".to_string(),
+        isa => format!("gemm_{isa}_epilogue_tanh"),
+    };
+    assert!(a.clif_text().contains(&format!("; kernel {tanh_pass}\n")));
     assert!(a.kernels().iter().any(|k| k.name == "layer_norm_eps1e-5"));
 }
 
@@ -2066,6 +2223,31 @@ fn asm_snapshot_of_an_avx2_micro_kernel() {
         .iter()
         .find(|k| k.name == "gemm_avx2_6x1")
         .expect("the 6-row AVX2 kernel");
+    insta::assert_snapshot!(kernel.text());
+}
+
+/// The full-width erf-GELU epilogue (the tile pass) as assembled for AVX2:
+/// the listing stops where the constant table starts.
+#[test]
+fn asm_snapshot_of_the_avx2_gelu_epilogue() {
+    if !tiers().contains(&Isa::Avx2) {
+        eprintln!("this CPU lacks the avx2 tier: no snapshot to compare");
+        return;
+    }
+    let mut builder = builder_for(Isa::Avx2);
+    builder
+        .add_gemm(Epilogue {
+            bias: true,
+            activation: Some(Activation::Gelu),
+            residual: true,
+        })
+        .unwrap();
+    let lib = builder.finish().unwrap();
+    let kernel = lib
+        .kernels()
+        .iter()
+        .find(|k| k.name == "gemm_avx2_epilogue_gelu")
+        .expect("the AVX2 GELU epilogue");
     insta::assert_snapshot!(kernel.text());
 }
 

@@ -50,6 +50,8 @@ VENV = HERE / ".venv"
 REQUIRED = ["numpy", "onnxruntime", "onnx", "threadpoolctl", "safetensors"]
 OPTIONAL = ["tract"]
 LAMINA = REPO / "target" / "release" / "lamina"
+# `--lamina-before`: a second lamina binary measured in the same rounds.
+BEFORE = ""
 
 SGEMM_SIZES = [64, 128, 256, 512, 1024]
 MLP_BATCHES = [1, 8, 64, 256]
@@ -460,10 +462,13 @@ def check_worker(spec: dict) -> dict:
 # --------------------------------------------------------------------- driver
 
 
-def configurations(only: set, with_tract: bool, isas: list) -> list:
+def configurations(only: set, with_tract: bool, isas: list, before: str = "") -> list:
     configs = []
     # One lamina configuration per kernel tier asked for (`None`: its default).
     laminas = [f"lamina@{isa}" for isa in isas] if isas else ["lamina"]
+    if before:
+        # The same configurations of another build, measured in the same rounds.
+        laminas += [f"lamina-before@{isa}" for isa in isas] if isas else ["lamina-before"]
     if "sgemm" in only:
         for n in SGEMM_SIZES:
             for t in THREADS:
@@ -486,7 +491,8 @@ def configurations(only: set, with_tract: bool, isas: list) -> list:
 
 def lamina_command(config: dict, runs: int, min_time: float) -> list:
     kind, size = config["kind"], config["size"]
-    command = [str(LAMINA), "bench", str(REPO / "models" / "bench" / f"{kind}.lam"), "--json",
+    binary = BEFORE if config["engine"].startswith("lamina-before") else str(LAMINA)
+    command = [binary, "bench", str(REPO / "models" / "bench" / f"{kind}.lam"), "--json",
                "--threads", str(config["threads"]), "--runs", str(runs), "--min-time", str(min_time)]
     if kind == "sgemm":
         command += ["--bind", f"m={size}", "--bind", f"k={size}", "--bind", f"n={size}"]
@@ -637,14 +643,18 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
 
 
 def tier_reports(summary: dict, only: set, with_tract: bool, isas: list) -> list:
-    """The tables and targets once per lamina tier, each against the same peer rows."""
-    if not isas:
-        return [report(summary, only, with_tract), targets(summary)]
+    """The tables and targets once per lamina tier (and per build, with
+    --lamina-before), each against the same peer rows."""
     out = []
-    for isa in isas:
-        view = {k: v for k, v in summary.items() if not k[3].startswith("lamina")}
-        view.update({(k[0], k[1], k[2], "lamina"): v for k, v in summary.items() if k[3] == f"lamina@{isa}"})
-        out += [f"## lamina `--isa {isa}`", "", report(view, only, with_tract), targets(view)]
+    for build in ("lamina", "lamina-before"):
+        for isa in isas or [None]:
+            engine = f"{build}@{isa}" if isa else build
+            if not any(k[3] == engine for k in summary):
+                continue
+            view = {k: v for k, v in summary.items() if not k[3].startswith("lamina")}
+            view.update({(k[0], k[1], k[2], "lamina"): v for k, v in summary.items() if k[3] == engine})
+            title = f"## lamina{f' `--isa {isa}`' if isa else ''}{f' (before: {BEFORE})' if build != 'lamina' else ''}"
+            out += [title, "", report(view, only, with_tract), targets(view)]
     return out
 
 
@@ -690,6 +700,7 @@ def targets(summary: dict) -> str:
 
 
 def main() -> None:
+    global BEFORE, LAMINA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--check-worker", help=argparse.SUPPRESS)
@@ -703,6 +714,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write all results")
     parser.add_argument("--isa", default="", help="comma-separated lamina kernel tiers to measure in the same run "
                         "(avx512, avx2, baseline), one table set each [default: lamina's default tier only]")
+    parser.add_argument("--lamina", default="", help="the lamina binary to measure [default: target/release/lamina, "
+                        "built first unless --no-build]")
+    parser.add_argument("--lamina-before", default="", help="another lamina binary (e.g. a copy of the build before a "
+                        "change) measured in the same rounds, reported in its own tables")
     parser.add_argument("--sizes", default="", help="override the sizes, e.g. sgemm=64:512:1024,mlp=1:64,encoder=1")
     args = parser.parse_args()
 
@@ -732,9 +747,16 @@ def main() -> None:
             ENCODER_BATCHES = sizes
         else:
             parser.error(f"--sizes: unknown kind {kind}")
+    BEFORE = args.lamina_before
+    if args.lamina:
+        LAMINA = Path(args.lamina).resolve()
+        if not LAMINA.is_file():
+            parser.error(f"--lamina: no file {LAMINA}")
+    if BEFORE and not Path(BEFORE).is_file():
+        parser.error(f"--lamina-before: no file {BEFORE}")
     installed = ensure_venv(with_tract=not args.no_tract)
     with_tract = bool(installed.get("tract")) and not args.no_tract
-    if not args.no_build:
+    if not args.no_build and not args.lamina:
         build_lamina()
     machine = machine_line()
     print(f"machine: {machine}", file=sys.stderr)
@@ -754,7 +776,7 @@ def main() -> None:
             if worst > 1e-4:
                 sys.exit(f"{kind}: engines disagree with the float64 reference ({checks[kind]})")
 
-    configs = configurations(only, with_tract, isas)
+    configs = configurations(only, with_tract, isas, BEFORE)
     samples: dict = {}
     started = time.time()
     for r in range(args.rounds):

@@ -139,6 +139,12 @@ pub(crate) fn emit_unary(e: &mut Emitter<'_, '_>, op: UnaryOp, x: Value) -> Valu
     }
 }
 
+/// Whether the code generator takes `expr` over `inputs` inputs (the
+/// planner asks before choosing this kernel for a node).
+pub fn supports(expr: &ElementwiseExpr, inputs: usize) -> Result<(), CodegenError> {
+    validate(expr, inputs)
+}
+
 /// Checks step references and that the result is f32, before any code is
 /// emitted (a malformed expression must be an error, not a panic).
 fn validate(expr: &ElementwiseExpr, inputs: usize) -> Result<(), CodegenError> {

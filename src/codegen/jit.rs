@@ -11,6 +11,7 @@ use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, L
 
 use super::constants::ConstantTable;
 use super::simd::{ConstantPool, Emitter};
+use super::wide_math::Assembled;
 use super::target::{Isa, Target};
 use super::CodegenError;
 
@@ -238,7 +239,7 @@ impl JitBuilder {
         &mut self,
         name: &str,
         params: usize,
-        code: &[u8],
+        code: &Assembled,
     ) -> Result<KernelSlot, CodegenError> {
         let pointer = self.module.target_config().pointer_type();
         let mut signature = self.module.make_signature();
@@ -252,18 +253,24 @@ impl JitBuilder {
         // 64: a cache line, so a kernel's hot loop never straddles one more
         // than it must.
         self.module
-            .define_function_bytes(id, 64, code, &[])
+            .define_function_bytes(id, 64, &code.bytes, &[])
             .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
         self.ids.push(id);
         self.infos.push(KernelInfo {
             name: name.to_string(),
             clif: format!(
-                "; {} bytes of assembled {} machine code\n",
-                code.len(),
-                self.isa
+                "; {} bytes of assembled {} machine code{}\n",
+                code.code_len,
+                self.isa,
+                match code.bytes.len() - code.code_len {
+                    0 => String::new(),
+                    data => format!(" + {data} bytes of padding and constants"),
+                }
             ),
-            disassembly: self.keep_disassembly.then(|| x86_listing(code)),
-            code: Some(code.into()),
+            disassembly: self
+                .keep_disassembly
+                .then(|| x86_listing(&code.bytes[..code.code_len])),
+            code: Some(code.bytes[..code.code_len].into()),
         });
         Ok(KernelSlot(self.ids.len() - 1))
     }

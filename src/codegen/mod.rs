@@ -140,11 +140,13 @@ mod jit;
 mod library;
 mod loops;
 mod rows;
+mod rows_wide;
 mod simd;
 pub mod target;
 mod threads;
+mod wide_math;
 
-pub use elementwise::{ElementwiseArgs, InnerStride, TensorView};
+pub use elementwise::{supports as elementwise_supports, ElementwiseArgs, InnerStride, TensorView};
 pub use gemm::{
     packed_b_len, packed_b_len_for, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, MatrixRef,
     PackLayout, PackedB, PackedBRef, KC_MAX,

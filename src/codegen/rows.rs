@@ -10,6 +10,7 @@ use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Value};
 use super::jit::{JitBuilder, KernelSlot};
 use super::loops::run_loop;
 use super::simd::{Emitter, F32X4, I64};
+use super::target::Isa;
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
 use crate::ir::{Op, ReduceOp};
@@ -530,7 +531,13 @@ pub(crate) fn compile(jit: &mut JitBuilder, op: RowOp) -> Result<RowSlot, Codege
             return Err(CodegenError::Unsupported(format!("layer_norm eps {eps}")));
         }
     }
-    let slot = jit.define(&op.name(), 6, |e, p| emit_row_op(e, p, op))?;
+    let isa = jit.isa();
+    let slot = if op == RowOp::Softmax && isa != Isa::Baseline {
+        let code = super::rows_wide::assemble_softmax(isa)?;
+        jit.define_bytes(&format!("{}_{isa}", op.name()), 6, &code)?
+    } else {
+        jit.define(&op.name(), 6, |e, p| emit_row_op(e, p, op))?
+    };
     Ok(RowSlot { slot, op })
 }
 
@@ -554,7 +561,8 @@ impl RowSlot {
         assert_ne!(address, 0, "finalized function has a null address");
         RowKernel {
             // SAFETY: compiled by `compile` with six pointer-sized
-            // parameters and no results.
+            // parameters and no results (or, for the wide tiers' softmax,
+            // assembled for exactly this signature under System V).
             f: unsafe { std::mem::transmute::<usize, RowFn>(address) },
             op: self.op,
         }

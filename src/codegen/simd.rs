@@ -37,16 +37,16 @@ fn lane_cast_flags() -> MemFlagsData {
 }
 
 // Cephes-style single precision constants.
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split so that `n * LN2_HI` is exact for the |n| <= 150 that occur.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-const ROUND_MAGIC_BITS: i32 = 0x4B40_0000;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC_BITS: i32 = 0x4B40_0000;
 
 /// exp(r) = 1 + r + r^2 * P(r) on |r| <= ln2/2, highest power first.
-const EXP_POLY: [f32; 6] = [
+pub(crate) const EXP_POLY: [f32; 6] = [
     1.987_569_1e-4,
     1.398_2e-3,
     8.333_452e-3,
@@ -69,7 +69,7 @@ const LOG_POLY: [f32; 9] = [
 ];
 
 /// tanh(x) = x + x^3 * P(x^2) on |x| < 0.625.
-const TANH_POLY: [f32; 5] = [
+pub(crate) const TANH_POLY: [f32; 5] = [
     -5.704_988_7e-3,
     2.063_909e-2,
     -5.373_971_6e-2,
@@ -97,9 +97,9 @@ const ERF_SMALL: [f32; 7] = [
 /// erfc(z) = t e^{-z^2} Q(t) with t = 1 / (1 + 0.3 z), for 0 <= z <= 10;
 /// Q as a polynomial in (t - 0.625). Fit error 2e-8 relative; evaluated in
 /// f32 about 4e-7 (the rounding of t is amplified ~4x near z = 0).
-const ERFC_T_SCALE: f32 = 0.3;
-const ERFC_Q_CENTER: f32 = 0.625;
-const ERFC_Q: [f32; 9] = [
+pub(crate) const ERFC_T_SCALE: f32 = 0.3;
+pub(crate) const ERFC_Q_CENTER: f32 = 0.625;
+pub(crate) const ERFC_Q: [f32; 9] = [
     -0.129_524_34,
     -0.162_051_26,
     0.195_404_57,
@@ -113,7 +113,7 @@ const ERFC_Q: [f32; 9] = [
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// sqrt(2 / pi), for the tanh form of GELU.
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+pub(crate) const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 /// Where a function's vector constants live: the module's constant table,
 /// reached through the function's global value for it.

@@ -292,11 +292,22 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
     Ok(MicroSlots { isa, narrow, wide })
 }
 
-/// The tile pass applying a transcendental activation (and the residual).
+/// The tile pass applying a transcendental activation (and the residual):
+/// Cranelift f32x4 code on the baseline tier, full-width machine code
+/// (`wide::assemble_tile_pass`) on the wide tiers.
 pub(crate) fn compile_tile_pass(
     jit: &mut JitBuilder,
     activation: Activation,
 ) -> Result<KernelSlot, CodegenError> {
+    let isa = jit.isa();
+    if isa != Isa::Baseline {
+        let code = wide::assemble_tile_pass(isa, activation)?;
+        return jit.define_bytes(
+            &format!("gemm_{isa}_epilogue_{}", activation.name()),
+            TILE_PASS_PARAMS,
+            &code,
+        );
+    }
     jit.define(
         &format!("gemm_epilogue_{}", activation.name()),
         TILE_PASS_PARAMS,
@@ -396,7 +407,9 @@ impl GemmSlots {
                 let address = addresses[s.0];
                 assert_ne!(address, 0, "finalized function has a null address");
                 // SAFETY: compiled by `emit_tile_pass` with TILE_PASS_PARAMS
-                // pointer-sized integer parameters and no results.
+                // pointer-sized integer parameters and no results, or
+                // assembled by `wide::assemble_tile_pass` for exactly this
+                // signature under System V (the wide tiers' only ABI).
                 unsafe { std::mem::transmute::<usize, TilePassFn>(address) }
             }),
             micro_flags,
@@ -406,8 +419,9 @@ impl GemmSlots {
 }
 
 thread_local! {
-    /// Packed A panel of the current micro-kernel call (mr x KC_MAX).
-    static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed A of the current M chunk (see `pack_a_chunk`): grows to the
+    /// largest chunk a thread has run, then is reused.
+    static A_CHUNK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Job<'a> {
@@ -526,9 +540,13 @@ impl GemmKernels {
         if !runs_parallel(m, n, k, threads.count()) {
             // The per-inference path on one thread: no task list, so a call
             // allocates nothing.
-            for panels in sequential_blocks(n, k, pw) {
-                run_task(&job, &Task { rows: 0..m, panels });
-            }
+            run_task(
+                &job,
+                &Task {
+                    rows: 0..m,
+                    panels: 0..panel_count(n, pw),
+                },
+            );
             return Ok(());
         }
         let (tasks, _) = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
@@ -600,21 +618,65 @@ fn plan_tasks(
     (tasks, true)
 }
 
+/// Packed A a task keeps per M chunk (every K block of the chunk's rows),
+/// in f32: 96 rows x 1024 deep (384 KiB, in L2 beside the task's B block).
+/// A is then packed once per chunk, not once per N block.
+const A_CHUNK_BUDGET: usize = MC * 1024;
+
+/// Rows per M chunk for depth `k`: `MC`, fewer for deep products so the
+/// packed chunk stays within `A_CHUNK_BUDGET` (never fewer than `mr`).
+fn chunk_rows(k: usize, mr: usize) -> usize {
+    let rows = (A_CHUNK_BUDGET / k.max(1)).clamp(mr, MC);
+    rows - rows % mr
+}
+
+/// The N blocks of a panel range: as wide as the L2 budget allows, even.
+fn n_blocks(panels: Range<usize>, nc: usize) -> impl Iterator<Item = Range<usize>> {
+    let len = panels.len();
+    let chunk = len.div_ceil(len.div_ceil(nc).max(1)).max(1);
+    panels
+        .clone()
+        .step_by(chunk)
+        .map(move |start| start..(start + chunk).min(panels.end))
+}
+
 fn run_task(job: &Job<'_>, task: &Task) {
-    A_PANEL.with(|cell| {
-        let mut a_panel = cell.borrow_mut();
-        if a_panel.len() < MAX_MR * KC_MAX {
-            a_panel.resize(MAX_MR * KC_MAX, 0.0);
+    let micro = &job.kernels.micro;
+    let pw = micro.layout.panel_width();
+    let rows_per_chunk = chunk_rows(job.k, micro.mr);
+    A_CHUNK.with(|cell| {
+        let mut a_chunk = cell.borrow_mut();
+        // At most `mr` rows beyond the budget (deep products), and never
+        // more rows than A has.
+        let needed = rows_per_chunk.min(task.rows.len()) * job.k;
+        if a_chunk.len() < needed {
+            a_chunk.resize(needed, 0.0);
         }
-        for chunk in (task.rows.start..task.rows.end).step_by(MC) {
-            let chunk = chunk..(chunk + MC).min(task.rows.end);
-            run_chunk(job, chunk, task.panels.clone(), &mut a_panel);
+        for start in task.rows.clone().step_by(rows_per_chunk) {
+            let chunk = start..(start + rows_per_chunk).min(task.rows.end);
+            let packed = &mut a_chunk[..chunk.len() * job.k];
+            // The first N block packs each row panel just before its first
+            // use (so small products keep the panel hot in L1); later N
+            // blocks reuse the packed chunk.
+            for (i, panels) in n_blocks(task.panels.clone(), nc_panels(job.k, pw)).enumerate() {
+                run_chunk(job, chunk.clone(), panels, packed, i == 0);
+            }
         }
     });
 }
 
 /// All K blocks of rows `rows` x panels `panels`, with the C tile kept hot.
-fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_panel: &mut [f32]) {
+/// `a_chunk` holds those rows of A packed for every K block: block `p`
+/// (depth `k0..k0 + kcp`) at `k0 * rows.len()`, in it the row panel
+/// starting at row `i0` at `(i0 - rows.start) * kcp`, laid out `[kcp][r]`;
+/// `pack` fills each panel right before its first use.
+fn run_chunk(
+    job: &Job<'_>,
+    rows: Range<usize>,
+    panels_range: Range<usize>,
+    a_chunk: &mut [f32],
+    pack: bool,
+) {
     let (n, k) = (job.n, job.k);
     let kc = k_block(k);
     let blocks = if k == 0 { 1 } else { k.div_ceil(kc) };
@@ -641,8 +703,11 @@ fn run_chunk(job: &Job<'_>, rows: Range<usize>, panels_range: Range<usize>, a_pa
         let mut i0 = rows.start;
         while i0 < rows.end {
             let r = micro.mr.min(rows.end - i0);
-            let packed_a = &mut a_panel[..r * kcp];
-            pack_a_panel(&job.a, i0, r, k0, packed_a);
+            let at = k0 * rows.len() + (i0 - rows.start) * kcp;
+            let packed_a = &mut a_chunk[at..at + r * kcp];
+            if pack {
+                pack_a_panel(&job.a, i0, r, k0, packed_a);
+            }
             let packed_a: &[f32] = packed_a;
             let narrow = micro.narrow[r - 1];
             let (vecs, wide) = micro.wide[r - 1];

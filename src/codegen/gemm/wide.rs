@@ -20,18 +20,10 @@
 use iced_x86::code_asm::*;
 
 use super::microkernel::{FLAG_ACCUMULATE, FLAG_BIAS, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL};
+use super::Activation;
 use crate::codegen::target::Isa;
+use crate::codegen::wide_math::{asm_err, Assembled, Scratch, VecAsm, WideActivation, YMM, ZMM};
 use crate::codegen::CodegenError;
-
-const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
-    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
-    zmm28, zmm29, zmm30, zmm31,
-];
-const YMM: [AsmRegisterYmm; 16] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
-    ymm15,
-];
 
 /// Columns per packed B panel for a tier: two vector registers wide, so a
 /// k step of one row is two independent FMA chains per panel.
@@ -66,10 +58,6 @@ pub(crate) fn wide_panels(isa: Isa, rows: usize) -> usize {
         (Isa::Avx2, 2) => 2,
         _ => 1,
     }
-}
-
-fn asm_err(e: IcedError) -> CodegenError {
-    CodegenError::Assembler(e.to_string())
 }
 
 /// Vector registers of one kernel: accumulators `acc(i, v, h)` (row i,
@@ -318,7 +306,7 @@ impl Asm {
 
 /// The machine code of one micro-kernel (position-independent, no
 /// relocations) and its instruction listing.
-pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Vec<u8>, CodegenError> {
+pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Assembled, CodegenError> {
     let l = Layout { isa, rows, panels };
     if isa == Isa::Baseline || rows == 0 || panels == 0 || panels > 4 || !l.fits() {
         return Err(CodegenError::Unsupported(format!(
@@ -330,7 +318,88 @@ pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Vec<u8>, 
         l,
     };
     asm.body().map_err(asm_err)?;
-    asm.a.assemble(0).map_err(asm_err)
+    let bytes = asm.a.assemble(0).map_err(asm_err)?;
+    Ok(Assembled {
+        code_len: bytes.len(),
+        bytes,
+    })
+}
+
+/// The transcendental epilogue at full width: the tile pass of
+/// `microkernel::emit_tile_pass` (same signature, `(c, residual, ldc,
+/// rows, vecs, flags)` with `vecs` counted in f32x4 units, System V), for
+/// a tile the micro-kernel has just stored (so it is in L1):
+/// `c = act(c) (+ residual if flags & FLAG_RESIDUAL)`. The driver only
+/// passes tiles a whole number of vectors wide (full panels, or the
+/// panel-wide tile copy at the N edge).
+pub(crate) fn assemble_tile_pass(
+    isa: Isa,
+    activation: Activation,
+) -> Result<Assembled, CodegenError> {
+    let f = match activation {
+        Activation::Sigmoid => WideActivation::Sigmoid,
+        Activation::Tanh => WideActivation::Tanh,
+        Activation::Gelu => WideActivation::Gelu,
+        Activation::GeluTanh => WideActivation::GeluTanh,
+        Activation::Relu => {
+            return Err(CodegenError::Unsupported(
+                "relu as a tile pass (it runs inside the micro-kernel)".to_string(),
+            ))
+        }
+    };
+    VecAsm::assemble(isa, |v| {
+        let vb = v.vec_bytes();
+        // Registers of one vector's evaluation: the value and its scratch.
+        let scratch = Scratch {
+            temps: [1, 2, 3, 4, 5, 6, 7, 8],
+            mask_vector: 9,
+        };
+        // AVX-512 evaluates two vectors interleaved (registers 0-9 and
+        // 16-25, masks k1 and k2): each is a ~60-instruction dependency
+        // chain, and interleaving gives the scheduler independent work.
+        // Rows are a whole number of panels, i.e. of 2 vectors.
+        let (groups, stride) = match isa {
+            Isa::Avx512 => (2, 16),
+            _ => (1, 0),
+        };
+        v.set_groups(groups, stride);
+        let step = vb * groups as i32;
+        let mut row = v.a.create_label();
+        let mut col = v.a.create_label();
+        let mut store = v.a.create_label();
+        let mut done = v.a.create_label();
+        // rdi c, rsi residual, rdx ldc (bytes), rcx rows, r8 vecs, r9 flags.
+        v.a.test(rcx, rcx)?;
+        v.a.jz(done)?;
+        v.a.mov(r10, r8)?;
+        v.a.shl(r10, 4)?;
+        v.a.set_label(&mut row)?;
+        v.a.xor(r11d, r11d)?;
+        v.a.set_label(&mut col)?;
+        for g in 0..groups {
+            v.load(g * stride, rdi + r11 + g as i32 * vb)?;
+        }
+        v.activation(f, 0, &scratch)?;
+        v.a.test(r9, FLAG_RESIDUAL as i32)?;
+        v.a.jz(store)?;
+        for g in 0..groups {
+            v.add_mem(g * stride, rsi + r11 + g as i32 * vb)?;
+        }
+        v.a.set_label(&mut store)?;
+        for g in 0..groups {
+            v.store(rdi + r11 + g as i32 * vb, g * stride)?;
+        }
+        v.a.add(r11, step)?;
+        v.a.cmp(r11, r10)?;
+        v.a.jb(col)?;
+        v.a.add(rdi, rdx)?;
+        v.a.add(rsi, rdx)?;
+        v.a.dec(rcx)?;
+        v.a.jnz(row)?;
+        v.a.set_label(&mut done)?;
+        v.a.vzeroupper()?;
+        v.a.ret()
+    })
 }
 
 #[cfg(test)]
@@ -344,7 +413,7 @@ mod tests {
                 for panels in [1, wide_panels(isa, rows)] {
                     let l = Layout { isa, rows, panels };
                     assert!(l.fits(), "{isa} {rows}x{panels}");
-                    let code = assemble(isa, rows, panels).unwrap();
+                    let code = assemble(isa, rows, panels).unwrap().bytes;
                     // Ends with vzeroupper; ret.
                     assert_eq!(&code[code.len() - 4..], &[0xc5, 0xf8, 0x77, 0xc3]);
                 }

@@ -13,9 +13,12 @@
 //! `Arc`; each concurrent run takes its own arena from a pool. After the
 //! first run for a shape, `run_into` allocates nothing (single thread).
 
+mod candidates;
 mod copy;
 mod memory;
 mod plan;
+
+pub use candidates::{candidate_names, candidate_runs_on};
 
 use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
@@ -24,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::{
-    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackLayout,
-    PackedB, PackedBRef, RowArgs, Target, TensorView, Threads,
+    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackedB,
+    PackedBRef, RowArgs, Target, TensorView, Threads,
 };
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
@@ -180,6 +183,7 @@ pub struct CompiledModel {
     prepacked: HashMap<NodeId, PackedB>,
     /// The kernel tier: fixes the packing of `prepacked` and every plan's kernels.
     isa: Isa,
+    only_kernel: Option<&'static str>,
     threads: Threads,
     /// Symbols the parameters' shapes fix (`param embed: f32[vocab, 384]`).
     param_bindings: Bindings,
@@ -194,6 +198,8 @@ pub struct PlanInfo {
     pub arena_bytes: usize,
     pub steps: usize,
     pub native_steps: usize,
+    /// The kernel candidate of each step, in order.
+    pub step_kernels: Vec<&'static str>,
     pub kernels: usize,
     pub clif: String,
 }
@@ -239,7 +245,8 @@ impl CompiledModel {
         }
         .map_err(CodegenError::from)?
         .isa;
-        let layout = PackLayout::for_isa(isa);
+        // Weights are packed for the GEMM candidate plans of this tier use.
+        let layout = candidates::gemm_for(isa).pack_layout();
         let mut prepacked = HashMap::new();
         for id in graph.node_ids() {
             let transpose_b = match &graph.node(id).op {
@@ -280,6 +287,7 @@ impl CompiledModel {
             weight_index,
             prepacked,
             isa,
+            only_kernel: None,
             threads,
             param_bindings,
             plans: Mutex::new(Vec::new()),
@@ -372,6 +380,7 @@ impl CompiledModel {
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
             isa: self.isa,
+            only: self.only_kernel,
         };
         // Kernel sets of earlier plans, newest first, each once.
         let mut reusable: Vec<Arc<KernelSet>> = Vec::new();
@@ -401,6 +410,18 @@ impl CompiledModel {
 
     /// Replaces the memory budget (the default is a share of physical RAM)
     /// that each new plan's arena, boxed values and weights must fit.
+    /// Plans every node with the kernel candidate `name` (one of
+    /// [`candidate_names`]) when it takes the node, else on the interpreter;
+    /// `None` restores the cheapest choice. For the candidates' conformance
+    /// tests. Plans made before are dropped.
+    pub fn set_only_kernel(&mut self, name: Option<&'static str>) {
+        self.only_kernel = name;
+        self.plans
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn set_memory_budget(&mut self, budget: MemoryBudget) {
         self.budget = budget;
     }
@@ -433,6 +454,7 @@ impl CompiledModel {
             arena_bytes: plan.arena_len * 4 + boxed_bytes(plan),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
+            step_kernels: plan.step_kernels.clone(),
             kernels: plan.kernels.library.kernels().len(),
             clif: plan.kernels.library.clif_text(),
         })

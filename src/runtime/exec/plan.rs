@@ -4,21 +4,19 @@
 //! Every decision that depends on shapes is made here, once per set of
 //! input shapes; running a plan only follows it.
 
-use crate::ir::ops::{
-    Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Param,
-    Permute, Reduce, Slice, Softmax,
-};
+use crate::ir::ops::{Cast, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::candidates::{gemm_for, Interpreter, KernelCandidate, NodeSite, CANDIDATES};
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::{
     packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
-    Isa, KernelLibrary, KernelLibraryBuilder, PackLayout, PackedB, RowKernelId, RowOp,
+    Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
-use crate::ir::{Bindings, DType, ElementwiseExpr, ExprStep, Graph, NodeId, Op, TensorType};
+use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
 
 /// Steps read at most this many operands natively (views live on the stack).
@@ -140,6 +138,15 @@ pub struct Plan {
     pub outputs: Vec<(String, Loc, DType, Vec<usize>)>,
     /// How many steps run natively vs on the interpreter.
     pub native_steps: usize,
+    /// The kernel candidate each step came from (same order as `steps`).
+    pub step_kernels: Vec<&'static str>,
+}
+
+impl Planner<'_> {
+    /// The concrete shape of a node.
+    pub(super) fn shape(&self, id: NodeId) -> Vec<usize> {
+        shape(self.graph, id)
+    }
 }
 
 /// The concrete shape of a node (the graph is concretized, so all dims are known).
@@ -189,7 +196,7 @@ struct KernelIndex {
 }
 
 /// Why planning steps stopped.
-enum StepError {
+pub(super) enum StepError {
     /// The kernel set being reused lacks a kernel: plan again, compiling.
     NeedsNewKernels,
     Exec(ExecError),
@@ -209,7 +216,7 @@ impl From<CodegenError> for StepError {
 
 /// Hands out kernels for the steps: from an existing set only (`builder`
 /// is `None`), or compiling each distinct one once.
-struct Kernels {
+pub(super) struct Kernels {
     builder: Option<KernelLibraryBuilder>,
     index: KernelIndex,
 }
@@ -240,7 +247,7 @@ impl Kernels {
         self.builder.as_mut().ok_or(StepError::NeedsNewKernels)
     }
 
-    fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, StepError> {
+    pub(super) fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, StepError> {
         if let Some((_, id)) = self.index.gemms.iter().find(|(e, _)| *e == epilogue) {
             return Ok(*id);
         }
@@ -250,7 +257,7 @@ impl Kernels {
     }
 
     /// `Ok(None)` when the expression has no native kernel.
-    fn elementwise(
+    pub(super) fn elementwise(
         &mut self,
         expr: &ElementwiseExpr,
         strides: &[InnerStride],
@@ -272,7 +279,7 @@ impl Kernels {
         Ok(id)
     }
 
-    fn row(&mut self, op: RowOp) -> Result<RowKernelId, StepError> {
+    pub(super) fn row(&mut self, op: RowOp) -> Result<RowKernelId, StepError> {
         if let Some((_, id)) = self.index.rows.iter().find(|(o, _)| *o == op) {
             return Ok(*id);
         }
@@ -300,6 +307,8 @@ pub struct Planner<'a> {
     pub prepacked: &'a HashMap<NodeId, PackedB>,
     /// The kernel tier (the one `prepacked` was packed for).
     pub isa: Isa,
+    /// Only this kernel candidate (and the interpreter), for tests.
+    pub only: Option<&'static str>,
 }
 
 impl Planner<'_> {
@@ -404,7 +413,7 @@ impl Planner<'_> {
             if let Some((k, n)) = self.per_run_pack(id) {
                 scratch_of.insert(id, buffers.len());
                 buffers.push(Lifetime {
-                    len: packed_b_len_for(k, n, PackLayout::for_isa(self.isa)),
+                    len: packed_b_len_for(k, n, gemm_for(self.isa).pack_layout()),
                     first: step,
                     last: step,
                 });
@@ -459,6 +468,7 @@ impl Planner<'_> {
                 (steps, Arc::new(kernels.finish()?))
             }
         };
+        let (steps, step_kernels): (Vec<Step>, Vec<&'static str>) = steps.into_iter().unzip();
         let native_steps = steps
             .iter()
             .filter(|s| !matches!(s, Step::Fallback { .. }))
@@ -478,6 +488,7 @@ impl Planner<'_> {
             boxed,
             outputs,
             native_steps,
+            step_kernels,
         })
     }
 
@@ -498,7 +509,7 @@ impl Planner<'_> {
         nodes: &[NodeId],
         loc: &HashMap<NodeId, Loc>,
         scratch: &HashMap<NodeId, Loc>,
-    ) -> Result<Vec<Step>, StepError> {
+    ) -> Result<Vec<(Step, &'static str)>, StepError> {
         nodes
             .iter()
             .map(|&id| self.step(kernels, id, loc, scratch.get(&id).copied()))
@@ -544,242 +555,49 @@ impl Planner<'_> {
         b.len() == 2 && (a.len() == 2 || !transpose_a)
     }
 
+    /// The step of one node: the cheapest kernel candidate that takes it
+    /// (`candidates.rs`), the interpreter when none does.
     fn step(
         &self,
         kernels: &mut Kernels,
         id: NodeId,
         loc: &HashMap<NodeId, Loc>,
         scratch: Option<Loc>,
-    ) -> Result<Step, StepError> {
+    ) -> Result<(Step, &'static str), StepError> {
         let g = self.graph;
-        let node = g.node(id);
         let inputs = g.inputs(id);
-        let at = |i: usize| loc[&inputs[i]];
-        let out = loc[&id];
-        let in_shape = |i: usize| shape(g, inputs[i]);
-        let out_shape = shape(g, id);
-        let all_f32 =
-            inputs.iter().all(|&i| g.node(i).ty.dtype == DType::F32) && node.ty.dtype == DType::F32;
-        let fallback = || Step::Fallback {
-            op: node.op.clone(),
-            inputs: inputs.iter().map(|&i| (loc[&i], shape(g, i))).collect(),
-            out_ty: node.ty.clone(),
-            out,
+        let site = NodeSite {
+            planner: self,
+            id,
+            node: g.node(id),
+            out_shape: shape(g, id),
+            inputs,
+            loc,
+            scratch,
         };
-        let too_big = out_shape.len() > MAX_RANK || inputs.len() > MAX_OPERANDS;
-        if too_big || inputs.iter().any(|&i| g.node(i).ty.rank() > MAX_RANK) {
-            return Ok(fallback());
+        // Native steps read at most MAX_RANK axes and MAX_OPERANDS operands.
+        let too_big = site.out_shape.len() > MAX_RANK
+            || site.inputs.len() > MAX_OPERANDS
+            || site.inputs.iter().any(|&i| g.node(i).ty.rank() > MAX_RANK);
+        let mut best: (&dyn KernelCandidate, u64) = (&Interpreter, u64::MAX);
+        if !too_big {
+            for &candidate in CANDIDATES {
+                let allowed = self.only.is_none_or(|name| name == candidate.name());
+                if !allowed || !candidate.runs_on(self.isa) {
+                    continue;
+                }
+                if let Some(cost) = candidate.cost(&site) {
+                    if cost < best.1 {
+                        best = (candidate, cost);
+                    }
+                }
+            }
         }
-        let gemm_b = |transposed: bool| match scratch {
-            Some(scratch) => GemmB::PerRun {
-                b: at(1),
-                transposed,
-                scratch,
-            },
-            None => GemmB::Prepacked(id),
+        let step = best.0.plan(&site, kernels)?;
+        let name = match step {
+            Step::Fallback { .. } => Interpreter.name(),
+            _ => best.0.name(),
         };
-        let step = match &node.op {
-            // The GEMM driver takes a 2-D right operand and the activations
-            // its epilogue implements; anything else runs on the interpreter.
-            Op::FusedLinear(FusedLinear { epilogue, .. })
-                if in_shape(1).len() != 2 || Epilogue::from_ir(epilogue).is_err() =>
-            {
-                fallback()
-            }
-            Op::FusedLinear(FusedLinear {
-                transpose_b,
-                epilogue,
-            }) => {
-                let a = in_shape(0);
-                let k = *a.last().expect("rank >= 2");
-                let n = *out_shape.last().expect("rank >= 2");
-                let mut next = 2;
-                let mut take = |present: bool| {
-                    present.then(|| {
-                        next += 1;
-                        at(next - 1)
-                    })
-                };
-                let bias = take(epilogue.bias);
-                let residual = take(epilogue.residual);
-                Step::Gemm {
-                    kernel: kernels.gemm(Epilogue::from_ir(epilogue)?)?,
-                    a: at(0),
-                    m: numel(&out_shape[..out_shape.len() - 1]),
-                    k,
-                    n,
-                    transpose_a: false,
-                    b: gemm_b(*transpose_b),
-                    bias,
-                    residual,
-                    out,
-                }
-            }
-            Op::MatMul(MatMul {
-                transpose_a,
-                transpose_b,
-            }) if self.gemm_shaped(id) => {
-                let a = in_shape(0);
-                let k = if *transpose_a {
-                    a[0]
-                } else {
-                    *a.last().expect("rank >= 2")
-                };
-                let n = *out_shape.last().expect("rank >= 2");
-                Step::Gemm {
-                    kernel: kernels.gemm(Epilogue::none())?,
-                    a: at(0),
-                    m: numel(&out_shape[..out_shape.len() - 1]),
-                    k,
-                    n,
-                    transpose_a: *transpose_a,
-                    b: gemm_b(*transpose_b),
-                    bias: None,
-                    residual: None,
-                    out,
-                }
-            }
-            Op::MatMul(MatMul {
-                transpose_a,
-                transpose_b,
-            }) => Step::BatchedMatMul {
-                kernel: kernels.gemm(Epilogue::none())?,
-                a: at(0),
-                a_shape: in_shape(0),
-                transpose_a: *transpose_a,
-                b: at(1),
-                b_shape: in_shape(1),
-                transpose_b: *transpose_b,
-                out,
-            },
-            op @ (Op::Unary(_) | Op::Binary(_) | Op::FusedElementwise(_) | Op::Where)
-                if all_f32 =>
-            {
-                let expr = match op {
-                    Op::Unary(u) => ElementwiseExpr {
-                        steps: vec![ExprStep::Input(0), ExprStep::Unary(*u, 0)],
-                    },
-                    Op::Binary(b) => ElementwiseExpr {
-                        steps: vec![
-                            ExprStep::Input(0),
-                            ExprStep::Input(1),
-                            ExprStep::Binary(*b, 0, 1),
-                        ],
-                    },
-                    Op::Where => ElementwiseExpr {
-                        steps: vec![
-                            ExprStep::Input(0),
-                            ExprStep::Input(1),
-                            ExprStep::Input(2),
-                            ExprStep::Where(0, 1, 2),
-                        ],
-                    },
-                    Op::FusedElementwise(FusedElementwise { expr }) => expr.clone(),
-                    _ => unreachable!("matched above"),
-                };
-                let out_last = out_shape.last().copied().unwrap_or(1);
-                let strides: Vec<InnerStride> = (0..inputs.len())
-                    .map(|i| InnerStride::for_shape(&in_shape(i), out_last))
-                    .collect();
-                match kernels.elementwise(&expr, &strides)? {
-                    Some(kernel) => Step::Elementwise {
-                        kernel,
-                        inputs: (0..inputs.len()).map(|i| (at(i), in_shape(i))).collect(),
-                        out_shape,
-                        out,
-                    },
-                    None => fallback(),
-                }
-            }
-            Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis })
-                if all_f32 && *axis + 1 == out_shape.len() =>
-            {
-                let row_op = if matches!(node.op, Op::Softmax(_)) {
-                    RowOp::Softmax
-                } else {
-                    RowOp::LogSoftmax
-                };
-                let row_len = out_shape[*axis];
-                Step::Row {
-                    kernel: kernels.row(row_op)?,
-                    x: at(0),
-                    rows: numel(&out_shape) / row_len.max(1),
-                    row_len,
-                    gain: None,
-                    bias: None,
-                    out,
-                }
-            }
-            Op::LayerNorm(LayerNorm { axis, eps }) if all_f32 => {
-                let row_len = out_shape[*axis];
-                Step::Row {
-                    kernel: kernels.row(RowOp::LayerNorm { eps: eps.0 })?,
-                    x: at(0),
-                    rows: numel(&out_shape) / row_len.max(1),
-                    row_len,
-                    gain: Some(at(1)),
-                    bias: Some(at(2)),
-                    out,
-                }
-            }
-            Op::Reduce(Reduce { op, axes, .. }) if all_f32 => {
-                let x = in_shape(0);
-                let over_last = x
-                    .last()
-                    .is_some_and(|&len| len > 0 && axes.as_slice() == [x.len() - 1]);
-                if over_last {
-                    let row_len = x[x.len() - 1];
-                    Step::Row {
-                        kernel: kernels.row(RowOp::Reduce(*op))?,
-                        x: at(0),
-                        rows: numel(&x) / row_len,
-                        row_len,
-                        gain: None,
-                        bias: None,
-                        out,
-                    }
-                } else {
-                    Step::Reduce {
-                        x: at(0),
-                        reduction: Reduction::new(&x, axes, *op),
-                        out,
-                    }
-                }
-            }
-            Op::Permute(Permute { perm }) if all_f32 => Step::Copy {
-                x: at(0),
-                walk: Strided::permute(&in_shape(0), perm),
-                out,
-            },
-            Op::Slice(Slice {
-                axis, start, step, ..
-            }) if all_f32 => Step::Copy {
-                x: at(0),
-                walk: Strided::slice(&in_shape(0), *axis, *start, *step, out_shape[*axis]),
-                out,
-            },
-            Op::Concat(Concat { axis }) if all_f32 => Step::Concat {
-                parts: (0..inputs.len())
-                    .map(|i| (at(i), numel(&in_shape(i)[*axis..])))
-                    .collect(),
-                outer: numel(&out_shape[..*axis]),
-                out,
-            },
-            Op::Gather(Gather { axis }) if node.ty.dtype == DType::F32 => {
-                let t = in_shape(0);
-                Step::Gather {
-                    table: at(0),
-                    outer: numel(&t[..*axis]),
-                    size: t[*axis],
-                    inner: numel(&t[axis + 1..]),
-                    ids: at(1),
-                    out,
-                }
-            }
-            // (Casts to the operand's own dtype are views, planned above.)
-            Op::Cast(Cast { to: DType::F32 }) => Step::CastToF32 { x: at(0), out },
-            _ => fallback(),
-        };
-        Ok(step)
+        Ok((step, name))
     }
 }

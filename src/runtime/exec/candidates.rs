@@ -1,0 +1,558 @@
+//! Kernel candidates: for each node of a concrete graph, the planner asks
+//! every candidate whether it takes the node and at what cost, and plans the
+//! cheapest. The interpreter fallback takes every node, at the highest cost,
+//! so it is chosen only when nothing native fits.
+//!
+//! A candidate says what it supports from the node (op, dtypes, shapes) and
+//! the plan's kernel tier (`Isa`, from `codegen::target::Target`: the CPU
+//! features the plan's kernels may use). Costs are relative units, roughly
+//! nanoseconds-per-element scaled by how much work an element is; they only
+//! rank candidates for one node. A kernel that reads a packed operand owns
+//! its packing format: `GemmTier::pack_layout` is what `CompiledModel`
+//! packs weights in, for the same candidate the planner then chooses.
+//!
+//! Adding a candidate: implement `KernelCandidate`, list it in
+//! [`CANDIDATES`] (before `Interpreter`), and `tests/kernel_candidates.rs`
+//! runs it against the interpreter on every sample node it takes, on every
+//! tier the CPU runs (docs/adding-an-op.md).
+
+use std::collections::HashMap;
+
+use super::copy::{Reduction, Strided};
+use super::plan::{GemmB, Kernels, Loc, Planner, Step, StepError};
+use crate::codegen::{elementwise_supports, Epilogue, InnerStride, Isa, PackLayout, RowOp};
+use crate::ir::ops::{
+    Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
+    Reduce, Slice, Softmax,
+};
+use crate::ir::{DType, ElementwiseExpr, ExprStep, Node, NodeId, Op};
+
+/// One node as the candidates see it, with what planning its step needs.
+pub(super) struct NodeSite<'s, 'g> {
+    pub planner: &'s Planner<'g>,
+    pub id: NodeId,
+    pub node: &'g Node,
+    pub inputs: Vec<NodeId>,
+    pub loc: &'s HashMap<NodeId, Loc>,
+    /// Arena scratch for packing a GEMM's right operand per run.
+    pub scratch: Option<Loc>,
+    pub out_shape: Vec<usize>,
+}
+
+impl NodeSite<'_, '_> {
+    fn at(&self, i: usize) -> Loc {
+        self.loc[&self.inputs[i]]
+    }
+
+    fn out(&self) -> Loc {
+        self.loc[&self.id]
+    }
+
+    fn in_shape(&self, i: usize) -> Vec<usize> {
+        self.planner.shape(self.inputs[i])
+    }
+
+    fn numel(&self) -> usize {
+        self.out_shape.iter().product()
+    }
+
+    /// Every operand and the result are f32.
+    fn all_f32(&self) -> bool {
+        let g = self.planner.graph;
+        self.inputs
+            .iter()
+            .all(|&i| g.node(i).ty.dtype == DType::F32)
+            && self.node.ty.dtype == DType::F32
+    }
+
+    fn gemm_b(&self, transposed: bool) -> GemmB {
+        match self.scratch {
+            Some(scratch) => GemmB::PerRun {
+                b: self.at(1),
+                transposed,
+                scratch,
+            },
+            None => GemmB::Prepacked(self.id),
+        }
+    }
+}
+
+pub(super) trait KernelCandidate: Sync {
+    /// The name plans report for the steps it makes.
+    fn name(&self) -> &'static str;
+
+    /// Whether a plan compiled for the `isa` tier can use this candidate
+    /// (the CPU features its code needs are that tier's).
+    fn runs_on(&self, _isa: Isa) -> bool {
+        true
+    }
+
+    /// `None` when the candidate does not take this node, else its cost.
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64>;
+
+    /// The step, compiling (or finding) the kernels it calls.
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError>;
+}
+
+/// Every candidate; ties in cost go to the one listed first. The
+/// interpreter comes last and takes anything.
+pub(super) const CANDIDATES: &[&dyn KernelCandidate] = &[
+    &GemmTier(Isa::Avx512),
+    &GemmTier(Isa::Avx2),
+    &GemmTier(Isa::Baseline),
+    &BatchedGemm,
+    &ElementwiseJit,
+    &RowJit,
+    &StridedReduce,
+    &StridedCopy,
+    &ConcatCopy,
+    &GatherRows,
+    &CastToF32,
+    &Interpreter,
+];
+
+/// The names of every candidate, in choice order (for tests and `--help`).
+pub fn candidate_names() -> Vec<&'static str> {
+    CANDIDATES.iter().map(|c| c.name()).collect()
+}
+
+/// Whether `name` is a candidate a plan of the `isa` tier can use.
+pub fn candidate_runs_on(name: &str, isa: Isa) -> bool {
+    CANDIDATES
+        .iter()
+        .any(|c| c.name() == name && c.runs_on(isa))
+}
+
+/// The GEMM candidate of a tier: the one whose packing format weights are
+/// packed in when a model is compiled for that tier.
+pub(super) fn gemm_for(isa: Isa) -> GemmTier {
+    GemmTier(isa)
+}
+
+/// The GEMM driver with one tier's micro-kernels: Cranelift f32x4 for the
+/// baseline, assembled AVX2 (6 x 16) or AVX-512 (12 x 32) otherwise. Takes
+/// `fused_linear` with a 2-D right operand and an epilogue it implements,
+/// and `matmul` of that shape (the left operand may carry batch axes unless
+/// transposed).
+pub(super) struct GemmTier(pub Isa);
+
+impl GemmTier {
+    /// The packed-B format this tier's micro-kernels read.
+    pub fn pack_layout(&self) -> PackLayout {
+        PackLayout::for_isa(self.0)
+    }
+
+    /// `(k, n, transpose_a, transpose_b, epilogue)` when this is a GEMM node.
+    fn shape(site: &NodeSite<'_, '_>) -> Option<(usize, usize, bool, bool, Epilogue)> {
+        if !matches!(site.node.op, Op::MatMul(_) | Op::FusedLinear(_)) {
+            return None;
+        }
+        let b = site.in_shape(1);
+        if b.len() != 2 {
+            return None;
+        }
+        let a = site.in_shape(0);
+        let n = *site.out_shape.last()?;
+        match &site.node.op {
+            Op::FusedLinear(FusedLinear {
+                transpose_b,
+                epilogue,
+            }) => {
+                let epilogue = Epilogue::from_ir(epilogue).ok()?;
+                Some((*a.last()?, n, false, *transpose_b, epilogue))
+            }
+            Op::MatMul(MatMul {
+                transpose_a,
+                transpose_b,
+            }) if a.len() == 2 || !transpose_a => {
+                let k = if *transpose_a { a[0] } else { *a.last()? };
+                Some((k, n, *transpose_a, *transpose_b, Epilogue::none()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Flops of a product, the unit GEMM costs scale.
+fn product_cost(m_n: usize, k: usize) -> u64 {
+    2 * m_n as u64 * k.max(1) as u64
+}
+
+impl KernelCandidate for GemmTier {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Isa::Avx512 => "gemm_avx512",
+            Isa::Avx2 => "gemm_avx2",
+            Isa::Baseline => "gemm_f32x4",
+        }
+    }
+
+    /// A plan's kernel library and packed weights are for one tier.
+    fn runs_on(&self, isa: Isa) -> bool {
+        self.0 == isa
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let (k, _, _, _, _) = GemmTier::shape(site)?;
+        let lanes = (self.0.vector_bits() / 32) as u64;
+        Some(product_cost(site.numel(), k) / lanes)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let (k, n, transpose_a, transpose_b, epilogue) =
+            GemmTier::shape(site).expect("cost accepted the node");
+        let (bias, residual) = match &site.node.op {
+            Op::FusedLinear(FusedLinear { epilogue, .. }) => {
+                let mut next = 2;
+                let mut take = |present: bool| {
+                    present.then(|| {
+                        next += 1;
+                        site.at(next - 1)
+                    })
+                };
+                let bias = take(epilogue.bias);
+                (bias, take(epilogue.residual))
+            }
+            _ => (None, None),
+        };
+        let out_shape = &site.out_shape;
+        Ok(Step::Gemm {
+            kernel: kernels.gemm(epilogue)?,
+            a: site.at(0),
+            m: out_shape[..out_shape.len() - 1].iter().product(),
+            k,
+            n,
+            transpose_a,
+            b: site.gemm_b(transpose_b),
+            bias,
+            residual,
+            out: site.out(),
+        })
+    }
+}
+
+/// `matmul` with batch axes on the right operand (attention scores): the
+/// GEMM micro-kernel per batch, B packed per run.
+struct BatchedGemm;
+
+impl KernelCandidate for BatchedGemm {
+    fn name(&self) -> &'static str {
+        "batched_gemm"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let Op::MatMul(MatMul { transpose_a, .. }) = &site.node.op else {
+            return None;
+        };
+        let a = site.in_shape(0);
+        let k = if *transpose_a {
+            a[a.len() - 2]
+        } else {
+            *a.last()?
+        };
+        // Slower per flop than a plain GEMM: packing per batch.
+        Some(product_cost(site.numel(), k))
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let Op::MatMul(MatMul {
+            transpose_a,
+            transpose_b,
+        }) = &site.node.op
+        else {
+            unreachable!("cost accepted only matmul");
+        };
+        Ok(Step::BatchedMatMul {
+            kernel: kernels.gemm(Epilogue::none())?,
+            a: site.at(0),
+            a_shape: site.in_shape(0),
+            transpose_a: *transpose_a,
+            b: site.at(1),
+            b_shape: site.in_shape(1),
+            transpose_b: *transpose_b,
+            out: site.out(),
+        })
+    }
+}
+
+/// Elementwise ops and fused expressions on f32, as one f32x4 loop.
+struct ElementwiseJit;
+
+impl ElementwiseJit {
+    fn expr(op: &Op) -> Option<ElementwiseExpr> {
+        Some(match op {
+            Op::Unary(u) => ElementwiseExpr {
+                steps: vec![ExprStep::Input(0), ExprStep::Unary(*u, 0)],
+            },
+            Op::Binary(b) => ElementwiseExpr {
+                steps: vec![
+                    ExprStep::Input(0),
+                    ExprStep::Input(1),
+                    ExprStep::Binary(*b, 0, 1),
+                ],
+            },
+            Op::Where => ElementwiseExpr {
+                steps: vec![
+                    ExprStep::Input(0),
+                    ExprStep::Input(1),
+                    ExprStep::Input(2),
+                    ExprStep::Where(0, 1, 2),
+                ],
+            },
+            Op::FusedElementwise(FusedElementwise { expr }) => expr.clone(),
+            _ => return None,
+        })
+    }
+}
+
+impl KernelCandidate for ElementwiseJit {
+    fn name(&self) -> &'static str {
+        "elementwise_f32x4"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let expr = ElementwiseJit::expr(&site.node.op)?;
+        if !site.all_f32() || elementwise_supports(&expr, site.inputs.len()).is_err() {
+            return None;
+        }
+        Some(site.numel() as u64 * expr.steps.len() as u64)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let expr = ElementwiseJit::expr(&site.node.op).expect("cost accepted the node");
+        let out_last = site.out_shape.last().copied().unwrap_or(1);
+        let strides: Vec<InnerStride> = (0..site.inputs.len())
+            .map(|i| InnerStride::for_shape(&site.in_shape(i), out_last))
+            .collect();
+        Ok(match kernels.elementwise(&expr, &strides)? {
+            Some(kernel) => Step::Elementwise {
+                kernel,
+                inputs: (0..site.inputs.len())
+                    .map(|i| (site.at(i), site.in_shape(i)))
+                    .collect(),
+                out_shape: site.out_shape.clone(),
+                out: site.out(),
+            },
+            // The code generator refused after all: still correct.
+            None => Interpreter.plan(site, kernels)?,
+        })
+    }
+}
+
+/// Row kernels over the last axis: softmax, log_softmax, layer_norm, and
+/// sum/mean/max over the last axis alone (f64 sums).
+struct RowJit;
+
+impl RowJit {
+    /// The row op and the row length.
+    fn row(site: &NodeSite<'_, '_>) -> Option<(RowOp, usize)> {
+        if !site.all_f32() {
+            return None;
+        }
+        let last = site.out_shape.len().checked_sub(1);
+        match &site.node.op {
+            Op::Softmax(Softmax { axis }) if Some(*axis) == last => {
+                Some((RowOp::Softmax, site.out_shape[*axis]))
+            }
+            Op::LogSoftmax(LogSoftmax { axis }) if Some(*axis) == last => {
+                Some((RowOp::LogSoftmax, site.out_shape[*axis]))
+            }
+            Op::LayerNorm(LayerNorm { axis, eps }) => {
+                Some((RowOp::LayerNorm { eps: eps.0 }, site.out_shape[*axis]))
+            }
+            Op::Reduce(Reduce { op, axes, .. }) => {
+                let x = site.in_shape(0);
+                let len = *x.last()?;
+                (len > 0 && axes.as_slice() == [x.len() - 1]).then_some((RowOp::Reduce(*op), len))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl KernelCandidate for RowJit {
+    fn name(&self) -> &'static str {
+        "row_f32x4"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let (_, len) = RowJit::row(site)?;
+        let x: usize = site.in_shape(0).iter().product();
+        Some(x.max(len) as u64 * 2)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let (op, row_len) = RowJit::row(site).expect("cost accepted the node");
+        let elements: usize = site.in_shape(0).iter().product();
+        let layer_norm = matches!(op, RowOp::LayerNorm { .. });
+        Ok(Step::Row {
+            kernel: kernels.row(op)?,
+            x: site.at(0),
+            rows: elements / row_len.max(1),
+            row_len,
+            gain: layer_norm.then(|| site.at(1)),
+            bias: layer_norm.then(|| site.at(2)),
+            out: site.out(),
+        })
+    }
+}
+
+/// sum/mean/max over any axes, by a strided walk in Rust (f64 sums).
+struct StridedReduce;
+
+impl KernelCandidate for StridedReduce {
+    fn name(&self) -> &'static str {
+        "reduce_strided"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::Reduce(_)).then_some(())?;
+        site.all_f32().then_some(())?;
+        let x: usize = site.in_shape(0).iter().product();
+        Some(x as u64 * 8)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let Op::Reduce(Reduce { op, axes, .. }) = &site.node.op else {
+            unreachable!("cost accepted only reductions");
+        };
+        Ok(Step::Reduce {
+            x: site.at(0),
+            reduction: Reduction::new(&site.in_shape(0), axes, *op),
+            out: site.out(),
+        })
+    }
+}
+
+/// permute and slice of f32 tensors: a strided copy.
+struct StridedCopy;
+
+impl KernelCandidate for StridedCopy {
+    fn name(&self) -> &'static str {
+        "copy_strided"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::Permute(_) | Op::Slice(_)).then_some(())?;
+        site.all_f32().then_some(site.numel() as u64 * 2)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let x = site.in_shape(0);
+        let walk = match &site.node.op {
+            Op::Permute(Permute { perm }) => Strided::permute(&x, perm),
+            Op::Slice(Slice {
+                axis, start, step, ..
+            }) => Strided::slice(&x, *axis, *start, *step, site.out_shape[*axis]),
+            _ => unreachable!("cost accepted only permute and slice"),
+        };
+        Ok(Step::Copy {
+            x: site.at(0),
+            walk,
+            out: site.out(),
+        })
+    }
+}
+
+/// concat of f32 tensors: block copies.
+struct ConcatCopy;
+
+impl KernelCandidate for ConcatCopy {
+    fn name(&self) -> &'static str {
+        "concat_copy"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::Concat(_)).then_some(())?;
+        site.all_f32().then_some(site.numel() as u64)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let Op::Concat(Concat { axis }) = &site.node.op else {
+            unreachable!("cost accepted only concat");
+        };
+        Ok(Step::Concat {
+            parts: (0..site.inputs.len())
+                .map(|i| (site.at(i), site.in_shape(i)[*axis..].iter().product()))
+                .collect(),
+            outer: site.out_shape[..*axis].iter().product(),
+            out: site.out(),
+        })
+    }
+}
+
+/// gather of rows of an f32 table (embeddings), ids checked as they are read.
+struct GatherRows;
+
+impl KernelCandidate for GatherRows {
+    fn name(&self) -> &'static str {
+        "gather_rows"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::Gather(_)).then_some(())?;
+        (site.node.ty.dtype == DType::F32).then_some(site.numel() as u64)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let Op::Gather(Gather { axis }) = &site.node.op else {
+            unreachable!("cost accepted only gather");
+        };
+        let t = site.in_shape(0);
+        Ok(Step::Gather {
+            table: site.at(0),
+            outer: t[..*axis].iter().product(),
+            size: t[*axis],
+            inner: t[axis + 1..].iter().product(),
+            ids: site.at(1),
+            out: site.out(),
+        })
+    }
+}
+
+/// cast to f32 (casts to the operand's own dtype are views, not steps).
+struct CastToF32;
+
+impl KernelCandidate for CastToF32 {
+    fn name(&self) -> &'static str {
+        "cast_to_f32"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::Cast(Cast { to: DType::F32 })).then_some(site.numel() as u64)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        Ok(Step::CastToF32 {
+            x: site.at(0),
+            out: site.out(),
+        })
+    }
+}
+
+/// The op's reference evaluation (`OpKind::eval`) inside the executor:
+/// takes every node; slower, never wrong.
+pub(super) struct Interpreter;
+
+impl KernelCandidate for Interpreter {
+    fn name(&self) -> &'static str {
+        "interpreter"
+    }
+
+    fn cost(&self, _site: &NodeSite<'_, '_>) -> Option<u64> {
+        Some(u64::MAX)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        Ok(Step::Fallback {
+            op: site.node.op.clone(),
+            inputs: site
+                .inputs
+                .iter()
+                .map(|&i| (site.loc[&i], site.planner.shape(i)))
+                .collect(),
+            out_ty: site.node.ty.clone(),
+            out: site.out(),
+        })
+    }
+}
