@@ -195,12 +195,13 @@ fn onnx_inputs(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The integer inputs of a case, by name.
+/// The inputs of a case that can be attributes (integers, and scalars
+/// such as `Range`'s bounds), by name.
 fn integer_inputs(bytes: &[u8], case: &Case) -> HashMap<String, Tensor> {
     onnx_inputs(bytes)
         .into_iter()
         .zip(&case.inputs)
-        .filter(|(_, t)| t.dtype().is_integer())
+        .filter(|(_, t)| t.dtype().is_integer() || t.shape().is_empty())
         .map(|(n, t)| (n, t.clone()))
         .collect()
 }
@@ -360,7 +361,7 @@ fn onnx_node_suite() {
     let imported: usize = per_op.values().map(|v| v.1).sum();
     let cases: usize = per_op.values().map(|v| v.0).sum();
     let mut report = format!(
-        "# ONNX node tests through `lamina import`\n\n{total} of {cases} cases pass on both backends ({imported} import; {fixed_inputs} of those with integer attribute inputs fixed at import, as `--fix` does).\n\n| op | cases | imported | pass |\n|---|---:|---:|---:|\n"
+        "# ONNX node tests through `lamina import`\n\n{total} of {cases} cases pass on both backends ({imported} import; {fixed_inputs} of those with integer or scalar attribute inputs fixed at import, as `--fix` does).\n\n| op | cases | imported | pass |\n|---|---:|---:|---:|\n"
     );
     for (op, (c, i, p)) in &per_op {
         if *i > 0 {

@@ -38,7 +38,7 @@ pub enum LowerError {
         context: String,
         span: Span,
     },
-    #[error("unknown dtype `{name}` (expected f32, i64, i32)")]
+    #[error("unknown dtype `{name}` (expected f32, i64, i32, bool)")]
     UnknownDType { name: String, span: Span },
     #[error("{func} takes {expected}, got {got}")]
     Arity {

@@ -163,34 +163,17 @@ impl Builder {
     }
 
     /// Declares a known tensor as a parameter (once) and returns its name.
-    /// `bool` cannot be a declared type, so booleans are stored as f32 0/1
-    /// and cast back.
     fn declare(&mut self, value: &Arc<Tensor>, hint: &str) -> String {
         let key = Arc::as_ptr(value) as usize;
         if let Some(name) = self.declared.get(&key) {
             return name.clone();
         }
         let name = self.names.fresh(hint);
-        let stored = match value.data() {
-            TensorData::Bool(b) => Tensor::f32(
-                value.shape().to_vec(),
-                b.iter().map(|&x| x as u8 as f32).collect(),
-            ),
-            _ => Tensor::clone(value),
-        };
-        self.params
-            .push(format!("param {name}: {}", const_type(&stored)));
-        self.weights.insert(name.clone(), stored);
-        let result = if value.dtype() == DType::Bool {
-            let flag = self.names.fresh(&format!("{hint}_bool"));
-            self.body.push(format!("{flag} = cast({name}, bool)"));
-            flag
-        } else {
-            name
-        };
-        self.declared.insert(key, result.clone());
+        self.params.push(format!("param {name}: {}", const_type(value)));
+        self.weights.insert(name.clone(), Tensor::clone(value));
+        self.declared.insert(key, name.clone());
         self.keep.push(Arc::clone(value));
-        result
+        name
     }
 
     /// Exports `v` as a model output named after `raw`.

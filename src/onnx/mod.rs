@@ -456,9 +456,6 @@ fn input_type(
         return Err("is not a tensor (sequences, maps and optionals are not supported)".into());
     };
     let dtype = tensors::dtype_of(t.elem_type.unwrap_or(0))?;
-    if dtype == crate::dtype::DType::Bool {
-        return Err("is bool; lamina model inputs are f32, i64 or i32".into());
-    }
     let shape = t.shape.as_ref().ok_or("has no shape (unknown rank)")?;
     let mut dims = Vec::with_capacity(shape.dim.len());
     for d in &shape.dim {

@@ -555,8 +555,7 @@ impl<'a> Lowerer<'a> {
             .dtype
             .name
             .parse::<DType>()
-            .ok()
-            .filter(|d| *d != DType::Bool);
+            .ok();
         let dims: Vec<Lowered<Dim>> = ty
             .dims
             .iter()
