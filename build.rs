@@ -6,7 +6,10 @@
 //! never ignored, so a missing resource fails them loudly instead of letting
 //! them pass without running.
 //!
-//! The cfgs set here: `lamina_skip_numpy_tests`, `lamina_skip_minilm_tests`.
+//! The cfgs set here: `lamina_skip_numpy_tests`, `lamina_skip_minilm_tests`,
+//! `lamina_skip_efficientnet_tests` (the EfficientNet-Lite0 weights and
+//! photos of models/efficientnet_lite0/fetch.sh; its reference also needs
+//! numpy and safetensors).
 //! Installing numpy later is not noticed until this script runs again
 //! (`touch build.rs`); fetching the checkpoint is.
 //!
@@ -23,12 +26,14 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_numpy_tests)");
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_onnx_tests)");
     println!("cargo::rustc-check-cfg=cfg(lamina_skip_minilm_tests)");
+    println!("cargo::rustc-check-cfg=cfg(lamina_skip_efficientnet_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CI");
     println!("cargo::rerun-if-env-changed=LAMINA_CACHE");
     // The checkpoint lands in models/minilm/cache; a directory is watched
     // as a whole, so fetching it reruns this script.
     println!("cargo::rerun-if-changed=models/minilm");
+    println!("cargo::rerun-if-changed=models/efficientnet_lite0");
 
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     if ci {
@@ -63,6 +68,24 @@ fn main() {
         .all(|file| cache.join(file).is_file());
     if !fetched {
         println!("cargo::rustc-cfg=lamina_skip_minilm_tests");
+    }
+    let vision_cache = match std::env::var_os("LAMINA_CACHE") {
+        Some(dir) => PathBuf::from(dir).join("efficientnet_lite0"),
+        None => PathBuf::from("models/efficientnet_lite0/cache"),
+    };
+    let vision_fetched = [
+        "efficientnet_lite0.safetensors",
+        "chelsea.png",
+        "coffee.png",
+    ]
+    .iter()
+    .all(|file| vision_cache.join(file).is_file());
+    let has_safetensors = Command::new("python3")
+        .args(["-c", "import numpy, safetensors"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !vision_fetched || !has_safetensors {
+        println!("cargo::rustc-cfg=lamina_skip_efficientnet_tests");
     }
 }
 

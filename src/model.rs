@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::ir::image_input::ImageInput;
 use crate::ir::lower::{lower, LoweredModel};
 use crate::ir::lower_error::LowerError;
 use crate::ir::{verify, Graph};
@@ -17,6 +18,8 @@ pub struct LoadedModel {
     pub graph: Graph,
     /// `weights "..."` as written in the file, with its span.
     pub weights: Option<(String, Span)>,
+    /// Inputs declared `= image(...)`, in declaration order.
+    pub image_inputs: Vec<ImageInput>,
 }
 
 /// Everything wrong with a model file, ready to render against its source.
@@ -95,8 +98,11 @@ pub fn load_source(path: &Path, text: String) -> Result<LoadedModel, LoadFailure
         diagnostics,
     };
     let ast = parse(text).map_err(|e| fail(vec![parse_diagnostic(&e)]))?;
-    let LoweredModel { graph, weights } =
-        lower(&ast).map_err(|errors| fail(errors.iter().map(lower_diagnostic).collect()))?;
+    let LoweredModel {
+        graph,
+        weights,
+        image_inputs,
+    } = lower(&ast).map_err(|errors| fail(errors.iter().map(lower_diagnostic).collect()))?;
     if let Err(e) = verify::verify(&graph) {
         // Lowering checks every node as it adds it; reaching this is a bug.
         return Err(fail(vec![Diagnostic::error(format!(
@@ -108,6 +114,7 @@ pub fn load_source(path: &Path, text: String) -> Result<LoadedModel, LoadFailure
         source,
         graph,
         weights,
+        image_inputs,
     })
 }
 

@@ -191,7 +191,7 @@ const RULE_CASES: &[(&str, &str)] = &[
   input x: f32[2, 5]
   input r: f32[2, 5]
   p = x * x + 0.5
-  y = sin(x) + cos(x) + neg(x) + relu(x) + sigmoid(x) + tanh(x) + gelu(x) + gelu_tanh(x) + exp(x) + log(p) + sqrt(p) + rsqrt(p) + erf(x) + abs(x) + recip(p)
+  y = relu6(x * 4.0) + hard_sigmoid(x * 4.0) + hard_swish(x * 4.0) + sin(x) + cos(x) + neg(x) + relu(x) + sigmoid(x) + tanh(x) + gelu(x) + gelu_tanh(x) + exp(x) + log(p) + sqrt(p) + rsqrt(p) + erf(x) + abs(x) + recip(p)
   output loss = sum(y * r)
 }"),
     ("binary", "model m {

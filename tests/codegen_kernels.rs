@@ -1526,6 +1526,9 @@ fn eval_scalar(expr: &ElementwiseExpr, inputs: &[f64]) -> f64 {
                     UnaryOp::Recip => 1.0 / a,
                     UnaryOp::Sin => a.sin(),
                     UnaryOp::Cos => a.cos(),
+                    UnaryOp::Relu6 => a.clamp(0.0, 6.0),
+                    UnaryOp::HardSigmoid => (a + 3.0).clamp(0.0, 6.0) / 6.0,
+                    UnaryOp::HardSwish => a * (a + 3.0).clamp(0.0, 6.0) / 6.0,
                 }
             }
             ExprStep::Binary(op, a, b) => {

@@ -172,6 +172,9 @@ impl Gen {
                     "erf",
                     "sin",
                     "cos",
+                    "relu6",
+                    "hard_sigmoid",
+                    "hard_swish",
                 ]
                 .choose(&mut self.rng)
                 .unwrap();

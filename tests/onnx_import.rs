@@ -51,7 +51,11 @@ fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
     }
 }
 
-fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>) -> Vec<u8> {
+fn model(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+) -> Vec<u8> {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
@@ -102,7 +106,11 @@ fn control_flow_is_named() {
         g: Some(GraphProto::default()),
         ..Default::default()
     });
-    let bytes = model(vec![if_node], vec![value("c", &["1"])], vec![value("y", &["1"])]);
+    let bytes = model(
+        vec![if_node],
+        vec![value("c", &["1"])],
+        vec![value("y", &["1"])],
+    );
     let err = lamina::onnx::import_bytes(&bytes, "m", "m.onnx", "m.safetensors", &HashMap::new())
         .unwrap_err()
         .to_string();
@@ -112,13 +120,32 @@ fn control_flow_is_named() {
 #[test]
 fn names_are_sanitized_and_symbolic_dims_kept() {
     let bytes = model(
-        vec![node("Relu", "/layer.0/Relu", &["input:0"], &["/layer.0/Relu_output_0"])],
+        vec![node(
+            "Relu",
+            "/layer.0/Relu",
+            &["input:0"],
+            &["/layer.0/Relu_output_0"],
+        )],
         vec![value("input:0", &["batch size", "4"])],
         vec![value("/layer.0/Relu_output_0", &["batch size", "4"])],
     );
-    let imported = lamina::onnx::import_bytes(&bytes, "m", "m.onnx", "m.safetensors", &HashMap::new()).unwrap();
-    assert!(imported.source.contains("input input_0: f32[batch_size, 4]"), "{}", imported.source);
-    assert!(imported.source.contains("layer_0_Relu_output_0 = relu(input_0)"), "{}", imported.source);
+    let imported =
+        lamina::onnx::import_bytes(&bytes, "m", "m.onnx", "m.safetensors", &HashMap::new())
+            .unwrap();
+    assert!(
+        imported
+            .source
+            .contains("input input_0: f32[batch_size, 4]"),
+        "{}",
+        imported.source
+    );
+    assert!(
+        imported
+            .source
+            .contains("layer_0_Relu_output_0 = relu(input_0)"),
+        "{}",
+        imported.source
+    );
     assert_eq!(imported.outputs[0].1, "layer_0_Relu_output_0");
 }
 
@@ -130,7 +157,10 @@ fn a_file_that_is_not_onnx_is_an_error() {
     let out = lamina().arg("import").arg(&onnx).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.onnx: error: not a valid ONNX model"), "{err}");
+    assert!(
+        err.contains("bad.onnx: error: not a valid ONNX model"),
+        "{err}"
+    );
 }
 
 /// benches/peers builds the ONNX files; numpy computes the float64 reference.
@@ -147,7 +177,10 @@ for kind, size in (("mlp", 4), ("encoder", 2)):
     np.save(f"{{kind}}_x.npy", x)
     np.save(f"{{kind}}_ref.npy", rp.reference(np, kind, w, x).astype(np.float32))
 "#,
-        peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers").display().to_string()
+        peers = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches/peers")
+            .display()
+            .to_string()
     );
     let out = Command::new("python3")
         .arg("-c")
@@ -172,14 +205,35 @@ fn peer_models_import_and_match_the_reference_on_both_backends() {
     for kind in ["mlp", "encoder"] {
         let onnx = dir.path().join(format!("{kind}.onnx"));
         let lam = dir.path().join(format!("{kind}_imported.lam"));
-        let out = lamina().arg("import").arg(&onnx).arg("-o").arg(&lam).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(dir.path().join(format!("{kind}_imported.safetensors")).is_file());
+        let out = lamina()
+            .arg("import")
+            .arg(&onnx)
+            .arg("-o")
+            .arg(&lam)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dir
+            .path()
+            .join(format!("{kind}_imported.safetensors"))
+            .is_file());
         let text = std::fs::read_to_string(&lam).unwrap();
-        assert!(text.contains("input x: f32[batch, "), "symbolic batch kept:\n{text}");
+        assert!(
+            text.contains("input x: f32[batch, "),
+            "symbolic batch kept:\n{text}"
+        );
         let check = lamina().arg("check").arg(&lam).output().unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-        let reference = lamina::runtime::read_npy(&dir.path().join(format!("{kind}_ref.npy"))).unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let reference =
+            lamina::runtime::read_npy(&dir.path().join(format!("{kind}_ref.npy"))).unwrap();
         let want = reference.to_f64_vec();
         for backend in ["jit", "interp"] {
             let result = dir.path().join(format!("{kind}_{backend}.npy"));
@@ -187,14 +241,21 @@ fn peer_models_import_and_match_the_reference_on_both_backends() {
                 .arg("run")
                 .arg(&lam)
                 .arg("--input")
-                .arg(format!("x={}", dir.path().join(format!("{kind}_x.npy")).display()))
+                .arg(format!(
+                    "x={}",
+                    dir.path().join(format!("{kind}_x.npy")).display()
+                ))
                 .arg("--backend")
                 .arg(backend)
                 .arg("--output")
                 .arg(&result)
                 .output()
                 .unwrap();
-            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
             let got = lamina::runtime::read_npy(&result).unwrap();
             assert_eq!(got.shape(), reference.shape());
             let worst = got
@@ -203,7 +264,10 @@ fn peer_models_import_and_match_the_reference_on_both_backends() {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f64::max);
-            assert!(worst < 1e-4, "{kind} on {backend}: max error {worst} against float64 numpy");
+            assert!(
+                worst < 1e-4,
+                "{kind} on {backend}: max error {worst} against float64 numpy"
+            );
         }
     }
 }

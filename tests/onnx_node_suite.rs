@@ -44,7 +44,11 @@ fn node_dir() -> Option<PathBuf> {
 
 fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.shape() != want.shape() {
-        return Err(format!("shape {:?}, expected {:?}", got.shape(), want.shape()));
+        return Err(format!(
+            "shape {:?}, expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
     }
     match (got.data(), want.data()) {
         (TensorData::F32(g), TensorData::F32(w)) => {
@@ -79,7 +83,11 @@ struct Case {
 fn data_sets(test: &Path) -> usize {
     std::fs::read_dir(test).map_or(0, |d| {
         d.filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("test_data_set_"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("test_data_set_")
+            })
             .count()
     })
 }
@@ -88,7 +96,11 @@ fn read_cases(test: &Path) -> Result<Vec<Case>, String> {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(test)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_"))
+        })
         .collect();
     sets.sort();
     let read_all = |dir: &Path, prefix: &str| -> Result<Vec<Tensor>, String> {
@@ -120,7 +132,8 @@ fn run_backend(
     cases: &[Case],
     backend: Backend,
 ) -> Result<usize, String> {
-    let model = Model::from_source("imported.lam", imported.source.clone()).map_err(|e| e.render())?;
+    let model =
+        Model::from_source("imported.lam", imported.source.clone()).map_err(|e| e.render())?;
     let w = if imported.weights.is_empty() {
         Weights::None
     } else {
@@ -152,7 +165,11 @@ fn run_backend(
             .collect();
         let outs = session.run(&inputs).map_err(|e| e.render())?;
         if outs.len() != case.outputs.len() {
-            return Err(format!("{} outputs, expected {}", outs.len(), case.outputs.len()));
+            return Err(format!(
+                "{} outputs, expected {}",
+                outs.len(),
+                case.outputs.len()
+            ));
         }
         for ((name, got), want) in outs.iter().zip(&case.outputs) {
             close(got, want).map_err(|e| format!("output `{name}`: {e}"))?;
@@ -166,7 +183,11 @@ fn run_backend(
 fn onnx_inputs(bytes: &[u8]) -> Vec<String> {
     let m = <lamina::onnx::proto::ModelProto as prost::Message>::decode(bytes).unwrap();
     let g = m.graph.unwrap_or_default();
-    let inits: Vec<String> = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
+    let inits: Vec<String> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.clone())
+        .collect();
     g.input
         .iter()
         .filter_map(|v| v.name.clone())
@@ -228,7 +249,12 @@ fn onnx_node_suite() {
         .filter(|p| p.join("model.onnx").is_file())
         .collect();
     tests.sort();
-    assert!(tests.len() > 1000, "only {} node tests in {}", tests.len(), dir.display());
+    assert!(
+        tests.len() > 1000,
+        "only {} node tests in {}",
+        tests.len(),
+        dir.display()
+    );
 
     // Single-node tests name the op their `_expanded` variants count under.
     let mut single_ops = HashMap::new();
@@ -257,7 +283,11 @@ fn onnx_node_suite() {
         let none = HashMap::new();
         let imported = match import_bytes(bytes, name, "model.onnx", "model.safetensors", &none) {
             Ok(imported) => Some(imported),
-            Err(e) if !e.to_string().contains("must be known when the model is imported") => {
+            Err(e)
+                if !e
+                    .to_string()
+                    .contains("must be known when the model is imported") =>
+            {
                 not_imported.push(format!("{name} ({key}): {}", e.0[0]));
                 continue;
             }
@@ -276,7 +306,9 @@ fn onnx_node_suite() {
                 // Integer inputs used as attributes (shapes, axes, starts):
                 // fixed at import from the one data set, as `--fix` does.
                 let [case] = &cases[..] else {
-                    not_imported.push(format!("{name} ({key}): attribute inputs vary between data sets"));
+                    not_imported.push(format!(
+                        "{name} ({key}): attribute inputs vary between data sets"
+                    ));
                     continue;
                 };
                 let fixed = integer_inputs(bytes, case);
@@ -313,8 +345,14 @@ fn onnx_node_suite() {
             (Ok(a), Ok(b)) => entry.2 += a.min(b),
             (i, j) => failures.push(format!(
                 "{name} ({key}): interp {}; jit {}",
-                i.map_or_else(|e| e.lines().next().unwrap_or("").to_string(), |_| "ok".into()),
-                j.map_or_else(|e| e.lines().next().unwrap_or("").to_string(), |_| "ok".into())
+                i.map_or_else(
+                    |e| e.lines().next().unwrap_or("").to_string(),
+                    |_| "ok".into()
+                ),
+                j.map_or_else(
+                    |e| e.lines().next().unwrap_or("").to_string(),
+                    |_| "ok".into()
+                )
             )),
         }
     }
@@ -340,7 +378,10 @@ fn onnx_node_suite() {
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx_node_report.md");
     let _ = std::fs::write(&out, &report);
-    eprintln!("{total} of {cases} node test cases pass on both backends; table in {}", out.display());
+    eprintln!(
+        "{total} of {cases} node test cases pass on both backends; table in {}",
+        out.display()
+    );
 
     if std::env::var_os("LAMINA_BLESS").is_some() {
         let mut text = String::from(
@@ -355,7 +396,11 @@ fn onnx_node_suite() {
         return;
     }
     let expected = read_expected();
-    assert!(!expected.is_empty(), "{} is missing or empty", expected_path().display());
+    assert!(
+        !expected.is_empty(),
+        "{} is missing or empty",
+        expected_path().display()
+    );
     let mut regressions = Vec::new();
     for (op, min) in &expected {
         let got = per_op.get(op).map_or(0, |v| v.2);

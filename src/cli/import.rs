@@ -29,7 +29,9 @@ pub(super) fn import(args: &ImportArgs) -> Result<(), Reported> {
     let mut problems = Vec::new();
     for spec in &args.fix {
         let Some((name, path)) = spec.split_once('=') else {
-            problems.push(Diagnostic::error(format!("--fix `{spec}`: expected NAME=FILE.npy")));
+            problems.push(Diagnostic::error(format!(
+                "--fix `{spec}`: expected NAME=FILE.npy"
+            )));
             continue;
         };
         match crate::runtime::read_npy(Path::new(path)) {
@@ -49,7 +51,11 @@ pub(super) fn import(args: &ImportArgs) -> Result<(), Reported> {
         .weights
         .as_deref()
         .map_or("no parameters".to_string(), |w| {
-            format!("{} tensor(s) in {}", written.imported.weights.len(), show(w))
+            format!(
+                "{} tensor(s) in {}",
+                written.imported.weights.len(),
+                show(w)
+            )
         });
     println!(
         "{}: wrote {} ({} input(s), {} output(s)); {weights}",

@@ -41,6 +41,16 @@ pub struct RunArgs {
     /// tokenizer.json for --text [default: tokenizer.json beside the model, else beside the weights].
     #[arg(long, value_name = "FILE")]
     tokenizer: Option<PathBuf>,
+    /// A photo (JPEG or PNG) for the model's input declared `= image(...)`, which says how to
+    /// crop, resize and normalise it (repeatable: a batch). Prints the top classes of each.
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// Class names, one a line, in output order, for --image [default: classes.txt beside the model].
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+    /// How many of the highest-scoring classes --image prints per photo.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    top: usize,
     /// Longest token sequence for --text; longer texts are truncated.
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_tokens: usize,
@@ -263,6 +273,21 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
             .text_inputs(&tokenizer, &args.texts)
             .map_err(engine_failure)?
     };
+    if !args.images.is_empty() {
+        let spec = session
+            .image_input()
+            .map_err(|kind| fail(vec![Diagnostic::error(format!("--image: {kind}"))], None))?;
+        if let Some((_, file)) = args.inputs.iter().find(|(name, _)| *name == spec.input) {
+            return Err(fail(
+                vec![Diagnostic::error(format!(
+                    "--input {}={file}: --image fills `{}`; give one or the other",
+                    spec.input, spec.input
+                ))],
+                None,
+            ));
+        }
+        inputs.extend(session.image_inputs(&args.images).map_err(engine_failure)?);
+    }
     load_inputs(args, session.model(), &mut inputs).map_err(|d| fail(d, None))?;
     if args.dump_clif {
         if let Some(clif) = session.kernel_ir(&inputs).map_err(engine_failure)? {
@@ -270,6 +295,9 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
         }
     }
     let outputs = session.run(&inputs).map_err(engine_failure)?;
+    if !args.images.is_empty() && args.output.is_none() && args.output_dir.is_none() {
+        return report_top_classes(args, session.model(), &outputs);
+    }
     write_outputs(args, &outputs)?;
     report_labels(args, session.model(), &outputs)?;
     Ok(())
@@ -337,6 +365,81 @@ fn summarize(name: &str, t: &Tensor) -> String {
         t.shape(),
         shown.join(", ")
     )
+}
+
+/// For `--image`: each photo's highest-scoring classes in the first output,
+/// by name when a class file is found.
+fn report_top_classes(
+    args: &RunArgs,
+    model: &Model,
+    outputs: &[(String, Tensor)],
+) -> Result<(), Reported> {
+    let names = class_names(args, model)?;
+    let (output, scores) = &outputs[0];
+    let classes = scores.shape().last().copied().unwrap_or(1);
+    let rows = scores.shape().first().copied().unwrap_or(1);
+    if scores.shape().len() != 2 || rows != args.images.len() {
+        return Err(fail(
+            vec![Diagnostic::error(format!(
+                "--image: output `{output}` is {}{:?}, not one row of class scores per photo ({})",
+                scores.dtype(),
+                scores.shape(),
+                args.images.len()
+            ))],
+            None,
+        ));
+    }
+    if let Some(names) = &names {
+        if names.len() != classes {
+            report(
+                &[Diagnostic::warning(format!(
+                    "{} class names for {classes} classes in output `{output}`",
+                    names.len()
+                ))],
+                None,
+            );
+        }
+    }
+    let values = scores.to_f64_vec();
+    for (path, row) in args.images.iter().zip(values.chunks(classes.max(1))) {
+        println!("{}:", path.display());
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        // Highest first; NaN last; ties by class index.
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &class in order.iter().take(args.top) {
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(class))
+                .map(String::as_str)
+                .unwrap_or("");
+            println!("  {:>8.4}  {class:>4}  {name}", row[class]);
+        }
+    }
+    Ok(())
+}
+
+/// `--classes`, else `classes.txt` beside the model, else none.
+fn class_names(args: &RunArgs, model: &Model) -> Result<Option<Vec<String>>, Reported> {
+    let path = match &args.classes {
+        Some(p) => p.clone(),
+        None => {
+            let p = model.beside("classes.txt");
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.lines().map(|l| l.trim().to_string()).collect())),
+        Err(e) => Err(fail(
+            vec![Diagnostic::error(format!(
+                "--classes: cannot read {}: {e}",
+                path.display()
+            ))],
+            None,
+        )),
+    }
 }
 
 /// Index of the largest value in each row of the last axis.

@@ -7,6 +7,7 @@ use crate::interp::InterpError;
 use crate::ir::bind::BindError;
 use crate::ir::Graph;
 use crate::runtime::exec::ExecError;
+use crate::runtime::image::ImageError;
 use crate::runtime::params::ParamError;
 use crate::runtime::text::TextError;
 use crate::runtime::weights::WeightError;
@@ -78,6 +79,8 @@ pub enum ErrorKind {
     Inputs(Vec<BindError>),
     #[error(transparent)]
     Text(#[from] TextError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("text fills an input named `input_ids`, but the model's inputs are: {inputs}")]
     NoTextInput { inputs: String },
     #[error(transparent)]

@@ -38,11 +38,13 @@ pub use error::{Error, ErrorKind, OptionError};
 use crate::diagnostics::SourceFile;
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, symbols};
+use crate::ir::image_input::ImageInput;
 use crate::ir::lower_error::edit_distance;
 use crate::ir::{Bindings, DType, Graph, TensorType};
 use crate::model::LoadedModel;
 use crate::runtime::budget::MemoryBudget;
 use crate::runtime::exec::{CompileOptions, CompiledModel, ExecError};
+use crate::runtime::image::ImageError;
 use crate::runtime::params::{
     bind_params_owned_within, bind_params_within, check_params, ParamError,
 };
@@ -284,6 +286,21 @@ impl Model {
             .iter()
             .map(|(n, _)| n.as_str())
             .collect()
+    }
+
+    /// The inputs declared `= image(...)`: how photos become those inputs.
+    ///
+    /// ```
+    /// let model = lamina::engine::Model::from_source(
+    ///     "m.lam",
+    ///     "model m {\n  input x: f32[n, 3, 8, 8] = image(crop=0.5, mean=127.0, std=128.0)\n  output y = x\n}\n",
+    /// )?;
+    /// assert_eq!(model.image_inputs()[0].input, "x");
+    /// assert_eq!(model.image_inputs()[0].crop, 0.5);
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn image_inputs(&self) -> &[ImageInput] {
+        &self.loaded.image_inputs
     }
 
     /// Inputs in declaration order, with their declared element type and
@@ -849,6 +866,44 @@ impl Session {
             .into_iter()
             .filter(|name| declared.contains(name))
             .collect()
+    }
+
+    /// The model input photos fill, decoded (JPEG or PNG) and preprocessed as
+    /// the input's `= image(...)` declares, one photo per batch row.
+    ///
+    /// ```no_run
+    /// # use lamina::engine::{Model, Options, Weights};
+    /// let session = Model::load("models/efficientnet_lite0/efficientnet_lite0.lam")?
+    ///     .compile(Weights::Conventional, &Options::default())?;
+    /// let inputs = session.image_inputs(&["cat.jpg".into(), "cup.png".into()])?;
+    /// let probs = &session.run(&inputs)?[0].1; // [2, 1000]
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn image_inputs(&self, paths: &[PathBuf]) -> Result<HashMap<String, Tensor>, Error> {
+        let fail = |kind| Error::new(kind, None, None);
+        let spec = self.image_input().map_err(fail)?;
+        let tensor = crate::runtime::image::load_images(spec, paths).map_err(|e| fail(e.into()))?;
+        Ok(HashMap::from([(spec.input.clone(), tensor)]))
+    }
+
+    /// The one input declared `= image(...)`.
+    pub fn image_input(&self) -> Result<&ImageInput, ErrorKind> {
+        match self.model.image_inputs() {
+            [one] => Ok(one),
+            [] => Err(ImageError::NoImageInput {
+                inputs: self.model.input_names().join(", "),
+            }
+            .into()),
+            several => Err(ImageError::SeveralImageInputs {
+                count: several.len(),
+                names: several
+                    .iter()
+                    .map(|i| i.input.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into()),
+        }
     }
 
     /// The runner for these inputs: the one compiled up front, or the one

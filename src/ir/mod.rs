@@ -5,6 +5,7 @@ pub mod bind;
 pub mod builder;
 pub mod dim;
 pub mod graph;
+pub mod image_input;
 pub mod ops;
 pub mod shape_rules;
 

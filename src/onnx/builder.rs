@@ -47,7 +47,10 @@ impl Val {
 }
 
 pub fn const_type(t: &Tensor) -> TensorType {
-    TensorType::new(t.dtype(), t.shape().iter().map(|&d| Dim::known(d)).collect())
+    TensorType::new(
+        t.dtype(),
+        t.shape().iter().map(|&d| Dim::known(d)).collect(),
+    )
 }
 
 #[derive(Default)]
@@ -89,7 +92,11 @@ impl Builder {
             Val::Const { value, .. } => Ok(const_type(value)),
             Val::Dims { dims, scalar } => Ok(TensorType::new(
                 DType::I64,
-                if *scalar { vec![] } else { vec![Dim::known(dims.len())] },
+                if *scalar {
+                    vec![]
+                } else {
+                    vec![Dim::known(dims.len())]
+                },
             )),
         }
     }
@@ -173,7 +180,12 @@ impl Builder {
     pub fn output(&mut self, raw: &str, v: &Val) -> Result<String, String> {
         let wanted = super::names::sanitize(raw);
         if let Val::Rt { name, .. } = v {
-            if *name == wanted && !self.outputs.iter().any(|o| o.ends_with(&format!(" {name}"))) {
+            if *name == wanted
+                && !self
+                    .outputs
+                    .iter()
+                    .any(|o| o.ends_with(&format!(" {name}")))
+            {
                 self.outputs.push(format!("output {name}"));
                 return Ok(name.clone());
             }
@@ -233,7 +245,15 @@ impl Builder {
         keepdims: bool,
         hint: &str,
     ) -> Result<Val, String> {
-        self.op(Op::Reduce(ops::Reduce { op: r, axes, keepdims }), &[x], hint)
+        self.op(
+            Op::Reduce(ops::Reduce {
+                op: r,
+                axes,
+                keepdims,
+            }),
+            &[x],
+            hint,
+        )
     }
 
     pub fn reshape(&mut self, x: &Val, shape: Vec<Dim>, hint: &str) -> Result<Val, String> {

@@ -63,9 +63,9 @@ impl ImportError {
     pub fn diagnostic(&self) -> Diagnostic {
         let d = Diagnostic::error(self.to_string());
         match self {
-            ImportError::UnsupportedOp { .. } => d.with_note(
-                "docs/onnx.md lists the ONNX ops lamina imports; nothing was written",
-            ),
+            ImportError::UnsupportedOp { .. } => {
+                d.with_note("docs/onnx.md lists the ONNX ops lamina imports; nothing was written")
+            }
             _ => d,
         }
     }

@@ -73,7 +73,9 @@ pub fn import_file(
         path: onnx.display().to_string(),
         source,
     })?;
-    let lam = out.map(Path::to_path_buf).unwrap_or_else(|| default_output(onnx));
+    let lam = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_output(onnx));
     let weights = weights_path(&lam);
     let weights_name = weights
         .file_name()
@@ -120,7 +122,12 @@ pub fn safetensors_bytes(weights: &BTreeMap<String, Tensor>) -> Result<Vec<u8>, 
                 crate::dtype::DType::I32 => Dtype::I32,
                 crate::dtype::DType::Bool => Dtype::BOOL,
             };
-            (name.clone(), tensors::le_bytes(t), dtype, t.shape().to_vec())
+            (
+                name.clone(),
+                tensors::le_bytes(t),
+                dtype,
+                t.shape().to_vec(),
+            )
         })
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
@@ -202,7 +209,11 @@ pub fn import_bytes(
         }
     }
     for name in fixed.keys() {
-        if !graph.input.iter().any(|vi| vi.name.as_deref() == Some(name.as_str())) {
+        if !graph
+            .input
+            .iter()
+            .any(|vi| vi.name.as_deref() == Some(name.as_str()))
+        {
             errors.push(ImportError::Value {
                 what: "input",
                 name: name.clone(),
@@ -240,7 +251,9 @@ pub fn import_bytes(
             }
         }
         let result = match missing {
-            Some(m) => Err(format!("reads `{m}`, which no earlier node, input or initializer defines")),
+            Some(m) => Err(format!(
+                "reads `{m}`, which no earlier node, input or initializer defines"
+            )),
             None => convert::convert(&mut b, &convert::Node { proto: node, opset }, &ins),
         };
         match result {
@@ -279,7 +292,9 @@ pub fn import_bytes(
                 errors.push(ImportError::Value {
                     what: "output",
                     name,
-                    message: "is not computed by its node (an optional output lamina does not produce)".into(),
+                    message:
+                        "is not computed by its node (an optional output lamina does not produce)"
+                            .into(),
                 });
             }
             continue;
@@ -393,11 +408,17 @@ fn check_ops(graph: &proto::GraphProto) -> Vec<ImportError> {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("#{i}"));
-        let has_subgraph = node.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty());
+        let has_subgraph = node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
         if convert::CONTROL_FLOW.contains(&op.as_str()) || has_subgraph {
             control.entry(op).or_default().push(name);
         } else if !(domain.is_empty() || domain == "ai.onnx") {
-            unsupported.entry(format!("{domain}::{op}")).or_default().push(name);
+            unsupported
+                .entry(format!("{domain}::{op}"))
+                .or_default()
+                .push(name);
         } else if !convert::SUPPORTED.contains(&op.as_str()) {
             unsupported.entry(op).or_default().push(name);
         }
@@ -407,7 +428,11 @@ fn check_ops(graph: &proto::GraphProto) -> Vec<ImportError> {
         .map(|(op, nodes)| ImportError::UnsupportedFeature {
             feature: format!(
                 "control flow: `{op}` (nodes {}); lamina models are straight-line graphs",
-                nodes.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                nodes
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
         .collect();

@@ -7,12 +7,65 @@ use std::collections::HashSet;
 /// Words a lamina name must not be: reserved words, words with a meaning in
 /// one place, dtype names, built-in functions and initializers.
 const AVOID: &[&str] = &[
-    "model", "block", "input", "param", "output", "return", "for", "weights", "as", "true",
-    "false", "in", "int", "float", "f32", "i64", "i32", "bool", "neg", "relu", "sigmoid", "tanh",
-    "gelu", "gelu_tanh", "exp", "log", "sqrt", "rsqrt", "erf", "abs", "recip", "sin", "cos",
-    "matmul", "maximum", "minimum", "pow", "where", "softmax", "log_softmax", "layer_norm", "sum",
-    "mean", "max", "min", "transpose", "permute", "reshape", "concat", "slice", "gather",
-    "embedding", "cast", "zeros", "ones", "uniform", "normal", "xavier", "he",
+    "model",
+    "block",
+    "input",
+    "param",
+    "output",
+    "return",
+    "for",
+    "weights",
+    "as",
+    "true",
+    "false",
+    "in",
+    "int",
+    "float",
+    "f32",
+    "i64",
+    "i32",
+    "bool",
+    "neg",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "gelu_tanh",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "abs",
+    "recip",
+    "sin",
+    "cos",
+    "matmul",
+    "maximum",
+    "minimum",
+    "pow",
+    "where",
+    "softmax",
+    "log_softmax",
+    "layer_norm",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "transpose",
+    "permute",
+    "reshape",
+    "concat",
+    "slice",
+    "gather",
+    "embedding",
+    "cast",
+    "zeros",
+    "ones",
+    "uniform",
+    "normal",
+    "xavier",
+    "he",
 ];
 
 /// `[A-Za-z_][A-Za-z0-9_]*`, not an avoided word.
@@ -73,7 +126,10 @@ mod tests {
 
     #[test]
     fn sanitizes_exporter_names() {
-        assert_eq!(sanitize("/encoder/layer.0/Add_output_0"), "encoder_layer_0_Add_output_0");
+        assert_eq!(
+            sanitize("/encoder/layer.0/Add_output_0"),
+            "encoder_layer_0_Add_output_0"
+        );
         assert_eq!(sanitize("onnx::MatMul_123"), "onnx_MatMul_123");
         assert_eq!(sanitize("0"), "v0");
         assert_eq!(sanitize("output"), "output_");

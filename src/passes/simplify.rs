@@ -221,6 +221,12 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::Gather(_)
         | Op::ScatterAdd(_)
         | Op::FusedLinear(_)
-        | Op::FusedElementwise(_) => None,
+        | Op::FusedElementwise(_)
+        | Op::Conv2d(_)
+        | Op::Pool2d(_)
+        | Op::BatchNorm(_)
+        | Op::Clip(_)
+        | Op::Pad(_)
+        | Op::Resize(_) => None,
     }
 }

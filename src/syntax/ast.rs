@@ -101,10 +101,12 @@ pub struct TypeExpr {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
-    /// `input x: f32[batch, 784]` (model only)
+    /// `input x: f32[batch, 784]` (model only); `= image(...)` declares
+    /// how a photo is turned into this input.
     Input {
         name: Ident,
         ty: TypeExpr,
+        preprocess: Option<Expr>,
         span: Span,
     },
     /// `param fc1.weight: f32[784, 512] = xavier(seed=1)`; no initializer
@@ -196,6 +198,11 @@ pub enum Expr {
         value: bool,
         span: Span,
     },
+    /// `"same"`: attribute values only; the text between the quotes, as written.
+    Str {
+        value: String,
+        span: Span,
+    },
     /// A name or dotted path: a local, an input, a parameter, a symbol, a
     /// block argument, or a bare word such as a dtype in `cast(x, f32)`.
     Name(Path),
@@ -229,6 +236,7 @@ impl Expr {
             Expr::Int { span, .. }
             | Expr::Float { span, .. }
             | Expr::Bool { span, .. }
+            | Expr::Str { span, .. }
             | Expr::List { span, .. }
             | Expr::Neg { span, .. }
             | Expr::Binary { span, .. }

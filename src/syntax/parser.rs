@@ -207,14 +207,8 @@ fn build_item(pair: Pair<'_, Rule>) -> Result<Item, ParseError> {
             let mut parts = Children::of(inner);
             let string = parts.expect(Rule::string)?;
             parts.finish()?;
-            let quoted = string.as_str();
-            // The grammar guarantees the ASCII quotes at both ends.
-            let path = quoted
-                .strip_prefix('"')
-                .and_then(|s| s.strip_suffix('"'))
-                .ok_or_else(|| ParseError::internal(span_of(&string)))?;
             Ok(Item::Weights {
-                path: path.to_string(),
+                path: unquote(&string)?,
                 span,
             })
         }
@@ -304,6 +298,10 @@ fn build_stmt(pair: Pair<'_, Rule>, depth: usize) -> Result<Stmt, ParseError> {
         Rule::input_stmt => Stmt::Input {
             name: build_ident(children.expect(Rule::ident)?),
             ty: build_type(children.expect(Rule::type_expr)?, depth)?,
+            preprocess: match children.next_if(Rule::expr) {
+                Some(e) => Some(build_expr(e, depth)?),
+                None => None,
+            },
             span,
         },
         Rule::param_stmt => Stmt::Param {
@@ -492,10 +490,26 @@ fn build_expr(pair: Pair<'_, Rule>, depth: usize) -> Result<Expr, ParseError> {
                     span: span_of(&pair),
                 })
             }
+            Rule::string => {
+                return Ok(Expr::Str {
+                    value: unquote(&pair)?,
+                    span: span_of(&pair),
+                })
+            }
             Rule::path => return build_path(pair).map(Expr::Name),
             _ => return Err(ParseError::internal(span_of(&pair))),
         }
     }
+}
+
+/// The text between a string's quotes (the grammar guarantees ASCII quotes at both ends).
+fn unquote(string: &Pair<'_, Rule>) -> Result<String, ParseError> {
+    string
+        .as_str()
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .map(str::to_string)
+        .ok_or_else(|| ParseError::internal(span_of(string)))
 }
 
 /// `a < b`; comparisons do not chain, since `a < b < c` would compare a

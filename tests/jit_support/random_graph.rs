@@ -237,7 +237,10 @@ impl Gen {
                     UnaryOp::Exp,
                     UnaryOp::Sin,
                     UnaryOp::Cos,
-                ][self.rng.random_range(0..11)];
+                    UnaryOp::Relu6,
+                    UnaryOp::HardSigmoid,
+                    UnaryOp::HardSwish,
+                ][self.rng.random_range(0..14)];
                 if u == UnaryOp::Exp {
                     let t = self.unary(UnaryOp::Tanh, x);
                     self.unary(u, t)

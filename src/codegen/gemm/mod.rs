@@ -92,7 +92,10 @@ impl Activation {
             | UnaryOp::Abs
             | UnaryOp::Recip
             | UnaryOp::Sin
-            | UnaryOp::Cos => None,
+            | UnaryOp::Cos
+            | UnaryOp::Relu6
+            | UnaryOp::HardSigmoid
+            | UnaryOp::HardSwish => None,
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::{Lowered, Lowerer, Poisoned, Value};
 use crate::ir::lower_error::LowerError;
+use crate::ir::ops::IntsOrWord;
 use crate::ir::{DType, NodeId};
 use crate::span::Span;
 use crate::syntax::ast::{self, BlockParamKind, Expr, PathSegment};
@@ -181,6 +182,110 @@ impl<'a> Args<'a> {
         Ok(Some(out))
     }
 
+    /// One number or a list of numbers (`mean=127.0`, `mean=[123.7, 116.3, 103.5]`);
+    /// None if absent.
+    pub fn float_list(&mut self, lw: &mut Lowerer<'a>, name: &str) -> Lowered<Option<Vec<f64>>> {
+        let Some((e, span)) = self.attr(name, false) else {
+            return Ok(None);
+        };
+        let items: Vec<&'a Expr> = match e {
+            Expr::List { items, .. } => items.iter().collect(),
+            single => vec![single],
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match lw.expr(item)? {
+                Value::Int(v) => out.push(v as f64),
+                Value::Float(v) => out.push(v),
+                Value::Tensor(_) => {
+                    return Err(self.arg_error(lw, format!("`{name}` must be numbers"), span))
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// A word attribute that must be one of `allowed` (`mode="bilinear"`).
+    pub fn word(
+        &mut self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        allowed: &[&str],
+        default: &'static str,
+    ) -> Lowered<String> {
+        match self.attr(name, false) {
+            None => Ok(default.to_string()),
+            Some((e, span)) => match e {
+                Expr::Str { value, span } => self.checked_word(lw, name, value, allowed, *span),
+                _ => Err(self.arg_error(
+                    lw,
+                    format!("`{name}` must be a string, one of {}", quoted(allowed)),
+                    span,
+                )),
+            },
+        }
+    }
+
+    /// One integer, a list of integers, or one of `words` (`padding="same"`).
+    pub fn ints_or_word(
+        &mut self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        words: &[&str],
+    ) -> Lowered<Option<IntsOrWord>> {
+        match self.attr(name, false) {
+            None => Ok(None),
+            Some((Expr::Str { value, span }, _)) => self
+                .checked_word(lw, name, value, words, *span)
+                .map(|w| Some(IntsOrWord::Word(w))),
+            Some((e, span)) => {
+                let items: Vec<&'a Expr> = match e {
+                    Expr::List { items, .. } => items.iter().collect(),
+                    single => vec![single],
+                };
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match lw.expr(item)? {
+                        Value::Int(v) => out.push(v),
+                        _ => {
+                            return Err(self.arg_error(
+                                lw,
+                                format!(
+                                    "`{name}` must be an integer, a list of integers or one of {}",
+                                    quoted(words)
+                                ),
+                                span,
+                            ))
+                        }
+                    }
+                }
+                Ok(Some(IntsOrWord::Ints(out)))
+            }
+        }
+    }
+
+    fn checked_word(
+        &self,
+        lw: &mut Lowerer<'a>,
+        name: &str,
+        value: &str,
+        allowed: &[&str],
+        span: Span,
+    ) -> Lowered<String> {
+        if allowed.contains(&value) {
+            Ok(value.to_string())
+        } else {
+            Err(self.arg_error(
+                lw,
+                format!(
+                    "`{name}` is \"{value}\"; expected one of {}",
+                    quoted(allowed)
+                ),
+                span,
+            ))
+        }
+    }
+
     /// A list of dim expressions as written (`shape=[batch, -1, 64]`).
     pub fn list(
         &mut self,
@@ -250,6 +355,15 @@ impl<'a> Args<'a> {
             Err(Poisoned)
         }
     }
+}
+
+/// `"a", "b"`, for messages.
+fn quoted(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Matches a block call's arguments to the block's parameters (positional

@@ -50,6 +50,12 @@ impl CallArgs for CallSite<'_, '_> {
     fn dtype(&mut self, key: &str) -> Lowered<DType> {
         self.args.dtype(self.lw, key)
     }
+    fn word(&mut self, key: &str, words: &[&str], default: &'static str) -> Lowered<String> {
+        self.args.word(self.lw, key, words, default)
+    }
+    fn ints_or_word(&mut self, key: &str, words: &[&str]) -> Lowered<Option<ops::IntsOrWord>> {
+        self.args.ints_or_word(self.lw, key, words)
+    }
     fn operand_type(&self, operand: NodeId) -> &TensorType {
         &self.lw.graph.node(operand).ty
     }

@@ -7,11 +7,13 @@
 
 mod args;
 mod builtins;
+mod image_input;
 
 use crate::ir::ops::{Constant, Input, MatMul, Param};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::image_input::ImageInput;
 use super::lower_error::{did_you_mean, LowerError};
 use super::{shape_rules, DType, Dim, Graph, NodeId, Op, TensorType};
 use crate::span::Span;
@@ -38,6 +40,8 @@ pub struct LoweredModel {
     pub graph: Graph,
     /// `weights "..."` as written (relative to the model file), with its span.
     pub weights: Option<(String, Span)>,
+    /// Inputs declared `= image(...)`, in declaration order.
+    pub image_inputs: Vec<ImageInput>,
 }
 
 /// Marks a value whose error has already been recorded.
@@ -85,6 +89,7 @@ struct Lowerer<'a> {
     /// Set once a size limit is hit: lowering then stops everywhere, since
     /// every later statement would only add noise.
     exhausted: bool,
+    image_inputs: Vec<ImageInput>,
 }
 
 /// Lowers a parsed file to a graph, or reports every error found.
@@ -100,6 +105,7 @@ pub fn lower(file: &ast::File) -> Result<LoweredModel, Vec<LowerError>> {
         errors: Vec::new(),
         expansions: 0,
         exhausted: false,
+        image_inputs: Vec::new(),
     };
     let mut model: Option<&ast::ModelDef> = None;
     let mut weights = None;
@@ -158,6 +164,7 @@ pub fn lower(file: &ast::File) -> Result<LoweredModel, Vec<LowerError>> {
         Ok(LoweredModel {
             graph: lw.graph,
             weights,
+            image_inputs: lw.image_inputs,
         })
     } else {
         Err(lw.errors)
@@ -212,7 +219,12 @@ impl<'a> Lowerer<'a> {
             return;
         }
         match stmt {
-            Stmt::Input { name, ty, span } => {
+            Stmt::Input {
+                name,
+                ty,
+                preprocess,
+                span,
+            } => {
                 if !in_model {
                     self.error(LowerError::Invalid {
                         message: "`input` belongs in a model, not in a block (pass it as a block argument)".into(),
@@ -224,6 +236,11 @@ impl<'a> Lowerer<'a> {
                     self.poison(&name.name);
                     return;
                 };
+                if let Some(e) = preprocess {
+                    if let Ok(image) = image_input::image_input(self, &name.name, &ty, e) {
+                        self.image_inputs.push(image);
+                    }
+                }
                 let id = self.graph.add_node(
                     Op::Input(Input {
                         name: name.name.clone(),
@@ -628,6 +645,10 @@ impl<'a> Lowerer<'a> {
             Expr::Float { value, .. } => Ok(Value::Float(*value)),
             Expr::Bool { span, .. } => Err(self.error(LowerError::Invalid {
                 message: "`true`/`false` are only attribute values (keepdims=true)".into(),
+                span: *span,
+            })),
+            Expr::Str { span, .. } => Err(self.error(LowerError::Invalid {
+                message: "a string is only an attribute value (padding=\"same\")".into(),
                 span: *span,
             })),
             Expr::List { span, .. } => Err(self.error(LowerError::Invalid {

@@ -22,19 +22,27 @@ use crate::span::Span;
 use crate::tensor::Tensor;
 
 pub mod broadcast;
+pub mod batch_norm;
 pub mod cast;
+pub mod clip;
+pub mod conv;
 pub mod elementwise;
+pub mod flatten;
 pub mod gather;
 pub mod layout;
 pub mod linalg;
 pub mod math;
 pub mod normalize;
+pub mod pad;
+pub mod pool;
 pub mod reduce;
 pub mod scatter;
+pub mod resize;
 pub mod shape;
 pub mod sources;
 pub mod unary;
 pub mod values;
+pub mod window;
 
 pub use broadcast::Broadcast;
 pub use cast::Cast;
@@ -147,6 +155,12 @@ impl Op {
             Op::ScatterAdd(op) => op,
             Op::FusedLinear(op) => op,
             Op::FusedElementwise(op) => op,
+            Op::Conv2d(op) => op,
+            Op::Pool2d(op) => op,
+            Op::BatchNorm(op) => op,
+            Op::Clip(op) => op,
+            Op::Pad(op) => op,
+            Op::Resize(op) => op,
         }
     }
 }
@@ -176,6 +190,8 @@ pub enum EvalError {
     },
     #[error("max: axis {axis} has size 0, and max of nothing is undefined")]
     EmptyMax { axis: usize },
+    #[error("{op}: {message}")]
+    Invalid { op: &'static str, message: String },
     #[error("fused_elementwise: step {step}: {reason}")]
     BadExpr { step: usize, reason: String },
     #[error("{op} nodes take their value from the run's inputs or parameters, not from eval_node")]
@@ -203,6 +219,13 @@ pub const BUILTINS: &[&Builtin] = &[
     &cast::BUILTIN,
     &scatter::BUILTIN,
     &crate::ir::losses::BUILTIN,
+    &conv::BUILTIN,
+    &pool::BUILTIN,
+    &batch_norm::BUILTIN,
+    &clip::BUILTIN,
+    &pad::BUILTIN,
+    &flatten::BUILTIN,
+    &resize::BUILTIN,
 ];
 
 /// The built-in with this name, if any.
@@ -232,6 +255,16 @@ pub trait CallArgs {
     /// A list of integers, or one integer as a list of one; `None` when absent.
     fn int_list(&mut self, key: &str, positional: bool) -> Result<Option<Vec<i64>>, Poisoned>;
     fn dtype(&mut self, key: &str) -> Result<DType, Poisoned>;
+    /// A word attribute (`mode="bilinear"`) that must be one of `words`.
+    fn word(
+        &mut self,
+        key: &str,
+        words: &[&str],
+        default: &'static str,
+    ) -> Result<String, Poisoned>;
+    /// One integer, a list of integers, or one of `words` (`padding=1`,
+    /// `padding=[1, 2]`, `padding="same"`); `None` when absent.
+    fn ints_or_word(&mut self, key: &str, words: &[&str]) -> Result<Option<IntsOrWord>, Poisoned>;
     /// The type of an operand already read.
     fn operand_type(&self, operand: NodeId) -> &TensorType;
     /// A list of dims as written in types (`[batch, seq, 12, 32]`), `-1`
@@ -268,6 +301,13 @@ pub trait CallArgs {
         }
         Ok(resolved as usize)
     }
+}
+
+/// An attribute that is integers or a word, as [`CallArgs::ints_or_word`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntsOrWord {
+    Ints(Vec<i64>),
+    Word(String),
 }
 
 /// An f32 attribute that compares and hashes by bit pattern, so ops can be
@@ -320,6 +360,12 @@ pub enum Op {
     ScatterAdd(ScatterAdd),
     FusedLinear(FusedLinear),
     FusedElementwise(FusedElementwise),
+    Conv2d(conv::Conv2d),
+    Pool2d(pool::Pool2d),
+    BatchNorm(batch_norm::BatchNorm),
+    Clip(clip::Clip),
+    Pad(pad::Pad),
+    Resize(resize::Resize),
 }
 
 impl Op {

@@ -1,6 +1,6 @@
 //! Unary elementwise ops on f32: `neg`, `relu`, `sigmoid`, `tanh`, `gelu`,
 //! `gelu_tanh`, `exp`, `log`, `sqrt`, `rsqrt`, `erf`, `abs`, `recip`, `sin`,
-//! `cos`. Each is a built-in of the same name taking one tensor; the result
+//! `cos`, `relu6`, `hard_sigmoid`, `hard_swish`. Each is a built-in of the same name taking one tensor; the result
 //! has the operand's type.
 
 use super::math;
@@ -32,10 +32,16 @@ pub enum UnaryOp {
     Recip,
     Sin,
     Cos,
+    /// min(max(x, 0), 6)
+    Relu6,
+    /// relu6(x + 3) / 6, PyTorch's `hardsigmoid`
+    HardSigmoid,
+    /// x * relu6(x + 3) / 6, PyTorch's `hardswish`
+    HardSwish,
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 15] = [
+    pub const ALL: [UnaryOp; 18] = [
         UnaryOp::Neg,
         UnaryOp::Relu,
         UnaryOp::Sigmoid,
@@ -51,6 +57,9 @@ impl UnaryOp {
         UnaryOp::Recip,
         UnaryOp::Sin,
         UnaryOp::Cos,
+        UnaryOp::Relu6,
+        UnaryOp::HardSigmoid,
+        UnaryOp::HardSwish,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -70,6 +79,9 @@ impl UnaryOp {
             UnaryOp::Recip => "recip",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
+            UnaryOp::Relu6 => "relu6",
+            UnaryOp::HardSigmoid => "hard_sigmoid",
+            UnaryOp::HardSwish => "hard_swish",
         }
     }
 
@@ -208,6 +220,30 @@ impl UnaryOp {
             let d = cx.binary(BinaryOp::Add, cdf, xpdf)?;
             cx.mul(g, d)
         }
+        UnaryOp::Relu6 | UnaryOp::HardSigmoid | UnaryOp::HardSwish => {
+            // Piecewise: the slope inside the ramp (relu6's 0 < x < 6, the
+            // others' -3 < x < 3), 0 below; hard_swish is 1 above.
+            let (low, high) = if self == UnaryOp::Relu6 { (0.0, 6.0) } else { (-3.0, 3.0) };
+            let zero = cx.scalar(0.0);
+            let low = cx.scalar(low);
+            let high = cx.scalar(high);
+            let above_low = cx.add(Op::Compare(CompareOp::Gt), &[x, low])?;
+            let below_high = cx.add(Op::Compare(CompareOp::Lt), &[x, high])?;
+            let slope = match self {
+                UnaryOp::Relu6 => cx.scalar(1.0),
+                UnaryOp::HardSigmoid => cx.scalar(1.0 / 6.0),
+                _ => {
+                    // d/dx x (x + 3) / 6 = (2x + 3) / 6
+                    let two_x = cx.mul_scalar(x, 2.0 / 6.0)?;
+                    let half = cx.scalar(0.5);
+                    cx.binary(BinaryOp::Add, two_x, half)?
+                }
+            };
+            let above = if self == UnaryOp::HardSwish { cx.scalar(1.0) } else { zero };
+            let upper = cx.add(Op::Where, &[below_high, slope, above])?;
+            let d = cx.add(Op::Where, &[above_low, upper, zero])?;
+            cx.mul(g, d)
+        }
         UnaryOp::Sin => {
             let c = un(cx, UnaryOp::Cos, x)?;
             cx.mul(g, c)
@@ -266,6 +302,17 @@ fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poiso
     Ok((Op::Unary(op), vec![args.tensor()?]))
 }
 
+/// min(max(x, 0), 6), NaN passing through as numpy's `clip`.
+fn relu6(x: f64) -> f64 {
+    if x < 0.0 {
+        0.0
+    } else if x > 6.0 {
+        6.0
+    } else {
+        x
+    }
+}
+
 /// The op on one element: computed in f64, rounded once to f32.
 pub fn apply(op: UnaryOp, x: f32) -> f32 {
     let x = f64::from(x);
@@ -293,6 +340,9 @@ pub fn apply(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Recip => 1.0 / x,
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
+        UnaryOp::Relu6 => relu6(x),
+        UnaryOp::HardSigmoid => relu6(x + 3.0) / 6.0,
+        UnaryOp::HardSwish => x * relu6(x + 3.0) / 6.0,
     };
     y as f32
 }

@@ -74,6 +74,7 @@ fn sexpr(e: &Expr) -> String {
         Expr::Int { value, .. } => value.to_string(),
         Expr::Float { value, .. } => format!("{value:?}"),
         Expr::Bool { value, .. } => value.to_string(),
+        Expr::Str { value, .. } => format!("{value:?}"),
         Expr::Name(p) => path_text(p),
         Expr::List { items, .. } => {
             format!(
@@ -173,6 +174,7 @@ impl SpanChecker<'_> {
             Expr::Int { value, .. } => assert_eq!(t.parse::<i64>().ok(), Some(*value)),
             Expr::Float { value, .. } => assert_eq!(t.parse::<f64>().ok(), Some(*value)),
             Expr::Bool { value, .. } => assert_eq!(t, value.to_string()),
+            Expr::Str { value, .. } => assert_eq!(t, format!("\"{value}\"")),
             Expr::Name(p) => self.path(p, span),
             Expr::List { items, .. } => {
                 assert!(t.starts_with('[') && t.ends_with(']'), "list {t:?}");

@@ -1,0 +1,200 @@
+//! `conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1)`: 2-D
+//! convolution (cross-correlation, as PyTorch and ONNX define it) of an
+//! NCHW input with OIHW weights (PyTorch's layout), optional bias `[O]`.
+//! `groups` splits channels into independent groups (depthwise: groups =
+//! input channels). Padding is zeros; see `window.rs` for the attributes.
+
+use super::shape::{err, expect_dtype, ShapeError};
+use super::values::elements;
+use super::window::Window2d;
+use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::{DType, Dim, TensorType};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2d {
+    pub window: Window2d,
+    pub groups: usize,
+}
+
+/// The sizes of one convolution, all known (the shape rule has run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub groups: usize,
+    /// Padding before the input: top and left.
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl Conv2d {
+    /// The geometry for an input `[N, C, H, W]` and weights `[O, C/g, kh, kw]`
+    /// whose shapes the shape rule accepted.
+    pub fn geometry(&self, x: &[usize], w: &[usize], out: &[usize]) -> ConvGeometry {
+        let pads = |axis: usize, size: usize, k: usize| {
+            self.window
+                .pads(axis, size, k)
+                .expect("the shape rule checked the sizes")
+                .0
+        };
+        ConvGeometry {
+            batch: x[0],
+            in_channels: x[1],
+            in_h: x[2],
+            in_w: x[3],
+            out_channels: w[0],
+            out_h: out[2],
+            out_w: out[3],
+            kernel_h: w[2],
+            kernel_w: w[3],
+            groups: self.groups,
+            pad_top: pads(0, x[2], w[2]),
+            pad_left: pads(1, x[3], w[3]),
+        }
+    }
+}
+
+impl OpKind for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        (2, 3)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        let (x, w) = (inputs[0], inputs[1]);
+        for (what, ty) in [("input", x), ("weights", w)] {
+            expect_dtype("conv2d", what, ty, DType::F32)?;
+        }
+        if x.rank() != 4 || w.rank() != 4 {
+            return err(format!(
+                "conv2d: takes an input [batch, channels, height, width] and weights \
+                 [out_channels, in_channels / groups, kernel_h, kernel_w]; got {x} and {w}"
+            ));
+        }
+        let (Some(kh), Some(kw)) = (w.shape[2].as_known(), w.shape[3].as_known()) else {
+            return err(format!(
+                "conv2d: the kernel size must be known integers, got weights {w}"
+            ));
+        };
+        let groups = Dim::known(self.groups);
+        let per_group = x.shape[1].div(&groups);
+        if per_group.as_ref() != Some(&w.shape[1]) {
+            return err(format!(
+                "conv2d: the input's {} channels in {} group(s) need weights with {} \
+                 input channels each, got {w}",
+                x.shape[1],
+                self.groups,
+                per_group.map_or_else(
+                    || format!("{} / {}", x.shape[1], self.groups),
+                    |d| d.to_string()
+                ),
+            ));
+        }
+        if w.shape[0].div(&groups).is_none() {
+            return err(format!(
+                "conv2d: {} output channels do not split into {} groups",
+                w.shape[0], self.groups
+            ));
+        }
+        if let Some(b) = inputs.get(2) {
+            expect_dtype("conv2d", "bias", b, DType::F32)?;
+            if b.shape != [w.shape[0].clone()] {
+                return err(format!(
+                    "conv2d: the bias must be [{}] (one per output channel), got {b}",
+                    w.shape[0]
+                ));
+            }
+        }
+        let h = self.window.out_dim("conv2d", 0, &x.shape[2], kh)?;
+        let wd = self.window.out_dim("conv2d", 1, &x.shape[3], kw)?;
+        Ok(TensorType::new(
+            DType::F32,
+            vec![x.shape[0].clone(), w.shape[0].clone(), h, wd],
+        ))
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        let x = elements::<f32>("conv2d", inputs[0])?;
+        let w = elements::<f32>("conv2d", inputs[1])?;
+        let bias = match inputs.get(2) {
+            Some(b) => Some(elements::<f32>("conv2d", b)?),
+            None => None,
+        };
+        let g = self.geometry(inputs[0].shape(), inputs[1].shape(), out_shape);
+        let in_per_group = g.in_channels / g.groups;
+        let out_per_group = g.out_channels / g.groups;
+        let mut out = Vec::with_capacity(out_shape.iter().product());
+        for n in 0..g.batch {
+            for o in 0..g.out_channels {
+                let group = o / out_per_group;
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
+                        for ci in 0..in_per_group {
+                            let c = group * in_per_group + ci;
+                            let plane = &x[(n * g.in_channels + c) * g.in_h * g.in_w..];
+                            let kernel = &w[(o * in_per_group + ci) * g.kernel_h * g.kernel_w..];
+                            for (iy, ky) in self.window.taps(0, oy, g.pad_top, g.in_h, g.kernel_h) {
+                                for (ix, kx) in
+                                    self.window.taps(1, ox, g.pad_left, g.in_w, g.kernel_w)
+                                {
+                                    acc += f64::from(plane[iy * g.in_w + ix])
+                                        * f64::from(kernel[ky * g.kernel_w + kx]);
+                                }
+                            }
+                        }
+                        out.push(acc as f32);
+                    }
+                }
+            }
+        }
+        Ok(Tensor::f32(out_shape.to_vec(), out))
+    }
+
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mut attributes = self.window.attributes();
+        attributes.push(("groups", self.groups.to_string()));
+        attributes
+    }
+
+    fn flops(&self, inputs: &[&[usize]], out_shape: &[usize]) -> u64 {
+        // Two per multiply-add: each output element sums C/g * kh * kw products.
+        let w = inputs[1];
+        let per_output = w[1..].iter().product::<usize>() as u64;
+        2 * per_output * out_shape.iter().product::<usize>() as u64
+    }
+}
+
+pub const BUILTIN: Builtin = Builtin {
+    names: &["conv2d"],
+    lower,
+};
+
+/// `conv2d(x, w, [b], stride=, padding=, dilation=, groups=)`.
+fn lower(_name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned> {
+    let mut operands = vec![args.tensor()?, args.tensor()?];
+    operands.extend(args.rest_tensors()?);
+    if operands.len() > 3 {
+        return Err(args.error(format!(
+            "takes an input, weights and an optional bias; got {} tensors",
+            operands.len()
+        )));
+    }
+    let window = Window2d::read(args, [1, 1])?;
+    let groups = args.int("groups", Some(1))?;
+    let Some(groups) = usize::try_from(groups).ok().filter(|&g| g > 0) else {
+        return Err(args.error(format!("groups must be >= 1, got {groups}")));
+    };
+    Ok((Op::Conv2d(Conv2d { window, groups }), operands))
+}

@@ -1,0 +1,214 @@
+//! EfficientNet-Lite0 end to end: models/efficientnet_lite0/efficientnet_lite0.lam
+//! on the real ImageNet checkpoint, against the independent float64 numpy
+//! reference (models/efficientnet_lite0/reference.py, run here), on the
+//! interpreter and the JIT: the logits of a fixed input tensor, and the
+//! whole path from photo files (decode, crop, resize, normalise) to the
+//! top-1 class. Ignored when fetch.sh has not been run or numpy/safetensors
+//! are missing (build.rs decides), except under CI, where that fails them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lamina::engine::{Backend, Model, Options, Session, Weights};
+use lamina::runtime::{read_npy, write_npy};
+use lamina::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+
+/// Largest |lamina - reference| allowed on a logit (logits are O(10)).
+const TOLERANCE: f64 = 1e-3;
+const TABBY: usize = 281;
+const TIGER_CAT: usize = 282;
+const EGYPTIAN_CAT: usize = 285;
+const ESPRESSO: usize = 967;
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0")
+}
+
+fn cache() -> PathBuf {
+    let cache = match std::env::var_os("LAMINA_CACHE") {
+        Some(dir) => PathBuf::from(dir).join("efficientnet_lite0"),
+        None => model_dir().join("cache"),
+    };
+    for file in [
+        "efficientnet_lite0.safetensors",
+        "chelsea.png",
+        "coffee.png",
+    ] {
+        assert!(
+            cache.join(file).is_file(),
+            "no {file} in {}: run bash models/efficientnet_lite0/fetch.sh",
+            cache.display()
+        );
+    }
+    cache
+}
+
+fn session(backend: Backend, threads: usize) -> Session {
+    let model =
+        Model::load(model_dir().join("efficientnet_lite0.lam")).unwrap_or_else(|e| panic!("{e}"));
+    let options = Options {
+        backend,
+        threads,
+        ..Options::default()
+    };
+    let weights = Weights::File(cache().join("efficientnet_lite0.safetensors"));
+    let session = model
+        .compile(weights, &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        session.unused_weights().is_empty(),
+        "{:?}",
+        session.unused_weights()
+    );
+    session
+}
+
+/// reference.py's logits (float64, rounded to f32 in the file) for `args` (`--input X` or `--image P...`).
+fn reference(args: &[&str], out: &Path) -> Vec<f64> {
+    let weights = cache().join("efficientnet_lite0.safetensors");
+    let status = Command::new("python3")
+        .arg(model_dir().join("reference.py"))
+        .args(["--weights", weights.to_str().unwrap()])
+        .args(args)
+        .args(["--output", out.to_str().unwrap()])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "reference.py failed");
+    read_npy(out).unwrap().to_f64_vec()
+}
+
+fn logits(session: &Session, inputs: &HashMap<String, Tensor>) -> Tensor {
+    let outputs = session.run(inputs).unwrap_or_else(|e| panic!("{e}"));
+    let (name, logits) = &outputs[1];
+    assert_eq!(name, "logits");
+    logits.clone()
+}
+
+fn max_diff(got: &Tensor, expected: &[f64]) -> f64 {
+    let got = got.to_f64_vec();
+    assert_eq!(got.len(), expected.len());
+    got.iter()
+        .zip(expected)
+        .map(|(g, e)| (g - e).abs())
+        .fold(0.0, f64::max)
+}
+
+fn argmax(row: &[f64]) -> usize {
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+}
+
+#[test]
+#[cfg_attr(
+    lamina_skip_efficientnet_tests,
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
+)]
+fn logits_match_the_numpy_reference_on_a_fixed_input() {
+    // Two images of values in [-1, 1], as normalised photos are.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0010);
+    let n = 2 * 3 * 224 * 224;
+    let x = Tensor::f32(
+        vec![2, 3, 224, 224],
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let x_path = dir.path().join("x.npy");
+    write_npy(&x_path, &x).unwrap();
+    let expected = reference(
+        &["--input", x_path.to_str().unwrap()],
+        &dir.path().join("ref.npy"),
+    );
+    let inputs = HashMap::from([("image".to_string(), x)]);
+    let interp = logits(&session(Backend::Interp, 1), &inputs);
+    let jit1 = logits(&session(Backend::Jit, 1), &inputs);
+    let jit2 = logits(&session(Backend::Jit, 2), &inputs);
+    for (what, got) in [("interpreter", &interp), ("JIT", &jit1)] {
+        let diff = max_diff(got, &expected);
+        assert!(
+            diff <= TOLERANCE,
+            "{what}: max |lamina - reference| = {diff:e}"
+        );
+    }
+    assert_eq!(jit1, jit2, "1 and 2 JIT threads differ");
+}
+
+#[test]
+#[cfg_attr(
+    lamina_skip_efficientnet_tests,
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
+)]
+fn photos_are_classified_as_the_reference_classifies_them() {
+    let photos = [cache().join("chelsea.png"), cache().join("coffee.png")];
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference(
+        &[
+            "--image",
+            photos[0].to_str().unwrap(),
+            "--image",
+            photos[1].to_str().unwrap(),
+        ],
+        &dir.path().join("ref.npy"),
+    );
+    // The reference's own top-1: a cat, and espresso.
+    assert!([TABBY, TIGER_CAT, EGYPTIAN_CAT].contains(&argmax(&expected[..1000])));
+    assert_eq!(argmax(&expected[1000..]), ESPRESSO);
+    for backend in [Backend::Interp, Backend::Jit] {
+        let session = session(backend, 2);
+        let inputs = session
+            .image_inputs(&photos)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = logits(&session, &inputs);
+        // Preprocessing included: the same crop, resize and normalisation as the reference.
+        let diff = max_diff(&got, &expected);
+        assert!(
+            diff <= TOLERANCE,
+            "{backend:?}: max |lamina - reference| = {diff:e}"
+        );
+        let got = got.to_f64_vec();
+        assert_eq!(
+            argmax(&got[..1000]),
+            argmax(&expected[..1000]),
+            "{backend:?}: chelsea.png"
+        );
+        assert_eq!(argmax(&got[1000..]), ESPRESSO, "{backend:?}: coffee.png");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    lamina_skip_efficientnet_tests,
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
+)]
+fn the_cli_prints_the_top_classes_by_name() {
+    let cache = cache();
+    let model = model_dir().join("efficientnet_lite0.lam");
+    let weights = cache.join("efficientnet_lite0.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args([
+            "run",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+        ])
+        .args([
+            "--image",
+            cache.join("coffee.png").to_str().unwrap(),
+            "--top",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].ends_with("coffee.png:"), "{stdout}");
+    assert!(lines[1].trim_end().ends_with("967  espresso"), "{stdout}");
+    let p: f64 = lines[1].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(p > 0.5 && p <= 1.0, "{stdout}");
+}
