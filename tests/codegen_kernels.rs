@@ -550,10 +550,8 @@ fn gemm_epilogues_agree_bit_for_bit_across_tiers() {
                 .map(|&e| builder.add_gemm(e).unwrap())
                 .collect();
             let lib = builder.finish().unwrap();
-            let packed = PackedB::pack_for(
-                &MatrixRef::row_major(&b, 1, n).unwrap(),
-                lib.pack_layout(),
-            );
+            let packed =
+                PackedB::pack_for(&MatrixRef::row_major(&b, 1, n).unwrap(), lib.pack_layout());
             epilogues
                 .iter()
                 .zip(&ids)
@@ -2136,10 +2134,16 @@ fn row_kernels_edge_cases_on(isa: Isa) {
         out.extend([-7.0f32; 16]);
         let (head, guard) = out.split_at_mut(total);
         run(softmax, &x[..total], rows, len, head).unwrap();
-        assert!(guard.iter().all(|&v| v == -7.0), "{isa} len {len}: wrote past the rows");
+        assert!(
+            guard.iter().all(|&v| v == -7.0),
+            "{isa} len {len}: wrote past the rows"
+        );
         for row in head.chunks(len) {
             let sum: f32 = row.iter().sum();
-            assert!(row.iter().all(|v| v.is_finite()), "{isa} len {len}: {row:?}");
+            assert!(
+                row.iter().all(|v| v.is_finite()),
+                "{isa} len {len}: {row:?}"
+            );
             assert!((sum - 1.0).abs() < 1e-5, "{isa} len {len}: sum {sum}");
         }
     }

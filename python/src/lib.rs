@@ -202,7 +202,10 @@ fn mapping_items<'py>(
     let mapping = mapping.cast::<PyMapping>().map_err(|_| {
         pyo3::exceptions::PyTypeError::new_err(format!(
             "{what}: expected a mapping of names to arrays, got {}",
-            mapping.get_type().name().map_or("?".into(), |n| n.to_string())
+            mapping
+                .get_type()
+                .name()
+                .map_or("?".into(), |n| n.to_string())
         ))
     })?;
     let items = mapping.items()?;
@@ -270,9 +273,7 @@ fn settings(
         "jit" => Backend::Jit,
         "interp" => Backend::Interp,
         other => {
-            problems.push(format!(
-                "backend: `{other}` is not a backend (jit, interp)"
-            ));
+            problems.push(format!("backend: `{other}` is not a backend (jit, interp)"));
             Backend::Jit
         }
     };

@@ -68,7 +68,12 @@ enum Command {
         grad: Option<String>,
         /// What --grad differentiates with respect to: `params` (every f32 parameter), `inputs`
         /// (every f32 input), or parameter and input names, comma-separated.
-        #[arg(long, value_name = "params|inputs|NAME,...", default_value = "params", requires = "grad")]
+        #[arg(
+            long,
+            value_name = "params|inputs|NAME,...",
+            default_value = "params",
+            requires = "grad"
+        )]
         wrt: String,
     },
     /// Run a model on weights and inputs.

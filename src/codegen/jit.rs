@@ -11,8 +11,8 @@ use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, L
 
 use super::constants::ConstantTable;
 use super::simd::{ConstantPool, Emitter};
-use super::wide_math::Assembled;
 use super::target::{Isa, Target};
+use super::wide_math::Assembled;
 use super::CodegenError;
 
 /// How kernels are compiled. The defaults use every feature the CPU has.

@@ -214,7 +214,12 @@ fn zero(v: &mut VecAsm, r: usize) -> Result<(), IcedError> {
 /// Loads the row's tail lanes into `r`: the other lanes keep `r`'s value
 /// (`zeroing`: become 0 on AVX-512; AVX2's masked load always zeroes, and
 /// for the max it is blended back to -inf).
-fn load_tail(v: &mut VecAsm, r: usize, mem: AsmMemoryOperand, zeroing: bool) -> Result<(), IcedError> {
+fn load_tail(
+    v: &mut VecAsm,
+    r: usize,
+    mem: AsmMemoryOperand,
+    zeroing: bool,
+) -> Result<(), IcedError> {
     match v.isa {
         Isa::Avx512 => {
             if zeroing {

@@ -263,7 +263,9 @@ impl VecAsm {
                     (Isa::Avx512, _, Some(m)) => self.a.$z(ZMM[d], ZMM[a], m),
                     (_, Src::R(r), _) => self.a.$y(YMM[d], YMM[a], YMM[r]),
                     (_, _, Some(m)) => self.a.$y(YMM[d], YMM[a], m),
-                    _ => unreachable!("constants have table entries, shared registers resolve per group"),
+                    _ => unreachable!(
+                        "constants have table entries, shared registers resolve per group"
+                    ),
                 }
             };
         }
@@ -367,7 +369,9 @@ impl VecAsm {
     /// `mask = a < b` lane-wise (ordered).
     fn less_than_one(&mut self, mask: Mask, a: usize, b: Src) -> Result<(), IcedError> {
         match (self.isa, mask, b, self.src_mem(b)) {
-            (Isa::Avx512, Mask::K(k), Src::R(r), _) => self.a.vcmpps(K[k], ZMM[a], ZMM[r], CMP_LT_OS),
+            (Isa::Avx512, Mask::K(k), Src::R(r), _) => {
+                self.a.vcmpps(K[k], ZMM[a], ZMM[r], CMP_LT_OS)
+            }
             (Isa::Avx512, Mask::K(k), _, Some(m)) => self.a.vcmpps(K[k], ZMM[a], m, CMP_LT_OS),
             (_, Mask::V(v), Src::R(r), _) => self.a.vcmpps(YMM[v], YMM[a], YMM[r], CMP_LT_OS),
             (_, Mask::V(v), _, Some(m)) => self.a.vcmpps(YMM[v], YMM[a], m, CMP_LT_OS),

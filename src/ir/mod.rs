@@ -16,8 +16,8 @@ pub use ops::{
     BinaryOp, CompareOp, ElementwiseExpr, ExprStep, Float, Init, LinearEpilogue, Op, ReduceOp,
     UnaryOp,
 };
-pub mod lower;
 pub mod losses;
+pub mod lower;
 pub mod lower_error;
 pub mod printer;
 pub mod verify;

@@ -169,7 +169,8 @@ impl Builder {
             return name.clone();
         }
         let name = self.names.fresh(hint);
-        self.params.push(format!("param {name}: {}", const_type(value)));
+        self.params
+            .push(format!("param {name}: {}", const_type(value)));
         self.weights.insert(name.clone(), Tensor::clone(value));
         self.declared.insert(key, name.clone());
         self.keep.push(Arc::clone(value));

@@ -19,18 +19,102 @@ use super::tensors;
 
 /// The ONNX op types this importer translates (default domain).
 pub const SUPPORTED: &[&str] = &[
-    "Abs", "Add", "And", "Attention", "BatchNormalization", "Cast", "CastLike", "Celu", "Clip", "Concat",
-    "Constant", "Cos", "ConstantOfShape", "DepthToSpace", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp",
-    "Expand", "EyeLike", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
-    "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity",
-    "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less",
-    "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "MatMul", "Max", "Mean",
-    "MeanVarianceNormalization", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
-    "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-    "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
-    "RMSNormalization", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
-    "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Swish",
-    "Tanh", "ThresholdedRelu", "Tile", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
+    "Abs",
+    "Add",
+    "And",
+    "Attention",
+    "BatchNormalization",
+    "Cast",
+    "CastLike",
+    "Celu",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Cos",
+    "ConstantOfShape",
+    "DepthToSpace",
+    "Div",
+    "Dropout",
+    "Elu",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "EyeLike",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "LogSoftmax",
+    "LpNormalization",
+    "MatMul",
+    "Max",
+    "Mean",
+    "MeanVarianceNormalization",
+    "Min",
+    "Mish",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "PRelu",
+    "Range",
+    "Reciprocal",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Relu",
+    "Reshape",
+    "RMSNormalization",
+    "Selu",
+    "Shape",
+    "Shrink",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Softplus",
+    "Softsign",
+    "SpaceToDepth",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Swish",
+    "Tanh",
+    "ThresholdedRelu",
+    "Tile",
+    "Transpose",
+    "Trilu",
+    "Unsqueeze",
+    "Where",
+    "Xor",
 ];
 
 /// Op types that carry subgraphs: named as control flow, not as missing ops.
@@ -124,7 +208,9 @@ fn known_f32(v: &Val, what: &str) -> Result<f32, String> {
         Some(TensorData::F32(d)) if d.len() == 1 => Ok(d[0]),
         Some(TensorData::I64(d)) if d.len() == 1 => Ok(d[0] as f32),
         Some(TensorData::I32(d)) if d.len() == 1 => Ok(d[0] as f32),
-        _ => Err(format!("{what} must be known when the model is imported (a scalar)")),
+        _ => Err(format!(
+            "{what} must be known when the model is imported (a scalar)"
+        )),
     }
 }
 
@@ -183,7 +269,10 @@ fn i64_tensor(values: Vec<i64>) -> Tensor {
 
 /// A shape value: a known i64 vector, or a `Dims` when a dim is symbolic.
 fn dims_val(dims: Vec<Dim>, scalar: bool, hint: &str) -> Val {
-    let known: Option<Vec<i64>> = dims.iter().map(|d| d.as_known().map(|k| k as i64)).collect();
+    let known: Option<Vec<i64>> = dims
+        .iter()
+        .map(|d| d.as_known().map(|k| k as i64))
+        .collect();
     match known {
         Some(k) if scalar => Val::konst(Tensor::i64(vec![], k), hint),
         Some(k) => Val::konst(i64_tensor(k), hint),
@@ -220,9 +309,18 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 if t.dtype().is_integer() {
                     let v: Vec<i64> = ints_of(t)
                         .into_iter()
-                        .map(|v| if n.op_type() == "Neg" { v.wrapping_neg() } else { v.wrapping_abs() })
+                        .map(|v| {
+                            if n.op_type() == "Neg" {
+                                v.wrapping_neg()
+                            } else {
+                                v.wrapping_abs()
+                            }
+                        })
                         .collect();
-                    let r = cast_tensor(Tensor::new(t.shape().to_vec(), TensorData::I64(v)), t.dtype())?;
+                    let r = cast_tensor(
+                        Tensor::new(t.shape().to_vec(), TensorData::I64(v)),
+                        t.dtype(),
+                    )?;
                     return one(Val::konst(r, &h));
                 }
             }
@@ -330,7 +428,8 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                     let m = b.unary(UnaryOp::Neg, x, &format!("{h}_neg"))?;
                     b.compare(CompareOp::Eq, &m, &inf, &h)?
                 }
-                (false, false) => b.compare(CompareOp::Ne, x, x, &format!("{h}_nan"))
+                (false, false) => b
+                    .compare(CompareOp::Ne, x, x, &format!("{h}_nan"))
                     .and_then(|nan| {
                         let f = b.cast(&nan, DType::F32, &format!("{h}_f"))?;
                         b.compare(CompareOp::Lt, &f, &b.scalar(0.0), &h)
@@ -375,10 +474,7 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             float_only(b, x)?;
             let (alpha, gamma) = match n.op_type() {
                 "Elu" => (n.float("alpha", 1.0), 1.0),
-                "Selu" => (
-                    n.float("alpha", 1.673_263_2),
-                    n.float("gamma", 1.050_701),
-                ),
+                "Selu" => (n.float("alpha", 1.673_263_2), n.float("gamma", 1.050_701)),
                 _ => (n.float("alpha", 1.0), 1.0),
             };
             let inner = if n.op_type() == "Celu" {
@@ -388,7 +484,12 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             };
             let e = b.unary(UnaryOp::Exp, &inner, &format!("{h}_exp"))?;
             let em1 = b.binary(BinaryOp::Sub, &e, &b.scalar(1.0), &format!("{h}_expm1"))?;
-            let negpart = b.binary(BinaryOp::Mul, &em1, &b.scalar(alpha), &format!("{h}_negpart"))?;
+            let negpart = b.binary(
+                BinaryOp::Mul,
+                &em1,
+                &b.scalar(alpha),
+                &format!("{h}_negpart"),
+            )?;
             let cond = if n.op_type() == "Selu" {
                 b.compare(CompareOp::Le, x, &b.scalar(0.0), &format!("{h}_neg"))?
             } else {
@@ -410,9 +511,18 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 (n.float("alpha", 0.2), n.float("beta", 0.5))
             };
             let lin = b.binary(BinaryOp::Mul, x, &b.scalar(alpha), &format!("{h}_scaled"))?;
-            let lin = b.binary(BinaryOp::Add, &lin, &b.scalar(beta), &format!("{h}_shifted"))?;
+            let lin = b.binary(
+                BinaryOp::Add,
+                &lin,
+                &b.scalar(beta),
+                &format!("{h}_shifted"),
+            )?;
             let lo = b.binary(BinaryOp::Min, &lin, &b.scalar(1.0), &format!("{h}_capped"))?;
-            let name = if n.op_type() == "HardSwish" { format!("{h}_gate") } else { h.clone() };
+            let name = if n.op_type() == "HardSwish" {
+                format!("{h}_gate")
+            } else {
+                h.clone()
+            };
             let hs = b.binary(BinaryOp::Max, &lo, &b.scalar(0.0), &name)?;
             if n.op_type() == "HardSwish" {
                 one(b.binary(BinaryOp::Mul, x, &hs, &h)?)
@@ -442,7 +552,12 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
         "Swish" => {
             let x = x()?;
             float_only(b, x)?;
-            let ax = b.binary(BinaryOp::Mul, x, &b.scalar(n.float("alpha", 1.0)), &format!("{h}_scaled"))?;
+            let ax = b.binary(
+                BinaryOp::Mul,
+                x,
+                &b.scalar(n.float("alpha", 1.0)),
+                &format!("{h}_scaled"),
+            )?;
             let s = b.unary(UnaryOp::Sigmoid, &ax, &format!("{h}_gate"))?;
             one(b.binary(BinaryOp::Mul, x, &s, &h)?)
         }
@@ -480,7 +595,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             };
             let mut v = x.clone();
             if let Some(lo) = lo {
-                let name = if hi.is_some() { format!("{h}_lo") } else { h.clone() };
+                let name = if hi.is_some() {
+                    format!("{h}_lo")
+                } else {
+                    h.clone()
+                };
                 v = b.binary(BinaryOp::Max, &v, &lo, &name)?;
             }
             if let Some(hi) = hi {
@@ -532,7 +651,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             )?;
             let mut y = mm;
             if alpha != 1.0 {
-                let name = if c.is_none() { h.clone() } else { format!("{h}_scaled") };
+                let name = if c.is_none() {
+                    h.clone()
+                } else {
+                    format!("{h}_scaled")
+                };
                 y = b.binary(BinaryOp::Mul, &y, &b.scalar(alpha), &name)?;
             }
             if let Some(c) = c {
@@ -554,14 +677,22 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let a = axis(n.int("axis", -1), r)?;
             let eps = n.float("epsilon", 1e-5);
             let sq = b.binary(BinaryOp::Mul, x, x, &format!("{h}_sq"))?;
-            let ms = b.reduce(ReduceOp::Mean, &sq, (a..r).collect(), true, &format!("{h}_meansq"))?;
+            let ms = b.reduce(
+                ReduceOp::Mean,
+                &sq,
+                (a..r).collect(),
+                true,
+                &format!("{h}_meansq"),
+            )?;
             let ms = b.binary(BinaryOp::Add, &ms, &b.scalar(eps), &format!("{h}_var"))?;
             let inv = b.unary(UnaryOp::Rsqrt, &ms, &format!("{h}_inv"))?;
             let normed = b.binary(BinaryOp::Mul, x, &inv, &format!("{h}_normed"))?;
             one(b.binary(BinaryOp::Mul, &normed, req(ins, 1, "scale")?, &h)?)
         }
         "BatchNormalization" => {
-            if n.int("training_mode", 0) != 0 || (1..n.proto.output.len()).any(|i| n.wants_output(i)) {
+            if n.int("training_mode", 0) != 0
+                || (1..n.proto.output.len()).any(|i| n.wants_output(i))
+            {
                 return Err("training mode (running statistics outputs) is not supported".into());
             }
             let x = x()?;
@@ -633,7 +764,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let x = x()?;
             float_only(b, x)?;
             let r = b.rank(x)?;
-            let op = if n.op_type() == "GlobalAveragePool" { ReduceOp::Mean } else { ReduceOp::Max };
+            let op = if n.op_type() == "GlobalAveragePool" {
+                ReduceOp::Mean
+            } else {
+                ReduceOp::Max
+            };
             one(b.reduce(op, x, (2..r).collect(), true, &h)?)
         }
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceL1" | "ReduceL2"
@@ -656,7 +791,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
         "Reshape" => {
             let x = x()?;
             let target = if n.opset < 5 {
-                n.ints("shape").unwrap_or_default().into_iter().map(ShapeEntry::Int).collect()
+                n.ints("shape")
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(ShapeEntry::Int)
+                    .collect()
             } else {
                 shape_arg(req(ins, 1, "shape")?, "the shape")?
             };
@@ -686,7 +825,9 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                             ShapeEntry::Sym(d) => d,
                             ShapeEntry::Int(i) if i >= 0 => Dim::known(i as usize),
                             ShapeEntry::Int(i) => {
-                                return Err(format!("concatenates the number {i} with symbolic dims"))
+                                return Err(format!(
+                                    "concatenates the number {i} with symbolic dims"
+                                ))
                             }
                         });
                     }
@@ -700,7 +841,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let parts: Vec<&Val> = vals
                 .iter()
                 .copied()
-                .filter(|v| b.ty(v).map(|t| t.shape.get(a).and_then(Dim::as_known) != Some(0)).unwrap_or(true))
+                .filter(|v| {
+                    b.ty(v)
+                        .map(|t| t.shape.get(a).and_then(Dim::as_known) != Some(0))
+                        .unwrap_or(true)
+                })
                 .collect();
             if parts.len() == 1 {
                 return one(parts[0].clone());
@@ -793,7 +938,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
             let start = clamp(n.int("start", 0));
             let end = clamp(n.int("end", r));
-            let dims = if start < end { shape[start..end].to_vec() } else { vec![] };
+            let dims = if start < end {
+                shape[start..end].to_vec()
+            } else {
+                vec![]
+            };
             one(dims_val(dims, false, &h))
         }
         "Size" => {
@@ -802,7 +951,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             one(dims_val(vec![total], true, &h))
         }
         "Range" => {
-            let (s, l, d) = (req(ins, 0, "start")?, req(ins, 1, "limit")?, req(ins, 2, "delta")?);
+            let (s, l, d) = (
+                req(ins, 0, "start")?,
+                req(ins, 1, "limit")?,
+                req(ins, 2, "delta")?,
+            );
             one(Val::konst(range(s, l, d)?, &h))
         }
         "Expand" => {
@@ -855,7 +1008,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             let keep: Vec<bool> = (0..rows * cols)
                 .map(|i| {
                     let d = (i % cols) as i64 - (i / cols) as i64;
-                    if upper { d >= k } else { d <= k }
+                    if upper {
+                        d >= k
+                    } else {
+                        d <= k
+                    }
                 })
                 .collect();
             let mask = Val::konst(
@@ -867,8 +1024,14 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
         }
         "Dropout" => {
             if let Some(t) = opt(ins, 2) {
-                if known_ints(&cast_known_bool(t)?, "training_mode")?.iter().any(|&v| v != 0) {
-                    return Err("training mode is random; only inference (training_mode false) is imported".into());
+                if known_ints(&cast_known_bool(t)?, "training_mode")?
+                    .iter()
+                    .any(|&v| v != 0)
+                {
+                    return Err(
+                        "training mode is random; only inference (training_mode false) is imported"
+                            .into(),
+                    );
                 }
             }
             let x = x()?;
@@ -890,30 +1053,67 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 return Err("input must be 4-D (N, C, H, W)".into());
             }
             let bs = n.int("blocksize", 0);
-            let bs = usize::try_from(bs).ok().filter(|&v| v > 0).ok_or("blocksize must be positive")?;
+            let bs = usize::try_from(bs)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or("blocksize must be positive")?;
             let k = Dim::known(bs);
             let (nn, c, hh, ww) = (s[0].clone(), s[1].clone(), s[2].clone(), s[3].clone());
-            let div = |d: &Dim| d.div(&k).ok_or_else(|| format!("{d} is not a multiple of {bs}"));
+            let div = |d: &Dim| {
+                d.div(&k)
+                    .ok_or_else(|| format!("{d} is not a multiple of {bs}"))
+            };
             let mul = |d: &Dim| d.checked_mul(&k).ok_or("too large".to_string());
             let (split, perm, merged) = if n.op_type() == "DepthToSpace" {
                 let c2 = div(&div(&c)?)?;
                 let crd = n.string("mode").as_deref() == Some("CRD");
                 let (split, perm) = if crd {
-                    (vec![nn.clone(), c2.clone(), k.clone(), k.clone(), hh.clone(), ww.clone()], vec![0, 1, 4, 2, 5, 3])
+                    (
+                        vec![
+                            nn.clone(),
+                            c2.clone(),
+                            k.clone(),
+                            k.clone(),
+                            hh.clone(),
+                            ww.clone(),
+                        ],
+                        vec![0, 1, 4, 2, 5, 3],
+                    )
                 } else {
-                    (vec![nn.clone(), k.clone(), k.clone(), c2.clone(), hh.clone(), ww.clone()], vec![0, 3, 4, 1, 5, 2])
+                    (
+                        vec![
+                            nn.clone(),
+                            k.clone(),
+                            k.clone(),
+                            c2.clone(),
+                            hh.clone(),
+                            ww.clone(),
+                        ],
+                        vec![0, 3, 4, 1, 5, 2],
+                    )
                 };
                 (split, perm, vec![nn, c2, mul(&hh)?, mul(&ww)?])
             } else {
                 let (h2, w2) = (div(&hh)?, div(&ww)?);
                 (
-                    vec![nn.clone(), c.clone(), h2.clone(), k.clone(), w2.clone(), k.clone()],
+                    vec![
+                        nn.clone(),
+                        c.clone(),
+                        h2.clone(),
+                        k.clone(),
+                        w2.clone(),
+                        k.clone(),
+                    ],
                     vec![0, 3, 5, 1, 2, 4],
                     vec![nn, mul(&mul(&c)?)?, h2, w2],
                 )
             };
             let v = b.reshape(x, split, &format!("{h}_split"))?;
-            let v = b.op(Op::Permute(ops::Permute { perm }), &[&v], &format!("{h}_moved"))?;
+            let v = b.op(
+                Op::Permute(ops::Permute { perm }),
+                &[&v],
+                &format!("{h}_moved"),
+            )?;
             one(b.reshape(&v, merged, &h)?)
         }
         other => Err(format!("`{other}` has no translation")),
@@ -967,10 +1167,13 @@ fn reshape_dims(from: &[Dim], target: &[ShapeEntry], allowzero: bool) -> Result<
         let total = product(from)?;
         let known: Vec<Dim> = out.iter().flatten().cloned().collect();
         let rest = product(&known)?;
-        let missing = total
-            .div(&rest)
-            .ok_or_else(|| format!("cannot infer -1: {total} elements are not a multiple of {rest}"))?;
-        return Ok(out.into_iter().map(|d| d.unwrap_or_else(|| missing.clone())).collect());
+        let missing = total.div(&rest).ok_or_else(|| {
+            format!("cannot infer -1: {total} elements are not a multiple of {rest}")
+        })?;
+        return Ok(out
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| missing.clone()))
+            .collect());
     }
     Ok(out.into_iter().flatten().collect())
 }
@@ -984,11 +1187,41 @@ fn matmul(b: &mut Builder, a: &Val, w: &Val, h: &str) -> Result<Val, String> {
     let a1 = ta.rank() == 1;
     let w1 = tw.rank() == 1;
     if !a1 && !w1 {
-        return b.op(Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }), &[a, w], h);
+        return b.op(
+            Op::MatMul(ops::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            }),
+            &[a, w],
+            h,
+        );
     }
-    let a2 = if a1 { b.reshape(a, vec![Dim::known(1), ta.shape[0].clone()], &format!("{h}_row"))? } else { a.clone() };
-    let w2 = if w1 { b.reshape(w, vec![tw.shape[0].clone(), Dim::known(1)], &format!("{h}_col"))? } else { w.clone() };
-    let m = b.op(Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }), &[&a2, &w2], &format!("{h}_2d"))?;
+    let a2 = if a1 {
+        b.reshape(
+            a,
+            vec![Dim::known(1), ta.shape[0].clone()],
+            &format!("{h}_row"),
+        )?
+    } else {
+        a.clone()
+    };
+    let w2 = if w1 {
+        b.reshape(
+            w,
+            vec![tw.shape[0].clone(), Dim::known(1)],
+            &format!("{h}_col"),
+        )?
+    } else {
+        w.clone()
+    };
+    let m = b.op(
+        Op::MatMul(ops::MatMul {
+            transpose_a: false,
+            transpose_b: false,
+        }),
+        &[&a2, &w2],
+        &format!("{h}_2d"),
+    )?;
     let mut shape = b.ty(&m)?.shape;
     if w1 {
         shape.pop();
@@ -1006,13 +1239,24 @@ fn normalize(b: &mut Builder, x: &Val, over: &[usize], eps: f32, h: &str) -> Res
     let mean = b.reduce(ReduceOp::Mean, x, over.to_vec(), true, &format!("{h}_mean"))?;
     let c = b.binary(BinaryOp::Sub, x, &mean, &format!("{h}_centered"))?;
     let sq = b.binary(BinaryOp::Mul, &c, &c, &format!("{h}_sq"))?;
-    let var = b.reduce(ReduceOp::Mean, &sq, over.to_vec(), true, &format!("{h}_var"))?;
+    let var = b.reduce(
+        ReduceOp::Mean,
+        &sq,
+        over.to_vec(),
+        true,
+        &format!("{h}_var"),
+    )?;
     let var = b.binary(BinaryOp::Add, &var, &b.scalar(eps), &format!("{h}_vareps"))?;
     let sd = b.unary(UnaryOp::Sqrt, &var, &format!("{h}_std"))?;
     b.binary(BinaryOp::Div, &c, &sd, h)
 }
 
-fn layer_norm(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<Vec<Val>, String> {
+fn layer_norm(
+    b: &mut Builder,
+    n: &Node<'_>,
+    ins: &[Option<Val>],
+    h: &str,
+) -> Result<Vec<Val>, String> {
     let x = req(ins, 0, "X")?;
     float_only(b, x)?;
     let ty = b.ty(x)?;
@@ -1023,17 +1267,34 @@ fn layer_norm(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Re
     let bias = opt(ins, 2);
     let stats_wanted = n.wants_output(1) || n.wants_output(2);
     let last_only = a + 1 == r && b.ty(scale)?.shape == [ty.shape[a].clone()];
-    if last_only && !stats_wanted && bias.is_none_or(|v| b.ty(v).map(|t| t.shape == [ty.shape[a].clone()]).unwrap_or(false)) {
+    if last_only
+        && !stats_wanted
+        && bias.is_none_or(|v| {
+            b.ty(v)
+                .map(|t| t.shape == [ty.shape[a].clone()])
+                .unwrap_or(false)
+        })
+    {
         let zero_bias;
         let bias = match bias {
             Some(v) => v,
             None => {
-                let len = ty.shape[a].as_known().ok_or("a symbolic normalised axis needs a bias")?;
-                zero_bias = Val::konst(Tensor::f32(vec![len], vec![0.0; len]), &format!("{h}_bias"));
+                let len = ty.shape[a]
+                    .as_known()
+                    .ok_or("a symbolic normalised axis needs a bias")?;
+                zero_bias =
+                    Val::konst(Tensor::f32(vec![len], vec![0.0; len]), &format!("{h}_bias"));
                 &zero_bias
             }
         };
-        return Ok(vec![b.op(Op::LayerNorm(ops::LayerNorm { axis: a, eps: Float(eps) }), &[x, scale, bias], h)?]);
+        return Ok(vec![b.op(
+            Op::LayerNorm(ops::LayerNorm {
+                axis: a,
+                eps: Float(eps),
+            }),
+            &[x, scale, bias],
+            h,
+        )?]);
     }
     let over: Vec<usize> = (a..r).collect();
     let mean = b.reduce(ReduceOp::Mean, x, over.clone(), true, &format!("{h}_mean"))?;
@@ -1105,7 +1366,12 @@ fn reduce(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result
     Ok(vec![v])
 }
 
-fn squeeze(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<Vec<Val>, String> {
+fn squeeze(
+    b: &mut Builder,
+    n: &Node<'_>,
+    ins: &[Option<Val>],
+    h: &str,
+) -> Result<Vec<Val>, String> {
     let x = req(ins, 0, "data")?;
     let listed = match opt(ins, 1) {
         Some(v) => Some(known_ints(v, "axes")?),
@@ -1117,7 +1383,11 @@ fn squeeze(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Resul
     };
     if let Some((dims, scalar)) = scalar_in {
         // Shape arithmetic: a scalar dim becomes a 1-entry vector or back.
-        let out_scalar = if n.op_type() == "Unsqueeze" { false } else { !scalar && dims.len() == 1 };
+        let out_scalar = if n.op_type() == "Unsqueeze" {
+            false
+        } else {
+            !scalar && dims.len() == 1
+        };
         if n.op_type() == "Unsqueeze" && !scalar {
             return Err("unsqueezing a shape vector to 2-D is not supported".into());
         }
@@ -1169,7 +1439,11 @@ fn split(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
         .as_known()
         .ok_or("splitting a symbolic axis is not supported")?;
     let count = n.proto.output.len();
-    let sizes: Vec<usize> = match opt(ins, 1).map(|v| known_ints(v, "split")).transpose()?.or(n.ints("split")) {
+    let sizes: Vec<usize> = match opt(ins, 1)
+        .map(|v| known_ints(v, "split"))
+        .transpose()?
+        .or(n.ints("split"))
+    {
         Some(s) if !s.is_empty() => s
             .iter()
             .map(|&v| usize::try_from(v).map_err(|_| format!("negative split {v}")))
@@ -1177,7 +1451,9 @@ fn split(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
         _ => {
             let parts = n.int("num_outputs", count as i64).max(1) as usize;
             let each = len.div_ceil(parts);
-            (0..parts).map(|i| each.min(len.saturating_sub(i * each))).collect()
+            (0..parts)
+                .map(|i| each.min(len.saturating_sub(i * each)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != len {
@@ -1186,9 +1462,18 @@ fn split(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
     let mut start = 0;
     let mut outs = Vec::new();
     for (i, s) in sizes.iter().enumerate() {
-        let name = if n.output(i).is_empty() { format!("{h}_{i}") } else { n.output(i).to_string() };
+        let name = if n.output(i).is_empty() {
+            format!("{h}_{i}")
+        } else {
+            n.output(i).to_string()
+        };
         outs.push(b.op(
-            Op::Slice(ops::Slice { axis: a, start, end: Dim::known(start + s), step: 1 }),
+            Op::Slice(ops::Slice {
+                axis: a,
+                start,
+                end: Dim::known(start + s),
+                step: 1,
+            }),
             &[x],
             &name,
         )?);
@@ -1214,11 +1499,19 @@ fn slice(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
             opt(ins, 4).map(|v| known_ints(v, "steps")).transpose()?,
         )
     };
-    if let Val::Dims { dims, scalar: false } = x {
+    if let Val::Dims {
+        dims,
+        scalar: false,
+    } = x
+    {
         // Slicing a symbolic shape vector.
         let (s, e, st) = (starts[0], ends[0], steps.as_ref().map_or(1, |v| v[0]));
         let idx = slice_indices(dims.len(), s, e, st)?;
-        return Ok(dims_val(idx.into_iter().map(|i| dims[i].clone()).collect(), false, h));
+        return Ok(dims_val(
+            idx.into_iter().map(|i| dims[i].clone()).collect(),
+            false,
+            h,
+        ));
     }
     let r = b.rank(x)?;
     let ax = ax.unwrap_or_else(|| (0..starts.len() as i64).collect());
@@ -1241,13 +1534,20 @@ fn slice(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
             }
             if start >= 0 && end >= 0 && end < i32::MAX as i64 && step > 0 {
                 v = b.op(
-                    Op::Slice(ops::Slice { axis: a, start: start as usize, end: Dim::known(end as usize), step: step as usize }),
+                    Op::Slice(ops::Slice {
+                        axis: a,
+                        start: start as usize,
+                        end: Dim::known(end as usize),
+                        step: step as usize,
+                    }),
                     &[&v],
                     h,
                 )?;
                 continue;
             }
-            return Err(format!("slicing symbolic axis {a} ({size}) from the end is not supported"));
+            return Err(format!(
+                "slicing symbolic axis {a} ({size}) from the end is not supported"
+            ));
         };
         let idx = slice_indices(len, start, end, step)?;
         if idx.len() == len && step == 1 {
@@ -1257,12 +1557,20 @@ fn slice(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<
             let s = idx.first().copied().unwrap_or(0);
             let e = idx.last().map_or(s, |&l| l + 1);
             v = b.op(
-                Op::Slice(ops::Slice { axis: a, start: s, end: Dim::known(e), step: step as usize }),
+                Op::Slice(ops::Slice {
+                    axis: a,
+                    start: s,
+                    end: Dim::known(e),
+                    step: step as usize,
+                }),
                 &[&v],
                 h,
             )?;
         } else {
-            let ids = Val::konst(i64_tensor(idx.iter().map(|&i| i as i64).collect()), &format!("{h}_ids"));
+            let ids = Val::konst(
+                i64_tensor(idx.iter().map(|&i| i as i64).collect()),
+                &format!("{h}_ids"),
+            );
             v = b.op(Op::Gather(ops::Gather { axis: a }), &[&v, &ids], h)?;
         }
     }
@@ -1326,7 +1634,9 @@ fn fill(value: &Tensor, dims: Vec<usize>) -> Result<Tensor, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or("the shape is too large")?;
     if count > 1 << 26 {
-        return Err(format!("a constant of {count} elements is too large to write"));
+        return Err(format!(
+            "a constant of {count} elements is too large to write"
+        ));
     }
     Ok(match value.data() {
         TensorData::F32(v) => Tensor::new(dims, TensorData::F32(vec![v[0]; count])),
@@ -1339,7 +1649,8 @@ fn fill(value: &Tensor, dims: Vec<usize>) -> Result<Tensor, String> {
 fn cast_tensor(t: Tensor, to: DType) -> Result<Tensor, String> {
     let ty = super::builder::const_type(&t);
     let out = crate::ir::TensorType::new(to, ty.shape);
-    crate::interp::eval_node(&Op::Cast(ops::Cast { to }), &[&t], &out).map_err(|e| e.root().to_string())
+    crate::interp::eval_node(&Op::Cast(ops::Cast { to }), &[&t], &out)
+        .map_err(|e| e.root().to_string())
 }
 
 fn cast_known_bool(v: &Val) -> Result<Val, String> {
@@ -1356,15 +1667,24 @@ fn range(s: &Val, l: &Val, d: &Val) -> Result<Tensor, String> {
         .ok_or("start must be known when the model is imported (Range builds a constant)")?;
     match dt {
         DType::F32 => {
-            let (s, l, d) = (known_f32(s, "start")?, known_f32(l, "limit")?, known_f32(d, "delta")?);
+            let (s, l, d) = (
+                known_f32(s, "start")?,
+                known_f32(l, "limit")?,
+                known_f32(d, "delta")?,
+            );
             let count = (((l - s) / d).ceil().max(0.0)) as usize;
             if count > 1 << 26 {
                 return Err("the range is too long".into());
             }
-            Ok(Tensor::f32(vec![count], (0..count).map(|i| s + i as f32 * d).collect()))
+            Ok(Tensor::f32(
+                vec![count],
+                (0..count).map(|i| s + i as f32 * d).collect(),
+            ))
         }
         DType::I64 | DType::I32 => {
-            let one = |v: &Val, w: &str| known_ints(v, w).and_then(|x| x.first().copied().ok_or(format!("{w} is empty")));
+            let one = |v: &Val, w: &str| {
+                known_ints(v, w).and_then(|x| x.first().copied().ok_or(format!("{w} is empty")))
+            };
             let (s, l, d) = (one(s, "start")?, one(l, "limit")?, one(d, "delta")?);
             if d == 0 {
                 return Err("delta is 0".into());
@@ -1392,8 +1712,13 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
         match v {
             Val::Dims { dims, scalar } => Some((dims.clone(), *scalar)),
             Val::Const { value, .. } if value.dtype() == DType::I64 && value.shape().len() <= 1 => {
-                let TensorData::I64(d) = value.data() else { return None };
-                let dims = d.iter().map(|&x| usize::try_from(x).ok().map(Dim::known)).collect::<Option<Vec<_>>>()?;
+                let TensorData::I64(d) = value.data() else {
+                    return None;
+                };
+                let dims = d
+                    .iter()
+                    .map(|&x| usize::try_from(x).ok().map(Dim::known))
+                    .collect::<Option<Vec<_>>>()?;
                 Some((dims, value.shape().is_empty()))
             }
             _ => None,
@@ -1414,7 +1739,9 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
             let (p, q) = (&x[i.min(x.len() - 1)], &y[i.min(y.len() - 1)]);
             out.push(match op {
                 "Mul" => p.checked_mul(q).ok_or("overflow")?,
-                "Div" => p.div(q).ok_or_else(|| format!("{p} / {q} is not a whole dim"))?,
+                "Div" => p
+                    .div(q)
+                    .ok_or_else(|| format!("{p} / {q} is not a whole dim"))?,
                 _ => {
                     return Err(format!(
                         "`{op}` on symbolic dims ({p}, {q}): lamina's dims are products of symbols"
@@ -1433,8 +1760,8 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
     let (xs, ys) = (x.shape().to_vec(), y.shape().to_vec());
     let xd: Vec<Dim> = xs.iter().map(|&d| Dim::known(d)).collect();
     let yd: Vec<Dim> = ys.iter().map(|&d| Dim::known(d)).collect();
-    let out = crate::ir::shape_rules::broadcast_shapes(&xd, &yd)
-        .ok_or("operands do not broadcast")?;
+    let out =
+        crate::ir::shape_rules::broadcast_shapes(&xd, &yd).ok_or("operands do not broadcast")?;
     let out: Vec<usize> = out.iter().map(|d| d.as_known().expect("known")).collect();
     let (xv, yv) = (ints_of(x), ints_of(y));
     let count: usize = out.iter().product();
@@ -1470,7 +1797,11 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
                 }
                 let r = p.wrapping_rem(q);
                 // Mod takes the divisor's sign (Python's %); Fmod the dividend's.
-                if op == "Mod" && r != 0 && ((r < 0) != (q < 0)) { r + q } else { r }
+                if op == "Mod" && r != 0 && ((r < 0) != (q < 0)) {
+                    r + q
+                } else {
+                    r
+                }
             }
             _ => {
                 if q == 0 {
@@ -1482,8 +1813,15 @@ fn fold_int_binary(op: &str, a: &Val, c: &Val, h: &str) -> Result<Option<Val>, S
         });
     }
     let t = Tensor::new(out, TensorData::I64(vals));
-    let t = if x.dtype() == DType::I32 { cast_tensor(t, DType::I32)? } else { t };
-    Ok(Some(Val::Const { value: Arc::new(t), hint: h.to_string() }))
+    let t = if x.dtype() == DType::I32 {
+        cast_tensor(t, DType::I32)?
+    } else {
+        t
+    };
+    Ok(Some(Val::Const {
+        value: Arc::new(t),
+        hint: h.to_string(),
+    }))
 }
 
 fn ints_of(t: &Tensor) -> Vec<i64> {
@@ -1499,7 +1837,12 @@ fn ints_of(t: &Tensor) -> Vec<i64> {
 /// repeated, `softmax((q s)(k s)^T + bias) v` with `s = sqrt(scale)`, the
 /// bias from the mask (bool: 0 or -inf; shorter masks padded) and the causal
 /// triangle, `softcap` before the bias.
-fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Result<Vec<Val>, String> {
+fn attention(
+    b: &mut Builder,
+    n: &Node<'_>,
+    ins: &[Option<Val>],
+    h: &str,
+) -> Result<Vec<Val>, String> {
     if opt(ins, 6).is_some() {
         return Err("nonpad_kv_seqlen is not supported".into());
     }
@@ -1514,10 +1857,25 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
             return Ok(x.clone());
         }
         let s = b.ty(x)?.shape;
-        let count = usize::try_from(count).ok().filter(|&c| c > 0).ok_or("3-D inputs need q_num_heads and kv_num_heads")?;
-        let size = s[2].div(&Dim::known(count)).ok_or_else(|| format!("{} is not a multiple of {count} heads", s[2]))?;
-        let split = b.reshape(x, vec![s[0].clone(), s[1].clone(), Dim::known(count), size], &tmp(&format!("{what}_split")))?;
-        b.op(Op::Permute(ops::Permute { perm: vec![0, 2, 1, 3] }), &[&split], &tmp(&format!("{what}_heads")))
+        let count = usize::try_from(count)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or("3-D inputs need q_num_heads and kv_num_heads")?;
+        let size = s[2]
+            .div(&Dim::known(count))
+            .ok_or_else(|| format!("{} is not a multiple of {count} heads", s[2]))?;
+        let split = b.reshape(
+            x,
+            vec![s[0].clone(), s[1].clone(), Dim::known(count), size],
+            &tmp(&format!("{what}_split")),
+        )?;
+        b.op(
+            Op::Permute(ops::Permute {
+                perm: vec![0, 2, 1, 3],
+            }),
+            &[&split],
+            &tmp(&format!("{what}_heads")),
+        )
     };
     let q = heads(b, q, n.int("q_num_heads", 0), "q")?;
     let mut k = heads(b, k, n.int("kv_num_heads", 0), "k")?;
@@ -1531,23 +1889,36 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
     let past_len = match opt(ins, 4) {
         Some(pk) => {
             let len = b.ty(pk)?.shape[2].clone();
-            k = b.op(Op::Concat(ops::Concat { axis: 2 }), &[pk, &k], &tmp("present_key"))?;
+            k = b.op(
+                Op::Concat(ops::Concat { axis: 2 }),
+                &[pk, &k],
+                &tmp("present_key"),
+            )?;
             len.as_known().ok_or("a symbolic past length")?
         }
         None => 0,
     };
     if let Some(pv) = opt(ins, 5) {
-        v = b.op(Op::Concat(ops::Concat { axis: 2 }), &[pv, &v], &tmp("present_value"))?;
+        v = b.op(
+            Op::Concat(ops::Concat { axis: 2 }),
+            &[pv, &v],
+            &tmp("present_value"),
+        )?;
     }
     let (present_k, present_v) = (k.clone(), v.clone());
     let q_seq = qs[2].as_known().ok_or("a symbolic query length")?;
-    let kv_seq = b.ty(&k)?.shape[2].as_known().ok_or("a symbolic key length")?;
+    let kv_seq = b.ty(&k)?.shape[2]
+        .as_known()
+        .ok_or("a symbolic key length")?;
 
     let neg_inf = Val::konst(Tensor::scalar(f32::NEG_INFINITY), "neg_inf");
     let mut bias = None;
     if let Some(mask) = opt(ins, 3) {
         let ms = b.ty(mask)?.shape;
-        let last = ms.last().and_then(Dim::as_known).ok_or("a symbolic mask length")?;
+        let last = ms
+            .last()
+            .and_then(Dim::as_known)
+            .ok_or("a symbolic mask length")?;
         let is_bool = b.dtype(mask)? == DType::Bool;
         let mut mask = mask.clone();
         if last < kv_seq {
@@ -1562,7 +1933,11 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
                 Tensor::scalar(f32::NEG_INFINITY)
             };
             let pad = Val::konst(fill(&fill_value, pad_shape)?, &tmp("mask_pad"));
-            mask = b.op(Op::Concat(ops::Concat { axis: ms.len() - 1 }), &[&mask, &pad], &tmp("mask_padded"))?;
+            mask = b.op(
+                Op::Concat(ops::Concat { axis: ms.len() - 1 }),
+                &[&mask, &pad],
+                &tmp("mask_padded"),
+            )?;
         }
         if is_bool {
             if n.int("is_causal", 0) != 0 {
@@ -1576,7 +1951,11 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
         let tri: Vec<f32> = (0..q_seq * kv_seq)
             .map(|i| {
                 let (r, c) = (i / kv_seq, i % kv_seq);
-                if c >= past_len && c - past_len > r { f32::NEG_INFINITY } else { 0.0 }
+                if c >= past_len && c - past_len > r {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
             })
             .collect();
         let causal = Val::konst(Tensor::f32(vec![q_seq, kv_seq], tri), &tmp("causal"));
@@ -1587,24 +1966,39 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
     }
     let (qh, kh) = (
         qs[1].as_known().ok_or("a symbolic head count")?,
-        b.ty(&k)?.shape[1].as_known().ok_or("a symbolic head count")?,
+        b.ty(&k)?.shape[1]
+            .as_known()
+            .ok_or("a symbolic head count")?,
     );
     if qh != kh {
         if kh == 0 || qh % kh != 0 {
-            return Err(format!("{qh} query heads cannot share {kh} key/value heads"));
+            return Err(format!(
+                "{qh} query heads cannot share {kh} key/value heads"
+            ));
         }
         let ids = Val::konst(
             i64_tensor((0..qh).map(|i| (i / (qh / kh)) as i64).collect()),
             &tmp("kv_head_ids"),
         );
-        k = b.op(Op::Gather(ops::Gather { axis: 1 }), &[&k, &ids], &tmp("k_shared"))?;
-        v = b.op(Op::Gather(ops::Gather { axis: 1 }), &[&v, &ids], &tmp("v_shared"))?;
+        k = b.op(
+            Op::Gather(ops::Gather { axis: 1 }),
+            &[&k, &ids],
+            &tmp("k_shared"),
+        )?;
+        v = b.op(
+            Op::Gather(ops::Gather { axis: 1 }),
+            &[&v, &ids],
+            &tmp("v_shared"),
+        )?;
     }
     let s = b.scalar(scale.sqrt());
     let qs_ = b.binary(BinaryOp::Mul, &q, &s, &tmp("q_scaled"))?;
     let ks_ = b.binary(BinaryOp::Mul, &k, &s, &tmp("k_scaled"))?;
     let mut qk = b.op(
-        Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: true }),
+        Op::MatMul(ops::MatMul {
+            transpose_a: false,
+            transpose_b: true,
+        }),
         &[&qs_, &ks_],
         &tmp("qk"),
     )?;
@@ -1618,19 +2012,36 @@ fn attention(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Res
         Some(bias) => b.binary(BinaryOp::Add, &qk, bias, &tmp("scores"))?,
         None => qk.clone(),
     };
-    let probs = b.op(Op::Softmax(ops::Softmax { axis: 3 }), &[&with_bias], &tmp("probs"))?;
+    let probs = b.op(
+        Op::Softmax(ops::Softmax { axis: 3 }),
+        &[&with_bias],
+        &tmp("probs"),
+    )?;
     let mode_out = match n.int("qk_matmul_output_mode", 0) {
         2 => with_bias.clone(),
         3 => probs.clone(),
         _ => qk.clone(),
     };
     let ctx = b.op(
-        Op::MatMul(ops::MatMul { transpose_a: false, transpose_b: false }),
+        Op::MatMul(ops::MatMul {
+            transpose_a: false,
+            transpose_b: false,
+        }),
         &[&probs, &v],
-        &if three_d { tmp("context") } else { h.to_string() },
+        &if three_d {
+            tmp("context")
+        } else {
+            h.to_string()
+        },
     )?;
     let y = if three_d {
-        let merged = b.op(Op::Permute(ops::Permute { perm: vec![0, 2, 1, 3] }), &[&ctx], &tmp("context_merged"))?;
+        let merged = b.op(
+            Op::Permute(ops::Permute {
+                perm: vec![0, 2, 1, 3],
+            }),
+            &[&ctx],
+            &tmp("context_merged"),
+        )?;
         let cs = b.ty(&merged)?.shape;
         let hidden = cs[2].checked_mul(&cs[3]).ok_or("too large")?;
         b.reshape(&merged, vec![cs[0].clone(), cs[1].clone(), hidden], h)?

@@ -551,11 +551,7 @@ impl<'a> Lowerer<'a> {
     /// (input and parameter declarations); otherwise they must exist.
     fn tensor_type(&mut self, ty_expr: &ast::TypeExpr, introduce: bool) -> Lowered<TensorType> {
         let ty = ty_expr;
-        let dtype = ty
-            .dtype
-            .name
-            .parse::<DType>()
-            .ok();
+        let dtype = ty.dtype.name.parse::<DType>().ok();
         let dims: Vec<Lowered<Dim>> = ty
             .dims
             .iter()

@@ -1,9 +1,9 @@
 //! `cast`: dtype conversion.
 
-use crate::ir::vjp::{GradError, Vjp};
 use super::shape::ShapeError;
 use super::values::{elements, with_element_type, Element};
 use super::{Builtin, CallArgs, DType, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::TensorType;
 use crate::tensor::{Tensor, TensorData};
 

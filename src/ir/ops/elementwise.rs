@@ -166,7 +166,15 @@ impl OpKind for BinaryOp {
         g: NodeId,
         wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
-        let [da, db] = binary_vjp(cx, *self, inputs[0], inputs[1], node, g, [wants[0], wants[1]])?;
+        let [da, db] = binary_vjp(
+            cx,
+            *self,
+            inputs[0],
+            inputs[1],
+            node,
+            g,
+            [wants[0], wants[1]],
+        )?;
         Ok(vec![da, db])
     }
 }
@@ -728,7 +736,8 @@ fn fused_elementwise(
                 grads[a].push(d);
             }
             ExprStep::Binary(b, x, y) => {
-                let [dx, dy] = binary_vjp(cx, b, values[x], values[y], values[i], gi, [true, true])?;
+                let [dx, dy] =
+                    binary_vjp(cx, b, values[x], values[y], values[i], gi, [true, true])?;
                 grads[x].extend(dx);
                 grads[y].extend(dy);
             }

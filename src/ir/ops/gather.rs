@@ -1,10 +1,10 @@
 //! `gather` (and `embedding`): entries of a table picked by integer ids.
 
-use super::ScatterAdd;
-use crate::ir::vjp::{GradError, Vjp};
 use super::shape::{err, expect_axis, ShapeError};
 use super::values::take;
+use super::ScatterAdd;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, TensorType};
 use crate::tensor::{Tensor, TensorData};
 
@@ -59,7 +59,10 @@ impl OpKind for Gather {
         // The table's gradient: g added back at the rows the ids picked.
         let table_ty = cx.ty(inputs[0]).clone();
         let zeros = cx.zeros(&table_ty)?;
-        let scattered = cx.add(Op::ScatterAdd(ScatterAdd { axis: self.axis }), &[zeros, inputs[1], g])?;
+        let scattered = cx.add(
+            Op::ScatterAdd(ScatterAdd { axis: self.axis }),
+            &[zeros, inputs[1], g],
+        )?;
         Ok(vec![Some(scattered), None])
     }
 }

@@ -1,14 +1,14 @@
 //! Ops that move elements without arithmetic: `permute` (and `transpose`),
 //! `reshape`, `concat`, `slice`. They work on every dtype.
 
-use super::ScatterAdd;
-use crate::ir::vjp::{GradError, Vjp};
 use super::reduce::show_list;
 use super::shape::{add_dims, err, expect_axis, ShapeError};
 use super::values::{elements, take, with_element_type, Element, StridedOffsets};
+use super::ScatterAdd;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
 use crate::ir::dim;
 use crate::ir::graph::ShapeDisplay;
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::{strides, Tensor, TensorData};
 
@@ -85,7 +85,9 @@ impl OpKind for Permute {
         for (i, &p) in self.perm.iter().enumerate() {
             inverse[p] = i;
         }
-        Ok(vec![Some(cx.add(Op::Permute(Permute { perm: inverse }), &[g])?)])
+        Ok(vec![Some(
+            cx.add(Op::Permute(Permute { perm: inverse }), &[g])?,
+        )])
     }
 }
 
@@ -272,7 +274,9 @@ impl OpKind for Slice {
         g: NodeId,
         _wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
-        Ok(vec![Some(slice_vjp(cx, inputs[0], self.axis, self.start, self.step, g)?)])
+        Ok(vec![Some(slice_vjp(
+            cx, inputs[0], self.axis, self.start, self.step, g,
+        )?)])
     }
 }
 
@@ -479,7 +483,10 @@ fn concat_vjp(
     g: NodeId,
     wants: &[bool],
 ) -> Result<Vec<Option<NodeId>>, GradError> {
-    let lens: Vec<Dim> = inputs.iter().map(|&i| cx.ty(i).shape[axis].clone()).collect();
+    let lens: Vec<Dim> = inputs
+        .iter()
+        .map(|&i| cx.ty(i).shape[axis].clone())
+        .collect();
     let symbolic = lens.iter().any(|d| d.as_known().is_none());
     let unit = if symbolic {
         let first = &lens[0];
@@ -488,7 +495,9 @@ fn concat_vjp(
         Some(Dim::known(1))
     };
     let Some(unit) = unit else {
-        return cx.no_rule(format!("the parts along axis {axis} have no common size unit"));
+        return cx.no_rule(format!(
+            "the parts along axis {axis} have no common size unit"
+        ));
     };
     let multiples: Option<Vec<usize>> = lens
         .iter()
@@ -503,7 +512,10 @@ fn concat_vjp(
     let Some(multiples) = multiples else {
         return cx.no_rule(format!(
             "the parts along axis {axis} are not multiples of one size ({})",
-            lens.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            lens.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     let total: usize = multiples.iter().sum();

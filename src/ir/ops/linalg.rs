@@ -97,7 +97,15 @@ impl OpKind for MatMul {
         g: NodeId,
         wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
-        let [da, db] = matmul_vjp(cx, inputs[0], inputs[1], self.transpose_a, self.transpose_b, g, [wants[0], wants[1]])?;
+        let [da, db] = matmul_vjp(
+            cx,
+            inputs[0],
+            inputs[1],
+            self.transpose_a,
+            self.transpose_b,
+            g,
+            [wants[0], wants[1]],
+        )?;
         Ok(vec![da, db])
     }
 }

@@ -1,12 +1,12 @@
 //! Normalisations along one axis: `softmax`, `log_softmax`, `layer_norm`.
 
-use super::{BinaryOp, ReduceOp, UnaryOp};
-use crate::ir::vjp::{GradError, Vjp};
 use super::math::nan_max;
 use super::shape::{err, expect_axis, expect_dtype, show, ShapeError};
 use super::values::{elements, StridedOffsets};
+use super::{BinaryOp, ReduceOp, UnaryOp};
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
 use crate::ir::graph::ShapeDisplay;
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, TensorType};
 use crate::tensor::{strides, Tensor};
 

@@ -1,11 +1,11 @@
 //! Reductions over axes: `sum`, `mean`, `max`. Sums accumulate in f64.
 
-use super::{BinaryOp, Cast, CompareOp, Reshape};
-use crate::ir::vjp::{GradError, Vjp};
 use super::math::nan_max;
 use super::shape::{err, expect_axis, expect_dtype, ShapeError};
 use super::values::{elements, StridedOffsets};
+use super::{BinaryOp, Cast, CompareOp, Reshape};
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::{strides, Tensor};
 
@@ -95,7 +95,15 @@ impl OpKind for Reduce {
         g: NodeId,
         _wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
-        Ok(vec![Some(reduce_vjp(cx, self.op, inputs[0], node, &self.axes, self.keepdims, g)?)])
+        Ok(vec![Some(reduce_vjp(
+            cx,
+            self.op,
+            inputs[0],
+            node,
+            &self.axes,
+            self.keepdims,
+            g,
+        )?)])
     }
 }
 

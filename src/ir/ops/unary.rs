@@ -9,9 +9,9 @@ use super::values::elements;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
 use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{BinaryOp, CompareOp};
-use std::f64::consts::PI;
 use crate::ir::{DType, TensorType};
 use crate::tensor::Tensor;
+use std::f64::consts::PI;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
@@ -144,141 +144,149 @@ impl UnaryOp {
         y: NodeId,
         g: NodeId,
     ) -> Result<NodeId, GradError> {
-    let un = |cx: &mut Vjp<'_>, op: UnaryOp, a: NodeId| cx.add(Op::Unary(op), &[a]);
-    match self {
-        UnaryOp::Neg => cx.neg(g),
-        UnaryOp::Relu => {
-            let zero = cx.scalar(0.0);
-            let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
-            cx.add(Op::Where, &[positive, g, zero])
-        }
-        UnaryOp::Sigmoid => {
-            // y (1 - y)
-            let one = cx.scalar(1.0);
-            let rest = cx.binary(BinaryOp::Sub, one, y)?;
-            let d = cx.mul(y, rest)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Tanh => {
-            // 1 - y^2
-            let one = cx.scalar(1.0);
-            let yy = cx.mul(y, y)?;
-            let d = cx.binary(BinaryOp::Sub, one, yy)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Exp => cx.mul(g, y),
-        UnaryOp::Log => cx.binary(BinaryOp::Div, g, x),
-        UnaryOp::Sqrt => {
-            // 1 / (2 sqrt x)
-            let half = cx.mul_scalar(g, 0.5)?;
-            cx.binary(BinaryOp::Div, half, y)
-        }
-        UnaryOp::Rsqrt => {
-            // -x^(-3/2) / 2 = -y^3 / 2
-            let yy = cx.mul(y, y)?;
-            let yyy = cx.mul(yy, y)?;
-            let d = cx.mul_scalar(yyy, -0.5)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Recip => {
-            // -1 / x^2 = -y^2
-            let yy = cx.mul(y, y)?;
-            let gyy = cx.mul(g, yy)?;
-            cx.neg(gyy)
-        }
-        UnaryOp::Abs => {
-            // sign(x); 0 at 0, the subgradient that keeps zeros where they are
-            let zero = cx.scalar(0.0);
-            let one = cx.scalar(1.0);
-            let minus_one = cx.scalar(-1.0);
-            let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
-            let negative = cx.add(Op::Compare(CompareOp::Lt), &[x, zero])?;
-            let down = cx.add(Op::Where, &[negative, minus_one, zero])?;
-            let sign = cx.add(Op::Where, &[positive, one, down])?;
-            cx.mul(g, sign)
-        }
-        UnaryOp::Erf => {
-            // 2/sqrt(pi) exp(-x^2)
-            let xx = cx.mul(x, x)?;
-            let minus_xx = cx.neg(xx)?;
-            let e = un(cx, UnaryOp::Exp, minus_xx)?;
-            let d = cx.mul_scalar(e, (2.0 / PI.sqrt()) as f32)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Gelu => {
-            // Phi(x) + x phi(x) = (1 + erf(x/sqrt2))/2 + x exp(-x^2/2)/sqrt(2 pi)
-            let scaled = cx.mul_scalar(x, std::f64::consts::FRAC_1_SQRT_2 as f32)?;
-            let erf = un(cx, UnaryOp::Erf, scaled)?;
-            let one = cx.scalar(1.0);
-            let cdf2 = cx.binary(BinaryOp::Add, one, erf)?;
-            let cdf = cx.mul_scalar(cdf2, 0.5)?;
-            let xx = cx.mul(x, x)?;
-            let exponent = cx.mul_scalar(xx, -0.5)?;
-            let e = un(cx, UnaryOp::Exp, exponent)?;
-            let pdf = cx.mul_scalar(e, (1.0 / (2.0 * PI).sqrt()) as f32)?;
-            let xpdf = cx.mul(x, pdf)?;
-            let d = cx.binary(BinaryOp::Add, cdf, xpdf)?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Relu6 | UnaryOp::HardSigmoid | UnaryOp::HardSwish => {
-            // Piecewise: the slope inside the ramp (relu6's 0 < x < 6, the
-            // others' -3 < x < 3), 0 below; hard_swish is 1 above.
-            let (low, high) = if self == UnaryOp::Relu6 { (0.0, 6.0) } else { (-3.0, 3.0) };
-            let zero = cx.scalar(0.0);
-            let low = cx.scalar(low);
-            let high = cx.scalar(high);
-            let above_low = cx.add(Op::Compare(CompareOp::Gt), &[x, low])?;
-            let below_high = cx.add(Op::Compare(CompareOp::Lt), &[x, high])?;
-            let slope = match self {
-                UnaryOp::Relu6 => cx.scalar(1.0),
-                UnaryOp::HardSigmoid => cx.scalar(1.0 / 6.0),
-                _ => {
-                    // d/dx x (x + 3) / 6 = (2x + 3) / 6
-                    let two_x = cx.mul_scalar(x, 2.0 / 6.0)?;
-                    let half = cx.scalar(0.5);
-                    cx.binary(BinaryOp::Add, two_x, half)?
-                }
-            };
-            let above = if self == UnaryOp::HardSwish { cx.scalar(1.0) } else { zero };
-            let upper = cx.add(Op::Where, &[below_high, slope, above])?;
-            let d = cx.add(Op::Where, &[above_low, upper, zero])?;
-            cx.mul(g, d)
-        }
-        UnaryOp::Sin => {
-            let c = un(cx, UnaryOp::Cos, x)?;
-            cx.mul(g, c)
-        }
-        UnaryOp::Cos => {
-            let s = un(cx, UnaryOp::Sin, x)?;
-            let gs = cx.mul(g, s)?;
-            cx.neg(gs)
-        }
-        UnaryOp::GeluTanh => {
-            // t = tanh(c (x + k x^3)):
-            // (1 + t)/2 + x (1 - t^2) c (1 + 3k x^2) / 2
-            const K: f32 = 0.044715;
-            let c = (2.0 / PI).sqrt() as f32;
-            let xx = cx.mul(x, x)?;
-            let xxx = cx.mul(xx, x)?;
-            let kxxx = cx.mul_scalar(xxx, K)?;
-            let inner = cx.binary(BinaryOp::Add, x, kxxx)?;
-            let u = cx.mul_scalar(inner, c)?;
-            let t = un(cx, UnaryOp::Tanh, u)?;
-            let one = cx.scalar(1.0);
-            let one_plus_t = cx.binary(BinaryOp::Add, one, t)?;
-            let first = cx.mul_scalar(one_plus_t, 0.5)?;
-            let tt = cx.mul(t, t)?;
-            let sech2 = cx.binary(BinaryOp::Sub, one, tt)?;
-            let kxx3 = cx.mul_scalar(xx, 3.0 * K)?;
-            let du = cx.binary(BinaryOp::Add, one, kxx3)?;
-            let du = cx.mul_scalar(du, 0.5 * c)?;
-            let xs = cx.mul(x, sech2)?;
-            let second = cx.mul(xs, du)?;
-            let d = cx.binary(BinaryOp::Add, first, second)?;
-            cx.mul(g, d)
+        let un = |cx: &mut Vjp<'_>, op: UnaryOp, a: NodeId| cx.add(Op::Unary(op), &[a]);
+        match self {
+            UnaryOp::Neg => cx.neg(g),
+            UnaryOp::Relu => {
+                let zero = cx.scalar(0.0);
+                let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
+                cx.add(Op::Where, &[positive, g, zero])
+            }
+            UnaryOp::Sigmoid => {
+                // y (1 - y)
+                let one = cx.scalar(1.0);
+                let rest = cx.binary(BinaryOp::Sub, one, y)?;
+                let d = cx.mul(y, rest)?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Tanh => {
+                // 1 - y^2
+                let one = cx.scalar(1.0);
+                let yy = cx.mul(y, y)?;
+                let d = cx.binary(BinaryOp::Sub, one, yy)?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Exp => cx.mul(g, y),
+            UnaryOp::Log => cx.binary(BinaryOp::Div, g, x),
+            UnaryOp::Sqrt => {
+                // 1 / (2 sqrt x)
+                let half = cx.mul_scalar(g, 0.5)?;
+                cx.binary(BinaryOp::Div, half, y)
+            }
+            UnaryOp::Rsqrt => {
+                // -x^(-3/2) / 2 = -y^3 / 2
+                let yy = cx.mul(y, y)?;
+                let yyy = cx.mul(yy, y)?;
+                let d = cx.mul_scalar(yyy, -0.5)?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Recip => {
+                // -1 / x^2 = -y^2
+                let yy = cx.mul(y, y)?;
+                let gyy = cx.mul(g, yy)?;
+                cx.neg(gyy)
+            }
+            UnaryOp::Abs => {
+                // sign(x); 0 at 0, the subgradient that keeps zeros where they are
+                let zero = cx.scalar(0.0);
+                let one = cx.scalar(1.0);
+                let minus_one = cx.scalar(-1.0);
+                let positive = cx.add(Op::Compare(CompareOp::Gt), &[x, zero])?;
+                let negative = cx.add(Op::Compare(CompareOp::Lt), &[x, zero])?;
+                let down = cx.add(Op::Where, &[negative, minus_one, zero])?;
+                let sign = cx.add(Op::Where, &[positive, one, down])?;
+                cx.mul(g, sign)
+            }
+            UnaryOp::Erf => {
+                // 2/sqrt(pi) exp(-x^2)
+                let xx = cx.mul(x, x)?;
+                let minus_xx = cx.neg(xx)?;
+                let e = un(cx, UnaryOp::Exp, minus_xx)?;
+                let d = cx.mul_scalar(e, (2.0 / PI.sqrt()) as f32)?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Gelu => {
+                // Phi(x) + x phi(x) = (1 + erf(x/sqrt2))/2 + x exp(-x^2/2)/sqrt(2 pi)
+                let scaled = cx.mul_scalar(x, std::f64::consts::FRAC_1_SQRT_2 as f32)?;
+                let erf = un(cx, UnaryOp::Erf, scaled)?;
+                let one = cx.scalar(1.0);
+                let cdf2 = cx.binary(BinaryOp::Add, one, erf)?;
+                let cdf = cx.mul_scalar(cdf2, 0.5)?;
+                let xx = cx.mul(x, x)?;
+                let exponent = cx.mul_scalar(xx, -0.5)?;
+                let e = un(cx, UnaryOp::Exp, exponent)?;
+                let pdf = cx.mul_scalar(e, (1.0 / (2.0 * PI).sqrt()) as f32)?;
+                let xpdf = cx.mul(x, pdf)?;
+                let d = cx.binary(BinaryOp::Add, cdf, xpdf)?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Relu6 | UnaryOp::HardSigmoid | UnaryOp::HardSwish => {
+                // Piecewise: the slope inside the ramp (relu6's 0 < x < 6, the
+                // others' -3 < x < 3), 0 below; hard_swish is 1 above.
+                let (low, high) = if self == UnaryOp::Relu6 {
+                    (0.0, 6.0)
+                } else {
+                    (-3.0, 3.0)
+                };
+                let zero = cx.scalar(0.0);
+                let low = cx.scalar(low);
+                let high = cx.scalar(high);
+                let above_low = cx.add(Op::Compare(CompareOp::Gt), &[x, low])?;
+                let below_high = cx.add(Op::Compare(CompareOp::Lt), &[x, high])?;
+                let slope = match self {
+                    UnaryOp::Relu6 => cx.scalar(1.0),
+                    UnaryOp::HardSigmoid => cx.scalar(1.0 / 6.0),
+                    _ => {
+                        // d/dx x (x + 3) / 6 = (2x + 3) / 6
+                        let two_x = cx.mul_scalar(x, 2.0 / 6.0)?;
+                        let half = cx.scalar(0.5);
+                        cx.binary(BinaryOp::Add, two_x, half)?
+                    }
+                };
+                let above = if self == UnaryOp::HardSwish {
+                    cx.scalar(1.0)
+                } else {
+                    zero
+                };
+                let upper = cx.add(Op::Where, &[below_high, slope, above])?;
+                let d = cx.add(Op::Where, &[above_low, upper, zero])?;
+                cx.mul(g, d)
+            }
+            UnaryOp::Sin => {
+                let c = un(cx, UnaryOp::Cos, x)?;
+                cx.mul(g, c)
+            }
+            UnaryOp::Cos => {
+                let s = un(cx, UnaryOp::Sin, x)?;
+                let gs = cx.mul(g, s)?;
+                cx.neg(gs)
+            }
+            UnaryOp::GeluTanh => {
+                // t = tanh(c (x + k x^3)):
+                // (1 + t)/2 + x (1 - t^2) c (1 + 3k x^2) / 2
+                const K: f32 = 0.044715;
+                let c = (2.0 / PI).sqrt() as f32;
+                let xx = cx.mul(x, x)?;
+                let xxx = cx.mul(xx, x)?;
+                let kxxx = cx.mul_scalar(xxx, K)?;
+                let inner = cx.binary(BinaryOp::Add, x, kxxx)?;
+                let u = cx.mul_scalar(inner, c)?;
+                let t = un(cx, UnaryOp::Tanh, u)?;
+                let one = cx.scalar(1.0);
+                let one_plus_t = cx.binary(BinaryOp::Add, one, t)?;
+                let first = cx.mul_scalar(one_plus_t, 0.5)?;
+                let tt = cx.mul(t, t)?;
+                let sech2 = cx.binary(BinaryOp::Sub, one, tt)?;
+                let kxx3 = cx.mul_scalar(xx, 3.0 * K)?;
+                let du = cx.binary(BinaryOp::Add, one, kxx3)?;
+                let du = cx.mul_scalar(du, 0.5 * c)?;
+                let xs = cx.mul(x, sech2)?;
+                let second = cx.mul(xs, du)?;
+                let d = cx.binary(BinaryOp::Add, first, second)?;
+                cx.mul(g, d)
+            }
         }
     }
-}
 }
 
 const NAMES: [&str; UnaryOp::ALL.len()] = {
