@@ -37,7 +37,7 @@ struct Case {
 }
 
 fn padding(rng: &mut ChaCha8Rng) -> Padding2d {
-    match rng.gen_range(0..4) {
+    match rng.random_range(0..4) {
         0 => Padding2d::Same,
         1 => Padding2d::Explicit {
             top: 0,
@@ -46,18 +46,18 @@ fn padding(rng: &mut ChaCha8Rng) -> Padding2d {
             right: 0,
         },
         _ => Padding2d::Explicit {
-            top: rng.gen_range(0..3),
-            left: rng.gen_range(0..3),
-            bottom: rng.gen_range(0..3),
-            right: rng.gen_range(0..3),
+            top: rng.random_range(0..3),
+            left: rng.random_range(0..3),
+            bottom: rng.random_range(0..3),
+            right: rng.random_range(0..3),
         },
     }
 }
 
 fn window(rng: &mut ChaCha8Rng) -> Window2d {
     Window2d {
-        stride: [rng.gen_range(1..4), rng.gen_range(1..4)],
-        dilation: [rng.gen_range(1..3), rng.gen_range(1..3)],
+        stride: [rng.random_range(1..4), rng.random_range(1..4)],
+        dilation: [rng.random_range(1..3), rng.random_range(1..3)],
         padding: padding(rng),
     }
 }
@@ -93,19 +93,19 @@ fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     while cases.len() < 60 {
         let kind = cases.len() % 4;
-        let batch = r.gen_range(1..3);
-        let (h, w) = (r.gen_range(1..12), r.gen_range(1..12));
+        let batch = r.random_range(1..3);
+        let (h, w) = (r.random_range(1..12), r.random_range(1..12));
         let win = window(r);
-        let (kh, kw) = (r.gen_range(1..4), r.gen_range(1..4));
+        let (kh, kw) = (r.random_range(1..4), r.random_range(1..4));
         let (op, x, weights, kernel, depth, what) = match kind {
             // Plain and grouped convolutions (groups of 1-3 channels, 1-3 outputs each).
             0 | 1 => {
-                let groups = if kind == 0 { 1 } else { r.gen_range(2..4) };
-                let (cg, og) = (r.gen_range(1..4), r.gen_range(1..4));
+                let groups = if kind == 0 { 1 } else { r.random_range(2..4) };
+                let (cg, og) = (r.random_range(1..4), r.random_range(1..4));
                 if cg == 1 && og == 1 && groups > 1 {
                     continue;
                 }
-                let bias = r.gen_bool(0.5);
+                let bias = r.random_bool(0.5);
                 let mut weights = vec![vec![groups * og, cg, kh, kw]];
                 if bias {
                     weights.push(vec![groups * og]);
@@ -118,14 +118,19 @@ fn cases() -> Vec<Case> {
                     }),
                     vec![batch, groups * cg, h, w],
                     weights,
-                    "conv_gemm",
+                    // One input and one output channel per group is depthwise.
+                    if cg == 1 && og == 1 {
+                        "window2d"
+                    } else {
+                        "conv_gemm"
+                    },
                     cg * kh * kw,
                     what,
                 )
             }
             2 => {
-                let c = r.gen_range(1..6);
-                let bias = r.gen_bool(0.5);
+                let c = r.random_range(1..6);
+                let bias = r.random_bool(0.5);
                 let mut weights = vec![vec![c, 1, kh, kw]];
                 if bias {
                     weights.push(vec![c]);
@@ -143,7 +148,7 @@ fn cases() -> Vec<Case> {
                 )
             }
             _ => {
-                let kind = match r.gen_range(0..3) {
+                let kind = match r.random_range(0..3) {
                     0 => PoolKind::Max,
                     1 => PoolKind::Avg {
                         count_include_pad: false,
@@ -158,7 +163,7 @@ fn cases() -> Vec<Case> {
                         kernel: [kh, kw],
                         window: win,
                     }),
-                    vec![batch, r.gen_range(1..4), h, w],
+                    vec![batch, r.random_range(1..4), h, w],
                     vec![],
                     "window2d",
                     kh * kw,
@@ -192,7 +197,11 @@ fn run(case: &Case, isa: Isa, threads: usize) -> (Vec<&'static str>, Tensor) {
         },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", case.what));
-    let given: Vec<&Tensor> = model.input_names().iter().map(|n| &case.inputs[*n]).collect();
+    let given: Vec<&Tensor> = model
+        .input_names()
+        .iter()
+        .map(|n| &case.inputs[*n])
+        .collect();
     let info = model.prepare(&given, &Bindings::new()).unwrap();
     let out = model
         .run(&case.inputs)

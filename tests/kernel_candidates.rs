@@ -303,7 +303,13 @@ fn explicit(top: usize, left: usize, bottom: usize, right: usize) -> Padding2d {
 /// generated shapes.
 fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
     let conv = |window, groups| Op::Conv2d(Conv2d { window, groups });
-    let pool = |kind, kernel, window| Op::Pool2d(Pool2d { kind, kernel, window });
+    let pool = |kind, kernel, window| {
+        Op::Pool2d(Pool2d {
+            kind,
+            kernel,
+            window,
+        })
+    };
     vec![
         sample(
             "conv_pointwise_bias",
@@ -343,7 +349,11 @@ fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
         ),
         sample(
             "max_pool_padded",
-            pool(PoolKind::Max, [3, 3], window([2, 2], [1, 1], explicit(1, 1, 1, 1))),
+            pool(
+                PoolKind::Max,
+                [3, 3],
+                window([2, 2], [1, 1], explicit(1, 1, 1, 1)),
+            ),
             vec![f32_in(&[2, 3, 9, 8])],
             r,
         ),

@@ -23,9 +23,9 @@
 //!
 //! The plan validates every size (`ir::bind` checked the shapes, the plan
 //! builds the geometry from them); these drivers check the slice lengths
-//! against the geometry once per call before touching memory, and the
-//! loops index slices (bounds-checked) everywhere except nowhere: no raw
-//! pointers here.
+//! against the geometry once per call, and the loops index slices. The
+//! only raw pointer is the window kernel's output, split into disjoint
+//! planes across threads.
 
 use crate::codegen::target::Isa;
 use crate::codegen::threads::{split_range, SharedMut, Threads};
@@ -148,11 +148,19 @@ fn shape_err(kernel: &'static str, what: String) -> CodegenError {
     CodegenError::shape(kernel, what)
 }
 
-fn check_len(kernel: &'static str, what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
+fn check_len(
+    kernel: &'static str,
+    what: &str,
+    got: usize,
+    want: usize,
+) -> Result<(), CodegenError> {
     if got == want {
         Ok(())
     } else {
-        Err(shape_err(kernel, format!("{what} must hold {want} f32, got {got}")))
+        Err(shape_err(
+            kernel,
+            format!("{what} must hold {want} f32, got {got}"),
+        ))
     }
 }
 
@@ -175,7 +183,11 @@ pub struct ConvArgs<'a> {
 }
 
 /// Scratch [`conv2d_gemm`] needs for `g` in a library of `layout`'s tier.
-pub fn conv_scratch_len(g: &WindowGeometry, with_bias: bool, layout: crate::codegen::PackLayout) -> usize {
+pub fn conv_scratch_len(
+    g: &WindowGeometry,
+    with_bias: bool,
+    layout: crate::codegen::PackLayout,
+) -> usize {
     crate::codegen::packed_b_len_for(g.depth() + usize::from(with_bias), g.pixels(), layout)
 }
 
@@ -212,7 +224,10 @@ pub fn conv2d_gemm(
     }
     let epilogue = library.gemm_epilogue(gemm)?;
     if epilogue.bias || (epilogue.residual && post.is_some()) {
-        return Err(shape_err(NAME, format!("a GEMM epilogue `{}` for a convolution", epilogue.tag())));
+        return Err(shape_err(
+            NAME,
+            format!("a GEMM epilogue `{}` for a convolution", epilogue.tag()),
+        ));
     }
     let layout = library.pack_layout();
     let [kh, kw] = g.kernel;
@@ -220,37 +235,54 @@ pub fn conv2d_gemm(
     let [dh, dw] = g.dilation;
     let [pt, pl] = g.pad;
     let (h, w, out_w) = (g.in_h, g.in_w, g.out_w);
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && g.out_h == h && out_w == w;
+    let pointwise = kh == 1
+        && kw == 1
+        && sh == 1
+        && sw == 1
+        && pt == 0
+        && pl == 0
+        && g.out_h == h
+        && out_w == w;
     let plane = h * w;
     for n in 0..g.batch {
         for group in 0..groups {
             let x0 = (n * g.in_channels + group * cg) * plane;
             let x = &input[x0..x0 + cg * plane];
-            let packed = PackedBRef::pack_rows_into_for(kb, pixels, &mut *scratch, layout, |kk, c0, out| {
-                if kk == k {
-                    out.fill(1.0);
-                    return;
-                }
-                let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
-                let channel = &x[c * plane..(c + 1) * plane];
-                if pointwise {
-                    out.copy_from_slice(&channel[c0..c0 + out.len()]);
-                    return;
-                }
-                let (ki, kj) = (tap / kw, tap % kw);
-                let (mut oy, mut ox) = (c0 / out_w, c0 % out_w);
-                for v in out.iter_mut() {
-                    let iy = (oy * sh + ki * dh).wrapping_sub(pt);
-                    let ix = (ox * sw + kj * dw).wrapping_sub(pl);
-                    // Out of range (including "negative", wrapped) reads the zero padding.
-                    *v = if iy < h && ix < w { channel[iy * w + ix] } else { 0.0 };
-                    ox += 1;
-                    if ox == out_w {
-                        ox = 0;
-                        oy += 1;
+            let packed = PackedBRef::pack_rows_into_for(
+                kb,
+                pixels,
+                &mut *scratch,
+                layout,
+                |kk, c0, out| {
+                    if kk == k {
+                        out.fill(1.0);
+                        return;
                     }
-                }
-            })?;
+                    let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
+                    let channel = &x[c * plane..(c + 1) * plane];
+                    if pointwise {
+                        out.copy_from_slice(&channel[c0..c0 + out.len()]);
+                        return;
+                    }
+                    let (ki, kj) = (tap / kw, tap % kw);
+                    let (mut oy, mut ox) = (c0 / out_w, c0 % out_w);
+                    for v in out.iter_mut() {
+                        let iy = (oy * sh + ki * dh).wrapping_sub(pt);
+                        let ix = (ox * sw + kj * dw).wrapping_sub(pl);
+                        // Out of range (including "negative", wrapped) reads the zero padding.
+                        *v = if iy < h && ix < w {
+                            channel[iy * w + ix]
+                        } else {
+                            0.0
+                        };
+                        ox += 1;
+                        if ox == out_w {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
+                },
+            )?;
             let o0 = (n * g.out_channels + group * og) * pixels;
             let rows = o0..o0 + og * pixels;
             let a = MatrixRef::row_major(&weights[group * og * kb..(group + 1) * og * kb], og, kb)?;
@@ -282,7 +314,9 @@ pub enum WindowOp {
     /// channel per group), plus its bias.
     Depthwise,
     Max,
-    Avg { count_include_pad: bool },
+    Avg {
+        count_include_pad: bool,
+    },
 }
 
 /// Operands of [`window2d`].
@@ -314,11 +348,21 @@ pub fn window2d(
     check_len(NAME, "the input", args.x.len(), g.in_len())?;
     check_len(NAME, "the output", args.out.len(), g.out_len())?;
     if g.in_channels == 0 || g.out_channels % g.in_channels != 0 {
-        return Err(shape_err(NAME, format!("{} output channels from {} input channels", g.out_channels, g.in_channels)));
+        return Err(shape_err(
+            NAME,
+            format!(
+                "{} output channels from {} input channels",
+                g.out_channels, g.in_channels
+            ),
+        ));
     }
     match (op, args.weights) {
-        (WindowOp::Depthwise, Some(w)) => check_len(NAME, "the taps", w.len(), g.out_channels * g.taps())?,
-        (WindowOp::Depthwise, None) => return Err(shape_err(NAME, "depthwise taps are missing".into())),
+        (WindowOp::Depthwise, Some(w)) => {
+            check_len(NAME, "the taps", w.len(), g.out_channels * g.taps())?
+        }
+        (WindowOp::Depthwise, None) => {
+            return Err(shape_err(NAME, "depthwise taps are missing".into()))
+        }
         (_, Some(_)) => return Err(shape_err(NAME, "pooling takes no taps".into())),
         (_, None) => {}
     }
@@ -345,7 +389,8 @@ pub fn window2d(
             // `planes * plane_out`, checked above) is written by this task
             // alone; ranges given to tasks are disjoint and `out` is
             // exclusively borrowed for the whole call.
-            let out_plane = unsafe { std::slice::from_raw_parts_mut(out.get().add(p * plane_out), plane_out) };
+            let out_plane =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(p * plane_out), plane_out) };
             let plane = Plane {
                 g,
                 op,
@@ -361,7 +406,11 @@ pub fn window2d(
                 Isa::Avx2 => unsafe { plane_avx2(&plane, out_plane) },
                 Isa::Baseline => plane.run::<false>(out_plane),
             }
-            PostActivation::finish(post, out_plane, residual.map(|r| &r[p * plane_out..(p + 1) * plane_out]));
+            PostActivation::finish(
+                post,
+                out_plane,
+                residual.map(|r| &r[p * plane_out..(p + 1) * plane_out]),
+            );
         }
     };
     if threads.count() == 1 {
@@ -397,10 +446,20 @@ struct Plane<'a> {
 /// The outputs `lo..hi` along one axis whose tap at offset `offset` (tap
 /// index times dilation) lands inside `0..size`, for `out` outputs.
 #[inline(always)]
-fn valid_range(offset: usize, pad: usize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+fn valid_range(
+    offset: usize,
+    pad: usize,
+    stride: usize,
+    size: usize,
+    out: usize,
+) -> (usize, usize) {
     // o * stride + offset - pad in 0..size.
     let lo = pad.saturating_sub(offset).div_ceil(stride);
-    let hi = if size + pad > offset { (size + pad - offset - 1) / stride + 1 } else { 0 };
+    let hi = if size + pad > offset {
+        (size + pad - offset - 1) / stride + 1
+    } else {
+        0
+    };
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
@@ -493,14 +552,25 @@ mod tests {
 
     #[test]
     fn valid_ranges_keep_taps_inside_the_input() {
-        for (pad, stride, size, k, dil) in [(1, 1, 5, 3, 1), (0, 2, 7, 3, 1), (2, 2, 6, 5, 1), (3, 1, 4, 3, 3), (0, 1, 1, 1, 1), (5, 3, 2, 2, 4)] {
+        for (pad, stride, size, k, dil) in [
+            (1, 1, 5, 3, 1),
+            (0, 2, 7, 3, 1),
+            (2, 2, 6, 5, 1),
+            (3, 1, 4, 3, 3),
+            (0, 1, 1, 1, 1),
+            (5, 3, 2, 2, 4),
+        ] {
             let out = (size + 2 * pad - (k - 1) * dil - 1) / stride + 1;
             for t in 0..k {
                 let (lo, hi) = valid_range(t * dil, pad, stride, size, out);
                 for o in 0..out {
                     let i = (o * stride + t * dil) as isize - pad as isize;
                     let inside = (0..size as isize).contains(&i);
-                    assert_eq!(inside, (lo..hi).contains(&o), "pad {pad} stride {stride} size {size} tap {t} out {o}");
+                    assert_eq!(
+                        inside,
+                        (lo..hi).contains(&o),
+                        "pad {pad} stride {stride} size {size} tap {t} out {o}"
+                    );
                 }
             }
         }

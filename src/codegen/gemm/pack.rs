@@ -363,7 +363,10 @@ impl<'a> PackedBRef<'a> {
         if scratch.len() < len {
             return Err(CodegenError::shape(
                 "pack_b",
-                format!("scratch holds {} f32, packing a {k}x{n} B needs {len}", scratch.len()),
+                format!(
+                    "scratch holds {} f32, packing a {k}x{n} B needs {len}",
+                    scratch.len()
+                ),
             ));
         }
         let dst = &mut scratch[..len];
@@ -483,11 +486,16 @@ mod tests {
         for isa in Isa::ALL {
             let layout = PackLayout::for_isa(isa);
             let mut scratch = vec![f32::NAN; packed_b_len_for(k, n, layout) + 3];
-            let by_rows = PackedBRef::pack_rows_into_for(k, n, &mut scratch, layout, |kk, c0, out| {
-                out.copy_from_slice(&b[kk * n + c0..kk * n + c0 + out.len()])
-            })
-            .unwrap();
-            assert_eq!(by_rows.data(), PackedB::pack_for(&view, layout).as_ref().data(), "{isa}");
+            let by_rows =
+                PackedBRef::pack_rows_into_for(k, n, &mut scratch, layout, |kk, c0, out| {
+                    out.copy_from_slice(&b[kk * n + c0..kk * n + c0 + out.len()])
+                })
+                .unwrap();
+            assert_eq!(
+                by_rows.data(),
+                PackedB::pack_for(&view, layout).as_ref().data(),
+                "{isa}"
+            );
         }
     }
 

@@ -336,7 +336,11 @@ impl ConvNode<'_> {
 /// `[O, C/g * kh * kw (+ 1)]`, each output channel's weights then its bias,
 /// laid out once when the model is compiled. `None` when the weights (or
 /// the bias) are not weights, or the convolution is depthwise.
-pub(super) fn conv_gemm_weights(graph: &Graph, id: NodeId, weight: impl Fn(NodeId) -> Option<std::sync::Arc<crate::tensor::Tensor>>) -> Option<Vec<f32>> {
+pub(super) fn conv_gemm_weights(
+    graph: &Graph,
+    id: NodeId,
+    weight: impl Fn(NodeId) -> Option<std::sync::Arc<crate::tensor::Tensor>>,
+) -> Option<Vec<f32>> {
     let inputs = graph.inputs(id);
     let conv = ConvNode::of(&graph.node(id).op, inputs.len())?;
     let w_shape = graph.node(inputs[1]).ty.known_shape()?;
@@ -379,7 +383,11 @@ pub(super) fn conv_scratch(planner: &Planner<'_>, id: NodeId) -> Option<usize> {
         return None;
     }
     let geometry = conv.geometry(&planner.shape(inputs[0]), &w, &planner.shape(id));
-    Some(conv_scratch_len(&geometry, conv.bias, gemm_for(planner.isa).pack_layout()))
+    Some(conv_scratch_len(
+        &geometry,
+        conv.bias,
+        gemm_for(planner.isa).pack_layout(),
+    ))
 }
 
 /// How a convolution's epilogue splits between the GEMM and the pass
@@ -420,7 +428,10 @@ impl KernelCandidate for ConvGemm {
 
     fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
         let conv = ConvNode::of(&site.node.op, site.inputs.len())?;
-        if !site.all_f32() || site.scratch.is_none() || !site.planner.conv_weights.contains_key(&site.id) {
+        if !site.all_f32()
+            || site.scratch.is_none()
+            || !site.planner.conv_weights.contains_key(&site.id)
+        {
             return None;
         }
         split_epilogue(&conv)?;
@@ -459,7 +470,11 @@ impl WindowKernel {
         }
         let x = site.in_shape(0);
         if let Op::Pool2d(pool) = &site.node.op {
-            let pad = |axis: usize| pool.window.pads(axis, x[2 + axis], pool.kernel[axis]).map(|p| p.0);
+            let pad = |axis: usize| {
+                pool.window
+                    .pads(axis, x[2 + axis], pool.kernel[axis])
+                    .map(|p| p.0)
+            };
             let geometry = WindowGeometry {
                 batch: x[0],
                 in_channels: x[1],
@@ -489,7 +504,11 @@ impl WindowKernel {
             None => None,
             Some(op) => Some(PostActivation::from_unary(op)?),
         };
-        Some((WindowOp::Depthwise, conv.geometry(&x, &w, &site.out_shape), post))
+        Some((
+            WindowOp::Depthwise,
+            conv.geometry(&x, &w, &site.out_shape),
+            post,
+        ))
     }
 }
 
@@ -501,7 +520,10 @@ impl KernelCandidate for WindowKernel {
     fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
         let (_, g, _) = WindowKernel::op(site)?;
         let lanes = (site.planner.isa.vector_bits() / 32) as u64;
-        Some((site.numel() * (g.kernel[0] * g.kernel[1]).max(1)) as u64 * 2 / lanes + site.numel() as u64)
+        Some(
+            (site.numel() * (g.kernel[0] * g.kernel[1]).max(1)) as u64 * 2 / lanes
+                + site.numel() as u64,
+        )
     }
 
     fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {

@@ -446,10 +446,9 @@ impl CompiledModel {
         let weights = self.weights.iter().fold(0usize, |acc, w| {
             acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
         });
-        let weights = self
-            .conv_weights
-            .values()
-            .fold(weights, |acc, w| acc.saturating_add(w.len().saturating_mul(4)));
+        let weights = self.conv_weights.values().fold(weights, |acc, w| {
+            acc.saturating_add(w.len().saturating_mul(4))
+        });
         let needed = plan
             .arena_len
             .saturating_mul(4)

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use super::candidates::{
     conv_scratch, gemm_for, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
 };
-use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
+use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
     packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
     Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
