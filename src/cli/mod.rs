@@ -1,6 +1,7 @@
 //! The `lamina` command line. Each subcommand is a thin layer over the
 //! library; user errors become rendered diagnostics and exit code 1.
 
+mod analyze;
 pub mod bench;
 mod import;
 mod inspect;
@@ -94,6 +95,11 @@ enum Command {
     /// values move the class score most. The gradient comes from the model's own backward
     /// graph (autodiff), JIT-compiled. See docs/views.md.
     Saliency(saliency::SaliencyArgs),
+    /// Linear-algebra views: for every weight matrix its spectral norm, condition number,
+    /// effective rank and stable rank (definitions below), the product of spectral norms as a
+    /// Lipschitz bound; with --pca K, a batch of outputs on its first K principal components,
+    /// plotted in 2-D with labels. SVD by faer, in f64.
+    Analyze(analyze::AnalyzeArgs),
     /// Translate an ONNX model into a .lam file and a safetensors file of its initializers.
     ///
     /// Writes MODEL.lam (or --output) and `<stem>.safetensors` beside it; run the result with
@@ -180,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args),
         Command::Train(args) => train::train(&args),
         Command::Saliency(args) => saliency::saliency(&args),
+        Command::Analyze(args) => analyze::analyze(&args),
         Command::Import(args) => import::import(&args),
     };
     match result {

@@ -96,6 +96,8 @@ pub enum ErrorKind {
     Train(#[from] super::train::TrainError),
     #[error(transparent)]
     Saliency(#[from] super::saliency::SaliencyError),
+    #[error(transparent)]
+    Analyze(#[from] super::analyze::AnalyzeError),
 }
 
 fn lines<E: std::fmt::Display>(errors: &[E]) -> String {

@@ -26,6 +26,7 @@
 //! Every failure is an [`Error`]: typed ([`ErrorKind`]), and rendered as
 //! diagnostics that point into the model source, run-time ones included.
 
+pub mod analyze;
 mod error;
 pub mod saliency;
 pub mod train;
@@ -429,22 +430,7 @@ impl Model {
             return Err(fail(ErrorKind::Options(problems)));
         }
         let fixed: Bindings = options.bind.iter().cloned().collect();
-        let weights = match weights {
-            Weights::Conventional => match self.conventional_weights() {
-                Some(path) => Some(WeightFile::load(path).map_err(|e| fail(e.into()))?),
-                None => None,
-            },
-            Weights::File(path) => Some(WeightFile::load(path).map_err(|e| fail(e.into()))?),
-            Weights::Bytes { name, bytes } => {
-                Some(WeightFile::from_bytes(name, &bytes).map_err(|e| fail(e.into()))?)
-            }
-            Weights::Tensors(tensors) => Some(WeightFile {
-                path: PathBuf::from("<tensors>"),
-                tensors: tensors.into_iter().collect(),
-                unreadable: Default::default(),
-            }),
-            Weights::None => None,
-        };
+        let weights = self.weight_file(weights)?;
         let weights_path = weights.as_ref().map(|w| w.path.clone());
         let input_symbols = input_symbols(self.graph());
         let budget = options.budget();
@@ -490,6 +476,64 @@ impl Model {
             unused_weights,
             prepared,
         })
+    }
+}
+
+impl Model {
+    /// The weight file `weights` stands for, read.
+    fn weight_file(&self, weights: Weights) -> Result<Option<WeightFile>, Error> {
+        let fail = |kind| Error::new(kind, Some(self.graph()), Some(self.source()));
+        Ok(match weights {
+            Weights::Conventional => match self.conventional_weights() {
+                Some(path) => Some(WeightFile::load(path).map_err(|e| fail(e.into()))?),
+                None => None,
+            },
+            Weights::File(path) => Some(WeightFile::load(path).map_err(|e| fail(e.into()))?),
+            Weights::Bytes { name, bytes } => {
+                Some(WeightFile::from_bytes(name, &bytes).map_err(|e| fail(e.into()))?)
+            }
+            Weights::Tensors(tensors) => Some(WeightFile {
+                path: PathBuf::from("<tensors>"),
+                tensors: tensors.into_iter().collect(),
+                unreadable: Default::default(),
+            }),
+            Weights::None => None,
+        })
+    }
+
+    /// Every parameter's value, from `weights` or its initializer, in
+    /// declaration order; every problem is reported at once, at the
+    /// parameter's declaration.
+    ///
+    /// ```
+    /// use lamina::engine::{Model, Options, Weights};
+    ///
+    /// let model = Model::from_source("m.lam", "model m {\n  param w: f32[2, 3] = ones\n  output y = w\n}\n")?;
+    /// let params = model.parameters(Weights::None, &Options::default())?;
+    /// assert_eq!(params[0].0, "w");
+    /// assert_eq!(params[0].1.shape(), [2, 3]);
+    /// # Ok::<(), lamina::engine::Error>(())
+    /// ```
+    pub fn parameters(
+        &self,
+        weights: Weights,
+        options: &Options,
+    ) -> Result<Vec<(String, Tensor)>, Error> {
+        let fail = |kind| Error::new(kind, Some(self.graph()), Some(self.source()));
+        let problems = self.check_options(options);
+        if !problems.is_empty() {
+            return Err(fail(ErrorKind::Options(problems)));
+        }
+        let fixed: Bindings = options.bind.iter().cloned().collect();
+        let weights = self.weight_file(weights)?;
+        let mut bound = bind_params_owned_within(self.graph(), weights, &fixed, &options.budget())
+            .map_err(|e| fail(ErrorKind::Params(e)))?;
+        Ok(self
+            .graph()
+            .params()
+            .into_iter()
+            .filter_map(|(name, _)| bound.values.remove(&name).map(|t| (name, t)))
+            .collect())
     }
 }
 
