@@ -4,6 +4,8 @@
 //! `Graph::add_node` (types from `shape_rules::infer`) and run through
 //! `interp::run`, so binding and concretization are exercised too.
 
+use lamina::ir::ops::arg_reduce::{ArgOp, ArgReduce};
+use lamina::ir::ops::gather_elements::GatherElements;
 use lamina::ir::ops::{
     Cast, Concat, Constant, FusedLinear, Gather, Input, LayerNorm, LogSoftmax, MatMul, Param,
     Permute, Reduce, Reshape, Slice, Softmax,
@@ -275,6 +277,28 @@ fn single_op_case(name: &str) -> Option<Case> {
         "cast_f32_i32" => (Op::Cast(Cast { to: DType::I32 }), &["x"]),
         "cast_f32_bool" => (Op::Cast(Cast { to: DType::Bool }), &["x"]),
         "cast_i64_f32" | "cast_bool_f32" => (Op::Cast(Cast { to: DType::F32 }), &["x"]),
+        "gather_elements_axis1" => (
+            Op::GatherElements(GatherElements { axis: 1 }),
+            &["x", "ids"],
+        ),
+        "argmax_axis1" => (
+            Op::ArgReduce(ArgReduce {
+                op: ArgOp::Max,
+                axis: 1,
+                keepdims: false,
+                last: false,
+            }),
+            &["x"],
+        ),
+        "argmin_axis2_keepdims" => (
+            Op::ArgReduce(ArgReduce {
+                op: ArgOp::Min,
+                axis: 2,
+                keepdims: true,
+                last: false,
+            }),
+            &["x"],
+        ),
         unary => {
             let op = UnaryOp::from_name(unary.strip_prefix("unary_")?)?;
             (Op::Unary(op), &["x"])

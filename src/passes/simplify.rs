@@ -227,6 +227,8 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::BatchNorm(_)
         | Op::Clip(_)
         | Op::Pad(_)
-        | Op::Resize(_) => None,
+        | Op::Resize(_)
+        | Op::GatherElements(_)
+        | Op::ArgReduce(_) => None,
     }
 }

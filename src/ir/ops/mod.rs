@@ -21,6 +21,7 @@ use super::{DType, Dim, NodeId};
 use crate::span::Span;
 use crate::tensor::Tensor;
 
+pub mod arg_reduce;
 pub mod batch_norm;
 pub mod broadcast;
 pub mod cast;
@@ -29,6 +30,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod flatten;
 pub mod gather;
+pub mod gather_elements;
 pub mod layout;
 pub mod linalg;
 pub mod math;
@@ -161,6 +163,8 @@ impl Op {
             Op::Clip(op) => op,
             Op::Pad(op) => op,
             Op::Resize(op) => op,
+            Op::GatherElements(op) => op,
+            Op::ArgReduce(op) => op,
         }
     }
 }
@@ -226,6 +230,8 @@ pub const BUILTINS: &[&Builtin] = &[
     &pad::BUILTIN,
     &flatten::BUILTIN,
     &resize::BUILTIN,
+    &gather_elements::BUILTIN,
+    &arg_reduce::BUILTIN,
 ];
 
 /// The built-in with this name, if any.
@@ -366,6 +372,8 @@ pub enum Op {
     Clip(clip::Clip),
     Pad(pad::Pad),
     Resize(resize::Resize),
+    GatherElements(gather_elements::GatherElements),
+    ArgReduce(arg_reduce::ArgReduce),
 }
 
 impl Op {
