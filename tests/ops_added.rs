@@ -128,7 +128,9 @@ fn gather_elements_and_argmax_pick_per_row_on_both_backends() {
             scores.push(v);
         }
     }
-    let labels: Vec<i64> = (0..batch as i64).map(|r| if r % 2 == 0 { r } else { -r }).collect();
+    let labels: Vec<i64> = (0..batch as i64)
+        .map(|r| if r % 2 == 0 { r } else { -r })
+        .collect();
     let scores_t = Tensor::f32(vec![batch, 10], scores.clone());
     let labels_t = Tensor::i64(vec![batch, 1], labels.clone());
     for backend in [Backend::Interp, Backend::Jit] {
@@ -136,7 +138,12 @@ fn gather_elements_and_argmax_pick_per_row_on_both_backends() {
         let at_label = out[0].as_f32().expect("f32");
         for r in 0..batch {
             let column = labels[r].rem_euclid(10) as usize;
-            assert_eq!(at_label[r], scores[r * 10 + column], "{}: row {r}", backend.name());
+            assert_eq!(
+                at_label[r],
+                scores[r * 10 + column],
+                "{}: row {r}",
+                backend.name()
+            );
         }
         let argmax = match out[1].data() {
             lamina::tensor::TensorData::I64(v) => v.clone(),

@@ -1130,7 +1130,9 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
         "MaxPool" | "AveragePool" => one(super::vision::pool(b, n, ins, &h)?),
         "Pad" => one(super::vision::pad(b, n, ins, &h)?),
         "Resize" => one(super::vision::resize(b, n, ins, &h)?),
-        "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => super::losses::convert(b, n, ins, &h),
+        "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => {
+            super::losses::convert(b, n, ins, &h)
+        }
         "GatherElements" => {
             let (data, ids) = (req(ins, 0, "data")?, req(ins, 1, "indices")?);
             let a = axis(n.int("axis", 0), b.rank(data)?)?;

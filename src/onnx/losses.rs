@@ -75,8 +75,7 @@ fn nll(
                 cast_tensor(Tensor::i64(vec![], vec![0]), tty.dtype)?,
                 "class_0",
             );
-            let ignored =
-                b.compare(CompareOp::Eq, target, &ignored_id, &format!("{h}_ignored"))?;
+            let ignored = b.compare(CompareOp::Eq, target, &ignored_id, &format!("{h}_ignored"))?;
             let ids = b.select(&ignored, &zero, target, &format!("{h}_target"))?;
             (ids, Some(ignored))
         }
@@ -125,7 +124,13 @@ fn nll(
         }
         _ => match &w {
             Some(w) => {
-                let s = b.reduce(ReduceOp::Sum, &weighted, all.clone(), false, &format!("{h}_sum"))?;
+                let s = b.reduce(
+                    ReduceOp::Sum,
+                    &weighted,
+                    all.clone(),
+                    false,
+                    &format!("{h}_sum"),
+                )?;
                 let total = b.reduce(ReduceOp::Sum, w, all, false, &format!("{h}_weight_sum"))?;
                 let mean = b.binary(BinaryOp::Div, &s, &total, &format!("{h}_mean"))?;
                 b.unary(UnaryOp::Neg, &mean, h)

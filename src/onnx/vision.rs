@@ -6,12 +6,12 @@
 //! `auto_pad` and `ceil_mode` become explicit padding computed from the
 //! known input size (`SAME_UPPER` on a symbolic size is lamina's `"same"`).
 
+use crate::ir::image_input::ResizeFilter;
 use crate::ir::ops::pad::Pad;
 use crate::ir::ops::pool::{Pool2d, PoolKind};
 use crate::ir::ops::resize::Resize;
 use crate::ir::ops::window::{Padding2d, Window2d};
 use crate::ir::ops::{conv::Conv2d, Float};
-use crate::ir::image_input::ResizeFilter;
 use crate::ir::{Dim, Op};
 
 use super::builder::{Builder, Val};
@@ -332,13 +332,21 @@ pub fn resize(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Re
     float_only(b, x)?;
     let ty = b.ty(x)?;
     if ty.rank() != 4 {
-        return Err(format!("resizes a rank-{} input; lamina resizes NCHW only", ty.rank()));
+        return Err(format!(
+            "resizes a rank-{} input; lamina resizes NCHW only",
+            ty.rank()
+        ));
     }
     let in_hw: Vec<usize> = ty.shape[2..]
         .iter()
-        .map(|d| d.as_known().ok_or("the input's height and width must be known"))
+        .map(|d| {
+            d.as_known()
+                .ok_or("the input's height and width must be known")
+        })
         .collect::<Result<_, _>>()?;
-    let unsupported = |what: String| Err(format!("{what} is not imported (lamina's resize: half-pixel centres, nearest or bilinear, no antialiasing)"));
+    let unsupported = |what: String| {
+        Err(format!("{what} is not imported (lamina's resize: half-pixel centres, nearest or bilinear, no antialiasing)"))
+    };
     let mode = n.string("mode").unwrap_or_else(|| "nearest".into());
     let transform = n
         .string("coordinate_transformation_mode")
@@ -384,7 +392,8 @@ pub fn resize(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>], h: &str) -> Re
         let out = [s[0] as usize, s[1] as usize];
         (out, [s[0] / in_hw[0] as f64, s[1] / in_hw[1] as f64])
     } else {
-        let scales_val = nonempty(b, opt(ins, scales_at)).ok_or("neither scales nor sizes is given")?;
+        let scales_val =
+            nonempty(b, opt(ins, scales_at)).ok_or("neither scales nor sizes is given")?;
         let s = hw(scale_values(scales_val)?)?;
         let out = [
             (in_hw[0] as f64 * s[0]).floor() as usize,

@@ -88,7 +88,12 @@ impl OpKind for GatherElements {
                 position[d] = 0;
             }
         }
-        take("gather_elements", x, out_shape.to_vec(), offsets.into_iter())
+        take(
+            "gather_elements",
+            x,
+            out_shape.to_vec(),
+            offsets.into_iter(),
+        )
     }
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
