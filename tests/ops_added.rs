@@ -180,3 +180,73 @@ fn gather_elements_rejects_an_id_out_of_range_and_a_wrong_rank() {
     let err = Model::from_source("bad.lam", bad).unwrap_err().render();
     assert!(err.contains("bad.lam:4:") && err.contains("rank"), "{err}");
 }
+
+/// `topk`, `cumsum` and `scatter_elements` together: the three best scores
+/// per row, the running sum of each row, and each row's best score moved to
+/// column 0 with the others kept.
+const RANKS: &str = "
+model ranks {
+  input scores: f32[batch, 6]
+  best = topk(scores, k=3, axis=1)
+  output best_scores = gather_elements(scores, best, axis=1)
+  output running = cumsum(scores, axis=1, exclusive=true)
+  top = slice(best, axis=1, start=0, end=1)
+  zeros = slice(cast(best, f32) * 0.0, axis=1, start=0, end=1)
+  output cleared = scatter_elements(scores, top, zeros, axis=1)
+}
+";
+
+#[test]
+fn topk_cumsum_and_scatter_elements_agree_with_a_plain_loop_on_both_backends() {
+    let batch = 5;
+    let scores: Vec<f32> = (0..batch * 6)
+        .map(|i| ((i * 37 + 11) % 17) as f32 - 8.0)
+        .collect();
+    let scores_t = Tensor::f32(vec![batch, 6], scores.clone());
+    for backend in [Backend::Interp, Backend::Jit] {
+        let model = Model::from_source("ranks.lam", RANKS).unwrap_or_else(|e| panic!("{e}"));
+        let options = Options {
+            backend,
+            ..Options::default()
+        };
+        let session = model
+            .compile(Weights::None, &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = session
+            .run(&HashMap::from([("scores".to_string(), scores_t.clone())]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (best, running, cleared) = (
+            out[0].1.as_f32().unwrap(),
+            out[1].1.as_f32().unwrap(),
+            out[2].1.as_f32().unwrap(),
+        );
+        for r in 0..batch {
+            let row = &scores[r * 6..r * 6 + 6];
+            let mut sorted = row.to_vec();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            assert_eq!(
+                &best[r * 3..r * 3 + 3],
+                &sorted[..3],
+                "{}: row {r}",
+                backend.name()
+            );
+            let mut acc = 0.0;
+            for c in 0..6 {
+                assert_eq!(running[r * 6 + c], acc, "{}: row {r}", backend.name());
+                acc += row[c];
+            }
+            let top = (0..6).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            for c in 0..6 {
+                let want = if c == top { 0.0 } else { row[c] };
+                assert_eq!(cleared[r * 6 + c], want, "{}: row {r}", backend.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn topk_asking_for_more_than_the_axis_has_is_a_located_error() {
+    let bad = "model m {\n  input x: f32[2, 4]\n  output y = topk(x, k=5)\n}\n";
+    let err = Model::from_source("bad.lam", bad).unwrap_err().render();
+    assert!(err.contains("bad.lam:3:") && err.contains("k = 5"), "{err}");
+}

@@ -34,6 +34,7 @@ pub const SUPPORTED: &[&str] = &[
     "Concat",
     "Constant",
     "Cos",
+    "CumSum",
     "ConstantOfShape",
     "Conv",
     "DepthToSpace",
@@ -98,6 +99,8 @@ pub const SUPPORTED: &[&str] = &[
     "Reshape",
     "Resize",
     "RMSNormalization",
+    "Scatter",
+    "ScatterElements",
     "Selu",
     "Shape",
     "Shrink",
@@ -119,6 +122,7 @@ pub const SUPPORTED: &[&str] = &[
     "Swish",
     "Tanh",
     "ThresholdedRelu",
+    "TopK",
     "Tile",
     "Transpose",
     "Trilu",
@@ -349,8 +353,8 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if let Some(v) = fold_int_binary(n.op_type(), a, c, &h)? {
                 return one(v);
             }
-            float_only(b, a)?;
-            float_only(b, c)?;
+            // f32, or two operands of one integer type (the op's shape rule
+            // says which).
             let op = match n.op_type() {
                 "Add" => BinaryOp::Add,
                 "Sub" => BinaryOp::Sub,
@@ -372,10 +376,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 _ => BinaryOp::Add,
             };
             let mut acc = req(ins, 0, "data_0")?.clone();
-            float_only(b, &acc)?;
+            if n.op_type() == "Mean" {
+                float_only(b, &acc)?;
+            }
             let count = ins.iter().flatten().count();
             for (i, v) in ins.iter().flatten().enumerate().skip(1) {
-                float_only(b, v)?;
                 let last = i + 1 == count && n.op_type() != "Mean";
                 let name = if last { h.clone() } else { format!("{h}_{i}") };
                 acc = b.binary(op, &acc, v, &name)?;
@@ -1139,6 +1144,73 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             one(b.op(
                 Op::GatherElements(ops::gather_elements::GatherElements { axis: a }),
                 &[data, ids],
+                &h,
+            )?)
+        }
+        "CumSum" => {
+            let x = x()?;
+            let a = known_ints(req(ins, 1, "axis")?, "the axis")?;
+            let [a] = a[..] else {
+                return Err(format!("the axis must be one integer, got {a:?}"));
+            };
+            one(b.op(
+                Op::CumSum(ops::cumsum::CumSum {
+                    axis: axis(a, b.rank(x)?)?,
+                    exclusive: n.int("exclusive", 0) != 0,
+                    reverse: n.int("reverse", 0) != 0,
+                }),
+                &[x],
+                &h,
+            )?)
+        }
+        "TopK" => {
+            let x = x()?;
+            float_only(b, x)?;
+            let k = if n.opset < 10 {
+                n.int("k", -1)
+            } else {
+                match known_ints(req(ins, 1, "K")?, "K")?[..] {
+                    [k] => k,
+                    ref other => return Err(format!("K must be one integer, got {other:?}")),
+                }
+            };
+            let k = usize::try_from(k).map_err(|_| format!("K must be >= 0, got {k}"))?;
+            let a = axis(n.int("axis", -1), b.rank(x)?)?;
+            let indices = b.op(
+                Op::TopK(ops::topk::TopK {
+                    k,
+                    axis: a,
+                    largest: n.int("largest", 1) != 0,
+                }),
+                &[x],
+                n.output(1)
+                    .is_empty()
+                    .then(|| format!("{h}_indices"))
+                    .as_deref()
+                    .unwrap_or(n.output(1)),
+            )?;
+            let values = b.op(
+                Op::GatherElements(ops::gather_elements::GatherElements { axis: a }),
+                &[x, &indices],
+                &h,
+            )?;
+            Ok(vec![values, indices])
+        }
+        "ScatterElements" | "Scatter" => {
+            let (data, ids, updates) = (
+                req(ins, 0, "data")?,
+                req(ins, 1, "indices")?,
+                req(ins, 2, "updates")?,
+            );
+            let reduction = n.string("reduction").unwrap_or_else(|| "none".into());
+            let reduce =
+                ops::scatter_elements::ScatterReduce::from_name(&reduction).ok_or_else(|| {
+                    format!("reduction `{reduction}` is not none, add, mul, max or min")
+                })?;
+            let a = axis(n.int("axis", 0), b.rank(data)?)?;
+            one(b.op(
+                Op::ScatterElements(ops::scatter_elements::ScatterElements { axis: a, reduce }),
+                &[data, ids, updates],
                 &h,
             )?)
         }

@@ -229,6 +229,9 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::Pad(_)
         | Op::Resize(_)
         | Op::GatherElements(_)
-        | Op::ArgReduce(_) => None,
+        | Op::ArgReduce(_)
+        | Op::CumSum(_)
+        | Op::TopK(_)
+        | Op::ScatterElements(_) => None,
     }
 }

@@ -27,6 +27,7 @@ pub mod broadcast;
 pub mod cast;
 pub mod clip;
 pub mod conv;
+pub mod cumsum;
 pub mod elementwise;
 pub mod flatten;
 pub mod gather;
@@ -40,8 +41,10 @@ pub mod pool;
 pub mod reduce;
 pub mod resize;
 pub mod scatter;
+pub mod scatter_elements;
 pub mod shape;
 pub mod sources;
+pub mod topk;
 pub mod unary;
 pub mod values;
 pub mod window;
@@ -165,6 +168,9 @@ impl Op {
             Op::Resize(op) => op,
             Op::GatherElements(op) => op,
             Op::ArgReduce(op) => op,
+            Op::CumSum(op) => op,
+            Op::TopK(op) => op,
+            Op::ScatterElements(op) => op,
         }
     }
 }
@@ -232,6 +238,9 @@ pub const BUILTINS: &[&Builtin] = &[
     &resize::BUILTIN,
     &gather_elements::BUILTIN,
     &arg_reduce::BUILTIN,
+    &cumsum::BUILTIN,
+    &topk::BUILTIN,
+    &scatter_elements::BUILTIN,
 ];
 
 /// The built-in with this name, if any.
@@ -374,6 +383,9 @@ pub enum Op {
     Resize(resize::Resize),
     GatherElements(gather_elements::GatherElements),
     ArgReduce(arg_reduce::ArgReduce),
+    CumSum(cumsum::CumSum),
+    TopK(topk::TopK),
+    ScatterElements(scatter_elements::ScatterElements),
 }
 
 impl Op {
