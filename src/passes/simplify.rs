@@ -224,6 +224,7 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::FusedElementwise(_)
         | Op::Conv2d(_)
         | Op::Pool2d(_)
+        | Op::Pool2dGrad(_)
         | Op::BatchNorm(_)
         | Op::Clip(_)
         | Op::Pad(_)
