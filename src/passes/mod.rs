@@ -18,6 +18,7 @@
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
 //! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
 //! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
+//! | `fuse-conv` | `fuse_conv.rs` | conv2d + bias + activation + residual -> `fused_conv2d` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
@@ -29,6 +30,7 @@ mod cse;
 mod dce;
 mod edit;
 mod fold_eval;
+mod fuse_conv;
 mod fuse_elementwise;
 mod fuse_linear;
 mod recognize;
@@ -41,6 +43,7 @@ use std::fmt;
 pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
+pub use fuse_conv::{is_conv_activation, ConvFusion};
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
 pub use recognize::RecognizeNormalizations;
@@ -266,8 +269,8 @@ impl fmt::Display for PassReport {
 /// Every pass in the order `all` runs them: clean up (dead code, duplicates,
 /// constants, algebra), then recognise hand-written composites before
 /// fusion can swallow their pieces, then fold transposes into matmuls so
-/// linear fusion sees plain weights, then fuse linear layers before
-/// elementwise fusion takes their bias adds and activations.
+/// linear fusion sees plain weights, then fuse linear and convolution
+/// layers before elementwise fusion takes their bias adds and activations.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
@@ -277,6 +280,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(RecognizeNormalizations),
         Box::new(TransposeIntoMatMul),
         Box::new(LinearFusion),
+        Box::new(ConvFusion),
         Box::new(ElementwiseFusion),
     ]
 }
