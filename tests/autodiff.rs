@@ -347,6 +347,14 @@ const RULE_CASES: &[(&str, &str)] = &[
   y3 = batch_norm(x, mean, var, gain, bias, eps=1e-3) + clip(x * 2.0, min=-1.0, max=0.5)
   output loss = sum(y1 * r1) + sum(y2 * r2) + sum(y3 * r3)
 }"),
+    ("resize", "model m {
+  input x: f32[2, 2, 3, 5]
+  input r1: f32[2, 2, 7, 4]
+  input r2: f32[2, 2, 2, 9]
+  y1 = resize(x, size=[7, 4], mode=\"bilinear\")
+  y2 = resize(x, size=[2, 9], mode=\"nearest\")
+  output loss = sum(y1 * r1) + sum(y2 * r2)
+}"),
     ("batch_norm_2d", "model m {
   input x: f32[4, 3]
   input mean: f32[3]

@@ -109,6 +109,11 @@ impl<'g> Vjp<'g> {
         constant(self.graph, Tensor::scalar(value), self.span)
     }
 
+    /// A constant tensor.
+    pub fn tensor(&mut self, value: Tensor) -> NodeId {
+        constant(self.graph, value, self.span)
+    }
+
     /// An i64 vector constant.
     pub fn ids(&mut self, ids: Vec<i64>) -> NodeId {
         let n = ids.len();
