@@ -215,6 +215,7 @@ pub(crate) type MicroFn = unsafe extern "C" fn(
     bias: *const f32,
     residual: *const f32,
     b_panel_stride_bytes: usize,
+    prefetch: *const f32,
 );
 
 pub(crate) type TilePassFn = unsafe extern "C" fn(
@@ -652,14 +653,25 @@ fn run_task(job: &Job<'_>, task: &Task) {
         if a_chunk.len() < needed {
             a_chunk.resize(needed, 0.0);
         }
+        let nc = nc_panels(job.k, pw);
+        let first_block = n_blocks(task.panels.clone(), nc).next();
         for start in task.rows.clone().step_by(rows_per_chunk) {
             let chunk = start..(start + rows_per_chunk).min(task.rows.end);
+            let last_chunk = chunk.end == task.rows.end;
             let packed = &mut a_chunk[..chunk.len() * job.k];
             // The first N block packs each row panel just before its first
             // use (so small products keep the panel hot in L1); later N
             // blocks reuse the packed chunk.
-            for (i, panels) in n_blocks(task.panels.clone(), nc_panels(job.k, pw)).enumerate() {
-                run_chunk(job, chunk.clone(), panels, packed, i == 0);
+            let mut blocks = n_blocks(task.panels.clone(), nc).enumerate().peekable();
+            while let Some((i, panels)) = blocks.next() {
+                // The N block after this one, whose first K block the last
+                // K block of this one prefetches.
+                let next = match blocks.peek() {
+                    Some((_, next)) => Some(next.clone()),
+                    None if !last_chunk => first_block.clone(),
+                    None => None,
+                };
+                run_chunk(job, chunk.clone(), panels, next, packed, i == 0);
             }
         }
     });
@@ -674,6 +686,7 @@ fn run_chunk(
     job: &Job<'_>,
     rows: Range<usize>,
     panels_range: Range<usize>,
+    next_panels: Option<Range<usize>>,
     a_chunk: &mut [f32],
     pack: bool,
 ) {
@@ -700,6 +713,23 @@ fn run_chunk(
         let tile_pass = if last { job.kernels.tile_pass } else { None };
         let block_base = k0 * panels * pw;
         let b_panel_stride = kcp * pw * 4;
+        // The packed B this pass's calls prefetch into L2, in f32 indices of
+        // `b_data`: the same panels in the next K block, else the next N
+        // block's panels in the first K block (panels of one K block are
+        // contiguous). Each call takes its share, in call order.
+        let ahead = if !last {
+            let k1 = k0 + kcp;
+            let kcp1 = kc.min(k - k1);
+            let start = k1 * panels * pw + panels_range.start * kcp1 * pw;
+            Some(start..start + panels_range.len() * kcp1 * pw)
+        } else {
+            next_panels.as_ref().map(|next| {
+                let kcp0 = kc.min(k);
+                next.start * kcp0 * pw..next.end * kcp0 * pw
+            })
+        };
+        let calls = rows.len().div_ceil(micro.mr) * panels_range.len();
+        let mut call_index = 0;
         let mut i0 = rows.start;
         while i0 < rows.end {
             let r = micro.mr.min(rows.end - i0);
@@ -715,6 +745,9 @@ fn run_chunk(
             let mut j = panels_range.start;
             while j < panels_range.end {
                 let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
+                let prefetch = prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
+                    .unwrap_or(b_ptr);
+                call_index += 1;
                 let call = MicroCall {
                     job,
                     a: packed_a.as_ptr(),
@@ -723,6 +756,7 @@ fn run_chunk(
                     flags,
                     tile_pass,
                     b_panel_stride,
+                    prefetch,
                     ldc_bytes,
                     pw,
                 };
@@ -744,6 +778,26 @@ fn run_chunk(
     }
 }
 
+/// Where call `index` of `calls` starts prefetching `kcp` cache lines
+/// (one per k step): its share of `ahead`, kept inside it so the kernel
+/// never prefetches past B. `None` (prefetch the panel being read) when
+/// there is nothing ahead or it is shorter than one call's lines.
+fn prefetch_target(
+    b_data: &[f32],
+    ahead: Option<&Range<usize>>,
+    index: usize,
+    calls: usize,
+    kcp: usize,
+) -> Option<*const f32> {
+    let ahead = ahead?;
+    // 16 f32 per 64-byte line.
+    let lines = kcp * 16;
+    let room = ahead.len().checked_sub(lines)?;
+    let share = (ahead.len() / calls.max(1)) * index.min(calls);
+    let at = ahead.start + share.min(room) / 16 * 16;
+    Some(b_data[at..].as_ptr())
+}
+
 /// The per-(row panel, K block) arguments of micro-kernel calls.
 struct MicroCall<'j, 'a> {
     job: &'j Job<'a>,
@@ -755,6 +809,8 @@ struct MicroCall<'j, 'a> {
     /// block only).
     tile_pass: Option<TilePassFn>,
     b_panel_stride: usize,
+    /// Start of the B lines the kernel prefetches (`prefetch_target`).
+    prefetch: *const f32,
     ldc_bytes: usize,
     /// Columns per B panel.
     pw: usize,
@@ -788,6 +844,7 @@ impl MicroCall<'_, '_> {
                 bias,
                 residual,
                 self.b_panel_stride,
+                self.prefetch,
             );
             if let Some(pass) = self.tile_pass {
                 pass(
@@ -843,6 +900,7 @@ impl MicroCall<'_, '_> {
                 bias_tile.as_ptr(),
                 residual_tile.as_ptr(),
                 self.b_panel_stride,
+                self.prefetch,
             );
             if let Some(pass) = self.tile_pass {
                 pass(

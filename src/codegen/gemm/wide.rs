@@ -5,8 +5,13 @@
 //!
 //! Same contract and signature as the Cranelift micro-kernel
 //! (`microkernel.rs`): `(a, b, c, kc, ldc, flags, bias, residual,
-//! b_panel_stride)`, System V: the first six in rdi, rsi, rdx, rcx, r8, r9,
-//! the last three on the stack at [rsp+8], [rsp+16], [rsp+24]. A panel is
+//! b_panel_stride, prefetch)`, System V: the first six in rdi, rsi, rdx,
+//! rcx, r8, r9, the last four on the stack at [rsp+8] .. [rsp+32]. Each k
+//! step also prefetches one cache line into L2 (`prefetcht1`), walking
+//! from `prefetch`: the driver points it at the B panels of its next K or N
+//! block, which would otherwise arrive from memory in a burst when the
+//! first row panel reaches them (on this Sapphire Rapids-class core that
+//! stalled sgemm 1024 by a fifth). A panel is
 //! `panel_width` columns (32 = 2 zmm for AVX-512, 16 = 2 ymm for AVX2); a
 //! kernel covers `rows` rows x `panels` adjacent panels. Each output element
 //! is one sequential fused multiply-add chain over k, as in the baseline,
@@ -207,9 +212,11 @@ impl Asm {
         }
 
         self.a.set_label(&mut loop_head)?;
+        self.a.mov(r11, qword_ptr(rsp + 32))?;
         self.a.test(rcx, rcx)?;
         self.a.jz(after)?;
         self.a.set_label(&mut k_loop)?;
+        self.a.prefetcht1(byte_ptr(r11))?;
         for v in 0..panels {
             for h in 0..2 {
                 let mem = self.b_operand(v, h);
@@ -246,6 +253,7 @@ impl Asm {
         }
         self.a.add(rdi, (rows * 4) as i32)?;
         self.a.add(rsi, pb)?;
+        self.a.add(r11, 64)?;
         self.a.dec(rcx)?;
         self.a.jnz(k_loop)?;
         self.a.set_label(&mut after)?;
