@@ -18,6 +18,7 @@
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
 //! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
 //! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
+//! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
@@ -32,6 +33,7 @@ mod fold_eval;
 mod fuse_elementwise;
 mod fuse_linear;
 mod recognize;
+mod scale_into_linear;
 mod simplify;
 mod transpose_matmul;
 
@@ -44,6 +46,7 @@ pub use dce::DeadCodeElimination;
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
 pub use recognize::RecognizeNormalizations;
+pub use scale_into_linear::ScaleIntoLinear;
 pub use simplify::AlgebraicSimplification;
 pub use transpose_matmul::TransposeIntoMatMul;
 
@@ -266,8 +269,9 @@ impl fmt::Display for PassReport {
 /// Every pass in the order `all` runs them: clean up (dead code, duplicates,
 /// constants, algebra), then recognise hand-written composites before
 /// fusion can swallow their pieces, then fold transposes into matmuls so
-/// linear fusion sees plain weights, then fuse linear layers before
-/// elementwise fusion takes their bias adds and activations.
+/// linear fusion sees plain weights, then fuse linear layers (and fold a
+/// product's scale into them) before elementwise fusion takes their bias
+/// adds, activations and scales.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
@@ -277,6 +281,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(RecognizeNormalizations),
         Box::new(TransposeIntoMatMul),
         Box::new(LinearFusion),
+        Box::new(ScaleIntoLinear),
         Box::new(ElementwiseFusion),
     ]
 }
