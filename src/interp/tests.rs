@@ -664,6 +664,50 @@ fn fused_linear_matches_matmul_bias_activation_residual_bit_for_bit() {
 }
 
 #[test]
+fn fused_conv2d_matches_conv2d_activation_residual_bit_for_bit() {
+    use crate::ir::ops::window::{Padding2d, Window2d};
+    use crate::ir::ops::{Conv2d, FusedConv2d};
+    let x = Tensor::f32(
+        vec![2, 2, 5, 4],
+        (0..80).map(|i| (i as f32 * 0.37).sin()).collect(),
+    );
+    // Depthwise-by-two: 2 groups, 4 output channels.
+    let w = Tensor::f32(
+        vec![4, 1, 3, 2],
+        (0..24).map(|i| (i as f32 * 0.91).cos()).collect(),
+    );
+    let bias = Tensor::f32(vec![4], vec![0.5, -0.25, 0.125, -1.0]);
+    let conv = Conv2d {
+        window: Window2d {
+            stride: [2, 1],
+            dilation: [1, 2],
+            padding: Padding2d::Same,
+        },
+        groups: 2,
+    };
+    let unfused_conv = eval(Op::Conv2d(conv.clone()), &[&x, &w, &bias]).unwrap();
+    let residual = Tensor::f32(
+        unfused_conv.shape().to_vec(),
+        (0..unfused_conv.len()).map(|i| i as f32 / 7.0).collect(),
+    );
+    let fused = eval(
+        Op::FusedConv2d(FusedConv2d {
+            conv,
+            epilogue: LinearEpilogue {
+                bias: true,
+                activation: Some(UnaryOp::HardSwish),
+                residual: true,
+            },
+        }),
+        &[&x, &w, &bias, &residual],
+    )
+    .unwrap();
+    let activated = eval(Op::Unary(UnaryOp::HardSwish), &[&unfused_conv]).unwrap();
+    let unfused = eval(Op::Binary(BinaryOp::Add), &[&activated, &residual]).unwrap();
+    assert_eq!(fused, unfused);
+}
+
+#[test]
 fn matmul_accumulates_in_double_precision() {
     // 1e8 + 1 - 1e8 is 0 with an f32 running sum, 1 with an f64 one.
     let a = Tensor::f32(vec![1, 3], vec![1e8, 1.0, -1e8]);

@@ -19,6 +19,7 @@
 //! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
 //! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
 //! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
+//! | `fuse-conv` | `fuse_conv.rs` | conv2d + bias + activation + residual -> `fused_conv2d` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
@@ -30,6 +31,7 @@ mod cse;
 mod dce;
 mod edit;
 mod fold_eval;
+mod fuse_conv;
 mod fuse_elementwise;
 mod fuse_linear;
 mod recognize;
@@ -43,6 +45,7 @@ use std::fmt;
 pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
+pub use fuse_conv::{is_conv_activation, ConvFusion};
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
 pub use recognize::RecognizeNormalizations;
@@ -269,9 +272,9 @@ impl fmt::Display for PassReport {
 /// Every pass in the order `all` runs them: clean up (dead code, duplicates,
 /// constants, algebra), then recognise hand-written composites before
 /// fusion can swallow their pieces, then fold transposes into matmuls so
-/// linear fusion sees plain weights, then fuse linear layers (and fold a
-/// product's scale into them) before elementwise fusion takes their bias
-/// adds, activations and scales.
+/// linear fusion sees plain weights, then fuse linear and convolution
+/// layers (and fold a product's scale into a linear layer) before
+/// elementwise fusion takes their bias adds, activations and scales.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
@@ -281,6 +284,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(RecognizeNormalizations),
         Box::new(TransposeIntoMatMul),
         Box::new(LinearFusion),
+        Box::new(ConvFusion),
         Box::new(ScaleIntoLinear),
         Box::new(ElementwiseFusion),
     ]

@@ -223,6 +223,7 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::FusedLinear(_)
         | Op::FusedElementwise(_)
         | Op::Conv2d(_)
+        | Op::FusedConv2d(_)
         | Op::Pool2d(_)
         | Op::BatchNorm(_)
         | Op::Clip(_)

@@ -10,15 +10,18 @@
 //! over any axes, permute / reshape / slice / concat / gather / cast) and
 //! what the passes rewrite, with their traps: lookalike linear layers that
 //! must not fuse, identities, duplicates for CSE, constant subgraphs,
-//! layout round trips. Recipes are byte strings; each byte picks a step.
+//! layout round trips, convolution layers (with batch norms, biases,
+//! activations, residuals and their lookalikes). Recipes are byte strings; each byte picks a step.
 //!
 //! Values stay of order 1 by construction where it is cheap (tanh after
 //! sums, `abs(x) + 1` under log / sqrt / division); tests that compare at
 //! 1e-5 also skip graphs whose intermediates grow (`largest_intermediate`).
 
+use lamina::ir::ops::batch_norm::BatchNorm;
+use lamina::ir::ops::window::{Padding2d, Window2d};
 use lamina::ir::ops::{
-    Cast, Concat, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce, Reshape,
-    Slice, Softmax,
+    Cast, Concat, Conv2d, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce,
+    Reshape, Slice, Softmax,
 };
 use std::collections::HashMap;
 
@@ -44,8 +47,19 @@ const ACTIVATIONS: [UnaryOp; 5] = [
 const WIDTHS: [usize; 5] = [1, 3, 5, 8, 17];
 /// Rows of the embedding table the `ids` input indexes.
 const TABLE_ROWS: usize = 5;
+/// Activations a convolution's epilogue may take (`fuse-conv`).
+const CONV_ACTIVATIONS: [UnaryOp; 5] = [
+    UnaryOp::Relu,
+    UnaryOp::Relu6,
+    UnaryOp::HardSwish,
+    UnaryOp::HardSigmoid,
+    UnaryOp::Sigmoid,
+];
+/// NCHW views of `s: [batch, 3, 8]` a convolution step starts from when
+/// the pool has no image yet.
+const IMAGE_VIEWS: [[usize; 3]; 4] = [[3, 2, 4], [1, 4, 6], [2, 3, 4], [6, 2, 2]];
 /// Step kinds a recipe byte picks from (elementwise has two of them).
-const STEP_KINDS: u8 = 13;
+const STEP_KINDS: u8 = 14;
 
 struct Gen {
     b: Builder,
@@ -53,6 +67,7 @@ struct Gen {
     /// f32 values later ops may read.
     pool: Vec<NodeId>,
     x: NodeId,
+    s: NodeId,
     ids: NodeId,
 }
 
@@ -74,6 +89,7 @@ impl Gen {
             rng: ChaCha8Rng::seed_from_u64(seed),
             pool: vec![x, s],
             x,
+            s,
             ids,
         }
     }
@@ -922,6 +938,131 @@ impl Gen {
         self.keep(y);
     }
 
+    /// An NCHW value with known channels, height and width: one from the
+    /// pool, or a view of `s`.
+    fn image(&mut self) -> NodeId {
+        let found = self.pick_where(|g, v| {
+            let s = g.shape(v);
+            s.len() == 4 && s[1..].iter().all(|d| d.as_known().is_some())
+        });
+        found.unwrap_or_else(|| {
+            let [c, h, w] = IMAGE_VIEWS[self.rng.random_range(0..IMAGE_VIEWS.len())];
+            let s = self.s;
+            self.op(
+                Op::Reshape(Reshape {
+                    shape: vec![Dim::symbol("batch"), c.into(), h.into(), w.into()],
+                }),
+                &[s],
+            )
+        })
+    }
+
+    /// A convolution layer as models write it and `fold-batch-norm` and
+    /// `fuse-conv` rewrite it: `conv2d` with any kernel, stride, dilation,
+    /// padding and groups (depthwise included), its own bias or one added
+    /// per channel, a batch norm, an activation, a residual; and the
+    /// lookalikes those passes must leave (a `[C]` add that broadcasts along
+    /// the width, an intermediate kept as an output).
+    fn conv(&mut self) {
+        let x = self.image();
+        let [c, h, w] = [1, 2, 3].map(|axis| self.known(x, axis).expect("known NCHW"));
+        // One group, or depthwise (every channel its own group).
+        let groups = if self.rng.random_bool(0.5) { 1 } else { c };
+        let out_per_group = *[1usize, 2].choose(&mut self.rng).expect("non-empty");
+        let out_channels = if groups == c && self.rng.random_bool(0.5) {
+            c
+        } else {
+            groups * out_per_group
+        };
+        let (kh, kw) = (self.rng.random_range(1..=3), self.rng.random_range(1..=3));
+        let stride = [self.rng.random_range(1..=2), self.rng.random_range(1..=2)];
+        let dilation = [self.rng.random_range(1..=2), self.rng.random_range(1..=2)];
+        let padding = if self.rng.random_bool(0.3) {
+            Padding2d::Same
+        } else {
+            let mut side = || self.rng.random_range(0..=2usize);
+            let (top, left, bottom, right) = (side(), side(), side(), side());
+            Padding2d::Explicit {
+                top,
+                left,
+                bottom,
+                right,
+            }
+        };
+        // Explicit padding must leave room for the dilated window.
+        if let Padding2d::Explicit {
+            top,
+            left,
+            bottom,
+            right,
+        } = padding
+        {
+            if h + top + bottom < dilation[0] * (kh - 1) + 1
+                || w + left + right < dilation[1] * (kw - 1) + 1
+            {
+                return;
+            }
+        }
+        let conv = Conv2d {
+            window: Window2d {
+                stride,
+                dilation,
+                padding,
+            },
+            groups,
+        };
+        // Weights scaled by 1 / sqrt(fan-in) keep the sums of order 1.
+        let fan_in = (c / groups * kh * kw) as f32;
+        let weights = self.param(&[out_channels, c / groups, kh, kw]);
+        let scale = self.scalar(1.0 / fan_in.sqrt());
+        let weights = self.binary(BinaryOp::Mul, weights, scale);
+        let mut operands = vec![x, weights];
+        if self.rng.random_bool(0.4) {
+            operands.push(self.param(&[out_channels]));
+        }
+        let convolution = self.op(Op::Conv2d(conv), &operands);
+        let out_shape = self.shape(convolution);
+        let mut y = convolution;
+        if self.rng.random_bool(0.3) {
+            // Per channel ([C, 1, 1]) is a bias; [C] broadcasts along the
+            // width, a lookalike, and fits only when the width is C.
+            let bias = if self.rng.random_bool(0.8) {
+                Some(self.param(&[out_channels, 1, 1]))
+            } else {
+                (out_shape[3].as_known() == Some(out_channels))
+                    .then(|| self.param(&[out_channels]))
+            };
+            if let Some(bias) = bias {
+                y = self.binary(BinaryOp::Add, y, bias);
+            }
+        }
+        if self.rng.random_bool(0.4) {
+            let [mean, var, gain, beta] = [0; 4].map(|_| self.param(&[out_channels]));
+            let var = self.positive(var);
+            let eps = [1e-5, 1e-3][self.rng.random_range(0..2)];
+            y = self.op(Op::BatchNorm(BatchNorm { eps: Float(eps) }), &[y, mean, var, gain, beta]);
+        }
+        if self.rng.random_bool(0.6) {
+            let act = CONV_ACTIVATIONS[self.rng.random_range(0..CONV_ACTIVATIONS.len())];
+            y = self.unary(act, y);
+        }
+        if self.rng.random_bool(0.4) {
+            let same: Vec<NodeId> = self
+                .pool
+                .iter()
+                .copied()
+                .filter(|&p| self.shape(p) == out_shape)
+                .collect();
+            if let Some(&r) = same.choose(&mut self.rng) {
+                y = self.binary(BinaryOp::Add, y, r);
+            }
+        }
+        if self.rng.random_bool(0.2) {
+            self.keep(convolution);
+        }
+        self.keep(y);
+    }
+
     fn finish(mut self, outputs: usize) -> (Graph, HashMap<String, Tensor>) {
         let last = *self.pool.last().expect("pool is never empty");
         self.b.output("out0", last);
@@ -964,6 +1105,7 @@ pub fn generate(seed: u64, recipe: &[u8], outputs: usize) -> (Graph, HashMap<Str
             9 => g.rewrite_traps(),
             10 => g.written_norms(),
             11 => g.layout_round_trip(),
+            12 => g.conv(),
             _ => g.elementwise(),
         }
     }

@@ -3,11 +3,18 @@
 //! NCHW input with OIHW weights (PyTorch's layout), optional bias `[O]`.
 //! `groups` splits channels into independent groups (depthwise: groups =
 //! input channels). Padding is zeros; see `window.rs` for the attributes.
+//!
+//! `fused_conv2d` is what the `fuse-conv` pass makes of a convolution and
+//! the ops after it: `act(conv2d(x, w, bias)) + residual`, with the same
+//! [`LinearEpilogue`] as `fused_linear`, so kernels implement one epilogue.
 
-use super::shape::{err, expect_dtype, ShapeError};
+use super::linalg::{activation_and_residual, LinearEpilogue};
+use super::shape::{err, expect_dtype, show, ShapeError};
 use super::values::elements;
 use super::window::Window2d;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use crate::ir::graph::ShapeDisplay;
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::Tensor;
 
@@ -15,6 +22,17 @@ use crate::tensor::Tensor;
 pub struct Conv2d {
     pub window: Window2d,
     pub groups: usize,
+}
+
+/// conv2d + epilogue: `act(conv2d(x, w, bias)) + residual`. Operands: x, w,
+/// then the bias `[C_out]` (if `epilogue.bias`), then the residual (if
+/// `epilogue.residual`, of the output's type). The bias is the convolution's
+/// own (added to each channel's sums before rounding, as `conv2d` adds it);
+/// the activation and the residual add are rounded as the unfused ops are.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FusedConv2d {
+    pub conv: Conv2d,
+    pub epilogue: LinearEpilogue,
 }
 
 /// The sizes of one convolution, all known (the shape rule has run).
@@ -72,26 +90,50 @@ impl OpKind for Conv2d {
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        self.output_type("conv2d", inputs)
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        self.evaluate("conv2d", inputs, out_shape)
+    }
+
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mut attributes = self.window.attributes();
+        attributes.push(("groups", self.groups.to_string()));
+        attributes
+    }
+
+    fn flops(&self, inputs: &[&[usize]], out_shape: &[usize]) -> u64 {
+        // Two per multiply-add: each output element sums C/g * kh * kw products.
+        let w = inputs[1];
+        let per_output = w[1..].iter().product::<usize>() as u64;
+        2 * per_output * out_shape.iter().product::<usize>() as u64
+    }
+}
+
+impl Conv2d {
+    /// The shape rule of `conv2d(x, w, [bias])`, its messages naming `op`.
+    fn output_type(&self, op: &str, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let (x, w) = (inputs[0], inputs[1]);
         for (what, ty) in [("input", x), ("weights", w)] {
-            expect_dtype("conv2d", what, ty, DType::F32)?;
+            expect_dtype(op, what, ty, DType::F32)?;
         }
         if x.rank() != 4 || w.rank() != 4 {
             return err(format!(
-                "conv2d: takes an input [batch, channels, height, width] and weights \
+                "{op}: takes an input [batch, channels, height, width] and weights \
                  [out_channels, in_channels / groups, kernel_h, kernel_w]; got {x} and {w}"
             ));
         }
         let (Some(kh), Some(kw)) = (w.shape[2].as_known(), w.shape[3].as_known()) else {
             return err(format!(
-                "conv2d: the kernel size must be known integers, got weights {w}"
+                "{op}: the kernel size must be known integers, got weights {w}"
             ));
         };
         let groups = Dim::known(self.groups);
         let per_group = x.shape[1].div(&groups);
         if per_group.as_ref() != Some(&w.shape[1]) {
             return err(format!(
-                "conv2d: the input's {} channels in {} group(s) need weights with {} \
+                "{op}: the input's {} channels in {} group(s) need weights with {} \
                  input channels each, got {w}",
                 x.shape[1],
                 self.groups,
@@ -103,32 +145,39 @@ impl OpKind for Conv2d {
         }
         if w.shape[0].div(&groups).is_none() {
             return err(format!(
-                "conv2d: {} output channels do not split into {} groups",
+                "{op}: {} output channels do not split into {} groups",
                 w.shape[0], self.groups
             ));
         }
         if let Some(b) = inputs.get(2) {
-            expect_dtype("conv2d", "bias", b, DType::F32)?;
+            expect_dtype(op, "bias", b, DType::F32)?;
             if b.shape != [w.shape[0].clone()] {
                 return err(format!(
-                    "conv2d: the bias must be [{}] (one per output channel), got {b}",
+                    "{op}: the bias must be [{}] (one per output channel), got {b}",
                     w.shape[0]
                 ));
             }
         }
-        let h = self.window.out_dim("conv2d", 0, &x.shape[2], kh)?;
-        let wd = self.window.out_dim("conv2d", 1, &x.shape[3], kw)?;
+        let h = self.window.out_dim(op, 0, &x.shape[2], kh)?;
+        let wd = self.window.out_dim(op, 1, &x.shape[3], kw)?;
         Ok(TensorType::new(
             DType::F32,
             vec![x.shape[0].clone(), w.shape[0].clone(), h, wd],
         ))
     }
 
-    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
-        let x = elements::<f32>("conv2d", inputs[0])?;
-        let w = elements::<f32>("conv2d", inputs[1])?;
+    /// The reference convolution of `x, w, [bias]`, bias added to the f64
+    /// sums before the one rounding.
+    fn evaluate(
+        &self,
+        op: &'static str,
+        inputs: &[&Tensor],
+        out_shape: &[usize],
+    ) -> Result<Tensor, EvalError> {
+        let x = elements::<f32>(op, inputs[0])?;
+        let w = elements::<f32>(op, inputs[1])?;
         let bias = match inputs.get(2) {
-            Some(b) => Some(elements::<f32>("conv2d", b)?),
+            Some(b) => Some(elements::<f32>(op, b)?),
             None => None,
         };
         let g = self.geometry(inputs[0].shape(), inputs[1].shape(), out_shape);
@@ -161,18 +210,86 @@ impl OpKind for Conv2d {
         }
         Ok(Tensor::f32(out_shape.to_vec(), out))
     }
+}
+
+impl OpKind for FusedConv2d {
+    fn name(&self) -> &'static str {
+        "fused_conv2d"
+    }
+
+    fn arity(&self) -> (usize, usize) {
+        let n = self.epilogue.operand_count(2);
+        (n, n)
+    }
+
+    fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+        let conv_operands = 2 + usize::from(self.epilogue.bias);
+        let out = self
+            .conv
+            .output_type("fused_conv2d", &inputs[..conv_operands])?;
+        if let Some(residual) = self.epilogue.residual_operand(2).map(|i| inputs[i]) {
+            if residual.shape != out.shape || residual.dtype != out.dtype {
+                return err(format!(
+                    "fused_conv2d: residual must be f32{}, got {}",
+                    ShapeDisplay(&out.shape),
+                    show(residual)
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
+        let conv_operands = 2 + usize::from(self.epilogue.bias);
+        let y = self
+            .conv
+            .evaluate("fused_conv2d", &inputs[..conv_operands], out_shape)?;
+        let residual = self.epilogue.residual_operand(2).map(|i| inputs[i]);
+        activation_and_residual(y, self.epilogue.activation, residual, out_shape)
+    }
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
-        let mut attributes = self.window.attributes();
-        attributes.push(("groups", self.groups.to_string()));
+        let mut attributes = self.conv.attributes();
+        attributes.extend(self.epilogue.attributes());
         attributes
     }
 
     fn flops(&self, inputs: &[&[usize]], out_shape: &[usize]) -> u64 {
-        // Two per multiply-add: each output element sums C/g * kh * kw products.
-        let w = inputs[1];
-        let per_output = w[1..].iter().product::<usize>() as u64;
-        2 * per_output * out_shape.iter().product::<usize>() as u64
+        self.conv.flops(inputs, out_shape)
+    }
+
+    /// The convolution's rule, given the gradient through the epilogue: the
+    /// residual takes `g` as it is, and the pre-activation (recomputed from
+    /// the operands, as the fused node keeps only its result) the
+    /// activation's derivative times `g`.
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let conv_operands = 2 + usize::from(self.epilogue.bias);
+        let (convolution, gz) = match self.epilogue.activation {
+            Some(act) => {
+                let z = cx.add(Op::Conv2d(self.conv.clone()), &inputs[..conv_operands])?;
+                let y = cx.add(Op::Unary(act), &[z])?;
+                (z, act.derivative(cx, z, y, g)?)
+            }
+            None => (node, g),
+        };
+        let mut grads = self.conv.vjp(
+            cx,
+            convolution,
+            &inputs[..conv_operands],
+            gz,
+            &wants[..conv_operands],
+        )?;
+        if self.epilogue.residual {
+            grads.push(wants[conv_operands].then_some(g));
+        }
+        Ok(grads)
     }
 }
 

@@ -19,13 +19,48 @@ pub struct MatMul {
     pub transpose_b: bool,
 }
 
-/// The epilogue of a fused linear layer, applied to each output element
-/// before it is stored: `act(acc + bias) + residual`.
+/// The epilogue of a fused linear layer or convolution (`fused_linear`,
+/// `fused_conv2d`), applied to each output element before it is stored:
+/// `act(acc + bias) + residual`. Its operands follow the product's own:
+/// the bias first (if any), then the residual (if any).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LinearEpilogue {
     pub bias: bool,
     pub activation: Option<UnaryOp>,
     pub residual: bool,
+}
+
+impl LinearEpilogue {
+    /// The fused node's operand count, for a product of `product_operands`.
+    pub fn operand_count(&self, product_operands: usize) -> usize {
+        product_operands + usize::from(self.bias) + usize::from(self.residual)
+    }
+
+    /// The position of the bias among the fused node's operands.
+    pub fn bias_operand(&self, product_operands: usize) -> Option<usize> {
+        self.bias.then_some(product_operands)
+    }
+
+    /// The position of the residual among the fused node's operands.
+    pub fn residual_operand(&self, product_operands: usize) -> Option<usize> {
+        self.residual
+            .then_some(product_operands + usize::from(self.bias))
+    }
+
+    /// The printed attributes, after the product's own.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mut a = vec![];
+        if self.bias {
+            a.push(("bias", "true".to_string()));
+        }
+        if let Some(act) = self.activation {
+            a.push(("activation", act.name().to_string()));
+        }
+        if self.residual {
+            a.push(("residual", "true".to_string()));
+        }
+        a
+    }
 }
 
 /// matmul + epilogue. Inputs: a, b, then bias (if any), then residual (if any).
@@ -116,7 +151,7 @@ impl OpKind for FusedLinear {
     }
 
     fn arity(&self) -> (usize, usize) {
-        let n = 2 + self.epilogue.bias as usize + self.epilogue.residual as usize;
+        let n = self.epilogue.operand_count(2);
         (n, n)
     }
 
@@ -158,15 +193,7 @@ impl OpKind for FusedLinear {
         if self.transpose_b {
             a.push(("transpose_b", "true".to_string()));
         }
-        if self.epilogue.bias {
-            a.push(("bias", "true".to_string()));
-        }
-        if let Some(act) = self.epilogue.activation {
-            a.push(("activation", act.name().to_string()));
-        }
-        if self.epilogue.residual {
-            a.push(("residual", "true".to_string()));
-        }
+        a.extend(self.epilogue.attributes());
         a
     }
 
@@ -287,16 +314,27 @@ pub(super) fn fused_linear(
     out_shape: &[usize],
 ) -> Result<Tensor, EvalError> {
     let mut y = matmul(inputs[0], inputs[1], false, transpose_b, out_shape)?;
-    let mut next = 2;
-    if epilogue.bias {
-        y = super::elementwise::binary(BinaryOp::Add, &y, inputs[next], out_shape)?;
-        next += 1;
+    if let Some(bias) = epilogue.bias_operand(2) {
+        y = super::elementwise::binary(BinaryOp::Add, &y, inputs[bias], out_shape)?;
     }
-    if let Some(activation) = epilogue.activation {
+    let residual = epilogue.residual_operand(2).map(|i| inputs[i]);
+    activation_and_residual(y, epilogue.activation, residual, out_shape)
+}
+
+/// The epilogue after the bias, `act(y) + residual`, each step rounded to
+/// f32 as the unfused ops are: shared by `fused_linear` and `fused_conv2d`
+/// (whose biases broadcast along different axes).
+pub(super) fn activation_and_residual(
+    mut y: Tensor,
+    activation: Option<UnaryOp>,
+    residual: Option<&Tensor>,
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    if let Some(activation) = activation {
         y = crate::ir::ops::OpKind::eval(&activation, &[&y], out_shape)?;
     }
-    if epilogue.residual {
-        y = super::elementwise::binary(BinaryOp::Add, &y, inputs[next], out_shape)?;
+    if let Some(residual) = residual {
+        y = super::elementwise::binary(BinaryOp::Add, &y, residual, out_shape)?;
     }
     Ok(y)
 }

@@ -46,6 +46,7 @@ pub mod window;
 
 pub use broadcast::Broadcast;
 pub use cast::Cast;
+pub use conv::{Conv2d, FusedConv2d};
 pub use elementwise::{BinaryOp, CompareOp, ElementwiseExpr, ExprStep, FusedElementwise, Where};
 pub use gather::Gather;
 pub use layout::{Concat, Permute, Reshape, Slice};
@@ -156,6 +157,7 @@ impl Op {
             Op::FusedLinear(op) => op,
             Op::FusedElementwise(op) => op,
             Op::Conv2d(op) => op,
+            Op::FusedConv2d(op) => op,
             Op::Pool2d(op) => op,
             Op::BatchNorm(op) => op,
             Op::Clip(op) => op,
@@ -361,6 +363,7 @@ pub enum Op {
     FusedLinear(FusedLinear),
     FusedElementwise(FusedElementwise),
     Conv2d(conv::Conv2d),
+    FusedConv2d(conv::FusedConv2d),
     Pool2d(pool::Pool2d),
     BatchNorm(batch_norm::BatchNorm),
     Clip(clip::Clip),

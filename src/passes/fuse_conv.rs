@@ -1,0 +1,242 @@
+//! Convolution fusion: `act(conv2d(x, w, b)) + residual` -> one
+//! `fused_conv2d`, the convolutional twin of `fuse-linear` (same epilogue,
+//! `LinearEpilogue`, so the kernels implement one).
+//!
+//! Starting at a `conv2d`, the pass walks the chain of sole readers, taking
+//! in order an optional bias add (only when the convolution has no bias of
+//! its own), an optional activation and an optional residual add. The
+//! traps that make a lookalike not a convolution layer:
+//!
+//! - `w` must be a weight (a parameter, a constant, or computed from those
+//!   alone): kernels pack it once at compile time. A convolution by a
+//!   tensor computed from the inputs is left alone.
+//! - a bias is one value per output channel broadcast over NCHW: `[C, 1, 1]`
+//!   or `[1, C, 1, 1]` (given to the fused node reshaped to `[C]`). A `[C]`
+//!   operand broadcasts along the width, not the channels, and is not a
+//!   bias; an operand of the output's type is a residual.
+//! - every absorbed intermediate must have no other reader and not be an
+//!   output, or its value would be lost; a bias or residual computed from
+//!   the convolution itself would make a cycle.
+//!
+//! Activations: those the GEMM epilogue has (relu, gelu, gelu_tanh,
+//! sigmoid, tanh) and the vision ones (relu6, hard_sigmoid, hard_swish);
+//! a kernel candidate lacking one leaves the node to the interpreter.
+//!
+//! An existing `fused_conv2d` whose epilogue has room is extended the same
+//! way, so the pass reaches the same result however often it runs. A
+//! convolution nothing joins stays a `conv2d`.
+
+use super::edit::{add_node, depends_on, is_weight, replace, sole_user};
+use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::{Conv2d, FusedConv2d, Reshape};
+use crate::ir::{BinaryOp, DType, Dim, Graph, LinearEpilogue, NodeId, Op, UnaryOp};
+
+pub struct ConvFusion;
+
+/// The epilogue parts still open, in the order the epilogue applies them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Bias,
+    Activation,
+    Residual,
+    Done,
+}
+
+/// Where the chain's bias comes from.
+#[derive(Clone, Copy)]
+enum Bias {
+    /// The convolution's own `[C]` operand (or the fused node's).
+    Own(NodeId),
+    /// A broadcast add of a `[C, 1, 1]` or `[1, C, 1, 1]` value, reshaped to `[C]` when fused.
+    Added(NodeId),
+}
+
+struct Chain {
+    x: NodeId,
+    w: NodeId,
+    conv: Conv2d,
+    bias: Option<Bias>,
+    activation: Option<UnaryOp>,
+    residual: Option<NodeId>,
+    /// The last node of the chain, whose readers the fused node takes over.
+    last: NodeId,
+    absorbed: usize,
+}
+
+/// Activations a convolution's epilogue may take.
+pub fn is_conv_activation(op: UnaryOp) -> bool {
+    op.is_activation()
+        || matches!(
+            op,
+            UnaryOp::Relu6 | UnaryOp::HardSigmoid | UnaryOp::HardSwish
+        )
+}
+
+impl Pass for ConvFusion {
+    fn name(&self) -> &'static str {
+        "fuse-conv"
+    }
+
+    fn description(&self) -> &'static str {
+        "fuse conv2d + bias + activation + residual into fused_conv2d"
+    }
+
+    fn run(
+        &self,
+        graph: &mut Graph,
+        _cx: &PassContext<'_>,
+        steps: &mut Steps,
+    ) -> Result<(), PassError> {
+        for id in graph.topo_order() {
+            if !graph.contains(id) {
+                continue;
+            }
+            let Some(chain) = match_chain(graph, id) else {
+                continue;
+            };
+            let span = graph.node(id).span;
+            if !steps.take(chain_kind(&chain), span) {
+                break;
+            }
+            let mut inputs = vec![chain.x, chain.w];
+            match chain.bias {
+                Some(Bias::Own(b)) => inputs.push(b),
+                Some(Bias::Added(b)) => {
+                    let channels = graph.node(chain.w).ty.shape[0].clone();
+                    let op = Op::Reshape(Reshape {
+                        shape: vec![channels],
+                    });
+                    inputs.push(add_node(graph, self.name(), op, &[b], span)?);
+                }
+                None => {}
+            }
+            inputs.extend(chain.residual);
+            let op = Op::FusedConv2d(FusedConv2d {
+                conv: chain.conv,
+                epilogue: LinearEpilogue {
+                    bias: chain.bias.is_some(),
+                    activation: chain.activation,
+                    residual: chain.residual.is_some(),
+                },
+            });
+            let fused = add_node(graph, self.name(), op, &inputs, span)?;
+            replace(graph, self.name(), chain.last, fused)?;
+        }
+        Ok(())
+    }
+}
+
+fn chain_kind(chain: &Chain) -> String {
+    let mut parts = vec!["conv2d".to_string()];
+    if let Some(Bias::Added(_)) = chain.bias {
+        parts.push("bias".into());
+    }
+    if let Some(act) = chain.activation {
+        parts.push(act.name().into());
+    }
+    if chain.residual.is_some() {
+        parts.push("residual".into());
+    }
+    parts.join("+")
+}
+
+/// Whether `ty` is one value per channel of an NCHW tensor with `channels`
+/// channels, broadcast over batch, height and width.
+fn is_channel_bias(ty: &crate::ir::TensorType, channels: &Dim) -> bool {
+    let one = Dim::known(1);
+    ty.dtype == DType::F32
+        && match ty.shape.as_slice() {
+            [c, h, w] => c == channels && *h == one && *w == one,
+            [n, c, h, w] => *n == one && c == channels && *h == one && *w == one,
+            _ => false,
+        }
+}
+
+/// The convolution layer starting at `id`, if at least one epilogue op can join it.
+fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
+    let ins = graph.inputs(id);
+    let (mut chain, mut stage) = match &graph.node(id).op {
+        Op::Conv2d(conv) => {
+            let bias = ins.get(2).map(|&b| Bias::Own(b));
+            let fresh = Chain {
+                x: ins[0],
+                w: ins[1],
+                conv: conv.clone(),
+                bias,
+                activation: None,
+                residual: None,
+                last: id,
+                absorbed: 0,
+            };
+            let stage = if bias.is_some() {
+                Stage::Activation
+            } else {
+                Stage::Bias
+            };
+            (fresh, stage)
+        }
+        Op::FusedConv2d(FusedConv2d { conv, epilogue }) => {
+            let stage = if epilogue.residual {
+                Stage::Done
+            } else if epilogue.activation.is_some() {
+                Stage::Residual
+            } else if epilogue.bias {
+                Stage::Activation
+            } else {
+                Stage::Bias
+            };
+            let existing = Chain {
+                x: ins[0],
+                w: ins[1],
+                conv: conv.clone(),
+                bias: epilogue.bias_operand(2).map(|i| Bias::Own(ins[i])),
+                activation: epilogue.activation,
+                residual: None,
+                last: id,
+                absorbed: 0,
+            };
+            (existing, stage)
+        }
+        _ => return None,
+    };
+    if !is_weight(graph, chain.w) {
+        return None;
+    }
+    let out_ty = graph.node(id).ty.clone();
+    let channels = out_ty.shape.get(1)?.clone();
+    while stage != Stage::Done {
+        let Some(user) = sole_user(graph, chain.last) else {
+            break;
+        };
+        match &graph.node(user).op {
+            Op::Binary(BinaryOp::Add) if stage <= Stage::Residual => {
+                let other = match graph.inputs(user).as_slice() {
+                    [p, q] if *p == chain.last && *q != chain.last => *q,
+                    [p, q] if *q == chain.last && *p != chain.last => *p,
+                    _ => break,
+                };
+                let other_ty = &graph.node(other).ty;
+                if graph.node(user).ty != out_ty || depends_on(graph, other, chain.last) {
+                    break;
+                }
+                if stage == Stage::Bias && is_channel_bias(other_ty, &channels) {
+                    chain.bias = Some(Bias::Added(other));
+                    stage = Stage::Activation;
+                } else if *other_ty == out_ty {
+                    chain.residual = Some(other);
+                    stage = Stage::Done;
+                } else {
+                    break;
+                }
+            }
+            Op::Unary(act) if is_conv_activation(*act) && stage <= Stage::Activation => {
+                chain.activation = Some(*act);
+                stage = Stage::Residual;
+            }
+            _ => break,
+        }
+        chain.last = user;
+        chain.absorbed += 1;
+    }
+    (chain.absorbed > 0).then_some(chain)
+}
