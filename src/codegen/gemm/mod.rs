@@ -38,7 +38,7 @@ use microkernel::{
     emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
     FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
 };
-use pack::{k_block, pack_a_panel, panel_count};
+use pack::{k_block, pack_a_panel_with, panel_count, TransposeFn, Transposes};
 pub use pack::{
     packed_b_len, packed_b_len_for, MatrixRef, PackLayout, PackedB, PackedBRef, KC_MAX,
 };
@@ -233,7 +233,12 @@ pub(crate) struct MicroSlots {
     isa: Isa,
     narrow: Vec<KernelSlot>,
     wide: Vec<(usize, KernelSlot)>,
+    /// The packing transposes of 12 and 16 rows (AVX-512).
+    transposes: Option<(KernelSlot, KernelSlot)>,
 }
+
+/// Parameters of `wide::assemble_transpose`'s code.
+const TRANSPOSE_PARAMS: usize = 5;
 
 /// The micro-kernels of a tier: for each row count `1..=mr`, one of a
 /// single panel and (for short row counts) one of several panels.
@@ -266,7 +271,12 @@ pub(crate) fn compile_micro_kernels(
             wide.push((1, slot));
         }
     }
-    Ok(MicroSlots { isa, narrow, wide })
+    Ok(MicroSlots {
+        isa,
+        narrow,
+        wide,
+        transposes: None,
+    })
 }
 
 fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, CodegenError> {
@@ -290,7 +300,24 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
             wide.push((1, slot));
         }
     }
-    Ok(MicroSlots { isa, narrow, wide })
+    let transposes = if isa == Isa::Avx512 {
+        let mut slot = |rows: usize| {
+            jit.define_bytes(
+                &format!("gemm_{isa}_transpose{rows}"),
+                TRANSPOSE_PARAMS,
+                &wide::assemble_transpose(rows)?,
+            )
+        };
+        Some((slot(12)?, slot(16)?))
+    } else {
+        None
+    };
+    Ok(MicroSlots {
+        isa,
+        narrow,
+        wide,
+        transposes,
+    })
 }
 
 /// The tile pass applying a transcendental activation (and the residual):
@@ -332,6 +359,14 @@ pub(crate) struct MicroKernels {
     layout: PackLayout,
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
+    transposes: Option<Transposes>,
+}
+
+fn transpose_fn(address: usize) -> TransposeFn {
+    assert_ne!(address, 0, "finalized function has a null address");
+    // SAFETY: assembled by `wide::assemble_transpose` for exactly this
+    // signature under System V (the wide tiers' only ABI).
+    unsafe { std::mem::transmute::<usize, TransposeFn>(address) }
 }
 
 fn micro_fn(address: usize) -> MicroFn {
@@ -361,6 +396,10 @@ impl MicroSlots {
                 .iter()
                 .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
                 .collect(),
+            transposes: self.transposes.map(|(r12, r16)| Transposes {
+                rows12: transpose_fn(addresses[r12.0]),
+                rows16: transpose_fn(addresses[r16.0]),
+            }),
         }
     }
 }
@@ -736,7 +775,7 @@ fn run_chunk(
             let at = k0 * rows.len() + (i0 - rows.start) * kcp;
             let packed_a = &mut a_chunk[at..at + r * kcp];
             if pack {
-                pack_a_panel(&job.a, i0, r, k0, packed_a);
+                pack_a_panel_with(&job.a, i0, r, k0, packed_a, micro.transposes.as_ref());
             }
             let packed_a: &[f32] = packed_a;
             let narrow = micro.narrow[r - 1];
@@ -1088,10 +1127,11 @@ impl GemmKernels {
             for index in range {
                 let (a_off, b_off) = offsets(index);
                 if packed_for != Some(b_off) {
-                    PackedBRef::pack_into_for(
+                    PackedBRef::pack_into_with(
                         &matrix(b, b_off, k, n, transpose_b)?,
                         &mut scratch,
                         layout,
+                        self.micro.transposes.as_ref(),
                     )?;
                     packed_for = Some(b_off);
                 }
