@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | `dce` | `dce.rs` | removes nodes no output depends on |
 //! | `cse` | `cse.rs` | merges equal computations; constants by value |
+//! | `fold-batch-norm` | `fold_batch_norm.rs` | `batch_norm(conv2d(...))` -> the conv's weights and bias scaled |
 //! | `const-fold` | `const_fold.rs` | evaluates constant (and, with bound values, parameter-only) subgraphs |
 //! | `simplify` | `simplify.rs` | `x*1`, `x+0`, `x-x`, `x/c`, `neg(neg(x))`, permute/reshape chains |
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
@@ -29,6 +30,7 @@ mod const_fold;
 mod cse;
 mod dce;
 mod edit;
+mod fold_batch_norm;
 mod fold_eval;
 mod fuse_conv;
 mod fuse_elementwise;
@@ -43,6 +45,7 @@ use std::fmt;
 pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
+pub use fold_batch_norm::FoldBatchNorm;
 pub use fuse_conv::{is_conv_activation, ConvFusion};
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
@@ -271,10 +274,15 @@ impl fmt::Display for PassReport {
 /// fusion can swallow their pieces, then fold transposes into matmuls so
 /// linear fusion sees plain weights, then fuse linear and convolution
 /// layers before elementwise fusion takes their bias adds and activations.
+/// Batch norms fold into convolutions just before const-fold, which then
+/// computes the new weights in the same iteration: later, elementwise
+/// fusion would take that parameter arithmetic, which const-fold cannot
+/// evaluate.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
         Box::new(CommonSubexpressions),
+        Box::new(FoldBatchNorm),
         Box::new(ConstantFolding),
         Box::new(AlgebraicSimplification),
         Box::new(RecognizeNormalizations),
