@@ -15,6 +15,9 @@ use std::collections::{HashMap, HashSet};
 use lamina::codegen::{Isa, Target};
 use lamina::interp;
 use lamina::ir::builder::GraphBuilder;
+use lamina::ir::ops::conv::Conv2d;
+use lamina::ir::ops::pool::{Pool2d, PoolKind};
+use lamina::ir::ops::window::{Padding2d, Window2d};
 use lamina::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
     Reduce, Slice, Softmax,
@@ -248,6 +251,7 @@ fn samples() -> Vec<Sample> {
             r,
         ),
     ];
+    all.extend(vision_samples(r));
     for (op, axes) in [
         (ReduceOp::Sum, vec![1]),
         (ReduceOp::Mean, vec![0]),
@@ -274,6 +278,110 @@ fn samples() -> Vec<Sample> {
         all.push(s);
     }
     all
+}
+
+fn window(stride: [usize; 2], dilation: [usize; 2], padding: Padding2d) -> Window2d {
+    Window2d {
+        stride,
+        dilation,
+        padding,
+    }
+}
+
+fn explicit(top: usize, left: usize, bottom: usize, right: usize) -> Padding2d {
+    Padding2d::Explicit {
+        top,
+        left,
+        bottom,
+        right,
+    }
+}
+
+/// Convolutions (pointwise, strided "same", dilated and grouped,
+/// depthwise, a channel multiplier) and pooling: the GEMM convolution and
+/// the window kernel each take several. `tests/conv_kernels.rs` has the
+/// generated shapes.
+fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
+    let conv = |window, groups| Op::Conv2d(Conv2d { window, groups });
+    let pool = |kind, kernel, window| {
+        Op::Pool2d(Pool2d {
+            kind,
+            kernel,
+            window,
+        })
+    };
+    vec![
+        sample(
+            "conv_pointwise_bias",
+            conv(window([1, 1], [1, 1], explicit(0, 0, 0, 0)), 1),
+            vec![f32_in(&[2, 8, 5, 7]), weight(&[12, 8, 1, 1]), weight(&[12])],
+            r,
+        ),
+        sample(
+            "conv_3x3_same_stride2",
+            conv(window([2, 2], [1, 1], Padding2d::Same), 1),
+            vec![f32_in(&[1, 3, 9, 11]), weight(&[5, 3, 3, 3])],
+            r,
+        ),
+        sample(
+            "conv_dilated_grouped",
+            conv(window([1, 2], [2, 1], explicit(1, 0, 2, 1)), 2),
+            vec![f32_in(&[1, 4, 8, 9]), weight(&[6, 2, 3, 2]), weight(&[6])],
+            r,
+        ),
+        sample(
+            "conv_channel_multiplier",
+            conv(window([1, 1], [1, 1], explicit(1, 1, 1, 1)), 3),
+            vec![f32_in(&[1, 3, 6, 5]), weight(&[6, 1, 3, 3])],
+            r,
+        ),
+        sample(
+            "conv_depthwise_bias",
+            conv(window([1, 1], [1, 1], Padding2d::Same), 6),
+            vec![f32_in(&[2, 6, 7, 8]), weight(&[6, 1, 3, 3]), weight(&[6])],
+            r,
+        ),
+        sample(
+            "conv_depthwise_stride2_dilated",
+            conv(window([2, 2], [2, 1], Padding2d::Same), 5),
+            vec![f32_in(&[1, 5, 11, 10]), weight(&[5, 1, 5, 5])],
+            r,
+        ),
+        sample(
+            "max_pool_padded",
+            pool(
+                PoolKind::Max,
+                [3, 3],
+                window([2, 2], [1, 1], explicit(1, 1, 1, 1)),
+            ),
+            vec![f32_in(&[2, 3, 9, 8])],
+            r,
+        ),
+        sample(
+            "avg_pool_same",
+            pool(
+                PoolKind::Avg {
+                    count_include_pad: false,
+                },
+                [3, 2],
+                window([2, 1], [1, 1], Padding2d::Same),
+            ),
+            vec![f32_in(&[1, 4, 7, 6])],
+            r,
+        ),
+        sample(
+            "avg_pool_counting_padding",
+            pool(
+                PoolKind::Avg {
+                    count_include_pad: true,
+                },
+                [2, 3],
+                window([1, 2], [2, 1], explicit(2, 1, 0, 2)),
+            ),
+            vec![f32_in(&[1, 2, 6, 9])],
+            r,
+        ),
+    ]
 }
 
 fn runnable_tiers() -> Vec<Isa> {
@@ -391,4 +499,8 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
     assert_eq!(chosen("softmax_first"), ["interpreter"]);
     assert_eq!(chosen("unary_sin"), ["interpreter"]);
     assert_eq!(chosen("unary_exp"), ["elementwise_f32x4"]);
+    assert_eq!(chosen("conv_pointwise_bias"), ["conv_gemm"]);
+    assert_eq!(chosen("conv_channel_multiplier"), ["conv_gemm"]);
+    assert_eq!(chosen("conv_depthwise_bias"), ["window2d"]);
+    assert_eq!(chosen("max_pool_padded"), ["window2d"]);
 }

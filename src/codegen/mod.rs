@@ -134,6 +134,7 @@
 //! < 1e-43), gelu_tanh -0 below -20.
 
 mod constants;
+pub mod conv;
 mod elementwise;
 mod gemm;
 mod jit;

@@ -347,6 +347,54 @@ impl<'a> PackedBRef<'a> {
         })
     }
 
+    /// Packs a `k x n` B that exists only as a rule, into the front of
+    /// `scratch`: `row(kk, c0, out)` writes `B[kk, c0..c0 + out.len()]`
+    /// (at most one panel's width) into `out`. The convolution kernels pack
+    /// input patches straight into the panels this way, without an im2col
+    /// matrix in between.
+    pub fn pack_rows_into_for(
+        k: usize,
+        n: usize,
+        scratch: &'a mut [f32],
+        layout: PackLayout,
+        mut row: impl FnMut(usize, usize, &mut [f32]),
+    ) -> Result<PackedBRef<'a>, CodegenError> {
+        let len = packed_b_len_for(k, n, layout);
+        if scratch.len() < len {
+            return Err(CodegenError::shape(
+                "pack_b",
+                format!(
+                    "scratch holds {} f32, packing a {k}x{n} B needs {len}",
+                    scratch.len()
+                ),
+            ));
+        }
+        let dst = &mut scratch[..len];
+        let w = layout.panel_width;
+        let kc = k_block(k);
+        let panels = panel_count(n, w);
+        let mut k0 = 0;
+        while k0 < k {
+            let kcp = kc.min(k - k0);
+            let block = &mut dst[k0 * panels * w..(k0 + kcp) * panels * w];
+            for (j, panel) in block.chunks_exact_mut(kcp * w).enumerate() {
+                let c0 = j * w;
+                let width = w.min(n - c0);
+                for (kk, out) in panel.chunks_exact_mut(w).enumerate() {
+                    row(k0 + kk, c0, &mut out[..width]);
+                    out[width..].fill(0.0);
+                }
+            }
+            k0 += kcp;
+        }
+        Ok(PackedBRef {
+            data: dst,
+            k,
+            n,
+            layout,
+        })
+    }
+
     /// A view of data that was packed for `k x n` in `layout`
     /// (crate-internal: the caller guarantees `data` came from `pack_b_into`
     /// with these dims and layout).
@@ -427,6 +475,27 @@ mod tests {
             let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
             let view_t = MatrixRef::transposed(&bt, k, n).unwrap();
             assert_eq!(PackedB::pack_for(&view_t, layout).as_ref().data(), data);
+        }
+    }
+
+    #[test]
+    fn packing_by_rows_equals_packing_the_matrix() {
+        let (k, n) = (300, 37);
+        let b: Vec<f32> = (0..k * n).map(|x| x as f32 * 0.5 - 7.0).collect();
+        let view = MatrixRef::row_major(&b, k, n).unwrap();
+        for isa in Isa::ALL {
+            let layout = PackLayout::for_isa(isa);
+            let mut scratch = vec![f32::NAN; packed_b_len_for(k, n, layout) + 3];
+            let by_rows =
+                PackedBRef::pack_rows_into_for(k, n, &mut scratch, layout, |kk, c0, out| {
+                    out.copy_from_slice(&b[kk * n + c0..kk * n + c0 + out.len()])
+                })
+                .unwrap();
+            assert_eq!(
+                by_rows.data(),
+                PackedB::pack_for(&view, layout).as_ref().data(),
+                "{isa}"
+            );
         }
     }
 

@@ -20,12 +20,17 @@ use std::collections::HashMap;
 
 use super::copy::{Reduction, Strided};
 use super::plan::{GemmB, Kernels, Loc, Planner, Step, StepError};
-use crate::codegen::{elementwise_supports, Epilogue, InnerStride, Isa, PackLayout, RowOp};
+use crate::codegen::conv::{conv_scratch_len, PostActivation, WindowGeometry, WindowOp};
+use crate::codegen::{
+    elementwise_supports, Activation, Epilogue, InnerStride, Isa, PackLayout, RowOp,
+};
+use crate::ir::ops::conv::Conv2d;
+use crate::ir::ops::pool::PoolKind;
 use crate::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
     Reduce, Slice, Softmax,
 };
-use crate::ir::{DType, ElementwiseExpr, ExprStep, Node, NodeId, Op};
+use crate::ir::{DType, ElementwiseExpr, ExprStep, Graph, Node, NodeId, Op, UnaryOp};
 
 /// One node as the candidates see it, with what planning its step needs.
 pub(super) struct NodeSite<'s, 'g> {
@@ -101,6 +106,8 @@ pub(super) const CANDIDATES: &[&dyn KernelCandidate] = &[
     &GemmTier(Isa::Avx2),
     &GemmTier(Isa::Baseline),
     &BatchedGemm,
+    &ConvGemm,
+    &WindowKernel,
     &ElementwiseJit,
     &RowJit,
     &StridedReduce,
@@ -270,6 +277,266 @@ impl KernelCandidate for BatchedGemm {
             b: site.at(1),
             b_shape: site.in_shape(1),
             transpose_b: *transpose_b,
+            out: site.out(),
+        })
+    }
+}
+
+/// A convolution node as the convolution kernels see it: `conv2d(x, w,
+/// [bias])`, or `fused_conv2d` with its epilogue.
+pub(super) struct ConvNode<'n> {
+    pub conv: &'n Conv2d,
+    /// Operand 2 is the per-channel bias.
+    pub bias: bool,
+    pub activation: Option<UnaryOp>,
+    /// The operand index of the residual.
+    pub residual: Option<usize>,
+}
+
+impl ConvNode<'_> {
+    pub(super) fn of(op: &Op, operands: usize) -> Option<ConvNode<'_>> {
+        match op {
+            Op::Conv2d(conv) => Some(ConvNode {
+                conv,
+                bias: operands == 3,
+                activation: None,
+                residual: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The geometry for these concrete shapes (the shape rule accepted them).
+    fn geometry(&self, x: &[usize], w: &[usize], out: &[usize]) -> WindowGeometry {
+        let c = self.conv.geometry(x, w, out);
+        WindowGeometry {
+            batch: c.batch,
+            in_channels: c.in_channels,
+            in_h: c.in_h,
+            in_w: c.in_w,
+            out_channels: c.out_channels,
+            out_h: c.out_h,
+            out_w: c.out_w,
+            kernel: [c.kernel_h, c.kernel_w],
+            stride: self.conv.window.stride,
+            dilation: self.conv.window.dilation,
+            pad: [c.pad_top, c.pad_left],
+            groups: c.groups,
+        }
+    }
+
+    /// One input channel and one output channel per group: the window
+    /// kernel's, not the GEMM's (whose rows would be single channels).
+    fn is_depthwise(w: &[usize], groups: usize) -> bool {
+        w[1] == 1 && w[0] == groups
+    }
+}
+
+/// The GEMM left operand of a convolution the GEMM candidate can take:
+/// `[O, C/g * kh * kw (+ 1)]`, each output channel's weights then its bias,
+/// laid out once when the model is compiled. `None` when the weights (or
+/// the bias) are not weights, or the convolution is depthwise.
+pub(super) fn conv_gemm_weights(
+    graph: &Graph,
+    id: NodeId,
+    weight: impl Fn(NodeId) -> Option<std::sync::Arc<crate::tensor::Tensor>>,
+) -> Option<Vec<f32>> {
+    let inputs = graph.inputs(id);
+    let conv = ConvNode::of(&graph.node(id).op, inputs.len())?;
+    let w_shape = graph.node(inputs[1]).ty.known_shape()?;
+    if w_shape.len() != 4 || ConvNode::is_depthwise(&w_shape, conv.conv.groups) {
+        return None;
+    }
+    let w = weight(inputs[1])?;
+    let w = w.as_f32()?;
+    let bias = match conv.bias {
+        true => Some(weight(inputs[2])?),
+        false => None,
+    };
+    let bias = match &bias {
+        Some(b) => Some(b.as_f32()?),
+        None => None,
+    };
+    let out = w_shape[0];
+    let k: usize = w_shape[1..].iter().product();
+    if w.len() != out * k || bias.is_some_and(|b| b.len() != out) {
+        return None;
+    }
+    let mut a = Vec::with_capacity(out * (k + usize::from(bias.is_some())));
+    for o in 0..out {
+        a.extend_from_slice(&w[o * k..(o + 1) * k]);
+        if let Some(b) = bias {
+            a.push(b[o]);
+        }
+    }
+    Some(a)
+}
+
+/// Arena scratch the GEMM convolution needs for node `id` (packed patches
+/// of one image and group), when it may take the node.
+pub(super) fn conv_scratch(planner: &Planner<'_>, id: NodeId) -> Option<usize> {
+    let g = planner.graph;
+    let inputs = g.inputs(id);
+    let conv = ConvNode::of(&g.node(id).op, inputs.len())?;
+    let w = planner.shape(inputs[1]);
+    if !planner.conv_weights.contains_key(&id) {
+        return None;
+    }
+    let geometry = conv.geometry(&planner.shape(inputs[0]), &w, &planner.shape(id));
+    Some(conv_scratch_len(
+        &geometry,
+        conv.bias,
+        gemm_for(planner.isa).pack_layout(),
+    ))
+}
+
+/// How a convolution's epilogue splits between the GEMM and the pass
+/// after it: `None` when an activation is neither's.
+fn split_epilogue(conv: &ConvNode<'_>) -> Option<(Epilogue, Option<PostActivation>)> {
+    let residual = conv.residual.is_some();
+    match conv.activation {
+        None => Some((
+            Epilogue {
+                residual,
+                ..Epilogue::none()
+            },
+            None,
+        )),
+        Some(op) => match Activation::from_unary(op) {
+            Some(activation) => Some((
+                Epilogue {
+                    bias: false,
+                    activation: Some(activation),
+                    residual,
+                },
+                None,
+            )),
+            None => Some((Epilogue::none(), Some(PostActivation::from_unary(op)?))),
+        },
+    }
+}
+
+/// `conv2d` / `fused_conv2d` (not depthwise) as GEMMs on the plan tier's
+/// kernels: per image and group, the input patches packed straight into
+/// B panels, the weights (with the bias as an extra column) as A.
+struct ConvGemm;
+
+impl KernelCandidate for ConvGemm {
+    fn name(&self) -> &'static str {
+        "conv_gemm"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let conv = ConvNode::of(&site.node.op, site.inputs.len())?;
+        if !site.all_f32()
+            || site.scratch.is_none()
+            || !site.planner.conv_weights.contains_key(&site.id)
+        {
+            return None;
+        }
+        split_epilogue(&conv)?;
+        let w = site.in_shape(1);
+        let k: usize = w[1..].iter().product();
+        let lanes = (site.planner.isa.vector_bits() / 32) as u64;
+        Some(product_cost(site.numel(), k) / lanes)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let conv = ConvNode::of(&site.node.op, site.inputs.len()).expect("cost accepted the node");
+        let (epilogue, post) = split_epilogue(&conv).expect("cost accepted the epilogue");
+        Ok(Step::Conv {
+            kernel: kernels.gemm(epilogue)?,
+            geometry: conv.geometry(&site.in_shape(0), &site.in_shape(1), &site.out_shape),
+            x: site.at(0),
+            weights: site.planner.conv_weights[&site.id].clone(),
+            with_bias: conv.bias,
+            post,
+            residual: conv.residual.map(|i| site.at(i)),
+            scratch: site.scratch.expect("cost checked the scratch"),
+            out: site.out(),
+        })
+    }
+}
+
+/// Depthwise convolution (one input channel per group), max and average
+/// pooling: one loop nest per output plane, vectorised along the width,
+/// compiled for each tier (`codegen::conv::window2d`).
+struct WindowKernel;
+
+impl WindowKernel {
+    fn op(site: &NodeSite<'_, '_>) -> Option<(WindowOp, WindowGeometry, Option<PostActivation>)> {
+        if !site.all_f32() {
+            return None;
+        }
+        let x = site.in_shape(0);
+        if let Op::Pool2d(pool) = &site.node.op {
+            let pad = |axis: usize| {
+                pool.window
+                    .pads(axis, x[2 + axis], pool.kernel[axis])
+                    .map(|p| p.0)
+            };
+            let geometry = WindowGeometry {
+                batch: x[0],
+                in_channels: x[1],
+                in_h: x[2],
+                in_w: x[3],
+                out_channels: x[1],
+                out_h: site.out_shape[2],
+                out_w: site.out_shape[3],
+                kernel: pool.kernel,
+                stride: pool.window.stride,
+                dilation: pool.window.dilation,
+                pad: [pad(0)?, pad(1)?],
+                groups: 1,
+            };
+            let op = match pool.kind {
+                PoolKind::Max => WindowOp::Max,
+                PoolKind::Avg { count_include_pad } => WindowOp::Avg { count_include_pad },
+            };
+            return Some((op, geometry, None));
+        }
+        let conv = ConvNode::of(&site.node.op, site.inputs.len())?;
+        let w = site.in_shape(1);
+        if !ConvNode::is_depthwise(&w, conv.conv.groups) {
+            return None;
+        }
+        let post = match conv.activation {
+            None => None,
+            Some(op) => Some(PostActivation::from_unary(op)?),
+        };
+        Some((
+            WindowOp::Depthwise,
+            conv.geometry(&x, &w, &site.out_shape),
+            post,
+        ))
+    }
+}
+
+impl KernelCandidate for WindowKernel {
+    fn name(&self) -> &'static str {
+        "window2d"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let (_, g, _) = WindowKernel::op(site)?;
+        let lanes = (site.planner.isa.vector_bits() / 32) as u64;
+        Some(
+            (site.numel() * (g.kernel[0] * g.kernel[1]).max(1)) as u64 * 2 / lanes
+                + site.numel() as u64,
+        )
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let (op, geometry, post) = WindowKernel::op(site).expect("cost accepted the node");
+        let conv = ConvNode::of(&site.node.op, site.inputs.len());
+        Ok(Step::Window {
+            op,
+            geometry,
+            x: site.at(0),
+            weights: conv.as_ref().map(|_| site.at(1)),
+            bias: conv.as_ref().filter(|c| c.bias).map(|_| site.at(2)),
+            post,
+            residual: conv.as_ref().and_then(|c| c.residual).map(|i| site.at(i)),
             out: site.out(),
         })
     }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
+use crate::codegen::conv::{conv2d_gemm, window2d, ConvArgs, WindowArgs};
 use crate::codegen::{
     BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackedB,
     PackedBRef, RowArgs, Target, TensorView, Threads,
@@ -181,6 +182,9 @@ pub struct CompiledModel {
     weight_index: HashMap<NodeId, usize>,
     /// GEMM right operands that are weights, packed once: keyed by the GEMM node.
     prepacked: HashMap<NodeId, PackedB>,
+    /// GEMM convolutions' left operands (weights with a bias column), laid
+    /// out once: keyed by the convolution node.
+    conv_weights: HashMap<NodeId, Arc<[f32]>>,
     /// The kernel tier: fixes the packing of `prepacked` and every plan's kernels.
     isa: Isa,
     only_kernel: Option<&'static str>,
@@ -276,6 +280,14 @@ impl CompiledModel {
             };
             prepacked.insert(id, PackedB::pack_for(&matrix, layout));
         }
+        let conv_weights = graph
+            .node_ids()
+            .filter_map(|id| {
+                let weight = |w: NodeId| weight_index.get(&w).map(|&i| weights[i].clone());
+                let laid_out = candidates::conv_gemm_weights(graph, id, weight)?;
+                Some((id, Arc::from(laid_out)))
+            })
+            .collect();
         let threads = if options.threads <= 1 {
             Threads::single()
         } else {
@@ -286,6 +298,7 @@ impl CompiledModel {
             weights,
             weight_index,
             prepacked,
+            conv_weights,
             isa,
             only_kernel: None,
             threads,
@@ -379,6 +392,7 @@ impl CompiledModel {
             weights: &self.weights,
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
+            conv_weights: &self.conv_weights,
             isa: self.isa,
             only: self.only_kernel,
         };
@@ -431,6 +445,9 @@ impl CompiledModel {
     fn check_budget(&self, concrete: &Graph, plan: &Plan) -> Result<(), BudgetError> {
         let weights = self.weights.iter().fold(0usize, |acc, w| {
             acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
+        });
+        let weights = self.conv_weights.values().fold(weights, |acc, w| {
+            acc.saturating_add(w.len().saturating_mul(4))
         });
         let needed = plan
             .arena_len
@@ -798,6 +815,48 @@ impl CompiledModel {
                 }
                 Step::Reduce { x, reduction, out } => {
                     reduction.run(mem.f32(*x), mem.f32_mut(*out))?
+                }
+                Step::Conv {
+                    kernel,
+                    geometry,
+                    x,
+                    weights,
+                    with_bias,
+                    post,
+                    residual,
+                    scratch,
+                    out,
+                } => {
+                    let args = ConvArgs {
+                        x: mem.f32(*x),
+                        weights,
+                        with_bias: *with_bias,
+                        post: *post,
+                        residual: residual.map(|l| mem.f32(l)),
+                        scratch: mem.f32_mut(*scratch),
+                        out: mem.f32_mut(*out),
+                    };
+                    conv2d_gemm(&plan.kernels.library, *kernel, geometry, args, threads)?;
+                }
+                Step::Window {
+                    op,
+                    geometry,
+                    x,
+                    weights,
+                    bias,
+                    post,
+                    residual,
+                    out,
+                } => {
+                    let args = WindowArgs {
+                        x: mem.f32(*x),
+                        weights: weights.map(|l| mem.f32(l)),
+                        bias: bias.map(|l| mem.f32(l)),
+                        post: *post,
+                        residual: residual.map(|l| mem.f32(l)),
+                        out: mem.f32_mut(*out),
+                    };
+                    window2d(plan.kernels.library.isa(), *op, geometry, args, threads)?;
                 }
                 Step::Fallback {
                     op,

@@ -8,10 +8,13 @@ use crate::ir::ops::{Cast, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::candidates::{gemm_for, Interpreter, KernelCandidate, NodeSite, CANDIDATES};
+use super::candidates::{
+    conv_scratch, gemm_for, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
+};
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
+use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
     packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
     Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
@@ -111,6 +114,30 @@ pub enum Step {
     Reduce {
         x: Loc,
         reduction: Reduction,
+        out: Loc,
+    },
+    /// A convolution as GEMMs (`codegen::conv::conv2d_gemm`).
+    Conv {
+        kernel: GemmId,
+        geometry: WindowGeometry,
+        x: Loc,
+        /// `[O, K (+ 1 bias column)]`, laid out when the model was compiled.
+        weights: Arc<[f32]>,
+        with_bias: bool,
+        post: Option<PostActivation>,
+        residual: Option<Loc>,
+        scratch: Loc,
+        out: Loc,
+    },
+    /// Depthwise convolution or pooling (`codegen::conv::window2d`).
+    Window {
+        op: WindowOp,
+        geometry: WindowGeometry,
+        x: Loc,
+        weights: Option<Loc>,
+        bias: Option<Loc>,
+        post: Option<PostActivation>,
+        residual: Option<Loc>,
         out: Loc,
     },
     /// Anything without a native kernel runs on the interpreter's op.
@@ -305,6 +332,8 @@ pub struct Planner<'a> {
     pub weights: &'a [Arc<Tensor>],
     pub weight_index: &'a HashMap<NodeId, usize>,
     pub prepacked: &'a HashMap<NodeId, PackedB>,
+    /// GEMM convolutions' weights (with bias columns), keyed by the node.
+    pub conv_weights: &'a HashMap<NodeId, Arc<[f32]>>,
     /// The kernel tier (the one `prepacked` was packed for).
     pub isa: Isa,
     /// Only this kernel candidate (and the interpreter), for tests.
@@ -414,6 +443,13 @@ impl Planner<'_> {
                 scratch_of.insert(id, buffers.len());
                 buffers.push(Lifetime {
                     len: packed_b_len_for(k, n, gemm_for(self.isa).pack_layout()),
+                    first: step,
+                    last: step,
+                });
+            } else if let Some(len) = conv_scratch(self, id) {
+                scratch_of.insert(id, buffers.len());
+                buffers.push(Lifetime {
+                    len,
                     first: step,
                     last: step,
                 });

@@ -1,0 +1,578 @@
+//! Convolution and pooling over NCHW tensors.
+//!
+//! - [`conv2d_gemm`]: a convolution as one GEMM per image and group on the
+//!   plan tier's GEMM kernels: `out[O_g, P] = W[O_g, K] @ patches[K, P]`
+//!   with `K = C_g * kh * kw` and `P = out_h * out_w` (NCHW puts each
+//!   output channel's pixels in one row). The weights are the left operand
+//!   (laid out once, when the plan is built, with each channel's bias as
+//!   an extra column); the patches are packed straight into the GEMM's B
+//!   panels (`PackedBRef::pack_rows_into_for`, with a row of ones meeting
+//!   the bias column), never into an im2col matrix. The bias thus sits in
+//!   every output's FMA chain, and the GEMM epilogue applies the
+//!   activation and residual; activations it lacks (relu6, hard_sigmoid,
+//!   hard_swish) run as a pass over each image's rows right after its
+//!   GEMM, while they are in cache.
+//! - [`window2d`]: depthwise convolution (one input channel per group),
+//!   max and average pooling, as one loop nest over each output plane,
+//!   vectorised along the output width: in NCHW, a channel's taps at one
+//!   row are contiguous (stride 1) along W, while vectorising across
+//!   channels would need a channel-blocked layout (a layout pass) that the
+//!   graph does not have. It is Rust compiled three times, once per tier
+//!   (`target_feature` AVX-512 / AVX2 + FMA, and plain SSE2 for the
+//!   baseline), so each tier gets its width and its FMA rounding.
+//!
+//! The plan validates every size (`ir::bind` checked the shapes, the plan
+//! builds the geometry from them); these drivers check the slice lengths
+//! against the geometry once per call, and the loops index slices. The
+//! only raw pointer is the window kernel's output, split into disjoint
+//! planes across threads.
+
+use crate::codegen::target::Isa;
+use crate::codegen::threads::{split_range, SharedMut, Threads};
+use crate::codegen::{CodegenError, GemmArgs, GemmId, KernelLibrary, MatrixRef, PackedBRef};
+use crate::ir::UnaryOp;
+
+/// The sizes of a 2-D window op over an NCHW input, all validated by the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WindowGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Padding before the input: top, left.
+    pub pad: [usize; 2],
+    /// Channel groups (convolutions; 1 for pooling).
+    pub groups: usize,
+}
+
+impl WindowGeometry {
+    fn in_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_h * self.in_w
+    }
+    fn out_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_h * self.out_w
+    }
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+    /// The GEMM depth of one group: its input channels times the taps.
+    pub fn depth(&self) -> usize {
+        self.in_channels / self.groups.max(1) * self.taps()
+    }
+    /// The output pixels of one plane.
+    pub fn pixels(&self) -> usize {
+        self.out_h * self.out_w
+    }
+}
+
+/// An activation applied after the product, in Rust: the ones the GEMM
+/// epilogue lacks, and all of them for the window kernels. Each is
+/// computed in f64 and rounded once, like the interpreter's `unary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PostActivation {
+    Relu,
+    Relu6,
+    HardSigmoid,
+    HardSwish,
+    Sigmoid,
+    Tanh,
+}
+
+impl PostActivation {
+    pub fn from_unary(op: UnaryOp) -> Option<PostActivation> {
+        Some(match op {
+            UnaryOp::Relu => PostActivation::Relu,
+            UnaryOp::Relu6 => PostActivation::Relu6,
+            UnaryOp::HardSigmoid => PostActivation::HardSigmoid,
+            UnaryOp::HardSwish => PostActivation::HardSwish,
+            UnaryOp::Sigmoid => PostActivation::Sigmoid,
+            UnaryOp::Tanh => PostActivation::Tanh,
+            _ => return None,
+        })
+    }
+
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        // `x < 0` is false for NaN: NaN passes through, as numpy's maximum.
+        let relu6 = |x: f64| {
+            if x < 0.0 {
+                0.0
+            } else if x > 6.0 {
+                6.0
+            } else {
+                x
+            }
+        };
+        match self {
+            PostActivation::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
+            // Clamping is exact in f32.
+            PostActivation::Relu6 => relu6(f64::from(x)) as f32,
+            PostActivation::HardSigmoid => (relu6(f64::from(x) + 3.0) / 6.0) as f32,
+            PostActivation::HardSwish => {
+                let x = f64::from(x);
+                (x * relu6(x + 3.0) / 6.0) as f32
+            }
+            PostActivation::Sigmoid => (1.0 / (1.0 + (-f64::from(x)).exp())) as f32,
+            PostActivation::Tanh => f64::from(x).tanh() as f32,
+        }
+    }
+
+    /// `row = act(row) + residual` (each step rounded, as the unfused ops).
+    fn finish(activation: Option<Self>, row: &mut [f32], residual: Option<&[f32]>) {
+        if let Some(act) = activation {
+            for v in row.iter_mut() {
+                *v = act.apply(*v);
+            }
+        }
+        if let Some(r) = residual {
+            for (v, r) in row.iter_mut().zip(r) {
+                *v += r;
+            }
+        }
+    }
+}
+
+fn shape_err(kernel: &'static str, what: String) -> CodegenError {
+    CodegenError::shape(kernel, what)
+}
+
+fn check_len(
+    kernel: &'static str,
+    what: &str,
+    got: usize,
+    want: usize,
+) -> Result<(), CodegenError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(shape_err(
+            kernel,
+            format!("{what} must hold {want} f32, got {got}"),
+        ))
+    }
+}
+
+/// Operands of [`conv2d_gemm`].
+pub struct ConvArgs<'a> {
+    /// `[N, C, H, W]`.
+    pub x: &'a [f32],
+    /// `[O, K + with_bias]` row-major: each output channel's `C_g * kh *
+    /// kw` weights (OIHW order), then its bias when `with_bias`.
+    pub weights: &'a [f32],
+    pub with_bias: bool,
+    /// Applied after the GEMM (its epilogue has no activation then).
+    pub post: Option<PostActivation>,
+    /// `[N, O, out_h, out_w]`: added by the GEMM epilogue, or after `post`.
+    pub residual: Option<&'a [f32]>,
+    /// At least [`conv_scratch_len`] f32: one image-group's packed patches.
+    pub scratch: &'a mut [f32],
+    /// `[N, O, out_h, out_w]`.
+    pub out: &'a mut [f32],
+}
+
+/// Scratch [`conv2d_gemm`] needs for `g` in a library of `layout`'s tier.
+pub fn conv_scratch_len(
+    g: &WindowGeometry,
+    with_bias: bool,
+    layout: crate::codegen::PackLayout,
+) -> usize {
+    crate::codegen::packed_b_len_for(g.depth() + usize::from(with_bias), g.pixels(), layout)
+}
+
+/// One convolution as GEMMs: per image and group, the patches packed into
+/// B panels and `W_g @ patches` on the library's GEMM `gemm` (whose
+/// epilogue holds the activation and residual unless `post` is set).
+pub fn conv2d_gemm(
+    library: &KernelLibrary,
+    gemm: GemmId,
+    g: &WindowGeometry,
+    args: ConvArgs<'_>,
+    threads: &Threads,
+) -> Result<(), CodegenError> {
+    const NAME: &str = "conv2d";
+    let ConvArgs {
+        x: input,
+        weights,
+        with_bias,
+        post,
+        residual: residual_all,
+        scratch,
+        out,
+    } = args;
+    let groups = g.groups.max(1);
+    let (og, cg) = (g.out_channels / groups, g.in_channels / groups);
+    let k = g.depth();
+    let kb = k + usize::from(with_bias);
+    let pixels = g.pixels();
+    check_len(NAME, "the input", input.len(), g.in_len())?;
+    check_len(NAME, "the output", out.len(), g.out_len())?;
+    check_len(NAME, "the weights", weights.len(), g.out_channels * kb)?;
+    if let Some(r) = residual_all {
+        check_len(NAME, "the residual", r.len(), g.out_len())?;
+    }
+    let epilogue = library.gemm_epilogue(gemm)?;
+    if epilogue.bias || (epilogue.residual && post.is_some()) {
+        return Err(shape_err(
+            NAME,
+            format!("a GEMM epilogue `{}` for a convolution", epilogue.tag()),
+        ));
+    }
+    let layout = library.pack_layout();
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [pt, pl] = g.pad;
+    let (h, w, out_w) = (g.in_h, g.in_w, g.out_w);
+    let pointwise = kh == 1
+        && kw == 1
+        && sh == 1
+        && sw == 1
+        && pt == 0
+        && pl == 0
+        && g.out_h == h
+        && out_w == w;
+    let plane = h * w;
+    for n in 0..g.batch {
+        for group in 0..groups {
+            let x0 = (n * g.in_channels + group * cg) * plane;
+            let x = &input[x0..x0 + cg * plane];
+            let packed = PackedBRef::pack_rows_into_for(
+                kb,
+                pixels,
+                &mut *scratch,
+                layout,
+                |kk, c0, out| {
+                    if kk == k {
+                        out.fill(1.0);
+                        return;
+                    }
+                    let (c, tap) = (kk / (kh * kw), kk % (kh * kw));
+                    let channel = &x[c * plane..(c + 1) * plane];
+                    if pointwise {
+                        out.copy_from_slice(&channel[c0..c0 + out.len()]);
+                        return;
+                    }
+                    let (ki, kj) = (tap / kw, tap % kw);
+                    let (mut oy, mut ox) = (c0 / out_w, c0 % out_w);
+                    for v in out.iter_mut() {
+                        let iy = (oy * sh + ki * dh).wrapping_sub(pt);
+                        let ix = (ox * sw + kj * dw).wrapping_sub(pl);
+                        // Out of range (including "negative", wrapped) reads the zero padding.
+                        *v = if iy < h && ix < w {
+                            channel[iy * w + ix]
+                        } else {
+                            0.0
+                        };
+                        ox += 1;
+                        if ox == out_w {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
+                },
+            )?;
+            let o0 = (n * g.out_channels + group * og) * pixels;
+            let rows = o0..o0 + og * pixels;
+            let a = MatrixRef::row_major(&weights[group * og * kb..(group + 1) * og * kb], og, kb)?;
+            let residual = residual_all.map(|r| &r[rows.clone()]);
+            let c = &mut out[rows];
+            library.gemm(
+                gemm,
+                GemmArgs {
+                    a,
+                    b: packed,
+                    bias: None,
+                    residual: if epilogue.residual { residual } else { None },
+                    c: &mut *c,
+                },
+                threads,
+            )?;
+            if post.is_some() {
+                PostActivation::finish(post, c, residual);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a window kernel computes over each window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WindowOp {
+    /// A weighted sum with each output channel's own taps (one input
+    /// channel per group), plus its bias.
+    Depthwise,
+    Max,
+    Avg {
+        count_include_pad: bool,
+    },
+}
+
+/// Operands of [`window2d`].
+pub struct WindowArgs<'a> {
+    /// `[N, C, H, W]`.
+    pub x: &'a [f32],
+    /// Depthwise: `[O, kh * kw]` taps.
+    pub weights: Option<&'a [f32]>,
+    /// Depthwise: `[O]`.
+    pub bias: Option<&'a [f32]>,
+    pub post: Option<PostActivation>,
+    /// `[N, O, out_h, out_w]`, added last.
+    pub residual: Option<&'a [f32]>,
+    /// `[N, O, out_h, out_w]`.
+    pub out: &'a mut [f32],
+}
+
+/// Depthwise convolution or pooling, planes split over threads (each
+/// output value is computed by one thread in a fixed order, so the thread
+/// count never changes a bit).
+pub fn window2d(
+    isa: Isa,
+    op: WindowOp,
+    g: &WindowGeometry,
+    args: WindowArgs<'_>,
+    threads: &Threads,
+) -> Result<(), CodegenError> {
+    const NAME: &str = "window2d";
+    check_len(NAME, "the input", args.x.len(), g.in_len())?;
+    check_len(NAME, "the output", args.out.len(), g.out_len())?;
+    if g.in_channels == 0 || g.out_channels % g.in_channels != 0 {
+        return Err(shape_err(
+            NAME,
+            format!(
+                "{} output channels from {} input channels",
+                g.out_channels, g.in_channels
+            ),
+        ));
+    }
+    match (op, args.weights) {
+        (WindowOp::Depthwise, Some(w)) => {
+            check_len(NAME, "the taps", w.len(), g.out_channels * g.taps())?
+        }
+        (WindowOp::Depthwise, None) => {
+            return Err(shape_err(NAME, "depthwise taps are missing".into()))
+        }
+        (_, Some(_)) => return Err(shape_err(NAME, "pooling takes no taps".into())),
+        (_, None) => {}
+    }
+    if let Some(b) = args.bias {
+        check_len(NAME, "the bias", b.len(), g.out_channels)?;
+    }
+    if let Some(r) = args.residual {
+        check_len(NAME, "the residual", r.len(), g.out_len())?;
+    }
+    let planes = g.batch * g.out_channels;
+    let plane_out = g.pixels();
+    if planes == 0 || plane_out == 0 {
+        return Ok(());
+    }
+    let out = SharedMut(args.out.as_mut_ptr());
+    let x = args.x;
+    let (weights, bias, residual, post) = (args.weights, args.bias, args.residual, args.post);
+    let run = |range: &std::ops::Range<usize>| {
+        for p in range.clone() {
+            let (n, o) = (p / g.out_channels, p % g.out_channels);
+            let c = o / (g.out_channels / g.in_channels);
+            let x0 = (n * g.in_channels + c) * g.in_h * g.in_w;
+            // SAFETY: plane `p` of the output (in bounds: `out` holds
+            // `planes * plane_out`, checked above) is written by this task
+            // alone; ranges given to tasks are disjoint and `out` is
+            // exclusively borrowed for the whole call.
+            let out_plane =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(p * plane_out), plane_out) };
+            let plane = Plane {
+                g,
+                op,
+                x: &x[x0..x0 + g.in_h * g.in_w],
+                taps: weights.map_or(&[][..], |w| &w[o * g.taps()..(o + 1) * g.taps()]),
+                bias: bias.map_or(0.0, |b| b[o]),
+            };
+            match isa {
+                // SAFETY: a plan of a wide tier runs only on a CPU with that
+                // tier's features (`Target::with_isa` never raises the tier;
+                // every wide tier has AVX2 and FMA, AVX-512 has AVX-512F).
+                Isa::Avx512 => unsafe { plane_avx512(&plane, out_plane) },
+                Isa::Avx2 => unsafe { plane_avx2(&plane, out_plane) },
+                Isa::Baseline => plane.run::<false>(out_plane),
+            }
+            PostActivation::finish(
+                post,
+                out_plane,
+                residual.map(|r| &r[p * plane_out..(p + 1) * plane_out]),
+            );
+        }
+    };
+    if threads.count() == 1 {
+        run(&(0..planes));
+    } else {
+        let ranges = split_range(planes, 4 * threads.count(), 1);
+        threads.for_each(&ranges, run);
+    }
+    Ok(())
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn plane_avx512(plane: &Plane<'_>, out: &mut [f32]) {
+    plane.run::<true>(out)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn plane_avx2(plane: &Plane<'_>, out: &mut [f32]) {
+    plane.run::<true>(out)
+}
+
+/// One output plane's inputs.
+struct Plane<'a> {
+    g: &'a WindowGeometry,
+    op: WindowOp,
+    /// The input channel's `in_h x in_w` plane.
+    x: &'a [f32],
+    /// Depthwise: this output channel's `kh * kw` taps.
+    taps: &'a [f32],
+    bias: f32,
+}
+
+/// The outputs `lo..hi` along one axis whose tap at offset `offset` (tap
+/// index times dilation) lands inside `0..size`, for `out` outputs.
+#[inline(always)]
+fn valid_range(
+    offset: usize,
+    pad: usize,
+    stride: usize,
+    size: usize,
+    out: usize,
+) -> (usize, usize) {
+    // o * stride + offset - pad in 0..size.
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = if size + pad > offset {
+        (size + pad - offset - 1) / stride + 1
+    } else {
+        0
+    };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+impl Plane<'_> {
+    /// The loop nest, inlined into each tier's `target_feature` function.
+    /// Per output row: every tap in order (rows, then columns) updates the
+    /// outputs it reaches, a contiguous run of the row, so one output's
+    /// value is one chain in the same order on every thread.
+    #[inline(always)]
+    fn run<const FMA: bool>(&self, out: &mut [f32]) {
+        let g = self.g;
+        let [kh, kw] = g.kernel;
+        let [sh, sw] = g.stride;
+        let [dh, dw] = g.dilation;
+        let [pt, pl] = g.pad;
+        let (h, w, out_w) = (g.in_h, g.in_w, g.out_w);
+        for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
+            row.fill(match self.op {
+                WindowOp::Depthwise => self.bias,
+                WindowOp::Max => f32::NEG_INFINITY,
+                WindowOp::Avg { .. } => 0.0,
+            });
+            let mut rows_in = 0;
+            for ky in 0..kh {
+                let iy = (oy * sh + ky * dh).wrapping_sub(pt);
+                if iy >= h {
+                    continue;
+                }
+                rows_in += 1;
+                let x_row = &self.x[iy * w..(iy + 1) * w];
+                for kx in 0..kw {
+                    let (lo, hi) = valid_range(kx * dw, pl, sw, w, out_w);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let first = lo * sw + kx * dw - pl;
+                    let outs = &mut row[lo..hi];
+                    match self.op {
+                        WindowOp::Depthwise => {
+                            let t = self.taps[ky * kw + kx];
+                            if sw == 1 {
+                                let xs = &x_row[first..first + outs.len()];
+                                for (o, &v) in outs.iter_mut().zip(xs) {
+                                    *o = if FMA { t.mul_add(v, *o) } else { *o + t * v };
+                                }
+                            } else {
+                                let xs = x_row[first..].iter().step_by(sw);
+                                for (o, &v) in outs.iter_mut().zip(xs) {
+                                    *o = if FMA { t.mul_add(v, *o) } else { *o + t * v };
+                                }
+                            }
+                        }
+                        WindowOp::Max => {
+                            for (o, &v) in outs.iter_mut().zip(x_row[first..].iter().step_by(sw)) {
+                                // NaN wins, as the interpreter's nan_max.
+                                if v.is_nan() || v > *o {
+                                    *o = v;
+                                }
+                            }
+                        }
+                        WindowOp::Avg { .. } => {
+                            for (o, &v) in outs.iter_mut().zip(x_row[first..].iter().step_by(sw)) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
+            }
+            if let WindowOp::Avg { count_include_pad } = self.op {
+                for (ox, o) in row.iter_mut().enumerate() {
+                    let count = if count_include_pad {
+                        kh * kw
+                    } else {
+                        let cols = (0..kw)
+                            .filter(|&kx| (ox * sw + kx * dw).wrapping_sub(pl) < w)
+                            .count();
+                        rows_in * cols
+                    };
+                    // No tap on the input: 0 / 0 = NaN, as the interpreter.
+                    *o /= count as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_ranges_keep_taps_inside_the_input() {
+        for (pad, stride, size, k, dil) in [
+            (1, 1, 5, 3, 1),
+            (0, 2, 7, 3, 1),
+            (2, 2, 6, 5, 1),
+            (3, 1, 4, 3, 3),
+            (0, 1, 1, 1, 1),
+            (5, 3, 2, 2, 4),
+        ] {
+            let out = (size + 2 * pad - (k - 1) * dil - 1) / stride + 1;
+            for t in 0..k {
+                let (lo, hi) = valid_range(t * dil, pad, stride, size, out);
+                for o in 0..out {
+                    let i = (o * stride + t * dil) as isize - pad as isize;
+                    let inside = (0..size as isize).contains(&i);
+                    assert_eq!(
+                        inside,
+                        (lo..hi).contains(&o),
+                        "pad {pad} stride {stride} size {size} tap {t} out {o}"
+                    );
+                }
+            }
+        }
+    }
+}
