@@ -527,8 +527,11 @@ impl Plane<'_> {
                 rows_in += 1;
                 let x_row = &self.x[iy * w..(iy + 1) * w];
                 if phased {
-                    for (i, &v) in x_row.iter().enumerate() {
-                        phases[(i % sw) * phase_len + i / sw] = v;
+                    for p in 0..sw {
+                        let phase = &mut phases[p * phase_len..(p + 1) * phase_len];
+                        for (d, &v) in phase.iter_mut().zip(x_row[p.min(w)..].iter().step_by(sw)) {
+                            *d = v;
+                        }
                     }
                 }
                 for kx in 0..kw {
