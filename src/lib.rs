@@ -18,6 +18,8 @@ pub mod ir;
 pub mod model;
 pub mod onnx;
 pub mod passes;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod runtime;
 pub mod span;
 pub mod syntax;

@@ -4,6 +4,11 @@
 //! `Graph::add_node` (types from `shape_rules::infer`) and run through
 //! `interp::run`, so binding and concretization are exercised too.
 
+use lamina::ir::ops::arg_reduce::{ArgOp, ArgReduce};
+use lamina::ir::ops::cumsum::CumSum;
+use lamina::ir::ops::gather_elements::GatherElements;
+use lamina::ir::ops::scatter_elements::{ScatterElements, ScatterReduce};
+use lamina::ir::ops::topk::TopK;
 use lamina::ir::ops::{
     Cast, Concat, Constant, FusedLinear, Gather, Input, LayerNorm, LogSoftmax, MatMul, Param,
     Permute, Reduce, Reshape, Slice, Softmax,
@@ -207,6 +212,9 @@ fn single_op_case(name: &str) -> Option<Case> {
     };
     let (op, operands): (Op, &[&str]) = match name {
         "add_broadcast" => (binary(BinaryOp::Add), &["a", "b"]),
+        "add_i64_broadcast" => (binary(BinaryOp::Add), &["a", "b"]),
+        "max_i64" => (binary(BinaryOp::Max), &["a", "b"]),
+        "div_i32_trunc" => (binary(BinaryOp::Div), &["a", "b"]),
         "sub_row" => (binary(BinaryOp::Sub), &["a", "b"]),
         "mul_scalar" => (binary(BinaryOp::Mul), &["a", "b"]),
         "div_column" => (binary(BinaryOp::Div), &["a", "b"]),
@@ -275,6 +283,51 @@ fn single_op_case(name: &str) -> Option<Case> {
         "cast_f32_i32" => (Op::Cast(Cast { to: DType::I32 }), &["x"]),
         "cast_f32_bool" => (Op::Cast(Cast { to: DType::Bool }), &["x"]),
         "cast_i64_f32" | "cast_bool_f32" => (Op::Cast(Cast { to: DType::F32 }), &["x"]),
+        "gather_elements_axis1" => (
+            Op::GatherElements(GatherElements { axis: 1 }),
+            &["x", "ids"],
+        ),
+        "argmax_axis1" => (
+            Op::ArgReduce(ArgReduce {
+                op: ArgOp::Max,
+                axis: 1,
+                keepdims: false,
+                last: false,
+            }),
+            &["x"],
+        ),
+        "argmin_axis2_keepdims" => (
+            Op::ArgReduce(ArgReduce {
+                op: ArgOp::Min,
+                axis: 2,
+                keepdims: true,
+                last: false,
+            }),
+            &["x"],
+        ),
+        "topk_3_axis1" => (
+            Op::TopK(TopK {
+                k: 3,
+                axis: 1,
+                largest: true,
+            }),
+            &["x"],
+        ),
+        "cumsum_axis2_reverse" => (
+            Op::CumSum(CumSum {
+                axis: 2,
+                exclusive: false,
+                reverse: true,
+            }),
+            &["x"],
+        ),
+        "scatter_elements_axis1" => (
+            Op::ScatterElements(ScatterElements {
+                axis: 1,
+                reduce: ScatterReduce::None,
+            }),
+            &["x", "ids", "updates"],
+        ),
         unary => {
             let op = UnaryOp::from_name(unary.strip_prefix("unary_")?)?;
             (Op::Unary(op), &["x"])

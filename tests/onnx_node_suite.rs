@@ -195,13 +195,23 @@ fn onnx_inputs(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The inputs of a case that can be attributes (integers, and scalars
-/// such as `Range`'s bounds), by name.
+/// The inputs of a case that can be attributes (integers, scalars such as
+/// `Range`'s bounds, and `Resize`'s scales), by name.
 fn integer_inputs(bytes: &[u8], case: &Case) -> HashMap<String, Tensor> {
+    let m = <lamina::onnx::proto::ModelProto as prost::Message>::decode(bytes).unwrap();
+    let g = m.graph.unwrap_or_default();
+    let resize_operands: Vec<&String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Resize"))
+        .flat_map(|n| n.input.iter().skip(1))
+        .collect();
     onnx_inputs(bytes)
         .into_iter()
         .zip(&case.inputs)
-        .filter(|(_, t)| t.dtype().is_integer() || t.shape().is_empty())
+        .filter(|(n, t)| {
+            t.dtype().is_integer() || t.shape().is_empty() || resize_operands.contains(&n)
+        })
         .map(|(n, t)| (n, t.clone()))
         .collect()
 }

@@ -5,6 +5,7 @@ pub mod bench;
 mod import;
 mod inspect;
 mod run;
+mod saliency;
 mod train;
 
 use std::path::PathBuf;
@@ -88,6 +89,11 @@ enum Command {
     /// program per step (forward, backward, optimiser update). Writes the weights, a checkpoint
     /// after every epoch, and a CSV log; Ctrl-C saves and stops. See docs/training.md.
     Train(train::TrainArgs),
+    /// Write a saliency map: a PNG heat map of |d score_K / d input| over one example (a row of
+    /// an .npy file or a photo), K the predicted class unless --class is given: which input
+    /// values move the class score most. The gradient comes from the model's own backward
+    /// graph (autodiff), JIT-compiled. See docs/views.md.
+    Saliency(saliency::SaliencyArgs),
     /// Translate an ONNX model into a .lam file and a safetensors file of its initializers.
     ///
     /// Writes MODEL.lam (or --output) and `<stem>.safetensors` beside it; run the result with
@@ -173,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Train(args) => train::train(&args),
+        Command::Saliency(args) => saliency::saliency(&args),
         Command::Import(args) => import::import(&args),
     };
     match result {

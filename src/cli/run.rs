@@ -74,7 +74,7 @@ pub struct RunArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
+pub(super) enum Backend {
     /// Optimised graph, native kernels JIT-compiled with Cranelift.
     Jit,
     /// The reference interpreter: plain, obviously correct, slow.
@@ -374,7 +374,7 @@ fn report_top_classes(
     model: &Model,
     outputs: &[(String, Tensor)],
 ) -> Result<(), Reported> {
-    let names = class_names(args, model)?;
+    let names = class_names(args.classes.as_deref(), model)?;
     let (output, scores) = &outputs[0];
     let classes = scores.shape().last().copied().unwrap_or(1);
     let rows = scores.shape().first().copied().unwrap_or(1);
@@ -419,9 +419,12 @@ fn report_top_classes(
 }
 
 /// `--classes`, else `classes.txt` beside the model, else none.
-fn class_names(args: &RunArgs, model: &Model) -> Result<Option<Vec<String>>, Reported> {
-    let path = match &args.classes {
-        Some(p) => p.clone(),
+pub(super) fn class_names(
+    flag: Option<&Path>,
+    model: &Model,
+) -> Result<Option<Vec<String>>, Reported> {
+    let path = match flag {
+        Some(p) => p.to_path_buf(),
         None => {
             let p = model.beside("classes.txt");
             if !p.exists() {

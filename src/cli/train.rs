@@ -14,7 +14,8 @@ use crate::diagnostics::Diagnostic;
 use crate::engine::train::{
     split, Dataset, EpochReport, Observer, Optimizer, Schedule, StepReport, TrainConfig, Trainer,
 };
-use crate::engine::Model;
+use crate::engine::{train_log, Model};
+use crate::plot;
 use crate::runtime::npy::read_npy;
 
 #[derive(Args, Debug)]
@@ -88,6 +89,11 @@ pub struct TrainArgs {
     /// The per-epoch CSV log [default: OUT with .csv].
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// The PNG plot of the loss and accuracy curves (training and validation), redrawn after
+    /// every epoch; a resumed run plots the epochs of its log before it too
+    /// [default: OUT with .png].
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// The scalar output to minimise [default: `loss`, else cross_entropy on the first output].
     #[arg(long, value_name = "OUTPUT")]
     loss: Option<String>,
@@ -142,7 +148,17 @@ struct Progress {
     bar: Option<ProgressBar>,
     log: std::fs::File,
     log_path: PathBuf,
+    /// Every epoch so far (a resumed run's earlier ones from its log), for the plot.
+    epochs: Vec<EpochReport>,
+    plot_path: PathBuf,
+    /// The first failure to write the log or the plot, reported after the weights are saved.
     write_failed: Option<String>,
+}
+
+impl Progress {
+    fn failed(&mut self, message: String) {
+        self.write_failed.get_or_insert(message);
+    }
 }
 
 impl Observer for Progress {
@@ -178,21 +194,28 @@ impl Observer for Progress {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
-        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
-        let row = format!(
-            "{},{},{},{},{},{:.1},{:.3}\n",
-            r.epoch,
-            r.train_loss,
-            opt(r.train_accuracy),
-            opt(r.val_loss),
-            opt(r.val_accuracy),
-            r.samples_per_sec,
-            r.seconds
-        );
-        if let Err(e) = self.log.write_all(row.as_bytes()) {
-            self.write_failed = Some(format!("{}: {e}", self.log_path.display()));
+        if let Err(e) = self.log.write_all(train_log::row(r).as_bytes()) {
+            self.failed(format!("--log {}: {e}", self.log_path.display()));
+        }
+        self.epochs.push(r.clone());
+        if let Err(e) = plot::training_curves(&self.epochs)
+            .and_then(|image| plot::write_png(&self.plot_path, &image))
+        {
+            self.failed(format!("--plot {e}"));
         }
     }
+}
+
+/// The epochs a resumed run's log already holds (none when it is new or
+/// unreadable: the plot then starts at the resumed epoch).
+fn earlier_epochs(log_path: &Path, resumed: bool) -> Vec<EpochReport> {
+    if !resumed {
+        return Vec::new();
+    }
+    std::fs::read_to_string(log_path)
+        .ok()
+        .and_then(|text| train_log::parse(&text).ok())
+        .unwrap_or_default()
 }
 
 fn read(path: &Path, what: &str) -> Result<crate::tensor::Tensor, Diagnostic> {
@@ -275,7 +298,9 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         .clone()
         .unwrap_or_else(|| beside(&out, ".ckpt.safetensors"));
     let log_path = args.log.clone().unwrap_or_else(|| beside(&out, ".csv"));
+    let plot_path = args.plot.clone().unwrap_or_else(|| beside(&out, ".png"));
     let resumed = trainer.epochs_done() > 0;
+    let epochs = earlier_epochs(&log_path, resumed);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -284,15 +309,16 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         .open(&log_path)
         .and_then(|mut f| {
             if !resumed {
-                f.write_all(
-                    b"epoch,train_loss,train_accuracy,val_loss,val_accuracy,samples_per_sec,seconds\n",
-                )?;
+                f.write_all(format!("{}\n", train_log::HEADER).as_bytes())?;
             }
             Ok(f)
         })
         .map_err(|e| {
             fail(
-                vec![Diagnostic::error(format!("--log {}: {e}", log_path.display()))],
+                vec![Diagnostic::error(format!(
+                    "--log {}: {e}",
+                    log_path.display()
+                ))],
                 None,
             )
         })?;
@@ -325,6 +351,8 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         bar,
         log,
         log_path,
+        epochs,
+        plot_path: plot_path.clone(),
         write_failed: None,
     };
     let val = (val_set.x.shape()[0] > 0).then_some(&val_set);
@@ -338,10 +366,10 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         .map_err(engine_failure)?;
     trainer.save_weights(&out).map_err(engine_failure)?;
     if let Some(e) = progress.write_failed {
-        return Err(fail(vec![Diagnostic::error(format!("--log {e}"))], None));
+        return Err(fail(vec![Diagnostic::error(e)], None));
     }
     eprintln!(
-        "{} after epoch {}: weights {}, checkpoint {}",
+        "{} after epoch {}: weights {}, checkpoint {}{}",
         if stopped {
             "interrupted; saved"
         } else {
@@ -349,7 +377,12 @@ pub(super) fn train(args: &TrainArgs) -> Result<(), Reported> {
         },
         trainer.epochs_done(),
         out.display(),
-        checkpoint.display()
+        checkpoint.display(),
+        if progress.epochs.is_empty() {
+            String::new()
+        } else {
+            format!(", plot {}", plot_path.display())
+        }
     );
     Ok(())
 }

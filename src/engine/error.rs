@@ -94,6 +94,8 @@ pub enum ErrorKind {
     Grad(Vec<crate::autodiff::GradError>),
     #[error(transparent)]
     Train(#[from] super::train::TrainError),
+    #[error(transparent)]
+    Saliency(#[from] super::saliency::SaliencyError),
 }
 
 fn lines<E: std::fmt::Display>(errors: &[E]) -> String {

@@ -27,7 +27,9 @@
 //! diagnostics that point into the model source, run-time ones included.
 
 mod error;
+pub mod saliency;
 pub mod train;
+pub mod train_log;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

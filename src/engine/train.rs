@@ -266,14 +266,7 @@ fn with_loss(model: &Model, loss: Option<&str>) -> Result<(Graph, String, Option
     let Some((first_name, out)) = first else {
         return Err(model_error(model, "the model has no outputs".into()));
     };
-    let logits = match graph.node(out).op {
-        Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis })
-            if axis + 1 == graph.node(out).ty.rank() =>
-        {
-            graph.inputs(out)[0]
-        }
-        _ => out,
-    };
+    let logits = logits_of(&graph, out);
     let logits_ty = graph.node(logits).ty.clone();
     if graph.input_names().contains(&DATA_LABELS) {
         return Err(model_error(
@@ -305,6 +298,19 @@ fn with_loss(model: &Model, loss: Option<&str>) -> Result<(Graph, String, Option
         .map_err(|e| model_error(model, e.0))?;
     graph.outputs.push(("loss".into(), loss));
     Ok((graph, "loss".into(), Some(first_name)))
+}
+
+/// The logits behind a classifier's output: the operand of a final softmax
+/// or log_softmax over the last axis, else the output itself.
+pub(crate) fn logits_of(graph: &Graph, out: NodeId) -> NodeId {
+    match graph.node(out).op {
+        Op::Softmax(Softmax { axis }) | Op::LogSoftmax(LogSoftmax { axis })
+            if axis + 1 == graph.node(out).ty.rank() =>
+        {
+            graph.inputs(out)[0]
+        }
+        _ => out,
+    }
 }
 
 /// Replaces every parameter node by an input of the same name and type.
@@ -1157,20 +1163,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<(
         .collect::<Result<_, _>>()?;
     let serialized =
         safetensors::tensor::serialize(views, None).map_err(|e| write_error(e.to_string()))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&temp, &serialized).map_err(|e| write_error(e.to_string()))?;
-    std::fs::rename(&temp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        write_error(e.to_string())
-    })
+    crate::runtime::files::write_atomically(path, &serialized)
+        .map_err(|e| write_error(e.to_string()))
 }
 
 /// Splits `data` into (train, validation) by a seeded shuffle: the first

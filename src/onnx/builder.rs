@@ -354,6 +354,18 @@ fn render(op: &Op, a: &[String]) -> String {
         ),
         Op::Gather(ops::Gather { axis }) => format!("gather({}, {}, axis={axis})", a[0], a[1]),
         Op::Cast(ops::Cast { to }) => format!("cast({}, {to})", a[0]),
-        other => unreachable!("the importer does not emit `{}`", other.name()),
+        // Every other op is written as its built-in call with the printed
+        // attributes, which are keyword arguments of that call.
+        other => {
+            let mut parts: Vec<String> = a.to_vec();
+            parts.extend(
+                other
+                    .kind()
+                    .attributes()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}")),
+            );
+            format!("{}({})", other.name(), parts.join(", "))
+        }
     }
 }

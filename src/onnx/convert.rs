@@ -22,7 +22,10 @@ pub const SUPPORTED: &[&str] = &[
     "Abs",
     "Add",
     "And",
+    "ArgMax",
+    "ArgMin",
     "Attention",
+    "AveragePool",
     "BatchNormalization",
     "Cast",
     "CastLike",
@@ -31,7 +34,9 @@ pub const SUPPORTED: &[&str] = &[
     "Concat",
     "Constant",
     "Cos",
+    "CumSum",
     "ConstantOfShape",
+    "Conv",
     "DepthToSpace",
     "Div",
     "Dropout",
@@ -43,6 +48,7 @@ pub const SUPPORTED: &[&str] = &[
     "EyeLike",
     "Flatten",
     "Gather",
+    "GatherElements",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -64,6 +70,7 @@ pub const SUPPORTED: &[&str] = &[
     "LpNormalization",
     "MatMul",
     "Max",
+    "MaxPool",
     "Mean",
     "MeanVarianceNormalization",
     "Min",
@@ -71,8 +78,10 @@ pub const SUPPORTED: &[&str] = &[
     "Mod",
     "Mul",
     "Neg",
+    "NegativeLogLikelihoodLoss",
     "Not",
     "Or",
+    "Pad",
     "Pow",
     "PRelu",
     "Range",
@@ -88,7 +97,10 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
     "RMSNormalization",
+    "Scatter",
+    "ScatterElements",
     "Selu",
     "Shape",
     "Shrink",
@@ -98,6 +110,7 @@ pub const SUPPORTED: &[&str] = &[
     "Size",
     "Slice",
     "Softmax",
+    "SoftmaxCrossEntropyLoss",
     "Softplus",
     "Softsign",
     "SpaceToDepth",
@@ -109,6 +122,7 @@ pub const SUPPORTED: &[&str] = &[
     "Swish",
     "Tanh",
     "ThresholdedRelu",
+    "TopK",
     "Tile",
     "Transpose",
     "Trilu",
@@ -126,41 +140,41 @@ pub struct Node<'a> {
 }
 
 impl Node<'_> {
-    fn op_type(&self) -> &str {
+    pub(super) fn op_type(&self) -> &str {
         self.proto.op_type.as_deref().unwrap_or("")
     }
 
-    fn attr(&self, name: &str) -> Option<&AttributeProto> {
+    pub(super) fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.proto
             .attribute
             .iter()
             .find(|a| a.name.as_deref() == Some(name))
     }
 
-    fn int(&self, name: &str, default: i64) -> i64 {
+    pub(super) fn int(&self, name: &str, default: i64) -> i64 {
         self.attr(name).and_then(|a| a.i).unwrap_or(default)
     }
 
-    fn float(&self, name: &str, default: f32) -> f32 {
+    pub(super) fn float(&self, name: &str, default: f32) -> f32 {
         self.attr(name).and_then(|a| a.f).unwrap_or(default)
     }
 
-    fn ints(&self, name: &str) -> Option<Vec<i64>> {
+    pub(super) fn ints(&self, name: &str) -> Option<Vec<i64>> {
         self.attr(name).map(|a| a.ints.clone())
     }
 
-    fn string(&self, name: &str) -> Option<String> {
+    pub(super) fn string(&self, name: &str) -> Option<String> {
         self.attr(name)
             .and_then(|a| a.s.as_ref())
             .map(|s| String::from_utf8_lossy(s).into_owned())
     }
 
-    fn output(&self, i: usize) -> &str {
+    pub(super) fn output(&self, i: usize) -> &str {
         self.proto.output.get(i).map(String::as_str).unwrap_or("")
     }
 
     /// The name the node's first result takes in the written model.
-    fn hint(&self) -> String {
+    pub(super) fn hint(&self) -> String {
         let out = self.output(0);
         if out.is_empty() {
             self.proto.name.clone().unwrap_or_else(|| "v".into())
@@ -169,23 +183,23 @@ impl Node<'_> {
         }
     }
 
-    fn wants_output(&self, i: usize) -> bool {
+    pub(super) fn wants_output(&self, i: usize) -> bool {
         !self.output(i).is_empty()
     }
 }
 
-fn req<'v>(ins: &'v [Option<Val>], i: usize, what: &str) -> Result<&'v Val, String> {
+pub(super) fn req<'v>(ins: &'v [Option<Val>], i: usize, what: &str) -> Result<&'v Val, String> {
     ins.get(i)
         .and_then(|v| v.as_ref())
         .ok_or_else(|| format!("input {i} ({what}) is missing"))
 }
 
-fn opt(ins: &[Option<Val>], i: usize) -> Option<&Val> {
+pub(super) fn opt(ins: &[Option<Val>], i: usize) -> Option<&Val> {
     ins.get(i).and_then(|v| v.as_ref())
 }
 
 /// Integer values of a known tensor (axes, pads, shapes, starts...).
-fn known_ints(v: &Val, what: &str) -> Result<Vec<i64>, String> {
+pub(super) fn known_ints(v: &Val, what: &str) -> Result<Vec<i64>, String> {
     match v {
         Val::Const { value, .. } => match value.data() {
             TensorData::I64(d) => Ok(d.clone()),
@@ -203,7 +217,7 @@ fn known_ints(v: &Val, what: &str) -> Result<Vec<i64>, String> {
     }
 }
 
-fn known_f32(v: &Val, what: &str) -> Result<f32, String> {
+pub(super) fn known_f32(v: &Val, what: &str) -> Result<f32, String> {
     match v.as_const().map(|t| t.data()) {
         Some(TensorData::F32(d)) if d.len() == 1 => Ok(d[0]),
         Some(TensorData::I64(d)) if d.len() == 1 => Ok(d[0] as f32),
@@ -238,7 +252,7 @@ fn shape_arg(v: &Val, what: &str) -> Result<Vec<ShapeEntry>, String> {
     }
 }
 
-fn axis(a: i64, rank: usize) -> Result<usize, String> {
+pub(super) fn axis(a: i64, rank: usize) -> Result<usize, String> {
     let r = if a < 0 { a + rank as i64 } else { a };
     if r < 0 || r >= rank as i64 {
         return Err(format!("axis {a} is out of range for rank {rank}"));
@@ -339,8 +353,8 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if let Some(v) = fold_int_binary(n.op_type(), a, c, &h)? {
                 return one(v);
             }
-            float_only(b, a)?;
-            float_only(b, c)?;
+            // f32, or two operands of one integer type (the op's shape rule
+            // says which).
             let op = match n.op_type() {
                 "Add" => BinaryOp::Add,
                 "Sub" => BinaryOp::Sub,
@@ -362,10 +376,11 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 _ => BinaryOp::Add,
             };
             let mut acc = req(ins, 0, "data_0")?.clone();
-            float_only(b, &acc)?;
+            if n.op_type() == "Mean" {
+                float_only(b, &acc)?;
+            }
             let count = ins.iter().flatten().count();
             for (i, v) in ins.iter().flatten().enumerate().skip(1) {
-                float_only(b, v)?;
                 let last = i + 1 == count && n.op_type() != "Mean";
                 let name = if last { h.clone() } else { format!("{h}_{i}") };
                 acc = b.binary(op, &acc, v, &name)?;
@@ -1116,11 +1131,114 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             )?;
             one(b.reshape(&v, merged, &h)?)
         }
+        "Conv" => one(super::vision::conv(b, n, ins, &h)?),
+        "MaxPool" | "AveragePool" => one(super::vision::pool(b, n, ins, &h)?),
+        "Pad" => one(super::vision::pad(b, n, ins, &h)?),
+        "Resize" => one(super::vision::resize(b, n, ins, &h)?),
+        "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => {
+            super::losses::convert(b, n, ins, &h)
+        }
+        "GatherElements" => {
+            let (data, ids) = (req(ins, 0, "data")?, req(ins, 1, "indices")?);
+            let a = axis(n.int("axis", 0), b.rank(data)?)?;
+            one(b.op(
+                Op::GatherElements(ops::gather_elements::GatherElements { axis: a }),
+                &[data, ids],
+                &h,
+            )?)
+        }
+        "CumSum" => {
+            let x = x()?;
+            let a = known_ints(req(ins, 1, "axis")?, "the axis")?;
+            let [a] = a[..] else {
+                return Err(format!("the axis must be one integer, got {a:?}"));
+            };
+            one(b.op(
+                Op::CumSum(ops::cumsum::CumSum {
+                    axis: axis(a, b.rank(x)?)?,
+                    exclusive: n.int("exclusive", 0) != 0,
+                    reverse: n.int("reverse", 0) != 0,
+                }),
+                &[x],
+                &h,
+            )?)
+        }
+        "TopK" => {
+            let x = x()?;
+            float_only(b, x)?;
+            let k = if n.opset < 10 {
+                n.int("k", -1)
+            } else {
+                match known_ints(req(ins, 1, "K")?, "K")?[..] {
+                    [k] => k,
+                    ref other => return Err(format!("K must be one integer, got {other:?}")),
+                }
+            };
+            let k = usize::try_from(k).map_err(|_| format!("K must be >= 0, got {k}"))?;
+            let a = axis(n.int("axis", -1), b.rank(x)?)?;
+            let indices = b.op(
+                Op::TopK(ops::topk::TopK {
+                    k,
+                    axis: a,
+                    largest: n.int("largest", 1) != 0,
+                }),
+                &[x],
+                n.output(1)
+                    .is_empty()
+                    .then(|| format!("{h}_indices"))
+                    .as_deref()
+                    .unwrap_or(n.output(1)),
+            )?;
+            let values = b.op(
+                Op::GatherElements(ops::gather_elements::GatherElements { axis: a }),
+                &[x, &indices],
+                &h,
+            )?;
+            Ok(vec![values, indices])
+        }
+        "ScatterElements" | "Scatter" => {
+            let (data, ids, updates) = (
+                req(ins, 0, "data")?,
+                req(ins, 1, "indices")?,
+                req(ins, 2, "updates")?,
+            );
+            let reduction = n.string("reduction").unwrap_or_else(|| "none".into());
+            let reduce =
+                ops::scatter_elements::ScatterReduce::from_name(&reduction).ok_or_else(|| {
+                    format!("reduction `{reduction}` is not none, add, mul, max or min")
+                })?;
+            let a = axis(n.int("axis", 0), b.rank(data)?)?;
+            one(b.op(
+                Op::ScatterElements(ops::scatter_elements::ScatterElements { axis: a, reduce }),
+                &[data, ids, updates],
+                &h,
+            )?)
+        }
+        "ArgMax" | "ArgMin" => {
+            let x = x()?;
+            float_only(b, x)?;
+            let op = if n.op_type() == "ArgMax" {
+                ops::arg_reduce::ArgOp::Max
+            } else {
+                ops::arg_reduce::ArgOp::Min
+            };
+            let a = axis(n.int("axis", 0), b.rank(x)?)?;
+            one(b.op(
+                Op::ArgReduce(ops::arg_reduce::ArgReduce {
+                    op,
+                    axis: a,
+                    keepdims: n.int("keepdims", 1) != 0,
+                    last: n.int("select_last_index", 0) != 0,
+                }),
+                &[x],
+                &h,
+            )?)
+        }
         other => Err(format!("`{other}` has no translation")),
     }
 }
 
-fn float_only(b: &Builder, v: &Val) -> Result<(), String> {
+pub(super) fn float_only(b: &Builder, v: &Val) -> Result<(), String> {
     let t = b.dtype(v)?;
     if t != DType::F32 {
         return Err(format!(
@@ -1646,7 +1764,7 @@ fn fill(value: &Tensor, dims: Vec<usize>) -> Result<Tensor, String> {
     })
 }
 
-fn cast_tensor(t: Tensor, to: DType) -> Result<Tensor, String> {
+pub(super) fn cast_tensor(t: Tensor, to: DType) -> Result<Tensor, String> {
     let ty = super::builder::const_type(&t);
     let out = crate::ir::TensorType::new(to, ty.shape);
     crate::interp::eval_node(&Op::Cast(ops::Cast { to }), &[&t], &out)

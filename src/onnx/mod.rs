@@ -11,9 +11,11 @@
 mod builder;
 mod convert;
 mod error;
+mod losses;
 mod names;
 pub mod proto;
 pub mod tensors;
+mod vision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

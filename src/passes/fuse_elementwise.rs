@@ -21,7 +21,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::edit::{add_node, is_used, replace, scalar_value};
 use super::{Pass, PassContext, PassError, Steps};
-use crate::ir::{shape_rules, ElementwiseExpr, ExprStep, Float, Graph, NodeId, Op, TensorType};
+use crate::ir::{
+    shape_rules, DType, ElementwiseExpr, ExprStep, Float, Graph, NodeId, Op, TensorType,
+};
 
 /// The most tensors one fused node reads: bounds the kernel's argument
 /// list and the registers an element needs.
@@ -49,10 +51,7 @@ impl Pass for ElementwiseFusion {
             order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
         // Readers first, so each region grows from its last op.
         for &root in order.iter().rev() {
-            if !graph.contains(root)
-                || !graph.node(root).op.is_elementwise()
-                || !is_used(graph, root)
-            {
+            if !graph.contains(root) || !fusable(graph, root) || !is_used(graph, root) {
                 continue;
             }
             let mut region = grow_region(graph, root);
@@ -78,6 +77,13 @@ impl Pass for ElementwiseFusion {
         }
         Ok(())
     }
+}
+
+/// Elementwise ops a fused expression can hold: its arithmetic steps are
+/// f32, so integer arithmetic (`i64 + i64`) stays a node of its own.
+fn fusable(graph: &Graph, id: NodeId) -> bool {
+    let node = graph.node(id);
+    node.op.is_elementwise() && !(matches!(node.op, Op::Binary(_)) && node.ty.dtype != DType::F32)
 }
 
 /// The most expression steps one fused node may have. Without a bound a
@@ -116,7 +122,7 @@ fn grow_region(graph: &Graph, root: NodeId) -> Vec<NodeId> {
             for operand in graph.inputs(region[i]) {
                 let candidate = graph.node(operand);
                 let joins = !members.contains(&operand)
-                    && candidate.op.is_elementwise()
+                    && fusable(graph, operand)
                     && candidate.ty.shape == *shape
                     && !graph.is_output(operand)
                     && steps + steps_of(graph, operand) <= MAX_FUSED_STEPS

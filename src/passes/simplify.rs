@@ -228,6 +228,11 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::BatchNorm(_)
         | Op::Clip(_)
         | Op::Pad(_)
-        | Op::Resize(_) => None,
+        | Op::Resize(_)
+        | Op::GatherElements(_)
+        | Op::ArgReduce(_)
+        | Op::CumSum(_)
+        | Op::TopK(_)
+        | Op::ScatterElements(_) => None,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod exec;
+pub mod files;
 pub mod image;
 pub mod init;
 pub mod npy;

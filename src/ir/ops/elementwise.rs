@@ -143,18 +143,40 @@ impl OpKind for BinaryOp {
         (2, 2)
     }
 
+    /// f32, or (all but `**`) two operands of one integer type: ids, masks
+    /// and shape arithmetic stay integers.
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
-        for x in inputs {
-            expect_dtype(self.name(), "operand", x, DType::F32)?;
+        let dtype = inputs[0].dtype;
+        if dtype.is_integer() && *self != BinaryOp::Pow {
+            if inputs[1].dtype != dtype {
+                return err(format!(
+                    "{}: operands have different dtypes: {} and {} (cast one)",
+                    self.name(),
+                    show(inputs[0]),
+                    show(inputs[1])
+                ));
+            }
+        } else {
+            for x in inputs {
+                expect_dtype(self.name(), "operand", x, DType::F32)?;
+            }
         }
-        Ok(TensorType::new(
-            DType::F32,
-            broadcast_all(self.name(), inputs)?,
-        ))
+        Ok(TensorType::new(dtype, broadcast_all(self.name(), inputs)?))
     }
 
     fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
-        binary(*self, inputs[0], inputs[1], out_shape)
+        match (inputs[0].data(), inputs[1].data()) {
+            (TensorData::I64(a), TensorData::I64(b)) => {
+                let values = integer_binary(*self, inputs, out_shape, a, b, |x| x, |x| x)?;
+                Ok(Tensor::i64(out_shape.to_vec(), values))
+            }
+            (TensorData::I32(a), TensorData::I32(b)) => {
+                let values =
+                    integer_binary(*self, inputs, out_shape, a, b, i64::from, |x| x as i32)?;
+                Ok(Tensor::new(out_shape.to_vec(), TensorData::I32(values)))
+            }
+            _ => binary(*self, inputs[0], inputs[1], out_shape),
+        }
     }
 
     /// Each operand's partial derivative times g, summed back to its shape.
@@ -363,6 +385,48 @@ pub(super) fn binary(
         .map(|(i, j)| math::binary(op, a_values[i], b_values[j]))
         .collect();
     Ok(Tensor::f32(out_shape.to_vec(), values))
+}
+
+/// An integer binary op in i64, wrapped back into the element type by
+/// `narrow` (two's complement, as numpy and ONNX wrap): `/` truncates toward
+/// zero (C and ONNX `Div`), and a division by zero is an error.
+fn integer_binary<T: Copy, U>(
+    op: BinaryOp,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    a: &[T],
+    b: &[T],
+    widen: impl Fn(T) -> i64,
+    narrow: impl Fn(i64) -> U,
+) -> Result<Vec<U>, EvalError> {
+    broadcast_offsets(inputs[0].shape(), out_shape)
+        .zip(broadcast_offsets(inputs[1].shape(), out_shape))
+        .map(|(i, j)| {
+            let (x, y) = (widen(a[i]), widen(b[j]));
+            let v = match op {
+                BinaryOp::Add => x.wrapping_add(y),
+                BinaryOp::Sub => x.wrapping_sub(y),
+                BinaryOp::Mul => x.wrapping_mul(y),
+                BinaryOp::Div if y == 0 => {
+                    return Err(EvalError::Invalid {
+                        op: "div",
+                        message: format!("integer division by zero ({x} / 0)"),
+                    })
+                }
+                BinaryOp::Div => x.wrapping_div(y),
+                BinaryOp::Max => x.max(y),
+                BinaryOp::Min => x.min(y),
+                BinaryOp::Pow => {
+                    return Err(EvalError::OperandDType {
+                        op: "pow",
+                        expected: DType::F32,
+                        actual: inputs[0].dtype(),
+                    })
+                }
+            };
+            Ok(narrow(v))
+        })
+        .collect()
 }
 
 pub(super) fn compare(

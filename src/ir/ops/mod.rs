@@ -21,14 +21,17 @@ use super::{DType, Dim, NodeId};
 use crate::span::Span;
 use crate::tensor::Tensor;
 
+pub mod arg_reduce;
 pub mod batch_norm;
 pub mod broadcast;
 pub mod cast;
 pub mod clip;
 pub mod conv;
+pub mod cumsum;
 pub mod elementwise;
 pub mod flatten;
 pub mod gather;
+pub mod gather_elements;
 pub mod layout;
 pub mod linalg;
 pub mod math;
@@ -38,8 +41,10 @@ pub mod pool;
 pub mod reduce;
 pub mod resize;
 pub mod scatter;
+pub mod scatter_elements;
 pub mod shape;
 pub mod sources;
+pub mod topk;
 pub mod unary;
 pub mod values;
 pub mod window;
@@ -163,6 +168,11 @@ impl Op {
             Op::Clip(op) => op,
             Op::Pad(op) => op,
             Op::Resize(op) => op,
+            Op::GatherElements(op) => op,
+            Op::ArgReduce(op) => op,
+            Op::CumSum(op) => op,
+            Op::TopK(op) => op,
+            Op::ScatterElements(op) => op,
         }
     }
 }
@@ -228,6 +238,11 @@ pub const BUILTINS: &[&Builtin] = &[
     &pad::BUILTIN,
     &flatten::BUILTIN,
     &resize::BUILTIN,
+    &gather_elements::BUILTIN,
+    &arg_reduce::BUILTIN,
+    &cumsum::BUILTIN,
+    &topk::BUILTIN,
+    &scatter_elements::BUILTIN,
 ];
 
 /// The built-in with this name, if any.
@@ -369,6 +384,11 @@ pub enum Op {
     Clip(clip::Clip),
     Pad(pad::Pad),
     Resize(resize::Resize),
+    GatherElements(gather_elements::GatherElements),
+    ArgReduce(arg_reduce::ArgReduce),
+    CumSum(cumsum::CumSum),
+    TopK(topk::TopK),
+    ScatterElements(scatter_elements::ScatterElements),
 }
 
 impl Op {
