@@ -111,6 +111,16 @@ fn check_against_finite_differences(
     params: &HashMap<String, Tensor>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<(usize, usize), String> {
+    check_elements(graph, params, inputs, PER_TENSOR)
+}
+
+/// As [`check_against_finite_differences`], `per_tensor` elements of each.
+fn check_elements(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+    per_tensor: usize,
+) -> Result<(usize, usize), String> {
     let mut forward = graph.clone();
     forward.outputs.retain(|(n, _)| n == "loss");
     let mut backward = forward.clone();
@@ -129,8 +139,8 @@ fn check_against_finite_differences(
             &inputs[&grad.name]
         };
         let n = base.len();
-        let picks: Vec<usize> = (0..PER_TENSOR.min(n))
-            .map(|k| k * n / PER_TENSOR.min(n))
+        let picks: Vec<usize> = (0..per_tensor.min(n))
+            .map(|k| k * n / per_tensor.min(n))
             .collect();
         for i in picks {
             let at = |delta: f32| {
@@ -279,6 +289,90 @@ const RULE_CASES: &[(&str, &str)] = &[
   input target: f32[3, 5]
   logits = x @ w
   output loss = cross_entropy(logits, labels) + mse(logits, target)
+}"),
+    ("conv2d", "model m {
+  input x: f32[2, 4, 7, 6]
+  param w: f32[6, 4, 3, 3]
+  param b: f32[6]
+  param wg: f32[4, 2, 2, 3]
+  param wd: f32[4, 1, 3, 3]
+  param bd: f32[4]
+  input r1: f32[2, 6, 7, 6]
+  input r2: f32[2, 6, 3, 3]
+  input r3: f32[2, 4, 4, 2]
+  input r4: f32[2, 4, 4, 3]
+  input r5: f32[2, 6, 3, 2]
+  y1 = conv2d(x, w, b, padding=1)
+  y2 = conv2d(x, w, stride=2, padding=[0, 1, 1, 0])
+  y3 = conv2d(x, wg, stride=[2, 1], dilation=[1, 2], padding=[1, 0], groups=2)
+  y4 = conv2d(x, wd, bd, stride=2, padding=\"same\", groups=4)
+  y5 = conv2d(x, w, stride=[2, 3], dilation=2, padding=[0, 0, 2, 3])
+  output loss = sum(y1 * r1) + sum(y2 * r2) + sum(y3 * r3) + sum(y4 * r4) + sum(y5 * r5)
+}"),
+    ("conv2d_wide_padding", "model m {
+  input x: f32[1, 2, 5, 5]
+  param w: f32[3, 2, 2, 2]
+  input r1: f32[1, 3, 5, 5]
+  input r2: f32[1, 3, 6, 4]
+  y1 = conv2d(x, w, stride=2, padding=3, dilation=[2, 1])
+  y2 = conv2d(x, w, padding=\"same\")
+  y3 = conv2d(x, w, stride=[1, 2], padding=[1, 2, 1, 2])
+  output loss = sum(y1 * r1) + sum(y2 * r1) + sum(y3 * r2)
+}"),
+    ("pool", "model m {
+  input x: f32[2, 3, 7, 6]
+  input r1: f32[2, 3, 3, 3]
+  input r2: f32[2, 3, 4, 3]
+  input r3: f32[2, 3, 1, 1]
+  y1 = max_pool2d(x, kernel=2)
+  y2 = max_pool2d(x, kernel=3, stride=2, padding=1)
+  y3 = avg_pool2d(x, kernel=3, stride=2, padding=1)
+  y4 = avg_pool2d(x, kernel=3, stride=2, padding=1, count_include_pad=true)
+  y5 = avg_pool2d(x, kernel=[2, 3], stride=[2, 2], padding=\"same\")
+  y6 = max_pool2d(x, kernel=[3, 2], stride=2, dilation=[2, 1], padding=\"same\")
+  output loss = sum(y1 * r1) + sum(y2 * r2) + sum(y3 * r2) + sum(y4 * r2) + sum(y5 * r2) + sum(y6 * r2) + sum(global_avg_pool2d(x) * r3)
+}"),
+    ("vision_misc", "model m {
+  input x: f32[2, 3, 4, 4]
+  input v: f32[3]
+  param mean: f32[3]
+  param gain: f32[3]
+  param bias: f32[3]
+  input r1: f32[2, 3, 6, 5]
+  input r2: f32[2, 48]
+  input r3: f32[2, 3, 4, 4]
+  var = v * v + 0.5
+  y1 = pad(x, pads=[0, 0, 1, 0, 0, 0, 1, 1], value=0.5)
+  y2 = flatten(x * x)
+  y3 = batch_norm(x, mean, var, gain, bias, eps=1e-3) + clip(x * 2.0, min=-1.0, max=0.5)
+  output loss = sum(y1 * r1) + sum(y2 * r2) + sum(y3 * r3)
+}"),
+    ("resize", "model m {
+  input x: f32[2, 2, 3, 5]
+  input r1: f32[2, 2, 7, 4]
+  input r2: f32[2, 2, 2, 9]
+  y1 = resize(x, size=[7, 4], mode=\"bilinear\")
+  y2 = resize(x, size=[2, 9], mode=\"nearest\")
+  output loss = sum(y1 * r1) + sum(y2 * r2)
+}"),
+    ("batch_norm_2d", "model m {
+  input x: f32[4, 3]
+  input mean: f32[3]
+  input v: f32[3]
+  input gain: f32[3]
+  input bias: f32[3]
+  input r: f32[4, 3]
+  output loss = sum(batch_norm(x, mean, v * v + 0.5, gain, bias) * r)
+}"),
+    ("conv2d_symbolic", "model m {
+  input x: f32[batch, 2, 5, 5]
+  input labels: i64[batch]
+  param w: f32[4, 2, 3, 3]
+  param wd: f32[4, 1, 3, 3]
+  param b: f32[4]
+  h = relu(conv2d(x, w, b, padding=1))
+  p = max_pool2d(conv2d(h, wd, padding=\"same\", groups=4), kernel=2)
+  output loss = cross_entropy(flatten(global_avg_pool2d(p)), labels)
 }"),
     ("symbolic", "model m {
   input x: f32[batch, 4]
@@ -464,6 +558,96 @@ proptest! {
     }
 }
 
+/// A convolution and both pools of generated geometry (stride, dilation,
+/// groups incl. depthwise, explicit padding on each side or "same",
+/// count_include_pad), as model text; `None` when the window does not fit.
+fn window_model(seed: u64) -> Option<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pick = |lo: usize, hi: usize| rng.random_range(lo..=hi);
+    let groups = pick(1, 3);
+    let (per_group_in, per_group_out) = (pick(1, 2), pick(1, 2));
+    let (c, o) = (groups * per_group_in, groups * per_group_out);
+    let (n, h, w) = (pick(1, 2), pick(3, 8), pick(3, 8));
+    let (kh, kw) = (pick(1, 3), pick(1, 3));
+    let (sh, sw, dh, dw) = (pick(1, 3), pick(1, 3), pick(1, 2), pick(1, 2));
+    let same = pick(0, 3) == 0;
+    let pads = [pick(0, 3), pick(0, 3), pick(0, 3), pick(0, 3)];
+    let include_pad = pick(0, 1) == 1;
+    let padding = if same {
+        "\"same\"".to_string()
+    } else {
+        format!("{pads:?}")
+    };
+    let out = |size: usize, k: usize, s: usize, d: usize, before: usize, after: usize| {
+        let extent = (k - 1) * d + 1;
+        if same {
+            Some(size.div_ceil(s))
+        } else {
+            (size + before + after)
+                .checked_sub(extent)
+                .map(|r| r / s + 1)
+        }
+    };
+    let oh = out(h, kh, sh, dh, pads[0], pads[2])?;
+    let ow = out(w, kw, sw, dw, pads[1], pads[3])?;
+    // Pools need padding below the window's extent on every side.
+    let pool_fits = same
+        || (pads[0].max(pads[2]) < (kh - 1) * dh + 1 && pads[1].max(pads[3]) < (kw - 1) * dw + 1);
+    let window = format!("stride=[{sh}, {sw}], dilation=[{dh}, {dw}], padding={padding}");
+    let pools = if pool_fits {
+        format!(
+            "  input rp: f32[{n}, {c}, {oh}, {ow}]
+  p1 = max_pool2d(x, kernel=[{kh}, {kw}], {window})
+  p2 = avg_pool2d(x, kernel=[{kh}, {kw}], {window}, count_include_pad={include_pad})
+  pools = sum(p1 * rp) + sum(p2 * rp)
+"
+        )
+    } else {
+        "  pools = sum(x) * 0.0\n".to_string()
+    };
+    Some(format!(
+        "model m {{
+  input x: f32[{n}, {c}, {h}, {w}]
+  param k: f32[{o}, {per_group_in}, {kh}, {kw}]
+  param b: f32[{o}]
+  input r: f32[{n}, {o}, {oh}, {ow}]
+  y = conv2d(x, k, b, {window}, groups={groups})
+{pools}  output loss = sum(y * r) + pools
+}}"
+    ))
+}
+
+proptest! {
+    #![proptest_config(seeds::config(24, 1000))]
+
+    /// Generated windows: every element of every gradient against finite
+    /// differences (up to 40 per tensor), and the JIT against the interpreter.
+    #[test]
+    fn generated_windows_match_finite_differences(seed in any::<u64>()) {
+        let text = window_model(seed);
+        prop_assume!(text.is_some());
+        let text = text.unwrap();
+        let graph = load(&text);
+        let (mut inputs, params) = values(&graph, seed);
+        // Distinct inputs, at least 2 / 768 apart: no max changes hands
+        // within the finer step of the finite differences.
+        let x = &inputs["x"];
+        let len = x.len();
+        let mut spread: Vec<f32> = (0..len).map(|i| -1.0 + 2.0 * i as f32 / len as f32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for i in (1..len).rev() {
+            spread.swap(i, rng.random_range(0..=i));
+        }
+        inputs.insert("x".into(), Tensor::f32(x.shape().to_vec(), spread));
+        let result = check_elements(&graph, &params, &inputs, 40);
+        prop_assert!(result.is_ok(), "{text}\n{}", result.unwrap_err());
+        let (checked, skipped) = result.unwrap();
+        prop_assert!(checked >= 4 * skipped, "{text}\n{checked} checked, {skipped} skipped");
+        let jit = jit_matches_interpreter(&graph, &params, &inputs);
+        prop_assert!(jit.is_ok(), "{text}\n{}", jit.unwrap_err());
+    }
+}
+
 #[test]
 fn an_op_without_a_rule_is_a_located_error() {
     let text = "model m {\n  input x: f32[n, 2]\n  input y: f32[m, 2]\n  c = slice(x, axis=0, end=m)\n  output loss = sum(c) + sum(y)\n}\n";
@@ -477,6 +661,28 @@ fn an_op_without_a_rule_is_a_located_error() {
     let shown = lamina::diagnostics::render(&d, Some(&file));
     assert!(
         shown.starts_with("t.lam:4:7: error: slice: no gradient rule"),
+        "{shown}"
+    );
+}
+
+/// A symbolic height and width: the input's gradient is a convolution
+/// still, the weights' (a convolution whose kernel is the output gradient)
+/// needs them known.
+#[test]
+fn conv_with_symbolic_height_and_width() {
+    let text = "model m {\n  input x: f32[n, 2, h, w]\n  param k: f32[3, 2, 3, 3]\n  y = conv2d(x, k, padding=1)\n  output loss = sum(y)\n}\n";
+    let mut graph = load(text);
+    append_gradients(&mut graph, "loss", &Wrt::Inputs).unwrap();
+    lamina::ir::verify::verify(&graph).unwrap();
+    let mut graph = load(text);
+    let errors = append_gradients(&mut graph, "loss", &Wrt::Params).unwrap_err();
+    let file = lamina::diagnostics::SourceFile {
+        path: "t.lam".into(),
+        text: Some(text.into()),
+    };
+    let shown = lamina::diagnostics::render(&errors[0].diagnostic(), Some(&file));
+    assert!(
+        shown.starts_with("t.lam:4:7: error: conv2d: no gradient rule: the gradient cannot flow through `conv2d` (the weights' gradient needs the output's height and width as integers"),
         "{shown}"
     );
 }

@@ -863,6 +863,10 @@ fn batched_matmul_with_broadcast_and_transposes_on(isa: Isa) {
     let cases: Vec<(Vec<usize>, bool, Vec<usize>, bool)> = vec![
         // attention scores: q [b, h, s, d] @ k^T with k [b, h, s, d]
         (vec![2, 3, 17, 8], false, vec![2, 3, 17, 8], true),
+        // longer heads: full 32-column panels of k^T and 16-deep blocks
+        // (AVX-512 packs those with its assembled transpose), plus tails
+        (vec![2, 2, 70, 40], false, vec![2, 2, 70, 40], true),
+        (vec![1, 2, 64, 64], false, vec![1, 2, 64, 64], true),
         // probabilities @ v
         (vec![2, 3, 17, 17], false, vec![2, 3, 17, 8], false),
         // broadcast batch dims on both sides

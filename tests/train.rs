@@ -101,6 +101,64 @@ fn digits_trained_from_scratch_reach_the_shipped_accuracy() {
     );
 }
 
+/// The convolutional digits model (`models/digits_cnn`, conv2d, max_pool2d,
+/// flatten) trained from fresh values through the CLI: at least 98% of the
+/// held-out digits (its committed weights, trained by the same command, get
+/// 444 of 450).
+#[test]
+fn digits_cnn_trained_from_scratch_reaches_98_percent() {
+    const CNN: &str = "models/digits_cnn/digits_cnn.lam";
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cnn.safetensors");
+    let out = out.to_str().unwrap();
+    let (code, _, stderr) = lamina(&[
+        "train",
+        CNN,
+        "--init",
+        "--data",
+        TRAIN_X,
+        "--labels",
+        TRAIN_Y,
+        "--epochs",
+        "30",
+        "--lr",
+        "1e-2",
+        "--schedule",
+        "cosine",
+        "--weight-decay",
+        "1e-4",
+        "--val-split",
+        "0",
+        "--seed",
+        "0",
+        "--out",
+        out,
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = lamina(&[
+        "run",
+        CNN,
+        "--weights",
+        out,
+        "--input",
+        "x=models/digits/x.npy",
+        "--labels",
+        "models/digits/labels.npy",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let accuracy: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {stdout}"));
+    assert!(
+        accuracy >= 0.98,
+        "held-out accuracy {accuracy} is below 98%"
+    );
+}
+
 fn train_bytes(epochs: usize, resume_after: Option<usize>, optimizer: Optimizer) -> Vec<u8> {
     let model = Model::load(DIGITS).unwrap();
     let dir = tempfile::tempdir().unwrap();

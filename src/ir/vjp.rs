@@ -9,7 +9,7 @@ use super::builder::add_typed;
 use super::shape_rules::ShapeError;
 use super::{BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
 use crate::diagnostics::Diagnostic;
-use crate::ir::ops::{Broadcast, Constant, Reduce};
+use crate::ir::ops::{Broadcast, Constant, Permute, Reduce, Reshape, Slice};
 use crate::span::Span;
 use crate::tensor::Tensor;
 
@@ -109,6 +109,11 @@ impl<'g> Vjp<'g> {
         constant(self.graph, Tensor::scalar(value), self.span)
     }
 
+    /// A constant tensor.
+    pub fn tensor(&mut self, value: Tensor) -> NodeId {
+        constant(self.graph, value, self.span)
+    }
+
     /// An i64 vector constant.
     pub fn ids(&mut self, ids: Vec<i64>) -> NodeId {
         let n = ids.len();
@@ -158,6 +163,42 @@ impl<'g> Vjp<'g> {
         keepdims: bool,
     ) -> Result<NodeId, GradError> {
         self.add(Op::Reduce(Reduce { op, axes, keepdims }), &[x])
+    }
+
+    pub fn reshape(&mut self, x: NodeId, shape: Vec<Dim>) -> Result<NodeId, GradError> {
+        if self.ty(x).shape == shape {
+            return Ok(x);
+        }
+        self.add(Op::Reshape(Reshape { shape }), &[x])
+    }
+
+    pub fn permute(&mut self, x: NodeId, perm: Vec<usize>) -> Result<NodeId, GradError> {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(x);
+        }
+        self.add(Op::Permute(Permute { perm }), &[x])
+    }
+
+    /// `x[start..end]` along `axis` (step 1); `x` itself when that is all of it.
+    pub fn slice(
+        &mut self,
+        x: NodeId,
+        axis: usize,
+        start: usize,
+        end: Dim,
+    ) -> Result<NodeId, GradError> {
+        if start == 0 && self.ty(x).shape[axis] == end {
+            return Ok(x);
+        }
+        self.add(
+            Op::Slice(Slice {
+                axis,
+                start,
+                end,
+                step: 1,
+            }),
+            &[x],
+        )
     }
 
     /// The sum of several contributions to one gradient.

@@ -18,6 +18,7 @@
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
 //! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
 //! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
+//! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-conv` | `fuse_conv.rs` | conv2d + bias + activation + residual -> `fused_conv2d` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
@@ -34,6 +35,7 @@ mod fuse_conv;
 mod fuse_elementwise;
 mod fuse_linear;
 mod recognize;
+mod scale_into_linear;
 mod simplify;
 mod transpose_matmul;
 
@@ -47,6 +49,7 @@ pub use fuse_conv::{is_conv_activation, ConvFusion};
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
 pub use recognize::RecognizeNormalizations;
+pub use scale_into_linear::ScaleIntoLinear;
 pub use simplify::AlgebraicSimplification;
 pub use transpose_matmul::TransposeIntoMatMul;
 
@@ -270,7 +273,8 @@ impl fmt::Display for PassReport {
 /// constants, algebra), then recognise hand-written composites before
 /// fusion can swallow their pieces, then fold transposes into matmuls so
 /// linear fusion sees plain weights, then fuse linear and convolution
-/// layers before elementwise fusion takes their bias adds and activations.
+/// layers (and fold a product's scale into a linear layer) before
+/// elementwise fusion takes their bias adds, activations and scales.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
@@ -281,6 +285,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(TransposeIntoMatMul),
         Box::new(LinearFusion),
         Box::new(ConvFusion),
+        Box::new(ScaleIntoLinear),
         Box::new(ElementwiseFusion),
     ]
 }

@@ -225,6 +225,7 @@ fn rule(graph: &Graph, id: NodeId) -> Option<(&'static str, Rewrite)> {
         | Op::Conv2d(_)
         | Op::FusedConv2d(_)
         | Op::Pool2d(_)
+        | Op::Pool2dGrad(_)
         | Op::BatchNorm(_)
         | Op::Clip(_)
         | Op::Pad(_)

@@ -33,12 +33,18 @@ fn stream(seed: u64, param_name: &str) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// (fan_in, fan_out) for an `x @ W` weight of shape `[.., in, out]`; a
-/// vector counts as both; never 0, so scales stay finite for empty shapes.
+/// (fan_in, fan_out) for an `x @ W` weight of shape `[.., in, out]`, or
+/// for a rank-4 weight, a `conv2d` kernel `[out, in, kh, kw]` (PyTorch's
+/// layout: each output sums `in * kh * kw` products); a vector counts as
+/// both; never 0, so scales stay finite for empty shapes.
 pub fn fans(shape: &[usize]) -> (usize, usize) {
     let (fan_in, fan_out) = match shape {
         [] => (1, 1),
         [n] => (*n, *n),
+        [out, inp, kh, kw] => {
+            let taps = kh.saturating_mul(*kw);
+            (inp.saturating_mul(taps), out.saturating_mul(taps))
+        }
         [.., fan_in, fan_out] => (*fan_in, *fan_out),
     };
     (fan_in.max(1), fan_out.max(1))
@@ -113,6 +119,7 @@ mod tests {
     fn fans_follow_the_x_at_w_layout() {
         assert_eq!(fans(&[64, 32]), (64, 32));
         assert_eq!(fans(&[4, 64, 32]), (64, 32));
+        assert_eq!(fans(&[16, 8, 3, 3]), (72, 144));
         assert_eq!(fans(&[10]), (10, 10));
         assert_eq!(fans(&[]), (1, 1));
         assert_eq!(fans(&[0, 5]), (1, 5));

@@ -3,7 +3,7 @@
 //! registers, with the fused epilogue before the store.
 //!
 //! Signature (all pointer-sized integers, byte strides):
-//! `(a, b, c, kc, ldc, flags, bias, residual, b_panel_stride)`.
+//! `(a, b, c, kc, ldc, flags, bias, residual, b_panel_stride, prefetch)`.
 //! - `a`: packed A panel `[kc][rows]`; `b`: first B panel `[kc][4]`, the
 //!   next panels `b_panel_stride` bytes apart;
 //! - `c`, `residual`: top-left output element, rows `ldc` bytes apart;
@@ -11,6 +11,10 @@
 //!   `FLAG_EPILOGUE` marks the last K block, where `FLAG_BIAS`,
 //!   `FLAG_RELU` and `FLAG_RESIDUAL` apply in that order; `bias` points at
 //!   the first panel's columns. Other activations run in `emit_tile_pass`.
+//! - `prefetch`: where B data the driver will need next starts; the wide
+//!   tiers' kernels pull `kc` cache lines from there into L2 while they
+//!   compute (a hint: it never faults and changes no result). This f32x4
+//!   kernel ignores it.
 //!
 //! Shape of the code (facts from the notes on this machine): loads of A
 //! and B are readonly+notrap+can_move so A broadcasts fold into
@@ -31,7 +35,7 @@ pub(crate) const FLAG_EPILOGUE: usize = 2;
 pub(crate) const FLAG_BIAS: usize = 4;
 pub(crate) const FLAG_RELU: usize = 8;
 pub(crate) const FLAG_RESIDUAL: usize = 16;
-pub(crate) const MICRO_KERNEL_PARAMS: usize = 9;
+pub(crate) const MICRO_KERNEL_PARAMS: usize = 10;
 
 /// Rows and 4-column panels of one micro-kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,7 +96,7 @@ fn k_step(
 }
 
 pub(crate) fn emit_micro_kernel(e: &mut Emitter<'_, '_>, params: &[Value], shape: MicroShape) {
-    let [a0, b0, c, kc, ldc, flags, bias, residual, b_stride] = params else {
+    let [a0, b0, c, kc, ldc, flags, bias, residual, b_stride, _prefetch] = params else {
         unreachable!("micro-kernel has {MICRO_KERNEL_PARAMS} parameters")
     };
     let (a0, b0, c, kc, ldc, flags, bias, residual, b_stride) =

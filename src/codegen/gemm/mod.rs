@@ -38,7 +38,7 @@ use microkernel::{
     emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
     FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
 };
-use pack::{k_block, pack_a_panel, panel_count};
+use pack::{k_block, pack_a_panel_with, panel_count, TransposeFn, Transposes};
 pub use pack::{
     packed_b_len, packed_b_len_for, MatrixRef, PackLayout, PackedB, PackedBRef, KC_MAX,
 };
@@ -215,6 +215,7 @@ pub(crate) type MicroFn = unsafe extern "C" fn(
     bias: *const f32,
     residual: *const f32,
     b_panel_stride_bytes: usize,
+    prefetch: *const f32,
 );
 
 pub(crate) type TilePassFn = unsafe extern "C" fn(
@@ -232,7 +233,12 @@ pub(crate) struct MicroSlots {
     isa: Isa,
     narrow: Vec<KernelSlot>,
     wide: Vec<(usize, KernelSlot)>,
+    /// The packing transposes of 12 and 16 rows (AVX-512).
+    transposes: Option<(KernelSlot, KernelSlot)>,
 }
+
+/// Parameters of `wide::assemble_transpose`'s code.
+const TRANSPOSE_PARAMS: usize = 5;
 
 /// The micro-kernels of a tier: for each row count `1..=mr`, one of a
 /// single panel and (for short row counts) one of several panels.
@@ -265,7 +271,12 @@ pub(crate) fn compile_micro_kernels(
             wide.push((1, slot));
         }
     }
-    Ok(MicroSlots { isa, narrow, wide })
+    Ok(MicroSlots {
+        isa,
+        narrow,
+        wide,
+        transposes: None,
+    })
 }
 
 fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, CodegenError> {
@@ -289,7 +300,24 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
             wide.push((1, slot));
         }
     }
-    Ok(MicroSlots { isa, narrow, wide })
+    let transposes = if isa == Isa::Avx512 {
+        let mut slot = |rows: usize| {
+            jit.define_bytes(
+                &format!("gemm_{isa}_transpose{rows}"),
+                TRANSPOSE_PARAMS,
+                &wide::assemble_transpose(rows)?,
+            )
+        };
+        Some((slot(12)?, slot(16)?))
+    } else {
+        None
+    };
+    Ok(MicroSlots {
+        isa,
+        narrow,
+        wide,
+        transposes,
+    })
 }
 
 /// The tile pass applying a transcendental activation (and the residual):
@@ -331,6 +359,14 @@ pub(crate) struct MicroKernels {
     layout: PackLayout,
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
+    transposes: Option<Transposes>,
+}
+
+fn transpose_fn(address: usize) -> TransposeFn {
+    assert_ne!(address, 0, "finalized function has a null address");
+    // SAFETY: assembled by `wide::assemble_transpose` for exactly this
+    // signature under System V (the wide tiers' only ABI).
+    unsafe { std::mem::transmute::<usize, TransposeFn>(address) }
 }
 
 fn micro_fn(address: usize) -> MicroFn {
@@ -360,6 +396,10 @@ impl MicroSlots {
                 .iter()
                 .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
                 .collect(),
+            transposes: self.transposes.map(|(r12, r16)| Transposes {
+                rows12: transpose_fn(addresses[r12.0]),
+                rows16: transpose_fn(addresses[r16.0]),
+            }),
         }
     }
 }
@@ -652,14 +692,25 @@ fn run_task(job: &Job<'_>, task: &Task) {
         if a_chunk.len() < needed {
             a_chunk.resize(needed, 0.0);
         }
+        let nc = nc_panels(job.k, pw);
+        let first_block = n_blocks(task.panels.clone(), nc).next();
         for start in task.rows.clone().step_by(rows_per_chunk) {
             let chunk = start..(start + rows_per_chunk).min(task.rows.end);
+            let last_chunk = chunk.end == task.rows.end;
             let packed = &mut a_chunk[..chunk.len() * job.k];
             // The first N block packs each row panel just before its first
             // use (so small products keep the panel hot in L1); later N
             // blocks reuse the packed chunk.
-            for (i, panels) in n_blocks(task.panels.clone(), nc_panels(job.k, pw)).enumerate() {
-                run_chunk(job, chunk.clone(), panels, packed, i == 0);
+            let mut blocks = n_blocks(task.panels.clone(), nc).enumerate().peekable();
+            while let Some((i, panels)) = blocks.next() {
+                // The N block after this one, whose first K block the last
+                // K block of this one prefetches.
+                let next = match blocks.peek() {
+                    Some((_, next)) => Some(next.clone()),
+                    None if !last_chunk => first_block.clone(),
+                    None => None,
+                };
+                run_chunk(job, chunk.clone(), panels, next, packed, i == 0);
             }
         }
     });
@@ -674,6 +725,7 @@ fn run_chunk(
     job: &Job<'_>,
     rows: Range<usize>,
     panels_range: Range<usize>,
+    next_panels: Option<Range<usize>>,
     a_chunk: &mut [f32],
     pack: bool,
 ) {
@@ -700,13 +752,30 @@ fn run_chunk(
         let tile_pass = if last { job.kernels.tile_pass } else { None };
         let block_base = k0 * panels * pw;
         let b_panel_stride = kcp * pw * 4;
+        // The packed B this pass's calls prefetch into L2, in f32 indices of
+        // `b_data`: the same panels in the next K block, else the next N
+        // block's panels in the first K block (panels of one K block are
+        // contiguous). Each call takes its share, in call order.
+        let ahead = if !last {
+            let k1 = k0 + kcp;
+            let kcp1 = kc.min(k - k1);
+            let start = k1 * panels * pw + panels_range.start * kcp1 * pw;
+            Some(start..start + panels_range.len() * kcp1 * pw)
+        } else {
+            next_panels.as_ref().map(|next| {
+                let kcp0 = kc.min(k);
+                next.start * kcp0 * pw..next.end * kcp0 * pw
+            })
+        };
+        let calls = rows.len().div_ceil(micro.mr) * panels_range.len();
+        let mut call_index = 0;
         let mut i0 = rows.start;
         while i0 < rows.end {
             let r = micro.mr.min(rows.end - i0);
             let at = k0 * rows.len() + (i0 - rows.start) * kcp;
             let packed_a = &mut a_chunk[at..at + r * kcp];
             if pack {
-                pack_a_panel(&job.a, i0, r, k0, packed_a);
+                pack_a_panel_with(&job.a, i0, r, k0, packed_a, micro.transposes.as_ref());
             }
             let packed_a: &[f32] = packed_a;
             let narrow = micro.narrow[r - 1];
@@ -715,6 +784,9 @@ fn run_chunk(
             let mut j = panels_range.start;
             while j < panels_range.end {
                 let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
+                let prefetch = prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
+                    .unwrap_or(b_ptr);
+                call_index += 1;
                 let call = MicroCall {
                     job,
                     a: packed_a.as_ptr(),
@@ -723,6 +795,7 @@ fn run_chunk(
                     flags,
                     tile_pass,
                     b_panel_stride,
+                    prefetch,
                     ldc_bytes,
                     pw,
                 };
@@ -744,6 +817,26 @@ fn run_chunk(
     }
 }
 
+/// Where call `index` of `calls` starts prefetching `kcp` cache lines
+/// (one per k step): its share of `ahead`, kept inside it so the kernel
+/// never prefetches past B. `None` (prefetch the panel being read) when
+/// there is nothing ahead or it is shorter than one call's lines.
+fn prefetch_target(
+    b_data: &[f32],
+    ahead: Option<&Range<usize>>,
+    index: usize,
+    calls: usize,
+    kcp: usize,
+) -> Option<*const f32> {
+    let ahead = ahead?;
+    // 16 f32 per 64-byte line.
+    let lines = kcp * 16;
+    let room = ahead.len().checked_sub(lines)?;
+    let share = (ahead.len() / calls.max(1)) * index.min(calls);
+    let at = ahead.start + share.min(room) / 16 * 16;
+    Some(b_data[at..].as_ptr())
+}
+
 /// The per-(row panel, K block) arguments of micro-kernel calls.
 struct MicroCall<'j, 'a> {
     job: &'j Job<'a>,
@@ -755,6 +848,8 @@ struct MicroCall<'j, 'a> {
     /// block only).
     tile_pass: Option<TilePassFn>,
     b_panel_stride: usize,
+    /// Start of the B lines the kernel prefetches (`prefetch_target`).
+    prefetch: *const f32,
     ldc_bytes: usize,
     /// Columns per B panel.
     pw: usize,
@@ -788,6 +883,7 @@ impl MicroCall<'_, '_> {
                 bias,
                 residual,
                 self.b_panel_stride,
+                self.prefetch,
             );
             if let Some(pass) = self.tile_pass {
                 pass(
@@ -843,6 +939,7 @@ impl MicroCall<'_, '_> {
                 bias_tile.as_ptr(),
                 residual_tile.as_ptr(),
                 self.b_panel_stride,
+                self.prefetch,
             );
             if let Some(pass) = self.tile_pass {
                 pass(
@@ -1030,10 +1127,11 @@ impl GemmKernels {
             for index in range {
                 let (a_off, b_off) = offsets(index);
                 if packed_for != Some(b_off) {
-                    PackedBRef::pack_into_for(
+                    PackedBRef::pack_into_with(
                         &matrix(b, b_off, k, n, transpose_b)?,
                         &mut scratch,
                         layout,
+                        self.micro.transposes.as_ref(),
                     )?;
                     packed_for = Some(b_off);
                 }

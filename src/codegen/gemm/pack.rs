@@ -154,6 +154,51 @@ impl<'a> MatrixRef<'a> {
     }
 }
 
+/// An assembled packing transpose (`wide::assemble_transpose`): `(src,
+/// src_ld_bytes, dst, dst_stride_bytes, blocks)`.
+pub(crate) type TransposeFn =
+    unsafe extern "C" fn(src: *const f32, src_ld: usize, dst: *mut f32, dst_stride: usize, blocks: usize);
+
+/// The AVX-512 tier's packing transposes: of 12 rows (A panels) and of 16
+/// (half a B panel from a transposed source).
+#[derive(Clone, Copy)]
+pub(crate) struct Transposes {
+    pub(crate) rows12: TransposeFn,
+    pub(crate) rows16: TransposeFn,
+}
+
+/// `pack_a_panel`, with the 16-column blocks of a 12-row panel of
+/// row-major A transposed by `transposes` when there are some.
+pub(crate) fn pack_a_panel_with(
+    a: &MatrixRef<'_>,
+    i0: usize,
+    r: usize,
+    k0: usize,
+    dst: &mut [f32],
+    transposes: Option<&Transposes>,
+) {
+    let kc = dst.len() / r.max(1);
+    let blocks = kc / 16;
+    match transposes {
+        Some(t) if r == 12 && !a.transposed && blocks > 0 => {
+            let start = i0 * a.ld + k0;
+            // The kernel reads rows i0..i0 + 12, columns k0..k0 + 16 * blocks
+            // of A and writes 16 * blocks rows of 12 to dst.
+            assert!(start + 11 * a.ld + 16 * blocks <= a.data.len() && blocks * 16 * 12 <= dst.len());
+            // SAFETY: both ranges are in bounds (checked above).
+            unsafe {
+                (t.rows12)(a.data[start..].as_ptr(), a.ld * 4, dst.as_mut_ptr(), 48, blocks);
+            }
+            for kk in blocks * 16..kc {
+                for i in 0..12 {
+                    dst[kk * 12 + i] = a.data[start + i * a.ld + kk];
+                }
+            }
+        }
+        _ => pack_a_panel(a, i0, r, k0, dst),
+    }
+}
+
 /// Packs rows `i0..i0 + r` and depth `k0..k0 + dst.len() / r` of `a` into
 /// `dst` as `[kc][r]`.
 pub(crate) fn pack_a_panel(a: &MatrixRef<'_>, i0: usize, r: usize, k0: usize, dst: &mut [f32]) {
@@ -205,6 +250,17 @@ fn pack_rows<const R: usize>(a: &MatrixRef<'_>, i0: usize, k0: usize, dst: &mut 
 /// Packs all of `b` (`k x n`) into `dst` (exactly `packed_b_len_for(k, n,
 /// layout)` long).
 pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32], layout: PackLayout) {
+    pack_b_into_with(b, dst, layout, None)
+}
+
+/// `pack_b_into`; full 32-column panels of a transposed source go through
+/// `transposes` (16 columns at a time) when there are some.
+pub(crate) fn pack_b_into_with(
+    b: &MatrixRef<'_>,
+    dst: &mut [f32],
+    layout: PackLayout,
+    transposes: Option<&Transposes>,
+) {
     let (k, n) = (b.rows, b.cols);
     debug_assert_eq!(dst.len(), packed_b_len_for(k, n, layout));
     let w = layout.panel_width;
@@ -220,7 +276,34 @@ pub(crate) fn pack_b_into(b: &MatrixRef<'_>, dst: &mut [f32], layout: PackLayout
             if width < w {
                 panel.fill(0.0);
             }
-            if b.transposed {
+            let blocks = kcp / 16;
+            let fast = transposes.filter(|_| b.transposed && w == 32 && width == 32 && blocks > 0);
+            if let Some(t) = fast {
+                for half in 0..2 {
+                    let start = (c0 + 16 * half) * b.ld + k0;
+                    // Reads columns c0 + 16 * half .. + 16 (stored rows), depth
+                    // k0..k0 + 16 * blocks; writes 16 * blocks rows of 16 at a
+                    // 32-float stride into this panel.
+                    assert!(start + 15 * b.ld + 16 * blocks <= b.data.len());
+                    assert!(16 * half + (16 * blocks - 1) * 32 + 16 <= panel.len());
+                    // SAFETY: both ranges are in bounds (checked above).
+                    unsafe {
+                        (t.rows16)(
+                            b.data[start..].as_ptr(),
+                            b.ld * 4,
+                            panel[16 * half..].as_mut_ptr(),
+                            128,
+                            blocks,
+                        );
+                    }
+                }
+                for c in 0..32 {
+                    let start = (c0 + c) * b.ld + k0;
+                    for kk in blocks * 16..kcp {
+                        panel[kk * 32 + c] = b.data[start + kk];
+                    }
+                }
+            } else if b.transposed {
                 // Stored [n][k]: each column is contiguous along k.
                 for c in 0..width {
                     let start = (c0 + c) * b.ld + k0;
@@ -391,6 +474,30 @@ impl<'a> PackedBRef<'a> {
             data: dst,
             k,
             n,
+            layout,
+        })
+    }
+
+    /// `pack_into_for`, with the tier's packing transposes.
+    pub(crate) fn pack_into_with(
+        b: &MatrixRef<'_>,
+        scratch: &'a mut [f32],
+        layout: PackLayout,
+        transposes: Option<&Transposes>,
+    ) -> Result<PackedBRef<'a>, CodegenError> {
+        let len = packed_b_len_for(b.rows, b.cols, layout);
+        if scratch.len() < len {
+            return Err(CodegenError::shape(
+                "pack_b",
+                format!("scratch holds {} f32, packing a {}x{} B needs {len}", scratch.len(), b.rows, b.cols),
+            ));
+        }
+        let dst = &mut scratch[..len];
+        pack_b_into_with(b, dst, layout, transposes);
+        Ok(PackedBRef {
+            data: dst,
+            k: b.rows,
+            n: b.cols,
             layout,
         })
     }

@@ -5,8 +5,13 @@
 //!
 //! Same contract and signature as the Cranelift micro-kernel
 //! (`microkernel.rs`): `(a, b, c, kc, ldc, flags, bias, residual,
-//! b_panel_stride)`, System V: the first six in rdi, rsi, rdx, rcx, r8, r9,
-//! the last three on the stack at [rsp+8], [rsp+16], [rsp+24]. A panel is
+//! b_panel_stride, prefetch)`, System V: the first six in rdi, rsi, rdx,
+//! rcx, r8, r9, the last four on the stack at [rsp+8] .. [rsp+32]. Each k
+//! step also prefetches one cache line into L2 (`prefetcht1`), walking
+//! from `prefetch`: the driver points it at the B panels of its next K or N
+//! block, which would otherwise arrive from memory in a burst when the
+//! first row panel reaches them (on this Sapphire Rapids-class core that
+//! stalled sgemm 1024 by a fifth). A panel is
 //! `panel_width` columns (32 = 2 zmm for AVX-512, 16 = 2 ymm for AVX2); a
 //! kernel covers `rows` rows x `panels` adjacent panels. Each output element
 //! is one sequential fused multiply-add chain over k, as in the baseline,
@@ -207,9 +212,11 @@ impl Asm {
         }
 
         self.a.set_label(&mut loop_head)?;
+        self.a.mov(r11, qword_ptr(rsp + 32))?;
         self.a.test(rcx, rcx)?;
         self.a.jz(after)?;
         self.a.set_label(&mut k_loop)?;
+        self.a.prefetcht1(byte_ptr(r11))?;
         for v in 0..panels {
             for h in 0..2 {
                 let mem = self.b_operand(v, h);
@@ -246,6 +253,7 @@ impl Asm {
         }
         self.a.add(rdi, (rows * 4) as i32)?;
         self.a.add(rsi, pb)?;
+        self.a.add(r11, 64)?;
         self.a.dec(rcx)?;
         self.a.jnz(k_loop)?;
         self.a.set_label(&mut after)?;
@@ -399,6 +407,98 @@ pub(crate) fn assemble_tile_pass(
         v.a.set_label(&mut done)?;
         v.a.vzeroupper()?;
         v.a.ret()
+    })
+}
+
+/// The packing transpose (AVX-512): `(src, src_ld_bytes, dst,
+/// dst_stride_bytes, blocks)`, System V. For `rows` rows of `src` (`rows`
+/// <= 16, rows `src_ld_bytes` apart) and `16 * blocks` columns, writes
+/// `dst[t][i] = src[i][t]`: output row `t` (the `rows` values of column
+/// `t`) at `dst + t * dst_stride_bytes`, under a mask when `rows < 16`.
+/// Sixteen columns at a time: `rows` loads, a 16 x 16 register transpose
+/// (unpack ps, unpack pd, two 128-bit lane shuffles: 64 shuffles for 256
+/// values), 16 stores. It packs A panels (`[kc][12]` from row-major A)
+/// and B panels from a transposed source (`[kc][32]` from `k^T`), several
+/// times faster than the element-by-element Rust loops, which also
+/// remain for the tails.
+pub(crate) fn assemble_transpose(rows: usize) -> Result<Assembled, CodegenError> {
+    if !(1..=16).contains(&rows) {
+        return Err(CodegenError::Unsupported(format!(
+            "a packing transpose of {rows} rows"
+        )));
+    }
+    let mut a = CodeAssembler::new(64).map_err(asm_err)?;
+    (|| -> Result<(), IcedError> {
+        let mut block = a.create_label();
+        let mut done = a.create_label();
+        // rdi src, rsi src_ld, rdx dst, rcx dst_stride, r8 blocks.
+        a.test(r8, r8)?;
+        a.jz(done)?;
+        if rows < 16 {
+            a.mov(eax, (1u32 << rows) - 1)?;
+            a.kmovw(k1, eax)?;
+        }
+        a.set_label(&mut block)?;
+        // Rows in zmm0-15 (missing rows zero), stage results alternate
+        // between zmm16-31 and zmm0-15.
+        a.mov(r10, rdi)?;
+        for i in 0..16 {
+            if i < rows {
+                a.vmovups(ZMM[i], zmmword_ptr(r10))?;
+                if i + 1 < rows {
+                    a.add(r10, rsi)?;
+                }
+            } else {
+                a.vpxord(ZMM[i], ZMM[i], ZMM[i])?;
+            }
+        }
+        for i in 0..8 {
+            let (x, y) = (ZMM[2 * i], ZMM[2 * i + 1]);
+            a.vunpcklps(ZMM[16 + 2 * i], x, y)?;
+            a.vunpckhps(ZMM[16 + 2 * i + 1], x, y)?;
+        }
+        for i in 0..4 {
+            let t = |j: usize| ZMM[16 + 4 * i + j];
+            a.vunpcklpd(ZMM[4 * i], t(0), t(2))?;
+            a.vunpckhpd(ZMM[4 * i + 1], t(0), t(2))?;
+            a.vunpcklpd(ZMM[4 * i + 2], t(1), t(3))?;
+            a.vunpckhpd(ZMM[4 * i + 3], t(1), t(3))?;
+        }
+        for i in 0..2 {
+            for j in 0..4 {
+                let (x, y) = (ZMM[8 * i + j], ZMM[8 * i + j + 4]);
+                a.vshuff32x4(ZMM[16 + 8 * i + j], x, y, 0x88)?;
+                a.vshuff32x4(ZMM[16 + 8 * i + j + 4], x, y, 0xdd)?;
+            }
+        }
+        for j in 0..8 {
+            let (x, y) = (ZMM[16 + j], ZMM[16 + j + 8]);
+            a.vshuff32x4(ZMM[j], x, y, 0x88)?;
+            a.vshuff32x4(ZMM[j + 8], x, y, 0xdd)?;
+        }
+        // zmm t is now column t.
+        a.mov(r11, rdx)?;
+        for t in 0..16 {
+            if rows < 16 {
+                a.vmovups(zmmword_ptr(r11).k1(), ZMM[t])?;
+            } else {
+                a.vmovups(zmmword_ptr(r11), ZMM[t])?;
+            }
+            a.add(r11, rcx)?;
+        }
+        a.mov(rdx, r11)?;
+        a.add(rdi, 64)?;
+        a.dec(r8)?;
+        a.jnz(block)?;
+        a.set_label(&mut done)?;
+        a.vzeroupper()?;
+        a.ret()
+    })()
+    .map_err(asm_err)?;
+    let bytes = a.assemble(0).map_err(asm_err)?;
+    Ok(Assembled {
+        code_len: bytes.len(),
+        bytes,
     })
 }
 

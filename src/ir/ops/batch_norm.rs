@@ -6,8 +6,10 @@
 
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
-use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
-use crate::ir::{DType, TensorType};
+use super::{BinaryOp, Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
+use super::{ReduceOp, UnaryOp};
+use crate::ir::vjp::{GradError, Vjp};
+use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +71,66 @@ impl OpKind for BatchNorm {
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
         vec![("eps", self.eps.to_string())]
+    }
+
+    /// With `s = rsqrt(var + eps)` and sums over every axis but 1:
+    /// dx = g gain s; dbias = sum(g); dgain = sum(g (x - mean)) s;
+    /// dmean = -dbias gain s; dvar = -sum(g (x - mean)) gain s^3 / 2.
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let [x, mean, var, gain, _] = [0, 1, 2, 3, 4].map(|i| inputs[i]);
+        let rank = cx.ty(x).rank();
+        let channels = cx.ty(x).shape[1].clone();
+        // [C] as [C, 1, ...] so it broadcasts against x along axis 1.
+        let mut per_channel_shape = vec![channels];
+        per_channel_shape.extend(std::iter::repeat_n(Dim::known(1), rank - 2));
+        let per_channel = |cx: &mut Vjp<'_>, v: NodeId| cx.reshape(v, per_channel_shape.clone());
+        let others: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
+        let eps = cx.scalar(self.eps.0);
+        let shifted_var = cx.binary(BinaryOp::Add, var, eps)?;
+        let s = cx.add(Op::Unary(UnaryOp::Rsqrt), &[shifted_var])?;
+        let gain_s = cx.mul(gain, s)?;
+        let mut grads = vec![None; 5];
+        if wants[0] {
+            let scale = per_channel(cx, gain_s)?;
+            grads[0] = Some(cx.mul(g, scale)?);
+        }
+        let sum_g = if wants[1] || wants[4] {
+            Some(cx.reduce(ReduceOp::Sum, g, others.clone(), false)?)
+        } else {
+            None
+        };
+        if let Some(sum_g) = sum_g {
+            if wants[1] {
+                let d = cx.mul(sum_g, gain_s)?;
+                grads[1] = Some(cx.neg(d)?);
+            }
+            if wants[4] {
+                grads[4] = Some(sum_g);
+            }
+        }
+        if wants[2] || wants[3] {
+            let mean_c = per_channel(cx, mean)?;
+            let centred = cx.binary(BinaryOp::Sub, x, mean_c)?;
+            let weighted = cx.mul(g, centred)?;
+            let sum = cx.reduce(ReduceOp::Sum, weighted, others, false)?;
+            if wants[2] {
+                let ss = cx.mul(s, s)?;
+                let gain_s3 = cx.mul(gain_s, ss)?;
+                let d = cx.mul(sum, gain_s3)?;
+                grads[2] = Some(cx.mul_scalar(d, -0.5)?);
+            }
+            if wants[3] {
+                grads[3] = Some(cx.mul(sum, s)?);
+            }
+        }
+        Ok(grads)
     }
 }
 

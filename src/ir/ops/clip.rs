@@ -4,7 +4,8 @@
 
 use super::shape::{expect_dtype, ShapeError};
 use super::values::elements;
-use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
+use super::{Builtin, CallArgs, CompareOp, EvalError, Float, NodeId, Op, OpKind, Poisoned};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, TensorType};
 use crate::tensor::Tensor;
 
@@ -48,6 +49,24 @@ impl OpKind for Clip {
 
     fn attributes(&self) -> Vec<(&'static str, String)> {
         vec![("min", self.min.to_string()), ("max", self.max.to_string())]
+    }
+
+    /// `g` where `min < x < max`, else 0 (at a bound too, as relu6).
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        _wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let x = inputs[0];
+        let zero = cx.scalar(0.0);
+        let (min, max) = (cx.scalar(self.min.0), cx.scalar(self.max.0));
+        let below_max = cx.add(Op::Compare(CompareOp::Lt), &[x, max])?;
+        let inside = cx.add(Op::Where, &[below_max, g, zero])?;
+        let above_min = cx.add(Op::Compare(CompareOp::Gt), &[x, min])?;
+        Ok(vec![Some(cx.add(Op::Where, &[above_min, inside, zero])?)])
     }
 }
 

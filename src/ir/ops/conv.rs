@@ -11,8 +11,8 @@
 use super::linalg::{activation_and_residual, LinearEpilogue};
 use super::shape::{err, expect_dtype, show, ShapeError};
 use super::values::elements;
-use super::window::Window2d;
-use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use super::window::{Padding2d, Window2d};
+use super::{Builtin, CallArgs, EvalError, Gather, NodeId, Op, OpKind, Poisoned, ReduceOp};
 use crate::ir::graph::ShapeDisplay;
 use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
@@ -101,6 +101,30 @@ impl OpKind for Conv2d {
         let mut attributes = self.window.attributes();
         attributes.push(("groups", self.groups.to_string()));
         attributes
+    }
+
+    /// Both gradients are convolutions (see `input_gradient` and
+    /// `weight_gradient`), so whatever kernel runs conv2d runs them; the
+    /// bias's is the sum of `g` over batch, height and width.
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let mut grads = vec![None; inputs.len()];
+        if wants[0] {
+            grads[0] = Some(self.input_gradient(cx, inputs[0], inputs[1], g)?);
+        }
+        if wants[1] {
+            grads[1] = Some(self.weight_gradient(cx, inputs[0], inputs[1], g)?);
+        }
+        if wants.get(2) == Some(&true) {
+            grads[2] = Some(cx.reduce(ReduceOp::Sum, g, vec![0, 2, 3], false)?);
+        }
+        Ok(grads)
     }
 
     fn flops(&self, inputs: &[&[usize]], out_shape: &[usize]) -> u64 {
@@ -290,6 +314,285 @@ impl OpKind for FusedConv2d {
             grads.push(wants[conv_operands].then_some(g));
         }
         Ok(grads)
+    }
+}
+
+/// One spatial axis of a convolution as its gradients see it.
+struct AxisGeometry {
+    /// The input's size; `None` for a symbol (then stride is 1 and the
+    /// output has the input's size).
+    size: Option<usize>,
+    /// The output's size, when known.
+    out: Option<usize>,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    /// Padding before the input.
+    before: usize,
+}
+
+impl AxisGeometry {
+    /// The kernel's extent, `(kernel - 1) * dilation + 1`.
+    fn extent(&self) -> usize {
+        (self.kernel - 1) * self.dilation + 1
+    }
+}
+
+impl Conv2d {
+    fn axis_geometry(
+        &self,
+        cx: &Vjp<'_>,
+        axis: usize,
+        x: NodeId,
+        w: NodeId,
+        g: NodeId,
+    ) -> Result<AxisGeometry, GradError> {
+        let size = cx.ty(x).shape[2 + axis].as_known();
+        let out = cx.ty(g).shape[2 + axis].as_known();
+        let kernel = cx.ty(w).shape[2 + axis]
+            .as_known()
+            .expect("the shape rule wants a known kernel size");
+        // A symbolic size means the output keeps it (stride 1, padding
+        // adding up to the extent minus 1), so any size gives the same pads.
+        let pads = match (size, self.window.padding) {
+            (Some(n), _) => self.window.pads(axis, n, kernel),
+            (None, Padding2d::Same) => self.window.pads(axis, 1, kernel),
+            (None, Padding2d::Explicit { .. }) => self.window.pads(axis, 0, kernel),
+        };
+        let Some((before, _)) = pads else {
+            return cx.no_rule("its padding overflows");
+        };
+        Ok(AxisGeometry {
+            size,
+            out,
+            kernel,
+            stride: self.window.stride[axis],
+            dilation: self.window.dilation[axis],
+            before,
+        })
+    }
+
+    /// dL/dx: the transposed convolution of `g`. With `g` spread out by
+    /// the stride (zeros between its pixels) and padded by the extent minus
+    /// 1 minus the forward padding, it is a stride-1 convolution with the
+    /// same dilation of the weights flipped in height and width and with
+    /// input and output channels swapped within each group. Padding below
+    /// zero (forward padding wider than the kernel reaches) crops `g`.
+    fn input_gradient(
+        &self,
+        cx: &mut Vjp<'_>,
+        x: NodeId,
+        w: NodeId,
+        g: NodeId,
+    ) -> Result<NodeId, GradError> {
+        let axes = [
+            self.axis_geometry(cx, 0, x, w, g)?,
+            self.axis_geometry(cx, 1, x, w, g)?,
+        ];
+        let x_ty = cx.ty(x).clone();
+        let w_ty = cx.ty(w).clone();
+        let g_ty = cx.ty(g).clone();
+        let groups = Dim::known(self.groups);
+
+        // Weights [O, C/G, kh, kw] -> [C, O/G, kh, kw], flipped.
+        let out_per_group = w_ty.shape[0]
+            .div(&groups)
+            .expect("the shape rule checked it");
+        let mut flipped = if self.groups == 1 {
+            cx.permute(w, vec![1, 0, 2, 3])?
+        } else {
+            let kernel = [w_ty.shape[2].clone(), w_ty.shape[3].clone()];
+            let split = cx.reshape(
+                w,
+                vec![
+                    groups.clone(),
+                    out_per_group.clone(),
+                    w_ty.shape[1].clone(),
+                    kernel[0].clone(),
+                    kernel[1].clone(),
+                ],
+            )?;
+            let swapped = cx.permute(split, vec![0, 2, 1, 3, 4])?;
+            cx.reshape(
+                swapped,
+                vec![
+                    x_ty.shape[1].clone(),
+                    out_per_group,
+                    kernel[0].clone(),
+                    kernel[1].clone(),
+                ],
+            )?
+        };
+        for (axis, geometry) in axes.iter().enumerate() {
+            if geometry.kernel > 1 {
+                let reversed = cx.ids((0..geometry.kernel as i64).rev().collect());
+                flipped = cx.add(Op::Gather(Gather { axis: 2 + axis }), &[flipped, reversed])?;
+            }
+        }
+
+        // g spread out by the stride: [N, O, oh, 1, ow, 1] padded to
+        // [N, O, oh, sh, ow, sw], read as [N, O, oh * sh, ow * sw].
+        let mut spread = g;
+        let mut spread_len = [g_ty.shape[2].clone(), g_ty.shape[3].clone()];
+        if axes.iter().any(|a| a.stride > 1) {
+            let (Some(oh), Some(ow)) = (axes[0].out, axes[1].out) else {
+                unreachable!("a stride above 1 needs known sizes");
+            };
+            let [sh, sw] = [axes[0].stride, axes[1].stride];
+            let (n, o) = (g_ty.shape[0].clone(), g_ty.shape[1].clone());
+            let one = Dim::known(1);
+            let six = cx.reshape(
+                g,
+                vec![
+                    n.clone(),
+                    o.clone(),
+                    Dim::known(oh),
+                    one.clone(),
+                    Dim::known(ow),
+                    one,
+                ],
+            )?;
+            let padded = cx.add(
+                Op::Pad(super::pad::Pad {
+                    pads: vec![(0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1)],
+                    value: super::Float(0.0),
+                }),
+                &[six],
+            )?;
+            spread_len = [Dim::known(oh * sh), Dim::known(ow * sw)];
+            spread = cx.reshape(
+                padded,
+                vec![n, o, spread_len[0].clone(), spread_len[1].clone()],
+            )?;
+        }
+
+        // Padding around the spread g, cropping where it is negative.
+        let mut pads = [0usize; 4]; // top, left, bottom, right
+        for (axis, a) in axes.iter().enumerate() {
+            let before = a.extent() as isize - 1 - a.before as isize;
+            let after = match (a.size, &spread_len[axis].as_known()) {
+                (Some(size), Some(len)) => (size + a.before) as isize - *len as isize,
+                // Symbolic: stride 1 and the size kept, so len = size.
+                _ => a.before as isize,
+            };
+            if before < 0 || after < 0 {
+                let len = spread_len[axis]
+                    .as_known()
+                    .expect("cropping happens only at known sizes");
+                let start = (-before).max(0) as usize;
+                let end = len - (-after).max(0) as usize;
+                spread = cx.slice(spread, 2 + axis, start, Dim::known(end))?;
+            }
+            pads[axis] = before.max(0) as usize;
+            pads[2 + axis] = after.max(0) as usize;
+        }
+        let transposed = Conv2d {
+            window: Window2d {
+                stride: [1, 1],
+                dilation: self.window.dilation,
+                padding: Padding2d::Explicit {
+                    top: pads[0],
+                    left: pads[1],
+                    bottom: pads[2],
+                    right: pads[3],
+                },
+            },
+            groups: self.groups,
+        };
+        cx.add(Op::Conv2d(transposed), &[spread, flipped])
+    }
+
+    /// dL/dw: for each group, the correlation of the input with `g`
+    /// summed over the batch, a convolution whose "batch" is the input
+    /// channel within the group, whose channels are (group, example) and
+    /// whose kernel is `g` [O, N, oh, ow]; its stride is the forward
+    /// dilation and its dilation the forward stride.
+    fn weight_gradient(
+        &self,
+        cx: &mut Vjp<'_>,
+        x: NodeId,
+        w: NodeId,
+        g: NodeId,
+    ) -> Result<NodeId, GradError> {
+        let x_ty = cx.ty(x).clone();
+        let g_ty = cx.ty(g).clone();
+        let (Some(oh), Some(ow)) = (g_ty.shape[2].as_known(), g_ty.shape[3].as_known()) else {
+            return cx.no_rule(format!(
+                "the weights' gradient needs the output's height and width as integers, got {g_ty}"
+            ));
+        };
+        let groups = Dim::known(self.groups);
+        let (n, o) = (x_ty.shape[0].clone(), g_ty.shape[1].clone());
+        let (mut input, kernel) = if self.groups == 1 {
+            (
+                cx.permute(x, vec![1, 0, 2, 3])?,
+                cx.permute(g, vec![1, 0, 2, 3])?,
+            )
+        } else {
+            let per_group = cx.ty(w).shape[1].clone();
+            let (h, w) = (x_ty.shape[2].clone(), x_ty.shape[3].clone());
+            let split = cx.reshape(
+                x,
+                vec![
+                    n.clone(),
+                    groups.clone(),
+                    per_group.clone(),
+                    h.clone(),
+                    w.clone(),
+                ],
+            )?;
+            let swapped = cx.permute(split, vec![2, 1, 0, 3, 4])?;
+            let channels = groups.checked_mul(&n).expect("G * N fits, as C * N does");
+            let input = cx.reshape(swapped, vec![per_group, channels, h, w])?;
+            let out_per_group = o.div(&groups).expect("the shape rule checked it");
+            let g_split = cx.reshape(
+                g,
+                vec![
+                    n.clone(),
+                    groups.clone(),
+                    out_per_group,
+                    Dim::known(oh),
+                    Dim::known(ow),
+                ],
+            )?;
+            let g_swapped = cx.permute(g_split, vec![1, 2, 0, 3, 4])?;
+            let kernel = cx.reshape(g_swapped, vec![o, n, Dim::known(oh), Dim::known(ow)])?;
+            (input, kernel)
+        };
+        // Pad after so the output is exactly the kernel's size; crop where
+        // the forward padding was more than the windows reached.
+        let out_size = [oh, ow];
+        let (mut before, mut after) = ([0usize; 2], [0usize; 2]);
+        for axis in 0..2 {
+            let a = self.axis_geometry(cx, axis, x, w, g)?;
+            let size = a
+                .size
+                .expect("a known output size implies a known input size");
+            let spread = (out_size[axis] - 1) * a.stride + 1;
+            let needed = (a.kernel - 1) * a.dilation + spread;
+            let pad_after = needed as isize - (size + a.before) as isize;
+            if pad_after < 0 {
+                let end = (size as isize + pad_after) as usize;
+                input = cx.slice(input, 2 + axis, 0, Dim::known(end))?;
+            }
+            before[axis] = a.before;
+            after[axis] = pad_after.max(0) as usize;
+        }
+        let correlation = Conv2d {
+            window: Window2d {
+                stride: self.window.dilation,
+                dilation: self.window.stride,
+                padding: Padding2d::Explicit {
+                    top: before[0],
+                    left: before[1],
+                    bottom: after[0],
+                    right: after[1],
+                },
+            },
+            groups: self.groups,
+        };
+        let per_input_channel = cx.add(Op::Conv2d(correlation), &[input, kernel])?;
+        cx.permute(per_input_channel, vec![1, 0, 2, 3])
     }
 }
 

@@ -38,6 +38,7 @@ pub mod math;
 pub mod normalize;
 pub mod pad;
 pub mod pool;
+pub mod pool_grad;
 pub mod reduce;
 pub mod resize;
 pub mod scatter;
@@ -164,6 +165,7 @@ impl Op {
             Op::Conv2d(op) => op,
             Op::FusedConv2d(op) => op,
             Op::Pool2d(op) => op,
+            Op::Pool2dGrad(op) => op,
             Op::BatchNorm(op) => op,
             Op::Clip(op) => op,
             Op::Pad(op) => op,
@@ -233,6 +235,7 @@ pub const BUILTINS: &[&Builtin] = &[
     &crate::ir::losses::BUILTIN,
     &conv::BUILTIN,
     &pool::BUILTIN,
+    &pool_grad::BUILTIN,
     &batch_norm::BUILTIN,
     &clip::BUILTIN,
     &pad::BUILTIN,
@@ -380,6 +383,7 @@ pub enum Op {
     Conv2d(conv::Conv2d),
     FusedConv2d(conv::FusedConv2d),
     Pool2d(pool::Pool2d),
+    Pool2dGrad(pool_grad::Pool2dGrad),
     BatchNorm(batch_norm::BatchNorm),
     Clip(clip::Clip),
     Pad(pad::Pad),

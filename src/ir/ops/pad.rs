@@ -7,6 +7,7 @@
 use super::shape::{err, ShapeError};
 use super::values::{elements, StridedOffsets};
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::{strides, Tensor};
 
@@ -87,6 +88,28 @@ impl OpKind for Pad {
             ),
             ("value", self.value.to_string()),
         ]
+    }
+
+    /// The border cut off again: a slice along each padded axis.
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        _wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let shape = cx.ty(inputs[0]).shape.clone();
+        let mut grad = g;
+        for (axis, (&(before, _), size)) in self.pads.iter().zip(shape).enumerate() {
+            let end = match size.as_known() {
+                Some(n) => Dim::known(before + n),
+                // Only an unpadded axis keeps a symbolic size.
+                None => size,
+            };
+            grad = cx.slice(grad, axis, before, end)?;
+        }
+        Ok(vec![Some(grad)])
     }
 }
 

@@ -11,11 +11,13 @@
 //! (max) or NaN (average without padding counted: 0 / 0).
 
 use super::math;
+use super::pool_grad::Pool2dGrad;
 use super::reduce::Reduce;
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
 use super::window::{read_pair, Window2d};
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned, ReduceOp};
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, TensorType};
 use crate::tensor::Tensor;
 
@@ -108,6 +110,22 @@ impl OpKind for Pool2d {
         }
         attributes
     }
+
+    /// `max_pool2d_grad` / `avg_pool2d_grad` (pool_grad.rs).
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        _wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let grad = cx.add(
+            Op::Pool2dGrad(Pool2dGrad { pool: self.clone() }),
+            &[inputs[0], g],
+        )?;
+        Ok(vec![Some(grad)])
+    }
 }
 
 pub const BUILTIN: Builtin = Builtin {
@@ -116,7 +134,21 @@ pub const BUILTIN: Builtin = Builtin {
 };
 
 fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poisoned> {
+    lower_pool(name, args, 1)
+}
+
+/// A pool's call: `tensors` tensor operands (the pool's input first), then
+/// the pool's attributes. Also how `pool_grad.rs` reads its calls.
+pub(super) fn lower_pool(
+    name: &str,
+    args: &mut dyn CallArgs,
+    tensors: usize,
+) -> Result<(Op, Vec<NodeId>), Poisoned> {
     let x = args.tensor()?;
+    let mut operands = vec![x];
+    for _ in 1..tensors {
+        operands.push(args.tensor()?);
+    }
     if name == "global_avg_pool2d" {
         let rank = args.operand_type(x).rank();
         if rank != 4 {
@@ -169,5 +201,5 @@ fn lower(name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Poiso
             )));
         }
     }
-    Ok((Op::Pool2d(pool), vec![x]))
+    Ok((Op::Pool2d(pool), operands))
 }

@@ -10,8 +10,9 @@
 
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
-use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
+use super::{Builtin, CallArgs, EvalError, MatMul, NodeId, Op, OpKind, Poisoned};
 use crate::ir::image_input::ResizeFilter;
+use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::Tensor;
 
@@ -79,6 +80,46 @@ impl OpKind for Resize {
             );
         }
         Ok(Tensor::f32(out_shape.to_vec(), out))
+    }
+
+    /// Resampling is linear and separable, `out = Rh x Rw^T` per plane
+    /// with the interpolation matrices `Rh` [out_h, in_h] and `Rw`
+    /// [out_w, in_w]: the gradient is `Rh^T g Rw`, two matrix products
+    /// with constants (so the input's height and width must be known).
+    fn vjp(
+        &self,
+        cx: &mut Vjp<'_>,
+        _node: NodeId,
+        inputs: &[NodeId],
+        g: NodeId,
+        _wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let x_ty = cx.ty(inputs[0]).clone();
+        let (Some(in_h), Some(in_w)) = (x_ty.shape[2].as_known(), x_ty.shape[3].as_known()) else {
+            return cx.no_rule(format!(
+                "its gradient needs the input's height and width as integers, got {x_ty}"
+            ));
+        };
+        let matrix = |cx: &mut Vjp<'_>, n_in: usize, n_out: usize| {
+            let mut m = vec![0.0f32; n_out * n_in];
+            for (o, (lo, hi, f)) in taps(n_in, n_out, self.mode).into_iter().enumerate() {
+                m[o * n_in + lo] += (1.0 - f) as f32;
+                m[o * n_in + hi] += f as f32;
+            }
+            cx.tensor(Tensor::f32(vec![n_out, n_in], m))
+        };
+        let rw = matrix(cx, in_w, self.size[1]);
+        let rh = matrix(cx, in_h, self.size[0]);
+        let plain = MatMul {
+            transpose_a: false,
+            transpose_b: false,
+        };
+        // [N, C, out_h, out_w] @ Rw -> [N, C, out_h, in_w]
+        let across = cx.add(Op::MatMul(plain.clone()), &[g, rw])?;
+        let turned = cx.permute(across, vec![0, 1, 3, 2])?;
+        // [N, C, in_w, out_h] @ Rh -> [N, C, in_w, in_h]
+        let down = cx.add(Op::MatMul(plain), &[turned, rh])?;
+        Ok(vec![Some(cx.permute(down, vec![0, 1, 3, 2])?)])
     }
 
     fn attributes(&self) -> Vec<(&'static str, String)> {

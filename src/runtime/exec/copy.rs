@@ -133,6 +133,14 @@ pub struct Reduction {
     pub reduced: Strided,
     /// A reduced axis of size 0, for the error of max over nothing.
     pub empty_axis: Option<usize>,
+    /// Where each output element's inputs start (`kept`'s offsets).
+    pub starts: Vec<usize>,
+}
+
+thread_local! {
+    /// The f64 accumulators of `Reduction::run`, kept between runs so a
+    /// step allocates nothing once warm.
+    static ACCUMULATORS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Reduction {
@@ -148,11 +156,15 @@ impl Reduction {
                 walk: axes.iter().map(|&a| st[a]).collect(),
             }
         };
+        let kept = pick(true);
+        let outputs: usize = kept.shape.iter().product();
+        let starts = (0..outputs).map(|o| offset_of(&kept, o)).collect();
         Reduction {
             op,
-            kept: pick(true),
+            kept,
             reduced: pick(false),
             empty_axis: axes.iter().copied().find(|&a| shape[a] == 0),
+            starts,
         }
     }
 
@@ -164,8 +176,32 @@ impl Reduction {
             let axis = self.empty_axis.unwrap_or(0);
             return Err(crate::ir::ops::EvalError::EmptyMax { axis }.into());
         }
-        for (o, slot) in out.iter_mut().enumerate() {
-            let base = offset_of(&self.kept, o);
+        if self.op != ReduceOp::Max && self.kept.walk.last() == Some(&1) {
+            // Outputs adjacent in the input (a sum over leading axes, as the
+            // gradient of a broadcast bias): the reduced index outside, so
+            // each input row is read once, in order. Every output still
+            // adds its inputs in the same order as below, so the result is
+            // the same to the bit.
+            ACCUMULATORS.with(|cell| {
+                let mut acc = cell.borrow_mut();
+                acc.clear();
+                acc.resize(out.len(), 0.0);
+                for r in 0..count {
+                    let at = offset_of(&self.reduced, r);
+                    for (a, &start) in acc.iter_mut().zip(&self.starts) {
+                        *a += x[start + at] as f64;
+                    }
+                }
+                for (slot, &a) in out.iter_mut().zip(acc.iter()) {
+                    *slot = match self.op {
+                        ReduceOp::Mean => (a / count as f64) as f32,
+                        _ => a as f32,
+                    };
+                }
+            });
+            return Ok(());
+        }
+        for (slot, &base) in out.iter_mut().zip(&self.starts) {
             let mut acc = match self.op {
                 ReduceOp::Max => f64::NEG_INFINITY,
                 ReduceOp::Sum | ReduceOp::Mean => 0.0,

@@ -171,6 +171,21 @@ impl CompileOptions {
 struct Arena {
     f32: Vec<f32>,
     boxed: Vec<Tensor>,
+    /// This run's model outputs that steps write straight into the caller's
+    /// tensors instead of the arena (see `run_into`); refilled every run,
+    /// its capacity kept.
+    redirects: Vec<Redirect>,
+}
+
+/// An arena range whose storage, for one run, is a caller's output tensor:
+/// every access to exactly `offset..offset + len` goes to `address`.
+#[derive(Clone, Copy)]
+struct Redirect {
+    /// The output's index in `Plan::outputs`.
+    output: usize,
+    offset: usize,
+    len: usize,
+    address: usize,
 }
 
 struct CachedPlan {
@@ -556,6 +571,7 @@ impl CompiledModel {
         let mut arena = match arena {
             Some(arena) => arena,
             None => Arena {
+                redirects: Vec::with_capacity(plan.outputs.len()),
                 f32: alloc_arena(plan.arena_len)?,
                 boxed: plan
                     .boxed
@@ -564,24 +580,69 @@ impl CompiledModel {
                     .collect(),
             },
         };
-        let result = self.execute(plan, inputs, &mut arena);
-        if result.is_ok() {
-            outputs.truncate(plan.outputs.len());
-            for (i, (_, loc, dtype, shape)) in plan.outputs.iter().enumerate() {
-                let reusable = outputs
-                    .get(i)
-                    .is_some_and(|t| t.dtype() == *dtype && t.shape() == shape.as_slice());
-                if !reusable {
-                    let fresh = Tensor::zeros(*dtype, shape.clone());
-                    if i < outputs.len() {
-                        outputs[i] = fresh;
-                    } else {
-                        outputs.push(fresh);
-                    }
+        // Outputs get their dtype and shape first, so that the step computing
+        // an f32 output in the arena writes it straight into the caller's
+        // tensor (no copy afterwards). That is sound because an output's
+        // range is live from its step to the end of the run: the only other
+        // values placed exactly there are its views (same storage) or values
+        // dead before it is written, and moving those to another buffer of
+        // the same size changes nothing. The same range listed twice (one
+        // value output under two names) is redirected once and copied after.
+        outputs.truncate(plan.outputs.len());
+        for (i, (_, _, dtype, shape)) in plan.outputs.iter().enumerate() {
+            let reusable = outputs
+                .get(i)
+                .is_some_and(|t| t.dtype() == *dtype && t.shape() == shape.as_slice());
+            if !reusable {
+                let fresh = Tensor::zeros(*dtype, shape.clone());
+                if i < outputs.len() {
+                    outputs[i] = fresh;
+                } else {
+                    outputs.push(fresh);
                 }
-                self.copy_out(*loc, inputs, &arena, &mut outputs[i]);
             }
         }
+        arena.redirects.clear();
+        for (i, ((_, loc, _, _), out)) in plan.outputs.iter().zip(outputs.iter_mut()).enumerate() {
+            if let (Loc::Arena { offset, len }, Some(data)) = (*loc, out.as_f32_mut()) {
+                let taken = arena
+                    .redirects
+                    .iter()
+                    .any(|r| r.offset == offset && r.len == len);
+                if !taken {
+                    arena.redirects.push(Redirect {
+                        output: i,
+                        offset,
+                        len,
+                        address: data.as_mut_ptr() as usize,
+                    });
+                }
+            }
+        }
+        let result = self.execute(plan, inputs, &mut arena);
+        if result.is_ok() {
+            for (i, (_, loc, _, _)) in plan.outputs.iter().enumerate() {
+                if arena.redirects.iter().any(|r| r.output == i) {
+                    continue;
+                }
+                let (before, rest) = outputs.split_at_mut(i);
+                let same_value = arena.redirects.iter().find(|r| {
+                    Loc::Arena {
+                        offset: r.offset,
+                        len: r.len,
+                    } == *loc
+                });
+                match (same_value, rest[0].as_f32_mut()) {
+                    (Some(r), Some(dst)) => dst.copy_from_slice(
+                        before[r.output]
+                            .as_f32()
+                            .expect("redirected outputs are f32"),
+                    ),
+                    _ => self.copy_out(*loc, inputs, &arena, &mut rest[0]),
+                }
+            }
+        }
+        arena.redirects.clear();
         cached.arenas.lock().expect("arena pool lock").push(arena);
         result
     }
@@ -925,6 +986,7 @@ struct Memory<'r> {
     boxed_len: usize,
     inputs: &'r [&'r Tensor],
     weights: &'r [Arc<Tensor>],
+    redirects: &'r [Redirect],
     _arena: std::marker::PhantomData<&'r mut Arena>,
 }
 
@@ -934,14 +996,37 @@ impl<'r> Memory<'r> {
         inputs: &'r [&'r Tensor],
         weights: &'r [Arc<Tensor>],
     ) -> Memory<'r> {
+        let Arena {
+            f32,
+            boxed,
+            redirects,
+        } = arena;
         Memory {
-            f32_base: arena.f32.as_mut_ptr(),
-            f32_len: arena.f32.len(),
-            boxed_base: arena.boxed.as_mut_ptr(),
-            boxed_len: arena.boxed.len(),
+            f32_base: f32.as_mut_ptr(),
+            f32_len: f32.len(),
+            boxed_base: boxed.as_mut_ptr(),
+            boxed_len: boxed.len(),
+            redirects,
             inputs,
             weights,
             _arena: std::marker::PhantomData,
+        }
+    }
+
+    /// Where an arena range's storage is this run: a redirected output's
+    /// tensor, else the arena.
+    fn arena_ptr(&self, offset: usize, len: usize) -> *mut f32 {
+        match self
+            .redirects
+            .iter()
+            .find(|r| r.offset == offset && r.len == len)
+        {
+            Some(r) => r.address as *mut f32,
+            None => {
+                assert!(offset + len <= self.f32_len, "arena range out of bounds");
+                // SAFETY: in bounds (checked above).
+                unsafe { self.f32_base.add(offset) }
+            }
         }
     }
 
@@ -949,9 +1034,11 @@ impl<'r> Memory<'r> {
     fn f32(&self, loc: Loc) -> &'r [f32] {
         match loc {
             Loc::Arena { offset, len } => {
-                assert!(offset + len <= self.f32_len, "arena range out of bounds");
-                // SAFETY: in bounds (checked above); see the type's comment on aliasing.
-                unsafe { std::slice::from_raw_parts(self.f32_base.add(offset), len) }
+                // SAFETY: `len` floats at the pointer (an arena range checked
+                // in bounds, or an output tensor of exactly `len` floats that
+                // `run_into` borrows exclusively for the run); see the type's
+                // comment on aliasing.
+                unsafe { std::slice::from_raw_parts(self.arena_ptr(offset, len), len) }
             }
             other => self
                 .tensor(other)
@@ -966,9 +1053,8 @@ impl<'r> Memory<'r> {
         let Loc::Arena { offset, len } = loc else {
             unreachable!("f32 steps write to the arena")
         };
-        assert!(offset + len <= self.f32_len, "arena range out of bounds");
-        // SAFETY: in bounds (checked above); see the type's comment on aliasing.
-        unsafe { std::slice::from_raw_parts_mut(self.f32_base.add(offset), len) }
+        // SAFETY: as in `f32`.
+        unsafe { std::slice::from_raw_parts_mut(self.arena_ptr(offset, len), len) }
     }
 
     /// A value kept as a tensor (inputs, weights, boxed slots).
