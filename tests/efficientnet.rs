@@ -212,3 +212,83 @@ fn the_cli_prints_the_top_classes_by_name() {
     let p: f64 = lines[1].split_whitespace().next().unwrap().parse().unwrap();
     assert!(p > 0.5 && p <= 1.0, "{stdout}");
 }
+
+/// The passes on the real model with its weights bound, as `run` and
+/// `bench` compile it: every batch norm folds into its convolution (its
+/// scaled weights computed once, at compile time), every convolution
+/// followed by ReLU6 or a residual add becomes one `fused_conv2d`, and the
+/// interpreter on the optimised graph computes the unoptimised graph's
+/// logits (and the numpy reference's, within the model's tolerance).
+#[test]
+#[cfg_attr(
+    lamina_skip_efficientnet_tests,
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
+)]
+fn the_passes_fold_every_batch_norm_and_keep_the_logits() {
+    use lamina::interp;
+    use lamina::ir::{Bindings, Op};
+    use lamina::passes::{PassContext, PassManager};
+    use lamina::runtime::{bind_params, WeightFile};
+
+    let loaded = lamina::model::load(&model_dir().join("efficientnet_lite0.lam"))
+        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let weights = WeightFile::load(&cache().join("efficientnet_lite0.safetensors")).unwrap();
+    let params = bind_params(&loaded.graph, Some(&weights), &Bindings::new())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .values;
+    let mut optimised = loaded.graph.clone();
+    let report = PassManager::all()
+        .run(&mut optimised, &PassContext::with_params(&params), None)
+        .unwrap();
+    let count = |graph: &lamina::ir::Graph, name: &str| {
+        graph
+            .node_ids()
+            .filter(|&id| graph.node(id).op.name() == name)
+            .count()
+    };
+    // 49 batch norms before, none after; 49 convolutions: the 33 followed
+    // by ReLU6 and the 9 projections with a residual add fuse.
+    assert_eq!(count(&loaded.graph, "batch_norm"), 49);
+    assert_eq!(count(&optimised, "batch_norm"), 0, "{report}");
+    assert_eq!(count(&optimised, "fused_conv2d"), 33 + 9, "{report}");
+    assert_eq!(count(&optimised, "conv2d"), 49 - 33 - 9, "{report}");
+    let is_param_arithmetic = |id| {
+        let node = optimised.node(id);
+        node.op.is_elementwise()
+            && optimised
+                .inputs(id)
+                .iter()
+                .all(|&i| matches!(optimised.node(i).op, Op::Param(_) | Op::Constant(_)))
+    };
+    assert!(
+        !optimised.node_ids().any(is_param_arithmetic),
+        "parameter arithmetic left for run time:\n{}",
+        lamina::ir::printer::print(&optimised)
+    );
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0011);
+    let n = 3 * 224 * 224;
+    let x = Tensor::f32(
+        vec![1, 3, 224, 224],
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let x_path = dir.path().join("x.npy");
+    write_npy(&x_path, &x).unwrap();
+    let expected = reference(
+        &["--input", x_path.to_str().unwrap()],
+        &dir.path().join("ref.npy"),
+    );
+    let inputs = HashMap::from([("image".to_string(), x)]);
+    let run = |graph| {
+        let outputs = interp::run(graph, &params, &inputs, &Bindings::new()).unwrap();
+        outputs[1].1.clone()
+    };
+    let before = run(&loaded.graph);
+    let after = run(&optimised);
+    let drift = max_diff(&after, &before.to_f64_vec());
+    let diff = max_diff(&after, &expected);
+    eprintln!("after the passes: max logit drift {drift:e}, max |optimised - reference| {diff:e}");
+    assert!(drift <= 1e-4, "the passes moved a logit by {drift:e}");
+    assert!(diff <= TOLERANCE, "max |optimised - reference| = {diff:e}");
+}

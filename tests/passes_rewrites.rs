@@ -220,6 +220,70 @@ fn const_fold_rejects_parameter_values_of_the_wrong_shape() {
     );
 }
 
+// ---- fold-batch-norm --------------------------------------------------------
+
+/// conv2d (with its own bias) -> batch_norm -> relu6, as EfficientNet has them.
+fn conv_bn_relu6() -> lamina::ir::Graph {
+    use lamina::ir::ops::batch_norm::BatchNorm;
+    use lamina::ir::ops::window::{Padding2d, Window2d};
+    use lamina::ir::ops::Conv2d;
+    let mut b = Builder::new("conv_bn");
+    let x = b.input("x", "f32[batch, 1, 3, 3]");
+    let w = b.param("w", "f32[2, 1, 1, 1]");
+    let bias = b.param("b", "f32[2]");
+    let stats: Vec<_> = ["mean", "var", "gain", "beta"]
+        .iter()
+        .map(|n| b.param(n, "f32[2]"))
+        .collect();
+    let conv = Op::Conv2d(Conv2d {
+        window: Window2d {
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Padding2d::Same,
+        },
+        groups: 1,
+    });
+    let c = b.op(conv, &[x, w, bias]);
+    let bn = Op::BatchNorm(BatchNorm {
+        eps: lamina::ir::ops::Float(0.25),
+    });
+    let n = b.op(bn, &[c, stats[0], stats[1], stats[2], stats[3]]);
+    let y = b.op(unary(UnaryOp::Relu6), &[n]);
+    b.output("y", y);
+    b.finish()
+}
+
+#[test]
+fn fold_batch_norm_with_bound_values_leaves_one_fused_conv_with_constant_weights() {
+    let g = conv_bn_relu6();
+    let vector = |v: [f32; 2]| Tensor::f32(vec![2], v.to_vec());
+    let params = std::collections::HashMap::from([
+        ("w".to_string(), Tensor::f32(vec![2, 1, 1, 1], vec![2.0, -3.0])),
+        ("b".to_string(), vector([1.0, 0.5])),
+        ("mean".to_string(), vector([0.5, -1.0])),
+        // var + eps = 4 and 1: scales gain / 2 and gain / 1.
+        ("var".to_string(), vector([3.75, 0.75])),
+        ("gain".to_string(), vector([3.0, 0.5])),
+        ("beta".to_string(), vector([0.25, -2.0])),
+    ]);
+    let cx = lamina::passes::PassContext::with_params(&params);
+    let (after, report) = passes_support::optimize_in(&g, "all", &cx);
+    assert_eq!(count_ops(&after, "batch_norm"), 0);
+    assert_eq!(count_ops(&after, "fused_conv2d"), 1);
+    assert_eq!(after.node_count(), 4, "x, weights, bias and one fused_conv2d");
+    let fused = after.outputs[0].1;
+    let operands = after.inputs(fused);
+    // s = gain / sqrt(var + eps) = [1.5, 0.5]; w * s; beta - (mean - b) * s.
+    assert_eq!(constant_values(&after, operands[1]), vec![3.0, -1.5]);
+    assert_eq!(
+        constant_values(&after, operands[2]),
+        vec![0.25 - (0.5 - 1.0) * 1.5, -2.0 - (-1.0 - 0.5) * 0.5]
+    );
+    let steps: Vec<_> = report.steps.iter().map(|s| s.pass).collect();
+    assert!(steps.contains(&"fold-batch-norm"), "{steps:?}");
+    assert_snapshot!(passes_support::before_after_in(&g, "all", &cx));
+}
+
 // ---- simplify ---------------------------------------------------------------
 
 #[test]

@@ -13,13 +13,14 @@
 //! |---|---|---|
 //! | `dce` | `dce.rs` | removes nodes no output depends on |
 //! | `cse` | `cse.rs` | merges equal computations; constants by value |
+//! | `fold-batch-norm` | `fold_batch_norm.rs` | `batch_norm(conv2d(...))` -> the conv's weights and bias scaled |
 //! | `const-fold` | `const_fold.rs` | evaluates constant (and, with bound values, parameter-only) subgraphs |
 //! | `simplify` | `simplify.rs` | `x*1`, `x+0`, `x-x`, `x/c`, `neg(neg(x))`, permute/reshape chains |
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
 //! | `transpose-matmul` | `transpose_matmul.rs` | `a @ transpose(w)` -> `transpose_b` (and `transpose_a`) |
 //! | `fuse-linear` | `fuse_linear.rs` | matmul + bias + activation + residual -> `fused_linear` |
-//! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-conv` | `fuse_conv.rs` | conv2d + bias + activation + residual -> `fused_conv2d` |
+//! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
@@ -30,6 +31,7 @@ mod const_fold;
 mod cse;
 mod dce;
 mod edit;
+mod fold_batch_norm;
 mod fold_eval;
 mod fuse_conv;
 mod fuse_elementwise;
@@ -45,6 +47,7 @@ use std::fmt;
 pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
+pub use fold_batch_norm::FoldBatchNorm;
 pub use fuse_conv::{is_conv_activation, ConvFusion};
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
@@ -275,10 +278,15 @@ impl fmt::Display for PassReport {
 /// linear fusion sees plain weights, then fuse linear and convolution
 /// layers (and fold a product's scale into a linear layer) before
 /// elementwise fusion takes their bias adds, activations and scales.
+/// Batch norms fold into convolutions just before const-fold, which then
+/// computes the new weights in the same iteration: later, elementwise
+/// fusion would take that parameter arithmetic, which const-fold cannot
+/// evaluate.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
         Box::new(CommonSubexpressions),
+        Box::new(FoldBatchNorm),
         Box::new(ConstantFolding),
         Box::new(AlgebraicSimplification),
         Box::new(RecognizeNormalizations),
