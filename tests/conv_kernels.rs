@@ -3,7 +3,9 @@
 //! channel multipliers, plain groups), every padding form (explicit
 //! asymmetric sides, "valid", TensorFlow's "same"), with and without a
 //! bias; on every tier the CPU runs, against the interpreter, and bit for
-//! bit the same on 1 and 2 threads. Each case also checks that the
+//! bit the same on 1 and 2 threads; half the convolutions are
+//! `fused_conv2d` with an activation (in the GEMM epilogue or the pass
+//! after it) and a residual. Each case also checks that the
 //! intended kernel took the node (not the interpreter fallback).
 
 #[path = "common/random_values.rs"]
@@ -17,10 +19,10 @@ use std::collections::HashMap;
 use lamina::codegen::{Isa, Target};
 use lamina::interp;
 use lamina::ir::builder::GraphBuilder;
-use lamina::ir::ops::conv::Conv2d;
+use lamina::ir::ops::conv::{Conv2d, FusedConv2d};
 use lamina::ir::ops::pool::{Pool2d, PoolKind};
 use lamina::ir::ops::window::{Padding2d, Window2d};
-use lamina::ir::{Bindings, DType, Dim, Graph, Op, TensorType};
+use lamina::ir::{Bindings, DType, Dim, Graph, LinearEpilogue, Op, TensorType, UnaryOp};
 use lamina::runtime::exec::{CompileOptions, CompiledModel};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -62,28 +64,66 @@ fn window(rng: &mut ChaCha8Rng) -> Window2d {
     }
 }
 
+fn f32_type(shape: &[usize]) -> TensorType {
+    TensorType::new(DType::F32, shape.iter().map(|&d| Dim::known(d)).collect())
+}
+
+/// A graph of one node `op(x, weights..., [residual])`; with `fused`, the
+/// convolution becomes a `fused_conv2d` with that epilogue (its residual
+/// an input of the output's shape). `None` when the window does not fit
+/// the padded input.
 fn one_node(
-    name: &str,
     op: Op,
     x: Vec<usize>,
     weights: Vec<Vec<usize>>,
+    fused: Option<(Option<UnaryOp>, bool)>,
     rng: &mut ChaCha8Rng,
 ) -> Option<(Graph, HashMap<String, Tensor>, HashMap<String, Tensor>)> {
-    let mut b = GraphBuilder::new(name);
-    let ty = TensorType::new(DType::F32, x.iter().map(|&d| Dim::known(d)).collect());
-    let mut ids = vec![b.input("x", ty)];
+    let mut b = GraphBuilder::new("case");
+    let mut ids = vec![b.input("x", f32_type(&x))];
+    let mut inputs = HashMap::from([(
+        "x".to_string(),
+        random_values::random_tensor(rng, DType::F32, x.clone()),
+    )]);
+    let bias = weights.len() == 2;
     for (i, shape) in weights.into_iter().enumerate() {
         let value = random_values::random_tensor(rng, DType::F32, shape);
         ids.push(b.param(&format!("w{i}"), value));
     }
-    // Shapes whose window does not fit the padded input are skipped.
+    let op = match (op, fused) {
+        (Op::Conv2d(conv), Some((activation, residual))) => {
+            // The output's shape, from the plain convolution in a scratch graph.
+            let mut scratch = GraphBuilder::new("shape");
+            let mut scratch_ids = vec![scratch.input("x", f32_type(&x))];
+            for &id in &ids[1..] {
+                let ty = b.graph.node(id).ty.clone();
+                scratch_ids.push(scratch.param_decl(&format!("p{}", scratch_ids.len()), ty));
+            }
+            let y = scratch
+                .try_op(Op::Conv2d(conv.clone()), &scratch_ids)
+                .ok()?;
+            let out = scratch.graph.node(y).ty.known_shape().unwrap();
+            if residual {
+                ids.push(b.input("r", f32_type(&out)));
+                inputs.insert(
+                    "r".into(),
+                    random_values::random_tensor(rng, DType::F32, out),
+                );
+            }
+            Op::FusedConv2d(FusedConv2d {
+                conv,
+                epilogue: LinearEpilogue {
+                    bias,
+                    activation,
+                    residual,
+                },
+            })
+        }
+        (op, _) => op,
+    };
     let y = b.try_op(op, &ids).ok()?;
     b.output("y", y);
     let (graph, params) = b.finish();
-    let inputs = HashMap::from([(
-        "x".to_string(),
-        random_values::random_tensor(rng, DType::F32, x),
-    )]);
     Some((graph, params, inputs))
 }
 
@@ -171,8 +211,21 @@ fn cases() -> Vec<Case> {
                 )
             }
         };
-        let what = format!("{what}, x {x:?}, {win:?}");
-        let Some((graph, params, inputs)) = one_node("case", op, x, weights, r) else {
+        // Convolutions: half of them fused with an activation and a residual.
+        let fused = (kind < 3 && r.random_bool(0.5)).then(|| {
+            let activation = [
+                None,
+                Some(UnaryOp::Relu),
+                Some(UnaryOp::Relu6),
+                Some(UnaryOp::HardSigmoid),
+                Some(UnaryOp::HardSwish),
+                Some(UnaryOp::Sigmoid),
+                Some(UnaryOp::Tanh),
+            ][r.random_range(0..7)];
+            (activation, r.random_bool(0.5))
+        });
+        let what = format!("{what}, x {x:?}, {win:?}, epilogue {fused:?}");
+        let Some((graph, params, inputs)) = one_node(op, x, weights, fused, r) else {
             continue;
         };
         cases.push(Case {

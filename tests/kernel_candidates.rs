@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use lamina::codegen::{Isa, Target};
 use lamina::interp;
 use lamina::ir::builder::GraphBuilder;
-use lamina::ir::ops::conv::Conv2d;
+use lamina::ir::ops::batch_norm::BatchNorm;
+use lamina::ir::ops::conv::{Conv2d, FusedConv2d};
 use lamina::ir::ops::pool::{Pool2d, PoolKind};
 use lamina::ir::ops::window::{Padding2d, Window2d};
 use lamina::ir::ops::{
@@ -303,6 +304,22 @@ fn explicit(top: usize, left: usize, bottom: usize, right: usize) -> Padding2d {
 /// generated shapes.
 fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
     let conv = |window, groups| Op::Conv2d(Conv2d { window, groups });
+    // The variance (an input here) must be positive.
+    let mut batch_norm = sample(
+        "batch_norm",
+        Op::BatchNorm(BatchNorm { eps: Float(1e-3) }),
+        vec![
+            f32_in(&[2, 3, 4, 5]),
+            weight(&[3]),
+            f32_in(&[3]),
+            weight(&[3]),
+            weight(&[3]),
+        ],
+        r,
+    );
+    batch_norm
+        .inputs
+        .insert("x2".into(), Tensor::f32(vec![3], vec![0.5, 1.7, 0.01]));
     let pool = |kind, kernel, window| {
         Op::Pool2d(Pool2d {
             kind,
@@ -311,6 +328,7 @@ fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
         })
     };
     vec![
+        batch_norm,
         sample(
             "conv_pointwise_bias",
             conv(window([1, 1], [1, 1], explicit(0, 0, 0, 0)), 1),
@@ -345,6 +363,64 @@ fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
             "conv_depthwise_stride2_dilated",
             conv(window([2, 2], [2, 1], Padding2d::Same), 5),
             vec![f32_in(&[1, 5, 11, 10]), weight(&[5, 1, 5, 5])],
+            r,
+        ),
+        sample(
+            "fused_conv_relu6_residual",
+            Op::FusedConv2d(FusedConv2d {
+                conv: Conv2d {
+                    window: window([1, 1], [1, 1], explicit(0, 0, 0, 0)),
+                    groups: 1,
+                },
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::Relu6),
+                    residual: true,
+                },
+            }),
+            vec![
+                f32_in(&[1, 6, 5, 5]),
+                weight(&[8, 6, 1, 1]),
+                weight(&[8]),
+                f32_in(&[1, 8, 5, 5]),
+            ],
+            r,
+        ),
+        sample(
+            "fused_conv_sigmoid",
+            Op::FusedConv2d(FusedConv2d {
+                conv: Conv2d {
+                    window: window([1, 1], [1, 1], Padding2d::Same),
+                    groups: 1,
+                },
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::Sigmoid),
+                    residual: false,
+                },
+            }),
+            vec![f32_in(&[1, 3, 6, 7]), weight(&[4, 3, 3, 3]), weight(&[4])],
+            r,
+        ),
+        sample(
+            "fused_depthwise_hard_swish_residual",
+            Op::FusedConv2d(FusedConv2d {
+                conv: Conv2d {
+                    window: window([2, 2], [1, 1], Padding2d::Same),
+                    groups: 4,
+                },
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::HardSwish),
+                    residual: true,
+                },
+            }),
+            vec![
+                f32_in(&[1, 4, 7, 6]),
+                weight(&[4, 1, 3, 3]),
+                weight(&[4]),
+                f32_in(&[1, 4, 4, 3]),
+            ],
             r,
         ),
         sample(
@@ -503,4 +579,7 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
     assert_eq!(chosen("conv_channel_multiplier"), ["conv_gemm"]);
     assert_eq!(chosen("conv_depthwise_bias"), ["window2d"]);
     assert_eq!(chosen("max_pool_padded"), ["window2d"]);
+    assert_eq!(chosen("batch_norm"), ["batch_norm_affine"]);
+    assert_eq!(chosen("fused_conv_relu6_residual"), ["conv_gemm"]);
+    assert_eq!(chosen("fused_depthwise_hard_swish_residual"), ["window2d"]);
 }

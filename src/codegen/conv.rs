@@ -463,7 +463,37 @@ fn valid_range(
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
+/// Input rows up to this many floats are phase-split for strided windows
+/// (on the stack); wider ones take the strided loops.
+const PHASED_ROW_MAX: usize = 2048;
+
 impl Plane<'_> {
+    /// One tap's update of the outputs `outs` from the inputs `xs` (same length).
+    #[inline(always)]
+    fn update_contiguous<const FMA: bool>(&self, tap: usize, outs: &mut [f32], xs: &[f32]) {
+        match self.op {
+            WindowOp::Depthwise => {
+                let t = self.taps[tap];
+                for (o, &v) in outs.iter_mut().zip(xs) {
+                    *o = if FMA { t.mul_add(v, *o) } else { *o + t * v };
+                }
+            }
+            WindowOp::Max => {
+                for (o, &v) in outs.iter_mut().zip(xs) {
+                    // NaN wins, as the interpreter's nan_max.
+                    if v.is_nan() || v > *o {
+                        *o = v;
+                    }
+                }
+            }
+            WindowOp::Avg { .. } => {
+                for (o, &v) in outs.iter_mut().zip(xs) {
+                    *o += v;
+                }
+            }
+        }
+    }
+
     /// The loop nest, inlined into each tier's `target_feature` function.
     /// Per output row: every tap in order (rows, then columns) updates the
     /// outputs it reaches, a contiguous run of the row, so one output's
@@ -476,6 +506,12 @@ impl Plane<'_> {
         let [dh, dw] = g.dilation;
         let [pt, pl] = g.pad;
         let (h, w, out_w) = (g.in_h, g.in_w, g.out_w);
+        // A strided window reads every `sw`-th input: each input row is
+        // first split into its `sw` phases (phase p holds x[sw * i + p]),
+        // so that every tap reads a contiguous run the loops vectorise.
+        let phase_len = w.div_ceil(sw);
+        let mut phases = [0.0f32; PHASED_ROW_MAX];
+        let phased = sw > 1 && phase_len * sw <= PHASED_ROW_MAX;
         for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
             row.fill(match self.op {
                 WindowOp::Depthwise => self.bias,
@@ -490,6 +526,14 @@ impl Plane<'_> {
                 }
                 rows_in += 1;
                 let x_row = &self.x[iy * w..(iy + 1) * w];
+                if phased {
+                    for p in 0..sw {
+                        let phase = &mut phases[p * phase_len..(p + 1) * phase_len];
+                        for (d, &v) in phase.iter_mut().zip(x_row[p.min(w)..].iter().step_by(sw)) {
+                            *d = v;
+                        }
+                    }
+                }
                 for kx in 0..kw {
                     let (lo, hi) = valid_range(kx * dw, pl, sw, w, out_w);
                     if lo >= hi {
@@ -497,15 +541,22 @@ impl Plane<'_> {
                     }
                     let first = lo * sw + kx * dw - pl;
                     let outs = &mut row[lo..hi];
+                    if phased {
+                        // Inputs first, first + sw, ...: one phase, contiguous.
+                        let start = (first % sw) * phase_len + first / sw;
+                        let xs = &phases[start..start + outs.len()];
+                        self.update_contiguous::<FMA>(ky * kw + kx, outs, xs);
+                        continue;
+                    }
+                    if sw == 1 {
+                        let xs = &x_row[first..first + outs.len()];
+                        self.update_contiguous::<FMA>(ky * kw + kx, outs, xs);
+                        continue;
+                    }
                     match self.op {
                         WindowOp::Depthwise => {
                             let t = self.taps[ky * kw + kx];
-                            if sw == 1 {
-                                let xs = &x_row[first..first + outs.len()];
-                                for (o, &v) in outs.iter_mut().zip(xs) {
-                                    *o = if FMA { t.mul_add(v, *o) } else { *o + t * v };
-                                }
-                            } else {
+                            {
                                 let xs = x_row[first..].iter().step_by(sw);
                                 for (o, &v) in outs.iter_mut().zip(xs) {
                                     *o = if FMA { t.mul_add(v, *o) } else { *o + t * v };
@@ -575,4 +626,66 @@ mod tests {
             }
         }
     }
+}
+
+/// Operands of [`batch_norm`]: `x` and `out` are `[N, C, inner...]`, the
+/// four statistics `[C]`.
+pub struct BatchNormArgs<'a> {
+    pub x: &'a [f32],
+    pub mean: &'a [f32],
+    pub var: &'a [f32],
+    pub gain: &'a [f32],
+    pub bias: &'a [f32],
+    pub out: &'a mut [f32],
+}
+
+/// Inference batch normalisation over axis 1: per channel
+/// `(x - mean) * scale + bias`, `scale = gain / sqrt(var + eps)` computed
+/// in f64 and rounded once; channel planes split over threads.
+pub fn batch_norm(
+    args: BatchNormArgs<'_>,
+    eps: f64,
+    channels: usize,
+    inner: usize,
+    threads: &Threads,
+) -> Result<(), CodegenError> {
+    const NAME: &str = "batch_norm";
+    let BatchNormArgs {
+        x,
+        mean,
+        var,
+        gain,
+        bias,
+        out,
+    } = args;
+    for (what, v) in [("mean", mean), ("var", var), ("gain", gain), ("bias", bias)] {
+        check_len(NAME, what, v.len(), channels)?;
+    }
+    check_len(NAME, "the output", out.len(), x.len())?;
+    let plane = inner.max(1);
+    if channels == 0 || x.is_empty() || !x.len().is_multiple_of(channels * plane) {
+        return check_len(NAME, "the input", x.len(), 0);
+    }
+    let planes = x.len() / plane;
+    let shared = SharedMut(out.as_mut_ptr());
+    let run = |range: &std::ops::Range<usize>| {
+        for p in range.clone() {
+            let c = p % channels;
+            let scale = (f64::from(gain[c]) / (f64::from(var[c]) + eps).sqrt()) as f32;
+            let (m, b) = (mean[c], bias[c]);
+            // SAFETY: plane `p` (in bounds: `out` holds `planes * plane`,
+            // checked above) is written by this task alone; ranges are
+            // disjoint and `out` is exclusively borrowed for the call.
+            let dst = unsafe { std::slice::from_raw_parts_mut(shared.get().add(p * plane), plane) };
+            for (o, &v) in dst.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
+                *o = (v - m) * scale + b;
+            }
+        }
+    };
+    if threads.count() == 1 {
+        run(&(0..planes));
+    } else {
+        threads.for_each(&split_range(planes, 4 * threads.count(), 1), run);
+    }
+    Ok(())
 }

@@ -108,7 +108,9 @@ pub fn to_dot(graph: &Graph) -> String {
         let style = match node.op {
             Op::Input(_) => ", style=filled, fillcolor=\"#dbeafe\"",
             Op::Param(_) | Op::Constant(_) => ", style=filled, fillcolor=\"#f3f4f6\"",
-            Op::FusedLinear(_) | Op::FusedConv2d(_) | Op::FusedElementwise(_) => ", style=filled, fillcolor=\"#dcfce7\"",
+            Op::FusedLinear(_) | Op::FusedConv2d(_) | Op::FusedElementwise(_) => {
+                ", style=filled, fillcolor=\"#dcfce7\""
+            }
             _ => "",
         };
         writeln!(

@@ -168,7 +168,7 @@ impl Builder {
         if let Some(name) = self.declared.get(&key) {
             return name.clone();
         }
-        let name = self.names.fresh(hint);
+        let name = self.names.fresh_param(hint);
         self.params
             .push(format!("param {name}: {}", const_type(value)));
         self.weights.insert(name.clone(), Tensor::clone(value));

@@ -1165,7 +1165,6 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
         }
         "TopK" => {
             let x = x()?;
-            float_only(b, x)?;
             let k = if n.opset < 10 {
                 n.int("k", -1)
             } else {

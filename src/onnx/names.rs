@@ -90,10 +90,30 @@ pub fn sanitize(raw: &str) -> String {
     if name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert_str(0, "v");
     }
-    if AVOID.contains(&name.as_str()) {
+    if AVOID.contains(&name.as_str()) || crate::ir::ops::builtin(&name).is_some() {
         name.push('_');
     }
     name
+}
+
+/// `raw` as a lamina parameter path when it already is one: identifier
+/// segments joined by dots, segments after the first also plain indices
+/// (PyTorch's `encoder.layer.0.weight`). `None` for anything else.
+fn as_path(raw: &str) -> Option<&str> {
+    let mut segments = raw.split('.');
+    let head = segments.next()?;
+    let word = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut dotted = false;
+    for s in segments {
+        dotted = true;
+        if !(word(s) || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))) {
+            return None;
+        }
+    }
+    (dotted && word(head)).then_some(raw)
 }
 
 /// Hands out unique names.
@@ -103,6 +123,18 @@ pub struct Names {
 }
 
 impl Names {
+    /// A parameter's name: `raw` itself when it is a dotted path lamina
+    /// takes as it is (`encoder.layer.0.weight`) and not taken, else as
+    /// [`Names::fresh`].
+    pub fn fresh_param(&mut self, raw: &str) -> String {
+        if let Some(path) = as_path(raw) {
+            if self.used.insert(path.to_string()) {
+                return path.to_string();
+            }
+        }
+        self.fresh(raw)
+    }
+
     /// A fresh name derived from `raw`: `raw` sanitized, with `_2`, `_3`, ...
     /// appended when taken.
     pub fn fresh(&mut self, raw: &str) -> String {
@@ -134,6 +166,29 @@ mod tests {
         assert_eq!(sanitize("0"), "v0");
         assert_eq!(sanitize("output"), "output_");
         assert_eq!(sanitize(""), "v");
+    }
+
+    #[test]
+    fn dotted_parameter_names_are_kept_as_paths() {
+        let mut n = Names::default();
+        assert_eq!(
+            n.fresh_param("encoder.layer.0.weight"),
+            "encoder.layer.0.weight"
+        );
+        assert_eq!(n.fresh_param("model.norm.weight"), "model.norm.weight");
+        assert_eq!(
+            n.fresh_param("encoder.layer.0.weight"),
+            "encoder_layer_0_weight"
+        );
+        assert_eq!(
+            n.fresh_param("/layer.0/Constant_output_0"),
+            "layer_0_Constant_output_0"
+        );
+        assert_eq!(n.fresh_param("a..b"), "a_b");
+        assert_eq!(n.fresh_param("0.weight"), "v0_weight");
+        assert_eq!(n.fresh_param("plain"), "plain");
+        assert_eq!(sanitize("topk"), "topk_");
+        assert_eq!(sanitize("conv2d"), "conv2d_");
     }
 
     #[test]

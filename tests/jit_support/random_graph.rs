@@ -1029,8 +1029,7 @@ impl Gen {
             let bias = if self.rng.random_bool(0.8) {
                 Some(self.param(&[out_channels, 1, 1]))
             } else {
-                (out_shape[3].as_known() == Some(out_channels))
-                    .then(|| self.param(&[out_channels]))
+                (out_shape[3].as_known() == Some(out_channels)).then(|| self.param(&[out_channels]))
             };
             if let Some(bias) = bias {
                 y = self.binary(BinaryOp::Add, y, bias);
@@ -1040,7 +1039,10 @@ impl Gen {
             let [mean, var, gain, beta] = [0; 4].map(|_| self.param(&[out_channels]));
             let var = self.positive(var);
             let eps = [1e-5, 1e-3][self.rng.random_range(0..2)];
-            y = self.op(Op::BatchNorm(BatchNorm { eps: Float(eps) }), &[y, mean, var, gain, beta]);
+            y = self.op(
+                Op::BatchNorm(BatchNorm { eps: Float(eps) }),
+                &[y, mean, var, gain, beta],
+            );
         }
         if self.rng.random_bool(0.6) {
             let act = CONV_ACTIVATIONS[self.rng.random_range(0..CONV_ACTIVATIONS.len())];

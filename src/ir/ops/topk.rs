@@ -6,11 +6,10 @@
 
 use std::cmp::Ordering;
 
-use super::shape::{err, expect_axis, expect_dtype, ShapeError};
-use super::values::elements;
+use super::shape::{err, expect_axis, ShapeError};
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
 use crate::ir::{DType, Dim, TensorType};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TopK {
@@ -40,7 +39,9 @@ impl OpKind for TopK {
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let x = inputs[0];
-        expect_dtype("topk", "operand", x, DType::F32)?;
+        if !(x.dtype == DType::F32 || x.dtype.is_integer()) {
+            return err(format!("topk: ranks numbers (f32, i64, i32), got {x}"));
+        }
         expect_axis("topk", self.axis, x)?;
         if let Some(size) = x.shape[self.axis].as_known() {
             if self.k > size {
@@ -57,7 +58,19 @@ impl OpKind for TopK {
 
     fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
         let x = inputs[0];
-        let values = elements::<f32>("topk", x)?;
+        // The order of two positions of `x`, ascending (NaN above all).
+        let order_of: Box<dyn Fn(usize, usize) -> Ordering> = match x.data() {
+            TensorData::F32(v) => Box::new(move |a, b| ascending(v[a], v[b])),
+            TensorData::I64(v) => Box::new(move |a, b| v[a].cmp(&v[b])),
+            TensorData::I32(v) => Box::new(move |a, b| v[a].cmp(&v[b])),
+            TensorData::Bool(_) => {
+                return Err(EvalError::OperandDType {
+                    op: "topk",
+                    expected: DType::F32,
+                    actual: DType::Bool,
+                })
+            }
+        };
         let size = x.shape()[self.axis];
         if self.k > size {
             return Err(EvalError::Invalid {
@@ -74,14 +87,14 @@ impl OpKind for TopK {
         let mut order: Vec<usize> = Vec::with_capacity(size);
         for o in 0..outer {
             for i in 0..inner {
-                let at = |j: usize| values[(o * size + j) * inner + i];
+                let at = |j: usize| (o * size + j) * inner + i;
                 order.clear();
                 order.extend(0..size);
                 // A stable sort keeps equal values in position order.
                 if self.largest {
-                    order.sort_by(|&a, &b| ascending(at(b), at(a)));
+                    order.sort_by(|&a, &b| order_of(at(b), at(a)));
                 } else {
-                    order.sort_by(|&a, &b| ascending(at(a), at(b)));
+                    order.sort_by(|&a, &b| order_of(at(a), at(b)));
                 }
                 for (r, &j) in order.iter().take(self.k).enumerate() {
                     out[(o * self.k + r) * inner + i] = j as i64;
@@ -118,7 +131,6 @@ fn lower(_name: &str, args: &mut dyn CallArgs) -> Result<(Op, Vec<NodeId>), Pois
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::TensorData;
 
     #[test]
     fn best_first_with_ties_in_position_order() {
@@ -147,5 +159,14 @@ mod tests {
         .eval(&[&x], &[2, 5])
         .unwrap_err();
         assert!(e.to_string().contains("k = 5"), "{e}");
+        let ints = Tensor::i64(vec![5], vec![3, 9, 3, i64::MAX, -1]);
+        let top = TopK {
+            k: 3,
+            axis: 0,
+            largest: false,
+        }
+        .eval(&[&ints], &[3])
+        .unwrap();
+        assert_eq!(top.data(), &TensorData::I64(vec![4, 0, 2]));
     }
 }

@@ -24,7 +24,7 @@ use crate::codegen::conv::{conv_scratch_len, PostActivation, WindowGeometry, Win
 use crate::codegen::{
     elementwise_supports, Activation, Epilogue, InnerStride, Isa, PackLayout, RowOp,
 };
-use crate::ir::ops::conv::Conv2d;
+use crate::ir::ops::conv::{Conv2d, FusedConv2d};
 use crate::ir::ops::pool::PoolKind;
 use crate::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
@@ -108,6 +108,7 @@ pub(super) const CANDIDATES: &[&dyn KernelCandidate] = &[
     &BatchedGemm,
     &ConvGemm,
     &WindowKernel,
+    &BatchNormAffine,
     &ElementwiseJit,
     &RowJit,
     &StridedReduce,
@@ -301,6 +302,12 @@ impl ConvNode<'_> {
                 bias: operands == 3,
                 activation: None,
                 residual: None,
+            }),
+            Op::FusedConv2d(FusedConv2d { conv, epilogue }) => Some(ConvNode {
+                conv,
+                bias: epilogue.bias,
+                activation: epilogue.activation,
+                residual: epilogue.residual_operand(2),
             }),
             _ => None,
         }
@@ -537,6 +544,36 @@ impl KernelCandidate for WindowKernel {
             bias: conv.as_ref().filter(|c| c.bias).map(|_| site.at(2)),
             post,
             residual: conv.as_ref().and_then(|c| c.residual).map(|i| site.at(i)),
+            out: site.out(),
+        })
+    }
+}
+
+/// Inference `batch_norm` on f32: a per-channel scale and shift
+/// (`codegen::conv::batch_norm`), for the batch norms `fold-batch-norm`
+/// cannot fold into a convolution.
+struct BatchNormAffine;
+
+impl KernelCandidate for BatchNormAffine {
+    fn name(&self) -> &'static str {
+        "batch_norm_affine"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        matches!(site.node.op, Op::BatchNorm(_)).then_some(())?;
+        site.all_f32().then_some(site.numel() as u64 * 2)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let Op::BatchNorm(bn) = &site.node.op else {
+            unreachable!("cost accepted only batch_norm");
+        };
+        Ok(Step::BatchNorm {
+            eps: f64::from(bn.eps.0),
+            x: site.at(0),
+            stats: [site.at(1), site.at(2), site.at(3), site.at(4)],
+            channels: site.out_shape[1],
+            inner: site.out_shape[2..].iter().product(),
             out: site.out(),
         })
     }

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 
 use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
 
-use crate::codegen::conv::{conv2d_gemm, window2d, ConvArgs, WindowArgs};
+use crate::codegen::conv::{
+    batch_norm, conv2d_gemm, window2d, BatchNormArgs, ConvArgs, WindowArgs,
+};
 use crate::codegen::{
     BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackedB,
     PackedBRef, RowArgs, Target, TensorView, Threads,
@@ -918,6 +920,24 @@ impl CompiledModel {
                         out: mem.f32_mut(*out),
                     };
                     window2d(plan.kernels.library.isa(), *op, geometry, args, threads)?;
+                }
+                Step::BatchNorm {
+                    eps,
+                    x,
+                    stats: [mean, var, gain, bias],
+                    channels,
+                    inner,
+                    out,
+                } => {
+                    let args = BatchNormArgs {
+                        x: mem.f32(*x),
+                        mean: mem.f32(*mean),
+                        var: mem.f32(*var),
+                        gain: mem.f32(*gain),
+                        bias: mem.f32(*bias),
+                        out: mem.f32_mut(*out),
+                    };
+                    batch_norm(args, *eps, *channels, *inner, threads)?;
                 }
                 Step::Fallback {
                     op,

@@ -140,6 +140,16 @@ pub enum Step {
         residual: Option<Loc>,
         out: Loc,
     },
+    /// Inference batch norm (`codegen::conv::batch_norm`).
+    BatchNorm {
+        eps: f64,
+        x: Loc,
+        /// mean, var, gain, bias.
+        stats: [Loc; 4],
+        channels: usize,
+        inner: usize,
+        out: Loc,
+    },
     /// Anything without a native kernel runs on the interpreter's op.
     Fallback {
         op: Op,
