@@ -5,9 +5,14 @@ Builds the benchmark models of models/bench/ as ONNX graphs with the same
 shapes, and measures, each in its own processes:
 
   numpy (OpenBLAS)     sgemm, and the MLP written by hand
-  onnxruntime          sgemm, MLP, encoder block (1 and 2 intra-op threads)
-  tract (optional)     MLP, encoder block, when `pip install tract` works
+  onnxruntime          sgemm, MLP, encoder block, EfficientNet-Lite0 (1 and 2 intra-op threads)
+  tract (optional)     MLP, encoder block, EfficientNet-Lite0 (1 thread), when `pip install tract` works
   lamina               `lamina bench --json` (release build) on the same shapes
+
+EfficientNet-Lite0 (`--only efficientnet`, needs bash models/efficientnet_lite0/fetch.sh)
+is the real checkpoint: the ONNX graph is built by efficientnet_onnx.py from
+the same safetensors lamina's models/efficientnet_lite0/efficientnet_lite0.lam
+reads, and checked against lamina and reference.py's float64 logits first.
 
 Every measurement is the median of >= 5 separate processes (`--rounds`), each
 reporting the median of its own timed runs after a warm-up; rounds interleave
@@ -50,13 +55,22 @@ VENV = HERE / ".venv"
 REQUIRED = ["numpy", "onnxruntime", "onnx", "threadpoolctl", "safetensors"]
 OPTIONAL = ["tract"]
 LAMINA = REPO / "target" / "release" / "lamina"
+LAMINA_MODELS = {
+    "sgemm": REPO / "models" / "bench" / "sgemm.lam",
+    "mlp": REPO / "models" / "bench" / "mlp.lam",
+    "encoder": REPO / "models" / "bench" / "encoder.lam",
+    # Its weights are found through the model's own `weights "..."` line.
+    "efficientnet": REPO / "models" / "efficientnet_lite0" / "efficientnet_lite0.lam",
+}
 # `--lamina-before`: a second lamina binary measured in the same rounds.
 BEFORE = ""
 
 SGEMM_SIZES = [64, 128, 256, 512, 1024]
 MLP_BATCHES = [1, 8, 64, 256]
 ENCODER_BATCHES = [1, 8]
+EFFICIENTNET_BATCHES = [1, 8]
 THREADS = [1, 2]
+KINDS = ("sgemm", "mlp", "encoder", "efficientnet")
 
 # The shapes of models/bench/*.lam.
 MLP_DIMS = [784, 512, 512, 10]
@@ -187,7 +201,13 @@ def encoder_weights(np, seed: int = 2) -> dict:
 
 
 def onnx_model(kind: str, size: int, weights: dict):
-    """The ONNX graph of models/bench/<kind>.lam; batch dims are symbolic."""
+    """The ONNX graph of models/bench/<kind>.lam (or of EfficientNet-Lite0);
+    batch dims are symbolic."""
+    if kind == "efficientnet":
+        sys.path.insert(0, str(HERE))
+        import efficientnet_onnx
+
+        return efficientnet_onnx.build(weights).SerializeToString()
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -262,6 +282,11 @@ def onnx_model(kind: str, size: int, weights: dict):
 
 
 def weights_for(np, kind: str, size: int) -> dict:
+    if kind == "efficientnet":
+        sys.path.insert(0, str(HERE))
+        import efficientnet_onnx
+
+        return efficientnet_onnx.load_weights()
     if kind == "sgemm":
         rng = np.random.default_rng(3)
         return {"w": rng.uniform(-1, 1, (size, size)).astype(np.float32)}
@@ -276,6 +301,7 @@ def input_for(np, kind: str, size: int, seed: int = 0):
         "sgemm": (size, size),
         "mlp": (size, MLP_DIMS[0]),
         "encoder": (size, SEQ, D_MODEL),
+        "efficientnet": (size, 3, 224, 224),
     }[kind]
     return rng.uniform(-1, 1, shape).astype(np.float32)
 
@@ -286,6 +312,11 @@ def reference(np, kind: str, w: dict, x):
     w = {k: v.astype(np.float64) for k, v in w.items()}
     if kind == "sgemm":
         return x @ w["w"]
+    if kind == "efficientnet":
+        sys.path.insert(0, str(HERE))
+        import efficientnet_onnx
+
+        return efficientnet_onnx.reference_module().logits(x, w)
 
     def softmax(z):
         e = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -347,6 +378,27 @@ def time_runs(run, min_runs: int, min_time: float) -> dict:
     }
 
 
+def input_name(kind: str) -> str:
+    return "image" if kind == "efficientnet" else "x"
+
+
+def cached_onnx_model(kind: str, size: int, weights: dict) -> bytes:
+    """`onnx_model`, kept for EfficientNet (seconds to build) in the venv
+    folder between worker processes; rebuilt when the weights are newer."""
+    if kind != "efficientnet":
+        return onnx_model(kind, size, weights)
+    import efficientnet_onnx
+
+    path = VENV / "efficientnet_lite0.onnx"
+    if path.is_file() and path.stat().st_mtime >= efficientnet_onnx.WEIGHTS.stat().st_mtime:
+        return path.read_bytes()
+    data = onnx_model(kind, size, weights)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    part.write_bytes(data)
+    part.replace(path)
+    return data
+
+
 def worker(spec: dict) -> dict:
     """One measurement in this process; prints one JSON object."""
     import numpy as np
@@ -354,6 +406,7 @@ def worker(spec: dict) -> dict:
     kind, size, engine, threads = spec["kind"], spec["size"], spec["engine"], spec["threads"]
     w = weights_for(np, kind, size)
     x = input_for(np, kind, size)
+    name = input_name(kind)
     result = {}
     if engine == "numpy":
         from threadpoolctl import threadpool_info
@@ -381,7 +434,7 @@ def worker(spec: dict) -> dict:
     elif engine == "onnxruntime":
         import onnxruntime as ort
 
-        model = onnx_model(kind, size, w)
+        model = cached_onnx_model(kind, size, w)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -389,17 +442,17 @@ def worker(spec: dict) -> dict:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         start = time.perf_counter()
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        session.run(None, {"x": x})
+        session.run(None, {name: x})
         result["prepare_ms"] = (time.perf_counter() - start) * 1e3
         result["onnxruntime"] = ort.__version__
-        feed = {"x": x}
+        feed = {name: x}
 
         def run():
             session.run(None, feed)
     elif engine == "tract":
         import tract
 
-        model_bytes = onnx_model(kind, size, w)
+        model_bytes = cached_onnx_model(kind, size, w)
         with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
             f.write(model_bytes)
             f.flush()
@@ -428,20 +481,30 @@ def check_worker(spec: dict) -> dict:
     kind, size = spec["kind"], spec["size"]
     w = weights_for(np, kind, size)
     x = input_for(np, kind, size, seed=5)
+    name = input_name(kind)
     expected = reference(np, kind, w, x)
     scale = np.abs(expected).max()
-    session = ort.InferenceSession(onnx_model(kind, size, w), providers=["CPUExecutionProvider"])
-    ort_out = session.run(None, {"x": x})[0]
+    model = cached_onnx_model(kind, size, w)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    # EfficientNet's outputs are (probs, logits): compare the logits.
+    which = 1 if kind == "efficientnet" else 0
+    ort_out = session.run(None, {name: x})[which]
     with tempfile.TemporaryDirectory() as tmp:
-        save_file(w, f"{tmp}/w.safetensors")
         np.save(f"{tmp}/x.npy", x)
-        command = [spec["lamina"], "run", str(REPO / "models" / "bench" / f"{kind}.lam"),
-                   "--weights", f"{tmp}/w.safetensors", "--input", f"x={tmp}/x.npy",
-                   "--output", f"{tmp}/y.npy", "--threads", "2"]
+        if kind == "efficientnet":
+            command = [spec["lamina"], "run", str(LAMINA_MODELS["efficientnet"]),
+                       "--input", f"image={tmp}/x.npy", "--output-dir", f"{tmp}/out", "--threads", "2"]
+            result = f"{tmp}/out/logits.npy"
+        else:
+            save_file(w, f"{tmp}/w.safetensors")
+            command = [spec["lamina"], "run", str(LAMINA_MODELS[kind]),
+                       "--weights", f"{tmp}/w.safetensors", "--input", f"x={tmp}/x.npy",
+                       "--output", f"{tmp}/y.npy", "--threads", "2"]
+            result = f"{tmp}/y.npy"
         if kind == "sgemm":
             command += ["--bind", f"k={size}", "--bind", f"n={size}"]
         subprocess.run(command, check=True, capture_output=True)
-        lamina_out = np.load(f"{tmp}/y.npy")
+        lamina_out = np.load(result)
         errors = {
             "onnxruntime_max_err": float(np.abs(ort_out - expected).max() / scale),
             "lamina_max_err": float(np.abs(lamina_out - expected).max() / scale),
@@ -450,11 +513,11 @@ def check_worker(spec: dict) -> dict:
             import tract
 
             onnx_path = f"{tmp}/model.onnx"
-            Path(onnx_path).write_bytes(onnx_model(kind, size, w))
+            Path(onnx_path).write_bytes(model)
             inference = tract.onnx().load(onnx_path)
             inference.set_input_fact(0, ",".join(str(d) for d in x.shape) + ",f32")
             runnable = tract.runtime_for_name("default").prepare(inference.into_model())
-            tract_out = runnable.run([x])[0].to_numpy()
+            tract_out = runnable.run([x])[which].to_numpy()
             errors["tract_max_err"] = float(np.abs(tract_out - expected).max() / scale)
     return errors
 
@@ -486,13 +549,19 @@ def configurations(only: set, with_tract: bool, isas: list, before: str = "") ->
                 engines = ["onnxruntime"] + laminas + (["tract"] if with_tract and t == 1 else [])
                 for engine in engines:
                     configs.append({"kind": "encoder", "size": b, "threads": t, "engine": engine})
+    if "efficientnet" in only:
+        for b in EFFICIENTNET_BATCHES:
+            for t in THREADS:
+                engines = ["onnxruntime"] + laminas + (["tract"] if with_tract and t == 1 else [])
+                for engine in engines:
+                    configs.append({"kind": "efficientnet", "size": b, "threads": t, "engine": engine})
     return configs
 
 
 def lamina_command(config: dict, runs: int, min_time: float) -> list:
     kind, size = config["kind"], config["size"]
     binary = BEFORE if config["engine"].startswith("lamina-before") else str(LAMINA)
-    command = [binary, "bench", str(REPO / "models" / "bench" / f"{kind}.lam"), "--json",
+    command = [binary, "bench", str(LAMINA_MODELS[kind]), "--json",
                "--threads", str(config["threads"]), "--runs", str(runs), "--min-time", str(min_time)]
     if kind == "sgemm":
         command += ["--bind", f"m={size}", "--bind", f"k={size}", "--bind", f"n={size}"]
@@ -543,6 +612,11 @@ def key(c: dict) -> tuple:
 
 
 def flops(kind: str, size: int) -> float:
+    if kind == "efficientnet":
+        sys.path.insert(0, str(HERE))
+        import efficientnet_onnx
+
+        return float(size * efficientnet_onnx.flops_per_image())
     if kind == "sgemm":
         return 2.0 * size ** 3
     if kind == "mlp":
@@ -562,7 +636,7 @@ def summarize(samples: dict) -> dict:
                 row[field] = statistics.median(values)
         row["latency_us_spread"] = [min(r["latency_us_median"] for r in results),
                                     max(r["latency_us_median"] for r in results)]
-        for extra in ("blas", "onnxruntime", "numpy", "tract", "arena_bytes"):
+        for extra in ("blas", "onnxruntime", "numpy", "tract", "arena_bytes", "compile_breakdown_ms"):
             if extra in results[0]:
                 row[extra] = results[0][extra]
         out[k] = row
@@ -598,7 +672,8 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
                 lines.append(f"| {n} | {t} | {fmt(g['numpy'])} | {fmt(g['onnxruntime'])} | {fmt(g['lamina'])} | "
                              f"{fmt(ratio(g['lamina'], g['numpy']), 2)} | {fmt(ratio(g['lamina'], g['onnxruntime']), 2)} |")
         lines.append("")
-    for kind, sizes, name in (("mlp", MLP_BATCHES, "MLP 784-512-512-10"), ("encoder", ENCODER_BATCHES, "Encoder block (seq 128, d 256, 4 heads, FFN 1024)")):
+    for kind, sizes, name in (("mlp", MLP_BATCHES, "MLP 784-512-512-10"), ("encoder", ENCODER_BATCHES, "Encoder block (seq 128, d 256, 4 heads, FFN 1024)"),
+                              ("efficientnet", EFFICIENTNET_BATCHES, "EfficientNet-Lite0, 224 x 224 (real ImageNet checkpoint)")):
         if kind not in only:
             continue
         peers = ["onnxruntime"] + (["numpy"] if kind == "mlp" else []) + (["tract"] if with_tract else [])
@@ -616,10 +691,11 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
                 ratios = " | ".join(fmt(ratio(u, lam_us), 2) for u in peer_us)
                 lines.append(f"| {b} | {t} | {fmt(lam_us)} | {cells} | {fmt(gflops(kind, b, t, 'lamina'))} | {ratios} |")
         lines += ["", "(`peer / lamina` is lamina's speed relative to the peer: above 1, lamina is faster.)", ""]
-    for kind, sizes in (("sgemm", SGEMM_SIZES), ("mlp", MLP_BATCHES), ("encoder", ENCODER_BATCHES)):
+    for kind, sizes in (("sgemm", SGEMM_SIZES), ("mlp", MLP_BATCHES), ("encoder", ENCODER_BATCHES),
+                        ("efficientnet", EFFICIENTNET_BATCHES)):
         if kind not in only:
             continue
-        peers = ["onnxruntime"] + (["numpy"] if kind != "encoder" else []) + (["tract"] if with_tract and kind != "sgemm" else [])
+        peers = ["onnxruntime"] + (["numpy"] if kind in ("sgemm", "mlp") else []) + (["tract"] if with_tract and kind != "sgemm" else [])
         lines += [f"### {kind}, 1 thread: on-CPU time per run, microseconds (mean; robust to other jobs taking the CPU)", "",
                   f"| size | lamina us | lamina GFLOP/s | {' | '.join(f'{p} us' for p in peers)} | {' | '.join(f'{p} / lamina' for p in peers)} |",
                   "|---:|---:|---:|" + "---:|" * (2 * len(peers))]
@@ -631,14 +707,19 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
                          f"{' | '.join(fmt(ratio(c, lam), 2) for c in cpu)} |")
         lines.append("")
     compile_rows = []
-    for kind, size in (("mlp", 1), ("encoder", 1)):
+    for kind, size in (("mlp", 1), ("encoder", 1), ("efficientnet", 1)):
         lam = get(kind, size, 1, "lamina")
         ort = get(kind, size, 1, "onnxruntime")
+        trc = get(kind, size, 1, "tract")
         if lam:
-            compile_rows.append(f"| {kind} | {fmt(lam.get('compile_ms'), 2)} | {fmt(ort.get('prepare_ms') if ort else None, 2)} |")
+            parts = lam.get("compile_breakdown_ms") or {}
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+            compile_rows.append(f"| {kind} | {fmt(lam.get('compile_ms'), 2)} ({detail}) | "
+                                f"{fmt(ort.get('prepare_ms') if ort else None, 2)} | {fmt(trc.get('prepare_ms') if trc else None, 2)} |")
     if compile_rows:
-        lines += ["### Compile time, ms (lamina: parse to first plan; onnxruntime: session creation + first run)", "",
-                  "| model | lamina | onnxruntime |", "|---|---:|---:|", *compile_rows, ""]
+        lines += ["### Compile time, ms (lamina: parse to first plan, `lamina bench`'s breakdown; onnxruntime and tract: "
+                  "model load + session creation + first run)", "",
+                  "| model | lamina | onnxruntime | tract |", "|---|---:|---:|---:|", *compile_rows, ""]
     return "\n".join(lines)
 
 
@@ -692,7 +773,17 @@ def targets(summary: dict) -> str:
     check("MLP batch 64, 2 threads", lam and ort and f"{ort / lam:.2f}x onnxruntime throughput", ">= 0.6x", lam and ort and ort / lam >= 0.6)
     lam, ort = us("encoder", 1, 2, "lamina"), us("encoder", 1, 2, "onnxruntime")
     check("encoder batch 1, 2 threads", lam and ort and f"{ort / lam:.2f}x onnxruntime throughput", ">= 0.6x", lam and ort and ort / lam >= 0.6)
-    for kind, goal in (("mlp", 10), ("encoder", 30)):
+    for b in EFFICIENTNET_BATCHES:
+        for t in THREADS:
+            lam, ort = us("efficientnet", b, t, "lamina"), us("efficientnet", b, t, "onnxruntime")
+            check(f"EfficientNet-Lite0 batch {b}, {t} thread(s), vs onnxruntime",
+                  lam and ort and f"{ort / lam:.2f}x onnxruntime throughput ({lam / 1e3:.1f} vs {ort / 1e3:.1f} ms)",
+                  ">= 0.9x", lam and ort and ort / lam >= 0.9)
+        lam, trc = us("efficientnet", b, 1, "lamina"), us("efficientnet", b, 1, "tract")
+        check(f"EfficientNet-Lite0 batch {b}, 1 thread, vs tract",
+              lam and trc and f"{trc / lam:.2f}x tract throughput ({lam / 1e3:.1f} vs {trc / 1e3:.1f} ms)",
+              "> 1x", lam and trc and trc / lam > 1)
+    for kind, goal in (("mlp", 10), ("encoder", 30), ("efficientnet", 50)):
         row = summary.get((kind, 1, 1, "lamina"))
         c = row.get("compile_ms") if row else None
         check(f"compile time, {kind}", c and f"{c:.2f} ms", f"<= {goal} ms", c and c <= goal)
@@ -704,7 +795,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--check-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="sgemm,mlp,encoder", help="comma-separated: sgemm, mlp, encoder")
+    parser.add_argument("--only", default="sgemm,mlp,encoder", help="comma-separated: sgemm, mlp, encoder, "
+                        "efficientnet (needs bash models/efficientnet_lite0/fetch.sh; not in the default set)")
     parser.add_argument("--rounds", type=int, default=5, help="separate processes per measurement (>= 5 for a report)")
     parser.add_argument("--runs", type=int, default=20, help="minimum timed runs per process")
     parser.add_argument("--min-time", type=float, default=1.0, help="minimum timed seconds per process")
@@ -731,11 +823,11 @@ def main() -> None:
     if args.quick:
         args.rounds, args.min_time, args.runs = 1, 0.2, 5
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"sgemm", "mlp", "encoder"}
+    unknown = only - set(KINDS)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     isas = [s.strip() for s in args.isa.split(",") if s.strip()]
-    global SGEMM_SIZES, MLP_BATCHES, ENCODER_BATCHES
+    global SGEMM_SIZES, MLP_BATCHES, ENCODER_BATCHES, EFFICIENTNET_BATCHES
     for part in filter(None, (p.strip() for p in args.sizes.split(","))):
         kind, _, values = part.partition("=")
         sizes = [int(v) for v in values.split(":") if v]
@@ -745,6 +837,8 @@ def main() -> None:
             MLP_BATCHES = sizes
         elif kind == "encoder":
             ENCODER_BATCHES = sizes
+        elif kind == "efficientnet":
+            EFFICIENTNET_BATCHES = sizes
         else:
             parser.error(f"--sizes: unknown kind {kind}")
     BEFORE = args.lamina_before
@@ -763,7 +857,7 @@ def main() -> None:
 
     # The same function in every engine, before anything is timed.
     checks = {}
-    for kind, size in (("sgemm", 64), ("mlp", 4), ("encoder", 2)):
+    for kind, size in (("sgemm", 64), ("mlp", 4), ("encoder", 2), ("efficientnet", 2)):
         if kind in only:
             spec = {"kind": kind, "size": size, "lamina": str(LAMINA), "tract": with_tract and kind != "sgemm"}
             done = subprocess.run([str(venv_python()), __file__, "--check-worker", json.dumps(spec)],
