@@ -258,7 +258,10 @@ fn fold_batch_norm_with_bound_values_leaves_one_fused_conv_with_constant_weights
     let g = conv_bn_relu6();
     let vector = |v: [f32; 2]| Tensor::f32(vec![2], v.to_vec());
     let params = std::collections::HashMap::from([
-        ("w".to_string(), Tensor::f32(vec![2, 1, 1, 1], vec![2.0, -3.0])),
+        (
+            "w".to_string(),
+            Tensor::f32(vec![2, 1, 1, 1], vec![2.0, -3.0]),
+        ),
         ("b".to_string(), vector([1.0, 0.5])),
         ("mean".to_string(), vector([0.5, -1.0])),
         // var + eps = 4 and 1: scales gain / 2 and gain / 1.
@@ -270,7 +273,11 @@ fn fold_batch_norm_with_bound_values_leaves_one_fused_conv_with_constant_weights
     let (after, report) = passes_support::optimize_in(&g, "all", &cx);
     assert_eq!(count_ops(&after, "batch_norm"), 0);
     assert_eq!(count_ops(&after, "fused_conv2d"), 1);
-    assert_eq!(after.node_count(), 4, "x, weights, bias and one fused_conv2d");
+    assert_eq!(
+        after.node_count(),
+        4,
+        "x, weights, bias and one fused_conv2d"
+    );
     let fused = after.outputs[0].1;
     let operands = after.inputs(fused);
     // s = gain / sqrt(var + eps) = [1.5, 0.5]; w * s; beta - (mean - b) * s.

@@ -76,9 +76,8 @@ impl Pass for FoldBatchNorm {
             }
             let [mean, var, gain, beta] = [operands[1], operands[2], operands[3], operands[4]];
             let (x, w, bias) = (conv_operands[0], conv_operands[1], conv_operands.get(2));
-            let binary = |graph: &mut Graph, op, a, b| {
-                add_node(graph, name, Op::Binary(op), &[a, b], span)
-            };
+            let binary =
+                |graph: &mut Graph, op, a, b| add_node(graph, name, Op::Binary(op), &[a, b], span);
             // s = gain / sqrt(var + eps), one per output channel.
             let eps = add_constant(graph, Tensor::f32(vec![], vec![eps]), span);
             let shifted = binary(graph, BinaryOp::Add, var, eps)?;

@@ -111,8 +111,7 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) {
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -150,7 +149,12 @@ fn lamina_step(lamina: &Path, net: Net, steps: usize, dir: &Path) -> f64 {
         shape.extend(net.row());
         let xs = dir.join(format!("{}_{batches}_x.npy", net.name()));
         let ys = dir.join(format!("{}_{batches}_y.npy", net.name()));
-        write_npy(&xs, "<f4", &shape, &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        write_npy(
+            &xs,
+            "<f4",
+            &shape,
+            &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        );
         let labels: Vec<u8> = y.iter().flat_map(|&v| i64::from(v).to_le_bytes()).collect();
         write_npy(&ys, "<i8", &[rows], &labels);
         let before = children_cpu_seconds();
@@ -162,7 +166,14 @@ fn lamina_step(lamina: &Path, net: Net, steps: usize, dir: &Path) -> f64 {
             .arg("--labels")
             .arg(&ys)
             .args(["--epochs", "1", "--batch", &net.batch().to_string()])
-            .args(["--optimizer", "sgd", "--lr", &LR.to_string(), "--val-split", "0"])
+            .args([
+                "--optimizer",
+                "sgd",
+                "--lr",
+                &LR.to_string(),
+                "--val-split",
+                "0",
+            ])
             .args(["--threads", "1", "--quiet", "--out"])
             .arg(dir.join("weights.safetensors"))
             .output()
@@ -320,12 +331,7 @@ fn numpy_step(net: Net, steps: usize) -> Option<f64> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let at = text.find("\"median_ms\": ")? + "\"median_ms\": ".len();
-    text[at..]
-        .split([',', '}'])
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    text[at..].split([',', '}']).next()?.trim().parse().ok()
 }
 
 fn main() {
@@ -388,7 +394,9 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!();
-    println!("| network | batch | lamina ms | candle ms | numpy ms | candle / lamina | numpy / lamina |");
+    println!(
+        "| network | batch | lamina ms | candle ms | numpy ms | candle / lamina | numpy / lamina |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (net, l, c, n) in results {
         let (l, c) = (median(l), median(c));

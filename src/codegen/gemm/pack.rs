@@ -156,8 +156,13 @@ impl<'a> MatrixRef<'a> {
 
 /// An assembled packing transpose (`wide::assemble_transpose`): `(src,
 /// src_ld_bytes, dst, dst_stride_bytes, blocks)`.
-pub(crate) type TransposeFn =
-    unsafe extern "C" fn(src: *const f32, src_ld: usize, dst: *mut f32, dst_stride: usize, blocks: usize);
+pub(crate) type TransposeFn = unsafe extern "C" fn(
+    src: *const f32,
+    src_ld: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    blocks: usize,
+);
 
 /// The AVX-512 tier's packing transposes: of 12 rows (A panels) and of 16
 /// (half a B panel from a transposed source).
@@ -184,10 +189,18 @@ pub(crate) fn pack_a_panel_with(
             let start = i0 * a.ld + k0;
             // The kernel reads rows i0..i0 + 12, columns k0..k0 + 16 * blocks
             // of A and writes 16 * blocks rows of 12 to dst.
-            assert!(start + 11 * a.ld + 16 * blocks <= a.data.len() && blocks * 16 * 12 <= dst.len());
+            assert!(
+                start + 11 * a.ld + 16 * blocks <= a.data.len() && blocks * 16 * 12 <= dst.len()
+            );
             // SAFETY: both ranges are in bounds (checked above).
             unsafe {
-                (t.rows12)(a.data[start..].as_ptr(), a.ld * 4, dst.as_mut_ptr(), 48, blocks);
+                (t.rows12)(
+                    a.data[start..].as_ptr(),
+                    a.ld * 4,
+                    dst.as_mut_ptr(),
+                    48,
+                    blocks,
+                );
             }
             for kk in blocks * 16..kc {
                 for i in 0..12 {
@@ -489,7 +502,12 @@ impl<'a> PackedBRef<'a> {
         if scratch.len() < len {
             return Err(CodegenError::shape(
                 "pack_b",
-                format!("scratch holds {} f32, packing a {}x{} B needs {len}", scratch.len(), b.rows, b.cols),
+                format!(
+                    "scratch holds {} f32, packing a {}x{} B needs {len}",
+                    scratch.len(),
+                    b.rows,
+                    b.cols
+                ),
             ));
         }
         let dst = &mut scratch[..len];
