@@ -1,6 +1,6 @@
 """Shared fixtures for the lamina Python module's tests.
 
-Run from the repository root: `bash test.sh` (all tests), or after
+Run from the repository root: README's test command (all tests), or after
 `bash python/build.sh`: `.venv/bin/python -m pytest python/tests`.
 
 A test that needs the fetched MiniLM checkpoint (`bash models/minilm/fetch.sh`)
