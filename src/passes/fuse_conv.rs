@@ -26,21 +26,13 @@
 //! way, so the pass reaches the same result however often it runs. A
 //! convolution nothing joins stays a `conv2d`.
 
-use super::edit::{add_node, depends_on, is_weight, replace, sole_user};
+use super::edit::{add_node, is_weight, replace};
+use super::epilogue::{self, Stage};
 use super::{Pass, PassContext, PassError, Steps};
 use crate::ir::ops::{Conv2d, FusedConv2d, Reshape};
-use crate::ir::{BinaryOp, DType, Dim, Graph, LinearEpilogue, NodeId, Op, UnaryOp};
+use crate::ir::{DType, Dim, Graph, LinearEpilogue, NodeId, Op, UnaryOp};
 
 pub struct ConvFusion;
-
-/// The epilogue parts still open, in the order the epilogue applies them.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
-    Bias,
-    Activation,
-    Residual,
-    Done,
-}
 
 /// Where the chain's bias comes from.
 #[derive(Clone, Copy)]
@@ -60,7 +52,6 @@ struct Chain {
     residual: Option<NodeId>,
     /// The last node of the chain, whose readers the fused node takes over.
     last: NodeId,
-    absorbed: usize,
 }
 
 /// Activations a convolution's epilogue may take.
@@ -155,88 +146,43 @@ fn is_channel_bias(ty: &crate::ir::TensorType, channels: &Dim) -> bool {
 /// The convolution layer starting at `id`, if at least one epilogue op can join it.
 fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
     let ins = graph.inputs(id);
-    let (mut chain, mut stage) = match &graph.node(id).op {
+    let (conv, bias, activation, stage) = match &graph.node(id).op {
         Op::Conv2d(conv) => {
-            let bias = ins.get(2).map(|&b| Bias::Own(b));
-            let fresh = Chain {
-                x: ins[0],
-                w: ins[1],
-                conv: conv.clone(),
-                bias,
-                activation: None,
-                residual: None,
-                last: id,
-                absorbed: 0,
-            };
+            let bias = ins.get(2).copied();
             let stage = if bias.is_some() {
                 Stage::Activation
             } else {
                 Stage::Bias
             };
-            (fresh, stage)
+            (conv.clone(), bias, None, stage)
         }
-        Op::FusedConv2d(FusedConv2d { conv, epilogue }) => {
-            let stage = if epilogue.residual {
-                Stage::Done
-            } else if epilogue.activation.is_some() {
-                Stage::Residual
-            } else if epilogue.bias {
-                Stage::Activation
-            } else {
-                Stage::Bias
-            };
-            let existing = Chain {
-                x: ins[0],
-                w: ins[1],
-                conv: conv.clone(),
-                bias: epilogue.bias_operand(2).map(|i| Bias::Own(ins[i])),
-                activation: epilogue.activation,
-                residual: None,
-                last: id,
-                absorbed: 0,
-            };
-            (existing, stage)
-        }
+        Op::FusedConv2d(FusedConv2d { conv, epilogue }) => (
+            conv.clone(),
+            epilogue.bias_operand(2).map(|i| ins[i]),
+            epilogue.activation,
+            Stage::after(epilogue),
+        ),
         _ => return None,
     };
-    if !is_weight(graph, chain.w) {
+    let (x, w) = (ins[0], ins[1]);
+    if !is_weight(graph, w) {
         return None;
     }
-    let out_ty = graph.node(id).ty.clone();
-    let channels = out_ty.shape.get(1)?.clone();
-    while stage != Stage::Done {
-        let Some(user) = sole_user(graph, chain.last) else {
-            break;
-        };
-        match &graph.node(user).op {
-            Op::Binary(BinaryOp::Add) if stage <= Stage::Residual => {
-                let other = match graph.inputs(user).as_slice() {
-                    [p, q] if *p == chain.last && *q != chain.last => *q,
-                    [p, q] if *q == chain.last && *p != chain.last => *p,
-                    _ => break,
-                };
-                let other_ty = &graph.node(other).ty;
-                if graph.node(user).ty != out_ty || depends_on(graph, other, chain.last) {
-                    break;
-                }
-                if stage == Stage::Bias && is_channel_bias(other_ty, &channels) {
-                    chain.bias = Some(Bias::Added(other));
-                    stage = Stage::Activation;
-                } else if *other_ty == out_ty {
-                    chain.residual = Some(other);
-                    stage = Stage::Done;
-                } else {
-                    break;
-                }
-            }
-            Op::Unary(act) if is_conv_activation(*act) && stage <= Stage::Activation => {
-                chain.activation = Some(*act);
-                stage = Stage::Residual;
-            }
-            _ => break,
-        }
-        chain.last = user;
-        chain.absorbed += 1;
-    }
-    (chain.absorbed > 0).then_some(chain)
+    let channels = graph.node(id).ty.shape.get(1)?.clone();
+    let found = epilogue::walk(
+        graph,
+        id,
+        stage,
+        |ty| is_channel_bias(ty, &channels),
+        is_conv_activation,
+    );
+    (found.count > 0).then(|| Chain {
+        x,
+        w,
+        conv,
+        bias: found.bias.map(Bias::Added).or(bias.map(Bias::Own)),
+        activation: found.activation.or(activation),
+        residual: found.residual,
+        last: found.last,
+    })
 }

@@ -21,21 +21,13 @@
 //! An existing `fused_linear` whose epilogue has room is extended the same
 //! way, so the pass reaches the same result however often it runs.
 
-use super::edit::{add_node, depends_on, is_weight, replace, sole_user};
+use super::edit::{add_node, is_weight, replace};
+use super::epilogue::{self, Stage};
 use super::{Pass, PassContext, PassError, Steps};
 use crate::ir::ops::{FusedLinear, MatMul};
-use crate::ir::{BinaryOp, DType, Graph, LinearEpilogue, NodeId, Op};
+use crate::ir::{Graph, LinearEpilogue, NodeId, Op};
 
 pub struct LinearFusion;
-
-/// The epilogue parts still open, in the order the epilogue applies them.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
-    Bias,
-    Activation,
-    Residual,
-    Done,
-}
 
 struct Chain {
     a: NodeId,
@@ -46,7 +38,6 @@ struct Chain {
     residual: Option<NodeId>,
     /// The last node of the chain, whose readers the fused node takes over.
     last: NodeId,
-    absorbed: usize,
 }
 
 impl Pass for LinearFusion {
@@ -109,96 +100,42 @@ fn chain_kind(chain: &Chain) -> String {
 
 /// The linear layer starting at `id`, if at least one epilogue op can join it.
 fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
-    if !matches!(graph.node(id).op, Op::MatMul(_) | Op::FusedLinear(_)) {
-        return None;
-    }
     let ins = graph.inputs(id);
-    let (a, b) = (ins[0], ins[1]);
-    let (mut chain, mut stage) = match &graph.node(id).op {
+    let (transpose_b, bias, activation, stage) = match &graph.node(id).op {
         Op::MatMul(MatMul {
             transpose_a: false,
             transpose_b,
-        }) => {
-            let fresh = Chain {
-                a,
-                b,
-                transpose_b: *transpose_b,
-                bias: None,
-                activation: None,
-                residual: None,
-                last: id,
-                absorbed: 0,
-            };
-            (fresh, Stage::Bias)
-        }
+        }) => (*transpose_b, None, None, Stage::Bias),
         Op::FusedLinear(FusedLinear {
             transpose_b,
             epilogue,
-        }) => {
-            let stage = if epilogue.residual {
-                Stage::Done
-            } else if epilogue.activation.is_some() {
-                Stage::Residual
-            } else if epilogue.bias {
-                Stage::Activation
-            } else {
-                Stage::Bias
-            };
-            let existing = Chain {
-                a,
-                b,
-                transpose_b: *transpose_b,
-                bias: epilogue.bias.then(|| ins[2]),
-                activation: epilogue.activation,
-                residual: None,
-                last: id,
-                absorbed: 0,
-            };
-            (existing, stage)
-        }
+        }) => (
+            *transpose_b,
+            epilogue.bias.then(|| ins[2]),
+            epilogue.activation,
+            Stage::after(epilogue),
+        ),
         _ => return None,
     };
+    let (a, b) = (ins[0], ins[1]);
     if !is_weight(graph, b) || graph.node(b).ty.rank() != 2 {
         return None;
     }
-    let out_ty = graph.node(id).ty.clone();
-    let n = out_ty.shape.last()?.clone();
-    while stage != Stage::Done {
-        let Some(user) = sole_user(graph, chain.last) else {
-            break;
-        };
-        match &graph.node(user).op {
-            Op::Binary(BinaryOp::Add) if stage <= Stage::Residual => {
-                let other = match graph.inputs(user).as_slice() {
-                    [p, q] if *p == chain.last && *q != chain.last => *q,
-                    [p, q] if *q == chain.last && *p != chain.last => *p,
-                    _ => break,
-                };
-                let other_ty = &graph.node(other).ty;
-                if other_ty.dtype != DType::F32
-                    || graph.node(user).ty != out_ty
-                    || depends_on(graph, other, chain.last)
-                {
-                    break;
-                }
-                if stage == Stage::Bias && other_ty.shape == [n.clone()] {
-                    chain.bias = Some(other);
-                    stage = Stage::Activation;
-                } else if *other_ty == out_ty {
-                    chain.residual = Some(other);
-                    stage = Stage::Done;
-                } else {
-                    break;
-                }
-            }
-            Op::Unary(act) if act.is_activation() && stage <= Stage::Activation => {
-                chain.activation = Some(*act);
-                stage = Stage::Residual;
-            }
-            _ => break,
-        }
-        chain.last = user;
-        chain.absorbed += 1;
-    }
-    (chain.absorbed > 0).then_some(chain)
+    let n = graph.node(id).ty.shape.last()?.clone();
+    let found = epilogue::walk(
+        graph,
+        id,
+        stage,
+        |ty| ty.shape == [n.clone()],
+        |act| act.is_activation(),
+    );
+    (found.count > 0).then(|| Chain {
+        a,
+        b,
+        transpose_b,
+        bias: found.bias.or(bias),
+        activation: found.activation.or(activation),
+        residual: found.residual,
+        last: found.last,
+    })
 }

@@ -31,6 +31,7 @@ mod const_fold;
 mod cse;
 mod dce;
 mod edit;
+mod epilogue;
 mod fold_batch_norm;
 mod fold_eval;
 mod fuse_conv;
