@@ -18,7 +18,7 @@ use lamina::ir::builder::GraphBuilder;
 use lamina::ir::ops::batch_norm::BatchNorm;
 use lamina::ir::ops::conv::{Conv2d, FusedConv2d};
 use lamina::ir::ops::pool::{Pool2d, PoolKind};
-use lamina::ir::ops::window::{Padding2d, Window2d};
+use lamina::ir::ops::window::{DataLayout, Padding2d, Window2d};
 use lamina::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
     Reduce, Slice, Softmax,
@@ -286,6 +286,7 @@ fn window(stride: [usize; 2], dilation: [usize; 2], padding: Padding2d) -> Windo
         stride,
         dilation,
         padding,
+        layout: DataLayout::Nchw,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::codegen::{
 };
 use crate::ir::ops::conv::{Conv2d, FusedConv2d};
 use crate::ir::ops::pool::PoolKind;
+use crate::ir::ops::window::DataLayout;
 use crate::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
     Reduce, Slice, Softmax,
@@ -295,8 +296,10 @@ pub(super) struct ConvNode<'n> {
 }
 
 impl ConvNode<'_> {
+    /// `None` for anything else, and for NHWC convolutions: the kernels
+    /// here read NCHW (NHWC nodes run on the interpreter candidate).
     pub(super) fn of(op: &Op, operands: usize) -> Option<ConvNode<'_>> {
-        match op {
+        let conv = match op {
             Op::Conv2d(conv) => Some(ConvNode {
                 conv,
                 bias: operands == 3,
@@ -310,7 +313,8 @@ impl ConvNode<'_> {
                 residual: epilogue.residual_operand(2),
             }),
             _ => None,
-        }
+        }?;
+        (conv.conv.window.layout == DataLayout::Nchw).then_some(conv)
     }
 
     /// The geometry for these concrete shapes (the shape rule accepted them).
@@ -477,6 +481,9 @@ impl WindowKernel {
         }
         let x = site.in_shape(0);
         if let Op::Pool2d(pool) = &site.node.op {
+            if pool.window.layout != DataLayout::Nchw {
+                return None;
+            }
             let pad = |axis: usize| {
                 pool.window
                     .pads(axis, x[2 + axis], pool.kernel[axis])
