@@ -384,6 +384,7 @@ fn nhwc_cases() -> Vec<(
                     stride: [[1, 2][i % 2], [1, 2][(i / 2) % 2]],
                     dilation: if i % 5 == 0 { [2, 2] } else { [1, 1] },
                     padding: paddings[i % paddings.len()],
+                    layout: DataLayout::Nchw,
                 };
                 let x = vec![batch, c, h, w];
                 cases.push(match kind {
