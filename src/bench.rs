@@ -43,7 +43,7 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Keep the parameter values after compiling, for [`Workload::profile`].
     pub keep_params: bool,
-    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of physical RAM.
+    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of the RAM the process may use.
     pub max_memory: Option<usize>,
     /// The kernel tier (`None`: `LAMINA_ISA`, else the CPU's best).
     pub isa: Option<Isa>,

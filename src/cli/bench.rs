@@ -36,7 +36,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
     /// Most memory the model may use (parameters, inputs, intermediate values), e.g. 512M or 8G
-    /// [default: 3/4 of physical RAM].
+    /// [default: 3/4 of the RAM this process may use: physical RAM or its cgroup limit].
     #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
     max_memory: Option<usize>,
     /// Time at least this many runs (after the warm-up).

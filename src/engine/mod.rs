@@ -104,7 +104,7 @@ pub struct Options {
     /// or input fixes.
     pub bind: Vec<(String, usize)>,
     /// Most bytes the model may hold at once (parameters, intermediate
-    /// values); `None` is three quarters of physical RAM. A model that needs
+    /// values); `None` is three quarters of the RAM the process may use (physical RAM or its cgroup limit). A model that needs
     /// more is an error naming its largest tensors, not an abort.
     pub max_memory: Option<usize>,
     /// The JIT's kernel tier (`None`: `LAMINA_ISA` when set, else the best
