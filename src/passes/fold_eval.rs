@@ -201,9 +201,9 @@ fn merge_axes<const N: usize>(
         if d == 1 {
             continue;
         }
-        let joins = dims.last().is_some_and(|_| {
-            (0..N).all(|i| merged[i].last() == Some(&(steps[i][k] * d)))
-        });
+        let joins = dims
+            .last()
+            .is_some_and(|_| (0..N).all(|i| merged[i].last() == Some(&(steps[i][k] * d))));
         if joins {
             *dims.last_mut().expect("checked above") *= d;
             for (m, s) in merged.iter_mut().zip(&steps) {
@@ -402,7 +402,13 @@ mod tests {
         let lead = out.len() - shape.len();
         let own = strides(shape);
         let offset: usize = (0..shape.len())
-            .map(|k| if shape[k] == 1 { 0 } else { index[lead + k] * own[k] })
+            .map(|k| {
+                if shape[k] == 1 {
+                    0
+                } else {
+                    index[lead + k] * own[k]
+                }
+            })
             .sum();
         values[offset]
     }
@@ -432,10 +438,17 @@ mod tests {
             let want: Vec<f32> = (0..len(out))
                 .map(|i| naive(&av, sa, out, i) - naive(&bv, sb, out, i))
                 .collect();
-            assert_eq!(got.as_f32().expect("f32"), &want[..], "{sa:?} - {sb:?} -> {out:?}");
+            assert_eq!(
+                got.as_f32().expect("f32"),
+                &want[..],
+                "{sa:?} - {sb:?} -> {out:?}"
+            );
         }
         let a = Tensor::f32(vec![2, 3], vec![0.0; 6]);
         let b = Tensor::f32(vec![2], vec![0.0; 2]);
-        assert!(binary(BinaryOp::Add, &a, &b, &[2, 3]).is_none(), "2 does not broadcast to 3");
+        assert!(
+            binary(BinaryOp::Add, &a, &b, &[2, 3]).is_none(),
+            "2 does not broadcast to 3"
+        );
     }
 }
