@@ -9,9 +9,7 @@
 //!   panels (`PackedBRef::pack_rows_into_for`, with a row of ones meeting
 //!   the bias column), never into an im2col matrix. The bias thus sits in
 //!   every output's FMA chain, and the GEMM epilogue applies the
-//!   activation and residual; activations it lacks (relu6, hard_sigmoid,
-//!   hard_swish) run as a pass over each image's rows right after its
-//!   GEMM, while they are in cache.
+//!   activation and residual.
 //! - [`window2d`]: depthwise convolution (one input channel per group),
 //!   max and average pooling, as one loop nest over each output plane,
 //!   vectorised along the output width: in NCHW, a channel's taps at one
@@ -71,8 +69,7 @@ impl WindowGeometry {
     }
 }
 
-/// An activation applied after the product, in Rust: the ones the GEMM
-/// epilogue lacks, and all of them for the window kernels. Each is
+/// An activation applied after a window kernel's loops, in Rust. Each is
 /// computed in f64 and rounded once, like the interpreter's `unary`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PostActivation {
@@ -117,8 +114,16 @@ impl PostActivation {
                     x
                 }
             }
-            // Clamping is exact in f32.
-            PostActivation::Relu6 => relu6(f64::from(x)) as f32,
+            // Clamping is exact: in f32 it gives the f64 result's bits.
+            PostActivation::Relu6 => {
+                if x < 0.0 {
+                    0.0
+                } else if x > 6.0 {
+                    6.0
+                } else {
+                    x
+                }
+            }
             PostActivation::HardSigmoid => (relu6(f64::from(x) + 3.0) / 6.0) as f32,
             PostActivation::HardSwish => {
                 let x = f64::from(x);
@@ -130,11 +135,26 @@ impl PostActivation {
     }
 
     /// `row = act(row) + residual` (each step rounded, as the unfused ops).
-    fn finish(activation: Option<Self>, row: &mut [f32], residual: Option<&[f32]>) {
-        if let Some(act) = activation {
-            for v in row.iter_mut() {
-                *v = act.apply(*v);
-            }
+    /// Inlined so a kernel's `target_feature` tier vectorises it.
+    #[inline(always)]
+    pub(crate) fn finish(activation: Option<Self>, row: &mut [f32], residual: Option<&[f32]>) {
+        // One loop per activation, so each is a loop without a branch on
+        // the kind (the clamps vectorise).
+        macro_rules! each {
+            ($act:expr) => {
+                for v in row.iter_mut() {
+                    *v = $act.apply(*v);
+                }
+            };
+        }
+        match activation {
+            None => {}
+            Some(PostActivation::Relu) => each!(PostActivation::Relu),
+            Some(PostActivation::Relu6) => each!(PostActivation::Relu6),
+            Some(PostActivation::HardSigmoid) => each!(PostActivation::HardSigmoid),
+            Some(PostActivation::HardSwish) => each!(PostActivation::HardSwish),
+            Some(PostActivation::Sigmoid) => each!(PostActivation::Sigmoid),
+            Some(PostActivation::Tanh) => each!(PostActivation::Tanh),
         }
         if let Some(r) = residual {
             for (v, r) in row.iter_mut().zip(r) {
@@ -172,9 +192,7 @@ pub struct ConvArgs<'a> {
     /// kw` weights (OIHW order), then its bias when `with_bias`.
     pub weights: &'a [f32],
     pub with_bias: bool,
-    /// Applied after the GEMM (its epilogue has no activation then).
-    pub post: Option<PostActivation>,
-    /// `[N, O, out_h, out_w]`: added by the GEMM epilogue, or after `post`.
+    /// `[N, O, out_h, out_w]`: added by the GEMM epilogue.
     pub residual: Option<&'a [f32]>,
     /// At least [`conv_scratch_len`] f32: one image-group's packed patches.
     pub scratch: &'a mut [f32],
@@ -193,7 +211,7 @@ pub fn conv_scratch_len(
 
 /// One convolution as GEMMs: per image and group, the patches packed into
 /// B panels and `W_g @ patches` on the library's GEMM `gemm` (whose
-/// epilogue holds the activation and residual unless `post` is set).
+/// epilogue holds the activation and residual).
 pub fn conv2d_gemm(
     library: &KernelLibrary,
     gemm: GemmId,
@@ -206,7 +224,6 @@ pub fn conv2d_gemm(
         x: input,
         weights,
         with_bias,
-        post,
         residual: residual_all,
         scratch,
         out,
@@ -223,10 +240,18 @@ pub fn conv2d_gemm(
         check_len(NAME, "the residual", r.len(), g.out_len())?;
     }
     let epilogue = library.gemm_epilogue(gemm)?;
-    if epilogue.bias || (epilogue.residual && post.is_some()) {
+    if epilogue.bias || epilogue.residual != residual_all.is_some() {
         return Err(shape_err(
             NAME,
-            format!("a GEMM epilogue `{}` for a convolution", epilogue.tag()),
+            format!(
+                "a GEMM epilogue `{}` for a convolution {} a residual",
+                epilogue.tag(),
+                if residual_all.is_some() {
+                    "with"
+                } else {
+                    "without"
+                }
+            ),
         ));
     }
     let layout = library.pack_layout();
@@ -294,14 +319,11 @@ pub fn conv2d_gemm(
                     a,
                     b: packed,
                     bias: None,
-                    residual: if epilogue.residual { residual } else { None },
-                    c: &mut *c,
+                    residual,
+                    c,
                 },
                 threads,
             )?;
-            if post.is_some() {
-                PostActivation::finish(post, c, residual);
-            }
         }
     }
     Ok(())
@@ -446,7 +468,7 @@ struct Plane<'a> {
 /// The outputs `lo..hi` along one axis whose tap at offset `offset` (tap
 /// index times dilation) lands inside `0..size`, for `out` outputs.
 #[inline(always)]
-fn valid_range(
+pub(crate) fn valid_range(
     offset: usize,
     pad: usize,
     stride: usize,
