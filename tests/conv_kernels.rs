@@ -603,6 +603,7 @@ fn nhwc_gemm_cases() -> Vec<(
                     },
                     dilation: if i % 7 == 3 { [2, 2] } else { [1, 1] },
                     padding: paddings[if pointwise { 0 } else { i % paddings.len() }],
+                    layout: DataLayout::Nchw,
                 };
                 let mut weights = vec![vec![o, c / groups, kernel[0], kernel[1]]];
                 if i % 3 != 1 {
