@@ -307,3 +307,232 @@ fn generated_convolutions_and_pools_match_the_interpreter_on_every_tier_and_thre
         failures.join("\n")
     );
 }
+
+// ---- NHWC depthwise convolution and pooling (`codegen::window_nhwc`) ------
+
+/// `[N, C, H, W]` -> `[N, H, W, C]`.
+fn nchw_to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    out[((b * h + y) * w + xx) * c + ch] = x[((b * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn shape4(t: &Tensor) -> [usize; 4] {
+    <[usize; 4]>::try_from(t.shape()).unwrap()
+}
+
+/// The shapes the NHWC kernels are checked on: channels 1, 3, 17, 64, 1152
+/// (full vectors of every tier, tails of every width) times planes 1x1,
+/// 7x7, 13x9 and 112x112 (all but the 1152-channel 112x112 one), each
+/// with a depthwise convolution, a max and an average pool; windows of 1
+/// to 5 taps, strides 1 and 2, dilation 1 and 2, every padding form; the
+/// convolutions through every activation, with and without bias and
+/// residual.
+fn nhwc_cases() -> Vec<(
+    Op,
+    Vec<usize>,
+    Vec<Vec<usize>>,
+    Option<(Option<UnaryOp>, bool)>,
+)> {
+    let activations = [
+        None,
+        Some(UnaryOp::Relu),
+        Some(UnaryOp::Relu6),
+        Some(UnaryOp::HardSigmoid),
+        Some(UnaryOp::HardSwish),
+        Some(UnaryOp::Sigmoid),
+        Some(UnaryOp::Tanh),
+    ];
+    let kernels = [[3, 3], [5, 5], [1, 1], [2, 3], [3, 3], [5, 5]];
+    let paddings = [
+        Padding2d::Same,
+        Padding2d::Explicit {
+            top: 0,
+            left: 0,
+            bottom: 0,
+            right: 0,
+        },
+        Padding2d::Explicit {
+            top: 1,
+            left: 2,
+            bottom: 0,
+            right: 1,
+        },
+        Padding2d::Same,
+    ];
+    let mut cases = Vec::new();
+    let mut i = 0usize;
+    for c in [1usize, 3, 17, 64, 1152] {
+        for (h, w) in [(1usize, 1usize), (7, 7), (13, 9), (112, 112)] {
+            if c == 1152 && h == 112 {
+                continue;
+            }
+            let batch = if h * w * c > 100_000 { 1 } else { 2 };
+            for kind in 0..3 {
+                i += 1;
+                let kernel = kernels[i % kernels.len()];
+                let window = Window2d {
+                    stride: [[1, 2][i % 2], [1, 2][(i / 2) % 2]],
+                    dilation: if i % 5 == 0 { [2, 2] } else { [1, 1] },
+                    padding: paddings[i % paddings.len()],
+                };
+                let x = vec![batch, c, h, w];
+                cases.push(match kind {
+                    0 => {
+                        let mut weights = vec![vec![c, 1, kernel[0], kernel[1]]];
+                        if i % 3 != 0 {
+                            weights.push(vec![c]);
+                        }
+                        let fused =
+                            (i % 4 != 0).then(|| (activations[i % activations.len()], i % 2 == 1));
+                        (Op::Conv2d(Conv2d { window, groups: c }), x, weights, fused)
+                    }
+                    _ => (
+                        Op::Pool2d(Pool2d {
+                            kind: match (kind, i % 2) {
+                                (1, _) => PoolKind::Max,
+                                (_, p) => PoolKind::Avg {
+                                    count_include_pad: p == 1,
+                                },
+                            },
+                            kernel,
+                            window,
+                        }),
+                        x,
+                        vec![],
+                        None,
+                    ),
+                });
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count() {
+    use lamina::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
+    use lamina::codegen::window_nhwc::{pack_depthwise_taps, window2d_nhwc, NhwcWindowArgs};
+    use lamina::codegen::Threads;
+    let tiers: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&isa| Target::detected().with_isa(isa).is_ok())
+        .collect();
+    let two = Threads::new(2).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seeds::run_seed() ^ 0x4c);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (op, x_shape, weights, fused) in nhwc_cases() {
+        let what = format!("{op:?} x {x_shape:?} epilogue {fused:?}");
+        let Some((graph, params, inputs)) = one_node(
+            op.clone(),
+            x_shape.clone(),
+            weights.clone(),
+            fused,
+            &mut rng,
+        ) else {
+            continue;
+        };
+        checked += 1;
+        let oracle = interp::run(&graph, &params, &inputs, &Bindings::new())
+            .unwrap_or_else(|e| panic!("interpreter, {what}: {e}"));
+        let out_nchw = shape4(&oracle[0].1);
+        let expected = nchw_to_nhwc(oracle[0].1.as_f32().unwrap(), out_nchw);
+        let [n, c, h, w] = <[usize; 4]>::try_from(x_shape.as_slice()).unwrap();
+        let x = nchw_to_nhwc(inputs["x"].as_f32().unwrap(), [n, c, h, w]);
+        let residual = inputs
+            .get("r")
+            .map(|r| nchw_to_nhwc(r.as_f32().unwrap(), out_nchw));
+        let (window, kernel, wop) = match &op {
+            Op::Conv2d(conv) => (
+                conv.window,
+                [weights[0][2], weights[0][3]],
+                WindowOp::Depthwise,
+            ),
+            Op::Pool2d(pool) => (
+                pool.window,
+                pool.kernel,
+                match pool.kind {
+                    PoolKind::Max => WindowOp::Max,
+                    PoolKind::Avg { count_include_pad } => WindowOp::Avg { count_include_pad },
+                },
+            ),
+            _ => unreachable!(),
+        };
+        let taps = params.get("w0").map(|t| {
+            let mut packed = vec![0.0; t.len()];
+            pack_depthwise_taps(t.as_f32().unwrap(), c, kernel[0] * kernel[1], &mut packed);
+            packed
+        });
+        let g = WindowGeometry {
+            batch: n,
+            in_channels: c,
+            in_h: h,
+            in_w: w,
+            out_channels: c,
+            out_h: out_nchw[2],
+            out_w: out_nchw[3],
+            kernel,
+            stride: window.stride,
+            dilation: window.dilation,
+            pad: [
+                window.pads(0, h, kernel[0]).unwrap().0,
+                window.pads(1, w, kernel[1]).unwrap().0,
+            ],
+            groups: if wop == WindowOp::Depthwise { c } else { 1 },
+        };
+        let post = fused
+            .and_then(|(a, _)| a)
+            .map(|a| PostActivation::from_unary(a).unwrap());
+        let tolerance = 1e-6 * (kernel[0] * kernel[1] + 4) as f32;
+        for &isa in &tiers {
+            let run = |threads: &Threads| {
+                let mut out = vec![f32::NAN; expected.len()];
+                let args = NhwcWindowArgs {
+                    x: &x,
+                    taps: taps.as_deref(),
+                    bias: params.get("w1").map(|b| b.as_f32().unwrap()),
+                    post,
+                    residual: residual.as_deref(),
+                    out: &mut out,
+                };
+                window2d_nhwc(isa, wop, &g, args, threads)
+                    .unwrap_or_else(|e| panic!("{what} on {isa}: {e}"));
+                out
+            };
+            let one = run(&Threads::single());
+            if one
+                .iter()
+                .zip(&run(&two))
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                failures.push(format!("{what} on {isa}: 1 and 2 threads differ"));
+            }
+            for (i, (a, e)) in one.iter().zip(&expected).enumerate() {
+                let ok = (a.is_nan() && e.is_nan())
+                    || a == e
+                    || (a - e).abs() <= tolerance * (1.0 + e.abs());
+                if !ok {
+                    failures.push(format!("{what} on {isa}: element {i}: {a} vs {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} shapes fit their windows");
+    assert!(
+        failures.is_empty(),
+        "{} failures (seed {}):\n{}",
+        failures.len(),
+        seeds::run_seed(),
+        failures.join("\n")
+    );
+}

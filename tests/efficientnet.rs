@@ -292,3 +292,117 @@ fn the_passes_fold_every_batch_norm_and_keep_the_logits() {
     assert!(drift <= 1e-4, "the passes moved a logit by {drift:e}");
     assert!(diff <= TOLERANCE, "max |optimised - reference| = {diff:e}");
 }
+
+/// The same network as an exporter writes it (benches/peers/efficientnet_onnx.py:
+/// Conv with explicit pads, separate BatchNormalization, Clip(0, 6), Gemm),
+/// through `lamina import`: the importer's batch norms and clips must become
+/// `batch_norm` and `relu6`, so the passes fold and fuse them as they do in
+/// the hand-written model, and the logits must match the numpy reference.
+#[test]
+#[cfg_attr(
+    any(lamina_skip_efficientnet_tests, lamina_skip_onnx_tests),
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy, safetensors and onnx"
+)]
+fn the_onnx_export_imports_folds_and_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("efficientnet_lite0.onnx");
+    let script = format!(
+        "import sys; sys.path.insert(0, {peers:?})\n\
+         import onnx, efficientnet_onnx as e\n\
+         onnx.save(e.build(e.load_weights({weights:?})), {onnx:?})\n",
+        peers = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches/peers")
+            .display()
+            .to_string(),
+        weights = cache()
+            .join("efficientnet_lite0.safetensors")
+            .display()
+            .to_string(),
+        onnx = onnx.display().to_string(),
+    );
+    let built = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        built.status.success(),
+        "building the ONNX file: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let lam = dir.path().join("imported.lam");
+    let import = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .arg("import")
+        .arg(&onnx)
+        .arg("-o")
+        .arg(&lam)
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let text = std::fs::read_to_string(&lam).unwrap();
+    assert_eq!(text.matches("= batch_norm(").count(), 49, "{text}");
+    assert!(
+        !text.contains("minimum("),
+        "Clip(0, 6) left as min/max:\n{text}"
+    );
+
+    let loaded = lamina::model::load(&lam).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let weight_file = dir.path().join("imported.safetensors");
+    let params = lamina::runtime::bind_params(
+        &loaded.graph,
+        Some(&lamina::runtime::WeightFile::load(&weight_file).unwrap()),
+        &lamina::ir::Bindings::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"))
+    .values;
+    let mut optimised = loaded.graph.clone();
+    let report = lamina::passes::PassManager::all()
+        .run(
+            &mut optimised,
+            &lamina::passes::PassContext::with_params(&params),
+            None,
+        )
+        .unwrap();
+    let count = |name: &str| {
+        optimised
+            .node_ids()
+            .filter(|&id| optimised.node(id).op.name() == name)
+            .count()
+    };
+    // As in the hand-written model: every batch norm folded, the convolutions
+    // followed by ReLU6 or a residual add fused.
+    assert_eq!(count("batch_norm"), 0, "{report}");
+    assert_eq!(count("fused_conv2d"), 33 + 9, "{report}");
+
+    let model = Model::load(&lam).unwrap_or_else(|e| panic!("{e}"));
+    let weights = Weights::File(weight_file);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0011);
+    let n = 2 * 3 * 224 * 224;
+    let x = Tensor::f32(
+        vec![2, 3, 224, 224],
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    );
+    let x_path = dir.path().join("x.npy");
+    write_npy(&x_path, &x).unwrap();
+    let expected = reference(
+        &["--input", x_path.to_str().unwrap()],
+        &dir.path().join("ref.npy"),
+    );
+    let session = model
+        .compile(
+            weights,
+            &Options {
+                backend: Backend::Jit,
+                threads: 2,
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = logits(&session, &HashMap::from([("image".to_string(), x)]));
+    let diff = max_diff(&got, &expected);
+    assert!(diff <= TOLERANCE, "max |imported - reference| = {diff:e}");
+}

@@ -117,8 +117,16 @@ impl PostActivation {
                     x
                 }
             }
-            // Clamping is exact in f32.
-            PostActivation::Relu6 => relu6(f64::from(x)) as f32,
+            // Clamping is exact: in f32 it gives the f64 result's bits.
+            PostActivation::Relu6 => {
+                if x < 0.0 {
+                    0.0
+                } else if x > 6.0 {
+                    6.0
+                } else {
+                    x
+                }
+            }
             PostActivation::HardSigmoid => (relu6(f64::from(x) + 3.0) / 6.0) as f32,
             PostActivation::HardSwish => {
                 let x = f64::from(x);
@@ -130,11 +138,26 @@ impl PostActivation {
     }
 
     /// `row = act(row) + residual` (each step rounded, as the unfused ops).
-    fn finish(activation: Option<Self>, row: &mut [f32], residual: Option<&[f32]>) {
-        if let Some(act) = activation {
-            for v in row.iter_mut() {
-                *v = act.apply(*v);
-            }
+    /// Inlined so a kernel's `target_feature` tier vectorises it.
+    #[inline(always)]
+    pub(crate) fn finish(activation: Option<Self>, row: &mut [f32], residual: Option<&[f32]>) {
+        // One loop per activation, so each is a loop without a branch on
+        // the kind (the clamps vectorise).
+        macro_rules! each {
+            ($act:expr) => {
+                for v in row.iter_mut() {
+                    *v = $act.apply(*v);
+                }
+            };
+        }
+        match activation {
+            None => {}
+            Some(PostActivation::Relu) => each!(PostActivation::Relu),
+            Some(PostActivation::Relu6) => each!(PostActivation::Relu6),
+            Some(PostActivation::HardSigmoid) => each!(PostActivation::HardSigmoid),
+            Some(PostActivation::HardSwish) => each!(PostActivation::HardSwish),
+            Some(PostActivation::Sigmoid) => each!(PostActivation::Sigmoid),
+            Some(PostActivation::Tanh) => each!(PostActivation::Tanh),
         }
         if let Some(r) = residual {
             for (v, r) in row.iter_mut().zip(r) {
@@ -446,7 +469,7 @@ struct Plane<'a> {
 /// The outputs `lo..hi` along one axis whose tap at offset `offset` (tap
 /// index times dilation) lands inside `0..size`, for `out` outputs.
 #[inline(always)]
-fn valid_range(
+pub(crate) fn valid_range(
     offset: usize,
     pad: usize,
     stride: usize,

@@ -146,6 +146,7 @@ mod simd;
 pub mod target;
 mod threads;
 mod wide_math;
+pub mod window_nhwc;
 
 pub use elementwise::{supports as elementwise_supports, ElementwiseArgs, InnerStride, TensorView};
 pub use gemm::{

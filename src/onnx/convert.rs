@@ -608,6 +608,21 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             } else {
                 (opt(ins, 1).cloned(), opt(ins, 2).cloned())
             };
+            // Clip(0, 6) and Clip(0, +inf) are activations: written as
+            // `relu6` / `relu`, the conv and linear fusions take them into
+            // the GEMM epilogue (a maximum/minimum pair they do not).
+            let bound = |v: &Option<Val>| v.as_ref().map(|v| known_f32(v, "").ok());
+            let activation = match (bound(&lo), bound(&hi)) {
+                (Some(Some(l)), Some(Some(h))) if l == 0.0 && h == 6.0 => Some(UnaryOp::Relu6),
+                (Some(Some(l)), None) if l == 0.0 => Some(UnaryOp::Relu),
+                (Some(Some(l)), Some(Some(h))) if l == 0.0 && h == f32::INFINITY => {
+                    Some(UnaryOp::Relu)
+                }
+                _ => None,
+            };
+            if let Some(activation) = activation {
+                return one(b.unary(activation, x, &h)?);
+            }
             let mut v = x.clone();
             if let Some(lo) = lo {
                 let name = if hi.is_some() {
@@ -716,13 +731,34 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
             if r < 2 {
                 return Err("input must have rank >= 2".into());
             }
+            let eps = n.float("epsilon", 1e-5);
+            let stats: Vec<&Val> = (1..5)
+                .map(|i| req(ins, i, ["scale", "B", "input_mean", "input_var"][i - 1]))
+                .collect::<Result<_, _>>()?;
+            // lamina's own batch_norm when every operand is an f32 [C]
+            // vector: fold-batch-norm then folds it into the convolution
+            // before it (an exporter's eval-mode graph keeps it separate).
+            let channels = b.ty(x)?.shape[1].clone();
+            let f32_vector = |b: &Builder, v: &Val| {
+                b.ty(v)
+                    .is_ok_and(|t| t.dtype == DType::F32 && t.shape == [channels.clone()])
+            };
+            if b.dtype(x)? == DType::F32 && eps.is_finite() && eps >= 0.0 {
+                if stats.iter().all(|v| f32_vector(b, v)) {
+                    let [scale, bias, mean, var] = [stats[0], stats[1], stats[2], stats[3]];
+                    return one(b.op(
+                        Op::BatchNorm(ops::batch_norm::BatchNorm { eps: Float(eps) }),
+                        &[x, mean, var, scale, bias],
+                        &h,
+                    )?);
+                }
+            }
             let per_channel = |b: &mut Builder, v: &Val, what: &str| -> Result<Val, String> {
                 let c = b.ty(v)?.shape;
                 let mut shape = c.clone();
                 shape.extend(std::iter::repeat_n(Dim::known(1), r - 2));
                 b.reshape(v, shape, &format!("{h}_{what}"))
             };
-            let eps = n.float("epsilon", 1e-5);
             let scale = per_channel(b, req(ins, 1, "scale")?, "scale")?;
             let bias = per_channel(b, req(ins, 2, "B")?, "bias")?;
             let mean = per_channel(b, req(ins, 3, "input_mean")?, "mean")?;

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use crate::ir::dim::checked_bytes;
 use crate::ir::image_input::ImageInput;
@@ -100,7 +101,14 @@ pub fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>), ImageError> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let rgb = reader.decode().map_err(decode_error)?.to_rgb8();
+    // Phones store pictures as the sensor saw them and record how to turn
+    // them in the EXIF orientation tag; the model must see them upright.
+    // An unreadable tag is treated as none, as image viewers do.
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(orientation);
+    let rgb = image.to_rgb8();
     let (width, height) = rgb.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::Empty {
@@ -219,5 +227,62 @@ mod tests {
             preprocess_rgb(&s, 3, 1, &rgb),
             Err(ImageError::PixelCount { .. })
         ));
+    }
+
+    /// A JPEG whose left half is red and right half blue, with an EXIF
+    /// block whose orientation tag says `orientation` (1..=8).
+    fn jpeg_with_orientation(orientation: u16) -> Vec<u8> {
+        let (w, h) = (32u32, 16u32);
+        let pixels = image::RgbImage::from_fn(w, h, |x, _| {
+            if x < w / 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&pixels)
+            .unwrap();
+        // "Exif\0\0", a big-endian TIFF header, one IFD entry: tag 0x0112
+        // (orientation), type SHORT, count 1, the value; no next IFD.
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+        exif.extend_from_slice(&orientation.to_be_bytes());
+        exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let length = u16::try_from(exif.len() + 2).unwrap().to_be_bytes();
+        // APP1 right after the start-of-image marker.
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xff, 0xe1, length[0], length[1]]);
+        out.extend_from_slice(&exif);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn photos_are_turned_upright_by_their_exif_orientation() {
+        let dir = tempfile::tempdir().unwrap();
+        let redness = |rgb: &[u8], i: usize| i32::from(rgb[3 * i]) - i32::from(rgb[3 * i + 2]);
+        // 1: as stored. 6: the stored picture is turned 90 degrees clockwise
+        // to view it, so the left (red) half ends up on top.
+        for (orientation, want_w, want_h) in [(1, 32, 16), (6, 16, 32)] {
+            let path = dir.path().join(format!("o{orientation}.jpg"));
+            std::fs::write(&path, jpeg_with_orientation(orientation)).unwrap();
+            let (w, h, rgb) = decode(&path).unwrap();
+            assert_eq!((w, h), (want_w, want_h), "orientation {orientation}");
+            let (first, last) = (0, w * h - 1);
+            assert!(
+                redness(&rgb, first) > 200,
+                "orientation {orientation}: first pixel red"
+            );
+            assert!(
+                redness(&rgb, last) < -200,
+                "orientation {orientation}: last pixel blue"
+            );
+            if orientation == 6 {
+                // Top row red, bottom row blue.
+                assert!(redness(&rgb, w - 1) > 200);
+                assert!(redness(&rgb, (h - 1) * w) < -200);
+            }
+        }
     }
 }
