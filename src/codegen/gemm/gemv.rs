@@ -13,7 +13,7 @@
 //!
 //! Same results as the GEMM path, bit for bit: each output element is the
 //! one sequential FMA chain over k the micro-kernels compute, then bias,
-//! relu and residual in their order (transcendental activations run as the
+//! relu, the cap at 6 (relu6) and residual in their order (transcendental activations run as the
 //! same tile pass afterwards). So a model gives the same bits at batch 1 as
 //! in any row of a larger batch, and on any thread count.
 //!
@@ -23,7 +23,8 @@
 //! the starts of their rows; the call computes the full panels
 //! `first_panel..end_panel` (the driver keeps the N edge on the
 //! micro-kernel's tile copy). Flags are the micro-kernel's
-//! (`FLAG_EPILOGUE` with `FLAG_BIAS`, `FLAG_RELU`, `FLAG_RESIDUAL`).
+//! (`FLAG_EPILOGUE` with `FLAG_BIAS`, `FLAG_RELU`, `FLAG_CAP6`,
+//! `FLAG_RESIDUAL`).
 //!
 //! No software prefetch: the panel streams are sequential, which the
 //! hardware prefetchers follow; `prefetcht0` 256 B to 4 KiB ahead measured
@@ -32,7 +33,7 @@
 
 use iced_x86::code_asm::*;
 
-use super::microkernel::{FLAG_BIAS, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL};
+use super::microkernel::{CAP6, FLAG_BIAS, FLAG_CAP6, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL};
 use super::pack::{k_block, panel_count};
 use super::wide::panel_width;
 use crate::codegen::target::Isa;
@@ -224,11 +225,12 @@ impl Gemv {
         self.a.mov(rax, last_kc as u64)?;
         self.k_loop(panels, last_stride)?;
 
-        // Epilogue, in the micro-kernel's order: bias, relu, residual.
+        // Epilogue, in the micro-kernel's order: bias, relu, cap, residual.
         // r10: this group's offset in C, bias and residual.
         self.a.imul_3(r10, rcx, row)?;
         let mut no_bias = self.a.create_label();
         let mut no_relu = self.a.create_label();
+        let mut no_cap = self.a.create_label();
         let mut no_residual = self.a.create_label();
         self.unless_flag(FLAG_BIAS, no_bias)?;
         // bias: [rsp + 16] (rbx was pushed).
@@ -255,6 +257,28 @@ impl Gemv {
             }
         }
         self.a.set_label(&mut no_relu)?;
+        self.unless_flag(FLAG_CAP6, no_cap)?;
+        // 6.0 in every lane of the broadcast register; minps returns its
+        // second source for a NaN, so NaN passes through as in relu6.
+        let cap = self.broadcast();
+        self.a.mov(eax, CAP6.to_bits())?;
+        match self.g.isa {
+            Isa::Avx512 => self.a.vpbroadcastd(ZMM[cap], eax)?,
+            _ => {
+                self.a.vmovd(xmm15, eax)?;
+                self.a.vpbroadcastd(YMM[cap], xmm15)?;
+            }
+        }
+        for v in 0..panels {
+            for h in 0..2 {
+                let r = Gemv::acc(v, h);
+                match self.g.isa {
+                    Isa::Avx512 => self.a.vminps(ZMM[r], ZMM[cap], ZMM[r])?,
+                    _ => self.a.vminps(YMM[r], YMM[cap], YMM[r])?,
+                }
+            }
+        }
+        self.a.set_label(&mut no_cap)?;
         self.unless_flag(FLAG_RESIDUAL, no_residual)?;
         self.a.mov(r11, qword_ptr(rsp + 24))?;
         self.a.add(r11, r10)?;
