@@ -536,3 +536,223 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
         failures.join("\n")
     );
 }
+
+// ---- NHWC convolutions as GEMMs (`codegen::conv::conv2d_nhwc`) -------------
+
+/// Non-depthwise NHWC convolutions: channels 1, 3, 17 and 64 in and out
+/// (twice those in two groups),
+/// planes 1x1, 7x7 and 13x9, kernels 1x1 (in place when stride 1 and
+/// unpadded) to 3x3, strides 1 and 2, dilation 1 and 2, every padding form
+/// ("same" included), groups 1 and 2, every activation of the GEMM
+/// epilogue, with and without bias and residual.
+fn nhwc_gemm_cases() -> Vec<(
+    Op,
+    Vec<usize>,
+    Vec<Vec<usize>>,
+    Option<(Option<UnaryOp>, bool)>,
+)> {
+    let activations = [
+        None,
+        Some(UnaryOp::Relu),
+        Some(UnaryOp::Relu6),
+        Some(UnaryOp::HardSigmoid),
+        Some(UnaryOp::HardSwish),
+        Some(UnaryOp::Sigmoid),
+        Some(UnaryOp::Tanh),
+        Some(UnaryOp::Gelu),
+        Some(UnaryOp::GeluTanh),
+    ];
+    let kernels = [[1, 1], [3, 3], [1, 1], [2, 3], [3, 1]];
+    let paddings = [
+        Padding2d::Explicit {
+            top: 0,
+            left: 0,
+            bottom: 0,
+            right: 0,
+        },
+        Padding2d::Same,
+        Padding2d::Explicit {
+            top: 1,
+            left: 2,
+            bottom: 0,
+            right: 1,
+        },
+    ];
+    let mut cases = Vec::new();
+    let mut i = 0usize;
+    for c in [1usize, 3, 17, 64] {
+        for (h, w) in [(1usize, 1usize), (7, 7), (13, 9)] {
+            for o in [1usize, 3, 17, 64] {
+                i += 1;
+                // Every third case in two groups of the channels.
+                let groups = if i % 3 == 0 { 2 } else { 1 };
+                let (c, o) = (c * groups, o * groups);
+                // Every fourth a pointwise convolution, read in place.
+                let pointwise = i % 4 == 0;
+                let kernel = if pointwise {
+                    [1, 1]
+                } else {
+                    kernels[i % kernels.len()]
+                };
+                let window = Window2d {
+                    stride: match pointwise {
+                        true => [1, 1],
+                        false => [[1, 2][(i / 2) % 2], [1, 2][(i / 5) % 2]],
+                    },
+                    dilation: if i % 7 == 3 { [2, 2] } else { [1, 1] },
+                    padding: paddings[if pointwise { 0 } else { i % paddings.len() }],
+                };
+                let mut weights = vec![vec![o, c / groups, kernel[0], kernel[1]]];
+                if i % 3 != 1 {
+                    weights.push(vec![o]);
+                }
+                let fused = (i % 5 != 0).then(|| (activations[i % activations.len()], i % 2 == 0));
+                cases.push((
+                    Op::Conv2d(Conv2d { window, groups }),
+                    vec![2, c, h, w],
+                    weights,
+                    fused,
+                ));
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count() {
+    use lamina::codegen::conv::{conv2d_nhwc, pack_nhwc_weights, NhwcConvArgs, WindowGeometry};
+    use lamina::codegen::{
+        Activation, CodegenOptions, Epilogue, KernelLibraryBuilder, PackLayout, Threads,
+    };
+    let tiers: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&isa| Target::detected().with_isa(isa).is_ok())
+        .collect();
+    let two = Threads::new(2).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seeds::run_seed() ^ 0x9e);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let (mut strided, mut in_place, mut grouped) = (0, 0, 0);
+    for (op, x_shape, weights, fused) in nhwc_gemm_cases() {
+        let what = format!("{op:?} x {x_shape:?} w {weights:?} epilogue {fused:?}");
+        let Some((graph, params, inputs)) = one_node(
+            op.clone(),
+            x_shape.clone(),
+            weights.clone(),
+            fused,
+            &mut rng,
+        ) else {
+            continue;
+        };
+        checked += 1;
+        let oracle = interp::run(&graph, &params, &inputs, &Bindings::new())
+            .unwrap_or_else(|e| panic!("interpreter, {what}: {e}"));
+        let out_nchw = shape4(&oracle[0].1);
+        let expected = nchw_to_nhwc(oracle[0].1.as_f32().unwrap(), out_nchw);
+        let [n, c, h, w] = <[usize; 4]>::try_from(x_shape.as_slice()).unwrap();
+        let x = nchw_to_nhwc(inputs["x"].as_f32().unwrap(), [n, c, h, w]);
+        let residual = inputs
+            .get("r")
+            .map(|r| nchw_to_nhwc(r.as_f32().unwrap(), out_nchw));
+        let Op::Conv2d(conv) = &op else {
+            unreachable!()
+        };
+        let [o, cg, kh, kw] = <[usize; 4]>::try_from(weights[0].as_slice()).unwrap();
+        let window = conv.window;
+        let g = WindowGeometry {
+            batch: n,
+            in_channels: c,
+            in_h: h,
+            in_w: w,
+            out_channels: o,
+            out_h: out_nchw[2],
+            out_w: out_nchw[3],
+            kernel: [kh, kw],
+            stride: window.stride,
+            dilation: window.dilation,
+            pad: [
+                window.pads(0, h, kh).unwrap().0,
+                window.pads(1, w, kw).unwrap().0,
+            ],
+            groups: conv.groups,
+        };
+        if [kh, kw, g.stride[0], g.stride[1], g.pad[0], g.pad[1]] == [1, 1, 1, 1, 0, 0] {
+            in_place += 1;
+        } else if g.stride != [1, 1] {
+            strided += 1;
+        }
+        if conv.groups > 1 {
+            grouped += 1;
+        }
+        let bias = params.get("w1").map(|b| b.as_f32().unwrap());
+        let epilogue = Epilogue {
+            bias: bias.is_some(),
+            activation: fused
+                .and_then(|(a, _)| a)
+                .map(|a| Activation::from_unary(a).unwrap()),
+            residual: residual.is_some(),
+        };
+        // Every output is a chain of `cg * kh * kw` products, then the activation.
+        let tolerance = 2e-6 * (cg * kh * kw + 4) as f32;
+        for &isa in &tiers {
+            let mut builder = KernelLibraryBuilder::with_options(&CodegenOptions {
+                isa: Some(isa),
+                ..CodegenOptions::default()
+            })
+            .unwrap();
+            let id = builder.add_gemm(epilogue).unwrap();
+            let lib = builder.finish().unwrap();
+            let packed = pack_nhwc_weights(
+                params["w0"].as_f32().unwrap(),
+                o,
+                conv.groups,
+                [cg, kh, kw],
+                PackLayout::for_isa(isa),
+            )
+            .unwrap();
+            let run = |threads: &Threads| {
+                let mut out = vec![f32::NAN; expected.len()];
+                let args = NhwcConvArgs {
+                    x: &x,
+                    weights: &packed,
+                    bias,
+                    residual: residual.as_deref(),
+                    out: &mut out,
+                };
+                conv2d_nhwc(&lib, id, &g, args, threads)
+                    .unwrap_or_else(|e| panic!("{what} on {isa}: {e}"));
+                out
+            };
+            let one = run(&Threads::single());
+            if one
+                .iter()
+                .zip(&run(&two))
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                failures.push(format!("{what} on {isa}: 1 and 2 threads differ"));
+            }
+            for (i, (a, e)) in one.iter().zip(&expected).enumerate() {
+                let ok = (a.is_nan() && e.is_nan())
+                    || a == e
+                    || (a - e).abs() <= tolerance * (1.0 + e.abs());
+                if !ok {
+                    failures.push(format!("{what} on {isa}: element {i}: {a} vs {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} shapes fit their windows");
+    assert!(
+        in_place >= 10 && strided >= 20 && grouped >= 10,
+        "in place {in_place}, strided {strided}, grouped {grouped}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures (seed {}):\n{}",
+        failures.len(),
+        seeds::run_seed(),
+        failures.join("\n")
+    );
+}

@@ -25,9 +25,12 @@
 //! only raw pointer is the window kernel's output, split into disjoint
 //! planes across threads.
 
+use crate::codegen::gemm::{LeftOperand, StridedGemmArgs};
 use crate::codegen::target::Isa;
 use crate::codegen::threads::{split_range, SharedMut, Threads};
-use crate::codegen::{CodegenError, GemmArgs, GemmId, KernelLibrary, MatrixRef, PackedBRef};
+use crate::codegen::{
+    CodegenError, GemmArgs, GemmId, KernelLibrary, MatrixRef, PackLayout, PackedB, PackedBRef,
+};
 use crate::ir::UnaryOp;
 
 /// The sizes of a 2-D window op over an NCHW input, all validated by the plan.
@@ -325,6 +328,201 @@ pub fn conv2d_gemm(
                 threads,
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Operands of [`conv2d_nhwc`].
+pub struct NhwcConvArgs<'a> {
+    /// `[N, H, W, C]`.
+    pub x: &'a [f32],
+    /// One per group, from [`pack_nhwc_weights`].
+    pub weights: &'a [PackedB],
+    /// `[O]`: added by the GEMM epilogue (which must have a bias iff given).
+    pub bias: Option<&'a [f32]>,
+    /// `[N, OH, OW, O]`: added by the GEMM epilogue, last.
+    pub residual: Option<&'a [f32]>,
+    /// `[N, OH, OW, O]`.
+    pub out: &'a mut [f32],
+}
+
+/// The GEMM right operands of an NHWC convolution, one per group, packed
+/// for `layout`: group `gr`'s `[kh * kw * C_g, O_g]` with row `(ky * kw +
+/// kx) * C_g + c` and column `o` holding `w[gr * O_g + o, c, ky, kx]` of the
+/// OIHW weights `w` (`[O, C_g, kh, kw]`), the order in which
+/// [`conv2d_nhwc`] gathers a pixel's patch (each tap's channels are
+/// contiguous in NHWC).
+pub fn pack_nhwc_weights(
+    w: &[f32],
+    out_channels: usize,
+    groups: usize,
+    [cg, kh, kw]: [usize; 3],
+    layout: PackLayout,
+) -> Result<Vec<PackedB>, CodegenError> {
+    const NAME: &str = "conv2d weights";
+    let groups = groups.max(1);
+    let taps = kh * kw;
+    let depth = cg * taps;
+    check_len(NAME, "the weights", w.len(), out_channels * depth)?;
+    if !out_channels.is_multiple_of(groups) {
+        return Err(shape_err(
+            NAME,
+            format!("{out_channels} output channels in {groups} groups"),
+        ));
+    }
+    let og = out_channels / groups;
+    (0..groups)
+        .map(|gr| {
+            let group = &w[gr * og * depth..(gr + 1) * og * depth];
+            if taps == 1 {
+                // [O_g, C_g] is B^T stored row-major.
+                return Ok(PackedB::pack_for(
+                    &MatrixRef::transposed(group, cg, og)?,
+                    layout,
+                ));
+            }
+            let mut b = vec![0.0f32; depth * og];
+            for o in 0..og {
+                for c in 0..cg {
+                    for tap in 0..taps {
+                        b[(tap * cg + c) * og + o] = group[(o * cg + c) * taps + tap];
+                    }
+                }
+            }
+            Ok(PackedB::pack_for(
+                &MatrixRef::row_major(&b, depth, og)?,
+                layout,
+            ))
+        })
+        .collect()
+}
+
+/// One NHWC convolution (not depthwise: [`window2d`] runs those) as one
+/// GEMM per group on the library's GEMM `gemm`: `out[P, O_g] = patches[P,
+/// kh * kw * C_g] @ W_g` over the `P = N * OH * OW` output pixels, the
+/// output pixels being the GEMM's rows (NHWC keeps each pixel's channels
+/// contiguous, so C is the output itself, with rows `O` apart for a
+/// group's columns). A 1x1 stride-1 unpadded convolution's patches are the
+/// input itself, read in place; any other's are gathered straight into the
+/// GEMM's packed A panels, a panel at a time, never into an im2col matrix.
+/// Bias, activation and residual are the GEMM epilogue's.
+pub fn conv2d_nhwc(
+    library: &KernelLibrary,
+    gemm: GemmId,
+    g: &WindowGeometry,
+    args: NhwcConvArgs<'_>,
+    threads: &Threads,
+) -> Result<(), CodegenError> {
+    const NAME: &str = "conv2d_nhwc";
+    let NhwcConvArgs {
+        x,
+        weights,
+        bias,
+        residual,
+        out,
+    } = args;
+    let groups = g.groups.max(1);
+    let (c_all, o_all) = (g.in_channels, g.out_channels);
+    if !c_all.is_multiple_of(groups) || !o_all.is_multiple_of(groups) {
+        return Err(shape_err(
+            NAME,
+            format!("{c_all} input and {o_all} output channels in {groups} groups"),
+        ));
+    }
+    let (cg, og) = (c_all / groups, o_all / groups);
+    let depth = g.depth();
+    check_len(NAME, "the input", x.len(), g.in_len())?;
+    check_len(NAME, "the output", out.len(), g.out_len())?;
+    if let Some(b) = bias {
+        check_len(NAME, "the bias", b.len(), o_all)?;
+    }
+    if let Some(r) = residual {
+        check_len(NAME, "the residual", r.len(), g.out_len())?;
+    }
+    if weights.len() != groups {
+        return Err(shape_err(
+            NAME,
+            format!("{} packed weights for {groups} groups", weights.len()),
+        ));
+    }
+    for w in weights {
+        if (w.k(), w.n()) != (depth, og) {
+            return Err(shape_err(
+                NAME,
+                format!(
+                    "a group's weights are {}x{}, the geometry needs {depth}x{og}",
+                    w.k(),
+                    w.n()
+                ),
+            ));
+        }
+    }
+    let pixels = g.batch * g.pixels();
+    if pixels == 0 || og == 0 {
+        return Ok(());
+    }
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [pt, pl] = g.pad;
+    let (h, w, out_h, out_w) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let in_place =
+        kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && (out_h, out_w) == (h, w);
+    // Group `gr`'s columns of every output row: rows `O` apart, the last
+    // one `O_g` long.
+    let c_len = (pixels - 1) * o_all + og;
+    for (gr, packed) in weights.iter().enumerate() {
+        let at = gr * og..gr * og + c_len;
+        let c0 = gr * cg;
+        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| {
+            let kc = dst.len() / r;
+            for i in 0..r {
+                let p = i0 + i;
+                let (n, rest) = (p / (out_h * out_w), p % (out_h * out_w));
+                let (oy, ox) = (rest / out_w, rest % out_w);
+                let mut kk = k0;
+                while kk < k0 + kc {
+                    // Within one tap, the channels `c..c + run` are contiguous.
+                    let (tap, c) = (kk / cg, kk % cg);
+                    let run = (cg - c).min(k0 + kc - kk);
+                    let (ky, kx) = (tap / kw, tap % kw);
+                    let iy = (oy * sh + ky * dh).wrapping_sub(pt);
+                    let ix = (ox * sw + kx * dw).wrapping_sub(pl);
+                    let column = dst[(kk - k0) * r + i..].iter_mut().step_by(r).take(run);
+                    // Out of range (including "negative", wrapped) reads the zero padding.
+                    if iy < h && ix < w {
+                        let start = ((n * h + iy) * w + ix) * c_all + c0 + c;
+                        for (d, &v) in column.zip(&x[start..start + run]) {
+                            *d = v;
+                        }
+                    } else {
+                        column.for_each(|d| *d = 0.0);
+                    }
+                    kk += run;
+                }
+            }
+        };
+        let a = if in_place {
+            LeftOperand::Matrix(MatrixRef::strided(&x[c0..], pixels, cg, c_all, false)?)
+        } else {
+            LeftOperand::Gathered {
+                rows: pixels,
+                cols: depth,
+                pack: &gather,
+            }
+        };
+        library.gemm_strided(
+            gemm,
+            StridedGemmArgs {
+                a,
+                b: packed.as_ref(),
+                bias: bias.map(|b| &b[gr * og..(gr + 1) * og]),
+                residual: residual.map(|r| &r[at.clone()]),
+                c: &mut out[at],
+                ldc: o_all,
+            },
+            threads,
+        )?;
     }
     Ok(())
 }

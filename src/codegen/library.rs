@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::elementwise::{self, ElementwiseArgs, ElementwiseKernel, ElementwiseSlot, InnerStride};
 use super::gemm::{
     self, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, GemmKernels, GemmSlots, MicroSlots,
-    PackLayout,
+    PackLayout, StridedGemmArgs,
 };
 use super::jit::KernelSlot;
 use super::jit::{CodegenOptions, FinalizedCode, IsaFeatures, JitBuilder, KernelInfo};
@@ -240,6 +240,18 @@ impl KernelLibrary {
     ) -> Result<(), CodegenError> {
         self.check(id.library)?;
         self.gemms[id.index].run(args, threads)
+    }
+
+    /// A GEMM whose C rows are `ldc` apart and whose left operand may be
+    /// gathered by a rule (the convolution kernels).
+    pub(crate) fn gemm_strided(
+        &self,
+        id: GemmId,
+        args: StridedGemmArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        self.check(id.library)?;
+        self.gemms[id.index].run_strided(args, threads)
     }
 
     /// Batched `a @ b` with broadcast batch dims and optional transposes;

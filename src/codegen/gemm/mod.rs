@@ -194,6 +194,65 @@ pub struct GemmArgs<'a> {
     pub c: &'a mut [f32],
 }
 
+/// A left operand the driver packs one row panel at a time: a matrix in
+/// memory, or values that exist only as a rule (a convolution's input
+/// patches), gathered straight into the packed panels.
+#[derive(Clone, Copy)]
+pub(crate) enum LeftOperand<'a> {
+    Matrix(MatrixRef<'a>),
+    /// `rows x cols`; `pack(i0, r, k0, dst)` writes rows `i0..i0 + r` at
+    /// depth `k0..k0 + dst.len() / r` into `dst` as `[kc][r]` (element
+    /// `(i0 + i, k0 + kk)` at `kk * r + i`). It must index safely: the driver
+    /// calls it only inside `rows x cols`.
+    Gathered {
+        rows: usize,
+        cols: usize,
+        pack: &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync),
+    },
+}
+
+impl LeftOperand<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            LeftOperand::Matrix(a) => a.rows(),
+            LeftOperand::Gathered { rows, .. } => *rows,
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            LeftOperand::Matrix(a) => a.cols(),
+            LeftOperand::Gathered { cols, .. } => *cols,
+        }
+    }
+
+    fn pack_panel(
+        &self,
+        i0: usize,
+        r: usize,
+        k0: usize,
+        dst: &mut [f32],
+        transposes: Option<&Transposes>,
+    ) {
+        match self {
+            LeftOperand::Matrix(a) => pack_a_panel_with(a, i0, r, k0, dst, transposes),
+            LeftOperand::Gathered { pack, .. } => pack(i0, r, k0, dst),
+        }
+    }
+}
+
+/// Operands of a GEMM whose rows of C (and of the residual) are `ldc`
+/// floats apart, `ldc >= n`: `c` holds `(m - 1) * ldc + n` f32 (a group's
+/// columns of a wider output). Otherwise as [`GemmArgs`].
+pub(crate) struct StridedGemmArgs<'a> {
+    pub a: LeftOperand<'a>,
+    pub b: PackedBRef<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+}
+
 /// Operands of a batched `a @ b` (the IR `MatMul`): both may carry batch
 /// dims that broadcast numpy-style; the last two dims are the matrix, stored
 /// transposed when `transpose_*` is set. `c` is contiguous
@@ -515,13 +574,15 @@ thread_local! {
 
 struct Job<'a> {
     kernels: &'a GemmKernels,
-    a: MatrixRef<'a>,
+    a: LeftOperand<'a>,
     b: PackedBRef<'a>,
     bias: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
     c: SharedMut,
     n: usize,
     k: usize,
+    /// Floats between rows of C and of the residual.
+    ldc: usize,
 }
 
 struct Task {
@@ -543,12 +604,32 @@ impl GemmKernels {
     }
 
     pub(crate) fn run(&self, args: GemmArgs<'_>, threads: &Threads) -> Result<(), CodegenError> {
-        let GemmArgs {
+        let ldc = args.b.n();
+        self.run_strided(
+            StridedGemmArgs {
+                a: LeftOperand::Matrix(args.a),
+                b: args.b,
+                bias: args.bias,
+                residual: args.residual,
+                c: args.c,
+                ldc,
+            },
+            threads,
+        )
+    }
+
+    pub(crate) fn run_strided(
+        &self,
+        args: StridedGemmArgs<'_>,
+        threads: &Threads,
+    ) -> Result<(), CodegenError> {
+        let StridedGemmArgs {
             a,
             b,
             bias,
             residual,
             c,
+            ldc,
         } = args;
         let (m, k, n) = (a.rows(), a.cols(), b.n());
         if b.k() != k {
@@ -562,14 +643,26 @@ impl GemmKernels {
                 self.micro.layout.panel_width()
             )));
         }
-        let out_len = m
-            .checked_mul(n)
-            .ok_or_else(|| shape_err("m * n overflows".into()))?;
-        if c.len() != out_len {
+        if ldc < n {
             return Err(shape_err(format!(
-                "C must hold {m}x{n} = {out_len} f32, got {}",
-                c.len()
+                "rows of C {ldc} f32 apart cannot hold {n} columns"
             )));
+        }
+        // Rows `ldc` apart, the last one `n` long.
+        let out_len = match m {
+            0 => Some(0),
+            _ => (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n)),
+        }
+        .ok_or_else(|| shape_err("the size of C overflows".into()))?;
+        if c.len() != out_len {
+            return Err(shape_err(if ldc == n {
+                format!("C must hold {m}x{n} = {out_len} f32, got {}", c.len())
+            } else {
+                format!(
+                    "C ({m} rows of {n}, {ldc} f32 apart) must hold {out_len} f32, got {}",
+                    c.len()
+                )
+            }));
         }
         match (self.epilogue.bias, bias) {
             (true, Some(bias)) if bias.len() != n => {
@@ -621,6 +714,7 @@ impl GemmKernels {
             c: SharedMut(c.as_mut_ptr()),
             n,
             k,
+            ldc,
         };
         let pw = self.micro.layout.panel_width();
         if m == 1 {
@@ -877,7 +971,7 @@ fn run_chunk(
     let panels = panel_count(n, pw);
     let full_panels = n / pw;
     let b_data = job.b.data();
-    let ldc_bytes = n * 4;
+    let ldc_bytes = job.ldc * 4;
     for p in 0..blocks {
         let k0 = p * kc;
         let kcp = if k == 0 { 0 } else { kc.min(k - k0) };
@@ -915,7 +1009,8 @@ fn run_chunk(
             let at = k0 * rows.len() + (i0 - rows.start) * kcp;
             let packed_a = &mut a_chunk[at..at + r * kcp];
             if pack {
-                pack_a_panel_with(&job.a, i0, r, k0, packed_a, micro.transposes.as_ref());
+                job.a
+                    .pack_panel(i0, r, k0, packed_a, micro.transposes.as_ref());
             }
             let packed_a: &[f32] = packed_a;
             let narrow = micro.narrow[r - 1];
@@ -1001,7 +1096,7 @@ impl MicroCall<'_, '_> {
     /// residual and the bias.
     fn full(&self, f: MicroFn, i0: usize, r: usize, j: usize, vecs: usize) {
         let job = self.job;
-        let offset = i0 * job.n + j * self.pw;
+        let offset = i0 * job.ldc + j * self.pw;
         let bias = job
             .bias
             .map_or(std::ptr::null(), |b| b[j * self.pw..].as_ptr());
@@ -1054,7 +1149,7 @@ impl MicroCall<'_, '_> {
             bias_tile[..width].copy_from_slice(&bias[c0..]);
         }
         for i in 0..r {
-            let row = (i0 + i) * job.n + c0;
+            let row = (i0 + i) * job.ldc + c0;
             if self.flags & FLAG_ACCUMULATE != 0 {
                 for col in 0..width {
                     // SAFETY: (i0 + i, c0 + col) is inside C and in this task.
@@ -1093,7 +1188,7 @@ impl MicroCall<'_, '_> {
             }
         }
         for i in 0..r {
-            let row = (i0 + i) * job.n + c0;
+            let row = (i0 + i) * job.ldc + c0;
             for col in 0..width {
                 // SAFETY: as above.
                 unsafe { job.c.0.add(row + col).write(tile[i * pw + col]) };
