@@ -811,12 +811,17 @@ impl GemmKernels {
                 );
             }
         };
-        let with_row = |range: Range<usize>| match job.a.contiguous_row(0) {
+        let stored_row = match &job.a {
+            LeftOperand::Matrix(a) => a.contiguous_row(0),
+            LeftOperand::Gathered { .. } => None,
+        };
+        let with_row = |range: Range<usize>| match stored_row {
             Some(row) => run_panels(range, row),
             None => A_ROW.with(|cell| {
                 let mut row = cell.borrow_mut();
                 row.resize(k, 0.0);
-                pack::pack_a_panel(&job.a, 0, 1, 0, &mut row);
+                // One row packed `[k][1]` is the row itself.
+                job.a.pack_panel(0, 1, 0, &mut row, None);
                 run_panels(range, &row);
             }),
         };
