@@ -130,6 +130,23 @@ impl KernelLibraryBuilder {
         })
     }
 
+    /// The GEMV kernel for 1-row products of depth `k` and width `n` (a
+    /// batch-1 dense layer): machine code for that shape, which every GEMM
+    /// of this library then uses when it gets one row of A and a B of that
+    /// shape (same results, bit for bit). `Ok(false)` when the tier has
+    /// none for the shape (the baseline tier, `n` under one panel); such
+    /// products stay on the micro-kernels.
+    pub fn add_gemv(&mut self, k: usize, n: usize) -> Result<bool, CodegenError> {
+        let isa = self.jit.isa();
+        let micro = match &mut self.micro {
+            Some(micro) => micro,
+            None => self
+                .micro
+                .insert(gemm::compile_micro_kernels(&mut self.jit, isa)?),
+        };
+        micro.add_gemv(&mut self.jit, k, n)
+    }
+
     /// A fused elementwise kernel; `inputs[i]` says how input `i` advances
     /// along the output's last axis.
     pub fn add_elementwise(

@@ -43,7 +43,8 @@
 //! - [`KernelLibrary::clif_text`] for `--dump-clif`.
 //!
 //! Threads: every run call takes a [`Threads`] (`Threads::single()` runs on
-//! the caller without rayon; `Threads::new(n)` or `Threads::from_pool`).
+//! the caller; `Threads::new(n)`: the caller and `n - 1` spinning workers,
+//! `threads.rs`; `Threads::from_pool`: a caller-owned rayon pool).
 //! Work is split across output rows/columns/batch entries only, never
 //! across a reduction, so results are bitwise identical for any thread
 //! count.

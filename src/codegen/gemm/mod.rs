@@ -19,6 +19,7 @@
 //! The tier fixes the packed-B panel width ([`PackLayout`]), `mr` and the
 //! kernels; this driver, the validation and the epilogue flags are shared.
 
+mod gemv;
 mod microkernel;
 mod pack;
 mod wide;
@@ -30,10 +31,11 @@ use std::sync::Arc;
 use crate::codegen::jit::{JitBuilder, KernelSlot};
 use crate::codegen::simd::Emitter;
 use crate::codegen::target::Isa;
-use crate::codegen::threads::{split_range, SharedMut, Threads};
+use crate::codegen::threads::{split_range, SharedMut, Split, Threads};
 use crate::codegen::CodegenError;
 use crate::ir::{LinearEpilogue, UnaryOp};
 
+use gemv::{GemvFn, GEMV_PARAMS};
 use microkernel::{
     emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
     FLAG_CAP6, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
@@ -62,7 +64,7 @@ fn nc_panels(k: usize, panel_width: usize) -> usize {
 const MC: usize = 96;
 /// Below this many flops a call stays on the calling thread (waking a pool
 /// thread costs several microseconds on this machine).
-const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+const PARALLEL_MIN_FLOPS: usize = 1 << 17;
 
 /// Activations a GEMM epilogue can apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -295,6 +297,8 @@ pub(crate) struct MicroSlots {
     wide: Vec<(usize, KernelSlot)>,
     /// The packing transposes of 12 and 16 rows (AVX-512).
     transposes: Option<(KernelSlot, KernelSlot)>,
+    /// GEMV kernels by shape `(k, n)` (wide tiers).
+    gemv: Vec<((usize, usize), KernelSlot)>,
 }
 
 /// Parameters of `wide::assemble_transpose`'s code.
@@ -336,6 +340,7 @@ pub(crate) fn compile_micro_kernels(
         narrow,
         wide,
         transposes: None,
+        gemv: Vec::new(),
     })
 }
 
@@ -377,6 +382,7 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
         narrow,
         wide,
         transposes,
+        gemv: Vec::new(),
     })
 }
 
@@ -425,6 +431,9 @@ pub(crate) struct MicroKernels {
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
     transposes: Option<Transposes>,
+    /// GEMV kernels by shape `(k, n)`: 1-row products of those shapes
+    /// take the GEMV path.
+    gemv: Vec<((usize, usize), GemvFn)>,
 }
 
 fn transpose_fn(address: usize) -> TransposeFn {
@@ -446,6 +455,26 @@ fn micro_fn(address: usize) -> MicroFn {
 }
 
 impl MicroSlots {
+    /// Assembles the GEMV kernel of shape `(k, n)` (once per shape) when
+    /// the tier has one for it; 1-row GEMMs of that shape then use it.
+    pub(crate) fn add_gemv(
+        &mut self,
+        jit: &mut JitBuilder,
+        k: usize,
+        n: usize,
+    ) -> Result<bool, CodegenError> {
+        if !gemv::supports(self.isa, k, n) {
+            return Ok(false);
+        }
+        if !self.gemv.iter().any(|&(shape, _)| shape == (k, n)) {
+            let code = gemv::assemble(self.isa, k, n)?;
+            let name = format!("gemv_{}_{k}x{n}", self.isa);
+            let slot = jit.define_bytes(&name, GEMV_PARAMS, &code)?;
+            self.gemv.push(((k, n), slot));
+        }
+        Ok(true)
+    }
+
     pub(crate) fn link(&self, addresses: &[usize]) -> MicroKernels {
         MicroKernels {
             isa: self.isa,
@@ -465,6 +494,17 @@ impl MicroSlots {
                 rows12: transpose_fn(addresses[r12.0]),
                 rows16: transpose_fn(addresses[r16.0]),
             }),
+            gemv: self
+                .gemv
+                .iter()
+                .map(|&(shape, slot)| {
+                    let address = addresses[slot.0];
+                    assert_ne!(address, 0, "finalized function has a null address");
+                    // SAFETY: assembled by `gemv::assemble` for exactly this
+                    // signature under System V (the wide tiers' only ABI).
+                    (shape, unsafe { std::mem::transmute::<usize, GemvFn>(address) })
+                })
+                .collect(),
         }
     }
 }
@@ -677,6 +717,13 @@ impl GemmKernels {
             ldc,
         };
         let pw = self.micro.layout.panel_width();
+        if m == 1 {
+            let kernel = self.micro.gemv.iter().find(|&&(shape, _)| shape == (k, n));
+            if let Some(&(_, kernel)) = kernel {
+                self.run_gemv(kernel, &job, threads);
+                return Ok(());
+            }
+        }
         // SAFETY (for `run_task`): tasks cover disjoint (row range x panel
         // range) rectangles of C, and `c` is exclusively borrowed until
         // every task has finished.
@@ -692,9 +739,102 @@ impl GemmKernels {
             );
             return Ok(());
         }
-        let (tasks, _) = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
-        threads.for_each(&tasks, |t| run_task(&job, t));
+        let grid = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
+        threads.for_each_index(grid.count(), |i| run_task(&job, &grid.get(i)));
         Ok(())
+    }
+}
+
+thread_local! {
+    /// A's row for the GEMV path when it is not stored contiguously.
+    static A_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes of packed B from which a GEMV is split over threads: about a
+/// microsecond of streaming from L2, several hand-offs' worth.
+const GEMV_PARALLEL_MIN_BYTES: usize = 128 * 1024;
+
+impl GemmKernels {
+    /// `c = epilogue(a @ b)` for one row of A: the full panels on the GEMV
+    /// kernel of the shape, the N edge (a partial panel) on the
+    /// micro-kernel's tile copy. Split over threads by panel ranges of
+    /// whole groups, each thread keeping the same part of B from call to
+    /// call (in its L2, when its part fits).
+    fn run_gemv(&self, kernel: GemvFn, job: &Job<'_>, threads: &Threads) {
+        let (k, n) = (job.k, job.n);
+        let pw = self.micro.layout.panel_width();
+        let (full, panels) = (n / pw, panel_count(n, pw));
+        let run_panels = |range: Range<usize>, a_row: &[f32]| {
+            let end = range.end.min(full);
+            if range.start < end {
+                let flags = FLAG_EPILOGUE | self.micro_flags;
+                let bias = job.bias.map_or(std::ptr::null(), |b| b.as_ptr());
+                let residual = job.residual.map_or(std::ptr::null(), |r| r.as_ptr());
+                // SAFETY: the kernel was assembled for this (k, n) and reads
+                // the k values of `a_row`, the packed B of that shape
+                // (validated by `run`), and for panels range.start..end
+                // (all full: inside n) the same columns of bias and
+                // residual (n values each when present, checked by `run`);
+                // it writes only those columns of C, which this task owns.
+                // The tile pass touches the same columns.
+                unsafe {
+                    kernel(
+                        a_row.as_ptr(),
+                        job.b.data().as_ptr(),
+                        job.c.get(),
+                        range.start,
+                        end,
+                        flags,
+                        bias,
+                        residual,
+                    );
+                    if let Some(pass) = self.tile_pass {
+                        let offset = range.start * pw;
+                        pass(
+                            job.c.get().add(offset),
+                            residual.wrapping_add(offset),
+                            n * 4,
+                            1,
+                            (end - range.start) * pw / 4,
+                            self.tile_flags,
+                        );
+                    }
+                }
+            }
+            if range.end > full {
+                run_task(
+                    job,
+                    &Task {
+                        rows: 0..1,
+                        panels: full.max(range.start)..range.end,
+                    },
+                );
+            }
+        };
+        let stored_row = match &job.a {
+            LeftOperand::Matrix(a) => a.contiguous_row(0),
+            LeftOperand::Gathered { .. } => None,
+        };
+        let with_row = |range: Range<usize>| match stored_row {
+            Some(row) => run_panels(range, row),
+            None => A_ROW.with(|cell| {
+                let mut row = cell.borrow_mut();
+                row.resize(k, 0.0);
+                // One row packed `[k][1]` is the row itself.
+                job.a.pack_panel(0, 1, 0, &mut row, None);
+                run_panels(range, &row);
+            }),
+        };
+        let parallel =
+            threads.count() > 1 && k.saturating_mul(n).saturating_mul(4) >= GEMV_PARALLEL_MIN_BYTES;
+        if parallel {
+            // Two ranges per thread: a late thread's part can be taken over
+            // in halves.
+            let split = Split::new(panels, 2 * threads.count(), gemv::GROUP);
+            threads.for_each_index(split.count(), |i| with_row(split.get(i)));
+        } else {
+            with_row(0..panels);
+        }
     }
 }
 
@@ -704,19 +844,32 @@ fn runs_parallel(m: usize, n: usize, k: usize, threads: usize) -> bool {
     threads > 1 && flops >= PARALLEL_MIN_FLOPS
 }
 
-/// The N blocks (panel ranges) of a call run on one thread, in order:
-/// `split_range(panels, blocks, 1)` without the vector.
-fn sequential_blocks(n: usize, k: usize, panel_width: usize) -> impl Iterator<Item = Range<usize>> {
-    let panels = panel_count(n, panel_width);
-    let blocks = panels.div_ceil(nc_panels(k, panel_width)).max(1);
-    let chunk = panels.div_ceil(blocks).max(1);
-    (0..panels)
-        .step_by(chunk)
-        .map(move |start| start..(start + chunk).min(panels))
+
+/// The tasks of a parallel call: row ranges x panel ranges, numbered row
+/// range first, so that thread `t`'s contiguous share of the numbers is a
+/// band of rows (it packs those rows of A, not everyone's).
+#[derive(Clone, Copy, Debug)]
+struct TaskGrid {
+    rows: Split,
+    panels: Split,
 }
 
-/// The tasks of one call, and whether to hand them to the thread pool
-/// (else they run in order on the calling thread).
+impl TaskGrid {
+    fn count(&self) -> usize {
+        self.rows.count() * self.panels.count()
+    }
+
+    fn get(&self, i: usize) -> Task {
+        let per_row = self.panels.count();
+        Task {
+            rows: self.rows.get(i / per_row),
+            panels: self.panels.get(i % per_row),
+        }
+    }
+}
+
+/// The tasks of a call on `threads` threads (computed, not stored: a call
+/// allocates nothing).
 fn plan_tasks(
     m: usize,
     n: usize,
@@ -724,18 +877,9 @@ fn plan_tasks(
     threads: usize,
     mr: usize,
     panel_width: usize,
-) -> (Vec<Task>, bool) {
+) -> TaskGrid {
     let panels = panel_count(n, panel_width);
     let nc = nc_panels(k, panel_width);
-    if !runs_parallel(m, n, k, threads) {
-        let sequential = sequential_blocks(n, k, panel_width)
-            .map(|p| Task {
-                rows: 0..m,
-                panels: p,
-            })
-            .collect();
-        return (sequential, false);
-    }
     let target = 4 * threads;
     let col_blocks = panels.div_ceil(nc);
     let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(mr)).max(1);
@@ -747,18 +891,10 @@ fn plan_tasks(
     // Column ranges start on multiples of 4 panels so wide kernels group
     // the same panels whatever the split (not needed for the result, which
     // is split-independent, but keeps the work per task even).
-    let col_ranges = split_range(panels, col_parts, 4);
-    let row_ranges = split_range(m, row_parts, mr);
-    let mut tasks = Vec::with_capacity(col_ranges.len() * row_ranges.len());
-    for rows in &row_ranges {
-        for cols in &col_ranges {
-            tasks.push(Task {
-                rows: rows.clone(),
-                panels: cols.clone(),
-            });
-        }
+    TaskGrid {
+        rows: Split::new(m, row_parts, mr),
+        panels: Split::new(panels, col_parts, 4),
     }
-    (tasks, true)
 }
 
 /// Packed A a task keeps per M chunk (every K block of the chunk's rows),
@@ -1345,14 +1481,9 @@ mod tests {
                 (64, 64, 64, 1),
                 (37, 3000, 8, 2),
             ] {
-                let (tasks, parallel) = plan_tasks(m, n, k, threads, mr, pw);
                 let panels = panel_count(n, pw);
-                assert_eq!(
-                    sequential_blocks(n, k, pw).collect::<Vec<_>>(),
-                    split_range(panels, panels.div_ceil(nc_panels(k, pw)), 1),
-                    "{isa}: {m}x{n}x{k}"
-                );
-                assert_eq!(parallel, threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS);
+                let grid = plan_tasks(m, n, k, threads, mr, pw);
+                let tasks: Vec<Task> = (0..grid.count()).map(|i| grid.get(i)).collect();
                 let mut covered = vec![0u8; m * panels];
                 for t in &tasks {
                     for i in t.rows.clone() {
@@ -1365,7 +1496,7 @@ mod tests {
                     covered.iter().all(|&c| c == 1),
                     "{isa}: {m}x{n}x{k} on {threads}"
                 );
-                if threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS && panels > 1 {
+                if panels > 1 {
                     assert!(
                         tasks.len() >= threads,
                         "{isa}: {m}x{n}x{k}: {} tasks",

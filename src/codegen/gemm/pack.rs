@@ -152,6 +152,22 @@ impl<'a> MatrixRef<'a> {
     pub fn is_transposed(&self) -> bool {
         self.transposed
     }
+
+    /// Row `i` as one contiguous slice, when it is stored that way.
+    pub(crate) fn contiguous_row(&self, i: usize) -> Option<&'a [f32]> {
+        if i >= self.rows {
+            return None;
+        }
+        if !self.transposed {
+            let start = i * self.ld;
+            self.data.get(start..start + self.cols)
+        } else if self.ld == 1 || self.cols <= 1 {
+            // Stored [k][m] with one column: the row is contiguous.
+            self.data.get(i..i + self.cols)
+        } else {
+            None
+        }
+    }
 }
 
 /// An assembled packing transpose (`wide::assemble_transpose`): `(src,

@@ -225,10 +225,15 @@ impl KernelCandidate for GemmTier {
             _ => (None, None),
         };
         let out_shape = &site.out_shape;
+        let m = out_shape[..out_shape.len() - 1].iter().product();
+        let kernel = kernels.gemm(epilogue)?;
+        if m == 1 {
+            kernels.gemv(k, n)?;
+        }
         Ok(Step::Gemm {
-            kernel: kernels.gemm(epilogue)?,
+            kernel,
             a: site.at(0),
-            m: out_shape[..out_shape.len() - 1].iter().product(),
+            m,
             k,
             n,
             transpose_a,

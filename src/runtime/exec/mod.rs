@@ -752,6 +752,8 @@ impl CompiledModel {
         current: &mut usize,
     ) -> Result<(), ExecError> {
         let threads = &self.threads;
+        // Parked pool workers start spinning while the first steps run.
+        threads.wake();
         let mem = Memory::new(arena, inputs, &self.weights);
         for (index, step) in plan.steps.iter().enumerate() {
             *current = index;

@@ -229,6 +229,8 @@ struct KernelIndex {
     /// runs on the interpreter.
     elementwise: Vec<(ElementwiseKey, Option<ElementwiseId>)>,
     rows: Vec<(RowOp, RowKernelId)>,
+    /// GEMV shapes `(k, n)` asked for (whether or not the tier has one).
+    gemvs: Vec<(usize, usize)>,
 }
 
 /// Why planning steps stopped.
@@ -290,6 +292,16 @@ impl Kernels {
         let id = self.builder()?.add_gemm(epilogue)?;
         self.index.gemms.push((epilogue, id));
         Ok(id)
+    }
+
+    /// The GEMV kernel for 1-row products of shape `(k, n)` (see
+    /// `KernelLibraryBuilder::add_gemv`): the library's GEMMs use it.
+    pub(super) fn gemv(&mut self, k: usize, n: usize) -> Result<(), StepError> {
+        if !self.index.gemvs.contains(&(k, n)) {
+            self.builder()?.add_gemv(k, n)?;
+            self.index.gemvs.push((k, n));
+        }
+        Ok(())
     }
 
     /// `Ok(None)` when the expression has no native kernel.
