@@ -469,7 +469,8 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
         };
         let taps = params.get("w0").map(|t| {
             let mut packed = vec![0.0; t.len()];
-            pack_depthwise_taps(t.as_f32().unwrap(), c, kernel[0] * kernel[1], &mut packed);
+            pack_depthwise_taps(t.as_f32().unwrap(), c, kernel[0] * kernel[1], &mut packed)
+                .unwrap();
             packed
         });
         let g = WindowGeometry {
