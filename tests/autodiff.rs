@@ -309,6 +309,26 @@ const RULE_CASES: &[(&str, &str)] = &[
   y5 = conv2d(x, w, stride=[2, 3], dilation=2, padding=[0, 0, 2, 3])
   output loss = sum(y1 * r1) + sum(y2 * r2) + sum(y3 * r3) + sum(y4 * r4) + sum(y5 * r5)
 }"),
+    ("conv2d_nhwc", "model m {
+  input x: f32[2, 7, 6, 4]
+  param w: f32[6, 4, 3, 3]
+  param b: f32[6]
+  param wd: f32[4, 1, 3, 3]
+  param bd: f32[4]
+  input r1: f32[2, 7, 6, 6]
+  input r2: f32[2, 4, 3, 4]
+  y1 = conv2d(x, w, b, padding=1, layout=\"nhwc\")
+  y2 = conv2d(x, wd, bd, stride=2, padding=\"same\", groups=4, layout=\"nhwc\")
+  output loss = sum(y1 * r1) + sum(y2 * r2)
+}"),
+    ("pool_nhwc", "model m {
+  input x: f32[2, 7, 6, 3]
+  input r1: f32[2, 4, 3, 3]
+  input r2: f32[2, 1, 1, 3]
+  y1 = max_pool2d(x, kernel=3, stride=2, padding=1, layout=\"nhwc\")
+  y2 = avg_pool2d(x, kernel=[2, 3], stride=[2, 2], padding=\"same\", layout=\"nhwc\")
+  output loss = sum(y1 * r1) + sum(y2 * r1) + sum(global_avg_pool2d(x, layout=\"nhwc\") * r2)
+}"),
     ("conv2d_wide_padding", "model m {
   input x: f32[1, 2, 5, 5]
   param w: f32[3, 2, 2, 2]

@@ -21,7 +21,7 @@ use lamina::interp;
 use lamina::ir::builder::GraphBuilder;
 use lamina::ir::ops::conv::{Conv2d, FusedConv2d};
 use lamina::ir::ops::pool::{Pool2d, PoolKind};
-use lamina::ir::ops::window::{Padding2d, Window2d};
+use lamina::ir::ops::window::{DataLayout, Padding2d, Window2d};
 use lamina::ir::{Bindings, DType, Dim, Graph, LinearEpilogue, Op, TensorType, UnaryOp};
 use lamina::runtime::exec::{CompileOptions, CompiledModel};
 use lamina::tensor::Tensor;
@@ -61,6 +61,7 @@ fn window(rng: &mut ChaCha8Rng) -> Window2d {
         stride: [rng.random_range(1..4), rng.random_range(1..4)],
         dilation: [rng.random_range(1..3), rng.random_range(1..3)],
         padding: padding(rng),
+        layout: DataLayout::Nchw,
     }
 }
 

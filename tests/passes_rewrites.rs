@@ -225,7 +225,7 @@ fn const_fold_rejects_parameter_values_of_the_wrong_shape() {
 /// conv2d (with its own bias) -> batch_norm -> relu6, as EfficientNet has them.
 fn conv_bn_relu6() -> lamina::ir::Graph {
     use lamina::ir::ops::batch_norm::BatchNorm;
-    use lamina::ir::ops::window::{Padding2d, Window2d};
+    use lamina::ir::ops::window::{DataLayout, Padding2d, Window2d};
     use lamina::ir::ops::Conv2d;
     let mut b = Builder::new("conv_bn");
     let x = b.input("x", "f32[batch, 1, 3, 3]");
@@ -240,6 +240,7 @@ fn conv_bn_relu6() -> lamina::ir::Graph {
             stride: [1, 1],
             dilation: [1, 1],
             padding: Padding2d::Same,
+            layout: DataLayout::Nchw,
         },
         groups: 1,
     });

@@ -665,7 +665,7 @@ fn fused_linear_matches_matmul_bias_activation_residual_bit_for_bit() {
 
 #[test]
 fn fused_conv2d_matches_conv2d_activation_residual_bit_for_bit() {
-    use crate::ir::ops::window::{Padding2d, Window2d};
+    use crate::ir::ops::window::{DataLayout, Padding2d, Window2d};
     use crate::ir::ops::{Conv2d, FusedConv2d};
     let x = Tensor::f32(
         vec![2, 2, 5, 4],
@@ -682,6 +682,7 @@ fn fused_conv2d_matches_conv2d_activation_residual_bit_for_bit() {
             stride: [2, 1],
             dilation: [1, 2],
             padding: Padding2d::Same,
+            layout: DataLayout::Nchw,
         },
         groups: 2,
     };

@@ -10,7 +10,7 @@ use crate::ir::image_input::ResizeFilter;
 use crate::ir::ops::pad::Pad;
 use crate::ir::ops::pool::{Pool2d, PoolKind};
 use crate::ir::ops::resize::Resize;
-use crate::ir::ops::window::{Padding2d, Window2d};
+use crate::ir::ops::window::{DataLayout, Padding2d, Window2d};
 use crate::ir::ops::{conv::Conv2d, Float};
 use crate::ir::{Dim, Op};
 
@@ -143,6 +143,7 @@ fn window(g: &Geometry) -> Window2d {
         stride: pair(&g.stride, 1),
         dilation: pair(&g.dilation, 1),
         padding,
+        layout: DataLayout::Nchw,
     }
 }
 

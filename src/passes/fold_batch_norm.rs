@@ -22,6 +22,7 @@
 
 use super::edit::{add_constant, add_node, is_weight, replace, sole_user};
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::window::DataLayout;
 use crate::ir::ops::{BinaryOp, FusedConv2d, Reshape, UnaryOp};
 use crate::ir::{Dim, Graph, Op};
 use crate::tensor::Tensor;
@@ -55,10 +56,13 @@ impl Pass for FoldBatchNorm {
             let operands = graph.inputs(id);
             let conv_id = operands[0];
             let conv_op = graph.node(conv_id).op.clone();
+            // batch_norm's channels are axis 1: an NHWC convolution's are not.
             let linear = match &conv_op {
-                Op::Conv2d(_) => true,
-                Op::FusedConv2d(FusedConv2d { epilogue, .. }) => {
-                    epilogue.activation.is_none() && !epilogue.residual
+                Op::Conv2d(conv) => conv.window.layout == DataLayout::Nchw,
+                Op::FusedConv2d(FusedConv2d { conv, epilogue }) => {
+                    conv.window.layout == DataLayout::Nchw
+                        && epilogue.activation.is_none()
+                        && !epilogue.residual
                 }
                 _ => false,
             };

@@ -29,6 +29,7 @@
 use super::edit::{add_node, is_weight, replace};
 use super::epilogue::{self, Stage};
 use super::{Pass, PassContext, PassError, Steps};
+use crate::ir::ops::window::DataLayout;
 use crate::ir::ops::{Conv2d, FusedConv2d, Reshape};
 use crate::ir::{DType, Dim, Graph, LinearEpilogue, NodeId, Op, UnaryOp};
 
@@ -39,7 +40,9 @@ pub struct ConvFusion;
 enum Bias {
     /// The convolution's own `[C]` operand (or the fused node's).
     Own(NodeId),
-    /// A broadcast add of a `[C, 1, 1]` or `[1, C, 1, 1]` value, reshaped to `[C]` when fused.
+    /// A broadcast add of one value per channel (`[C, 1, 1]` or `[1, C, 1, 1]`
+    /// in NCHW; `[C]`, `[1, C]`, `[1, 1, C]` or `[1, 1, 1, C]` in NHWC),
+    /// reshaped to `[C]` when fused.
     Added(NodeId),
 }
 
@@ -131,16 +134,24 @@ fn chain_kind(chain: &Chain) -> String {
     parts.join("+")
 }
 
-/// Whether `ty` is one value per channel of an NCHW tensor with `channels`
-/// channels, broadcast over batch, height and width.
-fn is_channel_bias(ty: &crate::ir::TensorType, channels: &Dim) -> bool {
+/// Whether `ty` is one value per channel of a `layout` tensor with
+/// `channels` channels, broadcast over batch, height and width.
+fn is_channel_bias(ty: &crate::ir::TensorType, channels: &Dim, layout: DataLayout) -> bool {
     let one = Dim::known(1);
+    // Broadcasting aligns trailing axes: the shape is the 4-D one with some
+    // leading axes dropped, and every axis but the channels' is 1.
+    let rank = ty.shape.len();
+    let channel_axis = layout.channel_axis();
     ty.dtype == DType::F32
-        && match ty.shape.as_slice() {
-            [c, h, w] => c == channels && *h == one && *w == one,
-            [n, c, h, w] => *n == one && c == channels && *h == one && *w == one,
-            _ => false,
-        }
+        && (1..=4).contains(&rank)
+        && channel_axis >= 4 - rank
+        && ty.shape.iter().enumerate().all(|(i, d)| {
+            if i + 4 - rank == channel_axis {
+                d == channels
+            } else {
+                *d == one
+            }
+        })
 }
 
 /// The convolution layer starting at `id`, if at least one epilogue op can join it.
@@ -168,12 +179,13 @@ fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
     if !is_weight(graph, w) {
         return None;
     }
-    let channels = graph.node(id).ty.shape.get(1)?.clone();
+    let layout = conv.window.layout;
+    let channels = graph.node(id).ty.shape.get(layout.channel_axis())?.clone();
     let found = epilogue::walk(
         graph,
         id,
         stage,
-        |ty| is_channel_bias(ty, &channels),
+        |ty| is_channel_bias(ty, &channels, layout),
         is_conv_activation,
     );
     (found.count > 0).then(|| Chain {

@@ -18,7 +18,7 @@
 //! 1e-5 also skip graphs whose intermediates grow (`largest_intermediate`).
 
 use lamina::ir::ops::batch_norm::BatchNorm;
-use lamina::ir::ops::window::{Padding2d, Window2d};
+use lamina::ir::ops::window::{DataLayout, Padding2d, Window2d};
 use lamina::ir::ops::{
     Cast, Concat, Conv2d, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute, Reduce,
     Reshape, Slice, Softmax,
@@ -1008,6 +1008,7 @@ impl Gen {
                 stride,
                 dilation,
                 padding,
+                layout: DataLayout::Nchw,
             },
             groups,
         };

@@ -147,9 +147,10 @@ pub(super) fn call<'a>(
             args: &mut args,
         },
     );
-    let finished = args.finish(lw);
+    // A lowering that failed stopped reading at its error: what it left
+    // unread is not unknown, so only a successful one reports leftovers.
     let (op, inputs) = op_and_inputs?;
-    finished?;
+    args.finish(lw)?;
     lw.node(op, &inputs, span)
 }
 

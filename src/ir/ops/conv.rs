@@ -1,8 +1,10 @@
-//! `conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1)`: 2-D
-//! convolution (cross-correlation, as PyTorch and ONNX define it) of an
-//! NCHW input with OIHW weights (PyTorch's layout), optional bias `[O]`.
-//! `groups` splits channels into independent groups (depthwise: groups =
-//! input channels). Padding is zeros; see `window.rs` for the attributes.
+//! `conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1,
+//! layout="nchw")`: 2-D convolution (cross-correlation, as PyTorch and ONNX
+//! define it) of an NCHW input (NHWC with `layout="nhwc"`, the output then
+//! NHWC too) with OIHW weights (PyTorch's layout, whatever the data layout),
+//! optional bias `[O]`. `groups` splits channels into independent groups
+//! (depthwise: groups = input channels). Padding is zeros; see `window.rs`
+//! for the attributes.
 //!
 //! `fused_conv2d` is what the `fuse-conv` pass makes of a convolution and
 //! the ops after it: `act(conv2d(x, w, bias)) + residual`, with the same
@@ -11,7 +13,7 @@
 use super::linalg::{activation_and_residual, LinearEpilogue};
 use super::shape::{err, expect_dtype, show, ShapeError};
 use super::values::elements;
-use super::window::{Padding2d, Window2d};
+use super::window::{DataLayout, Padding2d, Window2d};
 use super::{Builtin, CallArgs, EvalError, Gather, NodeId, Op, OpKind, Poisoned, ReduceOp};
 use crate::ir::graph::ShapeDisplay;
 use crate::ir::vjp::{GradError, Vjp};
@@ -54,8 +56,8 @@ pub struct ConvGeometry {
 }
 
 impl Conv2d {
-    /// The geometry for an input `[N, C, H, W]` and weights `[O, C/g, kh, kw]`
-    /// whose shapes the shape rule accepted.
+    /// The geometry for an input `[N, C, H, W]` (`[N, H, W, C]` in NHWC),
+    /// weights `[O, C/g, kh, kw]` and output shape the shape rule accepted.
     pub fn geometry(&self, x: &[usize], w: &[usize], out: &[usize]) -> ConvGeometry {
         let pads = |axis: usize, size: usize, k: usize| {
             self.window
@@ -63,19 +65,21 @@ impl Conv2d {
                 .expect("the shape rule checked the sizes")
                 .0
         };
+        let [batch, in_channels, in_h, in_w] = self.window.layout.to_nchw(x);
+        let [_, _, out_h, out_w] = self.window.layout.to_nchw(out);
         ConvGeometry {
-            batch: x[0],
-            in_channels: x[1],
-            in_h: x[2],
-            in_w: x[3],
+            batch,
+            in_channels,
+            in_h,
+            in_w,
             out_channels: w[0],
-            out_h: out[2],
-            out_w: out[3],
+            out_h,
+            out_w,
             kernel_h: w[2],
             kernel_w: w[3],
             groups: self.groups,
-            pad_top: pads(0, x[2], w[2]),
-            pad_left: pads(1, x[3], w[3]),
+            pad_top: pads(0, in_h, w[2]),
+            pad_left: pads(1, in_w, w[3]),
         }
     }
 }
@@ -105,7 +109,9 @@ impl OpKind for Conv2d {
 
     /// Both gradients are convolutions (see `input_gradient` and
     /// `weight_gradient`), so whatever kernel runs conv2d runs them; the
-    /// bias's is the sum of `g` over batch, height and width.
+    /// bias's is the sum of `g` over batch, height and width. In NHWC, the
+    /// NCHW rule applies to `x` and `g` permuted to NCHW, and the input's
+    /// gradient is permuted back.
     fn vjp(
         &self,
         cx: &mut Vjp<'_>,
@@ -114,6 +120,27 @@ impl OpKind for Conv2d {
         g: NodeId,
         wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
+        let layout = self.window.layout;
+        if layout != DataLayout::Nchw {
+            let nchw = Conv2d {
+                window: Window2d {
+                    layout: DataLayout::Nchw,
+                    ..self.window
+                },
+                groups: self.groups,
+            };
+            let to_nchw = layout.to_nchw_perm().to_vec();
+            let mut operands = inputs.to_vec();
+            if wants[0] || wants[1] {
+                operands[0] = cx.permute(inputs[0], to_nchw.clone())?;
+            }
+            let g_nchw = cx.permute(g, to_nchw)?;
+            let mut grads = nchw.vjp(cx, _node, &operands, g_nchw, wants)?;
+            if let Some(dx) = grads[0] {
+                grads[0] = Some(cx.permute(dx, layout.from_nchw_perm().to_vec())?);
+            }
+            return Ok(grads);
+        }
         let mut grads = vec![None; inputs.len()];
         if wants[0] {
             grads[0] = Some(self.input_gradient(cx, inputs[0], inputs[1], g)?);
@@ -142,27 +169,30 @@ impl Conv2d {
         for (what, ty) in [("input", x), ("weights", w)] {
             expect_dtype(op, what, ty, DType::F32)?;
         }
+        let layout = self.window.layout;
         if x.rank() != 4 || w.rank() != 4 {
             return err(format!(
-                "{op}: takes an input [batch, channels, height, width] and weights \
-                 [out_channels, in_channels / groups, kernel_h, kernel_w]; got {x} and {w}"
+                "{op}: takes an input {} and weights \
+                 [out_channels, in_channels / groups, kernel_h, kernel_w]; got {x} and {w}",
+                layout_shape_words(layout)
             ));
         }
+        let [batch, channels, height, width] = layout.to_nchw(&x.shape);
         let (Some(kh), Some(kw)) = (w.shape[2].as_known(), w.shape[3].as_known()) else {
             return err(format!(
                 "{op}: the kernel size must be known integers, got weights {w}"
             ));
         };
         let groups = Dim::known(self.groups);
-        let per_group = x.shape[1].div(&groups);
+        let per_group = channels.div(&groups);
         if per_group.as_ref() != Some(&w.shape[1]) {
             return err(format!(
                 "{op}: the input's {} channels in {} group(s) need weights with {} \
                  input channels each, got {w}",
-                x.shape[1],
+                channels,
                 self.groups,
                 per_group.map_or_else(
-                    || format!("{} / {}", x.shape[1], self.groups),
+                    || format!("{} / {}", channels, self.groups),
                     |d| d.to_string()
                 ),
             ));
@@ -182,11 +212,11 @@ impl Conv2d {
                 ));
             }
         }
-        let h = self.window.out_dim(op, 0, &x.shape[2], kh)?;
-        let wd = self.window.out_dim(op, 1, &x.shape[3], kw)?;
+        let h = self.window.out_dim(op, 0, &height, kh)?;
+        let wd = self.window.out_dim(op, 1, &width, kw)?;
         Ok(TensorType::new(
             DType::F32,
-            vec![x.shape[0].clone(), w.shape[0].clone(), h, wd],
+            layout.from_nchw([batch, w.shape[0].clone(), h, wd]),
         ))
     }
 
@@ -205,9 +235,12 @@ impl Conv2d {
             None => None,
         };
         let g = self.geometry(inputs[0].shape(), inputs[1].shape(), out_shape);
+        let layout = self.window.layout;
+        let in_sizes = [g.in_channels, g.in_h, g.in_w];
+        let out_sizes = [g.out_channels, g.out_h, g.out_w];
         let in_per_group = g.in_channels / g.groups;
         let out_per_group = g.out_channels / g.groups;
-        let mut out = Vec::with_capacity(out_shape.iter().product());
+        let mut out = vec![0.0f32; out_shape.iter().product()];
         for n in 0..g.batch {
             for o in 0..g.out_channels {
                 let group = o / out_per_group;
@@ -216,18 +249,17 @@ impl Conv2d {
                         let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
                         for ci in 0..in_per_group {
                             let c = group * in_per_group + ci;
-                            let plane = &x[(n * g.in_channels + c) * g.in_h * g.in_w..];
                             let kernel = &w[(o * in_per_group + ci) * g.kernel_h * g.kernel_w..];
                             for (iy, ky) in self.window.taps(0, oy, g.pad_top, g.in_h, g.kernel_h) {
                                 for (ix, kx) in
                                     self.window.taps(1, ox, g.pad_left, g.in_w, g.kernel_w)
                                 {
-                                    acc += f64::from(plane[iy * g.in_w + ix])
+                                    acc += f64::from(x[layout.index(in_sizes, n, c, iy, ix)])
                                         * f64::from(kernel[ky * g.kernel_w + kx]);
                                 }
                             }
                         }
-                        out.push(acc as f32);
+                        out[layout.index(out_sizes, n, o, oy, ox)] = acc as f32;
                     }
                 }
             }
@@ -496,6 +528,7 @@ impl Conv2d {
                     bottom: pads[2],
                     right: pads[3],
                 },
+                layout: DataLayout::Nchw,
             },
             groups: self.groups,
         };
@@ -588,11 +621,20 @@ impl Conv2d {
                     bottom: after[0],
                     right: after[1],
                 },
+                layout: DataLayout::Nchw,
             },
             groups: self.groups,
         };
         let per_input_channel = cx.add(Op::Conv2d(correlation), &[input, kernel])?;
         cx.permute(per_input_channel, vec![1, 0, 2, 3])
+    }
+}
+
+/// How a message names the input shape a window op takes in `layout`.
+pub(super) fn layout_shape_words(layout: DataLayout) -> &'static str {
+    match layout {
+        DataLayout::Nchw => "[batch, channels, height, width]",
+        DataLayout::Nhwc => "[batch, height, width, channels] (layout \"nhwc\")",
     }
 }
 

@@ -1,8 +1,10 @@
-//! Pooling over height and width of an NCHW tensor:
+//! Pooling over height and width of an NCHW tensor (NHWC with
+//! `layout="nhwc"`):
 //! `max_pool2d(x, kernel=, stride=kernel, padding=0, dilation=1)`,
 //! `avg_pool2d(x, kernel=, stride=kernel, padding=0, dilation=1,
 //! count_include_pad=false)`, and `global_avg_pool2d(x)` (the mean over
-//! height and width, kept as `[N, C, 1, 1]`; it lowers to `mean`).
+//! height and width, kept as `[N, C, 1, 1]` (`[N, 1, 1, C]`); it lowers to
+//! `mean`).
 //!
 //! Padding never takes part in a max. An average divides by the taps that
 //! land on the input, or, with `count_include_pad=true`, by all taps of the
@@ -10,12 +12,13 @@
 //! covers no input pixel (possible only with large dilation) gives -inf
 //! (max) or NaN (average without padding counted: 0 / 0).
 
+use super::conv::layout_shape_words;
 use super::math;
 use super::pool_grad::Pool2dGrad;
 use super::reduce::Reduce;
 use super::shape::{err, expect_dtype, ShapeError};
 use super::values::elements;
-use super::window::{read_pair, Window2d};
+use super::window::{read_layout, read_pair, DataLayout, Window2d};
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned, ReduceOp};
 use crate::ir::vjp::{GradError, Vjp};
 use crate::ir::{DType, TensorType};
@@ -50,41 +53,42 @@ impl OpKind for Pool2d {
         let x = inputs[0];
         let name = self.name();
         expect_dtype(name, "input", x, DType::F32)?;
+        let layout = self.window.layout;
         if x.rank() != 4 {
             return err(format!(
-                "{name}: takes an input [batch, channels, height, width], got {x}"
+                "{name}: takes an input {}, got {x}",
+                layout_shape_words(layout)
             ));
         }
-        let h = self.window.out_dim(name, 0, &x.shape[2], self.kernel[0])?;
-        let w = self.window.out_dim(name, 1, &x.shape[3], self.kernel[1])?;
-        Ok(TensorType::new(
-            DType::F32,
-            vec![x.shape[0].clone(), x.shape[1].clone(), h, w],
-        ))
+        let [n, c, h, w] = layout.to_nchw(&x.shape);
+        let h = self.window.out_dim(name, 0, &h, self.kernel[0])?;
+        let w = self.window.out_dim(name, 1, &w, self.kernel[1])?;
+        Ok(TensorType::new(DType::F32, layout.from_nchw([n, c, h, w])))
     }
 
     fn eval(&self, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EvalError> {
         let x = elements::<f32>(self.name(), inputs[0])?;
-        let [n, c, h, w] = <[usize; 4]>::try_from(inputs[0].shape()).expect("rank 4");
+        let layout = self.window.layout;
+        let [n, c, h, w] = layout.to_nchw(inputs[0].shape());
         let [kh, kw] = self.kernel;
         let pad = |axis, size, k| self.window.pads(axis, size, k).expect("checked").0;
         let (top, left) = (pad(0, h, kh), pad(1, w, kw));
-        let (out_h, out_w) = (out_shape[2], out_shape[3]);
-        let mut out = Vec::with_capacity(n * c * out_h * out_w);
-        for plane in x.chunks_exact(h * w).take(n * c) {
+        let [_, _, out_h, out_w] = layout.to_nchw(out_shape);
+        let mut out = vec![0.0f32; n * c * out_h * out_w];
+        for (image, channel) in (0..n).flat_map(|i| (0..c).map(move |ch| (i, ch))) {
             for oy in 0..out_h {
                 for ox in 0..out_w {
                     let mut max = f64::NEG_INFINITY;
                     let (mut sum, mut count) = (0.0f64, 0usize);
                     for (iy, _) in self.window.taps(0, oy, top, h, kh) {
                         for (ix, _) in self.window.taps(1, ox, left, w, kw) {
-                            let v = f64::from(plane[iy * w + ix]);
+                            let v = f64::from(x[layout.index([c, h, w], image, channel, iy, ix)]);
                             max = math::nan_max(max, v);
                             sum += v;
                             count += 1;
                         }
                     }
-                    out.push(match self.kind {
+                    out[layout.index([c, out_h, out_w], image, channel, oy, ox)] = match self.kind {
                         PoolKind::Max => max as f32,
                         PoolKind::Avg {
                             count_include_pad: false,
@@ -92,7 +96,7 @@ impl OpKind for Pool2d {
                         PoolKind::Avg {
                             count_include_pad: true,
                         } => (sum / (kh * kw) as f64) as f32,
-                    });
+                    };
                 }
             }
         }
@@ -111,7 +115,9 @@ impl OpKind for Pool2d {
         attributes
     }
 
-    /// `max_pool2d_grad` / `avg_pool2d_grad` (pool_grad.rs).
+    /// `max_pool2d_grad` / `avg_pool2d_grad` (pool_grad.rs), which take
+    /// NCHW only: in NHWC, `x` and `g` are permuted to NCHW and the
+    /// gradient back.
     fn vjp(
         &self,
         cx: &mut Vjp<'_>,
@@ -120,10 +126,28 @@ impl OpKind for Pool2d {
         g: NodeId,
         _wants: &[bool],
     ) -> Result<Vec<Option<NodeId>>, GradError> {
-        let grad = cx.add(
-            Op::Pool2dGrad(Pool2dGrad { pool: self.clone() }),
-            &[inputs[0], g],
-        )?;
+        let layout = self.window.layout;
+        let (x, g) = if layout == DataLayout::Nchw {
+            (inputs[0], g)
+        } else {
+            (
+                cx.permute(inputs[0], layout.to_nchw_perm().to_vec())?,
+                cx.permute(g, layout.to_nchw_perm().to_vec())?,
+            )
+        };
+        let pool = Pool2d {
+            window: Window2d {
+                layout: DataLayout::Nchw,
+                ..self.window
+            },
+            ..self.clone()
+        };
+        let grad = cx.add(Op::Pool2dGrad(Pool2dGrad { pool }), &[x, g])?;
+        let grad = if layout == DataLayout::Nchw {
+            grad
+        } else {
+            cx.permute(grad, layout.from_nchw_perm().to_vec())?
+        };
         Ok(vec![Some(grad)])
     }
 }
@@ -150,17 +174,19 @@ pub(super) fn lower_pool(
         operands.push(args.tensor()?);
     }
     if name == "global_avg_pool2d" {
+        let layout = read_layout(args)?;
         let rank = args.operand_type(x).rank();
         if rank != 4 {
             return Err(args.error(format!(
-                "takes an input [batch, channels, height, width], got {}",
+                "takes an input {}, got {}",
+                layout_shape_words(layout),
                 args.operand_type(x)
             )));
         }
         return Ok((
             Op::Reduce(Reduce {
                 op: ReduceOp::Mean,
-                axes: vec![2, 3],
+                axes: layout.spatial_axes().to_vec(),
                 keepdims: true,
             }),
             vec![x],

@@ -10,12 +10,14 @@
 //! does; a NaN wins over numbers. An average pool shares it equally among
 //! the taps it divided by: the taps landing on the input, or with
 //! `count_include_pad=true` all the window's taps (those in padding are
-//! dropped). A window covering no input pixel sends nothing.
+//! dropped). A window covering no input pixel sends nothing. NCHW only:
+//! the NHWC pools' rule permutes around them.
 
 use super::math;
 use super::pool::{Pool2d, PoolKind};
 use super::shape::{err, ShapeError};
 use super::values::elements;
+use super::window::DataLayout;
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned};
 use crate::ir::TensorType;
 use crate::tensor::Tensor;
@@ -41,6 +43,13 @@ impl OpKind for Pool2dGrad {
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let (x, g) = (inputs[0], inputs[1]);
         let name = self.name();
+        // The pools' NHWC rule permutes around this op, so it never needs NHWC.
+        if self.pool.window.layout != DataLayout::Nchw {
+            return err(format!(
+                "{name}: takes NCHW tensors only, got layout \"{}\"",
+                self.pool.window.layout.name()
+            ));
+        }
         let pooled = self
             .pool
             .infer(&[x])

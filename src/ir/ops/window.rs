@@ -1,6 +1,7 @@
 //! What 2-D sliding-window ops (`conv2d`, `max_pool2d`, `avg_pool2d`)
-//! share: stride, dilation and padding attributes, the output size, and the
-//! padding actually applied to an input of known size.
+//! share: stride, dilation and padding attributes, the data layout of their
+//! input and output (NCHW or NHWC), the output size, and the padding
+//! actually applied to an input of known size.
 //!
 //! Spatial sizes and symbols: `Dim` is a monomial, and an output size such
 //! as `floor((h + pads - k) / s) + 1` is not one. So height and width must
@@ -30,18 +31,119 @@ pub enum Padding2d {
     Same,
 }
 
-/// Stride, dilation and padding of a 2-D window.
+/// Where the channels sit in a window op's input and output (and a fused
+/// convolution's residual). Weights stay OIHW, the bias `[O]`, whatever the
+/// layout: kernels repack them when the model is compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DataLayout {
+    /// `[batch, channels, height, width]`, PyTorch's and ONNX's.
+    #[default]
+    Nchw,
+    /// `[batch, height, width, channels]` (channels last), TensorFlow's:
+    /// what kernels vectorising across channels read.
+    Nhwc,
+}
+
+impl DataLayout {
+    pub const NAMES: [&'static str; 2] = ["nchw", "nhwc"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataLayout::Nchw => "nchw",
+            DataLayout::Nhwc => "nhwc",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<DataLayout> {
+        match name {
+            "nchw" => Some(DataLayout::Nchw),
+            "nhwc" => Some(DataLayout::Nhwc),
+            _ => None,
+        }
+    }
+
+    /// The axis of the channels in a rank-4 tensor of this layout.
+    pub fn channel_axis(self) -> usize {
+        match self {
+            DataLayout::Nchw => 1,
+            DataLayout::Nhwc => 3,
+        }
+    }
+
+    /// The axes of height and width in a rank-4 tensor of this layout.
+    pub fn spatial_axes(self) -> [usize; 2] {
+        match self {
+            DataLayout::Nchw => [2, 3],
+            DataLayout::Nhwc => [1, 2],
+        }
+    }
+
+    /// `[batch, channels, height, width]` of a shape in this layout.
+    pub fn to_nchw<T: Clone>(self, shape: &[T]) -> [T; 4] {
+        let [h, w] = self.spatial_axes();
+        [
+            shape[0].clone(),
+            shape[self.channel_axis()].clone(),
+            shape[h].clone(),
+            shape[w].clone(),
+        ]
+    }
+
+    /// The shape in this layout of `[batch, channels, height, width]`.
+    pub fn from_nchw<T>(self, [n, c, h, w]: [T; 4]) -> Vec<T> {
+        match self {
+            DataLayout::Nchw => vec![n, c, h, w],
+            DataLayout::Nhwc => vec![n, h, w, c],
+        }
+    }
+
+    /// The flat index of element `(n, c, y, x)` of a tensor of this layout
+    /// with `channels` channels and `height` x `width` pixels.
+    pub fn index(
+        self,
+        [channels, height, width]: [usize; 3],
+        n: usize,
+        c: usize,
+        y: usize,
+        x: usize,
+    ) -> usize {
+        match self {
+            DataLayout::Nchw => ((n * channels + c) * height + y) * width + x,
+            DataLayout::Nhwc => ((n * height + y) * width + x) * channels + c,
+        }
+    }
+
+    /// The permutation (for `permute`) taking an NCHW tensor to this
+    /// layout, and the one taking this layout back to NCHW.
+    pub fn from_nchw_perm(self) -> [usize; 4] {
+        match self {
+            DataLayout::Nchw => [0, 1, 2, 3],
+            DataLayout::Nhwc => [0, 2, 3, 1],
+        }
+    }
+
+    pub fn to_nchw_perm(self) -> [usize; 4] {
+        match self {
+            DataLayout::Nchw => [0, 1, 2, 3],
+            DataLayout::Nhwc => [0, 3, 1, 2],
+        }
+    }
+}
+
+/// Stride, dilation, padding and data layout of a 2-D window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Window2d {
     pub stride: [usize; 2],
     pub dilation: [usize; 2],
     pub padding: Padding2d,
+    pub layout: DataLayout,
 }
 
 impl Window2d {
     /// Reads `stride=`, `dilation=` and `padding=` (each an int or a pair;
     /// padding also four sides `[top, left, bottom, right]`, `"valid"` or
-    /// `"same"`). `default_stride` is what `stride` is when not given.
+    /// `"same"`) and `layout=` (`"nchw"`, the default, or `"nhwc"`).
+    /// `default_stride` is what `stride` is when not given.
     pub fn read(args: &mut dyn CallArgs, default_stride: [usize; 2]) -> Result<Window2d, Poisoned> {
         let stride = read_pair(args, "stride", default_stride)?;
         let dilation = read_pair(args, "dilation", [1, 1])?;
@@ -93,10 +195,12 @@ impl Window2d {
                 }
             }
         };
+        let layout = read_layout(args)?;
         Ok(Window2d {
             stride,
             dilation,
             padding,
+            layout,
         })
     }
 
@@ -197,11 +301,16 @@ impl Window2d {
                 right,
             } => format!("[{top}, {left}, {bottom}, {right}]"),
         };
-        vec![
+        let mut attributes = vec![
             ("stride", pair(self.stride)),
             ("dilation", pair(self.dilation)),
             ("padding", padding),
-        ]
+        ];
+        // Only when not the default, so NCHW graphs print as they always have.
+        if self.layout != DataLayout::Nchw {
+            attributes.push(("layout", format!("\"{}\"", self.layout.name())));
+        }
+        attributes
     }
 
     /// Every input pixel a window tap reads, as `(input index, tap index)`
@@ -241,6 +350,12 @@ impl Iterator for Taps {
         }
         None
     }
+}
+
+/// `layout="nchw"|"nhwc"`, NCHW when absent.
+pub fn read_layout(args: &mut dyn CallArgs) -> Result<DataLayout, Poisoned> {
+    let name = args.word("layout", &DataLayout::NAMES, DataLayout::Nchw.name())?;
+    Ok(DataLayout::from_name(&name).expect("`word` accepts only the listed names"))
 }
 
 /// An attribute that is one positive int or a pair `[height, width]`.

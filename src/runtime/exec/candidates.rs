@@ -27,6 +27,7 @@ use crate::codegen::{
 };
 use crate::ir::ops::conv::{Conv2d, FusedConv2d};
 use crate::ir::ops::pool::PoolKind;
+use crate::ir::ops::window::DataLayout;
 use crate::ir::ops::{
     Cast, Concat, FusedElementwise, FusedLinear, Gather, LayerNorm, LogSoftmax, MatMul, Permute,
     Reduce, Slice, Softmax,
@@ -297,8 +298,11 @@ pub(super) struct ConvNode<'n> {
 }
 
 impl ConvNode<'_> {
+    /// `None` for anything else, and for NHWC convolutions: the kernels
+    /// that ask read NCHW (NHWC nodes: [`WindowNhwcKernel`]).
     pub(super) fn of(op: &Op, operands: usize) -> Option<ConvNode<'_>> {
         ConvNode::any_layout(op, operands)
+            .filter(|conv| conv.conv.window.layout == DataLayout::Nchw)
     }
 
     /// A convolution node in whichever layout.
@@ -484,6 +488,9 @@ impl WindowKernel {
         }
         let x = site.in_shape(0);
         if let Op::Pool2d(pool) = &site.node.op {
+            if pool.window.layout != DataLayout::Nchw {
+                return None;
+            }
             let pad = |axis: usize| {
                 pool.window
                     .pads(axis, x[2 + axis], pool.kernel[axis])
@@ -564,11 +571,6 @@ impl KernelCandidate for WindowKernel {
 /// scratch.
 struct WindowNhwcKernel;
 
-// TEMPORARY until the layout attribute lands.
-fn is_nhwc(_window: &crate::ir::ops::window::Window2d) -> bool {
-    false
-}
-
 /// What a node is for the NHWC window kernel: the op, its geometry (the
 /// shape rule accepted the sizes), and the activation after it.
 fn nhwc_window(
@@ -587,7 +589,7 @@ fn nhwc_window(
         return None;
     }
     if let Op::Pool2d(pool) = &node.op {
-        if !is_nhwc(&pool.window) {
+        if pool.window.layout != DataLayout::Nhwc {
             return None;
         }
         let pad = |axis: usize| {
@@ -616,7 +618,7 @@ fn nhwc_window(
         return Some((op, geometry, None));
     }
     let conv = ConvNode::any_layout(&node.op, inputs.len())?;
-    if !is_nhwc(&conv.conv.window) {
+    if conv.conv.window.layout != DataLayout::Nhwc {
         return None;
     }
     let w = shape(inputs[1]);
@@ -642,7 +644,7 @@ pub(super) fn nhwc_depthwise_taps(
     let inputs = graph.inputs(id);
     let conv = ConvNode::any_layout(&graph.node(id).op, inputs.len())?;
     let w_shape = graph.node(inputs[1]).ty.known_shape()?;
-    if !is_nhwc(&conv.conv.window)
+    if conv.conv.window.layout != DataLayout::Nhwc
         || w_shape.len() != 4
         || w_shape[1] != 1
         || w_shape[0] != conv.conv.groups
