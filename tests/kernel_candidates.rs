@@ -148,6 +148,37 @@ fn samples() -> Vec<Sample> {
             r,
         ),
         sample(
+            "fused_linear_relu6",
+            Op::FusedLinear(FusedLinear {
+                transpose_b: true,
+                epilogue: LinearEpilogue {
+                    bias: false,
+                    activation: Some(UnaryOp::Relu6),
+                    residual: false,
+                },
+            }),
+            vec![f32_in(&[13, 9]), weight(&[35, 9])],
+            r,
+        ),
+        sample(
+            "fused_linear_hard_sigmoid_residual",
+            Op::FusedLinear(FusedLinear {
+                transpose_b: false,
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::HardSigmoid),
+                    residual: true,
+                },
+            }),
+            vec![
+                f32_in(&[5, 16]),
+                weight(&[16, 33]),
+                weight(&[33]),
+                f32_in(&[5, 33]),
+            ],
+            r,
+        ),
+        sample(
             "add_broadcast",
             Op::Binary(BinaryOp::Add),
             vec![f32_in(&[4, 6]), f32_in(&[6])],
@@ -638,6 +669,8 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
     };
     assert_eq!(chosen("matmul_weight"), [gemm]);
     assert_eq!(chosen("matmul_batched_both"), ["batched_gemm"]);
+    assert_eq!(chosen("fused_linear_relu6"), [gemm]);
+    assert_eq!(chosen("fused_linear_hard_sigmoid_residual"), [gemm]);
     // A reduction over the last axis alone: the row kernel beats the strided walk.
     assert_eq!(chosen("sum_[1]"), ["row_f32x4"]);
     assert_eq!(chosen("mean_[0]"), ["reduce_strided"]);

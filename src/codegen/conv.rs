@@ -9,9 +9,7 @@
 //!   panels (`PackedBRef::pack_rows_into_for`, with a row of ones meeting
 //!   the bias column), never into an im2col matrix. The bias thus sits in
 //!   every output's FMA chain, and the GEMM epilogue applies the
-//!   activation and residual; activations it lacks (relu6, hard_sigmoid,
-//!   hard_swish) run as a pass over each image's rows right after its
-//!   GEMM, while they are in cache.
+//!   activation and residual.
 //! - [`window2d`]: depthwise convolution (one input channel per group),
 //!   max and average pooling, as one loop nest over each output plane,
 //!   vectorised along the output width: in NCHW, a channel's taps at one
@@ -71,8 +69,7 @@ impl WindowGeometry {
     }
 }
 
-/// An activation applied after the product, in Rust: the ones the GEMM
-/// epilogue lacks, and all of them for the window kernels. Each is
+/// An activation applied after a window kernel's loops, in Rust. Each is
 /// computed in f64 and rounded once, like the interpreter's `unary`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PostActivation {
@@ -195,9 +192,7 @@ pub struct ConvArgs<'a> {
     /// kw` weights (OIHW order), then its bias when `with_bias`.
     pub weights: &'a [f32],
     pub with_bias: bool,
-    /// Applied after the GEMM (its epilogue has no activation then).
-    pub post: Option<PostActivation>,
-    /// `[N, O, out_h, out_w]`: added by the GEMM epilogue, or after `post`.
+    /// `[N, O, out_h, out_w]`: added by the GEMM epilogue.
     pub residual: Option<&'a [f32]>,
     /// At least [`conv_scratch_len`] f32: one image-group's packed patches.
     pub scratch: &'a mut [f32],
@@ -216,7 +211,7 @@ pub fn conv_scratch_len(
 
 /// One convolution as GEMMs: per image and group, the patches packed into
 /// B panels and `W_g @ patches` on the library's GEMM `gemm` (whose
-/// epilogue holds the activation and residual unless `post` is set).
+/// epilogue holds the activation and residual).
 pub fn conv2d_gemm(
     library: &KernelLibrary,
     gemm: GemmId,
@@ -229,7 +224,6 @@ pub fn conv2d_gemm(
         x: input,
         weights,
         with_bias,
-        post,
         residual: residual_all,
         scratch,
         out,
@@ -246,10 +240,18 @@ pub fn conv2d_gemm(
         check_len(NAME, "the residual", r.len(), g.out_len())?;
     }
     let epilogue = library.gemm_epilogue(gemm)?;
-    if epilogue.bias || (epilogue.residual && post.is_some()) {
+    if epilogue.bias || epilogue.residual != residual_all.is_some() {
         return Err(shape_err(
             NAME,
-            format!("a GEMM epilogue `{}` for a convolution", epilogue.tag()),
+            format!(
+                "a GEMM epilogue `{}` for a convolution {} a residual",
+                epilogue.tag(),
+                if residual_all.is_some() {
+                    "with"
+                } else {
+                    "without"
+                }
+            ),
         ));
     }
     let layout = library.pack_layout();
@@ -317,14 +319,11 @@ pub fn conv2d_gemm(
                     a,
                     b: packed,
                     bias: None,
-                    residual: if epilogue.residual { residual } else { None },
-                    c: &mut *c,
+                    residual,
+                    c,
                 },
                 threads,
             )?;
-            if post.is_some() {
-                PostActivation::finish(post, c, residual);
-            }
         }
     }
     Ok(())

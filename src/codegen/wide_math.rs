@@ -500,6 +500,8 @@ pub(crate) enum WideActivation {
     Tanh,
     Gelu,
     GeluTanh,
+    HardSigmoid,
+    HardSwish,
 }
 
 impl VecAsm {
@@ -515,7 +517,26 @@ impl VecAsm {
             WideActivation::Tanh => self.tanh(x, s),
             WideActivation::Gelu => self.gelu(x, s),
             WideActivation::GeluTanh => self.gelu_tanh(x, s),
+            WideActivation::HardSigmoid => self.hard_sigmoid(x, x, s),
+            WideActivation::HardSwish => {
+                let [gate, ..] = s.temps;
+                self.hard_sigmoid(gate, x, s)?;
+                self.mul(x, x, Src::R(gate))
+            }
         }
+    }
+
+    /// `d = clamp_keep_nan(x + 3, 0, 6) * (1/6)`, as `elementwise::emit_unary`'s
+    /// hard_sigmoid (the rounded 1/6, no FMA), so every tier rounds alike.
+    fn hard_sigmoid(&mut self, d: usize, x: usize, s: &Scratch) -> Result<(), IcedError> {
+        let [_, t1, t2, ..] = s.temps;
+        self.add(t2, x, cf(3.0))?;
+        // maxps(lo, v), then minps(hi, .): NaN passes through.
+        self.load_f(t1, 0.0)?;
+        self.max(t1, t1, Src::R(t2))?;
+        self.load_f(t2, 6.0)?;
+        self.min(t1, t2, Src::R(t1))?;
+        self.mul(d, t1, cf(1.0 / 6.0))
     }
 
     /// e^x in place (as `Emitter::exp`), using three temporaries.

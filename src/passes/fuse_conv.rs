@@ -18,9 +18,9 @@
 //!   output, or its value would be lost; a bias or residual computed from
 //!   the convolution itself would make a cycle.
 //!
-//! Activations: those the GEMM epilogue has (relu, gelu, gelu_tanh,
-//! sigmoid, tanh) and the vision ones (relu6, hard_sigmoid, hard_swish);
-//! a kernel candidate lacking one leaves the node to the interpreter.
+//! Activations: those the GEMM epilogue has (`UnaryOp::is_activation`:
+//! relu, gelu, gelu_tanh, sigmoid, tanh, relu6, hard_sigmoid, hard_swish),
+//! the same set as `fuse-linear`.
 //!
 //! An existing `fused_conv2d` whose epilogue has room is extended the same
 //! way, so the pass reaches the same result however often it runs. A
@@ -55,15 +55,6 @@ struct Chain {
     residual: Option<NodeId>,
     /// The last node of the chain, whose readers the fused node takes over.
     last: NodeId,
-}
-
-/// Activations a convolution's epilogue may take.
-pub fn is_conv_activation(op: UnaryOp) -> bool {
-    op.is_activation()
-        || matches!(
-            op,
-            UnaryOp::Relu6 | UnaryOp::HardSigmoid | UnaryOp::HardSwish
-        )
 }
 
 impl Pass for ConvFusion {
@@ -186,7 +177,7 @@ fn match_chain(graph: &Graph, id: NodeId) -> Option<Chain> {
         id,
         stage,
         |ty| is_channel_bias(ty, &channels, layout),
-        is_conv_activation,
+        UnaryOp::is_activation,
     );
     (found.count > 0).then(|| Chain {
         x,

@@ -2,7 +2,8 @@
 //!
 //! Starting at a matmul, the pass walks the chain of sole readers, taking
 //! in order an optional bias add, an optional activation (relu, gelu,
-//! gelu_tanh, sigmoid, tanh) and an optional residual add. It guards the
+//! gelu_tanh, sigmoid, tanh, relu6, hard_sigmoid, hard_swish:
+//! `UnaryOp::is_activation`) and an optional residual add. It guards the
 //! traps that make a lookalike not a linear layer:
 //!
 //! - `w` must be a 2-D weight: a parameter, a constant, or computed from

@@ -49,7 +49,7 @@ pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
 pub use fold_batch_norm::FoldBatchNorm;
-pub use fuse_conv::{is_conv_activation, ConvFusion};
+pub use fuse_conv::ConvFusion;
 pub use fuse_elementwise::{ElementwiseFusion, MAX_FUSED_INPUTS};
 pub use fuse_linear::LinearFusion;
 pub use recognize::RecognizeNormalizations;

@@ -9,7 +9,8 @@
 //! - `c`, `residual`: top-left output element, rows `ldc` bytes apart;
 //! - `flags`: `FLAG_ACCUMULATE` = add into C (later K blocks);
 //!   `FLAG_EPILOGUE` marks the last K block, where `FLAG_BIAS`,
-//!   `FLAG_RELU` and `FLAG_RESIDUAL` apply in that order; `bias` points at
+//!   `FLAG_RELU`, `FLAG_CAP6` (min with 6: relu6 with the relu) and
+//!   `FLAG_RESIDUAL` apply in that order; `bias` points at
 //!   the first panel's columns. Other activations run in `emit_tile_pass`.
 //! - `prefetch`: where B data the driver will need next starts; the wide
 //!   tiers' kernels pull `kc` cache lines from there into L2 while they
@@ -35,6 +36,10 @@ pub(crate) const FLAG_EPILOGUE: usize = 2;
 pub(crate) const FLAG_BIAS: usize = 4;
 pub(crate) const FLAG_RELU: usize = 8;
 pub(crate) const FLAG_RESIDUAL: usize = 16;
+/// `min(x, 6)` after the relu: with `FLAG_RELU`, relu6.
+pub(crate) const FLAG_CAP6: usize = 32;
+/// The cap `FLAG_CAP6` applies.
+pub(crate) const CAP6: f32 = 6.0;
 pub(crate) const MICRO_KERNEL_PARAMS: usize = 10;
 
 /// Rows and 4-column panels of one micro-kernel.
@@ -191,9 +196,10 @@ pub(crate) fn emit_micro_kernel(e: &mut Emitter<'_, '_>, params: &[Value], shape
     let accs = finish_params;
     // Epilogue steps, each behind a runtime flag tested once per call
     // (outside the K loop), so one kernel set serves every epilogue.
-    let steps: [(usize, EpilogueStep); 3] = [
+    let steps: [(usize, EpilogueStep); 4] = [
         (FLAG_BIAS, EpilogueStep::Bias),
         (FLAG_RELU, EpilogueStep::Relu),
+        (FLAG_CAP6, EpilogueStep::Cap6),
         (FLAG_RESIDUAL, EpilogueStep::Residual),
     ];
     let mut accs = accs;
@@ -223,6 +229,13 @@ pub(crate) fn emit_micro_kernel(e: &mut Emitter<'_, '_>, params: &[Value], shape
                     *x = e.relu(*x);
                 }
             }
+            EpilogueStep::Cap6 => {
+                // As the unfused relu6's second half: NaN passes through.
+                let cap = e.splat_f(CAP6);
+                for x in out.iter_mut() {
+                    *x = e.min_keep_nan(*x, cap);
+                }
+            }
             EpilogueStep::Residual => {
                 for (i, &row_offset) in row_offsets.iter().enumerate() {
                     let row = e.fb.ins().iadd(residual, row_offset);
@@ -246,6 +259,7 @@ pub(crate) fn emit_micro_kernel(e: &mut Emitter<'_, '_>, params: &[Value], shape
 enum EpilogueStep {
     Bias,
     Relu,
+    Cap6,
     Residual,
 }
 

@@ -36,7 +36,7 @@ use crate::ir::{LinearEpilogue, UnaryOp};
 
 use microkernel::{
     emit_micro_kernel, emit_tile_pass, wide_vecs, MicroShape, FLAG_ACCUMULATE, FLAG_BIAS,
-    FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
+    FLAG_CAP6, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL, MICRO_KERNEL_PARAMS, TILE_PASS_PARAMS,
 };
 use pack::{k_block, pack_a_panel_with, panel_count, TransposeFn, Transposes};
 pub use pack::{
@@ -73,40 +73,47 @@ pub enum Activation {
     /// Exact (erf) GELU.
     Gelu,
     GeluTanh,
+    /// min(max(x, 0), 6).
+    Relu6,
+    /// relu6(x + 3) / 6.
+    HardSigmoid,
+    /// x * relu6(x + 3) / 6.
+    HardSwish,
 }
 
 impl Activation {
+    pub const ALL: [Activation; 8] = [
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Relu6,
+        Activation::HardSigmoid,
+        Activation::HardSwish,
+    ];
+
     pub fn from_unary(op: UnaryOp) -> Option<Activation> {
-        match op {
-            UnaryOp::Relu => Some(Activation::Relu),
-            UnaryOp::Sigmoid => Some(Activation::Sigmoid),
-            UnaryOp::Tanh => Some(Activation::Tanh),
-            UnaryOp::Gelu => Some(Activation::Gelu),
-            UnaryOp::GeluTanh => Some(Activation::GeluTanh),
-            UnaryOp::Neg
-            | UnaryOp::Exp
-            | UnaryOp::Log
-            | UnaryOp::Sqrt
-            | UnaryOp::Rsqrt
-            | UnaryOp::Erf
-            | UnaryOp::Abs
-            | UnaryOp::Recip
-            | UnaryOp::Sin
-            | UnaryOp::Cos
-            | UnaryOp::Relu6
-            | UnaryOp::HardSigmoid
-            | UnaryOp::HardSwish => None,
+        Activation::ALL.into_iter().find(|a| a.unary() == op)
+    }
+
+    /// The unary op this activation computes (and whose code the tile
+    /// passes emit, so a fused activation rounds as the unfused op).
+    pub fn unary(self) -> UnaryOp {
+        match self {
+            Activation::Relu => UnaryOp::Relu,
+            Activation::Sigmoid => UnaryOp::Sigmoid,
+            Activation::Tanh => UnaryOp::Tanh,
+            Activation::Gelu => UnaryOp::Gelu,
+            Activation::GeluTanh => UnaryOp::GeluTanh,
+            Activation::Relu6 => UnaryOp::Relu6,
+            Activation::HardSigmoid => UnaryOp::HardSigmoid,
+            Activation::HardSwish => UnaryOp::HardSwish,
         }
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Gelu => "gelu",
-            Activation::GeluTanh => "gelu_tanh",
-        }
+        self.unary().name()
     }
 
     pub(crate) fn emit(
@@ -114,13 +121,7 @@ impl Activation {
         e: &mut Emitter<'_, '_>,
         x: cranelift_codegen::ir::Value,
     ) -> cranelift_codegen::ir::Value {
-        match self {
-            Activation::Relu => e.relu(x),
-            Activation::Sigmoid => e.sigmoid(x),
-            Activation::Tanh => e.tanh(x),
-            Activation::Gelu => e.gelu(x),
-            Activation::GeluTanh => e.gelu_tanh(x),
-        }
+        crate::codegen::elementwise::emit_unary(e, self.unary(), x)
     }
 }
 
@@ -346,8 +347,13 @@ pub(crate) fn compile_tile_pass(
 /// Whether an activation runs inside the micro-kernel (else in a tile pass).
 pub(crate) fn is_inline(activation: Activation) -> bool {
     match activation {
-        Activation::Relu => true,
-        Activation::Sigmoid | Activation::Tanh | Activation::Gelu | Activation::GeluTanh => false,
+        Activation::Relu | Activation::Relu6 => true,
+        Activation::Sigmoid
+        | Activation::Tanh
+        | Activation::Gelu
+        | Activation::GeluTanh
+        | Activation::HardSigmoid
+        | Activation::HardSwish => false,
     }
 }
 
@@ -429,8 +435,11 @@ impl GemmSlots {
         if epilogue.bias {
             micro_flags |= FLAG_BIAS;
         }
-        if epilogue.activation == Some(Activation::Relu) {
-            micro_flags |= FLAG_RELU;
+        match epilogue.activation {
+            Some(Activation::Relu) => micro_flags |= FLAG_RELU,
+            // relu, then the cap at 6.
+            Some(Activation::Relu6) => micro_flags |= FLAG_RELU | FLAG_CAP6,
+            _ => {}
         }
         if epilogue.residual && inline_activation {
             micro_flags |= FLAG_RESIDUAL;

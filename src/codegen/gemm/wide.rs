@@ -24,7 +24,9 @@
 
 use iced_x86::code_asm::*;
 
-use super::microkernel::{FLAG_ACCUMULATE, FLAG_BIAS, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL};
+use super::microkernel::{
+    CAP6, FLAG_ACCUMULATE, FLAG_BIAS, FLAG_CAP6, FLAG_EPILOGUE, FLAG_RELU, FLAG_RESIDUAL,
+};
 use super::Activation;
 use crate::codegen::target::Isa;
 use crate::codegen::wide_math::{asm_err, Assembled, Scratch, VecAsm, WideActivation, YMM, ZMM};
@@ -147,6 +149,30 @@ impl Asm {
             _ => self.a.vmaxps(YMM[reg], YMM[zero], YMM[reg]),
         }
     }
+    /// `reg = min(cap, reg)`: minps also returns its second source for a
+    /// NaN, so NaN passes through as in the baseline's relu6.
+    fn cap(&mut self, reg: usize, cap: usize) -> Result<(), IcedError> {
+        match self.l.isa {
+            Isa::Avx512 => self.a.vminps(ZMM[reg], ZMM[cap], ZMM[reg]),
+            _ => self.a.vminps(YMM[reg], YMM[cap], YMM[reg]),
+        }
+    }
+    /// `6.0` in every lane of the broadcast register (free after the K
+    /// loop), which it returns.
+    fn load_cap6(&mut self) -> Result<usize, IcedError> {
+        let reg = self.l.broadcast();
+        self.a.mov(r11d, CAP6.to_bits())?;
+        match self.l.isa {
+            Isa::Avx512 => self.a.vpbroadcastd(ZMM[reg], r11d)?,
+            _ => {
+                // The top ymm register is ymm15.
+                debug_assert_eq!(reg, 15);
+                self.a.vmovd(xmm15, r11d)?;
+                self.a.vpbroadcastd(YMM[reg], xmm15)?;
+            }
+        }
+        Ok(reg)
+    }
 
     /// Jumps to `skip` unless both `flag` and `FLAG_EPILOGUE` are set.
     fn unless_flag(&mut self, flag: usize, skip: CodeLabel) -> Result<(), IcedError> {
@@ -180,6 +206,7 @@ impl Asm {
         let mut after = self.a.create_label();
         let mut no_bias = self.a.create_label();
         let mut no_relu = self.a.create_label();
+        let mut no_cap = self.a.create_label();
         let mut no_residual = self.a.create_label();
 
         self.a.mov(rax, qword_ptr(rsp + 24))?;
@@ -258,7 +285,7 @@ impl Asm {
         self.a.jnz(k_loop)?;
         self.a.set_label(&mut after)?;
 
-        // Epilogue, in the baseline's order: bias, relu, residual.
+        // Epilogue, in the baseline's order: bias, relu, cap, residual.
         self.unless_flag(FLAG_BIAS, no_bias)?;
         self.a.mov(r11, qword_ptr(rsp + 8))?;
         for i in 0..rows {
@@ -282,6 +309,17 @@ impl Asm {
             }
         }
         self.a.set_label(&mut no_relu)?;
+
+        self.unless_flag(FLAG_CAP6, no_cap)?;
+        let cap = self.load_cap6()?;
+        for i in 0..rows {
+            for v in 0..panels {
+                for h in 0..2 {
+                    self.cap(l.acc(i, v, h), cap)?;
+                }
+            }
+        }
+        self.a.set_label(&mut no_cap)?;
 
         self.unless_flag(FLAG_RESIDUAL, no_residual)?;
         self.a.mov(r11, qword_ptr(rsp + 16))?;
@@ -349,10 +387,13 @@ pub(crate) fn assemble_tile_pass(
         Activation::Tanh => WideActivation::Tanh,
         Activation::Gelu => WideActivation::Gelu,
         Activation::GeluTanh => WideActivation::GeluTanh,
-        Activation::Relu => {
-            return Err(CodegenError::Unsupported(
-                "relu as a tile pass (it runs inside the micro-kernel)".to_string(),
-            ))
+        Activation::HardSigmoid => WideActivation::HardSigmoid,
+        Activation::HardSwish => WideActivation::HardSwish,
+        Activation::Relu | Activation::Relu6 => {
+            return Err(CodegenError::Unsupported(format!(
+                "{} as a tile pass (it runs inside the micro-kernel)",
+                activation.name()
+            )))
         }
     };
     VecAsm::assemble(isa, |v| {

@@ -89,11 +89,19 @@ impl UnaryOp {
         UnaryOp::ALL.into_iter().find(|op| op.name() == name)
     }
 
-    /// Activations a fused linear layer may apply in its epilogue.
+    /// Activations a fused layer (linear or convolution) may apply in its
+    /// epilogue: those the GEMM epilogue of every kernel tier has.
     pub fn is_activation(self) -> bool {
         matches!(
             self,
-            UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Tanh | UnaryOp::Gelu | UnaryOp::GeluTanh
+            UnaryOp::Relu
+                | UnaryOp::Sigmoid
+                | UnaryOp::Tanh
+                | UnaryOp::Gelu
+                | UnaryOp::GeluTanh
+                | UnaryOp::Relu6
+                | UnaryOp::HardSigmoid
+                | UnaryOp::HardSwish
         )
     }
 }

@@ -408,30 +408,18 @@ pub(super) fn conv_scratch(planner: &Planner<'_>, id: NodeId) -> Option<usize> {
     ))
 }
 
-/// How a convolution's epilogue splits between the GEMM and the pass
-/// after it: `None` when an activation is neither's.
-fn split_epilogue(conv: &ConvNode<'_>) -> Option<(Epilogue, Option<PostActivation>)> {
-    let residual = conv.residual.is_some();
-    match conv.activation {
-        None => Some((
-            Epilogue {
-                residual,
-                ..Epilogue::none()
-            },
-            None,
-        )),
-        Some(op) => match Activation::from_unary(op) {
-            Some(activation) => Some((
-                Epilogue {
-                    bias: false,
-                    activation: Some(activation),
-                    residual,
-                },
-                None,
-            )),
-            None => Some((Epilogue::none(), Some(PostActivation::from_unary(op)?))),
-        },
-    }
+/// A convolution's epilogue on the GEMM (its bias is a weight column):
+/// `None` when the GEMM lacks the activation.
+fn gemm_epilogue(conv: &ConvNode<'_>) -> Option<Epilogue> {
+    let activation = match conv.activation {
+        Some(op) => Some(Activation::from_unary(op)?),
+        None => None,
+    };
+    Some(Epilogue {
+        bias: false,
+        activation,
+        residual: conv.residual.is_some(),
+    })
 }
 
 /// `conv2d` / `fused_conv2d` (not depthwise) as GEMMs on the plan tier's
@@ -452,7 +440,7 @@ impl KernelCandidate for ConvGemm {
         {
             return None;
         }
-        split_epilogue(&conv)?;
+        gemm_epilogue(&conv)?;
         let w = site.in_shape(1);
         let k: usize = w[1..].iter().product();
         let lanes = (site.planner.isa.vector_bits() / 32) as u64;
@@ -461,14 +449,13 @@ impl KernelCandidate for ConvGemm {
 
     fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
         let conv = ConvNode::of(&site.node.op, site.inputs.len()).expect("cost accepted the node");
-        let (epilogue, post) = split_epilogue(&conv).expect("cost accepted the epilogue");
+        let epilogue = gemm_epilogue(&conv).expect("cost accepted the epilogue");
         Ok(Step::Conv {
             kernel: kernels.gemm(epilogue)?,
             geometry: conv.geometry(&site.in_shape(0), &site.in_shape(1), &site.out_shape),
             x: site.at(0),
             weights: site.planner.conv_weights[&site.id].clone(),
             with_bias: conv.bias,
-            post,
             residual: conv.residual.map(|i| site.at(i)),
             scratch: site.scratch.expect("cost checked the scratch"),
             out: site.out(),

@@ -124,7 +124,6 @@ pub enum Step {
         /// `[O, K (+ 1 bias column)]`, laid out when the model was compiled.
         weights: Arc<[f32]>,
         with_bias: bool,
-        post: Option<PostActivation>,
         residual: Option<Loc>,
         scratch: Loc,
         out: Loc,
