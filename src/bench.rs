@@ -43,7 +43,7 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Keep the parameter values after compiling, for [`Workload::profile`].
     pub keep_params: bool,
-    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of physical RAM.
+    /// Memory budget in bytes (`--max-memory`); `None`: 3/4 of the RAM the process may use.
     pub max_memory: Option<usize>,
     /// The kernel tier (`None`: `LAMINA_ISA`, else the CPU's best).
     pub isa: Option<Isa>,
@@ -116,6 +116,9 @@ pub struct CompileTimes {
     pub optimise_ms: f64,
     /// Concretize, plan, JIT-compile kernels (`prepare`); 0 for the interpreter.
     pub plan_ms: f64,
+    /// On-CPU time of the four stages together (all threads), which other
+    /// jobs on the machine cannot inflate; `None` where it is not measured.
+    pub cpu_ms: Option<f64>,
 }
 
 impl CompileTimes {
@@ -169,6 +172,14 @@ pub struct Workload {
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
+}
+
+/// Adds the on-CPU time since `start` (from [`process_cpu_ns`]) to `total`.
+fn add_cpu_since(total: &mut Option<f64>, start: Option<u64>) {
+    *total = match (*total, start, process_cpu_ns()) {
+        (Some(sum), Some(a), Some(b)) => Some(sum + b.saturating_sub(a) as f64 / 1e6),
+        _ => None,
+    };
 }
 
 /// `--bind` values plus `--batch` as a binding of the first input's first dim.
@@ -368,13 +379,17 @@ impl Workload {
     /// Loads, binds, compiles and plans `setup`'s model, timing each stage,
     /// and generates its inputs (not timed).
     pub fn prepare(setup: &BenchSetup) -> Result<Workload, BenchFailure> {
+        let cpu = process_cpu_ns();
         let start = Instant::now();
         let m = Model::load(&setup.model)?;
         let mut compile = CompileTimes {
             load_ms: ms_since(start),
+            cpu_ms: Some(0.0),
             ..CompileTimes::default()
         };
+        add_cpu_since(&mut compile.cpu_ms, cpu);
         let fixed = fixed_bindings(setup, m.graph())?;
+        let cpu = process_cpu_ns();
         let start = Instant::now();
         let weights_path = setup.weights.clone().or_else(|| m.conventional_weights());
         let weights = match weights_path {
@@ -382,7 +397,7 @@ impl Workload {
             None => None,
         };
         let budget = setup.max_memory.map(MemoryBudget::new).unwrap_or_default();
-        let bound =
+        let mut bound =
             bind_params_owned_within(m.graph(), weights, &fixed, &budget).map_err(|errs| {
                 BenchFailure::from(crate::engine::Error::new(
                     ErrorKind::Params(errs),
@@ -391,6 +406,7 @@ impl Workload {
                 ))
             })?;
         compile.params_ms = ms_since(start);
+        add_cpu_since(&mut compile.cpu_ms, cpu);
 
         let inputs = generate_inputs(
             m.graph(),
@@ -424,22 +440,27 @@ impl Workload {
         let mut isa = None;
         let (engine, plan, flops, threads) = match setup.backend {
             Backend::Jit => {
+                let cpu = process_cpu_ns();
                 let start = Instant::now();
-                let (mut model, _) = crate::compile::compile(
-                    m.graph(),
-                    &bound.values,
-                    CompileOptions {
-                        threads,
-                        isa: setup.isa,
-                    },
-                )
-                .map_err(|e| error(&e))?;
+                let options = CompileOptions {
+                    threads,
+                    isa: setup.isa,
+                };
+                // Profiling compiles nodes alone later, on the same values.
+                let compiled = if setup.keep_params {
+                    crate::compile::compile(m.graph(), &bound.values, options)
+                } else {
+                    let values = std::mem::take(&mut bound.values);
+                    crate::compile::compile_owned(m.graph(), values, options)
+                };
+                let (mut model, _) = compiled.map_err(|e| error(&e))?;
                 model.set_memory_budget(budget.clone());
                 compile.optimise_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();
                 let info = model.prepare(&ordered, &bindings).map_err(|e| error(&e))?;
                 compile.plan_ms = ms_since(start);
+                add_cpu_since(&mut compile.cpu_ms, cpu);
                 let concrete = concretize(model.graph(), &bindings)
                     .map_err(|e| error(&crate::runtime::exec::ExecError::Bind(e)))?;
                 let plan = PlanStats {

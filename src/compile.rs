@@ -22,8 +22,28 @@ pub fn compile(
     params: &HashMap<String, Tensor>,
     options: CompileOptions,
 ) -> Result<(CompiledModel, PassReport), CompileError> {
-    let mut optimised = graph.clone();
-    let report = PassManager::all().run(&mut optimised, &PassContext::with_params(params), None)?;
+    let (optimised, report) = optimise(graph, params)?;
     let model = CompiledModel::compile(&optimised, params, options)?;
     Ok((model, report))
+}
+
+/// [`compile`] taking the parameter values over: the compiled model keeps
+/// them without a copy.
+pub fn compile_owned(
+    graph: &Graph,
+    params: HashMap<String, Tensor>,
+    options: CompileOptions,
+) -> Result<(CompiledModel, PassReport), CompileError> {
+    let (optimised, report) = optimise(graph, &params)?;
+    let model = CompiledModel::compile_owned(&optimised, params, options)?;
+    Ok((model, report))
+}
+
+fn optimise(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+) -> Result<(Graph, PassReport), PassError> {
+    let mut optimised = graph.clone();
+    let report = PassManager::all().run(&mut optimised, &PassContext::with_params(params), None)?;
+    Ok((optimised, report))
 }

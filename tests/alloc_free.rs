@@ -1,15 +1,16 @@
 //! After the first call for a shape, `CompiledModel::run_into` with
 //! preallocated outputs and one kernel thread allocates nothing: plans,
 //! arenas, packed weights and outputs are all reused. Checked on the MLP
-//! (models/mlp/mlp.lam, batch 1 and 8) and a small transformer block
-//! (batched-matmul attention, softmax, layer norm).
+//! (models/mlp/mlp.lam, batch 1 and 8), the bench encoder
+//! (models/bench/encoder.lam), the digits CNN (convolutions, pooling) and
+//! a small transformer block (batched-matmul attention, softmax, layer
+//! norm).
 //!
 //! A counting global allocator counts the allocations of the thread that
 //! asked for counting (the test harness runs tests on several threads).
 //! Each counted allocation is attributed by its backtrace: to the kernel
 //! library (`lamina::codegen`) or to everything else (the executor). The
-//! executor must allocate nothing; the kernel library's own per-call
-//! allocations are pinned by an ignored test until it stops making them.
+//! executor must allocate nothing, and neither may the whole call.
 //! Set `LAMINA_ALLOC_TRACE=1` to print every counted allocation's backtrace.
 
 mod jit_support;
@@ -145,6 +146,22 @@ fn after_the_first_call(
     counts
 }
 
+/// A model file of the repository with its weight file (else its
+/// initializers).
+fn model_from_file(model: &str, weights: Option<&str>) -> (Graph, HashMap<String, Tensor>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let graph = lamina::model::load(&root.join(model))
+        .unwrap_or_else(|f| panic!("{model} does not load: {:?}", f.diagnostics))
+        .graph;
+    let weights = weights.map(|w| {
+        lamina::runtime::WeightFile::load(root.join(w)).unwrap_or_else(|e| panic!("{w}: {e}"))
+    });
+    let params = lamina::runtime::bind_params(&graph, weights.as_ref(), &Bindings::new())
+        .unwrap_or_else(|e| panic!("{model} parameters: {e:?}"))
+        .values;
+    (graph, params)
+}
+
 /// (name, compiled model with one kernel thread, inputs) for every case.
 fn cases() -> Vec<(String, CompiledModel, Tensor)> {
     let compile = |g: &Graph, p: &HashMap<String, Tensor>| jit_support::compile_all_passes(g, p, 1);
@@ -173,6 +190,21 @@ fn cases() -> Vec<(String, CompiledModel, Tensor)> {
     let (graph, params) = b.finish();
     let x = jit_support::random_f32(&mut rng, vec![3, 4], -1.0, 1.0);
     cases.push(("views".to_string(), compile(&graph, &params), x));
+    // The bench encoder (models/bench/, seeded parameters) and a CNN with
+    // its trained weights: convolutions, pooling, layer norm, GELU and
+    // attention on the paths `lamina bench` and `lamina run` take.
+    for (model, weights, shape) in [
+        ("models/bench/encoder.lam", None, vec![1, 128, 256]),
+        (
+            "models/digits_cnn/digits_cnn.lam",
+            Some("models/digits_cnn/digits_cnn.safetensors"),
+            vec![2, 64],
+        ),
+    ] {
+        let (graph, params) = model_from_file(model, weights);
+        let x = jit_support::random_f32(&mut rng, shape, -1.0, 1.0);
+        cases.push((model.to_string(), compile(&graph, &params), x));
+    }
     let (graph, params) = jit_support::transformer_block(3);
     for (batch, seq) in [(1, 8), (2, 16)] {
         let x = jit_support::random_f32(&mut rng, vec![batch, seq, 32], -1.0, 1.0);
@@ -206,15 +238,12 @@ fn the_executor_allocates_nothing_after_the_first_call() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// The whole call, kernel library included. Fails while the kernel
-/// library allocates per call: GEMM task lists (`gemm::plan_tasks`, two
-/// per GEMM call), batched matmul bookkeeping and packing scratch
-/// (`gemm::run_batched`: `broadcast_batch`, `batch_strides` x2, the
-/// `packed_b_len` scratch), and the elementwise driver's strides, layout
-/// and task vectors (`elementwise::ElementwiseKernel::run`, `collapse`,
-/// `run_layout`).
+/// The whole call, kernel library included: on one thread the GEMM runs
+/// without a task list, batched matmul packs B into a per-thread scratch
+/// and keeps its batch dims inline, and the elementwise driver keeps
+/// strides, layout and per-input runs inline (up to the executor's rank
+/// and operand limits).
 #[test]
-#[ignore = "the kernel library (src/codegen) still allocates per call; run with --ignored"]
 fn run_into_allocates_nothing_after_the_first_call() {
     for (name, model, x) in cases() {
         let counts = after_the_first_call(&model, &[&x], 5, false);

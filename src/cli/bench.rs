@@ -36,7 +36,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
     /// Most memory the model may use (parameters, inputs, intermediate values), e.g. 512M or 8G
-    /// [default: 3/4 of physical RAM].
+    /// [default: 3/4 of the RAM this process may use: physical RAM or its cgroup limit].
     #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
     max_memory: Option<usize>,
     /// Time at least this many runs (after the warm-up).
@@ -51,8 +51,8 @@ pub struct BenchArgs {
     /// Seed for the generated inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Print one JSON object to stdout (compile_ms, latency_us_median, latency_us_p90, gflops,
-    /// arena_bytes and details) and no progress bar.
+    /// Print one JSON object to stdout (compile_ms, compile_cpu_ms, latency_us_median,
+    /// latency_us_p90, gflops, arena_bytes and details) and no progress bar.
     #[arg(long)]
     json: bool,
     /// Also time every node of the optimised graph alone (JIT backend): each compiled as a
@@ -182,6 +182,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "isa": workload.isa.map(|i| i.name()),
             "bindings": workload.bindings,
             "compile_ms": compile.total_ms(),
+            "compile_cpu_ms": compile.cpu_ms,
             "latency_us_median": median_us,
             "latency_us_p90": latencies.percentile_us(90.0),
             "latency_us_min": latencies.min_us(),
@@ -222,12 +223,15 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         workload.threads
     );
     println!(
-        "compile:    {:.2} ms (load {:.2}, params {:.2}, passes+packing {:.2}, plan+JIT {:.2})",
+        "compile:    {:.2} ms (load {:.2}, params {:.2}, passes+packing {:.2}, plan+JIT {:.2}){}",
         compile.total_ms(),
         compile.load_ms,
         compile.params_ms,
         compile.optimise_ms,
-        compile.plan_ms
+        compile.plan_ms,
+        compile
+            .cpu_ms
+            .map_or(String::new(), |cpu| format!(", on-CPU {cpu:.2} ms"))
     );
     println!(
         "latency:    median {:.1} us, p90 {:.1} us, min {:.1} us, mean {:.1} us ({} runs)",

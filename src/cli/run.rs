@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long)]
     dump_clif: bool,
     /// Most memory the model may use (parameters, intermediate values), e.g. 512M or 8G
-    /// [default: 3/4 of physical RAM]. A model that needs more is an error, not a crash.
+    /// [default: 3/4 of the RAM this process may use: physical RAM or its cgroup limit]. A model that needs more is an error, not a crash.
     #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
     max_memory: Option<usize>,
     /// Kernel tier: avx512, avx2 or baseline (Cranelift f32x4) [default: $LAMINA_ISA, else the

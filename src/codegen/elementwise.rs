@@ -16,6 +16,7 @@ use super::simd::{input_flags, Emitter, I64};
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
 use crate::ir::{BinaryOp, CompareOp, Dim, ElementwiseExpr, ExprStep, UnaryOp};
+use smallvec::SmallVec;
 
 /// How an input advances along the innermost (last) output axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -359,21 +360,27 @@ fn err(what: String) -> CodegenError {
     CodegenError::shape("elementwise", what)
 }
 
+/// Dims or strides of one tensor: inline up to the executor's native rank
+/// limit, so a call allocates nothing (larger ranks spill to the heap).
+type Dims = SmallVec<[usize; 8]>;
+/// One entry per input: inline up to the executor's operand limit.
+type PerInput<T> = SmallVec<[T; 16]>;
+
 /// The iteration space after dropping size-1 output dims and merging
 /// dims that every input walks contiguously (or not at all).
 struct Layout {
-    outer: Vec<usize>,
+    outer: Dims,
     /// Per input, strides of the outer dims.
-    outer_strides: Vec<Vec<usize>>,
+    outer_strides: PerInput<Dims>,
     inner: usize,
 }
 
-fn collapse(out_shape: &[usize], strides: &[Vec<usize>], squeeze: bool) -> Layout {
-    let keep: Vec<usize> = (0..out_shape.len())
+fn collapse(out_shape: &[usize], strides: &[Dims], squeeze: bool) -> Layout {
+    let keep: Dims = (0..out_shape.len())
         .filter(|&d| !squeeze || out_shape[d] != 1)
         .collect();
-    let mut dims: Vec<usize> = keep.iter().map(|&d| out_shape[d]).collect();
-    let mut st: Vec<Vec<usize>> = strides
+    let mut dims: Dims = keep.iter().map(|&d| out_shape[d]).collect();
+    let mut st: PerInput<Dims> = strides
         .iter()
         .map(|s| keep.iter().map(|&d| s[d]).collect())
         .collect();
@@ -409,8 +416,8 @@ fn collapse(out_shape: &[usize], strides: &[Vec<usize>], squeeze: bool) -> Layou
 /// Per-task buffers reused across runs.
 #[derive(Default)]
 struct SpanScratch {
-    pointers: Vec<*const f32>,
-    padded: Vec<[f32; STEP]>,
+    pointers: PerInput<*const f32>,
+    padded: PerInput<[f32; STEP]>,
 }
 
 impl ElementwiseKernel {
@@ -478,7 +485,7 @@ impl ElementwiseKernel {
             )));
         }
         let rank = out_shape.len();
-        let mut strides = Vec::with_capacity(inputs.len());
+        let mut strides: PerInput<Dims> = PerInput::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let len = input
                 .shape
@@ -498,7 +505,7 @@ impl ElementwiseKernel {
                     input.shape
                 )));
             }
-            let mut s = vec![0usize; rank];
+            let mut s: Dims = smallvec::smallvec![0usize; rank];
             let mut stride = 1;
             for (j, &d) in input.shape.iter().enumerate().rev() {
                 let o = rank - input.shape.len() + j;
@@ -552,19 +559,7 @@ impl ElementwiseKernel {
         // (row range, column range) tasks: rows when there are many, else
         // column chunks of the single long run.
         let parallel = threads.count() > 1 && rows * inner >= PARALLEL_MIN_ELEMENTS;
-        let parts = if parallel { 4 * threads.count() } else { 1 };
-        let tasks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if rows >= parts {
-            split_range(rows, parts, 1)
-                .into_iter()
-                .map(|r| (r, 0..inner))
-                .collect()
-        } else {
-            let cols = split_range(inner, parts.div_ceil(rows), 16);
-            (0..rows)
-                .flat_map(|r| cols.iter().map(move |c| (r..r + 1, c.clone())))
-                .collect()
-        };
-        let inner_steps: Vec<usize> = self
+        let inner_steps: PerInput<usize> = self
             .strides
             .iter()
             .map(|s| match s {
@@ -573,9 +568,9 @@ impl ElementwiseKernel {
             })
             .collect();
         let run_task = |(rows, cols): &(std::ops::Range<usize>, std::ops::Range<usize>)| {
-            let mut runs: Vec<&[f32]> = Vec::with_capacity(inputs.len());
+            let mut runs: PerInput<&[f32]> = PerInput::with_capacity(inputs.len());
             let mut scratch = SpanScratch::default();
-            let mut input_offsets = vec![0usize; inputs.len()];
+            let mut input_offsets: PerInput<usize> = smallvec::smallvec![0usize; inputs.len()];
             for row in rows.clone() {
                 // Offsets of this run in every input.
                 let mut rem = row;
@@ -608,11 +603,24 @@ impl ElementwiseKernel {
                 self.run_span(out_run, &runs, &mut scratch);
             }
         };
-        if parallel {
-            threads.for_each(&tasks, run_task);
-        } else {
-            tasks.iter().for_each(run_task);
+        if !parallel {
+            // The per-inference path on one thread: one task, no task list.
+            run_task(&(0..rows, 0..inner));
+            return;
         }
+        let parts = 4 * threads.count();
+        let tasks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if rows >= parts {
+            split_range(rows, parts, 1)
+                .into_iter()
+                .map(|r| (r, 0..inner))
+                .collect()
+        } else {
+            let cols = split_range(inner, parts.div_ceil(rows), 16);
+            (0..rows)
+                .flat_map(|r| cols.iter().map(move |c| (r..r + 1, c.clone())))
+                .collect()
+        };
+        threads.for_each(&tasks, run_task);
     }
 }
 
@@ -621,7 +629,7 @@ impl ElementwiseKernel {
 /// for. Runs of one element read one value either way.
 fn run_strides_match(
     layout: &Layout,
-    strides: &[Vec<usize>],
+    strides: &[Dims],
     run_dim: Option<usize>,
     compiled: &[InnerStride],
 ) -> bool {
@@ -641,17 +649,18 @@ mod tests {
     fn collapse_merges_contiguous_dims() {
         // [2, 3, 4] + [4]: the bias is stride 0 on the outer dims.
         let out = [2, 3, 4];
-        let strides = vec![vec![12, 4, 1], vec![0, 0, 1]];
+        let dims = |d: &[usize]| Dims::from_slice(d);
+        let strides = [dims(&[12, 4, 1]), dims(&[0, 0, 1])];
         let l = collapse(&out, &strides, true);
-        assert_eq!(l.outer, vec![6]);
+        assert_eq!(l.outer.as_slice(), &[6]);
         assert_eq!(l.inner, 4);
-        assert_eq!(l.outer_strides, vec![vec![4], vec![0]]);
+        assert_eq!(l.outer_strides.as_slice(), &[dims(&[4]), dims(&[0])]);
         // Everything contiguous: one run.
-        let l = collapse(&out, &[vec![12, 4, 1]], true);
+        let l = collapse(&out, &[dims(&[12, 4, 1])], true);
         assert!(l.outer.is_empty());
         assert_eq!(l.inner, 24);
         // [2, 3, 1] output: squeezing removes the trailing 1.
-        let l = collapse(&[2, 3, 1], &[vec![3, 1, 0]], true);
+        let l = collapse(&[2, 3, 1], &[dims(&[3, 1, 0])], true);
         assert_eq!((l.outer.len(), l.inner), (0, 6));
     }
 

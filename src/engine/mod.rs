@@ -104,7 +104,7 @@ pub struct Options {
     /// or input fixes.
     pub bind: Vec<(String, usize)>,
     /// Most bytes the model may hold at once (parameters, intermediate
-    /// values); `None` is three quarters of physical RAM. A model that needs
+    /// values); `None` is three quarters of the RAM the process may use (physical RAM or its cgroup limit). A model that needs
     /// more is an error naming its largest tensors, not an abort.
     pub max_memory: Option<usize>,
     /// The JIT's kernel tier (`None`: `LAMINA_ISA` when set, else the best
@@ -614,7 +614,7 @@ impl Runner {
                     isa: options.isa,
                 };
                 let (mut compiled, _) =
-                    crate::compile::compile(model.graph(), &params, compile_options).map_err(
+                    crate::compile::compile_owned(model.graph(), params, compile_options).map_err(
                         |e| Error::new(e.into(), Some(model.graph()), Some(model.source())),
                     )?;
                 compiled.set_memory_budget(options.budget());
@@ -815,7 +815,7 @@ impl Session {
         let info = compiled
             .prepare(&ordered, &self.fixed)
             .map_err(|e| fail(e.into()))?;
-        Ok(Some(info.clif))
+        Ok(Some(info.clif()))
     }
 
     /// Loads a Hugging Face `tokenizer.json` for [`Session::text_inputs`]:

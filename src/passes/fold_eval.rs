@@ -70,14 +70,22 @@ fn unary(op: UnaryOp, x: &Tensor) -> Option<Tensor> {
 }
 
 fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, out: &[usize]) -> Option<Tensor> {
-    let f: fn(f32, f32) -> f32 = match op {
-        BinaryOp::Add => |x, y| x + y,
-        BinaryOp::Sub => |x, y| x - y,
-        BinaryOp::Mul => |x, y| x * y,
-        BinaryOp::Div => |x, y| x / y,
+    let (av, bv) = (a.as_f32()?, b.as_f32()?);
+    let steps = [
+        broadcast_steps(a.shape(), out)?,
+        broadcast_steps(b.shape(), out)?,
+    ];
+    // One monomorphised loop per op: a function pointer called per element
+    // costs more than the operation (batch-norm folding multiplies every
+    // convolution weight).
+    let values = match op {
+        BinaryOp::Add => broadcast_map(av, bv, out, steps, |x, y| x + y),
+        BinaryOp::Sub => broadcast_map(av, bv, out, steps, |x, y| x - y),
+        BinaryOp::Mul => broadcast_map(av, bv, out, steps, |x, y| x * y),
+        BinaryOp::Div => broadcast_map(av, bv, out, steps, |x, y| x / y),
         // numpy: NaN in either operand wins; on ties (0.0 vs -0.0) the
         // left operand is returned. `f32::max` would drop the NaN.
-        BinaryOp::Max => |x, y| {
+        BinaryOp::Max => broadcast_map(av, bv, out, steps, |x, y| {
             if x.is_nan() || y.is_nan() {
                 f32::NAN
             } else if x >= y {
@@ -85,8 +93,8 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, out: &[usize]) -> Option<Tensor>
             } else {
                 y
             }
-        },
-        BinaryOp::Min => |x, y| {
+        }),
+        BinaryOp::Min => broadcast_map(av, bv, out, steps, |x, y| {
             if x.is_nan() || y.is_nan() {
                 f32::NAN
             } else if x <= y {
@@ -94,26 +102,21 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, out: &[usize]) -> Option<Tensor>
             } else {
                 y
             }
-        },
+        }),
         BinaryOp::Pow => return None,
     };
-    let (av, bv) = (a.as_f32()?, b.as_f32()?);
-    let ai = broadcast_index(a.shape(), out)?;
-    let bi = broadcast_index(b.shape(), out)?;
-    let values = ai.iter().zip(&bi).map(|(&i, &j)| f(av[i], bv[j])).collect();
     Some(Tensor::f32(out.to_vec(), values))
 }
 
-/// For every element of `out` in row-major order, the offset of the
-/// element of a tensor of shape `shape` that numpy broadcasting reads
-/// there; `None` if `shape` does not broadcast to `out`.
-fn broadcast_index(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+/// Per axis of `out`, how far a tensor of shape `shape` moves when numpy
+/// broadcasting reads it along that axis (0 where it is broadcast); `None`
+/// if `shape` does not broadcast to `out`.
+fn broadcast_steps(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
     if shape.len() > out.len() {
         return None;
     }
     let lead = out.len() - shape.len();
     let own = strides(shape);
-    // Stride 0 along the axes the operand lacks or has as 1.
     let mut step = vec![0; out.len()];
     for (k, (&d, &s)) in shape.iter().zip(&own).enumerate() {
         let o = out[lead + k];
@@ -123,7 +126,103 @@ fn broadcast_index(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
             return None;
         }
     }
-    Some(gather_offsets(out, &step))
+    Some(step)
+}
+
+/// `f` of two broadcast operands over `out` in row-major order. The axes
+/// are merged where both operands allow it, then walked as runs along the
+/// last merged axis, so a same-shape or per-channel operation is a few
+/// long loops rather than an index computation per element.
+fn broadcast_map(
+    a: &[f32],
+    b: &[f32],
+    out: &[usize],
+    steps: [Vec<usize>; 2],
+    f: impl Fn(f32, f32) -> f32,
+) -> Vec<f32> {
+    let total: usize = out.iter().product();
+    let mut values = Vec::with_capacity(total);
+    if total == 0 {
+        return values;
+    }
+    let (dims, [sa, sb]) = merge_axes(out, steps);
+    let last = dims.len() - 1;
+    let (run, ia, ib) = (dims[last], sa[last], sb[last]);
+    let mut index = vec![0usize; last];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    loop {
+        match (ia, ib) {
+            (1, 1) => values.extend(
+                a[oa..oa + run]
+                    .iter()
+                    .zip(&b[ob..ob + run])
+                    .map(|(&x, &y)| f(x, y)),
+            ),
+            (1, 0) => {
+                let y = b[ob];
+                values.extend(a[oa..oa + run].iter().map(|&x| f(x, y)));
+            }
+            (0, 1) => {
+                let x = a[oa];
+                values.extend(b[ob..ob + run].iter().map(|&y| f(x, y)));
+            }
+            _ => values.extend((0..run).map(|i| f(a[oa + i * ia], b[ob + i * ib]))),
+        }
+        // Odometer over the outer axes, last first.
+        let mut k = last;
+        loop {
+            if k == 0 {
+                return values;
+            }
+            k -= 1;
+            index[k] += 1;
+            oa += sa[k];
+            ob += sb[k];
+            if index[k] < dims[k] {
+                break;
+            }
+            oa -= sa[k] * dims[k];
+            ob -= sb[k] * dims[k];
+            index[k] = 0;
+        }
+    }
+}
+
+/// `out` with its size-1 axes dropped and each axis merged into the one
+/// before it where every operand steps through both as through one
+/// (`step[k] == step[k + 1] * out[k + 1]`). At least one axis remains.
+fn merge_axes<const N: usize>(
+    out: &[usize],
+    steps: [Vec<usize>; N],
+) -> (Vec<usize>, [Vec<usize>; N]) {
+    let mut dims: Vec<usize> = Vec::with_capacity(out.len());
+    let mut merged: [Vec<usize>; N] = std::array::from_fn(|_| Vec::with_capacity(out.len()));
+    for (k, &d) in out.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let joins = dims
+            .last()
+            .is_some_and(|_| (0..N).all(|i| merged[i].last() == Some(&(steps[i][k] * d))));
+        if joins {
+            *dims.last_mut().expect("checked above") *= d;
+            for (m, s) in merged.iter_mut().zip(&steps) {
+                *m.last_mut().expect("one per dim") = s[k];
+            }
+        } else {
+            dims.push(d);
+            for (m, s) in merged.iter_mut().zip(&steps) {
+                m.push(s[k]);
+            }
+        }
+    }
+    if dims.is_empty() {
+        dims.push(1);
+        for m in &mut merged {
+            m.push(0);
+        }
+    }
+    (dims, merged)
 }
 
 /// Row-major walk over `out`, giving `sum(index[k] * step[k])` per element.
@@ -285,4 +384,71 @@ fn cast(x: &Tensor, to: DType) -> Tensor {
         }
     };
     Tensor::new(x.shape().to_vec(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element `index` of `out` read from `shape` the numpy way, one index
+    /// at a time: what the merged-axis walk must agree with.
+    fn naive(values: &[f32], shape: &[usize], out: &[usize], flat: usize) -> f32 {
+        let mut rest = flat;
+        let mut index = vec![0; out.len()];
+        for k in (0..out.len()).rev() {
+            index[k] = rest % out[k];
+            rest /= out[k];
+        }
+        let lead = out.len() - shape.len();
+        let own = strides(shape);
+        let offset: usize = (0..shape.len())
+            .map(|k| {
+                if shape[k] == 1 {
+                    0
+                } else {
+                    index[lead + k] * own[k]
+                }
+            })
+            .sum();
+        values[offset]
+    }
+
+    #[test]
+    fn broadcast_binary_matches_elementwise_indexing() {
+        let cases: &[(&[usize], &[usize], &[usize])] = &[
+            (&[2, 3, 4, 5], &[2, 3, 4, 5], &[2, 3, 4, 5]),
+            (&[8, 3, 3, 3], &[8, 1, 1, 1], &[8, 3, 3, 3]),
+            (&[2, 3, 4, 5], &[3, 1, 5], &[2, 3, 4, 5]),
+            (&[4, 1], &[1, 6], &[4, 6]),
+            (&[1, 6], &[4, 1], &[4, 6]),
+            (&[], &[7], &[7]),
+            (&[3, 1, 2], &[], &[3, 1, 2]),
+            (&[], &[], &[]),
+            (&[1, 1, 5], &[5, 1, 1], &[5, 1, 5]),
+            (&[2, 0, 3], &[3], &[2, 0, 3]),
+        ];
+        for &(sa, sb, out) in cases {
+            let len = |s: &[usize]| s.iter().product::<usize>();
+            let av: Vec<f32> = (0..len(sa)).map(|i| i as f32 * 0.5 + 1.0).collect();
+            let bv: Vec<f32> = (0..len(sb)).map(|i| 3.0 - i as f32).collect();
+            let a = Tensor::f32(sa.to_vec(), av.clone());
+            let b = Tensor::f32(sb.to_vec(), bv.clone());
+            let got = binary(BinaryOp::Sub, &a, &b, out).expect("broadcasts");
+            assert_eq!(got.shape(), out);
+            let want: Vec<f32> = (0..len(out))
+                .map(|i| naive(&av, sa, out, i) - naive(&bv, sb, out, i))
+                .collect();
+            assert_eq!(
+                got.as_f32().expect("f32"),
+                &want[..],
+                "{sa:?} - {sb:?} -> {out:?}"
+            );
+        }
+        let a = Tensor::f32(vec![2, 3], vec![0.0; 6]);
+        let b = Tensor::f32(vec![2], vec![0.0; 2]);
+        assert!(
+            binary(BinaryOp::Add, &a, &b, &[2, 3]).is_none(),
+            "2 does not broadcast to 3"
+        );
+    }
 }

@@ -52,11 +52,12 @@ impl MemoryBudget {
         }
     }
 
-    /// Three quarters of physical RAM (read once per process from
-    /// /proc/meminfo); unlimited where the OS does not say.
+    /// Three quarters of the RAM this process may use (read once per
+    /// process: /proc/meminfo, lowered by a cgroup memory limit, as a
+    /// container sets); unlimited where the OS does not say.
     pub fn from_machine() -> MemoryBudget {
         static RAM: OnceLock<Option<usize>> = OnceLock::new();
-        match *RAM.get_or_init(physical_ram) {
+        match *RAM.get_or_init(usable_ram) {
             Some(ram) => MemoryBudget {
                 bytes: ram / RAM_SHARE.1 * RAM_SHARE.0,
                 origin: Origin::Machine,
@@ -105,7 +106,7 @@ impl MemoryBudget {
         match self.origin {
             Origin::Machine => {
                 format!(
-                "the memory budget of {} ({} of this machine's RAM; change it with --max-memory)",
+                "the memory budget of {} ({} of the RAM this process may use; change it with --max-memory)",
                 format_bytes(self.bytes),
                 if RAM_SHARE == (3, 4) { "3/4" } else { "a share" }
             )
@@ -139,6 +140,58 @@ pub struct BudgetError {
     pub budget: MemoryBudget,
     /// The biggest contributors, largest first (at most three).
     pub largest: Vec<(String, usize)>,
+}
+
+/// Physical RAM, or less where a cgroup (a container, a systemd slice)
+/// limits this process: exceeding that limit gets the process killed, not
+/// an error.
+fn usable_ram() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroup_limit_files(&cgroups)
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .filter_map(|text| parse_cgroup_limit(&text))
+        .min();
+    match (physical_ram(), limit) {
+        (Some(ram), Some(limit)) => Some(ram.min(limit)),
+        (ram, limit) => ram.or(limit),
+    }
+}
+
+/// The files that may hold this process's memory limit, from the lines of
+/// /proc/self/cgroup (`ID:CONTROLLERS:PATH`): cgroup v2's `memory.max`
+/// (empty controller list) and v1's `memory.limit_in_bytes`, each at the
+/// process's own group and at the root a container shows it.
+fn cgroup_limit_files(proc_self_cgroup: &str) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let root = std::path::Path::new(root);
+        files.push(root.join(path).join(file));
+        files.push(root.join(file));
+    }
+    files
+}
+
+/// A cgroup limit in bytes; `max` (v2) and v1's "no limit" (a value near
+/// `i64::MAX`) are no limit.
+fn parse_cgroup_limit(text: &str) -> Option<usize> {
+    let bytes: u64 = text.trim().parse().ok()?;
+    (bytes < 1 << 60)
+        .then(|| usize::try_from(bytes).ok())
+        .flatten()
 }
 
 fn physical_ram() -> Option<usize> {
@@ -229,6 +282,25 @@ mod tests {
         );
         let huge = vec![("w".to_string(), usize::MAX), ("v".to_string(), usize::MAX)];
         assert_eq!(budget.check("x", &huge).unwrap_err().needed, usize::MAX);
+    }
+
+    #[test]
+    fn cgroup_limits_are_found_for_v1_and_v2_and_unlimited_is_none() {
+        let files = cgroup_limit_files("4:memory:/job/7\n2:cpu:/\n0::/user.slice/app\n");
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        assert_eq!(
+            files,
+            [
+                "/sys/fs/cgroup/memory/job/7/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/user.slice/app/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ]
+        );
+        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_cgroup_limit("max\n"), None);
+        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_cgroup_limit("garbage"), None);
     }
 
     #[test]

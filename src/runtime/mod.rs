@@ -7,6 +7,7 @@ pub mod files;
 pub mod image;
 pub mod init;
 pub mod npy;
+pub mod parallel;
 pub mod params;
 pub mod text;
 pub mod weights;

@@ -369,8 +369,18 @@ fn plan(
     if !errors.is_empty() {
         return Err(errors);
     }
-    for (name, declared, init, shape, _) in sized {
-        match initial_value(init, name, declared.dtype, &shape) {
+    // Each value comes from its own seeded stream, so computing them on
+    // several threads gives the same values.
+    let values = crate::runtime::parallel::map_by_cost(
+        sized,
+        |(.., bytes)| *bytes,
+        |(name, declared, init, shape, _)| {
+            let value = initial_value(init, name, declared.dtype, &shape);
+            (name, declared, init, value)
+        },
+    );
+    for (name, declared, init, value) in values {
+        match value {
             Some(value) => {
                 initialized.insert(name.clone(), value);
             }

@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use std::io::Read;
+
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
 
 use crate::tensor::{Tensor, TensorData};
 
@@ -36,6 +39,9 @@ pub enum WeightError {
     },
 }
 
+/// safetensors' own limit on the header's size.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// The tensors of one weight file, by name.
 #[derive(Clone, Debug)]
 pub struct WeightFile {
@@ -50,46 +56,87 @@ pub struct WeightFile {
 }
 
 impl WeightFile {
+    /// Reads a safetensors file: the header first, then every tensor's
+    /// bytes straight into its own buffer (no copy of the whole file).
     pub fn load(path: impl AsRef<Path>) -> Result<WeightFile, WeightError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| WeightError::Read {
+        let read_error = |source| WeightError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        WeightFile::from_bytes(path, &bytes)
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        WeightFile::read(path, std::io::BufReader::with_capacity(1 << 16, file), len)
     }
 
     /// Decodes a safetensors image already in memory; `path` is only used in
     /// messages and recorded in the result.
     pub fn from_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<WeightFile, WeightError> {
-        let path = path.as_ref();
-        let file = SafeTensors::deserialize(bytes).map_err(|e| WeightError::Corrupt {
+        WeightFile::read(path.as_ref(), bytes, bytes.len() as u64)
+    }
+
+    /// A safetensors image of `len` bytes from `source`. The header is
+    /// checked against `len` before anything it describes is allocated.
+    fn read(path: &Path, mut source: impl Read, len: u64) -> Result<WeightFile, WeightError> {
+        let corrupt = |reason: String| WeightError::Corrupt {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let read_error = |source| WeightError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut header_len = [0u8; 8];
+        if len < 8 {
+            return Err(corrupt(
+                "the file is shorter than the 8-byte header length".into(),
+            ));
+        }
+        source.read_exact(&mut header_len).map_err(read_error)?;
+        let header_len = u64::from_le_bytes(header_len);
+        if header_len > MAX_HEADER_BYTES || header_len > len - 8 {
+            return Err(corrupt(format!(
+                "the header claims {header_len} bytes but the file holds {len}"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        source.read_exact(&mut header).map_err(read_error)?;
+        // `Metadata` checks that the tensors' byte ranges tile the data
+        // section and that each matches its shape and dtype.
+        let metadata: Metadata =
+            serde_json::from_slice(&header).map_err(|e| corrupt(format!("invalid header: {e}")))?;
+        let data_len = len - 8 - header_len;
+        if metadata.data_len() as u64 != data_len {
+            return Err(corrupt(format!(
+                "the header describes {} bytes of tensor data but the file holds {data_len}",
+                metadata.data_len()
+            )));
+        }
         let mut tensors = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
-        for (name, view) in file.iter() {
-            let data = decode(view.dtype(), view.data()).map_err(|problem| match problem {
-                DecodeProblem::Unsupported => WeightError::UnsupportedDType {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    dtype: format!("{:?}", view.dtype()),
-                },
-                DecodeProblem::InvalidBool(byte) => WeightError::InvalidBool {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    byte,
-                },
-            });
+        // In file order: one sequential pass.
+        for name in metadata.offset_keys() {
+            let info = metadata.info(&name).expect("offset_keys lists tensors");
+            let bytes = info.data_offsets.1 - info.data_offsets.0;
+            let data = read_tensor(info.dtype, bytes, &mut source).map_err(read_error)?;
             match data {
-                // safetensors has already checked that the byte length
-                // matches shape x dtype size, so the element count is right.
                 Ok(data) => {
-                    tensors.insert(name.to_string(), Tensor::new(view.shape().to_vec(), data));
+                    tensors.insert(name, Tensor::new(info.shape.clone(), data));
                 }
-                Err(e) => {
-                    unreadable.insert(name.to_string(), e.to_string());
+                Err(problem) => {
+                    let e = match problem {
+                        DecodeProblem::Unsupported => WeightError::UnsupportedDType {
+                            path: path.to_path_buf(),
+                            tensor: name.clone(),
+                            dtype: format!("{:?}", info.dtype),
+                        },
+                        DecodeProblem::InvalidBool(byte) => WeightError::InvalidBool {
+                            path: path.to_path_buf(),
+                            tensor: name.clone(),
+                            byte,
+                        },
+                    };
+                    unreadable.insert(name, e.to_string());
                 }
             }
         }
@@ -125,6 +172,28 @@ impl WeightFile {
 enum DecodeProblem {
     Unsupported,
     InvalidBool(u8),
+}
+
+/// The next `bytes` bytes of `source` as a tensor of `dtype`: f32 is read
+/// straight into its buffer, other dtypes through a byte buffer.
+fn read_tensor(
+    dtype: Dtype,
+    bytes: usize,
+    source: &mut impl Read,
+) -> std::io::Result<Result<TensorData, DecodeProblem>> {
+    if dtype == Dtype::F32 {
+        // `Metadata` has checked that `bytes` is the shape's size in f32.
+        let mut values = vec![0f32; bytes / 4];
+        source.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+        // The file is little-endian; a no-op on little-endian hosts.
+        for v in &mut values {
+            *v = f32::from_le_bytes(v.to_ne_bytes());
+        }
+        return Ok(Ok(TensorData::F32(values)));
+    }
+    let mut raw = vec![0u8; bytes];
+    source.read_exact(&mut raw)?;
+    Ok(decode(dtype, &raw))
 }
 
 /// Converts little-endian tensor bytes (the safetensors layout) into owned

@@ -971,8 +971,33 @@ impl MicroCall<'_, '_> {
     }
 }
 
+/// Batch dims: inline up to the executor's native rank limit, so a batched
+/// call allocates nothing (larger ranks spill to the heap).
+type BatchDims = smallvec::SmallVec<[usize; 8]>;
+
+thread_local! {
+    /// Packed B of the current batch entry (`run_batched`): grows to the
+    /// largest B a thread has packed, then is reused.
+    static B_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `f` on `len` f32 of this thread's B scratch (contents unspecified:
+/// packing writes every element, padding included); a fresh buffer if the
+/// scratch is already in use further up this thread's stack.
+fn with_b_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    B_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            f(&mut scratch[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 /// Numpy broadcast of two batch shapes.
-fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<BatchDims> {
     let rank = a.len().max(b.len());
     (0..rank)
         .map(|i| {
@@ -990,8 +1015,8 @@ fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 
 /// Element strides of `batch` (an operand's batch dims) against the
 /// broadcast `out` batch dims: 0 where the operand broadcasts.
-fn batch_strides(batch: &[usize], out: &[usize], matrix_len: usize) -> Vec<usize> {
-    let mut strides = vec![0; out.len()];
+fn batch_strides(batch: &[usize], out: &[usize], matrix_len: usize) -> BatchDims {
+    let mut strides: BatchDims = smallvec::smallvec![0; out.len()];
     let mut stride = matrix_len;
     for (i, &d) in batch.iter().enumerate().rev() {
         let o = out.len() - batch.len() + i;
@@ -1113,17 +1138,25 @@ impl GemmKernels {
         if b_strides.iter().all(|&s| s == 0) && a_contiguous {
             let a_view = MatrixRef::row_major(a, batches * m, k)?;
             let b_view = matrix(b, 0, k, n, transpose_b)?;
-            let packed = PackedB::pack_for(&b_view, self.layout());
-            return self.run(
-                GemmArgs {
-                    a: a_view,
-                    b: packed.as_ref(),
-                    bias: None,
-                    residual: None,
-                    c,
-                },
-                threads,
-            );
+            let layout = self.layout();
+            return with_b_scratch(packed_b_len_for(k, n, layout), |scratch| {
+                let packed = PackedBRef::pack_into_with(
+                    &b_view,
+                    scratch,
+                    layout,
+                    self.micro.transposes.as_ref(),
+                )?;
+                self.run(
+                    GemmArgs {
+                        a: a_view,
+                        b: packed,
+                        bias: None,
+                        residual: None,
+                        c,
+                    },
+                    threads,
+                )
+            });
         }
 
         let run_range = |range: Range<usize>,
@@ -1131,36 +1164,38 @@ impl GemmKernels {
                          inner_threads: &Threads|
          -> Result<(), CodegenError> {
             let layout = self.layout();
-            let mut scratch = vec![0.0f32; packed_b_len_for(k, n, layout)];
-            let mut packed_for: Option<usize> = None;
-            for index in range {
-                let (a_off, b_off) = offsets(index);
-                if packed_for != Some(b_off) {
-                    PackedBRef::pack_into_with(
-                        &matrix(b, b_off, k, n, transpose_b)?,
-                        &mut scratch,
-                        layout,
-                        self.micro.transposes.as_ref(),
+            with_b_scratch(packed_b_len_for(k, n, layout), |scratch| {
+                let mut packed_for: Option<usize> = None;
+                for index in range {
+                    let (a_off, b_off) = offsets(index);
+                    if packed_for != Some(b_off) {
+                        PackedBRef::pack_into_with(
+                            &matrix(b, b_off, k, n, transpose_b)?,
+                            scratch,
+                            layout,
+                            self.micro.transposes.as_ref(),
+                        )?;
+                        packed_for = Some(b_off);
+                    }
+                    let packed = PackedBRef::from_packed(scratch, k, n, layout);
+                    // SAFETY: batch entry `index` owns C[index * mn..][..mn];
+                    // ranges handed to different tasks are disjoint and `c` is
+                    // exclusively borrowed for the whole call.
+                    let c_entry =
+                        unsafe { std::slice::from_raw_parts_mut(out.0.add(index * mn), mn) };
+                    self.run(
+                        GemmArgs {
+                            a: matrix(a, a_off, m, k, transpose_a)?,
+                            b: packed,
+                            bias: None,
+                            residual: None,
+                            c: c_entry,
+                        },
+                        inner_threads,
                     )?;
-                    packed_for = Some(b_off);
                 }
-                let packed = PackedBRef::from_packed(&scratch, k, n, layout);
-                // SAFETY: batch entry `index` owns C[index * mn..][..mn];
-                // ranges handed to different tasks are disjoint and `c` is
-                // exclusively borrowed for the whole call.
-                let c_entry = unsafe { std::slice::from_raw_parts_mut(out.0.add(index * mn), mn) };
-                self.run(
-                    GemmArgs {
-                        a: matrix(a, a_off, m, k, transpose_a)?,
-                        b: packed,
-                        bias: None,
-                        residual: None,
-                        c: c_entry,
-                    },
-                    inner_threads,
-                )?;
-            }
-            Ok(())
+                Ok(())
+            })
         };
 
         let out = SharedMut(c.as_mut_ptr());
@@ -1192,11 +1227,15 @@ mod tests {
 
     #[test]
     fn broadcast_and_strides() {
-        assert_eq!(broadcast_batch(&[2, 1, 3], &[4, 1]), Some(vec![2, 4, 3]));
+        let dims = |d: &[usize]| BatchDims::from_slice(d);
+        assert_eq!(broadcast_batch(&[2, 1, 3], &[4, 1]), Some(dims(&[2, 4, 3])));
         assert_eq!(broadcast_batch(&[2], &[3]), None);
-        assert_eq!(broadcast_batch(&[], &[5]), Some(vec![5]));
-        assert_eq!(batch_strides(&[4, 1], &[2, 4, 3], 10), vec![0, 10, 0]);
-        assert_eq!(batch_strides(&[2, 4, 3], &[2, 4, 3], 10), vec![120, 30, 10]);
+        assert_eq!(broadcast_batch(&[], &[5]), Some(dims(&[5])));
+        assert_eq!(batch_strides(&[4, 1], &[2, 4, 3], 10), dims(&[0, 10, 0]));
+        assert_eq!(
+            batch_strides(&[2, 4, 3], &[2, 4, 3], 10),
+            dims(&[120, 30, 10])
+        );
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub struct CompiledModel {
 }
 
 /// Statistics about the plan for one set of input shapes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PlanInfo {
     pub arena_bytes: usize,
     pub steps: usize,
@@ -226,7 +226,29 @@ pub struct PlanInfo {
     /// The kernel candidate of each step, in order.
     pub step_kernels: Vec<&'static str>,
     pub kernels: usize,
-    pub clif: String,
+    /// The plan's kernels, for [`PlanInfo::clif`].
+    kernel_set: Arc<KernelSet>,
+}
+
+impl PlanInfo {
+    /// Every kernel's CLIF (assembled kernels: their listing), in
+    /// compilation order. Formatted on request: disassembling the wide
+    /// kernels costs more than assembling them.
+    pub fn clif(&self) -> String {
+        self.kernel_set.library.clif_text()
+    }
+}
+
+impl std::fmt::Debug for PlanInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanInfo")
+            .field("arena_bytes", &self.arena_bytes)
+            .field("steps", &self.steps)
+            .field("native_steps", &self.native_steps)
+            .field("step_kernels", &self.step_kernels)
+            .field("kernels", &self.kernels)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CompiledModel {
@@ -236,16 +258,44 @@ impl CompiledModel {
         params: &HashMap<String, Tensor>,
         options: CompileOptions,
     ) -> Result<CompiledModel, ExecError> {
+        Self::compile_taking(graph, |name| params.get(name).cloned(), options)
+    }
+
+    /// [`CompiledModel::compile`] taking the parameter values over instead
+    /// of copying them (a checkpoint's worth of memory traffic at compile
+    /// time); parameters the optimised graph no longer uses are dropped.
+    pub fn compile_owned(
+        graph: &Graph,
+        mut params: HashMap<String, Tensor>,
+        options: CompileOptions,
+    ) -> Result<CompiledModel, ExecError> {
+        Self::compile_taking(graph, |name| params.remove(name), options)
+    }
+
+    /// `take(name)`: the value of parameter `name`, asked once per name.
+    fn compile_taking(
+        graph: &Graph,
+        mut take: impl FnMut(&str) -> Option<Tensor>,
+        options: CompileOptions,
+    ) -> Result<CompiledModel, ExecError> {
         let mut weights = Vec::new();
         let mut weight_index = HashMap::new();
         let mut param_bindings = Bindings::new();
+        let mut taken: HashMap<&str, Arc<Tensor>> = HashMap::new();
         for id in graph.node_ids() {
             let node = graph.node(id);
             let value = match &node.op {
                 Op::Param(Param { name, .. }) => {
-                    let value = params
-                        .get(name)
-                        .ok_or_else(|| ExecError::MissingParam(name.clone()))?;
+                    let value = match taken.get(name.as_str()) {
+                        Some(value) => Arc::clone(value),
+                        None => {
+                            let value = Arc::new(
+                                take(name).ok_or_else(|| ExecError::MissingParam(name.clone()))?,
+                            );
+                            taken.insert(name, Arc::clone(&value));
+                            value
+                        }
+                    };
                     // Symbols in a parameter's type take their values from it.
                     let fits = value.dtype() == node.ty.dtype
                         && unify(&node.ty.shape, value.shape(), &mut param_bindings).is_ok();
@@ -256,7 +306,7 @@ impl CompiledModel {
                             actual: format!("{}{:?}", value.dtype(), value.shape()),
                         });
                     }
-                    Arc::new(value.clone())
+                    value
                 }
                 Op::Constant(Constant { value }) => value.clone(),
                 _ => continue,
@@ -272,7 +322,7 @@ impl CompiledModel {
         .isa;
         // Weights are packed for the GEMM candidate plans of this tier use.
         let layout = candidates::gemm_for(isa).pack_layout();
-        let mut prepacked = HashMap::new();
+        let mut to_pack = Vec::new();
         for id in graph.node_ids() {
             let transpose_b = match &graph.node(id).op {
                 Op::FusedLinear(FusedLinear { transpose_b, .. }) => *transpose_b,
@@ -299,8 +349,17 @@ impl CompiledModel {
             } else {
                 MatrixRef::row_major(data, shape[0], shape[1])?
             };
-            prepacked.insert(id, PackedB::pack_for(&matrix, layout));
+            to_pack.push((id, matrix, data.len()));
         }
+        // Packing touches every GEMM weight once: spread over the cores
+        // (each packed matrix depends on its weight only).
+        let prepacked = crate::runtime::parallel::map_by_cost(
+            to_pack,
+            |&(_, _, len)| len,
+            |(id, matrix, _)| (id, PackedB::pack_for(&matrix, layout)),
+        )
+        .into_iter()
+        .collect();
         let conv_weights = graph
             .node_ids()
             .filter_map(|id| {
@@ -507,7 +566,7 @@ impl CompiledModel {
             native_steps: plan.native_steps,
             step_kernels: plan.step_kernels.clone(),
             kernels: plan.kernels.library.kernels().len(),
-            clif: plan.kernels.library.clif_text(),
+            kernel_set: Arc::clone(&plan.kernels),
         })
     }
 
