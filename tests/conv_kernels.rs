@@ -471,7 +471,8 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
         };
         let taps = params.get("w0").map(|t| {
             let mut packed = vec![0.0; t.len()];
-            pack_depthwise_taps(t.as_f32().unwrap(), c, kernel[0] * kernel[1], &mut packed);
+            pack_depthwise_taps(t.as_f32().unwrap(), c, kernel[0] * kernel[1], &mut packed)
+                .unwrap();
             packed
         });
         let g = WindowGeometry {
@@ -495,8 +496,17 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
             .and_then(|(a, _)| a)
             .map(|a| PostActivation::from_unary(a).unwrap());
         let tolerance = 1e-6 * (kernel[0] * kernel[1] + 4) as f32;
+        let nhwc_case = nhwc_case(
+            &op,
+            fused,
+            &params,
+            &x,
+            [n, h, w, c],
+            residual.as_ref(),
+            out_nchw,
+        );
         for &isa in &tiers {
-            let run = |threads: &Threads| {
+            let direct = |threads: &Threads| {
                 let mut out = vec![f32::NAN; expected.len()];
                 let args = NhwcWindowArgs {
                     x: &x,
@@ -510,13 +520,31 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
                     .unwrap_or_else(|e| panic!("{what} on {isa}: {e}"));
                 out
             };
-            let one = run(&Threads::single());
+            let one = direct(&Threads::single());
             if one
                 .iter()
-                .zip(&run(&two))
+                .zip(&direct(&two))
                 .any(|(a, b)| a.to_bits() != b.to_bits())
             {
                 failures.push(format!("{what} on {isa}: 1 and 2 threads differ"));
+            }
+            // The same node in NHWC through the planner: its candidate,
+            // the same bits as the kernel called directly.
+            for threads in [1, 2] {
+                let (kernels, planned) = run(&nhwc_case, isa, threads);
+                if kernels != ["window2d_nhwc"] {
+                    failures.push(format!("{what} on {isa}: planned {kernels:?}"));
+                } else if planned
+                    .as_f32()
+                    .unwrap()
+                    .iter()
+                    .zip(&one)
+                    .any(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    failures.push(format!(
+                        "{what} on {isa}, {threads} threads: the plan differs"
+                    ));
+                }
             }
             for (i, (a, e)) in one.iter().zip(&expected).enumerate() {
                 let ok = (a.is_nan() && e.is_nan())
@@ -758,4 +786,70 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
         seeds::run_seed(),
         failures.join("\n")
     );
+}
+
+/// The one-node graph of a case in NHWC (`layout="nhwc"`), over the same
+/// weights (OIHW, whatever the layout) and the NHWC input and residual.
+fn nhwc_case(
+    op: &Op,
+    fused: Option<(Option<UnaryOp>, bool)>,
+    params: &HashMap<String, Tensor>,
+    x: &[f32],
+    x_shape: [usize; 4],
+    residual: Option<&Vec<f32>>,
+    [n, c, oh, ow]: [usize; 4],
+) -> Case {
+    let nhwc = |window: Window2d| Window2d {
+        layout: DataLayout::Nhwc,
+        ..window
+    };
+    let mut b = GraphBuilder::new("nhwc");
+    let mut ids = vec![b.input("x", f32_type(&x_shape))];
+    let mut inputs = HashMap::from([("x".to_string(), Tensor::f32(x_shape.to_vec(), x.to_vec()))]);
+    for name in ["w0", "w1"] {
+        if let Some(value) = params.get(name) {
+            ids.push(b.param(name, value.clone()));
+        }
+    }
+    let out_shape = vec![n, oh, ow, c];
+    if let Some(r) = residual {
+        ids.push(b.input("r", f32_type(&out_shape)));
+        inputs.insert("r".into(), Tensor::f32(out_shape.clone(), r.clone()));
+    }
+    let op = match (op, fused) {
+        (Op::Conv2d(conv), Some((activation, residual))) => Op::FusedConv2d(FusedConv2d {
+            conv: Conv2d {
+                window: nhwc(conv.window),
+                ..conv.clone()
+            },
+            epilogue: LinearEpilogue {
+                bias: params.contains_key("w1"),
+                activation,
+                residual,
+            },
+        }),
+        (Op::Conv2d(conv), None) => Op::Conv2d(Conv2d {
+            window: nhwc(conv.window),
+            ..conv.clone()
+        }),
+        (Op::Pool2d(pool), _) => Op::Pool2d(Pool2d {
+            window: nhwc(pool.window),
+            ..pool.clone()
+        }),
+        (other, _) => unreachable!("{other:?}"),
+    };
+    let what = format!("{op:?} in NHWC");
+    let y = b
+        .try_op(op, &ids)
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    b.output("y", y);
+    let (graph, params) = b.finish();
+    Case {
+        what,
+        graph,
+        params,
+        inputs,
+        kernel: "window2d_nhwc",
+        depth: x_shape[3],
+    }
 }

@@ -489,7 +489,75 @@ fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
             vec![f32_in(&[1, 2, 6, 9])],
             r,
         ),
+        // NHWC: the channels-last window kernel (17 channels: a full
+        // vector and tails on every tier).
+        sample(
+            "conv_depthwise_nhwc_bias",
+            conv(nhwc(window([1, 1], [1, 1], Padding2d::Same)), 17),
+            vec![
+                f32_in(&[2, 7, 9, 17]),
+                weight(&[17, 1, 3, 3]),
+                weight(&[17]),
+            ],
+            r,
+        ),
+        sample(
+            "conv_depthwise_nhwc_weights_input",
+            conv(nhwc(window([2, 2], [2, 1], explicit(1, 2, 0, 1))), 5),
+            vec![f32_in(&[1, 11, 10, 5]), f32_in(&[5, 1, 5, 3])],
+            r,
+        ),
+        sample(
+            "fused_depthwise_nhwc_relu6_residual",
+            Op::FusedConv2d(FusedConv2d {
+                conv: Conv2d {
+                    window: nhwc(window([1, 1], [1, 1], Padding2d::Same)),
+                    groups: 24,
+                },
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::Relu6),
+                    residual: true,
+                },
+            }),
+            vec![
+                f32_in(&[1, 6, 5, 24]),
+                weight(&[24, 1, 5, 5]),
+                weight(&[24]),
+                f32_in(&[1, 6, 5, 24]),
+            ],
+            r,
+        ),
+        sample(
+            "max_pool_nhwc_padded",
+            pool(
+                PoolKind::Max,
+                [3, 3],
+                nhwc(window([2, 2], [1, 1], explicit(1, 1, 1, 1))),
+            ),
+            vec![f32_in(&[2, 9, 8, 19])],
+            r,
+        ),
+        sample(
+            "avg_pool_nhwc_counting_padding",
+            pool(
+                PoolKind::Avg {
+                    count_include_pad: true,
+                },
+                [2, 3],
+                nhwc(window([1, 2], [2, 1], explicit(2, 1, 0, 2))),
+            ),
+            vec![f32_in(&[1, 6, 9, 3])],
+            r,
+        ),
     ]
+}
+
+fn nhwc(window: Window2d) -> Window2d {
+    Window2d {
+        layout: DataLayout::Nhwc,
+        ..window
+    }
 }
 
 fn runnable_tiers() -> Vec<Isa> {
@@ -616,4 +684,13 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
     assert_eq!(chosen("batch_norm"), ["batch_norm_affine"]);
     assert_eq!(chosen("fused_conv_relu6_residual"), ["conv_gemm"]);
     assert_eq!(chosen("fused_depthwise_hard_swish_residual"), ["window2d"]);
+    for nhwc in [
+        "conv_depthwise_nhwc_bias",
+        "conv_depthwise_nhwc_weights_input",
+        "fused_depthwise_nhwc_relu6_residual",
+        "max_pool_nhwc_padded",
+        "avg_pool_nhwc_counting_padding",
+    ] {
+        assert_eq!(chosen(nhwc), ["window2d_nhwc"], "{nhwc}");
+    }
 }

@@ -42,14 +42,21 @@ use super::CodegenError;
 
 /// Lays out depthwise weights `[C, 1, kh, kw]` (`taps = kh * kw` per
 /// channel) as `[taps][C]`, into `out` (`C * taps` f32).
-pub fn pack_depthwise_taps(oihw: &[f32], channels: usize, taps: usize, out: &mut [f32]) {
-    debug_assert_eq!(oihw.len(), channels * taps);
-    debug_assert_eq!(out.len(), channels * taps);
+pub fn pack_depthwise_taps(
+    oihw: &[f32],
+    channels: usize,
+    taps: usize,
+    out: &mut [f32],
+) -> Result<(), CodegenError> {
+    let len = channels.checked_mul(taps);
+    check_len("the depthwise weights", oihw.len(), len)?;
+    check_len("the packed taps", out.len(), len)?;
     for (c, w) in oihw.chunks_exact(taps.max(1)).take(channels).enumerate() {
         for (t, &v) in w.iter().enumerate() {
             out[t * channels + c] = v;
         }
     }
+    Ok(())
 }
 
 /// Operands of [`window2d_nhwc`].
@@ -286,20 +293,48 @@ unsafe fn channel_block<const CB: usize, const P: usize, const FMA: bool, const 
         (g.out_w, g.out_w)
     };
     let init = init_vector::<CB, OP>(job, c0);
-    for ox in 0..lo.min(g.out_w) {
-        pixels::<CB, 1, FMA, OP, true>(job, c0, ox, &init);
+    if hi - lo < P {
+        // Too narrow an interior for a group (small planes): the whole
+        // row in checked groups.
+        span::<CB, P, FMA, OP, true>(job, c0, 0, g.out_w, &init);
+        return;
     }
-    let mut ox = lo;
-    while ox + P <= hi {
-        pixels::<CB, P, FMA, OP, false>(job, c0, ox, &init);
+    span::<CB, P, FMA, OP, true>(job, c0, 0, lo, &init);
+    span::<CB, P, FMA, OP, false>(job, c0, lo, hi, &init);
+    span::<CB, P, FMA, OP, true>(job, c0, hi, g.out_w, &init);
+}
+
+/// Output pixels `from..to` in groups of `P`, then of 4, 2 and 1 (those
+/// below `P`).
+#[inline(always)]
+unsafe fn span<
+    const CB: usize,
+    const P: usize,
+    const FMA: bool,
+    const OP: u8,
+    const CHECKED: bool,
+>(
+    job: &RowJob<'_>,
+    c0: usize,
+    from: usize,
+    to: usize,
+    init: &[f32; CB],
+) {
+    let mut ox = from;
+    while ox + P <= to {
+        pixels::<CB, P, FMA, OP, CHECKED>(job, c0, ox, init);
         ox += P;
     }
-    while ox < hi {
-        pixels::<CB, 1, FMA, OP, false>(job, c0, ox, &init);
-        ox += 1;
+    if P > 4 && ox + 4 <= to {
+        pixels::<CB, 4, FMA, OP, CHECKED>(job, c0, ox, init);
+        ox += 4;
     }
-    for ox in hi.max(lo)..g.out_w {
-        pixels::<CB, 1, FMA, OP, true>(job, c0, ox, &init);
+    if P > 2 && ox + 2 <= to {
+        pixels::<CB, 2, FMA, OP, CHECKED>(job, c0, ox, init);
+        ox += 2;
+    }
+    if P > 1 && ox < to {
+        pixels::<CB, 1, FMA, OP, CHECKED>(job, c0, ox, init);
     }
 }
 
@@ -321,8 +356,8 @@ unsafe fn init_vector<const CB: usize, const OP: u8>(job: &RowJob<'_>, c0: usize
 }
 
 /// Output pixels `ox0..ox0 + P` (stride apart in the input), channels
-/// `c0..c0 + CB`. `CHECKED` (with `P == 1`): border pixels, each column
-/// tap checked against the input; otherwise every tap is inside.
+/// `c0..c0 + CB`. `CHECKED`: border pixels, each pixel's column taps
+/// checked against the input; otherwise every tap is inside.
 #[inline(always)]
 unsafe fn pixels<
     const CB: usize,
@@ -344,7 +379,9 @@ unsafe fn pixels<
     let [pt, pl] = g.pad;
     let mut acc = [*init; P];
     let mut rows_in = 0usize;
-    let mut cols_in = 0usize;
+    // Checked: the taps of each pixel's columns inside the input (counted
+    // on the first row inside).
+    let mut cols_in = [0usize; P];
     for ky in 0..kh {
         let iy = (job.oy * sh + ky * dh).wrapping_sub(pt);
         // Above or below the image ("negative" rows wrap to huge values).
@@ -354,21 +391,24 @@ unsafe fn pixels<
         rows_in += 1;
         let x_row = job.x.add(iy * g.in_w * c + c0);
         for kx in 0..kw {
+            // Pixel p reads column ix + p * sw: "negative" columns wrap,
+            // so pointers are formed only for columns checked inside.
             let ix = (ox0 * sw + kx * dw).wrapping_sub(pl);
-            if CHECKED {
-                if ix >= g.in_w {
-                    continue;
-                }
-                if rows_in == 1 {
-                    cols_in += 1;
+            let inside = |p: usize| !CHECKED || ix.wrapping_add(p * sw) < g.in_w;
+            if CHECKED && rows_in == 1 {
+                for (p, n) in cols_in.iter_mut().enumerate() {
+                    *n += usize::from(inside(p));
                 }
             }
-            let xp = x_row.add(ix * c);
+            let xp = |p: usize| x_row.wrapping_add(ix.wrapping_add(p * sw).wrapping_mul(c));
             match OP {
                 DEPTHWISE => {
                     let w = load::<CB>(job.taps.add((ky * kw + kx) * c + c0));
                     for (p, a) in acc.iter_mut().enumerate() {
-                        let v = load::<CB>(xp.add(p * sw * c));
+                        if !inside(p) {
+                            continue;
+                        }
+                        let v = load::<CB>(xp(p));
                         for l in 0..CB {
                             a[l] = if FMA {
                                 w[l].mul_add(v[l], a[l])
@@ -380,7 +420,10 @@ unsafe fn pixels<
                 }
                 MAX => {
                     for (p, a) in acc.iter_mut().enumerate() {
-                        let v = load::<CB>(xp.add(p * sw * c));
+                        if !inside(p) {
+                            continue;
+                        }
+                        let v = load::<CB>(xp(p));
                         for l in 0..CB {
                             // NaN wins, as the interpreter's nan_max.
                             if v[l].is_nan() || v[l] > a[l] {
@@ -391,7 +434,10 @@ unsafe fn pixels<
                 }
                 _ => {
                     for (p, a) in acc.iter_mut().enumerate() {
-                        let v = load::<CB>(xp.add(p * sw * c));
+                        if !inside(p) {
+                            continue;
+                        }
+                        let v = load::<CB>(xp(p));
                         for l in 0..CB {
                             a[l] += v[l];
                         }
@@ -404,16 +450,16 @@ unsafe fn pixels<
         let WindowOp::Avg { count_include_pad } = job.op else {
             unreachable!("OP follows job.op")
         };
-        let count = if count_include_pad {
-            kh * kw
-        } else if CHECKED {
-            // A window with no row inside counted no column either: 0 / 0 = NaN, as the interpreter.
-            rows_in * cols_in
-        } else {
-            rows_in * kw
-        };
-        let count = count as f32;
-        for a in acc.iter_mut() {
+        for (a, &cols) in acc.iter_mut().zip(&cols_in) {
+            let count = if count_include_pad {
+                kh * kw
+            } else if CHECKED {
+                // No row inside counts no column either: 0 / 0 = NaN, as the interpreter.
+                rows_in * cols
+            } else {
+                rows_in * kw
+            };
+            let count = count as f32;
             for v in a.iter_mut() {
                 *v /= count;
             }

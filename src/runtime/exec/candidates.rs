@@ -19,8 +19,9 @@
 use std::collections::HashMap;
 
 use super::copy::{Reduction, Strided};
-use super::plan::{GemmB, Kernels, Loc, Planner, Step, StepError};
+use super::plan::{GemmB, Kernels, Loc, NhwcTaps, Planner, Step, StepError};
 use crate::codegen::conv::{conv_scratch_len, PostActivation, WindowGeometry, WindowOp};
+use crate::codegen::window_nhwc::pack_depthwise_taps;
 use crate::codegen::{
     elementwise_supports, Activation, Epilogue, InnerStride, Isa, PackLayout, RowOp,
 };
@@ -109,6 +110,7 @@ pub(super) const CANDIDATES: &[&dyn KernelCandidate] = &[
     &BatchedGemm,
     &ConvGemm,
     &WindowKernel,
+    &WindowNhwcKernel,
     &BatchNormAffine,
     &ElementwiseJit,
     &RowJit,
@@ -302,9 +304,15 @@ pub(super) struct ConvNode<'n> {
 
 impl ConvNode<'_> {
     /// `None` for anything else, and for NHWC convolutions: the kernels
-    /// here read NCHW (NHWC nodes run on the interpreter candidate).
+    /// that ask read NCHW (NHWC nodes: [`WindowNhwcKernel`]).
     pub(super) fn of(op: &Op, operands: usize) -> Option<ConvNode<'_>> {
-        let conv = match op {
+        ConvNode::any_layout(op, operands)
+            .filter(|conv| conv.conv.window.layout == DataLayout::Nchw)
+    }
+
+    /// A convolution node in whichever layout.
+    fn any_layout(op: &Op, operands: usize) -> Option<ConvNode<'_>> {
+        match op {
             Op::Conv2d(conv) => Some(ConvNode {
                 conv,
                 bias: operands == 3,
@@ -318,8 +326,7 @@ impl ConvNode<'_> {
                 residual: epilogue.residual_operand(2),
             }),
             _ => None,
-        }?;
-        (conv.conv.window.layout == DataLayout::Nchw).then_some(conv)
+        }
     }
 
     /// The geometry for these concrete shapes (the shape rule accepted them).
@@ -540,6 +547,154 @@ impl KernelCandidate for WindowKernel {
             geometry,
             x: site.at(0),
             weights: conv.as_ref().map(|_| site.at(1)),
+            bias: conv.as_ref().filter(|c| c.bias).map(|_| site.at(2)),
+            post,
+            residual: conv.as_ref().and_then(|c| c.residual).map(|i| site.at(i)),
+            out: site.out(),
+        })
+    }
+}
+
+/// Depthwise convolution (`groups == channels`, one output channel each)
+/// and max/average pooling in NHWC (`layout="nhwc"`): one loop nest per
+/// output row, vectorised across channels (`codegen::window_nhwc`), on
+/// every tier. Depthwise taps are laid out `[kh * kw][C]` once when the
+/// model is compiled ([`nhwc_depthwise_taps`]), else per run into arena
+/// scratch.
+struct WindowNhwcKernel;
+
+/// What a node is for the NHWC window kernel: the op, its geometry (the
+/// shape rule accepted the sizes), and the activation after it.
+fn nhwc_window(
+    graph: &Graph,
+    id: NodeId,
+    shape: impl Fn(NodeId) -> Vec<usize>,
+) -> Option<(WindowOp, WindowGeometry, Option<PostActivation>)> {
+    let node = graph.node(id);
+    let inputs = graph.inputs(id);
+    if node.ty.dtype != DType::F32 || inputs.iter().any(|&i| graph.node(i).ty.dtype != DType::F32) {
+        return None;
+    }
+    let x = shape(inputs[0]);
+    let out = shape(id);
+    if x.len() != 4 || out.len() != 4 {
+        return None;
+    }
+    if let Op::Pool2d(pool) = &node.op {
+        if pool.window.layout != DataLayout::Nhwc {
+            return None;
+        }
+        let pad = |axis: usize| {
+            pool.window
+                .pads(axis, x[1 + axis], pool.kernel[axis])
+                .map(|p| p.0)
+        };
+        let geometry = WindowGeometry {
+            batch: x[0],
+            in_channels: x[3],
+            in_h: x[1],
+            in_w: x[2],
+            out_channels: out[3],
+            out_h: out[1],
+            out_w: out[2],
+            kernel: pool.kernel,
+            stride: pool.window.stride,
+            dilation: pool.window.dilation,
+            pad: [pad(0)?, pad(1)?],
+            groups: 1,
+        };
+        let op = match pool.kind {
+            PoolKind::Max => WindowOp::Max,
+            PoolKind::Avg { count_include_pad } => WindowOp::Avg { count_include_pad },
+        };
+        return Some((op, geometry, None));
+    }
+    let conv = ConvNode::any_layout(&node.op, inputs.len())?;
+    if conv.conv.window.layout != DataLayout::Nhwc {
+        return None;
+    }
+    let w = shape(inputs[1]);
+    let c = x[3];
+    // One input and one output channel per group, every channel its group.
+    if w.len() != 4 || w[0] != c || w[1] != 1 || conv.conv.groups != c || out[3] != c {
+        return None;
+    }
+    let post = match conv.activation {
+        None => None,
+        Some(op) => Some(PostActivation::from_unary(op)?),
+    };
+    Some((WindowOp::Depthwise, conv.geometry(&x, &w, &out), post))
+}
+
+/// NHWC depthwise taps laid out `[kh * kw][C]` for node `id`, when it is
+/// an NHWC depthwise convolution whose weights are constants (`weight`).
+pub(super) fn nhwc_depthwise_taps(
+    graph: &Graph,
+    id: NodeId,
+    weight: impl Fn(NodeId) -> Option<std::sync::Arc<crate::tensor::Tensor>>,
+) -> Option<Vec<f32>> {
+    let inputs = graph.inputs(id);
+    let conv = ConvNode::any_layout(&graph.node(id).op, inputs.len())?;
+    let w_shape = graph.node(inputs[1]).ty.known_shape()?;
+    if conv.conv.window.layout != DataLayout::Nhwc
+        || w_shape.len() != 4
+        || w_shape[1] != 1
+        || w_shape[0] != conv.conv.groups
+    {
+        return None;
+    }
+    let w = weight(inputs[1])?;
+    let mut taps = vec![0.0; w_shape.iter().product()];
+    pack_depthwise_taps(w.as_f32()?, w_shape[0], w_shape[2] * w_shape[3], &mut taps).ok()?;
+    Some(taps)
+}
+
+/// Arena scratch for node `id`'s taps when it is an NHWC depthwise
+/// convolution whose weights were not laid out when the model was compiled.
+pub(super) fn nhwc_taps_scratch(planner: &Planner<'_>, id: NodeId) -> Option<usize> {
+    if planner.depthwise_taps.contains_key(&id) {
+        return None;
+    }
+    let (op, g, _) = nhwc_window(planner.graph, id, |n| planner.shape(n))?;
+    (op == WindowOp::Depthwise).then(|| g.in_channels * g.kernel[0] * g.kernel[1])
+}
+
+impl KernelCandidate for WindowNhwcKernel {
+    fn name(&self) -> &'static str {
+        "window2d_nhwc"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        let (op, g, _) = nhwc_window(site.planner.graph, site.id, |n| site.planner.shape(n))?;
+        if op == WindowOp::Depthwise
+            && site.scratch.is_none()
+            && !site.planner.depthwise_taps.contains_key(&site.id)
+        {
+            return None;
+        }
+        let lanes = (site.planner.isa.vector_bits() / 32) as u64;
+        Some((site.numel() * (g.kernel[0] * g.kernel[1]).max(1)) as u64 * 2 / lanes)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, _kernels: &mut Kernels) -> Result<Step, StepError> {
+        let (op, geometry, post) =
+            nhwc_window(site.planner.graph, site.id, |n| site.planner.shape(n))
+                .expect("cost accepted the node");
+        let conv = ConvNode::any_layout(&site.node.op, site.inputs.len());
+        let taps = conv
+            .as_ref()
+            .map(|_| match site.planner.depthwise_taps.get(&site.id) {
+                Some(taps) => NhwcTaps::Packed(taps.clone()),
+                None => NhwcTaps::PerRun {
+                    weights: site.at(1),
+                    scratch: site.scratch.expect("cost checked the scratch"),
+                },
+            });
+        Ok(Step::WindowNhwc {
+            op,
+            geometry,
+            x: site.at(0),
+            taps,
             bias: conv.as_ref().filter(|c| c.bias).map(|_| site.at(2)),
             post,
             residual: conv.as_ref().and_then(|c| c.residual).map(|i| site.at(i)),

@@ -24,11 +24,12 @@ use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use plan::{GemmB, KernelSet, Loc, Plan, Planner, Step, MAX_OPERANDS};
+use plan::{GemmB, KernelSet, Loc, NhwcTaps, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::conv::{
     batch_norm, conv2d_gemm, window2d, BatchNormArgs, ConvArgs, WindowArgs,
 };
+use crate::codegen::window_nhwc::{pack_depthwise_taps, window2d_nhwc, NhwcWindowArgs};
 use crate::codegen::{
     BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackedB,
     PackedBRef, RowArgs, Target, TensorView, Threads,
@@ -202,6 +203,9 @@ pub struct CompiledModel {
     /// GEMM convolutions' left operands (weights with a bias column), laid
     /// out once: keyed by the convolution node.
     conv_weights: HashMap<NodeId, Arc<[f32]>>,
+    /// NHWC depthwise convolutions' taps laid out `[kh * kw][C]` once:
+    /// keyed by the convolution node.
+    depthwise_taps: HashMap<NodeId, Arc<[f32]>>,
     /// The kernel tier: fixes the packing of `prepacked` and every plan's kernels.
     isa: Isa,
     only_kernel: Option<&'static str>,
@@ -364,6 +368,13 @@ impl CompiledModel {
                 Some((id, Arc::from(laid_out)))
             })
             .collect();
+        let mut depthwise_taps = HashMap::new();
+        for id in graph.node_ids() {
+            let weight = |w: NodeId| weight_index.get(&w).map(|&i| weights[i].clone());
+            if let Some(taps) = candidates::nhwc_depthwise_taps(graph, id, weight) {
+                depthwise_taps.insert(id, Arc::from(taps));
+            }
+        }
         let threads = if options.threads <= 1 {
             Threads::single()
         } else {
@@ -375,6 +386,7 @@ impl CompiledModel {
             weight_index,
             prepacked,
             conv_weights,
+            depthwise_taps,
             isa,
             only_kernel: None,
             threads,
@@ -469,6 +481,7 @@ impl CompiledModel {
             weight_index: &self.weight_index,
             prepacked: &self.prepacked,
             conv_weights: &self.conv_weights,
+            depthwise_taps: &self.depthwise_taps,
             isa: self.isa,
             only: self.only_kernel,
         };
@@ -522,9 +535,13 @@ impl CompiledModel {
         let weights = self.weights.iter().fold(0usize, |acc, w| {
             acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
         });
-        let weights = self.conv_weights.values().fold(weights, |acc, w| {
-            acc.saturating_add(w.len().saturating_mul(4))
-        });
+        let weights = self
+            .conv_weights
+            .values()
+            .chain(self.depthwise_taps.values())
+            .fold(weights, |acc, w| {
+                acc.saturating_add(w.len().saturating_mul(4))
+            });
         let needed = plan
             .arena_len
             .saturating_mul(4)
@@ -979,6 +996,41 @@ impl CompiledModel {
                         out: mem.f32_mut(*out),
                     };
                     window2d(plan.kernels.library.isa(), *op, geometry, args, threads)?;
+                }
+                Step::WindowNhwc {
+                    op,
+                    geometry,
+                    x,
+                    taps,
+                    bias,
+                    post,
+                    residual,
+                    out,
+                } => {
+                    let taps = match taps {
+                        None => None,
+                        Some(NhwcTaps::Packed(taps)) => Some(&taps[..]),
+                        Some(NhwcTaps::PerRun { weights, scratch }) => {
+                            let packed = mem.f32_mut(*scratch);
+                            let [kh, kw] = geometry.kernel;
+                            pack_depthwise_taps(
+                                mem.f32(*weights),
+                                geometry.in_channels,
+                                kh * kw,
+                                packed,
+                            )?;
+                            Some(&*packed)
+                        }
+                    };
+                    let args = NhwcWindowArgs {
+                        x: mem.f32(*x),
+                        taps,
+                        bias: bias.map(|l| mem.f32(l)),
+                        post: *post,
+                        residual: residual.map(|l| mem.f32(l)),
+                        out: mem.f32_mut(*out),
+                    };
+                    window2d_nhwc(plan.kernels.library.isa(), *op, geometry, args, threads)?;
                 }
                 Step::BatchNorm {
                     eps,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::candidates::{
-    conv_scratch, gemm_for, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
+    conv_scratch, gemm_for, nhwc_taps_scratch, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
 };
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
@@ -134,6 +134,19 @@ pub enum Step {
         geometry: WindowGeometry,
         x: Loc,
         weights: Option<Loc>,
+        bias: Option<Loc>,
+        post: Option<PostActivation>,
+        residual: Option<Loc>,
+        out: Loc,
+    },
+    /// Depthwise convolution or pooling over NHWC
+    /// (`codegen::window_nhwc::window2d_nhwc`).
+    WindowNhwc {
+        op: WindowOp,
+        geometry: WindowGeometry,
+        x: Loc,
+        /// Depthwise: the taps, `[kh * kw][C]`.
+        taps: Option<NhwcTaps>,
         bias: Option<Loc>,
         post: Option<PostActivation>,
         residual: Option<Loc>,
@@ -346,6 +359,16 @@ impl Kernels {
     }
 }
 
+/// Where an NHWC depthwise step finds its `[kh * kw][C]` taps.
+#[derive(Clone, Debug)]
+pub enum NhwcTaps {
+    /// Laid out when the model was compiled (the weights are constants).
+    Packed(Arc<[f32]>),
+    /// Laid out from the `[C, 1, kh, kw]` weights into arena scratch at
+    /// every run.
+    PerRun { weights: Loc, scratch: Loc },
+}
+
 pub struct Planner<'a> {
     /// The concrete graph.
     pub graph: &'a Graph,
@@ -355,6 +378,8 @@ pub struct Planner<'a> {
     pub prepacked: &'a HashMap<NodeId, PackedB>,
     /// GEMM convolutions' weights (with bias columns), keyed by the node.
     pub conv_weights: &'a HashMap<NodeId, Arc<[f32]>>,
+    /// NHWC depthwise convolutions' taps, `[kh * kw][C]`, keyed by the node.
+    pub depthwise_taps: &'a HashMap<NodeId, Arc<[f32]>>,
     /// The kernel tier (the one `prepacked` was packed for).
     pub isa: Isa,
     /// Only this kernel candidate (and the interpreter), for tests.
@@ -467,7 +492,8 @@ impl Planner<'_> {
                     first: step,
                     last: step,
                 });
-            } else if let Some(len) = conv_scratch(self, id) {
+            } else if let Some(len) = conv_scratch(self, id).or_else(|| nhwc_taps_scratch(self, id))
+            {
                 scratch_of.insert(id, buffers.len());
                 buffers.push(Lifetime {
                     len,
