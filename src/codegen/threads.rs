@@ -111,7 +111,9 @@ impl Threads {
     pub(crate) fn for_each_index(&self, tasks: usize, f: impl Fn(usize) + Sync + Send) {
         match &self.kind {
             Kind::Pool(pool) if tasks > 1 => pool.run(tasks, &f),
-            Kind::Rayon(pool) if tasks > 1 => pool.install(|| (0..tasks).into_par_iter().for_each(f)),
+            Kind::Rayon(pool) if tasks > 1 => {
+                pool.install(|| (0..tasks).into_par_iter().for_each(f))
+            }
             _ => (0..tasks).for_each(f),
         }
     }
@@ -230,10 +232,13 @@ impl Pool {
         let t = shared.threads;
         for (i, share) in shared.shares.iter().enumerate() {
             let (start, end) = (tasks * i / t, tasks * (i + 1) / t);
-            share.0.store(((start as u64) << 32) | end as u64, Ordering::Relaxed);
+            share
+                .0
+                .store(((start as u64) << 32) | end as u64, Ordering::Relaxed);
         }
         // SAFETY: only changes the lifetime; see `TaskFn`.
-        let erased: TaskFn = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), TaskFn>(f) };
+        let erased: TaskFn =
+            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), TaskFn>(f) };
         // SAFETY: we hold `busy` and no worker is inside a call (see `Shared`).
         unsafe { *shared.job.get() = Some(erased) };
         let epoch = (shared.state.0.load(Ordering::Relaxed) >> 32).wrapping_add(1);
@@ -517,7 +522,10 @@ mod tests {
             arrived.fetch_add(1, Ordering::SeqCst);
             let start = Instant::now();
             while arrived.load(Ordering::SeqCst) < 2 {
-                assert!(start.elapsed() < Duration::from_secs(20), "no second thread");
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "no second thread"
+                );
                 std::hint::spin_loop();
             }
         });

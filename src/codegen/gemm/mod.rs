@@ -502,7 +502,9 @@ impl MicroSlots {
                     assert_ne!(address, 0, "finalized function has a null address");
                     // SAFETY: assembled by `gemv::assemble` for exactly this
                     // signature under System V (the wide tiers' only ABI).
-                    (shape, unsafe { std::mem::transmute::<usize, GemvFn>(address) })
+                    (shape, unsafe {
+                        std::mem::transmute::<usize, GemvFn>(address)
+                    })
                 })
                 .collect(),
         }
@@ -843,7 +845,6 @@ fn runs_parallel(m: usize, n: usize, k: usize, threads: usize) -> bool {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     threads > 1 && flops >= PARALLEL_MIN_FLOPS
 }
-
 
 /// The tasks of a parallel call: row ranges x panel ranges, numbered row
 /// range first, so that thread `t`'s contiguous share of the numbers is a
