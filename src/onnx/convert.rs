@@ -732,9 +732,12 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 return Err("input must have rank >= 2".into());
             }
             let eps = n.float("epsilon", 1e-5);
-            let stats: Vec<&Val> = (1..5)
-                .map(|i| req(ins, i, ["scale", "B", "input_mean", "input_var"][i - 1]))
-                .collect::<Result<_, _>>()?;
+            let [scale, bias, mean, var] = [
+                req(ins, 1, "scale")?,
+                req(ins, 2, "B")?,
+                req(ins, 3, "input_mean")?,
+                req(ins, 4, "input_var")?,
+            ];
             // lamina's own batch_norm when every operand is an f32 [C]
             // vector: fold-batch-norm then folds it into the convolution
             // before it (an exporter's eval-mode graph keeps it separate).
@@ -743,15 +746,16 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 b.ty(v)
                     .is_ok_and(|t| t.dtype == DType::F32 && t.shape == [channels.clone()])
             };
-            if b.dtype(x)? == DType::F32 && eps.is_finite() && eps >= 0.0 {
-                if stats.iter().all(|v| f32_vector(b, v)) {
-                    let [scale, bias, mean, var] = [stats[0], stats[1], stats[2], stats[3]];
-                    return one(b.op(
-                        Op::BatchNorm(ops::batch_norm::BatchNorm { eps: Float(eps) }),
-                        &[x, mean, var, scale, bias],
-                        &h,
-                    )?);
-                }
+            if b.dtype(x)? == DType::F32
+                && eps.is_finite()
+                && eps >= 0.0
+                && [scale, bias, mean, var].iter().all(|v| f32_vector(b, v))
+            {
+                return one(b.op(
+                    Op::BatchNorm(ops::batch_norm::BatchNorm { eps: Float(eps) }),
+                    &[x, mean, var, scale, bias],
+                    &h,
+                )?);
             }
             let per_channel = |b: &mut Builder, v: &Val, what: &str| -> Result<Val, String> {
                 let c = b.ty(v)?.shape;
@@ -759,10 +763,10 @@ pub fn convert(b: &mut Builder, n: &Node<'_>, ins: &[Option<Val>]) -> Result<Vec
                 shape.extend(std::iter::repeat_n(Dim::known(1), r - 2));
                 b.reshape(v, shape, &format!("{h}_{what}"))
             };
-            let scale = per_channel(b, req(ins, 1, "scale")?, "scale")?;
-            let bias = per_channel(b, req(ins, 2, "B")?, "bias")?;
-            let mean = per_channel(b, req(ins, 3, "input_mean")?, "mean")?;
-            let var = per_channel(b, req(ins, 4, "input_var")?, "var")?;
+            let scale = per_channel(b, scale, "scale")?;
+            let bias = per_channel(b, bias, "bias")?;
+            let mean = per_channel(b, mean, "mean")?;
+            let var = per_channel(b, var, "var")?;
             let var = b.binary(BinaryOp::Add, &var, &b.scalar(eps), &format!("{h}_vareps"))?;
             let inv = b.unary(UnaryOp::Rsqrt, &var, &format!("{h}_inv"))?;
             let k = b.binary(BinaryOp::Mul, &scale, &inv, &format!("{h}_k"))?;
