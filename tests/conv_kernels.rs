@@ -330,6 +330,42 @@ fn shape4(t: &Tensor) -> [usize; 4] {
     <[usize; 4]>::try_from(t.shape()).unwrap()
 }
 
+/// A generated NCHW case run by the interpreter, with the input, output and
+/// residual transposed to NHWC for the NHWC kernels; `None` when the shape
+/// does not fit its window.
+struct NhwcOracle {
+    params: HashMap<String, Tensor>,
+    expected: Vec<f32>,
+    out_nchw: [usize; 4],
+    x: Vec<f32>,
+    residual: Option<Vec<f32>>,
+}
+
+fn nhwc_oracle(
+    op: &Op,
+    x_shape: &[usize],
+    weights: &[Vec<usize>],
+    fused: Option<(Option<UnaryOp>, bool)>,
+    rng: &mut ChaCha8Rng,
+    what: &str,
+) -> Option<NhwcOracle> {
+    let (graph, params, inputs) =
+        one_node(op.clone(), x_shape.to_vec(), weights.to_vec(), fused, rng)?;
+    let oracle = interp::run(&graph, &params, &inputs, &Bindings::new())
+        .unwrap_or_else(|e| panic!("interpreter, {what}: {e}"));
+    let out_nchw = shape4(&oracle[0].1);
+    let x_nchw = <[usize; 4]>::try_from(x_shape).unwrap();
+    Some(NhwcOracle {
+        expected: nchw_to_nhwc(oracle[0].1.as_f32().unwrap(), out_nchw),
+        out_nchw,
+        x: nchw_to_nhwc(inputs["x"].as_f32().unwrap(), x_nchw),
+        residual: inputs
+            .get("r")
+            .map(|r| nchw_to_nhwc(r.as_f32().unwrap(), out_nchw)),
+        params,
+    })
+}
+
 /// The shapes the NHWC kernels are checked on: channels 1, 3, 17, 64, 1152
 /// (full vectors of every tier, tails of every width) times planes 1x1,
 /// 7x7, 13x9 and 112x112 (all but the 1152-channel 112x112 one), each
@@ -434,25 +470,18 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
     let mut checked = 0;
     for (op, x_shape, weights, fused) in nhwc_cases() {
         let what = format!("{op:?} x {x_shape:?} epilogue {fused:?}");
-        let Some((graph, params, inputs)) = one_node(
-            op.clone(),
-            x_shape.clone(),
-            weights.clone(),
-            fused,
-            &mut rng,
-        ) else {
+        let Some(NhwcOracle {
+            params,
+            expected,
+            out_nchw,
+            x,
+            residual,
+        }) = nhwc_oracle(&op, &x_shape, &weights, fused, &mut rng, &what)
+        else {
             continue;
         };
         checked += 1;
-        let oracle = interp::run(&graph, &params, &inputs, &Bindings::new())
-            .unwrap_or_else(|e| panic!("interpreter, {what}: {e}"));
-        let out_nchw = shape4(&oracle[0].1);
-        let expected = nchw_to_nhwc(oracle[0].1.as_f32().unwrap(), out_nchw);
         let [n, c, h, w] = <[usize; 4]>::try_from(x_shape.as_slice()).unwrap();
-        let x = nchw_to_nhwc(inputs["x"].as_f32().unwrap(), [n, c, h, w]);
-        let residual = inputs
-            .get("r")
-            .map(|r| nchw_to_nhwc(r.as_f32().unwrap(), out_nchw));
         let (window, kernel, wop) = match &op {
             Op::Conv2d(conv) => (
                 conv.window,
@@ -667,25 +696,18 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
     let (mut strided, mut in_place, mut grouped) = (0, 0, 0);
     for (op, x_shape, weights, fused) in nhwc_gemm_cases() {
         let what = format!("{op:?} x {x_shape:?} w {weights:?} epilogue {fused:?}");
-        let Some((graph, params, inputs)) = one_node(
-            op.clone(),
-            x_shape.clone(),
-            weights.clone(),
-            fused,
-            &mut rng,
-        ) else {
+        let Some(NhwcOracle {
+            params,
+            expected,
+            out_nchw,
+            x,
+            residual,
+        }) = nhwc_oracle(&op, &x_shape, &weights, fused, &mut rng, &what)
+        else {
             continue;
         };
         checked += 1;
-        let oracle = interp::run(&graph, &params, &inputs, &Bindings::new())
-            .unwrap_or_else(|e| panic!("interpreter, {what}: {e}"));
-        let out_nchw = shape4(&oracle[0].1);
-        let expected = nchw_to_nhwc(oracle[0].1.as_f32().unwrap(), out_nchw);
         let [n, c, h, w] = <[usize; 4]>::try_from(x_shape.as_slice()).unwrap();
-        let x = nchw_to_nhwc(inputs["x"].as_f32().unwrap(), [n, c, h, w]);
-        let residual = inputs
-            .get("r")
-            .map(|r| nchw_to_nhwc(r.as_f32().unwrap(), out_nchw));
         let Op::Conv2d(conv) = &op else {
             unreachable!()
         };
