@@ -1025,3 +1025,39 @@ fn outputs_written_in_place_match_the_interpreter() {
         }
     }
 }
+
+/// A weight of a symbolic shape (`w: f32[k, n]`) is packed when a plan binds
+/// its shape, once, for that plan and later ones: every row count gives the
+/// interpreter's values, 1 and 2 kernel threads give the same bits, and two
+/// weight shapes compiled from the same text are both right.
+#[test]
+fn a_weight_of_a_symbolic_shape_is_packed_for_its_bound_shape() {
+    let text = "model sgemm {\n  input x: f32[m, k]\n  param w: f32[k, n]\n  output y = x @ w\n}\n";
+    let graph = lamina::model::load_source(std::path::Path::new("sgemm.lam"), text.to_string())
+        .unwrap_or_else(|_| panic!("the model is valid"))
+        .graph;
+    for (k, n) in [(70, 45), (300, 200)] {
+        let mut rng = jit_support::rng(k as u64);
+        let params = HashMap::from([(
+            "w".to_string(),
+            jit_support::random_f32(&mut rng, vec![k, n], -1.0, 1.0),
+        )]);
+        let one = compile_all_passes(&graph, &params, 1);
+        let two = compile_all_passes(&graph, &params, 2);
+        let rows = [1, 13, 200];
+        for m in rows {
+            let feed = HashMap::from([(
+                "x".to_string(),
+                jit_support::random_f32(&mut rng, vec![m, k], -1.0, 1.0),
+            )]);
+            let what = format!("{m}x{k} @ {k}x{n}");
+            let got = one.run(&feed).unwrap();
+            same_bits(&what, &two.run(&feed).unwrap(), &got).unwrap();
+            // Twice: the second run reads the weight packed by the first.
+            same_bits(&what, &one.run(&feed).unwrap(), &got).unwrap();
+            let reference = interp::run(&graph, &params, &feed, &Bindings::new()).unwrap();
+            compare_outputs(&what, &got, &reference, 1e-4).unwrap();
+        }
+        assert_eq!(one.plan_count(), rows.len());
+    }
+}

@@ -21,7 +21,7 @@ mod plan;
 pub use candidates::{candidate_names, candidate_runs_on};
 
 use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use plan::{GemmB, KernelSet, Loc, NhwcTaps, Plan, Planner, Step, MAX_OPERANDS};
@@ -31,8 +31,8 @@ use crate::codegen::conv::{
 };
 use crate::codegen::window_nhwc::{pack_depthwise_taps, window2d_nhwc, NhwcWindowArgs};
 use crate::codegen::{
-    BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef, PackedB,
-    PackedBRef, RowArgs, Target, TensorView, Threads,
+    packed_b_len_for, BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef,
+    PackLayout, PackedB, PackedBRef, RowArgs, Target, TensorView, Threads,
 };
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
@@ -123,6 +123,60 @@ fn alloc_arena(len: usize) -> Result<Vec<f32>, ExecError> {
 }
 
 /// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
+/// The weights GEMMs multiply by (their right operand: a 2-D f32 weight)
+/// whose shape `graph` knows, as the `k x n` matrix each GEMM reads. A
+/// weight whose value has another shape is left out: the planner reports it.
+fn gemm_weights<'w>(
+    graph: &Graph,
+    weights: &'w [Arc<Tensor>],
+    weight_index: &HashMap<NodeId, usize>,
+) -> Result<Vec<(NodeId, MatrixRef<'w>)>, ExecError> {
+    let mut found = Vec::new();
+    for id in graph.node_ids() {
+        let transpose_b = match &graph.node(id).op {
+            Op::FusedLinear(FusedLinear { transpose_b, .. }) => *transpose_b,
+            Op::MatMul(MatMul { transpose_b, .. }) => *transpose_b,
+            _ => continue,
+        };
+        let b = graph.inputs(id)[1];
+        let (Some(&w), Some(shape)) = (weight_index.get(&b), graph.node(b).ty.known_shape()) else {
+            continue;
+        };
+        if shape.len() != 2 || weights[w].shape() != shape.as_slice() {
+            continue;
+        }
+        let data = weights[w].as_f32().ok_or_else(|| ExecError::WeightNotF32 {
+            name: match &graph.node(b).op {
+                Op::Param(Param { name, .. }) => name.clone(),
+                other => other.name().to_string(),
+            },
+            dtype: weights[w].dtype(),
+        })?;
+        let matrix = if transpose_b {
+            MatrixRef::transposed(data, shape[1], shape[0])?
+        } else {
+            MatrixRef::row_major(data, shape[0], shape[1])?
+        };
+        found.push((id, matrix));
+    }
+    Ok(found)
+}
+
+/// Packs GEMM weights for `layout`, spread over the cores (each packed
+/// matrix depends on its weight only).
+fn pack_weights(
+    to_pack: Vec<(NodeId, MatrixRef<'_>)>,
+    layout: PackLayout,
+) -> HashMap<NodeId, Arc<PackedB>> {
+    crate::runtime::parallel::map_by_cost(
+        to_pack,
+        |(_, matrix)| matrix.rows().saturating_mul(matrix.cols()),
+        |(id, matrix)| (id, Arc::new(PackedB::pack_for(&matrix, layout))),
+    )
+    .into_iter()
+    .collect()
+}
+
 fn boxed_bytes(plan: &Plan) -> usize {
     plan.boxed
         .iter()
@@ -191,6 +245,11 @@ struct Redirect {
 
 struct CachedPlan {
     plan: Arc<Plan>,
+    /// The packed right operand of every GEMM whose B is a weight, by GEMM
+    /// node: the model's (packed at compile time) and those of weights whose
+    /// shape only this plan's bindings fix (packed when the plan was made,
+    /// shared with earlier plans that bound the same shape).
+    packed_weights: HashMap<NodeId, Arc<PackedB>>,
     arenas: Mutex<Vec<Arena>>,
 }
 
@@ -198,8 +257,10 @@ pub struct CompiledModel {
     graph: Graph,
     weights: Vec<Arc<Tensor>>,
     weight_index: HashMap<NodeId, usize>,
-    /// GEMM right operands that are weights, packed once: keyed by the GEMM node.
-    prepacked: HashMap<NodeId, PackedB>,
+    /// GEMM right operands that are weights of a known shape, packed once:
+    /// keyed by the GEMM node. (A weight of a symbolic shape is packed by
+    /// the plans that bind it.)
+    prepacked: HashMap<NodeId, Arc<PackedB>>,
     /// GEMM convolutions' left operands (weights with a bias column), laid
     /// out once: keyed by the convolution node.
     conv_weights: HashMap<NodeId, Arc<[f32]>>,
@@ -320,46 +381,11 @@ impl CompiledModel {
         }
         .map_err(CodegenError::from)?
         .isa;
-        // Weights are packed for the GEMM candidate plans of this tier use.
+        // Weights are packed for the GEMM candidate plans of this tier use;
+        // those with a symbolic shape wait for a plan that binds it.
         let layout = candidates::gemm_for(isa).pack_layout();
-        let mut to_pack = Vec::new();
-        for id in graph.node_ids() {
-            let transpose_b = match &graph.node(id).op {
-                Op::FusedLinear(FusedLinear { transpose_b, .. }) => *transpose_b,
-                Op::MatMul(MatMul { transpose_b, .. }) => *transpose_b,
-                _ => continue,
-            };
-            let b = graph.inputs(id)[1];
-            let (Some(&w), Some(shape)) = (weight_index.get(&b), graph.node(b).ty.known_shape())
-            else {
-                continue;
-            };
-            if shape.len() != 2 {
-                continue;
-            }
-            let data = weights[w].as_f32().ok_or_else(|| ExecError::WeightNotF32 {
-                name: match &graph.node(b).op {
-                    Op::Param(Param { name, .. }) => name.clone(),
-                    other => other.name().to_string(),
-                },
-                dtype: weights[w].dtype(),
-            })?;
-            let matrix = if transpose_b {
-                MatrixRef::transposed(data, shape[1], shape[0])?
-            } else {
-                MatrixRef::row_major(data, shape[0], shape[1])?
-            };
-            to_pack.push((id, matrix, data.len()));
-        }
-        // Packing touches every GEMM weight once: spread over the cores
-        // (each packed matrix depends on its weight only).
-        let prepacked = crate::runtime::parallel::map_by_cost(
-            to_pack,
-            |&(_, _, len)| len,
-            |(id, matrix, _)| (id, PackedB::pack_for(&matrix, layout)),
-        )
-        .into_iter()
-        .collect();
+        let to_pack = gemm_weights(graph, &weights, &weight_index)?;
+        let prepacked = pack_weights(to_pack, layout);
         let conv_weights = graph
             .node_ids()
             .filter_map(|id| {
@@ -474,12 +500,40 @@ impl CompiledModel {
         known.extend(fixed.iter().map(|(k, v)| (k.clone(), *v)));
         let bindings = bind_inputs(&self.graph, &named, &known).map_err(ExecError::Bind)?;
         let concrete = concretize(&self.graph, &bindings).map_err(ExecError::Bind)?;
+        let layout = candidates::gemm_for(self.isa).pack_layout();
+        let mut packed_weights = self.prepacked.clone();
+        let mut to_pack = Vec::new();
+        // Bytes of packed weights this plan holds beyond the model's.
+        let mut bound_bytes = 0usize;
+        for (id, matrix) in gemm_weights(&concrete, &self.weights, &self.weight_index)? {
+            if packed_weights.contains_key(&id) {
+                continue;
+            }
+            let (k, n) = (matrix.rows(), matrix.cols());
+            bound_bytes =
+                bound_bytes.saturating_add(packed_b_len_for(k, n, layout).saturating_mul(4));
+            let earlier = plans
+                .iter()
+                .filter_map(|cached| cached.packed_weights.get(&id))
+                .find(|packed| (packed.k(), packed.n()) == (k, n));
+            match earlier {
+                Some(packed) => {
+                    packed_weights.insert(id, packed.clone());
+                }
+                None => to_pack.push((id, matrix)),
+            }
+        }
+        let packed_ids: HashSet<NodeId> = packed_weights
+            .keys()
+            .chain(to_pack.iter().map(|(id, _)| id))
+            .copied()
+            .collect();
         let planner = Planner {
             graph: &concrete,
             bindings: &bindings,
             weights: &self.weights,
             weight_index: &self.weight_index,
-            prepacked: &self.prepacked,
+            prepacked: &packed_ids,
             conv_weights: &self.conv_weights,
             depthwise_taps: &self.depthwise_taps,
             isa: self.isa,
@@ -502,9 +556,11 @@ impl CompiledModel {
                 .collect(),
             &reusable,
         )?;
-        self.check_budget(&concrete, &plan)?;
+        self.check_budget(&concrete, &plan, bound_bytes)?;
+        packed_weights.extend(pack_weights(to_pack, layout));
         let cached = Arc::new(CachedPlan {
             plan: Arc::new(plan),
+            packed_weights,
             arenas: Mutex::new(Vec::new()),
         });
         plans.push(cached.clone());
@@ -529,9 +585,15 @@ impl CompiledModel {
         self.budget = budget;
     }
 
-    /// Arena, boxed slots and the weights already held must fit the budget
-    /// before the first run allocates the arena.
-    fn check_budget(&self, concrete: &Graph, plan: &Plan) -> Result<(), BudgetError> {
+    /// Arena, boxed slots, the weights already held and `packed_bytes` of
+    /// weights packed for this plan must fit the budget before the first
+    /// run allocates the arena.
+    fn check_budget(
+        &self,
+        concrete: &Graph,
+        plan: &Plan,
+        packed_bytes: usize,
+    ) -> Result<(), BudgetError> {
         let weights = self.weights.iter().fold(0usize, |acc, w| {
             acc.saturating_add(w.len().saturating_mul(w.dtype().size_bytes()))
         });
@@ -546,7 +608,8 @@ impl CompiledModel {
             .arena_len
             .saturating_mul(4)
             .saturating_add(boxed_bytes(plan))
-            .saturating_add(weights);
+            .saturating_add(weights)
+            .saturating_add(packed_bytes);
         let mut sizes: Vec<(String, usize)> = crate::runtime::budget::tensor_sizes(concrete)
             .into_iter()
             .map(|(_, what, bytes)| (what, bytes))
@@ -695,7 +758,7 @@ impl CompiledModel {
                 }
             }
         }
-        let result = self.execute(plan, inputs, &mut arena);
+        let result = self.execute(plan, &cached.packed_weights, inputs, &mut arena);
         if result.is_ok() {
             for (i, (_, loc, _, _)) in plan.outputs.iter().enumerate() {
                 if arena.redirects.iter().any(|r| r.output == i) {
@@ -747,9 +810,15 @@ impl CompiledModel {
     }
 
     /// Runs the plan's steps; a failure names the node whose step failed.
-    fn execute(&self, plan: &Plan, inputs: &[&Tensor], arena: &mut Arena) -> Result<(), ExecError> {
+    fn execute(
+        &self,
+        plan: &Plan,
+        packed_weights: &HashMap<NodeId, Arc<PackedB>>,
+        inputs: &[&Tensor],
+        arena: &mut Arena,
+    ) -> Result<(), ExecError> {
         let mut current = 0;
-        self.execute_steps(plan, inputs, arena, &mut current)
+        self.execute_steps(plan, packed_weights, inputs, arena, &mut current)
             .map_err(|e| {
                 let node = plan.step_nodes[current];
                 ExecError::AtNode {
@@ -764,6 +833,7 @@ impl CompiledModel {
     fn execute_steps(
         &self,
         plan: &Plan,
+        packed_weights: &HashMap<NodeId, Arc<PackedB>>,
         inputs: &[&Tensor],
         arena: &mut Arena,
         current: &mut usize,
@@ -793,7 +863,7 @@ impl CompiledModel {
                         MatrixRef::row_major(mem.f32(*a), *m, *k)?
                     };
                     let packed: PackedBRef<'_> = match b {
-                        GemmB::Prepacked(node) => self.prepacked[node].as_ref(),
+                        GemmB::Prepacked(node) => PackedB::as_ref(&packed_weights[node]),
                         GemmB::PerRun {
                             b,
                             transposed,

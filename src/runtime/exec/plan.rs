@@ -5,7 +5,7 @@
 //! input shapes; running a plan only follows it.
 
 use crate::ir::ops::{Cast, FusedLinear, MatMul, Param};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::candidates::{
@@ -17,7 +17,7 @@ use super::ExecError;
 use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
     packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
-    Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+    Isa, KernelLibrary, KernelLibraryBuilder, RowKernelId, RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
@@ -375,7 +375,8 @@ pub struct Planner<'a> {
     pub bindings: &'a Bindings,
     pub weights: &'a [Arc<Tensor>],
     pub weight_index: &'a HashMap<NodeId, usize>,
-    pub prepacked: &'a HashMap<NodeId, PackedB>,
+    /// GEMM nodes whose right operand (a weight) is packed for this plan.
+    pub prepacked: &'a HashSet<NodeId>,
     /// GEMM convolutions' weights (with bias columns), keyed by the node.
     pub conv_weights: &'a HashMap<NodeId, Arc<[f32]>>,
     /// NHWC depthwise convolutions' taps, `[kh * kw][C]`, keyed by the node.
@@ -608,7 +609,7 @@ impl Planner<'_> {
             Op::MatMul(MatMul { transpose_b, .. }) => (*transpose_b, self.gemm_shaped(id)),
             _ => (false, false),
         };
-        if !is_gemm || self.prepacked.contains_key(&id) {
+        if !is_gemm || self.prepacked.contains(&id) {
             return None;
         }
         let b = shape(g, inputs[1]);
