@@ -882,12 +882,23 @@ fn plan_tasks(
     let panels = panel_count(n, panel_width);
     let nc = nc_panels(k, panel_width);
     let target = 4 * threads;
-    let col_blocks = panels.div_ceil(nc);
-    let row_parts = target.div_ceil(col_blocks).min(m.div_ceil(mr)).max(1);
-    let col_parts = if row_parts * col_blocks >= target {
-        col_blocks
+    let row_panels = m.div_ceil(mr);
+    // What a split repeats: each column part packs its rows of A again
+    // (`m x k` read strided and written), each row part reads its columns
+    // of packed B again (`k x n`, read in order). Split along rows when
+    // repeating B costs no more than repeating A.
+    let (row_parts, col_parts) = if n <= 2 * m {
+        let row_parts = target.min(row_panels).max(1);
+        (row_parts, target.div_ceil(row_parts).min(panels))
     } else {
-        target.div_ceil(row_parts).min(panels)
+        let col_blocks = panels.div_ceil(nc);
+        let row_parts = target.div_ceil(col_blocks).min(row_panels).max(1);
+        let col_parts = if row_parts * col_blocks >= target {
+            col_blocks
+        } else {
+            target.div_ceil(row_parts).min(panels)
+        };
+        (row_parts, col_parts)
     };
     // Column ranges start on multiples of 4 panels so wide kernels group
     // the same panels whatever the split (not needed for the result, which
@@ -1468,6 +1479,19 @@ mod tests {
             batch_strides(&[2, 4, 3], &[2, 4, 3], 10),
             dims(&[120, 30, 10])
         );
+    }
+
+    /// A product with about as many rows as columns or more is split
+    /// along rows only, so no two tasks pack the same rows of A.
+    #[test]
+    fn tall_products_split_rows_so_each_row_is_packed_once() {
+        for &(m, n, k) in &[(1024, 1024, 1024), (512, 256, 64), (300, 500, 100)] {
+            let grid = plan_tasks(m, n, k, 2, 12, 32);
+            assert!(grid.count() >= 2, "{m}x{n}x{k}: {} tasks", grid.count());
+            for i in 0..grid.count() {
+                assert_eq!(grid.get(i).panels, 0..panel_count(n, 32), "{m}x{n}x{k}");
+            }
+        }
     }
 
     #[test]
