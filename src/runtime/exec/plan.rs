@@ -18,7 +18,7 @@ use super::ExecError;
 use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
     packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
-    Isa, KernelLibrary, KernelLibraryBuilder, RowKernelId, RowOp,
+    Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
@@ -127,6 +127,17 @@ pub enum Step {
         with_bias: bool,
         residual: Option<Loc>,
         scratch: Loc,
+        out: Loc,
+    },
+    /// An NHWC convolution as GEMMs (`codegen::conv::conv2d_nhwc`).
+    ConvNhwc {
+        kernel: GemmId,
+        geometry: WindowGeometry,
+        x: Loc,
+        /// One packed B per group, packed when the model was compiled.
+        weights: Arc<[PackedB]>,
+        bias: Option<Loc>,
+        residual: Option<Loc>,
         out: Loc,
     },
     /// Depthwise convolution or pooling (`codegen::conv::window2d`).
@@ -427,6 +438,8 @@ pub struct Planner<'a> {
     pub conv_weights: &'a HashMap<NodeId, Arc<[f32]>>,
     /// NHWC depthwise convolutions' taps, `[kh * kw][C]`, keyed by the node.
     pub depthwise_taps: &'a HashMap<NodeId, Arc<[f32]>>,
+    /// NHWC GEMM convolutions' weights, one packed B per group, keyed by the node.
+    pub nhwc_conv_weights: &'a HashMap<NodeId, Arc<[PackedB]>>,
     /// The kernel tier (the one `prepacked` was packed for).
     pub isa: Isa,
     /// Only this kernel candidate (and the interpreter), for tests.
