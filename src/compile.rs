@@ -39,7 +39,9 @@ pub fn compile_owned(
     Ok((model, report))
 }
 
-fn optimise(
+/// The passes alone (to a fixpoint) on a copy of `graph`, with the bound
+/// parameter values known to constant folding.
+pub fn optimise(
     graph: &Graph,
     params: &HashMap<String, Tensor>,
 ) -> Result<(Graph, PassReport), PassError> {

@@ -64,6 +64,11 @@ LAMINA_MODELS = {
 }
 # `--lamina-before`: a second lamina binary measured in the same rounds.
 BEFORE = ""
+# kind -> the safetensors file of the weights the peers' models hold, which
+# `lamina bench --weights` reads (written by the correctness check): lamina's
+# compile time then loads weights as onnxruntime's session creation does,
+# instead of generating the models' seeded initializers.
+BENCH_WEIGHTS: dict = {}
 
 SGEMM_SIZES = [64, 128, 256, 512, 1024]
 MLP_BATCHES = [1, 8, 64, 256]
@@ -496,9 +501,10 @@ def check_worker(spec: dict) -> dict:
                        "--input", f"image={tmp}/x.npy", "--output-dir", f"{tmp}/out", "--threads", "2"]
             result = f"{tmp}/out/logits.npy"
         else:
-            save_file(w, f"{tmp}/w.safetensors")
+            weights = spec.get("weights_out") or f"{tmp}/w.safetensors"
+            save_file(w, weights)
             command = [spec["lamina"], "run", str(LAMINA_MODELS[kind]),
-                       "--weights", f"{tmp}/w.safetensors", "--input", f"x={tmp}/x.npy",
+                       "--weights", weights, "--input", f"x={tmp}/x.npy",
                        "--output", f"{tmp}/y.npy", "--threads", "2"]
             result = f"{tmp}/y.npy"
         if kind == "sgemm":
@@ -567,6 +573,8 @@ def lamina_command(config: dict, runs: int, min_time: float) -> list:
         command += ["--bind", f"m={size}", "--bind", f"k={size}", "--bind", f"n={size}"]
     else:
         command += ["--batch", str(size)]
+    if kind in BENCH_WEIGHTS:
+        command += ["--weights", str(BENCH_WEIGHTS[kind])]
     if "@" in config["engine"]:
         command += ["--isa", config["engine"].split("@", 1)[1]]
     return command
@@ -717,7 +725,8 @@ def report(summary: dict, only: set, with_tract: bool) -> str:
             compile_rows.append(f"| {kind} | {fmt(lam.get('compile_ms'), 2)} ({detail}) | "
                                 f"{fmt(ort.get('prepare_ms') if ort else None, 2)} | {fmt(trc.get('prepare_ms') if trc else None, 2)} |")
     if compile_rows:
-        lines += ["### Compile time, ms (lamina: parse to first plan, `lamina bench`'s breakdown; onnxruntime and tract: "
+        lines += ["### Compile time, ms (lamina: parse to first plan, weights read from the safetensors file of the "
+                  "peers' weights (EfficientNet: its checkpoint), `lamina bench`'s breakdown; onnxruntime and tract: "
                   "model load + session creation + first run)", "",
                   "| model | lamina | onnxruntime | tract |", "|---|---:|---:|---:|", *compile_rows, ""]
     return "\n".join(lines)
@@ -864,9 +873,13 @@ def main() -> None:
 
     # The same function in every engine, before anything is timed.
     checks = {}
+    weights_dir = tempfile.TemporaryDirectory(prefix="lamina-peers-")
     for kind, size in (("sgemm", 64), ("mlp", 4), ("encoder", 2), ("efficientnet", 2)):
         if kind in only:
             spec = {"kind": kind, "size": size, "lamina": str(LAMINA), "tract": with_tract and kind != "sgemm"}
+            if kind in ("mlp", "encoder"):
+                # Their weights do not depend on the batch size.
+                spec["weights_out"] = BENCH_WEIGHTS[kind] = f"{weights_dir.name}/{kind}.safetensors"
             done = subprocess.run([str(venv_python()), __file__, "--check-worker", json.dumps(spec)],
                                   capture_output=True, text=True)
             if done.returncode != 0:

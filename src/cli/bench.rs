@@ -198,8 +198,10 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "compile_breakdown_ms": {
                 "load": compile.load_ms,
                 "params": compile.params_ms,
-                "optimise": compile.optimise_ms,
+                "passes": compile.passes_ms,
+                "packing": compile.packing_ms,
                 "plan": compile.plan_ms,
+                "kernels": compile.kernels_ms,
             },
             "profile": profile.as_ref().map(|nodes| nodes.iter().map(|n| json!({
                 "node": n.label,
@@ -223,12 +225,14 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         workload.threads
     );
     println!(
-        "compile:    {:.2} ms (load {:.2}, params {:.2}, passes+packing {:.2}, plan+JIT {:.2}){}",
+        "compile:    {:.2} ms (load {:.2}, params {:.2}, passes {:.2}, packing {:.2}, plan {:.2}, kernels {:.2}){}",
         compile.total_ms(),
         compile.load_ms,
         compile.params_ms,
-        compile.optimise_ms,
+        compile.passes_ms,
+        compile.packing_ms,
         compile.plan_ms,
+        compile.kernels_ms,
         compile
             .cpu_ms
             .map_or(String::new(), |cpu| format!(", on-CPU {cpu:.2} ms"))

@@ -54,7 +54,8 @@ enum Command {
         format: GraphFormat,
         /// Optimise first: `all`, or passes to run in the given order, comma-separated, repeated
         /// until nothing changes (dce, cse, fold-batch-norm, const-fold, simplify, recognize,
-        /// transpose-matmul, fuse-linear, fuse-conv, scale-into-linear, fuse-elementwise).
+        /// transpose-matmul, fuse-linear, fuse-conv, scale-into-linear, fuse-elementwise; by name
+        /// only, not in `all`: channels-last).
         #[arg(long, value_name = "all|PASS,...")]
         passes: Option<String>,
         /// Print node counts before and after and what each pass changed, to stderr

@@ -51,6 +51,20 @@ pub fn replace(
     if old == new {
         return Ok(());
     }
+    redirect(graph, pass, old, new)?;
+    prune(graph, old);
+    Ok(())
+}
+
+/// [`replace`] without removing `old`: for a rewrite that moves the readers
+/// of several nodes before removing any (a removal can take unread
+/// producers with it).
+pub fn redirect(
+    graph: &mut Graph,
+    pass: &'static str,
+    old: NodeId,
+    new: NodeId,
+) -> Result<(), PassError> {
     if graph.node(old).ty != graph.node(new).ty {
         return Err(PassError::IllTyped {
             pass,
@@ -63,7 +77,6 @@ pub fn replace(
         });
     }
     graph.replace_all_uses(old, new);
-    prune(graph, old);
     Ok(())
 }
 
@@ -140,6 +153,20 @@ pub fn is_weight(graph: &Graph, id: NodeId) -> bool {
         work.extend(graph.inputs(id));
     }
     true
+}
+
+/// Every node [`is_weight`] holds for, found in one walk of the graph (for
+/// a pass asking about many nodes: asking `is_weight` of each would walk
+/// the graph once per node).
+pub fn weight_nodes(graph: &Graph) -> HashSet<NodeId> {
+    let mut weights = HashSet::new();
+    for id in graph.topo_order() {
+        let from_weights = graph.inputs(id).iter().all(|x| weights.contains(x));
+        if from_weights && !matches!(graph.node(id).op, Op::Input(_)) {
+            weights.insert(id);
+        }
+    }
+    weights
 }
 
 /// Whether `target` is `from` or one of its (transitive) operands.

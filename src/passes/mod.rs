@@ -23,10 +23,17 @@
 //! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
 //!
+//! Not in `all` yet, by name only ([`opt_in_passes`]):
+//!
+//! | name | file | does |
+//! |---|---|---|
+//! | `channels-last` | `channels_last.rs` | regions of NCHW convolutions and pools -> NHWC, permutes only at their boundary |
+//!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
 //! each rewrite; with a step limit the manager stops after exactly N
 //! rewrites, so a bad rewrite can be bisected (`lamina graph --max-steps N`).
 
+mod channels_last;
 mod const_fold;
 mod cse;
 mod dce;
@@ -45,6 +52,7 @@ mod transpose_matmul;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+pub use channels_last::ChannelsLast;
 pub use const_fold::ConstantFolding;
 pub use cse::CommonSubexpressions;
 pub use dce::DeadCodeElimination;
@@ -299,9 +307,23 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// The names of all passes, in `all` order.
+/// Passes `--passes` runs by name that `all` does not (yet): `channels-last`
+/// waits for an NHWC kernel for every convolution it makes (until then a
+/// non-depthwise NHWC convolution runs on the interpreter candidate).
+pub fn opt_in_passes() -> Vec<Box<dyn Pass>> {
+    vec![Box::new(ChannelsLast)]
+}
+
+/// Every pass `--passes` accepts: those of `all`, in order, then the opt-in ones.
+fn known_passes() -> Vec<Box<dyn Pass>> {
+    let mut passes = all_passes();
+    passes.extend(opt_in_passes());
+    passes
+}
+
+/// The names of all passes: `all`'s, in order, then the opt-in ones.
 pub fn pass_names() -> Vec<&'static str> {
-    all_passes().iter().map(|p| p.name()).collect()
+    known_passes().iter().map(|p| p.name()).collect()
 }
 
 /// How often the pass list may repeat before the manager gives up on a
@@ -335,7 +357,7 @@ impl PassManager {
         let known = || pass_names().join(", ");
         let mut passes = Vec::new();
         for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let pass = all_passes()
+            let pass = known_passes()
                 .into_iter()
                 .find(|p| p.name() == name)
                 .ok_or_else(|| PassError::UnknownPass {

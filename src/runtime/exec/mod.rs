@@ -226,11 +226,22 @@ pub struct PlanInfo {
     /// The kernel candidate of each step, in order.
     pub step_kernels: Vec<&'static str>,
     pub kernels: usize,
+    /// Whether the plan compiled its kernel set, rather than sharing one
+    /// from an earlier plan of any model in this process.
+    pub compiled_kernels: bool,
+    /// Time the plan spent compiling kernels (zero when it shares a set).
+    pub kernel_compile: std::time::Duration,
     /// The plan's kernels, for [`PlanInfo::clif`].
     kernel_set: Arc<KernelSet>,
 }
 
 impl PlanInfo {
+    /// Whether both plans run on the same kernel set (the same machine
+    /// code), whichever model or session made them.
+    pub fn shares_kernels_with(&self, other: &PlanInfo) -> bool {
+        Arc::ptr_eq(&self.kernel_set, &other.kernel_set)
+    }
+
     /// Every kernel's CLIF (assembled kernels: their listing), in
     /// compilation order. Formatted on request: disassembling the wide
     /// kernels costs more than assembling them.
@@ -411,8 +422,9 @@ impl CompiledModel {
         self.plans.lock().expect("plan cache lock").len()
     }
 
-    /// How many kernel libraries those plans compiled (plans that needed
-    /// no new kernel share an earlier plan's): for tests and diagnostics.
+    /// How many distinct kernel libraries those plans use (a plan that
+    /// needs no new kernel shares an earlier plan's): for tests and
+    /// diagnostics.
     pub fn kernel_library_count(&self) -> usize {
         let plans = self.plans.lock().expect("plan cache lock");
         let mut distinct: Vec<&Arc<KernelSet>> = Vec::new();
@@ -425,6 +437,14 @@ impl CompiledModel {
             }
         }
         distinct.len()
+    }
+
+    /// How many kernel sets this model's plans compiled; the others share a
+    /// set compiled earlier by a plan of this or another model in the
+    /// process. For tests and diagnostics.
+    pub fn compiled_kernel_sets(&self) -> usize {
+        let plans = self.plans.lock().expect("plan cache lock");
+        plans.iter().filter(|c| c.plan.compiled_kernels).count()
     }
 
     /// Input names in declaration order (the order `run_into` takes them).
@@ -566,6 +586,8 @@ impl CompiledModel {
             native_steps: plan.native_steps,
             step_kernels: plan.step_kernels.clone(),
             kernels: plan.kernels.library.kernels().len(),
+            compiled_kernels: plan.compiled_kernels,
+            kernel_compile: plan.kernel_compile,
             kernel_set: Arc::clone(&plan.kernels),
         })
     }

@@ -6,7 +6,8 @@
 
 use crate::ir::ops::{Cast, FusedLinear, MatMul, Param};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::candidates::{
     conv_scratch, gemm_for, nhwc_taps_scratch, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
@@ -189,6 +190,10 @@ pub struct Plan {
     pub native_steps: usize,
     /// The kernel candidate each step came from (same order as `steps`).
     pub step_kernels: Vec<&'static str>,
+    /// Whether this plan compiled its kernel set (else it shares one).
+    pub compiled_kernels: bool,
+    /// Time this plan spent compiling kernels (zero when it shares a set).
+    pub kernel_compile: Duration,
 }
 
 impl Planner<'_> {
@@ -231,6 +236,29 @@ pub struct KernelSet {
     index: KernelIndex,
 }
 
+/// Every kernel set compiled in this process, oldest first, held weakly (a
+/// set lives as long as a plan uses it). Kernels are keyed by what they
+/// compute, never by the model they were compiled for, so a plan of any
+/// model can share a set that has every kernel it needs: a second session
+/// of a model compiles nothing. Oldest first, so that every plan that can
+/// share a set finds the same one.
+static COMPILED_SETS: Mutex<Vec<Weak<KernelSet>>> = Mutex::new(Vec::new());
+
+/// The live kernel sets of `isa`'s tier compiled in this process, oldest first.
+fn compiled_sets(isa: Isa) -> Vec<Arc<KernelSet>> {
+    let sets = COMPILED_SETS.lock().unwrap_or_else(|e| e.into_inner());
+    sets.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|set| set.library.isa() == isa)
+        .collect()
+}
+
+fn register_compiled_set(set: &Arc<KernelSet>) {
+    let mut sets = COMPILED_SETS.lock().unwrap_or_else(|e| e.into_inner());
+    sets.retain(|s| s.strong_count() > 0);
+    sets.push(Arc::downgrade(set));
+}
+
 /// An elementwise kernel is compiled for an expression and its inputs'
 /// inner strides.
 type ElementwiseKey = (ElementwiseExpr, Vec<InnerStride>);
@@ -270,6 +298,8 @@ impl From<CodegenError> for StepError {
 pub(super) struct Kernels {
     builder: Option<KernelLibraryBuilder>,
     index: KernelIndex,
+    /// Time spent compiling and assembling, for the compile breakdown.
+    compile_time: Duration,
 }
 
 impl Kernels {
@@ -277,6 +307,7 @@ impl Kernels {
         Kernels {
             builder: None,
             index: set.index.clone(),
+            compile_time: Duration::ZERO,
         }
     }
 
@@ -288,21 +319,33 @@ impl Kernels {
             isa: Some(isa),
             ..CodegenOptions::default()
         };
+        let start = Instant::now();
+        let builder = KernelLibraryBuilder::with_options(&options)?;
         Ok(Kernels {
-            builder: Some(KernelLibraryBuilder::with_options(&options)?),
+            builder: Some(builder),
             index: KernelIndex::default(),
+            compile_time: start.elapsed(),
         })
     }
 
-    fn builder(&mut self) -> Result<&mut KernelLibraryBuilder, StepError> {
-        self.builder.as_mut().ok_or(StepError::NeedsNewKernels)
+    /// Runs `add` on the builder (timed); a reusing `Kernels` has none, so
+    /// the plan must compile a new set.
+    fn compile<T>(
+        &mut self,
+        add: impl FnOnce(&mut KernelLibraryBuilder) -> T,
+    ) -> Result<T, StepError> {
+        let builder = self.builder.as_mut().ok_or(StepError::NeedsNewKernels)?;
+        let start = Instant::now();
+        let added = add(builder);
+        self.compile_time += start.elapsed();
+        Ok(added)
     }
 
     pub(super) fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, StepError> {
         if let Some((_, id)) = self.index.gemms.iter().find(|(e, _)| *e == epilogue) {
             return Ok(*id);
         }
-        let id = self.builder()?.add_gemm(epilogue)?;
+        let id = self.compile(|b| b.add_gemm(epilogue))??;
         self.index.gemms.push((epilogue, id));
         Ok(id)
     }
@@ -311,7 +354,7 @@ impl Kernels {
     /// `KernelLibraryBuilder::add_gemv`): the library's GEMMs use it.
     pub(super) fn gemv(&mut self, k: usize, n: usize) -> Result<(), StepError> {
         if !self.index.gemvs.contains(&(k, n)) {
-            self.builder()?.add_gemv(k, n)?;
+            self.compile(|b| b.add_gemv(k, n))??;
             self.index.gemvs.push((k, n));
         }
         Ok(())
@@ -333,7 +376,7 @@ impl Kernels {
         }
         // An expression the vector code generator does not take (e.g. one
         // ending in a comparison) is still correct on the interpreter.
-        let id = self.builder()?.add_elementwise(expr, strides).ok();
+        let id = self.compile(|b| b.add_elementwise(expr, strides).ok())?;
         self.index
             .elementwise
             .push(((expr.clone(), strides.to_vec()), id));
@@ -344,18 +387,21 @@ impl Kernels {
         if let Some((_, id)) = self.index.rows.iter().find(|(o, _)| *o == op) {
             return Ok(*id);
         }
-        let id = self.builder()?.add_row_kernel(op)?;
+        let id = self.compile(|b| b.add_row_kernel(op))??;
         self.index.rows.push((op, id));
         Ok(id)
     }
 
-    /// The compiled set (when compiling).
-    fn finish(self) -> Result<KernelSet, ExecError> {
+    /// The compiled set (when compiling), and the time its compilation took.
+    fn finish(self) -> Result<(KernelSet, Duration), ExecError> {
         let builder = self.builder.expect("only a compiling Kernels is finished");
-        Ok(KernelSet {
-            library: builder.finish()?,
+        let start = Instant::now();
+        let library = builder.finish()?;
+        let set = KernelSet {
+            library,
             index: self.index,
-        })
+        };
+        Ok((set, self.compile_time + start.elapsed()))
     }
 }
 
@@ -388,8 +434,9 @@ pub struct Planner<'a> {
 
 impl Planner<'_> {
     /// Plans for these input shapes, sharing the first of `reusable` (tried
-    /// in order) that has every kernel the plan needs, else compiling a new
-    /// kernel set.
+    /// in order), else the oldest set compiled in this process for the same
+    /// tier (`COMPILED_SETS`), that has every kernel the plan needs, else
+    /// compiling a new kernel set.
     pub fn build(
         &self,
         input_shapes: Vec<(DType, Vec<usize>)>,
@@ -527,7 +574,13 @@ impl Planner<'_> {
             .filter(|id| kind[id] != OutKind::Alias)
             .collect();
         let mut planned = None;
-        for set in reusable {
+        let elsewhere = compiled_sets(self.isa);
+        let candidates = reusable.iter().chain(
+            elsewhere
+                .iter()
+                .filter(|set| !reusable.iter().any(|own| Arc::ptr_eq(own, set))),
+        );
+        for set in candidates {
             match self.steps(&mut Kernels::reusing(set), &computed, &loc, &scratch) {
                 Ok(steps) => {
                     planned = Some((steps, set.clone()));
@@ -537,8 +590,9 @@ impl Planner<'_> {
                 Err(StepError::Exec(e)) => return Err(e),
             }
         }
-        let (steps, kernels) = match planned {
-            Some(found) => found,
+        let compiled_kernels = planned.is_none();
+        let (steps, kernels, kernel_compile) = match planned {
+            Some((steps, set)) => (steps, set, Duration::ZERO),
             None => {
                 let mut kernels = Kernels::compiling(self.isa)?;
                 let steps = match self.steps(&mut kernels, &computed, &loc, &scratch) {
@@ -548,7 +602,10 @@ impl Planner<'_> {
                         unreachable!("a compiling Kernels compiles what is missing")
                     }
                 };
-                (steps, Arc::new(kernels.finish()?))
+                let (set, spent) = kernels.finish()?;
+                let set = Arc::new(set);
+                register_compiled_set(&set);
+                (steps, set, spent)
             }
         };
         let (steps, step_kernels): (Vec<Step>, Vec<&'static str>) = steps.into_iter().unzip();
@@ -572,6 +629,8 @@ impl Planner<'_> {
             outputs,
             native_steps,
             step_kernels,
+            compiled_kernels,
+            kernel_compile,
         })
     }
 
