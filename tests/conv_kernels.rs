@@ -455,6 +455,100 @@ fn nhwc_cases() -> Vec<(
     cases
 }
 
+/// The window classes `window2d_nhwc` specialises (3 and 5 wide, stride 1
+/// and 2, no dilation) and the run-time ones around them (1 and 2 wide,
+/// kh != kw, dilated), each as a depthwise convolution and the three
+/// pools, over planes whose output rows take every group size and an
+/// overlapping last group (input widths 3, 9, 30, 57), images narrower
+/// than the window, channels with a partial vector on the wide tiers (7,
+/// 20) and without (16, 48), "same" (asymmetric at stride 2 on even
+/// sizes), asymmetric explicit and no padding; the convolutions with
+/// activations fused in registers (relu, relu6) and in the row pass
+/// (hard_swish), with and without residual.
+fn nhwc_specialised_cases() -> Vec<(
+    Op,
+    Vec<usize>,
+    Vec<Vec<usize>>,
+    Option<(Option<UnaryOp>, bool)>,
+)> {
+    let classes = [
+        ([3, 3], [1, 1], [1, 1]),
+        ([3, 3], [2, 2], [1, 1]),
+        ([5, 5], [1, 1], [1, 1]),
+        ([5, 5], [2, 2], [1, 1]),
+        ([1, 3], [1, 2], [1, 1]),
+        ([5, 3], [2, 1], [1, 1]),
+        ([3, 3], [1, 1], [2, 2]),
+        ([3, 5], [1, 1], [1, 2]),
+        ([2, 2], [2, 2], [1, 1]),
+    ];
+    let paddings = [
+        Padding2d::Same,
+        Padding2d::Explicit {
+            top: 0,
+            left: 2,
+            bottom: 1,
+            right: 0,
+        },
+        Padding2d::Explicit {
+            top: 0,
+            left: 0,
+            bottom: 0,
+            right: 0,
+        },
+    ];
+    let epilogues = [
+        None,
+        Some((Some(UnaryOp::Relu6), true)),
+        Some((Some(UnaryOp::Relu), false)),
+        Some((Some(UnaryOp::HardSwish), true)),
+        Some((None, true)),
+    ];
+    let mut cases = Vec::new();
+    let mut i = 0usize;
+    for (kernel, stride, dilation) in classes {
+        for (h, w) in [(3usize, 3usize), (4, 9), (5, 30), (3, 57)] {
+            for kind in 0..4 {
+                i += 1;
+                let c = [7usize, 16, 20, 48][i % 4];
+                let window = Window2d {
+                    stride,
+                    dilation,
+                    padding: paddings[i % paddings.len()],
+                    layout: DataLayout::Nchw,
+                };
+                let x = vec![1 + i % 2, c, h, w];
+                cases.push(match kind {
+                    0 => {
+                        let mut weights = vec![vec![c, 1, kernel[0], kernel[1]]];
+                        if i % 3 != 0 {
+                            weights.push(vec![c]);
+                        }
+                        let conv = Op::Conv2d(Conv2d { window, groups: c });
+                        (conv, x, weights, epilogues[i % epilogues.len()])
+                    }
+                    _ => (
+                        Op::Pool2d(Pool2d {
+                            kind: match kind {
+                                1 => PoolKind::Max,
+                                k => PoolKind::Avg {
+                                    count_include_pad: k == 3,
+                                },
+                            },
+                            kernel,
+                            window,
+                        }),
+                        x,
+                        vec![],
+                        None,
+                    ),
+                });
+            }
+        }
+    }
+    cases
+}
+
 #[test]
 fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count() {
     use lamina::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
@@ -468,7 +562,7 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
     let mut rng = ChaCha8Rng::seed_from_u64(seeds::run_seed() ^ 0x4c);
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (op, x_shape, weights, fused) in nhwc_cases() {
+    for (op, x_shape, weights, fused) in nhwc_cases().into_iter().chain(nhwc_specialised_cases()) {
         let what = format!("{op:?} x {x_shape:?} epilogue {fused:?}");
         let Some(NhwcOracle {
             params,
@@ -587,7 +681,7 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
             }
         }
     }
-    assert!(checked >= 40, "only {checked} shapes fit their windows");
+    assert!(checked >= 150, "only {checked} shapes fit their windows");
     assert!(
         failures.is_empty(),
         "{} failures (seed {}):\n{}",
@@ -595,6 +689,76 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
         seeds::run_seed(),
         failures.join("\n")
     );
+}
+
+/// A NaN in a max pool's window wins wherever it sits among the taps (as
+/// the interpreter's `nan_max`): first, middle or last in the chain, in a
+/// full channel vector or a partial one; windows without it get their
+/// plain maximum.
+#[test]
+fn nhwc_max_pool_propagates_nan_from_any_tap_on_every_tier() {
+    use lamina::codegen::conv::{WindowGeometry, WindowOp};
+    use lamina::codegen::window_nhwc::{window2d_nhwc, NhwcWindowArgs};
+    use lamina::codegen::Threads;
+    let (h, w, c) = (5usize, 19usize, 20usize);
+    let at = |y: usize, x: usize, ch: usize| (y * w + x) * c + ch;
+    let mut x: Vec<f32> = (0..h * w * c)
+        .map(|i| ((i * 37) % 101) as f32 - 50.0)
+        .collect();
+    // Channel 3: a full vector on every tier; channel 17: past the last
+    // full vector on AVX-512 (16 lanes), inside one on AVX2 (8 lanes).
+    let nans = [(2usize, 4usize, 3usize), (0, 0, 17), (4, 18, 17), (1, 9, 3)];
+    for &(y, xx, ch) in &nans {
+        x[at(y, xx, ch)] = f32::NAN;
+    }
+    let g = WindowGeometry {
+        batch: 1,
+        in_channels: c,
+        in_h: h,
+        in_w: w,
+        out_channels: c,
+        out_h: h,
+        out_w: w,
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pad: [1, 1],
+        groups: 1,
+    };
+    for isa in Isa::ALL {
+        if Target::detected().with_isa(isa).is_err() {
+            continue;
+        }
+        let mut out = vec![0.0; x.len()];
+        let args = NhwcWindowArgs {
+            x: &x,
+            taps: None,
+            bias: None,
+            post: None,
+            residual: None,
+            out: &mut out,
+        };
+        window2d_nhwc(isa, WindowOp::Max, &g, args, &Threads::single()).unwrap();
+        for oy in 0..h {
+            for ox in 0..w {
+                for ch in 0..c {
+                    let window = (oy.saturating_sub(1)..(oy + 2).min(h)).flat_map(|y| {
+                        (ox.saturating_sub(1)..(ox + 2).min(w)).map(move |xx| (y, xx))
+                    });
+                    let has_nan = window.clone().any(|(y, xx)| nans.contains(&(y, xx, ch)));
+                    let got = out[at(oy, ox, ch)];
+                    if has_nan {
+                        assert!(got.is_nan(), "{isa}: ({oy}, {ox}, {ch}) = {got}, want NaN");
+                    } else {
+                        let want = window
+                            .map(|(y, xx)| x[at(y, xx, ch)])
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        assert_eq!(got, want, "{isa}: ({oy}, {ox}, {ch})");
+                    }
+                }
+            }
+        }
+    }
 }
 
 // ---- NHWC convolutions as GEMMs (`codegen::conv::conv2d_nhwc`) -------------

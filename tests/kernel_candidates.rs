@@ -284,18 +284,24 @@ fn samples() -> Vec<Sample> {
         ),
     ];
     all.extend(vision_samples(r));
-    for (op, axes) in [
-        (ReduceOp::Sum, vec![1]),
-        (ReduceOp::Mean, vec![0]),
-        (ReduceOp::Max, vec![0, 1]),
+    for (op, axes, shape) in [
+        (ReduceOp::Sum, vec![1], [5, 11].as_slice()),
+        (ReduceOp::Mean, vec![0], &[5, 11]),
+        (ReduceOp::Max, vec![0, 1], &[5, 11]),
+        // Global average pooling: over NHWC's pixels (adjacent outputs)
+        // and NCHW's (one contiguous run per output, more outputs than
+        // are interleaved); a max over strided axes.
+        (ReduceOp::Mean, vec![1, 2], &[2, 3, 5, 19]),
+        (ReduceOp::Mean, vec![2, 3], &[2, 19, 3, 5]),
+        (ReduceOp::Max, vec![0, 2], &[3, 4, 5, 2]),
     ] {
-        let name = format!("{}_{axes:?}", op.name());
+        let name = format!("{}_{axes:?}_{shape:?}", op.name());
         let reduce = Op::Reduce(Reduce {
             op,
             axes,
             keepdims: false,
         });
-        all.push(sample(&name, reduce, vec![f32_in(&[5, 11])], r));
+        all.push(sample(&name, reduce, vec![f32_in(shape)], r));
     }
     for u in UnaryOp::ALL {
         let name = format!("unary_{}", u.name());
@@ -686,6 +692,64 @@ fn every_candidate_matches_the_interpreter_on_every_node_it_takes() {
     );
 }
 
+/// `reduce_strided` adds each output's inputs in the interpreter's order
+/// (in f64) whichever path its axes take (adjacent outputs, interleaved
+/// contiguous runs, strided walks, merged axes): the interpreter's bits,
+/// on every axis set of NCHW- and NHWC-like shapes and one with unit
+/// axes, a NaN included.
+#[test]
+fn strided_reductions_give_the_interpreters_bits_on_every_axis_set() {
+    let mut r = ChaCha8Rng::seed_from_u64(seeds::run_seed() ^ 0x5ed);
+    let shapes: [&[usize]; 4] = [
+        &[2, 3, 4, 5],
+        &[1, 7, 7, 19],
+        &[2, 19, 3, 5],
+        &[3, 1, 5, 1, 2],
+    ];
+    let mut checked = 0;
+    for shape in shapes {
+        for subset in 1..(1usize << shape.len()) {
+            let axes: Vec<usize> = (0..shape.len()).filter(|a| subset >> a & 1 == 1).collect();
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let name = format!("{} over {axes:?} of {shape:?}", op.name());
+                let reduce = Op::Reduce(Reduce {
+                    op,
+                    axes: axes.clone(),
+                    keepdims: false,
+                });
+                let mut s = sample(&name, reduce, vec![f32_in(shape)], &mut r);
+                let mut x = s.inputs["x0"].as_f32().unwrap().to_vec();
+                let middle = x.len() / 2;
+                x[middle] = f32::NAN;
+                s.inputs.insert("x0".into(), Tensor::f32(shape.to_vec(), x));
+                let mut model = CompiledModel::compile(
+                    &s.graph,
+                    &s.params,
+                    CompileOptions {
+                        threads: 1,
+                        isa: Some(Isa::Baseline),
+                    },
+                )
+                .unwrap();
+                model.set_only_kernel(Some("reduce_strided"));
+                let given: Vec<&Tensor> =
+                    model.input_names().iter().map(|n| &s.inputs[*n]).collect();
+                let info = model.prepare(&given, &Bindings::new()).unwrap();
+                assert_eq!(info.step_kernels, ["reduce_strided"], "{name}");
+                let ours = model.run(&s.inputs).unwrap();
+                let oracle = interp::run(&s.graph, &s.params, &s.inputs, &Bindings::new()).unwrap();
+                let (ours, oracle) = (ours[0].1.as_f32().unwrap(), oracle[0].1.as_f32().unwrap());
+                assert_eq!(ours.len(), oracle.len(), "{name}");
+                for (i, (a, e)) in ours.iter().zip(oracle).enumerate() {
+                    assert_eq!(a.to_bits(), e.to_bits(), "{name}: element {i}: {a} vs {e}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * (15 + 15 + 15 + 31));
+}
+
 #[test]
 fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits() {
     let samples = samples();
@@ -717,8 +781,11 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
     assert_eq!(chosen("fused_linear_relu6"), [gemm]);
     assert_eq!(chosen("fused_linear_hard_sigmoid_residual"), [gemm]);
     // A reduction over the last axis alone: the row kernel beats the strided walk.
-    assert_eq!(chosen("sum_[1]"), ["row_f32x4"]);
-    assert_eq!(chosen("mean_[0]"), ["reduce_strided"]);
+    assert_eq!(chosen("sum_[1]_[5, 11]"), ["row_f32x4"]);
+    assert_eq!(chosen("mean_[0]_[5, 11]"), ["reduce_strided"]);
+    // Global average pooling in either layout.
+    assert_eq!(chosen("mean_[1, 2]_[2, 3, 5, 19]"), ["reduce_strided"]);
+    assert_eq!(chosen("mean_[2, 3]_[2, 19, 3, 5]"), ["reduce_strided"]);
     assert_eq!(chosen("softmax_first"), ["interpreter"]);
     assert_eq!(chosen("unary_sin"), ["interpreter"]);
     assert_eq!(chosen("unary_exp"), ["elementwise_f32x4"]);

@@ -3,16 +3,36 @@
 //!
 //! In NHWC one pixel's channels are contiguous, so every tap of a window
 //! is a full-width vector load for a block of channels, whatever the
-//! stride or dilation. Per output row and per block of channels (one
-//! vector of the tier: 16 lanes on AVX-512, 8 on AVX2 + FMA, 4 on the
-//! baseline; the channels past the last full block in blocks of 8, 4, 2
-//! and 1), the kernel sweeps the row's output pixels in groups of `P`
-//! (8, 6, 4 per tier): `P` accumulators stay in registers while each tap's
-//! weight vector is loaded once and feeds `P` multiply-adds. Interior
-//! pixels (every tap of the window inside the input) run without bounds
-//! checks; border pixels run one at a time with each tap checked, and
-//! input rows outside the image are skipped for the whole output row.
-//! After the row, activation and residual run over it while it is in L1.
+//! stride or dilation. Per output row, the kernel sweeps the output pixels
+//! in groups of `P` (16, 8, 4 on AVX-512; 8, 4, 2 on AVX2 + FMA and the
+//! baseline) and, per group, every block of channels (one vector of the
+//! tier: 16, 8 or 4 lanes); the `P` accumulators stay in registers over
+//! the whole window. Groups advance by `P`, then by the smaller sizes;
+//! the last few pixels of a row take one group of the smallest size that
+//! overlaps pixels already done (recomputing them to the same bits:
+//! every pixel's value depends only on its own taps, in one order).
+//!
+//! Per kernel row, the taps of a group go column by column through the
+//! input: a column read by several (pixel, tap) pairs is loaded once and
+//! feeds all of them. For the window widths and strides EfficientNet-like
+//! models use (3 and 5 wide, stride 1 and 2, no dilation: [`Fixed`]), the
+//! width and stride are constants, so the column loop is unrolled and each
+//! input vector is loaded once per kernel row for up to `kw` multiply-adds
+//! (stride 1: `P + kw - 1` loads for `P * kw` FMAs, the tap vectors held
+//! in registers); every other window runs the same driver with the width,
+//! stride and dilation read at run time ([`AnyColumns`]: one load per tap).
+//! Border groups run the same code with a mask per input column (inside
+//! the image or not: masked loads, and accumulators kept where the column
+//! is outside, so a skipped tap changes nothing, exactly as the
+//! interpreter skips it), and each output row runs only the kernel rows
+//! inside the image. Interior groups run it without masks. Channels past
+//! the last full vector run one pixel at a time with masked loads and
+//! stores (nothing outside the tensors is read or written).
+//!
+//! Bias (the accumulators' start), relu and relu6 (a clamp against a
+//! constant, NaN passing through, as the interpreter) and the residual
+//! are applied in registers before the store; the other activations run
+//! over the finished row while it is in L1.
 //!
 //! Depthwise taps are read as `[kh * kw][C]` (one vector per tap and
 //! channel block): [`pack_depthwise_taps`] lays the `[C, 1, kh, kw]`
@@ -20,22 +40,25 @@
 //! weights are not constants).
 //!
 //! Like `conv::window2d`, this is Rust compiled once per tier (AVX-512 /
-//! AVX2 + FMA with `target_feature`, plain SSE2 for the baseline) whose
-//! fixed-size channel loops LLVM turns into full-width vector code; the
-//! iced-x86 assembler the GEMM kernels use was not needed for the loop
-//! shape here (see the report in BENCHMARKS.md for the speed reached).
+//! AVX2 + FMA with `target_feature`, plain SSE2 for the baseline) over
+//! one vector abstraction ([`Lanes`], `std::arch` intrinsics).
 //!
 //! Every output value is one chain in a fixed order (bias, then taps by
-//! rows and columns), computed by one task, and tasks split the output
-//! rows of every image: results are bitwise identical for any thread
-//! count within a tier.
+//! rows and columns), whatever the group size, computed by one task, and
+//! tasks split the output rows of every image: results are bitwise
+//! identical for any thread count within a tier.
 //!
 //! Sizes: [`window2d_nhwc`] checks every slice against the geometry (with
 //! checked arithmetic) once per call; the loops then read through raw
-//! pointers at offsets the geometry bounds (interior pixels by
-//! construction of the interior range, border pixels by a check per tap).
+//! pointers at offsets the geometry bounds (rows by each output row's
+//! range of kernel rows inside the image, columns by each group's range
+//! of columns inside it, channels by the full vectors and the masked
+//! tail).
 
-use super::conv::{valid_range, PostActivation, WindowGeometry, WindowOp};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::conv::{PostActivation, WindowGeometry, WindowOp};
 use super::target::Isa;
 use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
@@ -161,6 +184,12 @@ pub fn window2d_nhwc(
     }
     let out = SharedMut(args.out.as_mut_ptr());
     let (x, taps, bias, residual, post) = (args.x, args.taps, args.bias, args.residual, args.post);
+    let epilogue = match post {
+        None => Epilogue::InRegisters(Clamp::None),
+        Some(PostActivation::Relu) => Epilogue::InRegisters(Clamp::Relu),
+        Some(PostActivation::Relu6) => Epilogue::InRegisters(Clamp::Relu6),
+        Some(_) => Epilogue::RowPass,
+    };
     let run = |range: &std::ops::Range<usize>| {
         for r in range.clone() {
             let (n, oy) = (r / g.out_h, r % g.out_h);
@@ -172,11 +201,13 @@ pub fn window2d_nhwc(
                 taps: taps.map_or(std::ptr::null(), <[f32]>::as_ptr),
                 bias: bias.map(<[f32]>::as_ptr),
                 oy,
+                kernel_rows: kernel_rows_inside(g, oy),
                 // SAFETY: row `r` of the output (`rows * row_len` f32,
                 // checked by `validate`) is written by this task alone:
                 // task ranges are disjoint, `out` is borrowed for the call.
                 out: unsafe { out.get().add(r * row_len) },
                 row_len,
+                epilogue,
                 post,
                 residual: residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
             };
@@ -187,7 +218,7 @@ pub fn window2d_nhwc(
                 match isa {
                     Isa::Avx512 => row_avx512(&job),
                     Isa::Avx2 => row_avx2(&job),
-                    Isa::Baseline => row_all_widths::<4, 4, false>(&job),
+                    Isa::Baseline => row::<Xmm, 8, 4, 2>(&job),
                 }
             }
         }
@@ -200,14 +231,50 @@ pub fn window2d_nhwc(
     Ok(())
 }
 
+/// The kernel rows `ky` whose input row `oy * sh + ky * dh - pt` lies
+/// inside the image (a range: the input row grows with `ky`).
+fn kernel_rows_inside(g: &WindowGeometry, oy: usize) -> Range<usize> {
+    let inside = |ky: usize| {
+        (oy * g.stride[0] + ky * g.dilation[0])
+            .checked_sub(g.pad[0])
+            .is_some_and(|iy| iy < g.in_h)
+    };
+    let first = (0..g.kernel[0]).find(|&ky| inside(ky));
+    match first {
+        Some(first) => {
+            first
+                ..(first..g.kernel[0])
+                    .find(|&ky| !inside(ky))
+                    .unwrap_or(g.kernel[0])
+        }
+        None => 0..0,
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn row_avx512(job: &RowJob<'_>) {
-    row_all_widths::<16, 8, true>(job)
+    row::<Zmm, 16, 8, 4>(job)
 }
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_avx2(job: &RowJob<'_>) {
-    row_all_widths::<8, 6, true>(job)
+    row::<Ymm, 8, 4, 2>(job)
+}
+
+/// What follows the window's sum in a row.
+#[derive(Clone, Copy)]
+enum Epilogue {
+    /// A clamp (or nothing), then the residual, on the accumulators.
+    InRegisters(Clamp),
+    /// Activation and residual over the finished row (`PostActivation::finish`).
+    RowPass,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Clamp {
+    None,
+    Relu,
+    Relu6,
 }
 
 /// One output row of one image.
@@ -220,9 +287,12 @@ struct RowJob<'a> {
     taps: *const f32,
     bias: Option<*const f32>,
     oy: usize,
+    /// The kernel rows inside the image for this output row.
+    kernel_rows: Range<usize>,
     /// The output row's `[OW, C]`, `row_len` f32.
     out: *mut f32,
     row_len: usize,
+    epilogue: Epilogue,
     post: Option<PostActivation>,
     /// The residual's row.
     residual: Option<&'a [f32]>,
@@ -232,243 +302,683 @@ const DEPTHWISE: u8 = 0;
 const MAX: u8 = 1;
 const AVG: u8 = 2;
 
-/// Every channel of the row: full blocks of `CB`, the rest in blocks of
-/// 8, 4, 2, 1 (those below `CB`); then activation and residual.
-#[inline(always)]
-unsafe fn row_all_widths<const CB: usize, const P: usize, const FMA: bool>(job: &RowJob<'_>) {
-    match job.op {
-        WindowOp::Depthwise => row_op::<CB, P, FMA, DEPTHWISE>(job),
-        WindowOp::Max => row_op::<CB, P, FMA, MAX>(job),
-        WindowOp::Avg { .. } => row_op::<CB, P, FMA, AVG>(job),
+/// A vector of f32 lanes of one tier and what the windows do with it.
+/// Every method is inlined into the tier's `target_feature` function.
+trait Lanes: Copy {
+    const LANES: usize;
+    /// The live lanes of a partial vector (the channels past the last
+    /// full vector).
+    type Part: Copy;
+    unsafe fn part(live: usize) -> Self::Part;
+    unsafe fn load(p: *const f32) -> Self;
+    /// Reads the live lanes only (the others are 0).
+    unsafe fn load_part(p: *const f32, part: Self::Part) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// Writes the live lanes only.
+    unsafe fn store_part(self, p: *mut f32, part: Self::Part);
+    unsafe fn splat(v: f32) -> Self;
+    /// `self + w * x`, fused on the tiers with FMA.
+    unsafe fn mul_add(self, w: Self, x: Self) -> Self;
+    unsafe fn add(self, x: Self) -> Self;
+    unsafe fn div(self, x: Self) -> Self;
+    /// `x` where it is NaN or greater, else `self` (NaN in either wins,
+    /// as the interpreter's `nan_max`).
+    unsafe fn max_nan(self, x: Self) -> Self;
+    /// `lo` where `self < lo`, else `self` (NaN passes).
+    unsafe fn raise_to(self, lo: Self) -> Self;
+    /// `hi` where `self > hi`, else `self` (NaN passes).
+    unsafe fn cap_at(self, hi: Self) -> Self;
+    /// Every lane or none, by a run-time condition: a border group's
+    /// column inside the image or not.
+    type Keep: Copy;
+    unsafe fn keep(inside: bool) -> Self::Keep;
+    /// The vector at `p` where kept (nothing is read otherwise: `p` may
+    /// then point anywhere), else 0.
+    unsafe fn load_kept(p: *const f32, keep: Self::Keep) -> Self;
+    /// `new` where kept, else `self`.
+    unsafe fn kept(self, new: Self, keep: Self::Keep) -> Self;
+}
+
+/// AVX-512: 16 lanes, FMA, masked loads and stores.
+#[derive(Clone, Copy)]
+struct Zmm(__m512);
+
+impl Lanes for Zmm {
+    const LANES: usize = 16;
+    type Part = __mmask16;
+    #[inline(always)]
+    unsafe fn part(live: usize) -> __mmask16 {
+        ((1u32 << live) - 1) as __mmask16
     }
-    if job.post.is_some() || job.residual.is_some() {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Zmm(_mm512_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, part: __mmask16) -> Self {
+        Zmm(_mm512_maskz_loadu_ps(part, p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, part: __mmask16) {
+        _mm512_mask_storeu_ps(p, part, self.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Zmm(_mm512_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, w: Self, x: Self) -> Self {
+        Zmm(_mm512_fmadd_ps(w.0, x.0, self.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, x: Self) -> Self {
+        Zmm(_mm512_add_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn div(self, x: Self) -> Self {
+        Zmm(_mm512_div_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn max_nan(self, x: Self) -> Self {
+        // maxps returns its second operand unless the first is greater:
+        // a NaN `self` stays, and a NaN `x` is blended in.
+        let max = _mm512_max_ps(x.0, self.0);
+        Zmm(_mm512_mask_blend_ps(
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x.0, x.0),
+            max,
+            x.0,
+        ))
+    }
+    #[inline(always)]
+    unsafe fn raise_to(self, lo: Self) -> Self {
+        Zmm(_mm512_max_ps(lo.0, self.0))
+    }
+    #[inline(always)]
+    unsafe fn cap_at(self, hi: Self) -> Self {
+        Zmm(_mm512_min_ps(hi.0, self.0))
+    }
+    type Keep = __mmask16;
+    #[inline(always)]
+    unsafe fn keep(inside: bool) -> __mmask16 {
+        __mmask16::from(inside).wrapping_neg()
+    }
+    #[inline(always)]
+    unsafe fn load_kept(p: *const f32, keep: __mmask16) -> Self {
+        Zmm(_mm512_maskz_loadu_ps(keep, p))
+    }
+    #[inline(always)]
+    unsafe fn kept(self, new: Self, keep: __mmask16) -> Self {
+        Zmm(_mm512_mask_mov_ps(self.0, keep, new.0))
+    }
+}
+
+/// AVX2 + FMA: 8 lanes.
+#[derive(Clone, Copy)]
+struct Ymm(__m256);
+
+impl Lanes for Ymm {
+    const LANES: usize = 8;
+    /// All ones in the live lanes.
+    type Part = __m256i;
+    #[inline(always)]
+    unsafe fn part(live: usize) -> __m256i {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(live as i32), lane)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Ymm(_mm256_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, part: __m256i) -> Self {
+        Ymm(_mm256_maskload_ps(p, part))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, part: __m256i) {
+        _mm256_maskstore_ps(p, part, self.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Ymm(_mm256_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, w: Self, x: Self) -> Self {
+        Ymm(_mm256_fmadd_ps(w.0, x.0, self.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, x: Self) -> Self {
+        Ymm(_mm256_add_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn div(self, x: Self) -> Self {
+        Ymm(_mm256_div_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn max_nan(self, x: Self) -> Self {
+        let max = _mm256_max_ps(x.0, self.0);
+        Ymm(_mm256_blendv_ps(
+            max,
+            x.0,
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(x.0, x.0),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn raise_to(self, lo: Self) -> Self {
+        Ymm(_mm256_max_ps(lo.0, self.0))
+    }
+    #[inline(always)]
+    unsafe fn cap_at(self, hi: Self) -> Self {
+        Ymm(_mm256_min_ps(hi.0, self.0))
+    }
+    /// All ones where kept.
+    type Keep = __m256i;
+    #[inline(always)]
+    unsafe fn keep(inside: bool) -> __m256i {
+        _mm256_set1_epi32(-i32::from(inside))
+    }
+    #[inline(always)]
+    unsafe fn load_kept(p: *const f32, keep: __m256i) -> Self {
+        Ymm(_mm256_maskload_ps(p, keep))
+    }
+    #[inline(always)]
+    unsafe fn kept(self, new: Self, keep: __m256i) -> Self {
+        Ymm(_mm256_blendv_ps(self.0, new.0, _mm256_castsi256_ps(keep)))
+    }
+}
+
+/// The baseline (SSE2): 4 lanes, multiply then add (two roundings, as the
+/// baseline's other kernels); partial vectors go through a copy on the stack.
+#[derive(Clone, Copy)]
+struct Xmm(__m128);
+
+impl Lanes for Xmm {
+    const LANES: usize = 4;
+    /// The count of live lanes.
+    type Part = usize;
+    #[inline(always)]
+    unsafe fn part(live: usize) -> usize {
+        live
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Xmm(_mm_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, live: usize) -> Self {
+        let mut lanes = [0.0f32; 4];
+        std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), live);
+        Xmm(_mm_loadu_ps(lanes.as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm_storeu_ps(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, live: usize) {
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), self.0);
+        std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, live);
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Xmm(_mm_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, w: Self, x: Self) -> Self {
+        Xmm(_mm_add_ps(self.0, _mm_mul_ps(w.0, x.0)))
+    }
+    #[inline(always)]
+    unsafe fn add(self, x: Self) -> Self {
+        Xmm(_mm_add_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn div(self, x: Self) -> Self {
+        Xmm(_mm_div_ps(self.0, x.0))
+    }
+    #[inline(always)]
+    unsafe fn max_nan(self, x: Self) -> Self {
+        let max = _mm_max_ps(x.0, self.0);
+        let nan = _mm_cmpunord_ps(x.0, x.0);
+        Xmm(_mm_or_ps(_mm_and_ps(nan, x.0), _mm_andnot_ps(nan, max)))
+    }
+    #[inline(always)]
+    unsafe fn raise_to(self, lo: Self) -> Self {
+        Xmm(_mm_max_ps(lo.0, self.0))
+    }
+    #[inline(always)]
+    unsafe fn cap_at(self, hi: Self) -> Self {
+        Xmm(_mm_min_ps(hi.0, self.0))
+    }
+    /// The condition, and all ones where kept.
+    type Keep = (bool, __m128);
+    #[inline(always)]
+    unsafe fn keep(inside: bool) -> (bool, __m128) {
+        (inside, _mm_castsi128_ps(_mm_set1_epi32(-i32::from(inside))))
+    }
+    #[inline(always)]
+    unsafe fn load_kept(p: *const f32, (inside, _): (bool, __m128)) -> Self {
+        // SSE2 has no masked load: a column outside reads zeros instead.
+        static ZEROS: [f32; 4] = [0.0; 4];
+        Xmm(_mm_loadu_ps(if inside { p } else { ZEROS.as_ptr() }))
+    }
+    #[inline(always)]
+    unsafe fn kept(self, new: Self, (_, keep): (bool, __m128)) -> Self {
+        Xmm(_mm_or_ps(
+            _mm_and_ps(keep, new.0),
+            _mm_andnot_ps(keep, self.0),
+        ))
+    }
+}
+
+/// A full vector, or the live lanes of a partial one (`PART`).
+#[inline(always)]
+unsafe fn load<V: Lanes, const PART: bool>(p: *const f32, part: V::Part) -> V {
+    if PART {
+        V::load_part(p, part)
+    } else {
+        V::load(p)
+    }
+}
+
+/// One tap's contribution to an accumulator.
+#[inline(always)]
+unsafe fn accumulate<V: Lanes, const OP: u8>(acc: V, w: V, x: V) -> V {
+    match OP {
+        DEPTHWISE => acc.mul_add(w, x),
+        MAX => acc.max_nan(x),
+        _ => acc.add(x),
+    }
+}
+
+/// Where one kernel row of a group reads: `x` is the group's first input
+/// column (possibly outside the image, so only ever offset by wrapping
+/// arithmetic), columns `pixel` f32 apart, of which `inside` (relative to
+/// the first) lie in the image; `w` is the row's first tap, taps `pixel`
+/// f32 apart too (`[taps][C]`).
+#[derive(Clone, Copy)]
+struct KernelRow {
+    x: *const f32,
+    w: *const f32,
+    pixel: usize,
+    inside_from: usize,
+    inside_to: usize,
+}
+
+impl KernelRow {
+    #[inline(always)]
+    fn inside(&self, column: usize) -> bool {
+        column >= self.inside_from && column < self.inside_to
+    }
+}
+
+/// How a group of output pixels reads its input columns: output pixel `p`
+/// reads, for tap `kx`, the group's column `p * stride + kx * dilation`.
+trait Columns: Copy {
+    fn width(self) -> usize;
+    fn stride(self) -> usize;
+    fn dilation(self) -> usize;
+    /// One kernel row's taps into `P` accumulators, each accumulator's
+    /// taps in ascending `kx`; `CHECKED`: skipping the columns outside the
+    /// image (a border group), else every column is inside.
+    unsafe fn kernel_row<
+        V: Lanes,
+        const OP: u8,
+        const PART: bool,
+        const CHECKED: bool,
+        const P: usize,
+    >(
+        self,
+        acc: &mut [V; P],
+        row: KernelRow,
+        part: V::Part,
+    );
+}
+
+/// `$body` once for each `$j` in `0..40`, `$j` a constant in each copy (a
+/// loop the compiler must unroll for the accumulators' indices to be
+/// constants; copies past the group's span fold away).
+macro_rules! unrolled_40 {
+    ($j:ident, $body:block) => {
+        unrolled_40!(@each $j, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19
+            20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39)
+    };
+    (@each $j:ident, $body:block, $($n:literal)*) => {
+        $({
+            let $j: usize = $n;
+            $body
+        })*
+    };
+}
+
+/// A window `KW` wide, stride `SW`, no dilation, known at compile time:
+/// the kernel row walks the group's `(P - 1) * SW + KW` input columns once,
+/// each loaded vector feeding every (pixel, tap) pair that reads it.
+#[derive(Clone, Copy)]
+struct Fixed<const KW: usize, const SW: usize>;
+
+impl<const KW: usize, const SW: usize> Columns for Fixed<KW, SW> {
+    fn width(self) -> usize {
+        KW
+    }
+    fn stride(self) -> usize {
+        SW
+    }
+    fn dilation(self) -> usize {
+        1
+    }
+    #[inline(always)]
+    unsafe fn kernel_row<
+        V: Lanes,
+        const OP: u8,
+        const PART: bool,
+        const CHECKED: bool,
+        const P: usize,
+    >(
+        self,
+        acc: &mut [V; P],
+        row: KernelRow,
+        part: V::Part,
+    ) {
+        const {
+            assert!(
+                P >= 1 && (P - 1) * SW + KW <= 40,
+                "the column loop unrolls 40"
+            );
+            // Channel tails run on `AnyColumns`.
+            assert!(!PART || !CHECKED);
+        };
+        let taps: [V; KW] = std::array::from_fn(|kx| {
+            if OP == DEPTHWISE {
+                load::<V, PART>(row.w.add(kx * row.pixel), part)
+            } else {
+                V::splat(0.0)
+            }
+        });
+        let span = (P - 1) * SW + KW;
+        unrolled_40!(j, {
+            if j < span {
+                // A border group masks its columns outside the image
+                // instead of branching around them: branches between the
+                // multiply-adds would split the accumulators' live ranges
+                // into blocks and spill them.
+                let keep = V::keep(!CHECKED || row.inside(j));
+                let at = row.x.wrapping_add(j * row.pixel);
+                let x = if CHECKED {
+                    V::load_kept(at, keep)
+                } else {
+                    load::<V, PART>(at, part)
+                };
+                for (kx, &w) in taps.iter().enumerate() {
+                    // Pixel p reads column j through tap kx when j = p * SW + kx.
+                    if j >= kx && (j - kx) % SW == 0 && (j - kx) / SW < P {
+                        let p = (j - kx) / SW;
+                        let sum = accumulate::<V, OP>(acc[p], w, x);
+                        acc[p] = if CHECKED { acc[p].kept(sum, keep) } else { sum };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Any window: width, stride and dilation at run time, one load per tap.
+#[derive(Clone, Copy)]
+struct AnyColumns {
+    width: usize,
+    stride: usize,
+    dilation: usize,
+}
+
+impl Columns for AnyColumns {
+    fn width(self) -> usize {
+        self.width
+    }
+    fn stride(self) -> usize {
+        self.stride
+    }
+    fn dilation(self) -> usize {
+        self.dilation
+    }
+    #[inline(always)]
+    unsafe fn kernel_row<
+        V: Lanes,
+        const OP: u8,
+        const PART: bool,
+        const CHECKED: bool,
+        const P: usize,
+    >(
+        self,
+        acc: &mut [V; P],
+        row: KernelRow,
+        part: V::Part,
+    ) {
+        for kx in 0..self.width {
+            let w = if OP == DEPTHWISE {
+                load::<V, PART>(row.w.add(kx * row.pixel), part)
+            } else {
+                V::splat(0.0)
+            };
+            for (p, a) in acc.iter_mut().enumerate() {
+                let j = p * self.stride + kx * self.dilation;
+                if !CHECKED || row.inside(j) {
+                    let x = load::<V, PART>(row.x.wrapping_add(j * row.pixel), part);
+                    *a = accumulate::<V, OP>(*a, w, x);
+                }
+            }
+        }
+    }
+}
+
+/// Every channel of the row: the column class picked once, then groups of
+/// `P1`, `P2`, `P3` pixels; then the row pass of the other activations.
+#[inline(always)]
+unsafe fn row<V: Lanes, const P1: usize, const P2: usize, const P3: usize>(job: &RowJob<'_>) {
+    match job.op {
+        WindowOp::Depthwise => row_op::<V, P1, P2, P3, DEPTHWISE>(job),
+        WindowOp::Max => row_op::<V, P1, P2, P3, MAX>(job),
+        WindowOp::Avg { .. } => row_op::<V, P1, P2, P3, AVG>(job),
+    }
+    if let Epilogue::RowPass = job.epilogue {
         let row = std::slice::from_raw_parts_mut(job.out, job.row_len);
         PostActivation::finish(job.post, row, job.residual);
     }
 }
 
 #[inline(always)]
-unsafe fn row_op<const CB: usize, const P: usize, const FMA: bool, const OP: u8>(job: &RowJob<'_>) {
-    let c = job.g.in_channels;
-    let full = c / CB * CB;
-    let mut c0 = 0;
-    while c0 < full {
-        channel_block::<CB, P, FMA, OP>(job, c0);
-        c0 += CB;
-    }
-    let rest = c - full;
-    if CB > 8 && rest & 8 != 0 {
-        channel_block::<8, P, FMA, OP>(job, c0);
-        c0 += 8;
-    }
-    if CB > 4 && rest & 4 != 0 {
-        channel_block::<4, P, FMA, OP>(job, c0);
-        c0 += 4;
-    }
-    if CB > 2 && rest & 2 != 0 {
-        channel_block::<2, P, FMA, OP>(job, c0);
-        c0 += 2;
-    }
-    if CB > 1 && rest & 1 != 0 {
-        channel_block::<1, P, FMA, OP>(job, c0);
-    }
-}
-
-/// Channels `c0..c0 + CB` of every output pixel of the row.
-#[inline(always)]
-unsafe fn channel_block<const CB: usize, const P: usize, const FMA: bool, const OP: u8>(
+unsafe fn row_op<V: Lanes, const P1: usize, const P2: usize, const P3: usize, const OP: u8>(
     job: &RowJob<'_>,
-    c0: usize,
 ) {
     let g = job.g;
-    let [_, kw] = g.kernel;
-    let (sw, dw, pl) = (g.stride[1], g.dilation[1], g.pad[1]);
-    // Interior: every column tap inside the input (the first tap's lower
-    // bound, the last tap's upper bound).
-    let lo = valid_range(0, pl, sw, g.in_w, g.out_w).0;
-    let hi = valid_range((kw.max(1) - 1) * dw, pl, sw, g.in_w, g.out_w).1;
-    let (lo, hi) = if lo < hi {
-        (lo, hi)
-    } else {
-        (g.out_w, g.out_w)
-    };
-    let init = init_vector::<CB, OP>(job, c0);
-    if hi - lo < P {
-        // Too narrow an interior for a group (small planes): the whole
-        // row in checked groups.
-        span::<CB, P, FMA, OP, true>(job, c0, 0, g.out_w, &init);
-        return;
+    match (g.kernel[1], g.stride[1], g.dilation[1]) {
+        (3, 1, 1) => row_groups::<V, P1, P2, P3, OP, _>(job, Fixed::<3, 1>),
+        (3, 2, 1) => row_groups::<V, P1, P2, P3, OP, _>(job, Fixed::<3, 2>),
+        (5, 1, 1) => row_groups::<V, P1, P2, P3, OP, _>(job, Fixed::<5, 1>),
+        (5, 2, 1) => row_groups::<V, P1, P2, P3, OP, _>(job, Fixed::<5, 2>),
+        (width, stride, dilation) => row_groups::<V, P1, P2, P3, OP, _>(
+            job,
+            AnyColumns {
+                width,
+                stride,
+                dilation,
+            },
+        ),
     }
-    span::<CB, P, FMA, OP, true>(job, c0, 0, lo, &init);
-    span::<CB, P, FMA, OP, false>(job, c0, lo, hi, &init);
-    span::<CB, P, FMA, OP, true>(job, c0, hi, g.out_w, &init);
 }
 
-/// Output pixels `from..to` in groups of `P`, then of 4, 2 and 1 (those
-/// below `P`).
+/// The row's output pixels in groups of `P1`, then at most one of `P2`
+/// and one of `P3`, then the rest (fewer than `P3`) in one group of `P3`
+/// ending at the row's end, overlapping pixels already done; a row
+/// narrower than `P3` pixel by pixel.
 #[inline(always)]
-unsafe fn span<
-    const CB: usize,
-    const P: usize,
-    const FMA: bool,
+unsafe fn row_groups<
+    V: Lanes,
+    const P1: usize,
+    const P2: usize,
+    const P3: usize,
     const OP: u8,
-    const CHECKED: bool,
+    C: Columns,
 >(
     job: &RowJob<'_>,
-    c0: usize,
-    from: usize,
-    to: usize,
-    init: &[f32; CB],
+    columns: C,
 ) {
-    let mut ox = from;
-    while ox + P <= to {
-        pixels::<CB, P, FMA, OP, CHECKED>(job, c0, ox, init);
-        ox += P;
+    let out_w = job.g.out_w;
+    let mut ox = 0;
+    while ox + P1 <= out_w {
+        channel_blocks::<V, P1, OP, C>(job, columns, ox);
+        ox += P1;
     }
-    if P > 4 && ox + 4 <= to {
-        pixels::<CB, 4, FMA, OP, CHECKED>(job, c0, ox, init);
-        ox += 4;
+    if ox + P2 <= out_w {
+        channel_blocks::<V, P2, OP, C>(job, columns, ox);
+        ox += P2;
     }
-    if P > 2 && ox + 2 <= to {
-        pixels::<CB, 2, FMA, OP, CHECKED>(job, c0, ox, init);
-        ox += 2;
+    if ox + P3 <= out_w {
+        channel_blocks::<V, P3, OP, C>(job, columns, ox);
+        ox += P3;
     }
-    if P > 1 && ox < to {
-        pixels::<CB, 1, FMA, OP, CHECKED>(job, c0, ox, init);
-    }
-}
-
-#[inline(always)]
-unsafe fn load<const CB: usize>(p: *const f32) -> [f32; CB] {
-    p.cast::<[f32; CB]>().read_unaligned()
-}
-
-#[inline(always)]
-unsafe fn init_vector<const CB: usize, const OP: u8>(job: &RowJob<'_>, c0: usize) -> [f32; CB] {
-    match OP {
-        DEPTHWISE => match job.bias {
-            Some(b) => load::<CB>(b.add(c0)),
-            None => [0.0; CB],
-        },
-        MAX => [f32::NEG_INFINITY; CB],
-        _ => [0.0; CB],
+    if ox < out_w {
+        if out_w >= P3 {
+            channel_blocks::<V, P3, OP, C>(job, columns, out_w - P3);
+        } else {
+            for ox in ox..out_w {
+                channel_blocks::<V, 1, OP, C>(job, columns, ox);
+            }
+        }
     }
 }
 
-/// Output pixels `ox0..ox0 + P` (stride apart in the input), channels
-/// `c0..c0 + CB`. `CHECKED`: border pixels, each pixel's column taps
-/// checked against the input; otherwise every tap is inside.
+/// Every channel of output pixels `ox0..ox0 + P`: the full vectors, then
+/// the channels past them pixel by pixel with a partial vector.
 #[inline(always)]
-unsafe fn pixels<
-    const CB: usize,
-    const P: usize,
-    const FMA: bool,
-    const OP: u8,
-    const CHECKED: bool,
->(
+unsafe fn channel_blocks<V: Lanes, const P: usize, const OP: u8, C: Columns>(
     job: &RowJob<'_>,
-    c0: usize,
+    columns: C,
     ox0: usize,
-    init: &[f32; CB],
+) {
+    let c = job.g.in_channels;
+    let full = c / V::LANES * V::LANES;
+    let mut c0 = 0;
+    while c0 < full {
+        group::<V, P, OP, false, C>(job, columns, ox0, c0, V::part(V::LANES));
+        c0 += V::LANES;
+    }
+    if full < c {
+        let part = V::part(c - full);
+        let any = AnyColumns {
+            width: columns.width(),
+            stride: columns.stride(),
+            dilation: columns.dilation(),
+        };
+        for ox in ox0..ox0 + P {
+            group::<V, 1, OP, true, AnyColumns>(job, any, ox, full, part);
+        }
+    }
+}
+
+/// Output pixels `ox0..ox0 + P`, channels `c0..c0 + LANES` (the live
+/// lanes of `part` when `PART`): accumulate every kernel row inside the
+/// image, then average, clamp, add the residual and store.
+#[inline(always)]
+unsafe fn group<V: Lanes, const P: usize, const OP: u8, const PART: bool, C: Columns>(
+    job: &RowJob<'_>,
+    columns: C,
+    ox0: usize,
+    c0: usize,
+    part: V::Part,
 ) {
     let g = job.g;
     let c = g.in_channels;
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
-    let [pt, pl] = g.pad;
-    let mut acc = [*init; P];
-    let mut rows_in = 0usize;
-    // Checked: the taps of each pixel's columns inside the input (counted
-    // on the first row inside).
-    let mut cols_in = [0usize; P];
-    for ky in 0..kh {
-        let iy = (job.oy * sh + ky * dh).wrapping_sub(pt);
-        // Above or below the image ("negative" rows wrap to huge values).
-        if iy >= g.in_h {
-            continue;
+    let init = match OP {
+        DEPTHWISE => match job.bias {
+            Some(b) => load::<V, PART>(b.add(c0), part),
+            None => V::splat(0.0),
+        },
+        MAX => V::splat(f32::NEG_INFINITY),
+        _ => V::splat(0.0),
+    };
+    let mut acc = [init; P];
+    // The group's first input column, and its columns inside the image.
+    // Sizes fit isize: the tensors were checked to.
+    let first = (ox0 * g.stride[1]) as isize - g.pad[1] as isize;
+    let span = (P - 1) * g.stride[1] + (g.kernel[1].max(1) - 1) * g.dilation[1] + 1;
+    let inside_from = (-first).clamp(0, span as isize) as usize;
+    let inside_to = (g.in_w as isize - first).clamp(inside_from as isize, span as isize) as usize;
+    let row = |ky: usize| {
+        let iy = job.oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
+        KernelRow {
+            x: job
+                .x
+                .add(iy * g.in_w * c + c0)
+                .wrapping_offset(first * c as isize),
+            w: job.taps.wrapping_add(ky * g.kernel[1] * c + c0),
+            pixel: c,
+            inside_from,
+            inside_to,
         }
-        rows_in += 1;
-        let x_row = job.x.add(iy * g.in_w * c + c0);
-        for kx in 0..kw {
-            // Pixel p reads column ix + p * sw: "negative" columns wrap,
-            // so pointers are formed only for columns checked inside.
-            let ix = (ox0 * sw + kx * dw).wrapping_sub(pl);
-            let inside = |p: usize| !CHECKED || ix.wrapping_add(p * sw) < g.in_w;
-            if CHECKED && rows_in == 1 {
-                for (p, n) in cols_in.iter_mut().enumerate() {
-                    *n += usize::from(inside(p));
-                }
-            }
-            let xp = |p: usize| x_row.wrapping_add(ix.wrapping_add(p * sw).wrapping_mul(c));
-            match OP {
-                DEPTHWISE => {
-                    let w = load::<CB>(job.taps.add((ky * kw + kx) * c + c0));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        if !inside(p) {
-                            continue;
-                        }
-                        let v = load::<CB>(xp(p));
-                        for l in 0..CB {
-                            a[l] = if FMA {
-                                w[l].mul_add(v[l], a[l])
-                            } else {
-                                a[l] + w[l] * v[l]
-                            };
-                        }
-                    }
-                }
-                MAX => {
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        if !inside(p) {
-                            continue;
-                        }
-                        let v = load::<CB>(xp(p));
-                        for l in 0..CB {
-                            // NaN wins, as the interpreter's nan_max.
-                            if v[l].is_nan() || v[l] > a[l] {
-                                a[l] = v[l];
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        if !inside(p) {
-                            continue;
-                        }
-                        let v = load::<CB>(xp(p));
-                        for l in 0..CB {
-                            a[l] += v[l];
-                        }
-                    }
-                }
-            }
+    };
+    if inside_from == 0 && inside_to == span {
+        for ky in job.kernel_rows.clone() {
+            columns.kernel_row::<V, OP, PART, false, P>(&mut acc, row(ky), part);
+        }
+    } else {
+        for ky in job.kernel_rows.clone() {
+            columns.kernel_row::<V, OP, PART, true, P>(&mut acc, row(ky), part);
         }
     }
-    if OP == AVG {
-        let WindowOp::Avg { count_include_pad } = job.op else {
-            unreachable!("OP follows job.op")
-        };
-        for (a, &cols) in acc.iter_mut().zip(&cols_in) {
-            let count = if count_include_pad {
-                kh * kw
-            } else if CHECKED {
-                // No row inside counts no column either: 0 / 0 = NaN, as the interpreter.
-                rows_in * cols
-            } else {
-                rows_in * kw
-            };
-            let count = count as f32;
-            for v in a.iter_mut() {
-                *v /= count;
+    let residual = match job.epilogue {
+        Epilogue::InRegisters(_) => job.residual.map(<[f32]>::as_ptr),
+        Epilogue::RowPass => None,
+    };
+    for (p, a) in acc.iter_mut().enumerate() {
+        if OP == AVG {
+            *a = a.div(V::splat(window_count(
+                job,
+                columns,
+                p,
+                inside_from..inside_to,
+            )));
+        }
+        if let Epilogue::InRegisters(clamp) = job.epilogue {
+            if clamp != Clamp::None {
+                *a = a.raise_to(V::splat(0.0));
+            }
+            if clamp == Clamp::Relu6 {
+                *a = a.cap_at(V::splat(6.0));
             }
         }
+        let at = (ox0 + p) * c + c0;
+        if let Some(r) = residual {
+            *a = a.add(load::<V, PART>(r.add(at), part));
+        }
+        if PART {
+            a.store_part(job.out.add(at), part);
+        } else {
+            a.store(job.out.add(at));
+        }
     }
-    for (p, a) in acc.iter().enumerate() {
-        job.out
-            .add((ox0 + p) * c + c0)
-            .cast::<[f32; CB]>()
-            .write_unaligned(*a);
+}
+
+/// The divisor of pixel `p` of a group in an average pool: the whole
+/// window with `count_include_pad`, else its taps inside the image (0 when
+/// none is: 0 / 0 = NaN, as the interpreter).
+#[inline(always)]
+fn window_count<C: Columns>(job: &RowJob<'_>, columns: C, p: usize, inside: Range<usize>) -> f32 {
+    let WindowOp::Avg { count_include_pad } = job.op else {
+        unreachable!("only average pools divide")
+    };
+    let [kh, kw] = job.g.kernel;
+    if count_include_pad {
+        return (kh * kw) as f32;
     }
+    let columns_inside = (0..kw)
+        .filter(|kx| inside.contains(&(p * columns.stride() + kx * columns.dilation())))
+        .count();
+    (job.kernel_rows.len() * columns_inside) as f32
 }

@@ -125,16 +125,27 @@ pub fn gather(
 }
 
 /// A reduction over any set of axes, prepared once: the kept axes walk the
-/// output, the reduced axes walk each output element's inputs.
+/// output, the reduced axes walk each output element's inputs. Both walks
+/// are simplified (axes of size 1 dropped, neighbours that are one
+/// contiguous run merged), so `mean` over NCHW's `[2, 3]` reduces one run
+/// of `H * W` inputs per output, and over NHWC's `[1, 2]` adds rows of `C`
+/// adjacent inputs into `C` adjacent outputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reduction {
     pub op: ReduceOp,
-    pub kept: Strided,
-    pub reduced: Strided,
+    /// The output's walk through the input (merged).
+    kept: Strided,
+    /// The reduced axes but the last (merged): where each run starts.
+    outer: Strided,
+    /// The last reduced axis (merged): its length and walk.
+    run: usize,
+    run_walk: usize,
+    /// The inputs of each output.
+    count: usize,
     /// A reduced axis of size 0, for the error of max over nothing.
-    pub empty_axis: Option<usize>,
+    empty_axis: Option<usize>,
     /// Where each output element's inputs start (`kept`'s offsets).
-    pub starts: Vec<usize>,
+    starts: Vec<usize>,
 }
 
 thread_local! {
@@ -143,6 +154,11 @@ thread_local! {
     static ACCUMULATORS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Outputs whose inputs are not adjacent are reduced this many at a time,
+/// one f64 chain each, so their adds overlap instead of each waiting on
+/// the one before.
+const INTERLEAVED: usize = 8;
+
 impl Reduction {
     pub fn new(shape: &[usize], axes: &[usize], op: ReduceOp) -> Reduction {
         let st = strides(shape);
@@ -150,76 +166,185 @@ impl Reduction {
             let axes: Vec<usize> = (0..shape.len())
                 .filter(|a| axes.contains(a) != keep)
                 .collect();
-            Strided {
+            merged(Strided {
                 base: 0,
                 shape: axes.iter().map(|&a| shape[a]).collect(),
                 walk: axes.iter().map(|&a| st[a]).collect(),
-            }
+            })
         };
         let kept = pick(true);
+        let mut outer = pick(false);
+        let count = outer.shape.iter().product();
+        let (run, run_walk) = match (outer.shape.pop(), outer.walk.pop()) {
+            (Some(run), Some(walk)) => (run, walk),
+            _ => (1, 1),
+        };
         let outputs: usize = kept.shape.iter().product();
         let starts = (0..outputs).map(|o| offset_of(&kept, o)).collect();
         Reduction {
             op,
             kept,
-            reduced: pick(false),
+            outer,
+            run,
+            run_walk,
+            count,
             empty_axis: axes.iter().copied().find(|&a| shape[a] == 0),
             starts,
         }
     }
 
-    /// Accumulates in f64, like the interpreter. Over an empty axis sum is
+    /// Accumulates in f64, like the interpreter, each output's inputs in
+    /// the reduced axes' row-major order whichever path runs it, so the
+    /// result is the interpreter's to the bit. Over an empty axis sum is
     /// 0, mean NaN (0/0) and max an error, as in the interpreter (numpy).
     pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), InterpError> {
-        let count: usize = self.reduced.shape.iter().product();
-        if self.op == ReduceOp::Max && count == 0 && !out.is_empty() {
-            let axis = self.empty_axis.unwrap_or(0);
-            return Err(crate::ir::ops::EvalError::EmptyMax { axis }.into());
+        if out.is_empty() {
+            return Ok(());
         }
-        if self.op != ReduceOp::Max && self.kept.walk.last() == Some(&1) {
-            // Outputs adjacent in the input (a sum over leading axes, as the
-            // gradient of a broadcast bias): the reduced index outside, so
-            // each input row is read once, in order. Every output still
-            // adds its inputs in the same order as below, so the result is
-            // the same to the bit.
+        match self.op {
+            ReduceOp::Max if self.count == 0 => {
+                let axis = self.empty_axis.unwrap_or(0);
+                Err(crate::ir::ops::EvalError::EmptyMax { axis }.into())
+            }
+            ReduceOp::Max => {
+                self.run_with(x, out, f64::NEG_INFINITY, |acc, v| {
+                    if v.is_nan() || acc.is_nan() {
+                        f64::NAN
+                    } else {
+                        acc.max(v)
+                    }
+                });
+                Ok(())
+            }
+            ReduceOp::Sum | ReduceOp::Mean => {
+                self.run_with(x, out, 0.0, |acc, v| acc + v);
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `f` with the offset of every input of an output relative to
+    /// the output's start, in the reduced axes' row-major order.
+    #[inline(always)]
+    fn each_input(&self, mut f: impl FnMut(usize)) {
+        for_each_offset(&self.outer, |at| {
+            for j in 0..self.run {
+                f(at + j * self.run_walk)
+            }
+        })
+    }
+
+    /// `combine` folds one input (as f64) into an accumulator.
+    #[inline(always)]
+    fn run_with(&self, x: &[f32], out: &mut [f32], init: f64, combine: impl Fn(f64, f64) -> f64) {
+        let finish = |acc: f64| match self.op {
+            ReduceOp::Mean => (acc / self.count as f64) as f32,
+            ReduceOp::Sum | ReduceOp::Max => acc as f32,
+        };
+        if self.kept.walk.last() == Some(&1) {
+            // Outputs adjacent in the input (NHWC's pooling over pixels,
+            // the gradient of a broadcast bias): a block of adjacent
+            // outputs takes its inputs row by row, contiguous slices that
+            // vectorise across the outputs.
+            let block = self.kept.shape.last().copied().unwrap_or(1);
             ACCUMULATORS.with(|cell| {
                 let mut acc = cell.borrow_mut();
                 acc.clear();
-                acc.resize(out.len(), 0.0);
-                for r in 0..count {
-                    let at = offset_of(&self.reduced, r);
-                    for (a, &start) in acc.iter_mut().zip(&self.starts) {
-                        *a += x[start + at] as f64;
+                acc.resize(block, init);
+                for (starts, out) in self.starts.chunks(block).zip(out.chunks_mut(block)) {
+                    acc.fill(init);
+                    self.each_input(|at| {
+                        let from = starts[0] + at;
+                        for (a, &v) in acc.iter_mut().zip(&x[from..from + block]) {
+                            *a = combine(*a, f64::from(v));
+                        }
+                    });
+                    for (slot, &a) in out.iter_mut().zip(acc.iter()) {
+                        *slot = finish(a);
                     }
                 }
-                for (slot, &a) in out.iter_mut().zip(acc.iter()) {
-                    *slot = match self.op {
-                        ReduceOp::Mean => (a / count as f64) as f32,
-                        _ => a as f32,
-                    };
+            });
+            return;
+        }
+        let mut starts = self.starts.chunks_exact(INTERLEAVED);
+        let mut outs = out.chunks_exact_mut(INTERLEAVED);
+        for (starts, out) in (&mut starts).zip(&mut outs) {
+            let mut acc = [init; INTERLEAVED];
+            self.each_input(|at| {
+                for (a, &start) in acc.iter_mut().zip(starts) {
+                    *a = combine(*a, f64::from(x[start + at]));
                 }
             });
-            return Ok(());
-        }
-        for (slot, &base) in out.iter_mut().zip(&self.starts) {
-            let mut acc = match self.op {
-                ReduceOp::Max => f64::NEG_INFINITY,
-                ReduceOp::Sum | ReduceOp::Mean => 0.0,
-            };
-            for r in 0..count {
-                let v = x[base + offset_of(&self.reduced, r)] as f64;
-                acc = match self.op {
-                    ReduceOp::Max if v.is_nan() || acc.is_nan() => f64::NAN,
-                    ReduceOp::Max => acc.max(v),
-                    ReduceOp::Sum | ReduceOp::Mean => acc + v,
-                };
+            for (slot, &a) in out.iter_mut().zip(&acc) {
+                *slot = finish(a);
             }
-            *slot = match self.op {
-                ReduceOp::Mean => (acc / count as f64) as f32,
-                ReduceOp::Sum | ReduceOp::Max => acc as f32,
-            };
         }
-        Ok(())
+        for (slot, &start) in outs.into_remainder().iter_mut().zip(starts.remainder()) {
+            let mut acc = init;
+            self.each_input(|at| acc = combine(acc, f64::from(x[start + at])));
+            *slot = finish(acc);
+        }
+    }
+}
+
+/// The walk without axes of size 1, each axis merged into the one before
+/// it where the two are one run (`walk[a] == walk[a + 1] * shape[a + 1]`):
+/// the same offsets in the same order, fewer counters. An empty walk keeps
+/// its axes (it visits nothing either way).
+fn merged(s: Strided) -> Strided {
+    if s.shape.contains(&0) {
+        return s;
+    }
+    let mut shape: Vec<usize> = Vec::with_capacity(s.shape.len());
+    let mut walk: Vec<usize> = Vec::with_capacity(s.walk.len());
+    for (&n, &w) in s.shape.iter().zip(&s.walk) {
+        if n == 1 {
+            continue;
+        }
+        match (shape.last_mut(), walk.last_mut()) {
+            (Some(last_n), Some(last_w)) if *last_w == w * n => {
+                *last_n *= n;
+                *last_w = w;
+            }
+            _ => {
+                shape.push(n);
+                walk.push(w);
+            }
+        }
+    }
+    Strided {
+        base: s.base,
+        shape,
+        walk,
+    }
+}
+
+/// Calls `f` with the offset of every element of a walk, in row-major
+/// order, by counters (no division per element).
+#[inline(always)]
+fn for_each_offset(s: &Strided, mut f: impl FnMut(usize)) {
+    let rank = s.shape.len();
+    if s.shape.contains(&0) {
+        return;
+    }
+    let mut index = [0usize; MAX_RANK];
+    let mut at = s.base;
+    loop {
+        f(at);
+        let mut axis = rank;
+        loop {
+            if axis == 0 {
+                return;
+            }
+            axis -= 1;
+            index[axis] += 1;
+            at += s.walk[axis];
+            if index[axis] < s.shape[axis] {
+                break;
+            }
+            at -= s.walk[axis] * s.shape[axis];
+            index[axis] = 0;
+        }
     }
 }
 
