@@ -658,13 +658,7 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
                 let (kernels, planned) = run(&nhwc_case, isa, threads);
                 if kernels != ["window2d_nhwc"] {
                     failures.push(format!("{what} on {isa}: planned {kernels:?}"));
-                } else if planned
-                    .as_f32()
-                    .unwrap()
-                    .iter()
-                    .zip(&one)
-                    .any(|(a, b)| a.to_bits() != b.to_bits())
-                {
+                } else if !same_bits(&planned, &one) {
                     failures.push(format!(
                         "{what} on {isa}, {threads} threads: the plan differs"
                     ));
@@ -973,14 +967,7 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
                 let (kernels, planned) = run(&nhwc_case, isa, threads);
                 if kernels != [nhwc_case.kernel] {
                     failures.push(format!("{what} on {isa}: planned {kernels:?}"));
-                } else if !depthwise
-                    && planned
-                        .as_f32()
-                        .unwrap()
-                        .iter()
-                        .zip(&one)
-                        .any(|(a, b)| a.to_bits() != b.to_bits())
-                {
+                } else if !depthwise && !same_bits(&planned, &one) {
                     failures.push(format!(
                         "{what} on {isa}, {threads} threads: the plan differs"
                     ));
@@ -1077,4 +1064,15 @@ fn nhwc_case(
         kernel,
         depth: x_shape[3],
     }
+}
+
+/// Whether `planned` has exactly the bits of `direct` (the kernel called
+/// without the planner).
+fn same_bits(planned: &lamina::tensor::Tensor, direct: &[f32]) -> bool {
+    planned
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(direct)
+        .all(|(a, b)| a.to_bits() == b.to_bits())
 }
