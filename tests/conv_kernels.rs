@@ -526,6 +526,7 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
             .map(|a| PostActivation::from_unary(a).unwrap());
         let tolerance = 1e-6 * (kernel[0] * kernel[1] + 4) as f32;
         let nhwc_case = nhwc_case(
+            "window2d_nhwc",
             &op,
             fused,
             &params,
@@ -748,6 +749,23 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
         };
         // Every output is a chain of `cg * kh * kw` products, then the activation.
         let tolerance = 2e-6 * (cg * kh * kw + 4) as f32;
+        // One input and one output channel per group is depthwise: the
+        // window kernel's (checked by the depthwise test), not the GEMM's.
+        let depthwise = cg == 1 && o == conv.groups;
+        let nhwc_case = nhwc_case(
+            if depthwise {
+                "window2d_nhwc"
+            } else {
+                "conv_nhwc_gemm"
+            },
+            &op,
+            fused,
+            &params,
+            &x,
+            [n, h, w, c],
+            residual.as_ref(),
+            out_nchw,
+        );
         for &isa in &tiers {
             let mut builder = KernelLibraryBuilder::with_options(&CodegenOptions {
                 isa: Some(isa),
@@ -764,7 +782,7 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
                 PackLayout::for_isa(isa),
             )
             .unwrap();
-            let run = |threads: &Threads| {
+            let direct = |threads: &Threads| {
                 let mut out = vec![f32::NAN; expected.len()];
                 let args = NhwcConvArgs {
                     x: &x,
@@ -777,13 +795,32 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
                     .unwrap_or_else(|e| panic!("{what} on {isa}: {e}"));
                 out
             };
-            let one = run(&Threads::single());
+            let one = direct(&Threads::single());
             if one
                 .iter()
-                .zip(&run(&two))
+                .zip(&direct(&two))
                 .any(|(a, b)| a.to_bits() != b.to_bits())
             {
                 failures.push(format!("{what} on {isa}: 1 and 2 threads differ"));
+            }
+            // The same node in NHWC through the planner: its candidate,
+            // the same bits as the kernel called directly.
+            for threads in [1, 2] {
+                let (kernels, planned) = run(&nhwc_case, isa, threads);
+                if kernels != [nhwc_case.kernel] {
+                    failures.push(format!("{what} on {isa}: planned {kernels:?}"));
+                } else if !depthwise
+                    && planned
+                        .as_f32()
+                        .unwrap()
+                        .iter()
+                        .zip(&one)
+                        .any(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    failures.push(format!(
+                        "{what} on {isa}, {threads} threads: the plan differs"
+                    ));
+                }
             }
             for (i, (a, e)) in one.iter().zip(&expected).enumerate() {
                 let ok = (a.is_nan() && e.is_nan())
@@ -811,8 +848,10 @@ fn nhwc_gemm_convolutions_match_the_interpreter_on_every_tier_and_thread_count()
 }
 
 /// The one-node graph of a case in NHWC (`layout="nhwc"`), over the same
-/// weights (OIHW, whatever the layout) and the NHWC input and residual.
+/// weights (OIHW, whatever the layout) and the NHWC input and residual,
+/// expected on candidate `kernel`.
 fn nhwc_case(
+    kernel: &'static str,
     op: &Op,
     fused: Option<(Option<UnaryOp>, bool)>,
     params: &HashMap<String, Tensor>,
@@ -871,7 +910,7 @@ fn nhwc_case(
         graph,
         params,
         inputs,
-        kernel: "window2d_nhwc",
+        kernel,
         depth: x_shape[3],
     }
 }

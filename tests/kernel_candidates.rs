@@ -528,6 +528,51 @@ fn vision_samples(r: &mut ChaCha8Rng) -> Vec<Sample> {
             ],
             r,
         ),
+        // NHWC convolutions that are not depthwise: GEMMs with the output
+        // pixels as rows (in place when pointwise, else gathered patches).
+        sample(
+            "conv_pointwise_nhwc_bias",
+            conv(nhwc(window([1, 1], [1, 1], explicit(0, 0, 0, 0))), 1),
+            vec![
+                f32_in(&[2, 5, 7, 24]),
+                weight(&[40, 24, 1, 1]),
+                weight(&[40]),
+            ],
+            r,
+        ),
+        sample(
+            "conv_3x3_nhwc_same_stride2",
+            conv(nhwc(window([2, 2], [1, 1], Padding2d::Same)), 1),
+            vec![f32_in(&[1, 9, 11, 3]), weight(&[16, 3, 3, 3])],
+            r,
+        ),
+        sample(
+            "conv_nhwc_channel_multiplier",
+            conv(nhwc(window([1, 1], [1, 1], explicit(1, 1, 1, 1))), 3),
+            vec![f32_in(&[1, 6, 5, 3]), weight(&[6, 1, 3, 3])],
+            r,
+        ),
+        sample(
+            "fused_conv_nhwc_dilated_grouped_hard_swish_residual",
+            Op::FusedConv2d(FusedConv2d {
+                conv: Conv2d {
+                    window: nhwc(window([1, 2], [2, 1], explicit(1, 0, 2, 1))),
+                    groups: 2,
+                },
+                epilogue: LinearEpilogue {
+                    bias: true,
+                    activation: Some(UnaryOp::HardSwish),
+                    residual: true,
+                },
+            }),
+            vec![
+                f32_in(&[1, 8, 9, 4]),
+                weight(&[6, 2, 3, 2]),
+                weight(&[6]),
+                f32_in(&[1, 7, 5, 6]),
+            ],
+            r,
+        ),
         sample(
             "max_pool_nhwc_padded",
             pool(
@@ -692,5 +737,13 @@ fn the_cheapest_candidate_is_chosen_and_the_interpreter_only_when_nothing_fits()
         "avg_pool_nhwc_counting_padding",
     ] {
         assert_eq!(chosen(nhwc), ["window2d_nhwc"], "{nhwc}");
+    }
+    for nhwc in [
+        "conv_pointwise_nhwc_bias",
+        "conv_3x3_nhwc_same_stride2",
+        "conv_nhwc_channel_multiplier",
+        "fused_conv_nhwc_dilated_grouped_hard_swish_residual",
+    ] {
+        assert_eq!(chosen(nhwc), ["conv_nhwc_gemm"], "{nhwc}");
     }
 }

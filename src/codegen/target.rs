@@ -75,11 +75,15 @@ impl FromStr for Isa {
     }
 }
 
-/// Who made the CPU: the FMA width behind AVX-512 differs (below).
+/// Who made the CPU and its family number: the FMA width behind AVX-512
+/// differs by both (below).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Vendor {
     Intel,
-    Amd,
+    /// AMD, with its `cpu family` (25: Zen 3/4, 26: Zen 5).
+    Amd {
+        family: u32,
+    },
     #[default]
     Other,
 }
@@ -90,13 +94,24 @@ impl Vendor {
         let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") else {
             return Vendor::Other;
         };
-        let vendor = text
-            .lines()
-            .find_map(|l| l.strip_prefix("vendor_id"))
-            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim());
-        match vendor {
+        Vendor::parse(&text)
+    }
+
+    /// The first processor's `vendor_id` and `cpu family` lines.
+    fn parse(cpuinfo: &str) -> Vendor {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                (key.trim() == name).then(|| value.trim())
+            })
+        };
+        match field("vendor_id") {
             Some("GenuineIntel") => Vendor::Intel,
-            Some("AuthenticAMD") => Vendor::Amd,
+            Some("AuthenticAMD") => Vendor::Amd {
+                family: field("cpu family")
+                    .and_then(|f| f.parse().ok())
+                    .unwrap_or(0),
+            },
             _ => Vendor::Other,
         }
     }
@@ -136,11 +151,18 @@ impl CpuFeatures {
     }
 
     /// Peak f32 flop/cycle of one core (two FMA pipes): 64 with two
-    /// 512-bit FMA units (Intel server cores with AVX-512; a few Intel parts
-    /// have one, and then this overstates), 32 with 256-bit FMAs (AVX2, and
-    /// AMD Zen 4, which runs a zmm FMA as two halves), 16 without.
+    /// 512-bit FMA units (Intel server cores with AVX-512, a few Intel parts
+    /// have one, and then this overstates; AMD Zen 5, family 26, whose
+    /// server and desktop parts have full-width pipes: the mobile ones do
+    /// not), 32 with 256-bit FMAs (AVX2, and AMD Zen 4, which runs a zmm FMA
+    /// as two halves), 16 without.
     pub fn peak_flops_per_cycle(&self) -> f64 {
-        if self.avx512f && self.fma && self.vendor == Vendor::Intel {
+        let full_width_avx512 = match self.vendor {
+            Vendor::Intel => true,
+            Vendor::Amd { family } => family >= 26,
+            Vendor::Other => false,
+        };
+        if self.avx512f && self.fma && full_width_avx512 {
             64.0
         } else if self.fma && (self.avx2 || self.avx512f) {
             32.0
@@ -317,6 +339,32 @@ mod tests {
         }
         assert_eq!(host.supported_isas().last(), Some(&Isa::Baseline));
         assert_eq!(host.supported_isas()[0], host.isa);
+    }
+
+    #[test]
+    fn vendor_and_family_parse_from_cpuinfo() {
+        let zen5 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n";
+        assert_eq!(Vendor::parse(zen5), Vendor::Amd { family: 26 });
+        let intel = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n";
+        assert_eq!(Vendor::parse(intel), Vendor::Intel);
+        assert_eq!(Vendor::parse(""), Vendor::Other);
+        let with = |vendor| CpuFeatures {
+            avx: true,
+            avx2: true,
+            fma: true,
+            avx512f: true,
+            vendor,
+            ..CpuFeatures::default()
+        };
+        assert_eq!(
+            with(Vendor::Amd { family: 26 }).peak_flops_per_cycle(),
+            64.0
+        );
+        assert_eq!(
+            with(Vendor::Amd { family: 25 }).peak_flops_per_cycle(),
+            32.0
+        );
+        assert_eq!(with(Vendor::Intel).peak_flops_per_cycle(), 64.0);
     }
 
     #[test]

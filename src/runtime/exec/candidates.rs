@@ -20,10 +20,12 @@ use std::collections::HashMap;
 
 use super::copy::{Reduction, Strided};
 use super::plan::{GemmB, Kernels, Loc, NhwcTaps, Planner, Step, StepError};
-use crate::codegen::conv::{conv_scratch_len, PostActivation, WindowGeometry, WindowOp};
+use crate::codegen::conv::{
+    conv_scratch_len, pack_nhwc_weights, PostActivation, WindowGeometry, WindowOp,
+};
 use crate::codegen::window_nhwc::pack_depthwise_taps;
 use crate::codegen::{
-    elementwise_supports, Activation, Epilogue, InnerStride, Isa, PackLayout, RowOp,
+    elementwise_supports, Activation, Epilogue, InnerStride, Isa, PackLayout, PackedB, RowOp,
 };
 use crate::ir::ops::conv::{Conv2d, FusedConv2d};
 use crate::ir::ops::pool::PoolKind;
@@ -109,6 +111,7 @@ pub(super) const CANDIDATES: &[&dyn KernelCandidate] = &[
     &GemmTier(Isa::Baseline),
     &BatchedGemm,
     &ConvGemm,
+    &ConvNhwcGemm,
     &WindowKernel,
     &WindowNhwcKernel,
     &BatchNormAffine,
@@ -463,6 +466,94 @@ impl KernelCandidate for ConvGemm {
             with_bias: conv.bias,
             residual: conv.residual.map(|i| site.at(i)),
             scratch: site.scratch.expect("cost checked the scratch"),
+            out: site.out(),
+        })
+    }
+}
+
+/// An NHWC convolution the GEMM takes: not depthwise (those are
+/// [`WindowNhwcKernel`]'s), f32 throughout, with 4-D weights of a known
+/// shape (the weights' shape, returned, is what packing them needs).
+fn nhwc_gemm_conv(graph: &Graph, id: NodeId) -> Option<(ConvNode<'_>, Vec<usize>)> {
+    let node = graph.node(id);
+    let inputs = graph.inputs(id);
+    let conv = ConvNode::any_layout(&node.op, inputs.len())?;
+    let w = graph.node(inputs[1]).ty.known_shape()?;
+    let f32_throughout =
+        node.ty.dtype == DType::F32 && inputs.iter().all(|&i| graph.node(i).ty.dtype == DType::F32);
+    (conv.conv.window.layout == DataLayout::Nhwc
+        && f32_throughout
+        && w.len() == 4
+        && node.ty.rank() == 4
+        && !ConvNode::is_depthwise(&w, conv.conv.groups))
+    .then_some((conv, w))
+}
+
+/// The GEMM right operands of an NHWC convolution the GEMM candidate can
+/// take, one per group packed for `layout` (`codegen::conv::pack_nhwc_weights`),
+/// when its weights are constants (`weight`).
+pub(super) fn nhwc_conv_weights(
+    graph: &Graph,
+    id: NodeId,
+    weight: impl Fn(NodeId) -> Option<std::sync::Arc<crate::tensor::Tensor>>,
+    layout: PackLayout,
+) -> Option<Vec<PackedB>> {
+    let (conv, w_shape) = nhwc_gemm_conv(graph, id)?;
+    let w = weight(graph.inputs(id)[1])?;
+    pack_nhwc_weights(
+        w.as_f32()?,
+        w_shape[0],
+        conv.conv.groups,
+        [w_shape[1], w_shape[2], w_shape[3]],
+        layout,
+    )
+    .ok()
+}
+
+/// `conv2d` / `fused_conv2d` in NHWC (not depthwise) as one GEMM per group
+/// with the output pixels as rows (`codegen::conv::conv2d_nhwc`): the
+/// weights packed once as B panels ([`nhwc_conv_weights`]), the patches
+/// read in place (1x1, stride 1, unpadded) or gathered into packed A
+/// panels; bias, activation and residual in the GEMM epilogue.
+struct ConvNhwcGemm;
+
+impl ConvNhwcGemm {
+    /// The GEMM epilogue of the convolution: `None` when the GEMM lacks
+    /// its activation.
+    fn epilogue(conv: &ConvNode<'_>) -> Option<Epilogue> {
+        Some(Epilogue {
+            bias: conv.bias,
+            ..gemm_epilogue(conv)?
+        })
+    }
+}
+
+impl KernelCandidate for ConvNhwcGemm {
+    fn name(&self) -> &'static str {
+        "conv_nhwc_gemm"
+    }
+
+    fn cost(&self, site: &NodeSite<'_, '_>) -> Option<u64> {
+        if !site.planner.nhwc_conv_weights.contains_key(&site.id) {
+            return None;
+        }
+        let (conv, w) = nhwc_gemm_conv(site.planner.graph, site.id)?;
+        ConvNhwcGemm::epilogue(&conv)?;
+        let lanes = (site.planner.isa.vector_bits() / 32) as u64;
+        Some(product_cost(site.numel(), w[1..].iter().product()) / lanes)
+    }
+
+    fn plan(&self, site: &NodeSite<'_, '_>, kernels: &mut Kernels) -> Result<Step, StepError> {
+        let (conv, w) =
+            nhwc_gemm_conv(site.planner.graph, site.id).expect("cost accepted the node");
+        let epilogue = ConvNhwcGemm::epilogue(&conv).expect("cost accepted the epilogue");
+        Ok(Step::ConvNhwc {
+            kernel: kernels.gemm(epilogue)?,
+            geometry: conv.geometry(&site.in_shape(0), &w, &site.out_shape),
+            x: site.at(0),
+            weights: site.planner.nhwc_conv_weights[&site.id].clone(),
+            bias: conv.bias.then(|| site.at(2)),
+            residual: conv.residual.map(|i| site.at(i)),
             out: site.out(),
         })
     }

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use plan::{GemmB, KernelSet, Loc, NhwcTaps, Plan, Planner, Step, MAX_OPERANDS};
 
 use crate::codegen::conv::{
-    batch_norm, conv2d_gemm, window2d, BatchNormArgs, ConvArgs, WindowArgs,
+    batch_norm, conv2d_gemm, conv2d_nhwc, window2d, BatchNormArgs, ConvArgs, NhwcConvArgs,
+    WindowArgs,
 };
 use crate::codegen::window_nhwc::{pack_depthwise_taps, window2d_nhwc, NhwcWindowArgs};
 use crate::codegen::{
@@ -206,6 +207,9 @@ pub struct CompiledModel {
     /// NHWC depthwise convolutions' taps laid out `[kh * kw][C]` once:
     /// keyed by the convolution node.
     depthwise_taps: HashMap<NodeId, Arc<[f32]>>,
+    /// NHWC GEMM convolutions' weights, one B per group packed for the
+    /// plan tier's GEMM once: keyed by the convolution node.
+    nhwc_conv_weights: HashMap<NodeId, Arc<[PackedB]>>,
     /// The kernel tier: fixes the packing of `prepacked` and every plan's kernels.
     isa: Isa,
     only_kernel: Option<&'static str>,
@@ -386,6 +390,26 @@ impl CompiledModel {
                 depthwise_taps.insert(id, Arc::from(taps));
             }
         }
+        // Like GEMM weights, spread over the cores.
+        let nhwc_convs: Vec<(NodeId, usize)> = graph
+            .node_ids()
+            .filter_map(|id| {
+                let w = *weight_index.get(graph.inputs(id).get(1)?)?;
+                Some((id, weights[w].len()))
+            })
+            .collect();
+        let nhwc_conv_weights = crate::runtime::parallel::map_by_cost(
+            nhwc_convs,
+            |&(_, len)| len,
+            |(id, _)| {
+                let weight = |w: NodeId| weight_index.get(&w).map(|&i| weights[i].clone());
+                candidates::nhwc_conv_weights(graph, id, weight, layout)
+                    .map(|packed| (id, Arc::from(packed)))
+            },
+        )
+        .into_iter()
+        .flatten()
+        .collect();
         let threads = if options.threads <= 1 {
             Threads::single()
         } else {
@@ -398,6 +422,7 @@ impl CompiledModel {
             prepacked,
             conv_weights,
             depthwise_taps,
+            nhwc_conv_weights,
             isa,
             only_kernel: None,
             threads,
@@ -502,6 +527,7 @@ impl CompiledModel {
             prepacked: &self.prepacked,
             conv_weights: &self.conv_weights,
             depthwise_taps: &self.depthwise_taps,
+            nhwc_conv_weights: &self.nhwc_conv_weights,
             isa: self.isa,
             only: self.only_kernel,
         };
@@ -561,6 +587,13 @@ impl CompiledModel {
             .chain(self.depthwise_taps.values())
             .fold(weights, |acc, w| {
                 acc.saturating_add(w.len().saturating_mul(4))
+            });
+        let weights = self
+            .nhwc_conv_weights
+            .values()
+            .flat_map(|groups| groups.iter())
+            .fold(weights, |acc, b| {
+                acc.saturating_add(b.as_ref().data().len().saturating_mul(4))
             });
         let needed = plan
             .arena_len
@@ -998,6 +1031,24 @@ impl CompiledModel {
                         out: mem.f32_mut(*out),
                     };
                     conv2d_gemm(&plan.kernels.library, *kernel, geometry, args, threads)?;
+                }
+                Step::ConvNhwc {
+                    kernel,
+                    geometry,
+                    x,
+                    weights,
+                    bias,
+                    residual,
+                    out,
+                } => {
+                    let args = NhwcConvArgs {
+                        x: mem.f32(*x),
+                        weights,
+                        bias: bias.map(|l| mem.f32(l)),
+                        residual: residual.map(|l| mem.f32(l)),
+                        out: mem.f32_mut(*out),
+                    };
+                    conv2d_nhwc(&plan.kernels.library, *kernel, geometry, args, threads)?;
                 }
                 Step::Window {
                     op,

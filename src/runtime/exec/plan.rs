@@ -129,6 +129,17 @@ pub enum Step {
         scratch: Loc,
         out: Loc,
     },
+    /// An NHWC convolution as GEMMs (`codegen::conv::conv2d_nhwc`).
+    ConvNhwc {
+        kernel: GemmId,
+        geometry: WindowGeometry,
+        x: Loc,
+        /// One packed B per group, packed when the model was compiled.
+        weights: Arc<[PackedB]>,
+        bias: Option<Loc>,
+        residual: Option<Loc>,
+        out: Loc,
+    },
     /// Depthwise convolution or pooling (`codegen::conv::window2d`).
     Window {
         op: WindowOp,
@@ -426,6 +437,8 @@ pub struct Planner<'a> {
     pub conv_weights: &'a HashMap<NodeId, Arc<[f32]>>,
     /// NHWC depthwise convolutions' taps, `[kh * kw][C]`, keyed by the node.
     pub depthwise_taps: &'a HashMap<NodeId, Arc<[f32]>>,
+    /// NHWC GEMM convolutions' weights, one packed B per group, keyed by the node.
+    pub nhwc_conv_weights: &'a HashMap<NodeId, Arc<[PackedB]>>,
     /// The kernel tier (the one `prepacked` was packed for).
     pub isa: Isa,
     /// Only this kernel candidate (and the interpreter), for tests.
