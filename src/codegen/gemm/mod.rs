@@ -297,6 +297,8 @@ pub(crate) struct MicroSlots {
     wide: Vec<(usize, KernelSlot)>,
     /// The packing transposes of 12 and 16 rows (AVX-512).
     transposes: Option<(KernelSlot, KernelSlot)>,
+    /// N-edge kernels by row count, of one and two vectors (AVX-512).
+    edge: Vec<[KernelSlot; 2]>,
     /// GEMV kernels by shape `(k, n)` (wide tiers).
     gemv: Vec<((usize, usize), KernelSlot)>,
 }
@@ -340,6 +342,7 @@ pub(crate) fn compile_micro_kernels(
         narrow,
         wide,
         transposes: None,
+        edge: Vec::new(),
         gemv: Vec::new(),
     })
 }
@@ -365,6 +368,20 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
             wide.push((1, slot));
         }
     }
+    let mut edge = Vec::new();
+    if isa == Isa::Avx512 {
+        for rows in 1..=mr {
+            let mut slot = |halves: usize| {
+                let code = wide::assemble_edge(rows, halves)?;
+                jit.define_bytes(
+                    &format!("gemm_{isa}_{rows}x{halves}h_edge"),
+                    MICRO_KERNEL_PARAMS,
+                    &code,
+                )
+            };
+            edge.push([slot(1)?, slot(2)?]);
+        }
+    }
     let transposes = if isa == Isa::Avx512 {
         let mut slot = |rows: usize| {
             jit.define_bytes(
@@ -382,6 +399,7 @@ fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, 
         narrow,
         wide,
         transposes,
+        edge,
         gemv: Vec::new(),
     })
 }
@@ -431,6 +449,9 @@ pub(crate) struct MicroKernels {
     narrow: Vec<MicroFn>,
     wide: Vec<(usize, MicroFn)>,
     transposes: Option<Transposes>,
+    /// N-edge kernels by row count, of one and two vectors (AVX-512; empty
+    /// on the other tiers, whose N edge takes the tile copy).
+    edge: Vec<[MicroFn; 2]>,
     /// GEMV kernels by shape `(k, n)`: 1-row products of those shapes
     /// take the GEMV path.
     gemv: Vec<((usize, usize), GemvFn)>,
@@ -489,6 +510,11 @@ impl MicroSlots {
                 .wide
                 .iter()
                 .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
+                .collect(),
+            edge: self
+                .edge
+                .iter()
+                .map(|slots| slots.map(|s| micro_fn(addresses[s.0])))
                 .collect(),
             transposes: self.transposes.map(|(r12, r16)| Transposes {
                 rows12: transpose_fn(addresses[r12.0]),
@@ -1060,7 +1086,12 @@ fn run_chunk(
                         j += 1;
                     }
                 } else {
-                    call.partial(narrow, i0, r, j);
+                    // The masked edge kernels store straight into C; a
+                    // tile pass (whole vectors only) needs the tile copy.
+                    match micro.edge.get(r - 1) {
+                        Some(edge) if job.kernels.tile_pass.is_none() => call.edge(edge, i0, j),
+                        _ => call.partial(narrow, i0, r, j),
+                    }
                     j += 1;
                 }
             }
@@ -1148,6 +1179,44 @@ impl MicroCall<'_, '_> {
                     job.kernels.tile_flags,
                 );
             }
+        }
+    }
+
+    /// The last panel has fewer than `pw` valid columns: run the N-edge
+    /// kernel of one or two vectors (`kernels[halves - 1]`) on C in place,
+    /// the columns past the last masked off (bias, residual and C).
+    fn edge(&self, kernels: &[MicroFn; 2], i0: usize, j: usize) {
+        let job = self.job;
+        let c0 = j * self.pw;
+        let width = job.n - c0;
+        let half = self.pw / 2;
+        let halves = width.div_ceil(half);
+        let lanes = width - (halves - 1) * half;
+        debug_assert!((1..=2).contains(&halves) && (1..=16).contains(&lanes));
+        let mask = (1usize << lanes) - 1;
+        let offset = i0 * job.ldc + c0;
+        let bias = job.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr());
+        let residual = job
+            .residual
+            .map_or(std::ptr::null(), |r| r[offset..].as_ptr());
+        // SAFETY: rows i0..i0 + r exist and columns c0..c0 + width are the
+        // last panel's valid ones, in this task; the kernel reads and
+        // writes C, bias and residual only in those columns (the last
+        // vector under the mask, whose lanes past `width` access nothing),
+        // and reads `kc` steps of the packed A and B panels.
+        unsafe {
+            kernels[halves - 1](
+                self.a,
+                self.b,
+                job.c.0.add(offset),
+                self.kc,
+                self.ldc_bytes,
+                self.flags | mask << wide::EDGE_MASK_SHIFT,
+                bias,
+                residual,
+                self.b_panel_stride,
+                self.prefetch,
+            );
         }
     }
 
@@ -1490,6 +1559,120 @@ mod tests {
             assert!(grid.count() >= 2, "{m}x{n}x{k}: {} tasks", grid.count());
             for i in 0..grid.count() {
                 assert_eq!(grid.get(i).panels, 0..panel_count(n, 32), "{m}x{n}x{k}");
+            }
+        }
+    }
+
+    /// The N edge (a last panel with fewer columns than its width; on
+    /// AVX-512 the masked edge kernels, else the tile copy) computes the
+    /// bits the full-width kernels give the same columns of a zero-padded
+    /// B, and writes no column past the last: C's rows here are `n + 5`
+    /// apart and the gaps hold a sentinel. Depths 5 and 300 (two K blocks:
+    /// the edge kernel continues C), inline and tile-pass epilogues.
+    #[test]
+    fn the_n_edge_gives_the_full_panels_bits_and_stays_inside_c() {
+        use crate::codegen::{CodegenOptions, KernelLibraryBuilder, Target};
+        let sentinel = f32::from_bits(0x7fc0_1234);
+        let value = |i: usize| ((i * 7919 % 97) as f32 - 48.0) / 32.0;
+        let epilogues = [
+            Epilogue {
+                bias: true,
+                activation: Some(Activation::Relu6),
+                residual: true,
+            },
+            Epilogue {
+                bias: true,
+                activation: Some(Activation::HardSwish),
+                residual: true,
+            },
+            Epilogue::none(),
+        ];
+        for isa in Isa::ALL {
+            if Target::detected().with_isa(isa).is_err() {
+                continue;
+            }
+            let mut builder = KernelLibraryBuilder::with_options(&CodegenOptions {
+                isa: Some(isa),
+                ..CodegenOptions::default()
+            })
+            .unwrap();
+            let ids: Vec<_> = epilogues
+                .iter()
+                .map(|&e| builder.add_gemm(e).unwrap())
+                .collect();
+            let lib = builder.finish().unwrap();
+            let layout = lib.pack_layout();
+            let pw = layout.panel_width();
+            for (&epilogue, &id) in epilogues.iter().zip(&ids) {
+                for k in [5, 300] {
+                    for n in [1usize, 3, 8, 16, 17, 24, 31, 33, 40] {
+                        let m = 13;
+                        let padded = n.div_ceil(pw) * pw;
+                        let a: Vec<f32> = (0..m * k).map(value).collect();
+                        let b: Vec<f32> = (0..k * n).map(|i| value(i + 1)).collect();
+                        let bias: Vec<f32> = (0..n).map(|i| value(i + 2)).collect();
+                        let residual: Vec<f32> = (0..m * n).map(|i| value(i + 3)).collect();
+                        let pad_rows = |v: &[f32], rows: usize| -> Vec<f32> {
+                            let mut out = vec![0.0; rows * padded];
+                            for r in 0..rows {
+                                out[r * padded..r * padded + n]
+                                    .copy_from_slice(&v[r * n..(r + 1) * n]);
+                            }
+                            out
+                        };
+                        let run = |cols: usize, b: &[f32], bias: &[f32], residual: &[f32], ldc| {
+                            let packed = PackedB::pack_for(
+                                &MatrixRef::row_major(b, k, cols).unwrap(),
+                                layout,
+                            );
+                            let mut c = vec![sentinel; (m - 1) * ldc + cols];
+                            let residual_strided: Vec<f32> = (0..(m - 1) * ldc + cols)
+                                .map(|i| match i % ldc < cols {
+                                    true => residual[i / ldc * cols + i % ldc],
+                                    false => sentinel,
+                                })
+                                .collect();
+                            lib.gemm_strided(
+                                id,
+                                StridedGemmArgs {
+                                    a: LeftOperand::Matrix(MatrixRef::row_major(&a, m, k).unwrap()),
+                                    b: packed.as_ref(),
+                                    bias: epilogue.bias.then_some(bias),
+                                    residual: epilogue.residual.then_some(&residual_strided[..]),
+                                    c: &mut c,
+                                    ldc,
+                                },
+                                &Threads::single(),
+                            )
+                            .unwrap();
+                            c
+                        };
+                        let edge = run(n, &b, &bias, &residual, n + 5);
+                        let full = run(
+                            padded,
+                            &pad_rows(&b, k),
+                            &pad_rows(&bias, 1),
+                            &pad_rows(&residual, m),
+                            padded,
+                        );
+                        for i in 0..m {
+                            for j in 0..n + 5 {
+                                let at = i * (n + 5) + j;
+                                let Some(&got) = edge.get(at) else { continue };
+                                let want = if j < n {
+                                    full[i * padded + j]
+                                } else {
+                                    sentinel
+                                };
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{isa} {epilogue:?} m {m} k {k} n {n}: row {i} column {j}"
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
     }
