@@ -463,7 +463,6 @@ pub fn conv2d_nhwc(
     }
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
     let [pt, pl] = g.pad;
     let (h, w, out_h, out_w) = (g.in_h, g.in_w, g.out_h, g.out_w);
     let in_place =
@@ -474,78 +473,8 @@ pub fn conv2d_nhwc(
     for (gr, packed) in weights.iter().enumerate() {
         let at = gr * og..gr * og + c_len;
         let c0 = gr * cg;
-        // Pixel by pixel, one kernel row at a time: the depth of one kernel
-        // row, `[kx][c]`, is `kw * C_g` values. When each tap's channels are
-        // all of the input's (one group) and the taps are adjacent (no
-        // column dilation), the row's in-range part is one contiguous run of
-        // the input (`kw * C` floats: the stem's 3x3 over 3 channels copies
-        // 9 at a time instead of 3 runs of 3).
-        let row_depth = kw * cg;
-        let contiguous_row = dw == 1 && cg == c_all;
-        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| {
-            let k_end = k0 + dst.len() / r;
-            let plane = out_h * out_w;
-            let (mut n, rest) = (i0 / plane, i0 % plane);
-            let (mut oy, mut ox) = (rest / out_w, rest % out_w);
-            for i in 0..r {
-                // Depth `d` of this pixel lands at `(d - k0) * r + i`.
-                let at = |d: usize| (d - k0) * r + i;
-                let mut d = k0;
-                while d < k_end {
-                    let ky = d / row_depth;
-                    let row_start = ky * row_depth;
-                    let row_end = (row_start + row_depth).min(k_end);
-                    // Out of range (including "negative", wrapped) reads the zero padding.
-                    let iy = (oy * sh + ky * dh).wrapping_sub(pt);
-                    if iy >= h {
-                        zero_column(dst, at(d), r, row_end - d);
-                        d = row_end;
-                        continue;
-                    }
-                    let x_row = &x[(n * h + iy) * w * c_all..(n * h + iy + 1) * w * c_all];
-                    if contiguous_row {
-                        // Depth `row_start + j` reads `x_row[first + j]`; valid
-                        // for the taps inside the row, `j` in `lo..hi`.
-                        let left = ox * sw;
-                        let lo = pl.saturating_sub(left).min(kw) * cg;
-                        let hi = (w + pl).saturating_sub(left).min(kw) * cg;
-                        let (lo, hi) = (lo.max(d - row_start), hi.min(row_end - row_start));
-                        if lo < hi {
-                            zero_column(dst, at(d), r, row_start + lo - d);
-                            let first = (left + lo / cg - pl) * cg + lo % cg;
-                            put_column(dst, at(row_start + lo), r, &x_row[first..first + hi - lo]);
-                            zero_column(dst, at(row_start + hi), r, row_end - (row_start + hi));
-                        } else {
-                            zero_column(dst, at(d), r, row_end - d);
-                        }
-                        d = row_end;
-                        continue;
-                    }
-                    while d < row_end {
-                        // Within one tap, the channels `c..c + run` are contiguous.
-                        let (kx, c) = ((d - row_start) / cg, (d - row_start) % cg);
-                        let run = (cg - c).min(row_end - d);
-                        let ix = (ox * sw + kx * dw).wrapping_sub(pl);
-                        if ix < w {
-                            let start = ix * c_all + c0 + c;
-                            put_column(dst, at(d), r, &x_row[start..start + run]);
-                        } else {
-                            zero_column(dst, at(d), r, run);
-                        }
-                        d += run;
-                    }
-                }
-                ox += 1;
-                if ox == out_w {
-                    ox = 0;
-                    oy += 1;
-                    if oy == out_h {
-                        oy = 0;
-                        n += 1;
-                    }
-                }
-            }
-        };
+        let patches = Patches { x, g, c0, cg };
+        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| patches.pack(i0, r, k0, dst);
         let a = if in_place {
             LeftOperand::Matrix(MatrixRef::strided(&x[c0..], pixels, cg, c_all, false)?)
         } else {
@@ -571,22 +500,113 @@ pub fn conv2d_nhwc(
     Ok(())
 }
 
-/// `dst[at + j * stride] = values[j]`: one pixel's depth run into a packed
-/// `[kc][r]` panel.
-fn put_column(dst: &mut [f32], at: usize, stride: usize, values: &[f32]) {
-    for (o, &v) in dst[at..].iter_mut().step_by(stride).zip(values) {
-        *o = v;
-    }
+/// One group's input patches, as the rows of a GEMM's left operand: row
+/// `p` (an output pixel, `[n, oy, ox]` in order) holds depth `(ky * kw +
+/// kx) * C_g + c`, the input at channel `c0 + c` under tap `(ky, kx)`, or
+/// zero where the tap reads the padding.
+struct Patches<'a> {
+    x: &'a [f32],
+    g: &'a WindowGeometry,
+    /// The group's first input channel.
+    c0: usize,
+    /// Input channels per group.
+    cg: usize,
 }
 
-/// `dst[at + j * stride] = 0` for `j < len` (the zero padding).
-fn zero_column(dst: &mut [f32], at: usize, stride: usize, len: usize) {
-    if len > 0 {
-        dst[at..]
-            .iter_mut()
-            .step_by(stride)
-            .take(len)
-            .for_each(|o| *o = 0.0);
+impl Patches<'_> {
+    /// Rows `i0..i0 + r` at depth `k0..k0 + dst.len() / r` into `dst` as
+    /// `[kc][r]`, the GEMM's packed A panel, one run of pixels in the same
+    /// output row at a time (see [`Patches::pack_run`]).
+    fn pack(&self, i0: usize, r: usize, k0: usize, dst: &mut [f32]) {
+        let g = self.g;
+        let out_w = g.out_w;
+        let plane = g.out_h * out_w;
+        let mut p = 0;
+        while p < r {
+            let i = i0 + p;
+            let (n, oy, ox) = (i / plane, i % plane / out_w, i % out_w);
+            let len = (out_w - ox).min(r - p);
+            self.pack_run(dst, r, k0, p, len, [n, oy, ox]);
+            p += len;
+        }
+    }
+
+    /// Columns `p0..p0 + len` of the panel: pixels `ox0..ox0 + len` of
+    /// output row `oy` of image `n`. Along such a run, a tap's input moves
+    /// by `stride * C` floats per pixel, and the pixels whose tap falls
+    /// inside the image are one range; so each depth is a strided copy with
+    /// the index math done once per tap (the panel is written depth by
+    /// depth, each store contiguous). This runs once per row panel and depth
+    /// block; a per-value walk cost more than the multiply-adds of a stem's
+    /// 27-deep product.
+    fn pack_run(
+        &self,
+        dst: &mut [f32],
+        r: usize,
+        k0: usize,
+        p0: usize,
+        len: usize,
+        at: [usize; 3],
+    ) {
+        let g = self.g;
+        let (x, c0, cg, c_all) = (self.x, self.c0, self.cg, g.in_channels);
+        let [n, oy, ox0] = at;
+        let [_, kw] = g.kernel;
+        let [sh, sw] = g.stride;
+        let [dh, dw] = g.dilation;
+        let [pt, pl] = g.pad;
+        let (h, w) = (g.in_h, g.in_w);
+        let kc = dst.len() / r;
+        let k_end = k0 + kc;
+        if kc == 0 {
+            return;
+        }
+        let row_depth = kw * cg;
+        let step = sw * c_all;
+        for ky in k0 / row_depth..=(k_end - 1) / row_depth {
+            // "Negative" rows wrap to huge and fail the test too.
+            let iy = (oy * sh + ky * dh).wrapping_sub(pt);
+            let row = (iy < h).then(|| (n * h + iy) * w * c_all);
+            let row_start = ky * row_depth;
+            for kx in 0..kw {
+                let tap_start = row_start + kx * cg;
+                let (d_lo, d_hi) = (k0.max(tap_start), k_end.min(tap_start + cg));
+                if d_lo >= d_hi {
+                    continue;
+                }
+                // Pixel p reads input column t0 + p * sw: inside the image for
+                // p in p_lo..p_hi.
+                let t0 = (ox0 * sw + kx * dw) as i64 - pl as i64;
+                let (p_lo, p_hi) = match row {
+                    None => (0, 0),
+                    Some(_) => {
+                        let s = sw as i64;
+                        let lo = if t0 >= 0 { 0 } else { (-t0 + s - 1) / s };
+                        let hi = (w as i64 - t0 + s - 1).div_euclid(s);
+                        let (lo, hi) = (lo.clamp(0, len as i64), hi.clamp(0, len as i64));
+                        (lo as usize, hi.max(lo) as usize)
+                    }
+                };
+                for d in d_lo..d_hi {
+                    let out = &mut dst[(d - k0) * r + p0..][..len];
+                    out[..p_lo].fill(0.0);
+                    out[p_hi..].fill(0.0);
+                    if let Some(row) = row {
+                        let c = d - tap_start;
+                        // The input column of pixel p_lo is >= 0.
+                        let first = row + (t0 + (p_lo * sw) as i64) as usize * c_all + c0 + c;
+                        let out = &mut out[p_lo..p_hi];
+                        if let Some(last) = out.len().checked_sub(1) {
+                            // One bounds check for the run, none per value.
+                            let src = &x[first..=first + last * step];
+                            for (o, v) in out.iter_mut().zip(src.iter().step_by(step)) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -998,7 +998,8 @@ impl KernelCandidate for StridedCopy {
                 axis, start, step, ..
             }) => Strided::slice(&x, *axis, *start, *step, site.out_shape[*axis]),
             _ => unreachable!("cost accepted only permute and slice"),
-        };
+        }
+        .simplified();
         Ok(Step::Copy {
             x: site.at(0),
             walk,

@@ -45,7 +45,18 @@ impl Strided {
         }
     }
 
+    /// The same walk with size-1 axes dropped and runs merged (see
+    /// [`merged`]): what a plan keeps, so that a permute moving whole
+    /// planes (NCHW -> NHWC is `[N, C, HW] -> [N, HW, C]`) walks three axes.
+    pub fn simplified(self) -> Strided {
+        merged(self)
+    }
+
     /// Copies the visited elements of `x` into `out` in row-major order.
+    /// The last two axes are walked as one block of rows (the outer
+    /// counters advance once per block, not once per row), so a short
+    /// strided last axis (the 3 channels of an image moved to NHWC) costs
+    /// a load and a store per element.
     pub fn copy(&self, x: &[f32], out: &mut [f32]) {
         let rank = self.shape.len();
         if rank == 0 {
@@ -54,25 +65,33 @@ impl Strided {
             }
             return;
         }
-        let inner = self.shape[rank - 1];
-        let inner_stride = self.walk[rank - 1];
-        if inner == 0 {
+        if self.shape.contains(&0) {
             return;
         }
+        let inner = self.shape[rank - 1];
+        let inner_stride = self.walk[rank - 1];
+        let (rows, row_walk) = match rank {
+            1 => (1, 0),
+            _ => (self.shape[rank - 2], self.walk[rank - 2]),
+        };
+        let outer_rank = rank.saturating_sub(2);
         let mut index = [0usize; MAX_RANK];
-        for chunk in out.chunks_mut(inner) {
+        for block in out.chunks_mut(rows * inner) {
             let start = self.base
-                + (0..rank - 1)
+                + (0..outer_rank)
                     .map(|a| index[a] * self.walk[a])
                     .sum::<usize>();
-            if inner_stride == 1 {
-                chunk.copy_from_slice(&x[start..start + inner]);
-            } else {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    *o = x[start + j * inner_stride];
+            for (r, row) in block.chunks_exact_mut(inner).enumerate() {
+                let at = start + r * row_walk;
+                if inner_stride == 1 {
+                    row.copy_from_slice(&x[at..at + inner]);
+                } else {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = x[at + j * inner_stride];
+                    }
                 }
             }
-            for axis in (0..rank - 1).rev() {
+            for axis in (0..outer_rank).rev() {
                 index[axis] += 1;
                 if index[axis] < self.shape[axis] {
                     break;
@@ -368,6 +387,53 @@ mod tests {
         let mut out = vec![0.0; 6];
         Strided::permute(&[2, 3], &[1, 0]).copy(&x, &mut out);
         assert_eq!(out, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    /// Every permutation of rank-4 shapes with size-1 axes and a short last
+    /// axis, as planned (simplified) and as written, against each output
+    /// index mapped back to its input by hand.
+    #[test]
+    fn simplified_permutes_copy_what_the_index_rule_says() {
+        fn permutations(n: usize) -> Vec<Vec<usize>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut all = Vec::new();
+            for p in permutations(n - 1) {
+                for at in 0..=p.len() {
+                    let mut q = p.clone();
+                    q.insert(at, n - 1);
+                    all.push(q);
+                }
+            }
+            all
+        }
+        for shape in [[2usize, 3, 4, 5], [1, 3, 7, 7], [2, 1, 5, 3], [1, 1, 1, 4]] {
+            let x: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|v| v as f32)
+                .collect();
+            let st = strides(&shape);
+            for perm in permutations(4) {
+                let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+                let mut want = vec![0.0f32; x.len()];
+                for (flat, w) in want.iter_mut().enumerate() {
+                    let (mut rest, mut at) = (flat, 0);
+                    for a in (0..4).rev() {
+                        at += rest % out_shape[a] * st[perm[a]];
+                        rest /= out_shape[a];
+                    }
+                    *w = x[at];
+                }
+                for walk in [
+                    Strided::permute(&shape, &perm),
+                    Strided::permute(&shape, &perm).simplified(),
+                ] {
+                    let mut out = vec![-1.0f32; x.len()];
+                    walk.copy(&x, &mut out);
+                    assert_eq!(out, want, "{shape:?} by {perm:?} as {walk:?}");
+                }
+            }
+        }
     }
 
     #[test]
