@@ -53,9 +53,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
         /// Optimise first: `all`, or passes to run in the given order, comma-separated, repeated
-        /// until nothing changes (dce, cse, fold-batch-norm, const-fold, simplify, recognize,
-        /// transpose-matmul, fuse-linear, fuse-conv, scale-into-linear, fuse-elementwise; by name
-        /// only, not in `all`: channels-last).
+        /// until nothing changes (dce, cse, fold-batch-norm, channels-last, const-fold, simplify,
+        /// recognize, transpose-matmul, fuse-linear, fuse-conv, scale-into-linear,
+        /// fuse-elementwise).
         #[arg(long, value_name = "all|PASS,...")]
         passes: Option<String>,
         /// Print node counts before and after and what each pass changed, to stderr

@@ -14,6 +14,7 @@
 //! | `dce` | `dce.rs` | removes nodes no output depends on |
 //! | `cse` | `cse.rs` | merges equal computations; constants by value |
 //! | `fold-batch-norm` | `fold_batch_norm.rs` | `batch_norm(conv2d(...))` -> the conv's weights and bias scaled |
+//! | `channels-last` | `channels_last.rs` | regions of NCHW convolutions and pools -> NHWC, permutes only at their boundary |
 //! | `const-fold` | `const_fold.rs` | evaluates constant (and, with bound values, parameter-only) subgraphs |
 //! | `simplify` | `simplify.rs` | `x*1`, `x+0`, `x-x`, `x/c`, `neg(neg(x))`, permute/reshape chains |
 //! | `recognize` | `recognize.rs` | hand-written softmax, log_softmax, layer_norm -> the built-in ops |
@@ -22,12 +23,6 @@
 //! | `fuse-conv` | `fuse_conv.rs` | conv2d + bias + activation + residual -> `fused_conv2d` |
 //! | `scale-into-linear` | `scale_into_linear.rs` | `matmul(q, k) * c` -> `c` folded into the weights of the layer making `q` |
 //! | `fuse-elementwise` | `fuse_elementwise.rs` | trees of elementwise ops -> `fused_elementwise` |
-//!
-//! Not in `all` yet, by name only ([`opt_in_passes`]):
-//!
-//! | name | file | does |
-//! |---|---|---|
-//! | `channels-last` | `channels_last.rs` | regions of NCHW convolutions and pools -> NHWC, permutes only at their boundary |
 //!
 //! Every individual rewrite is one *step*. Passes ask [`Steps::take`] before
 //! each rewrite; with a step limit the manager stops after exactly N
@@ -290,12 +285,18 @@ impl fmt::Display for PassReport {
 /// Batch norms fold into convolutions just before const-fold, which then
 /// computes the new weights in the same iteration: later, elementwise
 /// fusion would take that parameter arithmetic, which const-fold cannot
-/// evaluate.
+/// evaluate. Channels-last comes between the two: after fold-batch-norm,
+/// which folds only into NCHW convolutions (`batch_norm` normalises axis
+/// 1), and before const-fold, which then folds the weight reshapes and
+/// batch-norm arithmetic it adds in the same iteration; and before the
+/// fusions, so fuse-conv and fuse-elementwise fuse the NHWC nodes (fuse-conv
+/// takes NHWC biases and residuals).
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(DeadCodeElimination),
         Box::new(CommonSubexpressions),
         Box::new(FoldBatchNorm),
+        Box::new(ChannelsLast),
         Box::new(ConstantFolding),
         Box::new(AlgebraicSimplification),
         Box::new(RecognizeNormalizations),
@@ -307,23 +308,9 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// Passes `--passes` runs by name that `all` does not (yet): `channels-last`
-/// waits for an NHWC kernel for every convolution it makes (until then a
-/// non-depthwise NHWC convolution runs on the interpreter candidate).
-pub fn opt_in_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(ChannelsLast)]
-}
-
-/// Every pass `--passes` accepts: those of `all`, in order, then the opt-in ones.
-fn known_passes() -> Vec<Box<dyn Pass>> {
-    let mut passes = all_passes();
-    passes.extend(opt_in_passes());
-    passes
-}
-
-/// The names of all passes: `all`'s, in order, then the opt-in ones.
+/// The names of all passes, in `all` order.
 pub fn pass_names() -> Vec<&'static str> {
-    known_passes().iter().map(|p| p.name()).collect()
+    all_passes().iter().map(|p| p.name()).collect()
 }
 
 /// How often the pass list may repeat before the manager gives up on a
@@ -357,7 +344,7 @@ impl PassManager {
         let known = || pass_names().join(", ");
         let mut passes = Vec::new();
         for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let pass = known_passes()
+            let pass = all_passes()
                 .into_iter()
                 .find(|p| p.name() == name)
                 .ok_or_else(|| PassError::UnknownPass {

@@ -302,6 +302,9 @@ pub(crate) struct MicroSlots {
     /// The packing transposes of 12 and 16 rows (AVX-512), assembled with
     /// the first request for full `mr`-row panels.
     transposes: Option<(KernelSlot, KernelSlot)>,
+    /// Per row count: the N-edge kernels of one and two vectors (AVX-512),
+    /// when assembled (with the row count's other kernels when asked for).
+    edge: Vec<Option<[KernelSlot; 2]>>,
     /// Row counts asked for (`row_mask`): bit `rows - 1`.
     rows_asked: u32,
     /// GEMV kernels by shape `(k, n)` (wide tiers).
@@ -342,6 +345,7 @@ pub(crate) fn compile_micro_kernels(
         narrow: vec![None; mr],
         wide: vec![None; mr],
         transposes: None,
+        edge: vec![None; mr],
         rows_asked: 0,
         gemv: Vec::new(),
     };
@@ -396,17 +400,29 @@ impl MicroSlots {
         Ok(())
     }
 
-    /// The row counts in `mask` (see [`row_mask`]), and with full `mr`-row
-    /// panels the AVX-512 packing transposes. Row counts not asked for still
+    /// The row counts in `mask` (see [`row_mask`]; on AVX-512 with their
+    /// N-edge kernels), and with full `mr`-row panels the AVX-512 packing
+    /// transposes. Row counts not asked for still
     /// run, on a larger kernel over zero-padded rows (slower, same bits).
     pub(crate) fn add_rows(&mut self, jit: &mut JitBuilder, mask: u32) -> Result<(), CodegenError> {
         let mr = self.narrow.len();
+        let isa = self.isa;
         for rows in 1..=mr {
             if mask & (1 << (rows - 1)) != 0 {
                 self.assemble_rows(jit, rows)?;
+                if isa == Isa::Avx512 && self.edge[rows - 1].is_none() {
+                    let mut slot = |halves: usize| {
+                        let code = wide::assemble_edge(rows, halves)?;
+                        jit.define_bytes(
+                            &format!("gemm_{isa}_{rows}x{halves}h_edge"),
+                            MICRO_KERNEL_PARAMS,
+                            &code,
+                        )
+                    };
+                    self.edge[rows - 1] = Some([slot(1)?, slot(2)?]);
+                }
             }
         }
-        let isa = self.isa;
         if mask & (1 << (mr - 1)) != 0 && isa == Isa::Avx512 && self.transposes.is_none() {
             let mut slot = |rows: usize| {
                 jit.define_bytes(
@@ -473,6 +489,9 @@ pub(crate) struct MicroKernels {
     narrow: Vec<Option<MicroFn>>,
     wide: Vec<Option<(usize, MicroFn)>>,
     transposes: Option<Transposes>,
+    /// N-edge kernels by row count, of one and two vectors, when assembled
+    /// (AVX-512 only: the other tiers' N edge takes the tile copy).
+    edge: Vec<Option<[MicroFn; 2]>>,
     /// GEMV kernels by shape `(k, n)`: 1-row products of those shapes
     /// take the GEMV path.
     gemv: Vec<((usize, usize), GemvFn)>,
@@ -535,6 +554,11 @@ impl MicroSlots {
                 .wide
                 .iter()
                 .map(|w| w.map(|(vecs, s)| (vecs, micro_fn(addresses[s.0]))))
+                .collect(),
+            edge: self
+                .edge
+                .iter()
+                .map(|slots| slots.map(|slots| slots.map(|s| micro_fn(addresses[s.0]))))
                 .collect(),
             transposes: self.transposes.map(|(r12, r16)| Transposes {
                 rows12: transpose_fn(addresses[r12.0]),
@@ -1079,51 +1103,60 @@ fn run_chunk(
                     .pack_panel(i0, r, k0, packed_a, micro.transposes.as_ref());
             }
             let packed_a: &[f32] = packed_a;
-            let mut run_panels =
-                |narrow: MicroFn, (vecs, wide): (usize, MicroFn), kernel_rows: usize, a: *const f32| {
-                    // Through a tile unless the kernel has exactly r rows.
-                    let full_end = if kernel_rows == r {
-                        panels_range.end.min(full_panels)
-                    } else {
-                        panels_range.start
+            let mut run_panels = |narrow: MicroFn,
+                                  (vecs, wide): (usize, MicroFn),
+                                  edge: Option<&[MicroFn; 2]>,
+                                  kernel_rows: usize,
+                                  a: *const f32| {
+                // Through a tile unless the kernel has exactly r rows.
+                let full_end = if kernel_rows == r {
+                    panels_range.end.min(full_panels)
+                } else {
+                    panels_range.start
+                };
+                let mut j = panels_range.start;
+                while j < panels_range.end {
+                    let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
+                    let prefetch = prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
+                        .unwrap_or(b_ptr);
+                    call_index += 1;
+                    let call = MicroCall {
+                        job,
+                        a,
+                        b: b_ptr,
+                        kc: kcp,
+                        flags,
+                        tile_pass,
+                        b_panel_stride,
+                        prefetch,
+                        ldc_bytes,
+                        pw,
                     };
-                    let mut j = panels_range.start;
-                    while j < panels_range.end {
-                        let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
-                        let prefetch =
-                            prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
-                                .unwrap_or(b_ptr);
-                        call_index += 1;
-                        let call = MicroCall {
-                            job,
-                            a,
-                            b: b_ptr,
-                            kc: kcp,
-                            flags,
-                            tile_pass,
-                            b_panel_stride,
-                            prefetch,
-                            ldc_bytes,
-                            pw,
-                        };
-                        if j < full_end {
-                            if vecs > 1 && j + vecs <= full_end {
-                                call.full(wide, i0, r, j, vecs);
-                                j += vecs;
-                            } else {
-                                call.full(narrow, i0, r, j, 1);
-                                j += 1;
-                            }
+                    if j < full_end {
+                        if vecs > 1 && j + vecs <= full_end {
+                            call.full(wide, i0, r, j, vecs);
+                            j += vecs;
                         } else {
-                            call.tile(narrow, kernel_rows, i0, r, j);
+                            call.full(narrow, i0, r, j, 1);
                             j += 1;
                         }
+                    } else {
+                        // The masked edge kernels store straight into C;
+                        // a tile pass (whole vectors only) or padded rows
+                        // need the tile copy.
+                        match edge {
+                            Some(edge) if job.kernels.tile_pass.is_none() => call.edge(edge, i0, j),
+                            _ => call.tile(narrow, kernel_rows, i0, r, j),
+                        }
+                        j += 1;
                     }
-                };
+                }
+            };
             match micro.narrow[r - 1] {
                 Some(narrow) => {
                     let wide = micro.wide[r - 1].expect("assembled with the narrow kernel");
-                    run_panels(narrow, wide, r, packed_a.as_ptr());
+                    let edge = micro.edge.get(r - 1).and_then(Option::as_ref);
+                    run_panels(narrow, wide, edge, r, packed_a.as_ptr());
                 }
                 None => {
                     // A row count without its own kernel (not asked for
@@ -1140,11 +1173,12 @@ fn run_chunk(
                         let mut padded = cell.borrow_mut();
                         padded.clear();
                         padded.resize(rows * kcp, 0.0);
-                        for (dst, src) in padded.chunks_exact_mut(rows).zip(packed_a.chunks_exact(r))
+                        for (dst, src) in
+                            padded.chunks_exact_mut(rows).zip(packed_a.chunks_exact(r))
                         {
                             dst[..r].copy_from_slice(src);
                         }
-                        run_panels(f, (1, f), rows, padded.as_ptr());
+                        run_panels(f, (1, f), None, rows, padded.as_ptr());
                     });
                 }
             }
@@ -1232,6 +1266,44 @@ impl MicroCall<'_, '_> {
                     job.kernels.tile_flags,
                 );
             }
+        }
+    }
+
+    /// The last panel has fewer than `pw` valid columns: run the N-edge
+    /// kernel of one or two vectors (`kernels[halves - 1]`) on C in place,
+    /// the columns past the last masked off (bias, residual and C).
+    fn edge(&self, kernels: &[MicroFn; 2], i0: usize, j: usize) {
+        let job = self.job;
+        let c0 = j * self.pw;
+        let width = job.n - c0;
+        let half = self.pw / 2;
+        let halves = width.div_ceil(half);
+        let lanes = width - (halves - 1) * half;
+        debug_assert!((1..=2).contains(&halves) && (1..=16).contains(&lanes));
+        let mask = (1usize << lanes) - 1;
+        let offset = i0 * job.ldc + c0;
+        let bias = job.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr());
+        let residual = job
+            .residual
+            .map_or(std::ptr::null(), |r| r[offset..].as_ptr());
+        // SAFETY: rows i0..i0 + r exist and columns c0..c0 + width are the
+        // last panel's valid ones, in this task; the kernel reads and
+        // writes C, bias and residual only in those columns (the last
+        // vector under the mask, whose lanes past `width` access nothing),
+        // and reads `kc` steps of the packed A and B panels.
+        unsafe {
+            kernels[halves - 1](
+                self.a,
+                self.b,
+                job.c.0.add(offset),
+                self.kc,
+                self.ldc_bytes,
+                self.flags | mask << wide::EDGE_MASK_SHIFT,
+                bias,
+                residual,
+                self.b_panel_stride,
+                self.prefetch,
+            );
         }
     }
 
@@ -1612,6 +1684,120 @@ mod tests {
                                         "{isa}: m {m}, n {n}, k {k}, {threads} threads: {r} rows"
                                     );
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The N edge (a last panel with fewer columns than its width; on
+    /// AVX-512 the masked edge kernels, else the tile copy) computes the
+    /// bits the full-width kernels give the same columns of a zero-padded
+    /// B, and writes no column past the last: C's rows here are `n + 5`
+    /// apart and the gaps hold a sentinel. Depths 5 and 300 (two K blocks:
+    /// the edge kernel continues C), inline and tile-pass epilogues.
+    #[test]
+    fn the_n_edge_gives_the_full_panels_bits_and_stays_inside_c() {
+        use crate::codegen::{CodegenOptions, KernelLibraryBuilder, Target};
+        let sentinel = f32::from_bits(0x7fc0_1234);
+        let value = |i: usize| ((i * 7919 % 97) as f32 - 48.0) / 32.0;
+        let epilogues = [
+            Epilogue {
+                bias: true,
+                activation: Some(Activation::Relu6),
+                residual: true,
+            },
+            Epilogue {
+                bias: true,
+                activation: Some(Activation::HardSwish),
+                residual: true,
+            },
+            Epilogue::none(),
+        ];
+        for isa in Isa::ALL {
+            if Target::detected().with_isa(isa).is_err() {
+                continue;
+            }
+            let mut builder = KernelLibraryBuilder::with_options(&CodegenOptions {
+                isa: Some(isa),
+                ..CodegenOptions::default()
+            })
+            .unwrap();
+            let ids: Vec<_> = epilogues
+                .iter()
+                .map(|&e| builder.add_gemm(e).unwrap())
+                .collect();
+            let lib = builder.finish().unwrap();
+            let layout = lib.pack_layout();
+            let pw = layout.panel_width();
+            for (&epilogue, &id) in epilogues.iter().zip(&ids) {
+                for k in [5, 300] {
+                    for n in [1usize, 3, 8, 16, 17, 24, 31, 33, 40] {
+                        let m = 13;
+                        let padded = n.div_ceil(pw) * pw;
+                        let a: Vec<f32> = (0..m * k).map(value).collect();
+                        let b: Vec<f32> = (0..k * n).map(|i| value(i + 1)).collect();
+                        let bias: Vec<f32> = (0..n).map(|i| value(i + 2)).collect();
+                        let residual: Vec<f32> = (0..m * n).map(|i| value(i + 3)).collect();
+                        let pad_rows = |v: &[f32], rows: usize| -> Vec<f32> {
+                            let mut out = vec![0.0; rows * padded];
+                            for r in 0..rows {
+                                out[r * padded..r * padded + n]
+                                    .copy_from_slice(&v[r * n..(r + 1) * n]);
+                            }
+                            out
+                        };
+                        let run = |cols: usize, b: &[f32], bias: &[f32], residual: &[f32], ldc| {
+                            let packed = PackedB::pack_for(
+                                &MatrixRef::row_major(b, k, cols).unwrap(),
+                                layout,
+                            );
+                            let mut c = vec![sentinel; (m - 1) * ldc + cols];
+                            let residual_strided: Vec<f32> = (0..(m - 1) * ldc + cols)
+                                .map(|i| match i % ldc < cols {
+                                    true => residual[i / ldc * cols + i % ldc],
+                                    false => sentinel,
+                                })
+                                .collect();
+                            lib.gemm_strided(
+                                id,
+                                StridedGemmArgs {
+                                    a: LeftOperand::Matrix(MatrixRef::row_major(&a, m, k).unwrap()),
+                                    b: packed.as_ref(),
+                                    bias: epilogue.bias.then_some(bias),
+                                    residual: epilogue.residual.then_some(&residual_strided[..]),
+                                    c: &mut c,
+                                    ldc,
+                                },
+                                &Threads::single(),
+                            )
+                            .unwrap();
+                            c
+                        };
+                        let edge = run(n, &b, &bias, &residual, n + 5);
+                        let full = run(
+                            padded,
+                            &pad_rows(&b, k),
+                            &pad_rows(&bias, 1),
+                            &pad_rows(&residual, m),
+                            padded,
+                        );
+                        for i in 0..m {
+                            for j in 0..n + 5 {
+                                let at = i * (n + 5) + j;
+                                let Some(&got) = edge.get(at) else { continue };
+                                let want = if j < n {
+                                    full[i * padded + j]
+                                } else {
+                                    sentinel
+                                };
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{isa} {epilogue:?} m {m} k {k} n {n}: row {i} column {j}"
+                                );
                             }
                         }
                     }

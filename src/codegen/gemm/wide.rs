@@ -74,6 +74,14 @@ struct Layout {
     isa: Isa,
     rows: usize,
     panels: usize,
+    /// Vectors computed per panel: 2, or 1 for an N-edge kernel whose
+    /// columns all fit the first half.
+    halves: usize,
+    /// An N-edge kernel (AVX-512): C, bias and residual are read and
+    /// written only in the columns of mask `k1`'s lanes of the last half
+    /// (the mask comes in the flags, `EDGE_MASK_SHIFT`), so the kernel
+    /// touches no column past the matrix's last.
+    edge: bool,
 }
 
 impl Layout {
@@ -104,9 +112,18 @@ impl Layout {
         2 * self.vec_bytes()
     }
     fn fits(self) -> bool {
-        self.rows * self.panels * 2 + self.panels * 2 + 1 <= self.vectors()
+        self.rows * self.panels * self.halves + self.panels * 2 + 1 <= self.vectors()
+    }
+    /// Whether half `h` is accessed under the edge mask.
+    fn masked(self, h: usize) -> bool {
+        self.edge && h + 1 == self.halves
     }
 }
+
+/// Where an N-edge kernel finds its column mask in the flags: bits
+/// `EDGE_MASK_SHIFT..EDGE_MASK_SHIFT + 16`, one per column of the panel's
+/// last computed half.
+pub(crate) const EDGE_MASK_SHIFT: usize = 16;
 
 /// Emits one instruction per vector register size; `$z` and `$y` are the
 /// register arrays' element expressions.
@@ -127,6 +144,29 @@ impl Asm {
             Isa::Avx512 => self.a.vmovups(zmmword_ptr(mem), ZMM[reg]),
             _ => self.a.vmovups(ymmword_ptr(mem), YMM[reg]),
         }
+    }
+    /// Loads half `h` of C's row into an accumulator (masked lanes read
+    /// nothing and are zero).
+    fn load_c(&mut self, reg: usize, mem: AsmMemoryOperand, h: usize) -> Result<(), IcedError> {
+        if self.l.masked(h) {
+            return self.a.vmovups(ZMM[reg].k1().z(), zmmword_ptr(mem));
+        }
+        self.vmovups_load(reg, mem)
+    }
+    /// Stores an accumulator as half `h` of C's row (masked lanes untouched).
+    fn store_c(&mut self, mem: AsmMemoryOperand, reg: usize, h: usize) -> Result<(), IcedError> {
+        if self.l.masked(h) {
+            return self.a.vmovups(zmmword_ptr(mem).k1(), ZMM[reg]);
+        }
+        self.vmovups_store(mem, reg)
+    }
+    /// `reg += mem` for half `h` (masked lanes read nothing: memory past
+    /// the last column is never touched).
+    fn add_half(&mut self, reg: usize, mem: AsmMemoryOperand, h: usize) -> Result<(), IcedError> {
+        if self.l.masked(h) {
+            return self.a.vaddps(ZMM[reg].k1(), ZMM[reg], zmmword_ptr(mem));
+        }
+        self.add_mem(reg, mem)
     }
     fn zero(&mut self, reg: usize) -> Result<(), IcedError> {
         match self.l.isa {
@@ -209,7 +249,13 @@ impl Asm {
         let mut no_cap = self.a.create_label();
         let mut no_residual = self.a.create_label();
 
+        let halves = l.halves;
         self.a.mov(rax, qword_ptr(rsp + 24))?;
+        if l.edge {
+            self.a.mov(r11, r9)?;
+            self.a.shr(r11, EDGE_MASK_SHIFT as u32)?;
+            self.a.kmovw(k1, r11d)?;
+        }
         if panels > 3 {
             self.a.lea(r10, qword_ptr(rax + rax * 2))?;
         }
@@ -217,7 +263,7 @@ impl Asm {
         self.a.jnz(load_c)?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
+                for h in 0..halves {
                     self.zero(l.acc(i, v, h))?;
                 }
             }
@@ -229,8 +275,8 @@ impl Asm {
         self.a.mov(r11, rdx)?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
-                    self.vmovups_load(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                for h in 0..halves {
+                    self.load_c(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb), h)?;
                 }
             }
             if i + 1 < rows {
@@ -245,7 +291,7 @@ impl Asm {
         self.a.set_label(&mut k_loop)?;
         self.a.prefetcht1(byte_ptr(r11))?;
         for v in 0..panels {
-            for h in 0..2 {
+            for h in 0..halves {
                 let mem = self.b_operand(v, h);
                 self.vmovups_load(l.b(v, h), mem)?;
             }
@@ -261,7 +307,7 @@ impl Asm {
                 Isa::Avx512 => {
                     self.a.vbroadcastss(ZMM[bc], dword_ptr(a_elem))?;
                     for v in 0..panels {
-                        for h in 0..2 {
+                        for h in 0..halves {
                             self.a
                                 .vfmadd231ps(ZMM[l.acc(i, v, h)], ZMM[l.b(v, h)], ZMM[bc])?;
                         }
@@ -270,7 +316,7 @@ impl Asm {
                 _ => {
                     self.a.vbroadcastss(YMM[bc], dword_ptr(a_elem))?;
                     for v in 0..panels {
-                        for h in 0..2 {
+                        for h in 0..halves {
                             self.a
                                 .vfmadd231ps(YMM[l.acc(i, v, h)], YMM[l.b(v, h)], YMM[bc])?;
                         }
@@ -290,8 +336,8 @@ impl Asm {
         self.a.mov(r11, qword_ptr(rsp + 8))?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
-                    self.add_mem(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                for h in 0..halves {
+                    self.add_half(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb), h)?;
                 }
             }
         }
@@ -303,7 +349,7 @@ impl Asm {
         self.zero(zero)?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
+                for h in 0..halves {
                     self.relu(l.acc(i, v, h), zero)?;
                 }
             }
@@ -314,7 +360,7 @@ impl Asm {
         let cap = self.load_cap6()?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
+                for h in 0..halves {
                     self.cap(l.acc(i, v, h), cap)?;
                 }
             }
@@ -325,8 +371,8 @@ impl Asm {
         self.a.mov(r11, qword_ptr(rsp + 16))?;
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
-                    self.add_mem(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb))?;
+                for h in 0..halves {
+                    self.add_half(l.acc(i, v, h), r11 + (v as i32 * pb + h as i32 * vb), h)?;
                 }
             }
             if i + 1 < rows {
@@ -337,8 +383,8 @@ impl Asm {
 
         for i in 0..rows {
             for v in 0..panels {
-                for h in 0..2 {
-                    self.vmovups_store(rdx + (v as i32 * pb + h as i32 * vb), l.acc(i, v, h))?;
+                for h in 0..halves {
+                    self.store_c(rdx + (v as i32 * pb + h as i32 * vb), l.acc(i, v, h), h)?;
                 }
             }
             if i + 1 < rows {
@@ -353,7 +399,39 @@ impl Asm {
 /// The machine code of one micro-kernel (position-independent, no
 /// relocations) and its instruction listing.
 pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Assembled, CodegenError> {
-    let l = Layout { isa, rows, panels };
+    assemble_layout(Layout {
+        isa,
+        rows,
+        panels,
+        halves: 2,
+        edge: false,
+    })
+}
+
+/// The AVX-512 N-edge micro-kernel of `rows` rows computing the first
+/// `halves` (1 or 2) vectors of one panel, the last under the column mask
+/// the flags carry (`EDGE_MASK_SHIFT`): a panel with fewer valid columns
+/// than its width is computed and stored in place, with no tile copy and,
+/// for at most 16 columns, half the multiply-adds.
+pub(crate) fn assemble_edge(rows: usize, halves: usize) -> Result<Assembled, CodegenError> {
+    if !(1..=2).contains(&halves) {
+        return Err(CodegenError::Unsupported(format!(
+            "an N-edge kernel of {halves} vectors per row"
+        )));
+    }
+    assemble_layout(Layout {
+        isa: Isa::Avx512,
+        rows,
+        panels: 1,
+        halves,
+        edge: true,
+    })
+}
+
+fn assemble_layout(l: Layout) -> Result<Assembled, CodegenError> {
+    let Layout {
+        isa, rows, panels, ..
+    } = l;
     if isa == Isa::Baseline || rows == 0 || panels == 0 || panels > 4 || !l.fits() {
         return Err(CodegenError::Unsupported(format!(
             "a {isa} micro-kernel of {rows} rows x {panels} panels"
@@ -552,7 +630,13 @@ mod tests {
         for isa in [Isa::Avx512, Isa::Avx2] {
             for rows in 1..=rows_per_kernel(isa) {
                 for panels in [1, wide_panels(isa, rows)] {
-                    let l = Layout { isa, rows, panels };
+                    let l = Layout {
+                        isa,
+                        rows,
+                        panels,
+                        halves: 2,
+                        edge: false,
+                    };
                     assert!(l.fits(), "{isa} {rows}x{panels}");
                     let code = assemble(isa, rows, panels).unwrap().bytes;
                     // Ends with vzeroupper; ret.
@@ -560,6 +644,13 @@ mod tests {
                 }
             }
         }
+        for rows in 1..=rows_per_kernel(Isa::Avx512) {
+            for halves in [1, 2] {
+                let code = assemble_edge(rows, halves).unwrap().bytes;
+                assert_eq!(&code[code.len() - 4..], &[0xc5, 0xf8, 0x77, 0xc3]);
+            }
+        }
+        assert!(assemble_edge(1, 3).is_err());
         assert!(assemble(Isa::Avx2, 6, 2).is_err());
         assert!(assemble(Isa::Baseline, 1, 1).is_err());
     }

@@ -17,8 +17,8 @@ use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
-    gemm_row_mask, packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
-    Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+    gemm_row_mask, packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId,
+    InnerStride, Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
