@@ -476,6 +476,100 @@ fn gemm_thread_count_does_not_change_bits_on(isa: Isa) {
     }
 }
 
+/// A library asked for GEMMs of M rows assembles only the micro-kernels
+/// M calls (`mr`-row panels and the `m mod mr` edge), fewer than a library
+/// for any M; its GEMMs give the same bits as the full library's for that
+/// M, and for any other M too (row counts without a kernel run on a larger
+/// one over zero-padded rows), on 1 and 2 threads, with every epilogue
+/// part (bias, a tile-pass activation, residual), N edges and several K
+/// blocks.
+#[test]
+fn gemm_row_kernels_for_m_only() {
+    for isa in tiers() {
+        gemm_row_kernels_for_m_only_on(isa);
+    }
+}
+
+fn gemm_row_kernels_for_m_only_on(isa: Isa) {
+    let mr = match isa {
+        Isa::Avx2 => 6,
+        _ => 12,
+    };
+    let epilogues = [
+        Epilogue::none(),
+        Epilogue {
+            bias: true,
+            activation: Some(Activation::Relu),
+            residual: true,
+        },
+        Epilogue {
+            bias: true,
+            activation: Some(Activation::Gelu),
+            residual: true,
+        },
+    ];
+    let mut full = builder_for(isa);
+    let full_ids: Vec<GemmId> = epilogues
+        .iter()
+        .map(|&e| full.add_gemm(e).unwrap())
+        .collect();
+    assert_eq!(full.gemm_rows(), (1 << mr) - 1, "{isa}");
+    let full = full.finish().unwrap();
+    let pools = [Threads::single(), two_threads()];
+    let ms = [1, mr - 1, mr, mr + 1, 2 * mr + 3];
+    for &m in &ms {
+        let mut builder = builder_for(isa);
+        let ids: Vec<GemmId> = epilogues
+            .iter()
+            .map(|&e| builder.add_gemm_for(e, Some(m)).unwrap())
+            .collect();
+        let edge = if m % mr == 0 { 0 } else { 1 << (m % mr - 1) };
+        assert_eq!(
+            builder.gemm_rows(),
+            (1 << (m.min(mr) - 1)) | edge,
+            "{isa}: m = {m}"
+        );
+        let lib = builder.finish().unwrap();
+        assert!(
+            lib.kernels().len() < full.kernels().len(),
+            "{isa}: m = {m}: {} kernels, {} for any M",
+            lib.kernels().len(),
+            full.kernels().len()
+        );
+        // This M, and every other one (on the fallback).
+        for &rows in &ms {
+            for &(k, n) in &[(300, 70), (40, 5), (16, 96)] {
+                let p = Problem::new(rows as u64 * 31 + k as u64, rows, k, n);
+                let bias = random_vec(&mut rng(7), n);
+                let residual = random_vec(&mut rng(8), rows * n);
+                for (e, (&id, &full_id)) in epilogues.iter().zip(ids.iter().zip(&full_ids)) {
+                    let bias = e.bias.then_some(bias.as_slice());
+                    let residual = e.residual.then_some(residual.as_slice());
+                    let expected = run_gemm(&full, full_id, &p, bias, residual, &pools[0]);
+                    for threads in &pools {
+                        let got = run_gemm(&lib, id, &p, bias, residual, threads);
+                        assert!(
+                            bits_equal(&expected, &got),
+                            "{isa}: library for m = {m}, {rows}x{k}x{n}, {e:?}, {} threads",
+                            threads.count()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The set for one row: the 1-row kernels (one panel, several, and on
+    // AVX-512 the two N-edge ones) and the mr-row fallback.
+    let mut one = builder_for(isa);
+    one.add_gemm_for(Epilogue::none(), Some(1)).unwrap();
+    let one = one.finish().unwrap();
+    assert!(
+        one.kernels().len() <= 5,
+        "{isa}: {:?}",
+        one.kernels().iter().map(|k| &k.name).collect::<Vec<_>>()
+    );
+}
+
 /// Every tier computes each output as the same sequential FMA chain and
 /// the wide tiers' activation epilogues (assembled at full width) repeat
 /// the baseline's f32x4 operation sequence, so on an FMA machine whole

@@ -12,7 +12,7 @@ mod jit_support;
 
 use std::collections::HashMap;
 
-use jit_support::{compile_all_passes_on, same_bits, tiers, Outputs};
+use jit_support::{compare_outputs, compile_all_passes_on, same_bits, tiers, Outputs};
 use lamina::codegen::Isa;
 use lamina::ir::{Bindings, Graph};
 use lamina::runtime::exec::{CompiledModel, PlanInfo};
@@ -74,6 +74,52 @@ fn a_second_session_of_a_model_shares_the_first_ones_kernels() {
             same_bits(&format!("[{isa}] batch {batch}"), &first_out, &second_out)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+}
+
+/// A model's first set holds the GEMM micro-kernels of the row counts its
+/// M calls for (`mr`-row panels and the `m mod mr` edge): batch 1's set has
+/// the 1-row kernels, not all 20-odd, and is not shared with batch 13 (full
+/// panels), which compiles a set with every row count (the model's batch
+/// size varies); batch 25 shares that one. Every plan matches the
+/// interpreter.
+#[test]
+fn a_batch_needing_other_row_kernels_gets_its_own_set() {
+    let (graph, params) = dense("relu", 56);
+    for isa in tiers() {
+        let model = compile_all_passes_on(&graph, &params, 1, Some(isa));
+        let mut plans: Vec<PlanInfo> = Vec::new();
+        for batch in [1, 13, 25] {
+            let x = input(batch);
+            let (plan, out) = prepare_and_run(&model, &x);
+            let inputs = HashMap::from([("x".to_string(), x)]);
+            let reference = lamina::interp::run(&graph, &params, &inputs, &Bindings::new())
+                .unwrap_or_else(|e| panic!("interpreter: {e}"));
+            compare_outputs(&format!("[{isa}] batch {batch}"), &out, &reference, 1e-5)
+                .unwrap_or_else(|e| panic!("{e}"));
+            plans.push(plan);
+        }
+        let [one, thirteen, twenty_five] = &plans[..] else {
+            unreachable!()
+        };
+        assert!(one.compiled_kernels && thirteen.compiled_kernels, "[{isa}]");
+        assert!(!thirteen.shares_kernels_with(one), "[{isa}]");
+        // The mr-row kernel (every row count's fallback), the 1-row ones
+        // (one panel, several panels, on AVX-512 the two N-edge ones) and
+        // the GEMV kernel of the shape.
+        assert!(
+            one.kernels <= 6,
+            "[{isa}] batch 1 compiled {} kernels",
+            one.kernels
+        );
+        assert!(
+            thirteen.kernels > one.kernels,
+            "[{isa}] batch 13's set has every row count: {} kernels, batch 1's {}",
+            thirteen.kernels,
+            one.kernels
+        );
+        assert!(twenty_five.shares_kernels_with(thirteen), "[{isa}]");
+        assert!(!twenty_five.compiled_kernels, "[{isa}]");
     }
 }
 

@@ -89,21 +89,39 @@ impl KernelLibraryBuilder {
         PackLayout::for_isa(self.jit.isa())
     }
 
-    /// A GEMM with the given epilogue. The micro-kernels depend on neither
-    /// M, N, K nor the epilogue (selected by runtime flags), so they are
-    /// compiled once per library; transcendental activations add one
-    /// small tile-pass function each. The same epilogue twice gives the
-    /// same id.
+    /// A GEMM with the given epilogue, for any M: [`add_gemm_for`](Self::add_gemm_for)
+    /// with every micro-kernel row count.
     pub fn add_gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, CodegenError> {
+        self.add_gemm_for(epilogue, None)
+    }
+
+    /// A GEMM with the given epilogue, for `m` rows (`None`: any M). The
+    /// micro-kernels depend on neither N, K nor the epilogue (selected by
+    /// runtime flags), so they are shared by every GEMM of the library; M
+    /// decides which of them a call runs: `mr`-row panels and the `m mod mr`
+    /// edge, so those row counts are assembled (once per library; the
+    /// `mr`-row kernel always is). A row count never asked for still runs,
+    /// on the `mr`-row kernel over zero-padded rows (slower, same bits).
+    /// Transcendental activations add one small tile-pass function each.
+    /// The same epilogue twice gives the same id.
+    pub fn add_gemm_for(
+        &mut self,
+        epilogue: Epilogue,
+        m: Option<usize>,
+    ) -> Result<GemmId, CodegenError> {
+        let isa = self.jit.isa();
+        let micro = match &mut self.micro {
+            Some(micro) => micro,
+            None => self
+                .micro
+                .insert(gemm::compile_micro_kernels(&mut self.jit, isa)?),
+        };
+        micro.add_rows(&mut self.jit, gemm::row_mask(isa, m))?;
         if let Some(&index) = self.gemm_by_epilogue.get(&epilogue) {
             return Ok(GemmId {
                 library: self.library,
                 index,
             });
-        }
-        if self.micro.is_none() {
-            let isa = self.jit.isa();
-            self.micro = Some(gemm::compile_micro_kernels(&mut self.jit, isa)?);
         }
         let tile_pass = match epilogue.activation {
             Some(activation) if !gemm::is_inline(activation) => {
@@ -128,6 +146,12 @@ impl KernelLibraryBuilder {
             library: self.library,
             index,
         })
+    }
+
+    /// The micro-kernel row counts asked for so far (by
+    /// [`add_gemm_for`](Self::add_gemm_for)'s M), as a mask: bit `rows - 1`.
+    pub fn gemm_rows(&self) -> u32 {
+        self.micro.as_ref().map_or(0, |m| m.rows_asked())
     }
 
     /// The GEMV kernel for 1-row products of depth `k` and width `n` (a

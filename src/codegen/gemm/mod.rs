@@ -293,12 +293,20 @@ pub(crate) type TilePassFn = unsafe extern "C" fn(
 /// library (the epilogue is selected by runtime flags).
 pub(crate) struct MicroSlots {
     isa: Isa,
-    narrow: Vec<KernelSlot>,
-    wide: Vec<(usize, KernelSlot)>,
-    /// The packing transposes of 12 and 16 rows (AVX-512).
+    /// Per row count `1..=mr` (index `rows - 1`): the single-panel kernel,
+    /// when assembled. The `mr`-row one always is.
+    narrow: Vec<Option<KernelSlot>>,
+    /// Per row count: the kernel spanning several panels (the narrow one
+    /// again when the row count has none), when assembled.
+    wide: Vec<Option<(usize, KernelSlot)>>,
+    /// The packing transposes of 12 and 16 rows (AVX-512), assembled with
+    /// the first request for full `mr`-row panels.
     transposes: Option<(KernelSlot, KernelSlot)>,
-    /// N-edge kernels by row count, of one and two vectors (AVX-512).
-    edge: Vec<[KernelSlot; 2]>,
+    /// Per row count: the N-edge kernels of one and two vectors (AVX-512),
+    /// when assembled (with the row count's other kernels when asked for).
+    edge: Vec<Option<[KernelSlot; 2]>>,
+    /// Row counts asked for (`row_mask`): bit `rows - 1`.
+    rows_asked: u32,
     /// GEMV kernels by shape `(k, n)` (wide tiers).
     gemv: Vec<((usize, usize), KernelSlot)>,
 }
@@ -306,102 +314,133 @@ pub(crate) struct MicroSlots {
 /// Parameters of `wide::assemble_transpose`'s code.
 const TRANSPOSE_PARAMS: usize = 5;
 
-/// The micro-kernels of a tier: for each row count `1..=mr`, one of a
-/// single panel and (for short row counts) one of several panels.
+/// The micro-kernel row counts a GEMM of `m` rows calls on `isa`'s tier,
+/// as a mask (bit `rows - 1`): full `mr`-row panels and the `m mod mr`
+/// edge (the driver splits rows over threads and M chunks at multiples of
+/// `mr`; a 1-row GEMV's N edge is a 1-row call). `None` (M not known when
+/// the kernels are built): every row count.
+pub(crate) fn row_mask(isa: Isa, m: Option<usize>) -> u32 {
+    let mr = wide::rows_per_kernel(isa);
+    let bit = |rows: usize| 1u32 << (rows - 1);
+    match m {
+        None => (1u32 << mr) - 1,
+        Some(0) => 0,
+        Some(m) => {
+            let edge = m % mr;
+            bit(m.min(mr)) | if edge == 0 { 0 } else { bit(edge) }
+        }
+    }
+}
+
+/// The micro-kernels of a tier: the `mr`-row kernel, which every row count
+/// can fall back on (`run_chunk`); other row counts are added by
+/// [`MicroSlots::add_rows`].
 pub(crate) fn compile_micro_kernels(
     jit: &mut JitBuilder,
     isa: Isa,
 ) -> Result<MicroSlots, CodegenError> {
-    if isa != Isa::Baseline {
-        return assemble_micro_kernels(jit, isa);
-    }
     let mr = wide::rows_per_kernel(isa);
-    let mut narrow = Vec::with_capacity(mr);
-    let mut wide = Vec::with_capacity(mr);
-    for rows in 1..=mr {
-        let shape = MicroShape { rows, vecs: 1 };
-        let slot = jit.define(&format!("gemm_{rows}x1"), MICRO_KERNEL_PARAMS, |e, p| {
-            emit_micro_kernel(e, p, shape)
-        })?;
-        narrow.push(slot);
-        let vecs = wide_vecs(rows);
-        if vecs > 1 {
-            let shape = MicroShape { rows, vecs };
-            let slot = jit.define(
-                &format!("gemm_{rows}x{vecs}"),
-                MICRO_KERNEL_PARAMS,
-                |e, p| emit_micro_kernel(e, p, shape),
-            )?;
-            wide.push((vecs, slot));
-        } else {
-            wide.push((1, slot));
-        }
-    }
-    Ok(MicroSlots {
+    let mut slots = MicroSlots {
         isa,
-        narrow,
-        wide,
+        narrow: vec![None; mr],
+        wide: vec![None; mr],
         transposes: None,
-        edge: Vec::new(),
+        edge: vec![None; mr],
+        rows_asked: 0,
         gemv: Vec::new(),
-    })
+    };
+    slots.assemble_rows(jit, mr)?;
+    Ok(slots)
 }
 
-fn assemble_micro_kernels(jit: &mut JitBuilder, isa: Isa) -> Result<MicroSlots, CodegenError> {
-    let mr = wide::rows_per_kernel(isa);
-    let mut narrow = Vec::with_capacity(mr);
-    let mut wide = Vec::with_capacity(mr);
-    for rows in 1..=mr {
-        let code = wide::assemble(isa, rows, 1)?;
-        let slot = jit.define_bytes(&format!("gemm_{isa}_{rows}x1"), MICRO_KERNEL_PARAMS, &code)?;
-        narrow.push(slot);
-        let panels = wide::wide_panels(isa, rows);
-        if panels > 1 {
-            let code = wide::assemble(isa, rows, panels)?;
-            let slot = jit.define_bytes(
-                &format!("gemm_{isa}_{rows}x{panels}"),
-                MICRO_KERNEL_PARAMS,
-                &code,
-            )?;
-            wide.push((panels, slot));
-        } else {
-            wide.push((1, slot));
+impl MicroSlots {
+    /// Assembles (compiles, on the baseline) the kernels of `rows` rows:
+    /// one of a single panel and, for short row counts, one of several.
+    fn assemble_rows(&mut self, jit: &mut JitBuilder, rows: usize) -> Result<(), CodegenError> {
+        if self.narrow[rows - 1].is_some() {
+            return Ok(());
         }
-    }
-    let mut edge = Vec::new();
-    if isa == Isa::Avx512 {
-        for rows in 1..=mr {
-            let mut slot = |halves: usize| {
-                let code = wide::assemble_edge(rows, halves)?;
-                jit.define_bytes(
-                    &format!("gemm_{isa}_{rows}x{halves}h_edge"),
+        let isa = self.isa;
+        let (narrow, wide) = if isa == Isa::Baseline {
+            let shape = MicroShape { rows, vecs: 1 };
+            let slot = jit.define(&format!("gemm_{rows}x1"), MICRO_KERNEL_PARAMS, |e, p| {
+                emit_micro_kernel(e, p, shape)
+            })?;
+            let vecs = wide_vecs(rows);
+            if vecs > 1 {
+                let shape = MicroShape { rows, vecs };
+                let wide = jit.define(
+                    &format!("gemm_{rows}x{vecs}"),
+                    MICRO_KERNEL_PARAMS,
+                    |e, p| emit_micro_kernel(e, p, shape),
+                )?;
+                (slot, (vecs, wide))
+            } else {
+                (slot, (1, slot))
+            }
+        } else {
+            let code = wide::assemble(isa, rows, 1)?;
+            let slot =
+                jit.define_bytes(&format!("gemm_{isa}_{rows}x1"), MICRO_KERNEL_PARAMS, &code)?;
+            let panels = wide::wide_panels(isa, rows);
+            if panels > 1 {
+                let code = wide::assemble(isa, rows, panels)?;
+                let wide = jit.define_bytes(
+                    &format!("gemm_{isa}_{rows}x{panels}"),
                     MICRO_KERNEL_PARAMS,
                     &code,
+                )?;
+                (slot, (panels, wide))
+            } else {
+                (slot, (1, slot))
+            }
+        };
+        self.narrow[rows - 1] = Some(narrow);
+        self.wide[rows - 1] = Some(wide);
+        Ok(())
+    }
+
+    /// The row counts in `mask` (see [`row_mask`]; on AVX-512 with their
+    /// N-edge kernels), and with full `mr`-row panels the AVX-512 packing
+    /// transposes. Row counts not asked for still
+    /// run, on a larger kernel over zero-padded rows (slower, same bits).
+    pub(crate) fn add_rows(&mut self, jit: &mut JitBuilder, mask: u32) -> Result<(), CodegenError> {
+        let mr = self.narrow.len();
+        let isa = self.isa;
+        for rows in 1..=mr {
+            if mask & (1 << (rows - 1)) != 0 {
+                self.assemble_rows(jit, rows)?;
+                if isa == Isa::Avx512 && self.edge[rows - 1].is_none() {
+                    let mut slot = |halves: usize| {
+                        let code = wide::assemble_edge(rows, halves)?;
+                        jit.define_bytes(
+                            &format!("gemm_{isa}_{rows}x{halves}h_edge"),
+                            MICRO_KERNEL_PARAMS,
+                            &code,
+                        )
+                    };
+                    self.edge[rows - 1] = Some([slot(1)?, slot(2)?]);
+                }
+            }
+        }
+        if mask & (1 << (mr - 1)) != 0 && isa == Isa::Avx512 && self.transposes.is_none() {
+            let mut slot = |rows: usize| {
+                jit.define_bytes(
+                    &format!("gemm_{isa}_transpose{rows}"),
+                    TRANSPOSE_PARAMS,
+                    &wide::assemble_transpose(rows)?,
                 )
             };
-            edge.push([slot(1)?, slot(2)?]);
+            self.transposes = Some((slot(12)?, slot(16)?));
         }
+        self.rows_asked |= mask;
+        Ok(())
     }
-    let transposes = if isa == Isa::Avx512 {
-        let mut slot = |rows: usize| {
-            jit.define_bytes(
-                &format!("gemm_{isa}_transpose{rows}"),
-                TRANSPOSE_PARAMS,
-                &wide::assemble_transpose(rows)?,
-            )
-        };
-        Some((slot(12)?, slot(16)?))
-    } else {
-        None
-    };
-    Ok(MicroSlots {
-        isa,
-        narrow,
-        wide,
-        transposes,
-        edge,
-        gemv: Vec::new(),
-    })
+
+    /// Row counts asked for so far (a mask, see [`row_mask`]).
+    pub(crate) fn rows_asked(&self) -> u32 {
+        self.rows_asked
+    }
 }
 
 /// The tile pass applying a transcendental activation (and the residual):
@@ -446,12 +485,13 @@ pub(crate) struct MicroKernels {
     /// Rows per full call (`narrow.len()`).
     mr: usize,
     layout: PackLayout,
-    narrow: Vec<MicroFn>,
-    wide: Vec<(usize, MicroFn)>,
+    /// Per row count (index `rows - 1`), when assembled; `mr` always is.
+    narrow: Vec<Option<MicroFn>>,
+    wide: Vec<Option<(usize, MicroFn)>>,
     transposes: Option<Transposes>,
-    /// N-edge kernels by row count, of one and two vectors (AVX-512; empty
-    /// on the other tiers, whose N edge takes the tile copy).
-    edge: Vec<[MicroFn; 2]>,
+    /// N-edge kernels by row count, of one and two vectors, when assembled
+    /// (AVX-512 only: the other tiers' N edge takes the tile copy).
+    edge: Vec<Option<[MicroFn; 2]>>,
     /// GEMV kernels by shape `(k, n)`: 1-row products of those shapes
     /// take the GEMV path.
     gemv: Vec<((usize, usize), GemvFn)>,
@@ -497,6 +537,10 @@ impl MicroSlots {
     }
 
     pub(crate) fn link(&self, addresses: &[usize]) -> MicroKernels {
+        assert!(
+            self.narrow.last().is_some_and(Option::is_some),
+            "the mr-row micro-kernel, every row count's fallback, is always assembled"
+        );
         MicroKernels {
             isa: self.isa,
             mr: self.narrow.len(),
@@ -504,17 +548,17 @@ impl MicroSlots {
             narrow: self
                 .narrow
                 .iter()
-                .map(|s| micro_fn(addresses[s.0]))
+                .map(|s| s.map(|s| micro_fn(addresses[s.0])))
                 .collect(),
             wide: self
                 .wide
                 .iter()
-                .map(|&(vecs, s)| (vecs, micro_fn(addresses[s.0])))
+                .map(|w| w.map(|(vecs, s)| (vecs, micro_fn(addresses[s.0]))))
                 .collect(),
             edge: self
                 .edge
                 .iter()
-                .map(|slots| slots.map(|s| micro_fn(addresses[s.0])))
+                .map(|slots| slots.map(|slots| slots.map(|s| micro_fn(addresses[s.0]))))
                 .collect(),
             transposes: self.transposes.map(|(r12, r16)| Transposes {
                 rows12: transpose_fn(addresses[r12.0]),
@@ -774,6 +818,9 @@ impl GemmKernels {
 }
 
 thread_local! {
+    /// A row panel zero-padded to a larger kernel's rows (`run_chunk`, for
+    /// a row count without its own kernel).
+    static PADDED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A's row for the GEMV path when it is not stored contiguously.
     static A_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -1056,43 +1103,83 @@ fn run_chunk(
                     .pack_panel(i0, r, k0, packed_a, micro.transposes.as_ref());
             }
             let packed_a: &[f32] = packed_a;
-            let narrow = micro.narrow[r - 1];
-            let (vecs, wide) = micro.wide[r - 1];
-            let full_end = panels_range.end.min(full_panels);
-            let mut j = panels_range.start;
-            while j < panels_range.end {
-                let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
-                let prefetch = prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
-                    .unwrap_or(b_ptr);
-                call_index += 1;
-                let call = MicroCall {
-                    job,
-                    a: packed_a.as_ptr(),
-                    b: b_ptr,
-                    kc: kcp,
-                    flags,
-                    tile_pass,
-                    b_panel_stride,
-                    prefetch,
-                    ldc_bytes,
-                    pw,
+            let mut run_panels = |narrow: MicroFn,
+                                  (vecs, wide): (usize, MicroFn),
+                                  edge: Option<&[MicroFn; 2]>,
+                                  kernel_rows: usize,
+                                  a: *const f32| {
+                // Through a tile unless the kernel has exactly r rows.
+                let full_end = if kernel_rows == r {
+                    panels_range.end.min(full_panels)
+                } else {
+                    panels_range.start
                 };
-                if j < full_end {
-                    if vecs > 1 && j + vecs <= full_end {
-                        call.full(wide, i0, r, j, vecs);
-                        j += vecs;
+                let mut j = panels_range.start;
+                while j < panels_range.end {
+                    let b_ptr = b_data[block_base + j * kcp * pw..].as_ptr();
+                    let prefetch = prefetch_target(b_data, ahead.as_ref(), call_index, calls, kcp)
+                        .unwrap_or(b_ptr);
+                    call_index += 1;
+                    let call = MicroCall {
+                        job,
+                        a,
+                        b: b_ptr,
+                        kc: kcp,
+                        flags,
+                        tile_pass,
+                        b_panel_stride,
+                        prefetch,
+                        ldc_bytes,
+                        pw,
+                    };
+                    if j < full_end {
+                        if vecs > 1 && j + vecs <= full_end {
+                            call.full(wide, i0, r, j, vecs);
+                            j += vecs;
+                        } else {
+                            call.full(narrow, i0, r, j, 1);
+                            j += 1;
+                        }
                     } else {
-                        call.full(narrow, i0, r, j, 1);
+                        // The masked edge kernels store straight into C;
+                        // a tile pass (whole vectors only) or padded rows
+                        // need the tile copy.
+                        match edge {
+                            Some(edge) if job.kernels.tile_pass.is_none() => call.edge(edge, i0, j),
+                            _ => call.tile(narrow, kernel_rows, i0, r, j),
+                        }
                         j += 1;
                     }
-                } else {
-                    // The masked edge kernels store straight into C; a
-                    // tile pass (whole vectors only) needs the tile copy.
-                    match micro.edge.get(r - 1) {
-                        Some(edge) if job.kernels.tile_pass.is_none() => call.edge(edge, i0, j),
-                        _ => call.partial(narrow, i0, r, j),
-                    }
-                    j += 1;
+                }
+            };
+            match micro.narrow[r - 1] {
+                Some(narrow) => {
+                    let wide = micro.wide[r - 1].expect("assembled with the narrow kernel");
+                    let edge = micro.edge.get(r - 1).and_then(Option::as_ref);
+                    run_panels(narrow, wide, edge, r, packed_a.as_ptr());
+                }
+                None => {
+                    // A row count without its own kernel (not asked for
+                    // when the library was built) runs on the next larger
+                    // one (`mr` always exists) over A zero-padded to its
+                    // rows, one panel per call through a tile: each output
+                    // element is the same FMA chain, so the same bits.
+                    let (rows, f) = micro.narrow[r..]
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, f)| f.map(|f| (r + 1 + i, f)))
+                        .expect("the mr-row micro-kernel is always assembled");
+                    PADDED_A.with(|cell| {
+                        let mut padded = cell.borrow_mut();
+                        padded.clear();
+                        padded.resize(rows * kcp, 0.0);
+                        for (dst, src) in
+                            padded.chunks_exact_mut(rows).zip(packed_a.chunks_exact(r))
+                        {
+                            dst[..r].copy_from_slice(src);
+                        }
+                        run_panels(f, (1, f), None, rows, padded.as_ptr());
+                    });
                 }
             }
             i0 += r;
@@ -1220,19 +1307,21 @@ impl MicroCall<'_, '_> {
         }
     }
 
-    /// The last panel has fewer than `pw` valid columns: run the kernel on
-    /// a full-width copy of the tile so it never touches memory past row
-    /// ends.
-    fn partial(&self, f: MicroFn, i0: usize, r: usize, j: usize) {
+    /// Panel `j` through a full-width tile: the last panel, with fewer than
+    /// `pw` valid columns (so the kernel never touches memory past row
+    /// ends), or any panel when the kernel computes `kernel_rows > r` rows
+    /// (A zero-padded to them; only the `r` valid rows are read and
+    /// written back).
+    fn tile(&self, f: MicroFn, kernel_rows: usize, i0: usize, r: usize, j: usize) {
         let job = self.job;
         let pw = self.pw;
         let c0 = j * pw;
-        let width = job.n - c0;
+        let width = (job.n - c0).min(pw);
         let mut tile = [0.0f32; MAX_MR * MAX_PANEL_WIDTH];
         let mut residual_tile = [0.0f32; MAX_MR * MAX_PANEL_WIDTH];
         let mut bias_tile = [0.0f32; MAX_PANEL_WIDTH];
         if let Some(bias) = job.bias {
-            bias_tile[..width].copy_from_slice(&bias[c0..]);
+            bias_tile[..width].copy_from_slice(&bias[c0..c0 + width]);
         }
         for i in 0..r {
             let row = (i0 + i) * job.ldc + c0;
@@ -1246,9 +1335,11 @@ impl MicroCall<'_, '_> {
                 residual_tile[i * pw..i * pw + width].copy_from_slice(&residual[row..row + width]);
             }
         }
+        debug_assert!(r <= kernel_rows && kernel_rows <= MAX_MR);
         // SAFETY: the tile buffers hold MAX_MR x MAX_PANEL_WIDTH and the
-        // kernel touches r <= mr <= MAX_MR rows of pw <= MAX_PANEL_WIDTH
-        // columns at a pw * 4-byte row stride.
+        // kernel touches kernel_rows <= mr <= MAX_MR rows of pw <=
+        // MAX_PANEL_WIDTH columns at a pw * 4-byte row stride; `self.a`
+        // holds kernel_rows rows of packed A.
         unsafe {
             f(
                 self.a,
@@ -1559,6 +1650,44 @@ mod tests {
             assert!(grid.count() >= 2, "{m}x{n}x{k}: {} tasks", grid.count());
             for i in 0..grid.count() {
                 assert_eq!(grid.get(i).panels, 0..panel_count(n, 32), "{m}x{n}x{k}");
+            }
+        }
+    }
+
+    /// Every row panel the driver hands a micro-kernel (thread split, M
+    /// chunks, panels of `mr`) has a row count `row_mask` names for M, so a
+    /// library built for M never takes the zero-padded fallback.
+    #[test]
+    fn row_mask_names_every_row_count_the_driver_calls() {
+        for isa in Isa::ALL {
+            let (mr, pw) = (wide::rows_per_kernel(isa), wide::panel_width(isa));
+            assert_eq!(row_mask(isa, None), (1 << mr) - 1);
+            assert_eq!(row_mask(isa, Some(0)), 0);
+            for m in (1..=3 * mr + 2).chain([95, 96, 97, 128, 200, 513, 1000]) {
+                let mask = row_mask(isa, Some(m));
+                for &(n, k) in &[(10, 512), (512, 784), (1000, 64), (64, 3000)] {
+                    for threads in [1, 2, 3] {
+                        let tasks: Vec<Range<usize>> = if runs_parallel(m, n, k, threads) {
+                            let grid = plan_tasks(m, n, k, threads, mr, pw);
+                            (0..grid.count()).map(|i| grid.get(i).rows).collect()
+                        } else {
+                            vec![0..m]
+                        };
+                        let chunk = chunk_rows(k, mr);
+                        for rows in tasks {
+                            for start in rows.clone().step_by(chunk) {
+                                let end = (start + chunk).min(rows.end);
+                                for i0 in (start..end).step_by(mr) {
+                                    let r = mr.min(end - i0);
+                                    assert!(
+                                        mask & (1 << (r - 1)) != 0,
+                                        "{isa}: m {m}, n {n}, k {k}, {threads} threads: {r} rows"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -231,7 +231,7 @@ impl KernelCandidate for GemmTier {
         };
         let out_shape = &site.out_shape;
         let m = out_shape[..out_shape.len() - 1].iter().product();
-        let kernel = kernels.gemm(epilogue)?;
+        let kernel = kernels.gemm(epilogue, Some(m))?;
         if m == 1 {
             kernels.gemv(k, n)?;
         }
@@ -281,8 +281,19 @@ impl KernelCandidate for BatchedGemm {
         else {
             unreachable!("cost accepted only matmul");
         };
+        // Each batch entry is a GEMM of M rows, or (B shared, A's batches
+        // contiguous) one GEMM of all of them.
+        let a_shape = site.in_shape(0);
+        let kernel = match a_shape.len().checked_sub(2) {
+            Some(batch_rank) => {
+                let m = a_shape[batch_rank + usize::from(*transpose_a)];
+                let entries: usize = a_shape[..batch_rank].iter().product();
+                kernels.gemm_for_rows(Epilogue::none(), &[m, m * entries])?
+            }
+            None => kernels.gemm(Epilogue::none(), None)?,
+        };
         Ok(Step::BatchedMatMul {
-            kernel: kernels.gemm(Epilogue::none())?,
+            kernel,
             a: site.at(0),
             a_shape: site.in_shape(0),
             transpose_a: *transpose_a,
@@ -459,7 +470,9 @@ impl KernelCandidate for ConvGemm {
         let conv = ConvNode::of(&site.node.op, site.inputs.len()).expect("cost accepted the node");
         let epilogue = gemm_epilogue(&conv).expect("cost accepted the epilogue");
         Ok(Step::Conv {
-            kernel: kernels.gemm(epilogue)?,
+            // The row counts of the per-image, per-group GEMMs are left to
+            // the library (every one).
+            kernel: kernels.gemm(epilogue, None)?,
             geometry: conv.geometry(&site.in_shape(0), &site.in_shape(1), &site.out_shape),
             x: site.at(0),
             weights: site.planner.conv_weights[&site.id].clone(),
@@ -548,7 +561,7 @@ impl KernelCandidate for ConvNhwcGemm {
             nhwc_gemm_conv(site.planner.graph, site.id).expect("cost accepted the node");
         let epilogue = ConvNhwcGemm::epilogue(&conv).expect("cost accepted the epilogue");
         Ok(Step::ConvNhwc {
-            kernel: kernels.gemm(epilogue)?,
+            kernel: kernels.gemm(epilogue, None)?,
             geometry: conv.geometry(&site.in_shape(0), &w, &site.out_shape),
             x: site.at(0),
             weights: site.planner.nhwc_conv_weights[&site.id].clone(),

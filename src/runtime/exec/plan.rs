@@ -17,8 +17,8 @@ use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
-    packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId, InnerStride,
-    Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+    gemm_row_mask, packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId,
+    InnerStride, Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
@@ -277,6 +277,9 @@ type ElementwiseKey = (ElementwiseExpr, Vec<InnerStride>);
 #[derive(Clone, Default)]
 struct KernelIndex {
     gemms: Vec<(Epilogue, GemmId)>,
+    /// The GEMM micro-kernel row counts asked for (`gemm_row_mask`): a set
+    /// lacking the rows a plan's M calls for is not shared with it.
+    gemm_rows: u32,
     /// `None`: the code generator does not take this expression; the node
     /// runs on the interpreter.
     elementwise: Vec<(ElementwiseKey, Option<ElementwiseId>)>,
@@ -308,6 +311,10 @@ impl From<CodegenError> for StepError {
 /// is `None`), or compiling each distinct one once.
 pub(super) struct Kernels {
     builder: Option<KernelLibraryBuilder>,
+    isa: Isa,
+    /// Compile GEMM micro-kernels for every row count, whatever M: the
+    /// model already has a set, so its batch size varies.
+    all_rows: bool,
     index: KernelIndex,
     /// Time spent compiling and assembling, for the compile breakdown.
     compile_time: Duration,
@@ -317,6 +324,8 @@ impl Kernels {
     fn reusing(set: &KernelSet) -> Kernels {
         Kernels {
             builder: None,
+            isa: set.library.isa(),
+            all_rows: false,
             index: set.index.clone(),
             compile_time: Duration::ZERO,
         }
@@ -325,7 +334,7 @@ impl Kernels {
     /// Compiling for the `isa` tier: its GEMM candidate is that tier's
     /// micro-kernel set (Cranelift f32x4 for the baseline, assembled
     /// AVX2 / AVX-512 otherwise), which reads B in that tier's layout.
-    fn compiling(isa: Isa) -> Result<Kernels, ExecError> {
+    fn compiling(isa: Isa, all_rows: bool) -> Result<Kernels, ExecError> {
         let options = CodegenOptions {
             isa: Some(isa),
             ..CodegenOptions::default()
@@ -334,6 +343,8 @@ impl Kernels {
         let builder = KernelLibraryBuilder::with_options(&options)?;
         Ok(Kernels {
             builder: Some(builder),
+            isa,
+            all_rows,
             index: KernelIndex::default(),
             compile_time: start.elapsed(),
         })
@@ -352,12 +363,37 @@ impl Kernels {
         Ok(added)
     }
 
-    pub(super) fn gemm(&mut self, epilogue: Epilogue) -> Result<GemmId, StepError> {
-        if let Some((_, id)) = self.index.gemms.iter().find(|(e, _)| *e == epilogue) {
+    /// A GEMM kernel with `epilogue` for calls of `m` rows each (`None`:
+    /// any M): the set must also have the micro-kernels of those row counts.
+    pub(super) fn gemm(
+        &mut self,
+        epilogue: Epilogue,
+        m: Option<usize>,
+    ) -> Result<GemmId, StepError> {
+        let m = m.filter(|_| !self.all_rows);
+        let rows = gemm_row_mask(self.isa, m);
+        let known = self.index.gemms.iter().find(|(e, _)| *e == epilogue);
+        if let Some((_, id)) = known.filter(|_| self.index.gemm_rows & rows == rows) {
             return Ok(*id);
         }
-        let id = self.compile(|b| b.add_gemm(epilogue))??;
-        self.index.gemms.push((epilogue, id));
+        let id = self.compile(|b| b.add_gemm_for(epilogue, m))??;
+        self.index.gemm_rows |= rows;
+        if !self.index.gemms.iter().any(|(e, _)| *e == epilogue) {
+            self.index.gemms.push((epilogue, id));
+        }
+        Ok(id)
+    }
+
+    /// A GEMM kernel with `epilogue` whose calls have any of `ms` rows.
+    pub(super) fn gemm_for_rows(
+        &mut self,
+        epilogue: Epilogue,
+        ms: &[usize],
+    ) -> Result<GemmId, StepError> {
+        let mut id = self.gemm(epilogue, ms.first().copied())?;
+        for &m in ms.iter().skip(1) {
+            id = self.gemm(epilogue, Some(m))?;
+        }
         Ok(id)
     }
 
@@ -608,7 +644,10 @@ impl Planner<'_> {
         let (steps, kernels, kernel_compile) = match planned {
             Some((steps, set)) => (steps, set, Duration::ZERO),
             None => {
-                let mut kernels = Kernels::compiling(self.isa)?;
+                // A model's first set has the GEMM row kernels its M calls
+                // for; a later one (another batch size needing others) has
+                // them all, so every later size shares it.
+                let mut kernels = Kernels::compiling(self.isa, !reusable.is_empty())?;
                 let steps = match self.steps(&mut kernels, &computed, &loc, &scratch) {
                     Ok(steps) => steps,
                     Err(StepError::Exec(e)) => return Err(e),
