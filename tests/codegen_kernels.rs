@@ -568,6 +568,24 @@ fn gemm_row_kernels_for_m_only_on(isa: Isa) {
         "{isa}: {:?}",
         one.kernels().iter().map(|k| &k.name).collect::<Vec<_>>()
     );
+    // Built for an N of whole panels: no N-edge kernels; an N edge still
+    // runs (through the tile copy), with the same bits.
+    let mut whole = builder_for(isa);
+    let id = whole
+        .add_gemm_for_shape(Epilogue::none(), Some(1), Some(64))
+        .unwrap();
+    let whole = whole.finish().unwrap();
+    assert!(
+        whole.kernels().len() <= 3,
+        "{isa}: {:?}",
+        whole.kernels().iter().map(|k| &k.name).collect::<Vec<_>>()
+    );
+    for &(m, n) in &[(1, 70), (1, 10), (13, 45)] {
+        let p = Problem::new(99 + m as u64, m, 40, n);
+        let expected = run_gemm(&full, full_ids[0], &p, None, None, &pools[0]);
+        let got = run_gemm(&whole, id, &p, None, None, &pools[0]);
+        assert!(bits_equal(&expected, &got), "{isa}: {m}x40x{n}");
+    }
 }
 
 /// Every tier computes each output as the same sequential FMA chain and

@@ -109,6 +109,18 @@ impl KernelLibraryBuilder {
         epilogue: Epilogue,
         m: Option<usize>,
     ) -> Result<GemmId, CodegenError> {
+        self.add_gemm_for_shape(epilogue, m, None)
+    }
+
+    /// [`add_gemm_for`](Self::add_gemm_for) for `n` columns (`None`: any
+    /// N): the AVX-512 N-edge kernels only when `n` ends in a partial panel
+    /// (without them the edge takes the tile copy: same bits).
+    pub fn add_gemm_for_shape(
+        &mut self,
+        epilogue: Epilogue,
+        m: Option<usize>,
+        n: Option<usize>,
+    ) -> Result<GemmId, CodegenError> {
         let isa = self.jit.isa();
         let micro = match &mut self.micro {
             Some(micro) => micro,
@@ -116,7 +128,8 @@ impl KernelLibraryBuilder {
                 .micro
                 .insert(gemm::compile_micro_kernels(&mut self.jit, isa)?),
         };
-        micro.add_rows(&mut self.jit, gemm::row_mask(isa, m))?;
+        let mask = gemm::row_mask(isa, m) | gemm::edge_mask(isa, m, n, epilogue);
+        micro.add_rows(&mut self.jit, mask)?;
         if let Some(&index) = self.gemm_by_epilogue.get(&epilogue) {
             return Ok(GemmId {
                 library: self.library,

@@ -150,7 +150,7 @@ mod wide_math;
 pub mod window_nhwc;
 
 pub use elementwise::{supports as elementwise_supports, ElementwiseArgs, InnerStride, TensorView};
-pub(crate) use gemm::row_mask as gemm_row_mask;
+pub(crate) use gemm::{edge_mask as gemm_edge_mask, row_mask as gemm_row_mask};
 pub use gemm::{
     packed_b_len, packed_b_len_for, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, MatrixRef,
     PackLayout, PackedB, PackedBRef, KC_MAX,

@@ -332,6 +332,23 @@ pub(crate) fn row_mask(isa: Isa, m: Option<usize>) -> u32 {
     }
 }
 
+/// Where `edge_mask` puts its row counts: above every tier's `mr` bits.
+const EDGE_SHIFT: u32 = 16;
+
+/// The AVX-512 N-edge kernels a GEMM of `m` rows and `n` columns with
+/// `epilogue` calls, as `row_mask`'s row counts shifted by `EDGE_SHIFT`:
+/// none when `n` fills whole panels or a tile pass runs (it needs the tile
+/// copy); `None` for `n`: as if it had an edge.
+pub(crate) fn edge_mask(isa: Isa, m: Option<usize>, n: Option<usize>, epilogue: Epilogue) -> u32 {
+    let tile_pass = epilogue.activation.is_some_and(|a| !is_inline(a));
+    let edge = n.is_none_or(|n| n % wide::panel_width(isa) != 0);
+    if isa != Isa::Avx512 || tile_pass || !edge {
+        0
+    } else {
+        row_mask(isa, m) << EDGE_SHIFT
+    }
+}
+
 /// The micro-kernels of a tier: the `mr`-row kernel, which every row count
 /// can fall back on (`run_chunk`); other row counts are added by
 /// [`MicroSlots::add_rows`].
@@ -400,15 +417,19 @@ impl MicroSlots {
         Ok(())
     }
 
-    /// The row counts in `mask` (see [`row_mask`]; on AVX-512 with their
-    /// N-edge kernels), and with full `mr`-row panels the AVX-512 packing
-    /// transposes. Row counts not asked for still
+    /// The row counts in `mask` (see [`row_mask`]), the AVX-512 N-edge
+    /// kernels of those in its `edge_mask` bits, and with full `mr`-row
+    /// panels the AVX-512 packing transposes. Row counts not asked for still
     /// run, on a larger kernel over zero-padded rows (slower, same bits).
     pub(crate) fn add_rows(&mut self, jit: &mut JitBuilder, mask: u32) -> Result<(), CodegenError> {
         let mr = self.narrow.len();
         let isa = self.isa;
         for rows in 1..=mr {
             if mask & (1 << (rows - 1)) != 0 {
+                self.assemble_rows(jit, rows)?;
+            }
+            let edge_asked = mask & (1 << (rows - 1 + EDGE_SHIFT as usize)) != 0;
+            if edge_asked {
                 self.assemble_rows(jit, rows)?;
                 if isa == Isa::Avx512 && self.edge[rows - 1].is_none() {
                     let mut slot = |halves: usize| {
@@ -439,7 +460,7 @@ impl MicroSlots {
 
     /// Row counts asked for so far (a mask, see [`row_mask`]).
     pub(crate) fn rows_asked(&self) -> u32 {
-        self.rows_asked
+        self.rows_asked & ((1 << EDGE_SHIFT) - 1)
     }
 }
 

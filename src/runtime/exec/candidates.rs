@@ -231,7 +231,7 @@ impl KernelCandidate for GemmTier {
         };
         let out_shape = &site.out_shape;
         let m = out_shape[..out_shape.len() - 1].iter().product();
-        let kernel = kernels.gemm(epilogue, Some(m))?;
+        let kernel = kernels.gemm(epilogue, Some(m), Some(n))?;
         if m == 1 {
             kernels.gemv(k, n)?;
         }
@@ -288,9 +288,10 @@ impl KernelCandidate for BatchedGemm {
             Some(batch_rank) => {
                 let m = a_shape[batch_rank + usize::from(*transpose_a)];
                 let entries: usize = a_shape[..batch_rank].iter().product();
-                kernels.gemm_for_rows(Epilogue::none(), &[m, m * entries])?
+                let n = site.out_shape.last().copied().unwrap_or(1);
+                kernels.gemm_for_rows(Epilogue::none(), &[m, m * entries], n)?
             }
-            None => kernels.gemm(Epilogue::none(), None)?,
+            None => kernels.gemm(Epilogue::none(), None, None)?,
         };
         Ok(Step::BatchedMatMul {
             kernel,
@@ -472,7 +473,7 @@ impl KernelCandidate for ConvGemm {
         Ok(Step::Conv {
             // The row counts of the per-image, per-group GEMMs are left to
             // the library (every one).
-            kernel: kernels.gemm(epilogue, None)?,
+            kernel: kernels.gemm(epilogue, None, None)?,
             geometry: conv.geometry(&site.in_shape(0), &site.in_shape(1), &site.out_shape),
             x: site.at(0),
             weights: site.planner.conv_weights[&site.id].clone(),
@@ -561,7 +562,7 @@ impl KernelCandidate for ConvNhwcGemm {
             nhwc_gemm_conv(site.planner.graph, site.id).expect("cost accepted the node");
         let epilogue = ConvNhwcGemm::epilogue(&conv).expect("cost accepted the epilogue");
         Ok(Step::ConvNhwc {
-            kernel: kernels.gemm(epilogue, None)?,
+            kernel: kernels.gemm(epilogue, None, None)?,
             geometry: conv.geometry(&site.in_shape(0), &w, &site.out_shape),
             x: site.at(0),
             weights: site.planner.nhwc_conv_weights[&site.id].clone(),

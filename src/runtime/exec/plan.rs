@@ -17,8 +17,9 @@ use super::memory::{place, Lifetime};
 use super::ExecError;
 use crate::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
 use crate::codegen::{
-    gemm_row_mask, packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId, Epilogue, GemmId,
-    InnerStride, Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId, RowOp,
+    gemm_edge_mask, gemm_row_mask, packed_b_len_for, CodegenError, CodegenOptions, ElementwiseId,
+    Epilogue, GemmId, InnerStride, Isa, KernelLibrary, KernelLibraryBuilder, PackedB, RowKernelId,
+    RowOp,
 };
 use crate::ir::{Bindings, DType, ElementwiseExpr, Graph, NodeId, Op, TensorType};
 use crate::tensor::Tensor;
@@ -363,20 +364,22 @@ impl Kernels {
         Ok(added)
     }
 
-    /// A GEMM kernel with `epilogue` for calls of `m` rows each (`None`:
-    /// any M): the set must also have the micro-kernels of those row counts.
+    /// A GEMM kernel with `epilogue` for calls of `m` rows and `n` columns
+    /// each (`None`: any): the set must also have the micro-kernels of those
+    /// row counts (and, for an N edge, their AVX-512 edge kernels).
     pub(super) fn gemm(
         &mut self,
         epilogue: Epilogue,
         m: Option<usize>,
+        n: Option<usize>,
     ) -> Result<GemmId, StepError> {
         let m = m.filter(|_| !self.all_rows);
-        let rows = gemm_row_mask(self.isa, m);
+        let rows = gemm_row_mask(self.isa, m) | gemm_edge_mask(self.isa, m, n, epilogue);
         let known = self.index.gemms.iter().find(|(e, _)| *e == epilogue);
         if let Some((_, id)) = known.filter(|_| self.index.gemm_rows & rows == rows) {
             return Ok(*id);
         }
-        let id = self.compile(|b| b.add_gemm_for(epilogue, m))??;
+        let id = self.compile(|b| b.add_gemm_for_shape(epilogue, m, n))??;
         self.index.gemm_rows |= rows;
         if !self.index.gemms.iter().any(|(e, _)| *e == epilogue) {
             self.index.gemms.push((epilogue, id));
@@ -384,15 +387,17 @@ impl Kernels {
         Ok(id)
     }
 
-    /// A GEMM kernel with `epilogue` whose calls have any of `ms` rows.
+    /// A GEMM kernel with `epilogue` whose calls have any of `ms` rows and
+    /// `n` columns.
     pub(super) fn gemm_for_rows(
         &mut self,
         epilogue: Epilogue,
         ms: &[usize],
+        n: usize,
     ) -> Result<GemmId, StepError> {
-        let mut id = self.gemm(epilogue, ms.first().copied())?;
+        let mut id = self.gemm(epilogue, ms.first().copied(), Some(n))?;
         for &m in ms.iter().skip(1) {
-            id = self.gemm(epilogue, Some(m))?;
+            id = self.gemm(epilogue, Some(m), Some(n))?;
         }
         Ok(id)
     }
