@@ -122,14 +122,8 @@ impl KernelLibraryBuilder {
         n: Option<usize>,
     ) -> Result<GemmId, CodegenError> {
         let isa = self.jit.isa();
-        let micro = match &mut self.micro {
-            Some(micro) => micro,
-            None => self
-                .micro
-                .insert(gemm::compile_micro_kernels(&mut self.jit, isa)?),
-        };
         let mask = gemm::row_mask(isa, m) | gemm::edge_mask(isa, m, n, epilogue);
-        micro.add_rows(&mut self.jit, mask)?;
+        micro_kernels(&mut self.micro, &mut self.jit)?.add_rows(&mut self.jit, mask)?;
         if let Some(&index) = self.gemm_by_epilogue.get(&epilogue) {
             return Ok(GemmId {
                 library: self.library,
@@ -174,14 +168,7 @@ impl KernelLibraryBuilder {
     /// none for the shape (the baseline tier, `n` under one panel); such
     /// products stay on the micro-kernels.
     pub fn add_gemv(&mut self, k: usize, n: usize) -> Result<bool, CodegenError> {
-        let isa = self.jit.isa();
-        let micro = match &mut self.micro {
-            Some(micro) => micro,
-            None => self
-                .micro
-                .insert(gemm::compile_micro_kernels(&mut self.jit, isa)?),
-        };
-        micro.add_gemv(&mut self.jit, k, n)
+        micro_kernels(&mut self.micro, &mut self.jit)?.add_gemv(&mut self.jit, k, n)
     }
 
     /// A fused elementwise kernel; `inputs[i]` says how input `i` advances
@@ -241,6 +228,21 @@ impl KernelLibraryBuilder {
             isa,
             _code: code,
         })
+    }
+}
+
+/// The library's GEMM micro-kernel set, assembled on first use (by the
+/// first GEMM or GEMV asked for).
+fn micro_kernels<'a>(
+    micro: &'a mut Option<MicroSlots>,
+    jit: &mut JitBuilder,
+) -> Result<&'a mut MicroSlots, CodegenError> {
+    match micro {
+        Some(micro) => Ok(micro),
+        None => {
+            let isa = jit.isa();
+            Ok(micro.insert(gemm::compile_micro_kernels(jit, isa)?))
+        }
     }
 }
 
