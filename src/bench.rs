@@ -146,6 +146,8 @@ pub struct PlanStats {
     pub steps: usize,
     pub native_steps: usize,
     pub kernels: usize,
+    /// The batch runs sample by sample (the figures are one sample's plan).
+    pub by_sample: bool,
 }
 
 enum Engine {
@@ -486,6 +488,7 @@ impl Workload {
                     steps: info.steps,
                     native_steps: info.native_steps,
                     kernels: info.kernels,
+                    by_sample: info.by_sample,
                 };
                 isa = Some(model.isa());
                 let engine = Engine::Jit {

@@ -180,6 +180,66 @@ fn photos_are_classified_as_the_reference_classifies_them() {
     lamina_skip_efficientnet_tests,
     ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
 )]
+/// One image's activations (5.7 MiB) outgrow a core's L2 cache, so a batch
+/// runs sample by sample (runtime/exec/samples.rs), one image per thread:
+/// the same bits as the whole batch at once, on 1 and 2 threads, with a
+/// batch of 3 (two images together, then one on both threads).
+fn a_batch_runs_image_by_image_with_the_same_bits() {
+    use lamina::ir::Bindings;
+    use lamina::runtime::exec::{CompileOptions, SampleSplit};
+    use lamina::runtime::{bind_params, WeightFile};
+
+    let loaded = lamina::model::load(&model_dir().join("efficientnet_lite0.lam"))
+        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let weights = WeightFile::load(&cache().join("efficientnet_lite0.safetensors")).unwrap();
+    let params = bind_params(&loaded.graph, Some(&weights), &Bindings::new())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .values;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0022);
+    let n = 3 * 3 * 224 * 224;
+    let x = Tensor::f32(
+        vec![3, 3, 224, 224],
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    );
+    let inputs = HashMap::from([("image".to_string(), x)]);
+    for threads in [1, 2] {
+        let compile = |split| {
+            let (mut model, _) = lamina::compile::compile(
+                &loaded.graph,
+                &params,
+                CompileOptions { threads, isa: None },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            model.set_sample_split(split);
+            model
+        };
+        let split = compile(SampleSplit::Auto);
+        assert!(split.keeps_samples_apart());
+        let ordered = [&inputs["image"]];
+        let info = split.prepare(&ordered, &Bindings::new()).unwrap();
+        assert!(info.by_sample, "{threads} thread(s): {info:?}");
+        let got = split.run(&inputs).unwrap();
+        let expected = compile(SampleSplit::Never).run(&inputs).unwrap();
+        for ((name, a), (_, b)) in got.iter().zip(&expected) {
+            let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+            let differ = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{threads} thread(s), output {name}: {differ} values differ"
+            );
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    lamina_skip_efficientnet_tests,
+    ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
+)]
 fn the_cli_prints_the_top_classes_by_name() {
     let cache = cache();
     let model = model_dir().join("efficientnet_lite0.lam");

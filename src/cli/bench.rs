@@ -195,6 +195,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
             "steps": plan.map(|p| p.steps),
             "native_steps": plan.map(|p| p.native_steps),
             "kernels": plan.map(|p| p.kernels),
+            "by_sample": plan.map(|p| p.by_sample),
             "compile_breakdown_ms": {
                 "load": compile.load_ms,
                 "params": compile.params_ms,
@@ -257,12 +258,17 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
     );
     if let Some(plan) = workload.plan {
         println!(
-            "memory:     arena {} bytes ({:.2} MiB), {} steps ({} native), {} kernels",
+            "memory:     arena {} bytes ({:.2} MiB), {} steps ({} native), {} kernels{}",
             plan.arena_bytes,
             plan.arena_bytes as f64 / (1024.0 * 1024.0),
             plan.steps,
             plan.native_steps,
-            plan.kernels
+            plan.kernels,
+            if plan.by_sample {
+                "; one sample's plan: the batch runs sample by sample (one per thread)"
+            } else {
+                ""
+            }
         );
     }
     if let Some(nodes) = &profile {

@@ -4,7 +4,7 @@
 //! variance a checkpoint stores. The operands are in PyTorch's
 //! `F.batch_norm` order; each of the four is `[C]`.
 
-use super::shape::{err, expect_dtype, ShapeError};
+use super::shape::{err, expect_dtype, only_keeps_samples, ShapeError};
 use super::values::elements;
 use super::{BinaryOp, Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
 use super::{ReduceOp, UnaryOp};
@@ -26,6 +26,11 @@ impl OpKind for BatchNorm {
 
     fn arity(&self) -> (usize, usize) {
         (5, 5)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        only_keeps_samples(batched, 0)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {

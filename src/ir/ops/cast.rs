@@ -22,6 +22,11 @@ impl OpKind for Cast {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        true
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         Ok(TensorType::new(self.to, inputs[0].shape.clone()))
     }

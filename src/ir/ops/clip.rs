@@ -24,6 +24,11 @@ impl OpKind for Clip {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        true
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         expect_dtype("clip", "operand", inputs[0], DType::F32)?;
         Ok(inputs[0].clone())

@@ -11,7 +11,9 @@
 //! [`LinearEpilogue`] as `fused_linear`, so kernels implement one epilogue.
 
 use super::linalg::{activation_and_residual, LinearEpilogue};
-use super::shape::{err, expect_dtype, show, ShapeError};
+use super::shape::{
+    broadcast_keeps_samples, err, expect_dtype, only_keeps_samples, show, ShapeError,
+};
 use super::values::elements;
 use super::window::{DataLayout, Padding2d, Window2d};
 use super::{Builtin, CallArgs, EvalError, Gather, NodeId, Op, OpKind, Poisoned, ReduceOp};
@@ -91,6 +93,11 @@ impl OpKind for Conv2d {
 
     fn arity(&self) -> (usize, usize) {
         (2, 3)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        only_keeps_samples(batched, 0)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -276,6 +283,21 @@ impl OpKind for FusedConv2d {
     fn arity(&self) -> (usize, usize) {
         let n = self.epilogue.operand_count(2);
         (n, n)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        // x and the residual carry the samples; weights and bias are shared.
+        let residual = self.epilogue.residual_operand(2);
+        let shared = (1..inputs.len())
+            .filter(|&i| Some(i) != residual)
+            .all(|i| !batched[i]);
+        shared
+            && batched[0]
+            && broadcast_keeps_samples(
+                std::iter::once(0)
+                    .chain(residual)
+                    .map(|i| (inputs[i], batched[i])),
+            )
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {

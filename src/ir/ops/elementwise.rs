@@ -1,11 +1,11 @@
 //! Elementwise ops with numpy broadcasting: binary arithmetic, comparisons,
 //! `where`, and the fused expression that chains them.
 
+use super::shape::{broadcast_all, broadcast_keeps_samples, err, expect_dtype, show, ShapeError};
 use crate::ir::vjp::{GradError, Vjp};
 use std::fmt;
 
 use super::math;
-use super::shape::{broadcast_all, err, expect_dtype, show, ShapeError};
 use super::values::{broadcast_offsets, elements, with_element_type, Element};
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned, UnaryOp};
 use crate::ir::{DType, TensorType};
@@ -145,6 +145,10 @@ impl OpKind for BinaryOp {
 
     /// f32, or (all but `**`) two operands of one integer type: ids, masks
     /// and shape arithmetic stay integers.
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        broadcast_keeps_samples(inputs.iter().copied().zip(batched.iter().copied()))
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let dtype = inputs[0].dtype;
         if dtype.is_integer() && *self != BinaryOp::Pow {
@@ -210,6 +214,10 @@ impl OpKind for CompareOp {
         (2, 2)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        broadcast_keeps_samples(inputs.iter().copied().zip(batched.iter().copied()))
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         if inputs[0].dtype != inputs[1].dtype {
             return err(format!(
@@ -237,6 +245,10 @@ impl OpKind for Where {
 
     fn arity(&self) -> (usize, usize) {
         (3, 3)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        broadcast_keeps_samples(inputs.iter().copied().zip(batched.iter().copied()))
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -302,6 +314,10 @@ impl OpKind for FusedElementwise {
 
     /// Types the last step only; `eval` (and the code generator) check
     /// every step.
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        broadcast_keeps_samples(inputs.iter().copied().zip(batched.iter().copied()))
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let shape = broadcast_all(self.name(), inputs)?;
         let mut dtypes: Vec<DType> = Vec::with_capacity(self.expr.steps.len());

@@ -48,6 +48,11 @@ impl OpKind for Permute {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        self.perm.first() == Some(&0)
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let x = inputs[0];
         let mut sorted = self.perm.clone();
@@ -100,6 +105,13 @@ impl OpKind for Reshape {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        // Axis 0 kept, so each sample keeps its element count and, row-major,
+        // its place.
+        let _ = batched;
+        inputs[0].shape.first().is_some() && inputs[0].shape.first() == self.shape.first()
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let x = inputs[0];
         let shape = &self.shape;
@@ -147,6 +159,11 @@ impl OpKind for Concat {
 
     fn arity(&self) -> (usize, usize) {
         (1, usize::MAX)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        self.axis != 0 && batched.iter().all(|&b| b)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -203,6 +220,11 @@ impl OpKind for Slice {
 
     fn arity(&self) -> (usize, usize) {
         (1, 1)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        self.axis != 0
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {

@@ -1,10 +1,13 @@
 //! Matrix products: `matmul` (`a @ b`) and the `fused_linear` layer the
 //! `fuse-linear` pass makes of matmul + bias + activation + residual.
 
+use super::shape::{
+    broadcast_keeps_samples, err, expect_dtype, matmul_shape, operand_keeps_samples, show,
+    ShapeError,
+};
 use crate::ir::vjp::{GradError, Vjp};
 use std::borrow::Cow;
 
-use super::shape::{err, expect_dtype, matmul_shape, show, ShapeError};
 use super::values::{broadcast_offsets, elements};
 use super::{BinaryOp, Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned, UnaryOp};
 use crate::ir::graph::ShapeDisplay;
@@ -89,6 +92,10 @@ impl OpKind for MatMul {
         (2, 2)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        product_keeps_samples(inputs, batched, self.transpose_a)
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         expect_dtype("matmul", "a", inputs[0], DType::F32)?;
         expect_dtype("matmul", "b", inputs[1], DType::F32)?;
@@ -153,6 +160,18 @@ impl OpKind for FusedLinear {
     fn arity(&self) -> (usize, usize) {
         let n = self.epilogue.operand_count(2);
         (n, n)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let rank = inputs[0].shape.len().max(inputs[1].shape.len());
+        let epilogue_ok = (2..inputs.len()).all(|i| {
+            if Some(i) == self.epilogue.residual_operand(2) {
+                operand_keeps_samples(inputs[i], batched[i], rank)
+            } else {
+                !batched[i]
+            }
+        });
+        epilogue_ok && product_keeps_samples(&inputs[..2], &batched[..2], false)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
@@ -427,4 +446,16 @@ fn fused_linear_vjp(
     out[0] = da;
     out[1] = db;
     Ok(out)
+}
+
+/// `keeps_samples` of a matrix product `a @ b` (matmul, fused_linear): at
+/// rank 2 the samples are A's rows (A batched and not transposed, B
+/// shared); above, they are the leading batch axis, which broadcasts like
+/// an elementwise operand's.
+fn product_keeps_samples(inputs: &[&TensorType], batched: &[bool], transpose_a: bool) -> bool {
+    let (a, b) = (inputs[0], inputs[1]);
+    match a.shape.len().max(b.shape.len()) {
+        2 => a.shape.len() == 2 && batched[..2] == [true, false] && !transpose_a,
+        rank => rank > 2 && broadcast_keeps_samples([(a, batched[0]), (b, batched[1])]),
+    }
 }

@@ -112,6 +112,17 @@ pub trait OpKind: AttributeHash + fmt::Debug + Send + Sync {
     /// (a condition, an index). Every rule is checked against finite
     /// differences (tests/autodiff.rs). The default: no gradient, a located
     /// error naming the op.
+    /// Whether the op keeps the samples of a batch apart: when the operands
+    /// marked in `batched` carry samples along their axis 0 (the others are
+    /// shared by every sample), the output carries them along its axis 0
+    /// too, and its sample `i` depends only on sample `i` of the batched
+    /// operands. At least one operand is batched. The executor runs a batch
+    /// sample by sample only through ops that say yes (`runtime::exec`,
+    /// `samples.rs`); the default, no, keeps the batch whole.
+    fn keeps_samples(&self, _inputs: &[&TensorType], _batched: &[bool]) -> bool {
+        false
+    }
+
     fn vjp(
         &self,
         cx: &mut Vjp<'_>,

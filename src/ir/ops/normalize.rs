@@ -1,7 +1,7 @@
 //! Normalisations along one axis: `softmax`, `log_softmax`, `layer_norm`.
 
 use super::math::nan_max;
-use super::shape::{err, expect_axis, expect_dtype, show, ShapeError};
+use super::shape::{err, expect_axis, expect_dtype, only_keeps_samples, show, ShapeError};
 use super::values::{elements, StridedOffsets};
 use super::{BinaryOp, ReduceOp, UnaryOp};
 use super::{Builtin, CallArgs, EvalError, Float, NodeId, Op, OpKind, Poisoned};
@@ -47,6 +47,11 @@ impl OpKind for Softmax {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        self.axis != 0
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         along_axis(self.name(), self.axis, inputs)
     }
@@ -85,6 +90,11 @@ impl OpKind for LogSoftmax {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        self.axis != 0
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         along_axis(self.name(), self.axis, inputs)
     }
@@ -121,6 +131,11 @@ impl OpKind for LayerNorm {
 
     fn arity(&self) -> (usize, usize) {
         (3, 3)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        self.axis != 0 && only_keeps_samples(batched, 0)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {

@@ -16,7 +16,7 @@ use super::conv::layout_shape_words;
 use super::math;
 use super::pool_grad::Pool2dGrad;
 use super::reduce::Reduce;
-use super::shape::{err, expect_dtype, ShapeError};
+use super::shape::{err, expect_dtype, only_keeps_samples, ShapeError};
 use super::values::elements;
 use super::window::{read_layout, read_pair, DataLayout, Window2d};
 use super::{Builtin, CallArgs, EvalError, NodeId, Op, OpKind, Poisoned, ReduceOp};
@@ -47,6 +47,11 @@ impl OpKind for Pool2d {
 
     fn arity(&self) -> (usize, usize) {
         (1, 1)
+    }
+
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        only_keeps_samples(batched, 0)
     }
 
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {

@@ -50,6 +50,11 @@ impl OpKind for Reduce {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = inputs;
+        batched[0] && !self.axes.contains(&0)
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         let name = self.name();
         let x = inputs[0];

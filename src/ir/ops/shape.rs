@@ -155,3 +155,41 @@ pub fn check_size(ty: &TensorType) -> Result<(), ShapeError> {
     }
     Ok(())
 }
+
+/// `OpKind::keeps_samples` of ops whose operands broadcast against each
+/// other (elementwise ops): some operand is batched and each fits
+/// [`operand_keeps_samples`] at the operands' largest rank.
+pub fn broadcast_keeps_samples<'t>(
+    operands: impl IntoIterator<Item = (&'t TensorType, bool)>,
+) -> bool {
+    let operands: Vec<(&TensorType, bool)> = operands.into_iter().collect();
+    let rank = operands
+        .iter()
+        .map(|(t, _)| t.shape.len())
+        .max()
+        .unwrap_or(0);
+    operands.iter().any(|&(_, batched)| batched)
+        && operands
+            .iter()
+            .all(|&(t, batched)| operand_keeps_samples(t, batched, rank))
+}
+
+/// Whether an operand broadcast into an output of rank `rank` keeps the
+/// samples apart: a batched one has that rank (its axis 0 is the
+/// output's); a shared one is shorter or has a size-1 axis 0.
+pub fn operand_keeps_samples(t: &TensorType, batched: bool, rank: usize) -> bool {
+    if batched {
+        rank > 0 && t.shape.len() == rank
+    } else {
+        t.shape.len() < rank || t.shape.first() == Some(&Dim::known(1))
+    }
+}
+
+/// `OpKind::keeps_samples` of ops with one batched operand, `samples`,
+/// whose other operands are shared (weights, statistics, bounds).
+pub fn only_keeps_samples(batched: &[bool], samples: usize) -> bool {
+    batched
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i == samples))
+}

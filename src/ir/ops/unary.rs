@@ -115,6 +115,11 @@ impl OpKind for UnaryOp {
         (1, 1)
     }
 
+    fn keeps_samples(&self, inputs: &[&TensorType], batched: &[bool]) -> bool {
+        let _ = (inputs, batched);
+        true
+    }
+
     fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
         expect_dtype(self.name(), "operand", inputs[0], DType::F32)?;
         Ok(inputs[0].clone())

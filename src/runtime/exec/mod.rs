@@ -17,8 +17,10 @@ mod candidates;
 mod copy;
 mod memory;
 mod plan;
+mod samples;
 
 pub use candidates::{candidate_names, candidate_runs_on};
+pub use samples::SampleSplit;
 
 use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
 use std::collections::{HashMap, HashSet};
@@ -252,6 +254,72 @@ struct CachedPlan {
     /// shared with earlier plans that bound the same shape).
     packed_weights: HashMap<NodeId, Arc<PackedB>>,
     arenas: Mutex<Vec<Arena>>,
+    /// The batch-1 plan that runs these inputs sample by sample instead
+    /// (`samples.rs`), when the model keeps samples apart and one sample's
+    /// memory outgrows the L2 cache.
+    by_sample: Option<Arc<CachedPlan>>,
+    /// Per-sample inputs and outputs of runs through `by_sample`, reused.
+    sample_scratch: Mutex<Vec<samples::SampleScratch>>,
+}
+
+impl CachedPlan {
+    fn new(
+        plan: Plan,
+        packed_weights: HashMap<NodeId, Arc<PackedB>>,
+        by_sample: Option<Arc<CachedPlan>>,
+    ) -> CachedPlan {
+        CachedPlan {
+            plan: Arc::new(plan),
+            packed_weights,
+            arenas: Mutex::new(Vec::new()),
+            by_sample,
+            sample_scratch: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Gives `outputs` the dtypes and shapes of `plan`'s outputs, keeping the
+/// tensors that have them already (nothing is allocated then).
+fn shape_outputs(plan: &Plan, outputs: &mut Vec<Tensor>) {
+    outputs.truncate(plan.outputs.len());
+    for (i, (_, _, dtype, shape)) in plan.outputs.iter().enumerate() {
+        let reusable = outputs
+            .get(i)
+            .is_some_and(|t| t.dtype() == *dtype && t.shape() == shape.as_slice());
+        if !reusable {
+            let fresh = Tensor::zeros(*dtype, shape.clone());
+            if i < outputs.len() {
+                outputs[i] = fresh;
+            } else {
+                outputs.push(fresh);
+            }
+        }
+    }
+}
+
+/// The cached plan for inputs of exactly these dtypes and shapes and the
+/// `fixed` values it was bound with (anything else is bound afresh, which
+/// reports a contradiction).
+fn find_plan<'s>(
+    plans: &[Arc<CachedPlan>],
+    shapes: impl Iterator<Item = (DType, &'s [usize])> + Clone,
+    fixed: &Bindings,
+) -> Option<Arc<CachedPlan>> {
+    // Compared in place: looking up a cached plan allocates nothing.
+    plans
+        .iter()
+        .find(|c| {
+            c.plan.input_shapes.len() == shapes.clone().count()
+                && c.plan
+                    .input_shapes
+                    .iter()
+                    .zip(shapes.clone())
+                    .all(|((dtype, shape), (d, s))| *dtype == d && shape.as_slice() == s)
+                && fixed
+                    .iter()
+                    .all(|(symbol, value)| c.plan.bindings.get(symbol) == Some(value))
+        })
+        .cloned()
 }
 
 pub struct CompiledModel {
@@ -280,6 +348,10 @@ pub struct CompiledModel {
     plans: Mutex<Vec<Arc<CachedPlan>>>,
     /// Checked by every new plan before its arena can be allocated.
     budget: MemoryBudget,
+    /// Which inputs carry a batch's samples, when every op keeps them apart.
+    samples: Option<samples::SampleAxis>,
+    /// Whether a batch may run sample by sample.
+    sample_split: SampleSplit,
 }
 
 /// Statistics about the plan for one set of input shapes.
@@ -296,6 +368,10 @@ pub struct PlanInfo {
     pub compiled_kernels: bool,
     /// Time the plan spent compiling kernels (zero when it shares a set).
     pub kernel_compile: std::time::Duration,
+    /// Whether the batch runs sample by sample (`samples.rs`); the figures
+    /// above are then the batch-1 plan's, which runs once per sample (an
+    /// arena per thread running one).
+    pub by_sample: bool,
     /// The plan's kernels, for [`PlanInfo::clif`].
     kernel_set: Arc<KernelSet>,
 }
@@ -441,6 +517,7 @@ impl CompiledModel {
         } else {
             Threads::new(options.threads)?
         };
+        let samples = samples::sample_axis(graph, &param_bindings);
         Ok(CompiledModel {
             graph: graph.clone(),
             weights,
@@ -455,6 +532,8 @@ impl CompiledModel {
             param_bindings,
             plans: Mutex::new(Vec::new()),
             budget: MemoryBudget::default(),
+            samples,
+            sample_split: SampleSplit::default(),
         })
     }
 
@@ -518,26 +597,52 @@ impl CompiledModel {
             });
         }
         let mut plans = self.plans.lock().expect("plan cache lock");
-        // A plan fits inputs of its exact dtypes and shapes, and `fixed`
-        // values it was bound with (anything else is bound afresh, which
-        // reports a contradiction).
-        let matches = |p: &Plan| {
-            p.input_shapes
-                .iter()
-                .zip(inputs)
-                .all(|((dtype, shape), t)| *dtype == t.dtype() && shape.as_slice() == t.shape())
-                && fixed
-                    .iter()
-                    .all(|(symbol, value)| p.bindings.get(symbol) == Some(value))
-        };
-        if let Some(cached) = plans.iter().find(|c| matches(&c.plan)) {
-            return Ok(cached.clone());
+        if let Some(cached) =
+            find_plan(&plans, inputs.iter().map(|t| (t.dtype(), t.shape())), fixed)
+        {
+            return Ok(cached);
         }
+        let shapes: Vec<(DType, Vec<usize>)> = inputs
+            .iter()
+            .map(|t| (t.dtype(), t.shape().to_vec()))
+            .collect();
+        let (plan, packed_weights) = self.build_plan(&plans, &shapes, fixed)?;
+        // A batch that runs better sample by sample gets its batch-1 plan
+        // (found or built) beside its own.
+        let by_sample = match self.split_shapes(&plan, &shapes, fixed) {
+            Some((sample_shapes, sample_fixed)) => {
+                let given = sample_shapes.iter().map(|(d, s)| (*d, s.as_slice()));
+                Some(match find_plan(&plans, given, &sample_fixed) {
+                    Some(cached) => cached,
+                    None => {
+                        let (plan, packed_weights) =
+                            self.build_plan(&plans, &sample_shapes, &sample_fixed)?;
+                        let cached = Arc::new(CachedPlan::new(plan, packed_weights, None));
+                        plans.push(cached.clone());
+                        cached
+                    }
+                })
+            }
+            None => None,
+        };
+        let cached = Arc::new(CachedPlan::new(plan, packed_weights, by_sample));
+        plans.push(cached.clone());
+        Ok(cached)
+    }
+
+    /// A new plan for inputs of these dtypes and shapes, with the packed
+    /// weights it needs (the model's, earlier plans', and those it packs).
+    fn build_plan(
+        &self,
+        plans: &[Arc<CachedPlan>],
+        shapes: &[(DType, Vec<usize>)],
+        fixed: &Bindings,
+    ) -> Result<(Plan, HashMap<NodeId, Arc<PackedB>>), ExecError> {
         let named: Vec<(String, DType, Vec<usize>)> = self
             .input_names()
             .iter()
-            .zip(inputs)
-            .map(|(n, t)| (n.to_string(), t.dtype(), t.shape().to_vec()))
+            .zip(shapes)
+            .map(|(n, (dtype, shape))| (n.to_string(), *dtype, shape.clone()))
             .collect();
         // `fixed` wins over what the parameters say; a contradiction is
         // reported when the plan checks every weight against its type.
@@ -595,26 +700,12 @@ impl CompiledModel {
                 reusable.push(cached.plan.kernels.clone());
             }
         }
-        let plan = planner.build(
-            inputs
-                .iter()
-                .map(|t| (t.dtype(), t.shape().to_vec()))
-                .collect(),
-            &reusable,
-        )?;
+        let plan = planner.build(shapes.to_vec(), &reusable)?;
         self.check_budget(&concrete, &plan, bound_bytes)?;
         packed_weights.extend(pack_weights(to_pack, layout));
-        let cached = Arc::new(CachedPlan {
-            plan: Arc::new(plan),
-            packed_weights,
-            arenas: Mutex::new(Vec::new()),
-        });
-        plans.push(cached.clone());
-        Ok(cached)
+        Ok((plan, packed_weights))
     }
 
-    /// Replaces the memory budget (the default is a share of physical RAM)
-    /// that each new plan's arena, boxed values and weights must fit.
     /// Plans every node with the kernel candidate `name` (one of
     /// [`candidate_names`]) when it takes the node, else on the interpreter;
     /// `None` restores the cheapest choice. For the candidates' conformance
@@ -627,6 +718,8 @@ impl CompiledModel {
             .clear();
     }
 
+    /// Replaces the memory budget (the default is a share of physical RAM)
+    /// that each new plan's arena, boxed values and weights must fit.
     pub fn set_memory_budget(&mut self, budget: MemoryBudget) {
         self.budget = budget;
     }
@@ -675,8 +768,12 @@ impl CompiledModel {
     /// Plans (and compiles kernels) for these inputs without running.
     pub fn prepare(&self, inputs: &[&Tensor], fixed: &Bindings) -> Result<PlanInfo, ExecError> {
         let cached = self.plan_for(inputs, fixed)?;
-        let plan = &cached.plan;
+        let plan = match &cached.by_sample {
+            Some(sample) => &sample.plan,
+            None => &cached.plan,
+        };
         Ok(PlanInfo {
+            by_sample: cached.by_sample.is_some(),
             arena_bytes: plan.arena_len * 4 + boxed_bytes(plan),
             steps: plan.steps.len(),
             native_steps: plan.native_steps,
@@ -760,6 +857,19 @@ impl CompiledModel {
         outputs: &mut Vec<Tensor>,
     ) -> Result<(), ExecError> {
         let cached = self.plan_for(inputs, fixed)?;
+        match &cached.by_sample {
+            Some(sample) => self.run_by_sample(&cached, sample, inputs, outputs),
+            None => self.run_plan(&cached, inputs, outputs),
+        }
+    }
+
+    /// Runs `cached`'s plan on inputs of its shapes (see `run_into`).
+    fn run_plan(
+        &self,
+        cached: &CachedPlan,
+        inputs: &[&Tensor],
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<(), ExecError> {
         let plan = &cached.plan;
         let arena = cached.arenas.lock().expect("arena pool lock").pop();
         let mut arena = match arena {
@@ -782,20 +892,7 @@ impl CompiledModel {
         // dead before it is written, and moving those to another buffer of
         // the same size changes nothing. The same range listed twice (one
         // value output under two names) is redirected once and copied after.
-        outputs.truncate(plan.outputs.len());
-        for (i, (_, _, dtype, shape)) in plan.outputs.iter().enumerate() {
-            let reusable = outputs
-                .get(i)
-                .is_some_and(|t| t.dtype() == *dtype && t.shape() == shape.as_slice());
-            if !reusable {
-                let fresh = Tensor::zeros(*dtype, shape.clone());
-                if i < outputs.len() {
-                    outputs[i] = fresh;
-                } else {
-                    outputs.push(fresh);
-                }
-            }
-        }
+        shape_outputs(plan, outputs);
         arena.redirects.clear();
         for (i, ((_, loc, _, _), out)) in plan.outputs.iter().zip(outputs.iter_mut()).enumerate() {
             if let (Loc::Arena { offset, len }, Some(data)) = (*loc, out.as_f32_mut()) {
