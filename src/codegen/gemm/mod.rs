@@ -305,6 +305,9 @@ pub(crate) struct MicroSlots {
     /// Per row count: the N-edge kernels of one and two vectors (AVX-512),
     /// when assembled (with the row count's other kernels when asked for).
     edge: Vec<Option<[KernelSlot; 2]>>,
+    /// The AVX-512 `mr`-row kernels reading A in place: one panel, and the
+    /// N-edge ones of one and two vectors when the edge was asked for.
+    in_place: Option<(KernelSlot, Option<[KernelSlot; 2]>)>,
     /// Row counts asked for (`row_mask`): bit `rows - 1`.
     rows_asked: u32,
     /// GEMV kernels by shape `(k, n)` (wide tiers).
@@ -363,6 +366,7 @@ pub(crate) fn compile_micro_kernels(
         wide: vec![None; mr],
         transposes: None,
         edge: vec![None; mr],
+        in_place: None,
         rows_asked: 0,
         gemv: Vec::new(),
     };
@@ -454,6 +458,28 @@ impl MicroSlots {
             };
             self.transposes = Some((slot(12)?, slot(16)?));
         }
+        if mask & (1 << (mr - 1)) != 0 && isa == Isa::Avx512 {
+            let mut slot = |edge: Option<usize>| {
+                let name = match edge {
+                    None => format!("gemm_{isa}_{mr}x1_a_in_place"),
+                    Some(h) => format!("gemm_{isa}_{mr}x{h}h_edge_a_in_place"),
+                };
+                jit.define_bytes(
+                    &name,
+                    MICRO_KERNEL_PARAMS,
+                    &wide::assemble_a_in_place(mr, edge)?,
+                )
+            };
+            let narrow = match self.in_place {
+                Some((narrow, _)) => narrow,
+                None => slot(None)?,
+            };
+            let mut edge = self.in_place.and_then(|(_, edge)| edge);
+            if edge.is_none() && mask & (1 << (mr - 1 + EDGE_SHIFT as usize)) != 0 {
+                edge = Some([slot(Some(1))?, slot(Some(2))?]);
+            }
+            self.in_place = Some((narrow, edge));
+        }
         self.rows_asked |= mask;
         Ok(())
     }
@@ -513,10 +539,26 @@ pub(crate) struct MicroKernels {
     /// N-edge kernels by row count, of one and two vectors, when assembled
     /// (AVX-512 only: the other tiers' N edge takes the tile copy).
     edge: Vec<Option<[MicroFn; 2]>>,
+    /// The `mr`-row kernels reading A in place (AVX-512), when assembled.
+    in_place: Option<InPlaceKernels>,
     /// GEMV kernels by shape `(k, n)`: 1-row products of those shapes
     /// take the GEMV path.
     gemv: Vec<((usize, usize), GemvFn)>,
 }
+
+/// The AVX-512 `mr`-row micro-kernels that read A in place
+/// (`wide::assemble_a_in_place`): one panel, and the N-edge kernels.
+#[derive(Clone, Copy)]
+struct InPlaceKernels {
+    narrow: MicroFn,
+    edge: Option<[MicroFn; 2]>,
+}
+
+/// At most this many B panels (`n` up to 256 on AVX-512) for a GEMM to
+/// read A in place: each panel reads the row panel again, from A's rows
+/// in L1/L2 rather than a packed panel; for wider products packing A
+/// once pays.
+const IN_PLACE_MAX_PANELS: usize = 8;
 
 fn transpose_fn(address: usize) -> TransposeFn {
     assert_ne!(address, 0, "finalized function has a null address");
@@ -581,6 +623,10 @@ impl MicroSlots {
                 .iter()
                 .map(|slots| slots.map(|slots| slots.map(|s| micro_fn(addresses[s.0]))))
                 .collect(),
+            in_place: self.in_place.map(|(narrow, edge)| InPlaceKernels {
+                narrow: micro_fn(addresses[narrow.0]),
+                edge: edge.map(|slots| slots.map(|s| micro_fn(addresses[s.0]))),
+            }),
             transposes: self.transposes.map(|(r12, r16)| Transposes {
                 rows12: transpose_fn(addresses[r12.0]),
                 rows16: transpose_fn(addresses[r16.0]),
@@ -676,6 +722,8 @@ struct Job<'a> {
     k: usize,
     /// Floats between rows of C and of the residual.
     ldc: usize,
+    /// Full row panels read A where it is (`InPlaceKernels`), unpacked.
+    a_in_place: Option<InPlaceKernels>,
 }
 
 struct Task {
@@ -798,6 +846,8 @@ impl GemmKernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let pw = self.micro.layout.panel_width();
+        let a_in_place = self.a_in_place(&a, n);
         let job = Job {
             kernels: self,
             a,
@@ -808,8 +858,8 @@ impl GemmKernels {
             n,
             k,
             ldc,
+            a_in_place,
         };
-        let pw = self.micro.layout.panel_width();
         if m == 1 {
             let kernel = self.micro.gemv.iter().find(|&&(shape, _)| shape == (k, n));
             if let Some(&(_, kernel)) = kernel {
@@ -835,6 +885,27 @@ impl GemmKernels {
         let grid = plan_tasks(m, n, k, threads.count(), self.micro.mr, pw);
         threads.for_each_index(grid.count(), |i| run_task(&job, &grid.get(i)));
         Ok(())
+    }
+}
+
+impl GemmKernels {
+    /// The kernels reading A in place, when this product uses them: A
+    /// stored row by row, rows not a multiple of 4 KiB apart (twelve rows
+    /// in the same L1 set would evict each other), at most
+    /// `IN_PLACE_MAX_PANELS` panels of B, no tile pass, and the N edge
+    /// (if any) on the in-place edge kernels.
+    fn a_in_place(&self, a: &LeftOperand<'_>, n: usize) -> Option<InPlaceKernels> {
+        let kernels = self.micro.in_place?;
+        let LeftOperand::Matrix(a) = a else {
+            return None;
+        };
+        let pw = self.micro.layout.panel_width();
+        let row_bytes = a.row_bytes()?;
+        let fits = !row_bytes.is_multiple_of(4096)
+            && panel_count(n, pw) <= IN_PLACE_MAX_PANELS
+            && self.tile_pass.is_none()
+            && (n.is_multiple_of(pw) || kernels.edge.is_some());
+        fits.then_some(kernels)
     }
 }
 
@@ -1117,9 +1188,16 @@ fn run_chunk(
         let mut i0 = rows.start;
         while i0 < rows.end {
             let r = micro.mr.min(rows.end - i0);
+            // A full row panel of an in-place product is read where it is.
+            let in_place = match (&job.a, job.a_in_place) {
+                (LeftOperand::Matrix(a), Some(kernels)) if r == micro.mr => a
+                    .rows_in_place(i0, r, k0, kcp)
+                    .map(|(address, row_bytes)| (kernels, address, row_bytes)),
+                _ => None,
+            };
             let at = k0 * rows.len() + (i0 - rows.start) * kcp;
             let packed_a = &mut a_chunk[at..at + r * kcp];
-            if pack {
+            if pack && in_place.is_none() {
                 job.a
                     .pack_panel(i0, r, k0, packed_a, micro.transposes.as_ref());
             }
@@ -1128,7 +1206,8 @@ fn run_chunk(
                                   (vecs, wide): (usize, MicroFn),
                                   edge: Option<&[MicroFn; 2]>,
                                   kernel_rows: usize,
-                                  a: *const f32| {
+                                  a: *const f32,
+                                  flags: usize| {
                 // Through a tile unless the kernel has exactly r rows.
                 let full_end = if kernel_rows == r {
                     panels_range.end.min(full_panels)
@@ -1173,13 +1252,27 @@ fn run_chunk(
                     }
                 }
             };
-            match micro.narrow[r - 1] {
-                Some(narrow) => {
+            match (in_place, micro.narrow[r - 1]) {
+                (Some((kernels, address, row_bytes)), _) => {
+                    // `a_in_place` chose these kernels only with no tile
+                    // pass and an edge kernel for any N edge, so no call
+                    // goes through a tile; the row stride rides in the flags.
+                    let narrow = kernels.narrow;
+                    run_panels(
+                        narrow,
+                        (1, narrow),
+                        kernels.edge.as_ref(),
+                        r,
+                        address,
+                        flags | row_bytes << wide::LDA_SHIFT,
+                    );
+                }
+                (None, Some(narrow)) => {
                     let wide = micro.wide[r - 1].expect("assembled with the narrow kernel");
                     let edge = micro.edge.get(r - 1).and_then(Option::as_ref);
-                    run_panels(narrow, wide, edge, r, packed_a.as_ptr());
+                    run_panels(narrow, wide, edge, r, packed_a.as_ptr(), flags);
                 }
-                None => {
+                (None, None) => {
                     // A row count without its own kernel (not asked for
                     // when the library was built) runs on the next larger
                     // one (`mr` always exists) over A zero-padded to its
@@ -1199,7 +1292,7 @@ fn run_chunk(
                         {
                             dst[..r].copy_from_slice(src);
                         }
-                        run_panels(f, (1, f), None, rows, padded.as_ptr());
+                        run_panels(f, (1, f), None, rows, padded.as_ptr(), flags);
                     });
                 }
             }
@@ -1719,6 +1812,86 @@ mod tests {
     /// B, and writes no column past the last: C's rows here are `n + 5`
     /// apart and the gaps hold a sentinel. Depths 5 and 300 (two K blocks:
     /// the edge kernel continues C), inline and tile-pass epilogues.
+    /// Rows 4 KiB apart are packed (`GemmKernels::a_in_place`), rows `k`
+    /// apart read in place: the same bits, edges and epilogues included.
+    #[test]
+    fn reading_a_in_place_gives_the_packed_bits() {
+        use crate::codegen::{CodegenOptions, KernelLibraryBuilder, Target};
+        if Target::detected().with_isa(Isa::Avx512).is_err() {
+            return;
+        }
+        let value = |i: usize| ((i * 7919 % 97) as f32 - 48.0) / 32.0;
+        let epilogues = [
+            Epilogue {
+                bias: true,
+                activation: Some(Activation::Relu6),
+                residual: true,
+            },
+            Epilogue::none(),
+        ];
+        let mut builder = KernelLibraryBuilder::with_options(&CodegenOptions {
+            isa: Some(Isa::Avx512),
+            ..CodegenOptions::default()
+        })
+        .unwrap();
+        let ids: Vec<_> = epilogues
+            .iter()
+            .map(|&e| builder.add_gemm(e).unwrap())
+            .collect();
+        let lib = builder.finish().unwrap();
+        let layout = lib.pack_layout();
+        const PACKED_LD: usize = 1024;
+        for (&epilogue, &id) in epilogues.iter().zip(&ids) {
+            for k in [1, 16, 300, 1000] {
+                for m in [12, 25, 100] {
+                    for n in [1usize, 16, 24, 32, 40, 96, 256] {
+                        let a: Vec<f32> = (0..m * k).map(value).collect();
+                        let mut a_far = vec![0.0; m * PACKED_LD];
+                        for i in 0..m {
+                            a_far[i * PACKED_LD..i * PACKED_LD + k]
+                                .copy_from_slice(&a[i * k..(i + 1) * k]);
+                        }
+                        let b: Vec<f32> = (0..k * n).map(|i| value(i + 1)).collect();
+                        let bias: Vec<f32> = (0..n).map(|i| value(i + 2)).collect();
+                        let residual: Vec<f32> = (0..m * n).map(|i| value(i + 3)).collect();
+                        let packed =
+                            PackedB::pack_for(&MatrixRef::row_major(&b, k, n).unwrap(), layout);
+                        let run = |a: MatrixRef<'_>, threads: &Threads| {
+                            let mut c = vec![0.0; m * n];
+                            lib.gemm_strided(
+                                id,
+                                StridedGemmArgs {
+                                    a: LeftOperand::Matrix(a),
+                                    b: packed.as_ref(),
+                                    bias: epilogue.bias.then_some(&bias[..]),
+                                    residual: epilogue.residual.then_some(&residual[..]),
+                                    c: &mut c,
+                                    ldc: n,
+                                },
+                                threads,
+                            )
+                            .unwrap();
+                            c
+                        };
+                        let threads = Threads::new(2).unwrap();
+                        let packed_c = run(
+                            MatrixRef::strided(&a_far, m, k, PACKED_LD, false).unwrap(),
+                            &Threads::single(),
+                        );
+                        for threads in [&Threads::single(), &threads] {
+                            let in_place = run(MatrixRef::row_major(&a, m, k).unwrap(), threads);
+                            let differ = packed_c
+                                .iter()
+                                .zip(&in_place)
+                                .position(|(x, y)| x.to_bits() != y.to_bits());
+                            assert_eq!(differ, None, "m {m} k {k} n {n} {epilogue:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_n_edge_gives_the_full_panels_bits_and_stays_inside_c() {
         use crate::codegen::{CodegenOptions, KernelLibraryBuilder, Target};

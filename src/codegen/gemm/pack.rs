@@ -153,6 +153,39 @@ impl<'a> MatrixRef<'a> {
         self.transposed
     }
 
+    /// For a kernel reading A in place: the address of element `(i0, k0)`
+    /// and the bytes between rows, when A is stored row by row; rows
+    /// `i0..i0 + rows` at depth `k0..k0 + kc` must lie inside A.
+    pub(crate) fn rows_in_place(
+        &self,
+        i0: usize,
+        rows: usize,
+        k0: usize,
+        kc: usize,
+    ) -> Option<(*const f32, usize)> {
+        if self.transposed {
+            return None;
+        }
+        let start = i0 * self.ld + k0;
+        assert!(
+            rows > 0 && i0 + rows <= self.rows && k0 + kc <= self.cols,
+            "rows {i0}..{} at depth {k0}..{} outside a {}x{} A",
+            i0 + rows,
+            k0 + kc,
+            self.rows,
+            self.cols
+        );
+        // The last row's last element: inside `data` (checked when the
+        // MatrixRef was made: rows * ld covers it).
+        assert!(start + (rows - 1) * self.ld + kc <= self.data.len());
+        Some((self.data[start..].as_ptr(), self.ld * 4))
+    }
+
+    /// Bytes between rows of A stored row by row (`None` when transposed).
+    pub(crate) fn row_bytes(&self) -> Option<usize> {
+        (!self.transposed).then_some(self.ld * 4)
+    }
+
     /// Row `i` as one contiguous slice, when it is stored that way.
     pub(crate) fn contiguous_row(&self, i: usize) -> Option<&'a [f32]> {
         if i >= self.rows {

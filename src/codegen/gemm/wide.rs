@@ -82,6 +82,10 @@ struct Layout {
     /// (the mask comes in the flags, `EDGE_MASK_SHIFT`), so the kernel
     /// touches no column past the matrix's last.
     edge: bool,
+    /// A read in place (`assemble_rows_in_place`): row `i` of the panel at
+    /// `a + i * lda`, `lda` bytes in the flags' bits `LDA_SHIFT..`, instead
+    /// of packed `[kc][rows]`.
+    a_in_place: bool,
 }
 
 impl Layout {
@@ -112,7 +116,10 @@ impl Layout {
         2 * self.vec_bytes()
     }
     fn fits(self) -> bool {
-        self.rows * self.panels * self.halves + self.panels * 2 + 1 <= self.vectors()
+        // In place, r10 holds A's row stride (not 3 panel strides) and
+        // three bases cover 12 rows.
+        let in_place_ok = !self.a_in_place || (self.panels <= 3 && self.rows <= 12);
+        in_place_ok && self.rows * self.panels * self.halves + self.panels * 2 + 1 <= self.vectors()
     }
     /// Whether half `h` is accessed under the edge mask.
     fn masked(self, h: usize) -> bool {
@@ -124,6 +131,14 @@ impl Layout {
 /// `EDGE_MASK_SHIFT..EDGE_MASK_SHIFT + 16`, one per column of the panel's
 /// last computed half.
 pub(crate) const EDGE_MASK_SHIFT: usize = 16;
+
+/// Where a kernel reading A in place finds the bytes between A's rows in
+/// the flags: bits `LDA_SHIFT..64`.
+pub(crate) const LDA_SHIFT: usize = 32;
+
+/// Callee-saved registers a kernel reading A in place pushes: the row
+/// bases of rows 4-7 and 8-11 and three times the row stride.
+const IN_PLACE_SAVED: [AsmRegister64; 3] = [rbx, r12, r13];
 
 /// Emits one instruction per vector register size; `$z` and `$y` are the
 /// register arrays' element expressions.
@@ -235,8 +250,45 @@ impl Asm {
         }
     }
 
+    /// The stack argument at `[rsp + offset]` on entry, past the registers
+    /// pushed since.
+    fn stack_arg(&self, offset: i32) -> i32 {
+        let pushed = if self.l.a_in_place {
+            IN_PLACE_SAVED.len()
+        } else {
+            0
+        };
+        offset + 8 * pushed as i32
+    }
+
+    /// Row `i`'s A element at the current k: packed, `rdi + 4 i`; in
+    /// place, rows 4g..4g + 4 from base g (rdi, r12, r13; each 4 rows
+    /// apart) plus 0, 1, 2 or 3 (rbx) row strides (r10).
+    fn a_operand(&self, i: usize) -> AsmMemoryOperand {
+        if !self.l.a_in_place {
+            return rdi + (i as i32 * 4);
+        }
+        let base = [rdi, r12, r13][i / 4];
+        match i % 4 {
+            0 => base + 0,
+            1 => base + r10,
+            2 => base + r10 * 2,
+            _ => base + rbx,
+        }
+    }
+
     fn body(&mut self) -> Result<(), IcedError> {
         let l = self.l;
+        if l.a_in_place {
+            for reg in IN_PLACE_SAVED {
+                self.a.push(reg)?;
+            }
+            self.a.mov(r10, r9)?;
+            self.a.shr(r10, LDA_SHIFT as u32)?;
+            self.a.lea(rbx, qword_ptr(r10 + r10 * 2))?;
+            self.a.lea(r12, qword_ptr(rdi + r10 * 4))?;
+            self.a.lea(r13, qword_ptr(r12 + r10 * 4))?;
+        }
         let (rows, panels) = (l.rows, l.panels);
         let vb = l.vec_bytes();
         let pb = l.panel_bytes();
@@ -250,7 +302,7 @@ impl Asm {
         let mut no_residual = self.a.create_label();
 
         let halves = l.halves;
-        self.a.mov(rax, qword_ptr(rsp + 24))?;
+        self.a.mov(rax, qword_ptr(rsp + self.stack_arg(24)))?;
         if l.edge {
             self.a.mov(r11, r9)?;
             self.a.shr(r11, EDGE_MASK_SHIFT as u32)?;
@@ -285,7 +337,7 @@ impl Asm {
         }
 
         self.a.set_label(&mut loop_head)?;
-        self.a.mov(r11, qword_ptr(rsp + 32))?;
+        self.a.mov(r11, qword_ptr(rsp + self.stack_arg(32)))?;
         self.a.test(rcx, rcx)?;
         self.a.jz(after)?;
         self.a.set_label(&mut k_loop)?;
@@ -302,7 +354,7 @@ impl Asm {
         // the loads, not the FMAs, then set the pace.
         let bc = l.broadcast();
         for i in 0..rows {
-            let a_elem = rdi + (i as i32 * 4);
+            let a_elem = self.a_operand(i);
             match l.isa {
                 Isa::Avx512 => {
                     self.a.vbroadcastss(ZMM[bc], dword_ptr(a_elem))?;
@@ -324,7 +376,13 @@ impl Asm {
                 }
             }
         }
-        self.a.add(rdi, (rows * 4) as i32)?;
+        if l.a_in_place {
+            for base in [rdi, r12, r13].into_iter().take(rows.div_ceil(4)) {
+                self.a.add(base, 4)?;
+            }
+        } else {
+            self.a.add(rdi, (rows * 4) as i32)?;
+        }
         self.a.add(rsi, pb)?;
         self.a.add(r11, 64)?;
         self.a.dec(rcx)?;
@@ -333,7 +391,7 @@ impl Asm {
 
         // Epilogue, in the baseline's order: bias, relu, cap, residual.
         self.unless_flag(FLAG_BIAS, no_bias)?;
-        self.a.mov(r11, qword_ptr(rsp + 8))?;
+        self.a.mov(r11, qword_ptr(rsp + self.stack_arg(8)))?;
         for i in 0..rows {
             for v in 0..panels {
                 for h in 0..halves {
@@ -368,7 +426,7 @@ impl Asm {
         self.a.set_label(&mut no_cap)?;
 
         self.unless_flag(FLAG_RESIDUAL, no_residual)?;
-        self.a.mov(r11, qword_ptr(rsp + 16))?;
+        self.a.mov(r11, qword_ptr(rsp + self.stack_arg(16)))?;
         for i in 0..rows {
             for v in 0..panels {
                 for h in 0..halves {
@@ -391,6 +449,11 @@ impl Asm {
                 self.a.add(rdx, r8)?;
             }
         }
+        if l.a_in_place {
+            for reg in IN_PLACE_SAVED.into_iter().rev() {
+                self.a.pop(reg)?;
+            }
+        }
         self.a.vzeroupper()?;
         self.a.ret()
     }
@@ -405,6 +468,33 @@ pub(crate) fn assemble(isa: Isa, rows: usize, panels: usize) -> Result<Assembled
         panels,
         halves: 2,
         edge: false,
+        a_in_place: false,
+    })
+}
+
+/// The AVX-512 kernel of `rows` rows x one panel that reads A in place
+/// (row `i` at `a + i * lda`, `lda` bytes in the flags from `LDA_SHIFT`)
+/// rather than packed: for a GEMM with few panels of B (a 1x1 convolution
+/// projecting to a few channels), packing A costs about as much as the
+/// multiply-adds that use it. `edge`: `Some(halves)` for the N-edge
+/// kernel of that many vectors (see [`assemble_edge`]). Same FMA chains,
+/// so the same bits, as the packed kernels.
+pub(crate) fn assemble_a_in_place(
+    rows: usize,
+    edge: Option<usize>,
+) -> Result<Assembled, CodegenError> {
+    if edge.is_some_and(|h| !(1..=2).contains(&h)) {
+        return Err(CodegenError::Unsupported(format!(
+            "an N-edge kernel of {edge:?} vectors per row"
+        )));
+    }
+    assemble_layout(Layout {
+        isa: Isa::Avx512,
+        rows,
+        panels: 1,
+        halves: edge.unwrap_or(2),
+        edge: edge.is_some(),
+        a_in_place: true,
     })
 }
 
@@ -425,6 +515,7 @@ pub(crate) fn assemble_edge(rows: usize, halves: usize) -> Result<Assembled, Cod
         panels: 1,
         halves,
         edge: true,
+        a_in_place: false,
     })
 }
 
@@ -636,6 +727,7 @@ mod tests {
                         panels,
                         halves: 2,
                         edge: false,
+                        a_in_place: false,
                     };
                     assert!(l.fits(), "{isa} {rows}x{panels}");
                     let code = assemble(isa, rows, panels).unwrap().bytes;
@@ -650,6 +742,13 @@ mod tests {
                 assert_eq!(&code[code.len() - 4..], &[0xc5, 0xf8, 0x77, 0xc3]);
             }
         }
+        for rows in 1..=12 {
+            for edge in [None, Some(1), Some(2)] {
+                let code = assemble_a_in_place(rows, edge).unwrap().bytes;
+                assert_eq!(&code[code.len() - 4..], &[0xc5, 0xf8, 0x77, 0xc3]);
+            }
+        }
+        assert!(assemble_a_in_place(13, None).is_err());
         assert!(assemble_edge(1, 3).is_err());
         assert!(assemble(Isa::Avx2, 6, 2).is_err());
         assert!(assemble(Isa::Baseline, 1, 1).is_err());
