@@ -160,6 +160,7 @@ pub use library::{ElementwiseId, GemmId, KernelLibrary, KernelLibraryBuilder, Ro
 pub use rows::{RowArgs, RowOp};
 pub use target::{Isa, Target, TargetError};
 pub use threads::Threads;
+pub(crate) use threads::{SharedMut, Split};
 
 /// Errors from compiling or calling kernels.
 #[derive(Debug, thiserror::Error)]

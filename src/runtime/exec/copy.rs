@@ -3,6 +3,9 @@
 //! arithmetic is prepared once per plan (`Strided::*`); running allocates
 //! nothing.
 
+use std::ops::Range;
+
+use crate::codegen::{SharedMut, Split, Threads};
 use crate::interp::InterpError;
 use crate::ir::ReduceOp;
 use crate::tensor::strides;
@@ -68,29 +71,16 @@ impl Strided {
         if self.shape.contains(&0) {
             return;
         }
-        let inner = self.shape[rank - 1];
-        let inner_stride = self.walk[rank - 1];
-        let (rows, row_walk) = match rank {
-            1 => (1, 0),
-            _ => (self.shape[rank - 2], self.walk[rank - 2]),
-        };
+        let block = self.block();
+        let rows = block.rows;
         let outer_rank = rank.saturating_sub(2);
         let mut index = [0usize; MAX_RANK];
-        for block in out.chunks_mut(rows * inner) {
+        for out_block in out.chunks_mut(rows * block.inner) {
             let start = self.base
                 + (0..outer_rank)
                     .map(|a| index[a] * self.walk[a])
                     .sum::<usize>();
-            for (r, row) in block.chunks_exact_mut(inner).enumerate() {
-                let at = start + r * row_walk;
-                if inner_stride == 1 {
-                    row.copy_from_slice(&x[at..at + inner]);
-                } else {
-                    for (j, o) in row.iter_mut().enumerate() {
-                        *o = x[at + j * inner_stride];
-                    }
-                }
-            }
+            block.copy_rows(x, start, 0..rows, out_block);
             for axis in (0..outer_rank).rev() {
                 index[axis] += 1;
                 if index[axis] < self.shape[axis] {
@@ -98,6 +88,112 @@ impl Strided {
                 }
                 index[axis] = 0;
             }
+        }
+    }
+
+    /// [`Strided::copy`], a large walk of one block of rows (an image's
+    /// NCHW -> NHWC permute) split by rows over `threads`.
+    pub fn copy_on(&self, x: &[f32], out: &mut [f32], threads: &Threads) {
+        let block = self.block();
+        let one_block = self.shape.len() <= 2 && !self.shape.contains(&0);
+        if !one_block || threads.count() < 2 || out.len() < PARALLEL_COPY_MIN {
+            return self.copy(x, out);
+        }
+        let split = Split::new(block.rows, 2 * threads.count(), 64);
+        let target = SharedMut(out.as_mut_ptr());
+        let inner = block.inner;
+        threads.for_each_index(split.count(), |part| {
+            let rows = split.get(part);
+            // SAFETY: the parts' row ranges are disjoint, so each task
+            // writes its own `inner`-float rows of `out`, which is
+            // exclusively borrowed for the whole call.
+            let part_out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    target.get().add(rows.start * inner),
+                    rows.len() * inner,
+                )
+            };
+            block.copy_rows(x, self.base, rows, part_out);
+        });
+    }
+
+    /// The last two axes as rows of `inner` elements.
+    fn block(&self) -> RowBlock {
+        let rank = self.shape.len();
+        let (rows, row_walk) = match rank {
+            0 | 1 => (1, 0),
+            _ => (self.shape[rank - 2], self.walk[rank - 2]),
+        };
+        RowBlock {
+            rows,
+            row_walk,
+            inner: self.shape.last().copied().unwrap_or(1),
+            inner_stride: self.walk.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Elements below which a copy runs on the calling thread alone.
+const PARALLEL_COPY_MIN: usize = 1 << 16;
+
+/// The innermost two axes of a walk: `rows` rows of `inner` elements, row
+/// `r` element `j` at `start + r * row_walk + j * inner_stride`.
+#[derive(Clone, Copy)]
+struct RowBlock {
+    rows: usize,
+    row_walk: usize,
+    inner: usize,
+    inner_stride: usize,
+}
+
+impl RowBlock {
+    /// Rows `rows` of the block starting at `start` into `out` (their
+    /// `rows.len() * inner` elements).
+    fn copy_rows(&self, x: &[f32], start: usize, rows: Range<usize>, out: &mut [f32]) {
+        let RowBlock {
+            row_walk,
+            inner,
+            inner_stride,
+            ..
+        } = *self;
+        if inner_stride != 1 && row_walk == 1 {
+            // Interleaving `inner` contiguous planes (NCHW -> NHWC): each
+            // plane read in order.
+            match inner {
+                2 => return interleave::<2>(x, start, inner_stride, rows, out),
+                3 => return interleave::<3>(x, start, inner_stride, rows, out),
+                4 => return interleave::<4>(x, start, inner_stride, rows, out),
+                _ => {}
+            }
+        }
+        for (r, row) in rows.zip(out.chunks_exact_mut(inner)) {
+            let at = start + r * row_walk;
+            if inner_stride == 1 {
+                row.copy_from_slice(&x[at..at + inner]);
+            } else {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = x[at + j * inner_stride];
+                }
+            }
+        }
+    }
+}
+
+/// `out[r][j] = x[start + j * plane + r]` for `r` in `rows`: `N` planes
+/// interleaved element by element.
+fn interleave<const N: usize>(
+    x: &[f32],
+    start: usize,
+    plane: usize,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let planes: [&[f32]; N] =
+        std::array::from_fn(|j| &x[start + j * plane + rows.start..][..rows.len()]);
+    let out = &mut out[..rows.len() * N];
+    for (r, o) in out.chunks_exact_mut(N).enumerate() {
+        for (j, plane) in planes.iter().enumerate() {
+            o[j] = plane[r];
         }
     }
 }
@@ -433,6 +529,28 @@ mod tests {
                     assert_eq!(out, want, "{shape:?} by {perm:?} as {walk:?}");
                 }
             }
+        }
+    }
+
+    /// An image's NCHW -> NHWC permute (and other large transposes) split
+    /// over two threads: the single-thread copy's values.
+    #[test]
+    fn a_large_copy_on_threads_copies_the_same() {
+        let threads = Threads::new(2).unwrap();
+        for (shape, perm) in [
+            (vec![1, 3, 224, 224], vec![0, 2, 3, 1]),
+            (vec![2, 4, 100, 90], vec![0, 2, 3, 1]),
+            (vec![300, 257], vec![1, 0]),
+            (vec![1, 5, 200, 70], vec![0, 2, 3, 1]),
+        ] {
+            let n: usize = shape.iter().product();
+            let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let walk = Strided::permute(&shape, &perm).simplified();
+            let mut expected = vec![0.0; n];
+            walk.copy(&x, &mut expected);
+            let mut got = vec![-1.0; n];
+            walk.copy_on(&x, &mut got, &threads);
+            assert_eq!(got, expected, "{shape:?} {perm:?}");
         }
     }
 

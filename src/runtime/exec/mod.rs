@@ -1108,7 +1108,9 @@ impl CompiledModel {
                     };
                     plan.kernels.library.row_kernel(*kernel, args, threads)?;
                 }
-                Step::Copy { x, walk, out } => walk.copy(mem.f32(*x), mem.f32_mut(*out)),
+                Step::Copy { x, walk, out } => {
+                    walk.copy_on(mem.f32(*x), mem.f32_mut(*out), threads)
+                }
                 Step::Concat { parts, outer, out } => {
                     let mut views: [(&[f32], usize); MAX_OPERANDS] = [(&[], 0); MAX_OPERANDS];
                     for (slot, (loc, block)) in views.iter_mut().zip(parts) {
