@@ -308,6 +308,76 @@ fn safetensors_widens_half_precision_and_keeps_integers() {
 }
 
 #[test]
+fn safetensors_large_and_small_tensors_in_any_order_read_to_their_values() {
+    // Large f32 tensors are read straight into their buffers in parts (on
+    // several threads), small ones and other dtypes in batches: every
+    // value must be the file's, whichever way it came, from a file or from
+    // bytes in memory.
+    let dir = tempfile::tempdir().unwrap();
+    let values = |n: usize, seed: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| seed + i as f32 * 0.25 - (i % 7) as f32)
+            .collect()
+    };
+    let big = values(300_001, 1.0);
+    let mid = values(20_000, -3.0);
+    let small = values(5, 9.0);
+    let ids: Vec<i64> = (0..40_000).map(|i| i * 3 - 7).collect();
+    let entries = [
+        f32_entry("a.small", vec![5], &small),
+        f32_entry("b.big", vec![300_001], &big),
+        (
+            "c.ids",
+            Dtype::I64,
+            vec![40_000],
+            le_bytes(&ids, i64::to_le_bytes),
+        ),
+        f32_entry("d.mid", vec![100, 200], &mid),
+        ("e.mask", Dtype::BOOL, vec![3], vec![1, 0, 1]),
+        f32_entry("f.empty", vec![0, 4], &[]),
+        f32_entry("g.small", vec![2], &[7.5, -1.0]),
+    ];
+    let path = write_safetensors(dir.path(), "parts.safetensors", &entries);
+    let bytes = std::fs::read(&path).unwrap();
+    for file in [
+        WeightFile::load(&path).unwrap(),
+        WeightFile::from_bytes(&path, &bytes).unwrap(),
+    ] {
+        assert_eq!(file.tensors["a.small"], Tensor::f32(vec![5], small.clone()));
+        assert_eq!(
+            file.tensors["b.big"],
+            Tensor::f32(vec![300_001], big.clone())
+        );
+        assert_eq!(
+            file.tensors["c.ids"],
+            Tensor::i64(vec![40_000], ids.clone())
+        );
+        assert_eq!(
+            file.tensors["d.mid"],
+            Tensor::f32(vec![100, 200], mid.clone())
+        );
+        assert_eq!(
+            file.tensors["e.mask"],
+            Tensor::new(vec![3], TensorData::Bool(vec![true, false, true]))
+        );
+        assert_eq!(file.tensors["f.empty"], Tensor::f32(vec![0, 4], vec![]));
+        assert_eq!(
+            file.tensors["g.small"],
+            Tensor::f32(vec![2], vec![7.5, -1.0])
+        );
+        assert_eq!(file.tensors.len(), 7);
+    }
+    // Cut anywhere in the data, the file is still a located error.
+    for cut in [bytes.len() - 1, bytes.len() - 500_000, bytes.len() / 2] {
+        let short = dir.path().join("short.safetensors");
+        std::fs::write(&short, &bytes[..cut]).unwrap();
+        let err = WeightFile::load(&short).unwrap_err();
+        assert!(matches!(err, WeightError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("short.safetensors"), "{err}");
+    }
+}
+
+#[test]
 fn safetensors_rounds_f16_like_numpy_would() {
     // 0.1 is not exact in f16: the loaded value is f16's nearest, not 0.1.
     let dir = tempfile::tempdir().unwrap();

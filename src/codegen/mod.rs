@@ -153,7 +153,7 @@ pub use elementwise::{supports as elementwise_supports, ElementwiseArgs, InnerSt
 pub(crate) use gemm::{edge_mask as gemm_edge_mask, row_mask as gemm_row_mask};
 pub use gemm::{
     packed_b_len, packed_b_len_for, Activation, BatchedMatmulArgs, Epilogue, GemmArgs, MatrixRef,
-    PackLayout, PackedB, PackedBRef, KC_MAX,
+    PackLayout, PackPiece, PackedB, PackedBRef, KC_MAX,
 };
 pub use jit::{CodegenOptions, IsaFeatures, KernelInfo};
 pub use library::{ElementwiseId, GemmId, KernelLibrary, KernelLibraryBuilder, RowKernelId};

@@ -77,6 +77,9 @@ pub struct Graph {
     pub inputs: Vec<NodeId>,
     /// Model outputs: name and producing node, in declaration order.
     pub outputs: Vec<(String, NodeId)>,
+    /// Bumped by every method that may change a node or an edge
+    /// ([`Graph::revision`]).
+    revision: u64,
 }
 
 impl Graph {
@@ -95,6 +98,7 @@ impl Graph {
         ty: TensorType,
         span: Option<Span>,
     ) -> NodeId {
+        self.revision += 1;
         let id = self.graph.add_node(Node { op, ty, span });
         for (pos, &input) in inputs.iter().enumerate() {
             self.graph.add_edge(input, id, pos);
@@ -102,11 +106,21 @@ impl Graph {
         id
     }
 
+    /// A number that changes whenever a node or an edge may have changed
+    /// (every method taking `&mut self` bumps it; a clone keeps it). Two
+    /// equal revisions of one graph, with equal `inputs` and `outputs`
+    /// (public fields, which it does not track), mean the same graph: the
+    /// pass manager skips re-verifying a graph a pass left untouched.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         &self.graph[id]
     }
 
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.revision += 1;
         &mut self.graph[id]
     }
 
@@ -167,6 +181,7 @@ impl Graph {
 
     /// Replaces the operands of `id`.
     pub fn set_inputs(&mut self, id: NodeId, inputs: &[NodeId]) {
+        self.revision += 1;
         let old: Vec<_> = self
             .graph
             .edges_directed(id, Direction::Incoming)
@@ -185,6 +200,7 @@ impl Graph {
         if old == new {
             return;
         }
+        self.revision += 1;
         let uses: Vec<_> = self
             .graph
             .edges_directed(old, Direction::Outgoing)
@@ -207,6 +223,7 @@ impl Graph {
     }
 
     pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
+        self.revision += 1;
         self.graph.remove_node(id)
     }
 

@@ -4,11 +4,19 @@
 //! `--threads` is about inference and does not limit this.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Below this much total work (`cost` units, about elements) one thread
 /// does it all: a thread start costs tens of microseconds.
 const MIN_PARALLEL_COST: usize = 1 << 16;
+
+/// The cores this process may use, asked once: `available_parallelism`
+/// reads the cgroup's CPU quota files on every call (tens of microseconds,
+/// several times per compile).
+pub fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
 
 /// `f` of every item, in order. Items are handed out largest `cost` first
 /// to up to `available_parallelism` scoped threads (the caller's thread is
@@ -20,9 +28,7 @@ pub fn map_by_cost<T: Send, R: Send>(
 ) -> Vec<R> {
     let costs: Vec<usize> = items.iter().map(&cost).collect();
     let total = costs.iter().fold(0usize, |a, &c| a.saturating_add(c));
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
+    let threads = cores().min(items.len());
     if threads <= 1 || total < MIN_PARALLEL_COST {
         return items.into_iter().map(f).collect();
     }

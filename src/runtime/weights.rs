@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use std::io::Read;
-
 use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 
@@ -57,7 +55,9 @@ pub struct WeightFile {
 
 impl WeightFile {
     /// Reads a safetensors file: the header first, then every tensor's
-    /// bytes straight into its own buffer (no copy of the whole file).
+    /// bytes straight into its own buffer (no copy of the whole file), by
+    /// positional reads spread over the cores (first touches of fresh
+    /// memory dominate reading a checkpoint, and they go in parallel).
     pub fn load(path: impl AsRef<Path>) -> Result<WeightFile, WeightError> {
         let path = path.as_ref();
         let read_error = |source| WeightError::Read {
@@ -66,7 +66,7 @@ impl WeightFile {
         };
         let file = std::fs::File::open(path).map_err(read_error)?;
         let len = file.metadata().map_err(read_error)?.len();
-        WeightFile::read(path, std::io::BufReader::with_capacity(1 << 16, file), len)
+        WeightFile::read(path, &FileSource::new(file), len)
     }
 
     /// Decodes a safetensors image already in memory; `path` is only used in
@@ -77,7 +77,11 @@ impl WeightFile {
 
     /// A safetensors image of `len` bytes from `source`. The header is
     /// checked against `len` before anything it describes is allocated.
-    fn read(path: &Path, mut source: impl Read, len: u64) -> Result<WeightFile, WeightError> {
+    fn read(
+        path: &Path,
+        source: &(impl Source + ?Sized),
+        len: u64,
+    ) -> Result<WeightFile, WeightError> {
         let corrupt = |reason: String| WeightError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -92,7 +96,7 @@ impl WeightFile {
                 "the file is shorter than the 8-byte header length".into(),
             ));
         }
-        source.read_exact(&mut header_len).map_err(read_error)?;
+        source.read_at(&mut header_len, 0).map_err(read_error)?;
         let header_len = u64::from_le_bytes(header_len);
         if header_len > MAX_HEADER_BYTES || header_len > len - 8 {
             return Err(corrupt(format!(
@@ -100,7 +104,7 @@ impl WeightFile {
             )));
         }
         let mut header = vec![0u8; header_len as usize];
-        source.read_exact(&mut header).map_err(read_error)?;
+        source.read_at(&mut header, 8).map_err(read_error)?;
         // `Metadata` checks that the tensors' byte ranges tile the data
         // section and that each matches its shape and dtype.
         let metadata: Metadata =
@@ -112,13 +116,62 @@ impl WeightFile {
                 metadata.data_len()
             )));
         }
+        // In file order. f32 tensors are allocated up front and read in
+        // place; the others are decoded from their bytes as they arrive.
+        let names = metadata.offset_keys();
+        let infos: Vec<_> = names
+            .iter()
+            .map(|name| metadata.info(name).expect("offset_keys lists tensors"))
+            .collect();
+        let mut buffers: Vec<Vec<f32>> = infos
+            .iter()
+            .map(|info| {
+                let bytes = info.data_offsets.1 - info.data_offsets.0;
+                // `Metadata` has checked that `bytes` is the shape's size in f32.
+                vec![
+                    0f32;
+                    if info.dtype == Dtype::F32 {
+                        bytes / 4
+                    } else {
+                        0
+                    }
+                ]
+            })
+            .collect();
+        let data_start = 8 + header_len;
+        let jobs = read_jobs(infos.iter().zip(buffers.iter_mut()).enumerate().map(
+            |(index, (info, buffer))| Planned {
+                index,
+                dtype: info.dtype,
+                offset: data_start + info.data_offsets.0 as u64,
+                bytes: info.data_offsets.1 - info.data_offsets.0,
+                f32_buffer: bytemuck::cast_slice_mut(buffer.as_mut_slice()),
+            },
+        ));
+        let done =
+            crate::runtime::parallel::map_by_cost(jobs, |job| job.len / 4, |job| job.run(source));
+        let mut decoded: Vec<Option<Result<TensorData, DecodeProblem>>> =
+            (0..infos.len()).map(|_| None).collect();
+        for result in done {
+            for (index, data) in result.map_err(read_error)? {
+                decoded[index] = Some(data);
+            }
+        }
         let mut tensors = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
-        // In file order: one sequential pass.
-        for name in metadata.offset_keys() {
-            let info = metadata.info(&name).expect("offset_keys lists tensors");
-            let bytes = info.data_offsets.1 - info.data_offsets.0;
-            let data = read_tensor(info.dtype, bytes, &mut source).map_err(read_error)?;
+        for (((name, info), mut values), data) in
+            names.into_iter().zip(&infos).zip(buffers).zip(decoded)
+        {
+            let data = match data {
+                Some(data) => data,
+                None => {
+                    // The file is little-endian; a no-op on little-endian hosts.
+                    for v in &mut values {
+                        *v = f32::from_le_bytes(v.to_ne_bytes());
+                    }
+                    Ok(TensorData::F32(values))
+                }
+            };
             match data {
                 Ok(data) => {
                     tensors.insert(name, Tensor::new(info.shape.clone(), data));
@@ -174,26 +227,190 @@ enum DecodeProblem {
     InvalidBool(u8),
 }
 
-/// The next `bytes` bytes of `source` as a tensor of `dtype`: f32 is read
-/// straight into its buffer, other dtypes through a byte buffer.
-fn read_tensor(
-    dtype: Dtype,
-    bytes: usize,
-    source: &mut impl Read,
-) -> std::io::Result<Result<TensorData, DecodeProblem>> {
-    if dtype == Dtype::F32 {
-        // `Metadata` has checked that `bytes` is the shape's size in f32.
-        let mut values = vec![0f32; bytes / 4];
-        source.read_exact(bytemuck::cast_slice_mut(&mut values))?;
-        // The file is little-endian; a no-op on little-endian hosts.
-        for v in &mut values {
-            *v = f32::from_le_bytes(v.to_ne_bytes());
-        }
-        return Ok(Ok(TensorData::F32(values)));
+/// Where a safetensors image's bytes come from: positional reads, so that
+/// several threads can read one file at once.
+trait Source: Sync {
+    /// Fills `buf` with the bytes from `offset` on (an error if there are
+    /// fewer).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl Source for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let bytes = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(bytes);
+        Ok(())
     }
-    let mut raw = vec![0u8; bytes];
-    source.read_exact(&mut raw)?;
-    Ok(decode(dtype, &raw))
+}
+
+/// An open file read by offset: `pread` on Unix; elsewhere a seek and a
+/// read under a lock.
+struct FileSource {
+    #[cfg(unix)]
+    file: std::fs::File,
+    #[cfg(not(unix))]
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl FileSource {
+    fn new(file: std::fs::File) -> FileSource {
+        FileSource {
+            #[cfg(unix)]
+            file,
+            #[cfg(not(unix))]
+            file: std::sync::Mutex::new(file),
+        }
+    }
+}
+
+impl Source for FileSource {
+    #[cfg(unix)]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    #[cfg(not(unix))]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
+}
+
+/// An f32 tensor this large or larger is read straight into its buffer in
+/// pieces of at most `CHUNK_BYTES`; smaller tensors (and other dtypes) are
+/// read together, up to `CHUNK_BYTES` at a time, and copied or decoded.
+const DIRECT_BYTES: usize = 1 << 16;
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// One tensor of the file, in file order, as `read_jobs` takes it.
+struct Planned<'a> {
+    /// Its position in file order.
+    index: usize,
+    dtype: Dtype,
+    /// Where its bytes start in the file.
+    offset: u64,
+    bytes: usize,
+    /// Its f32 buffer's bytes (empty for other dtypes).
+    f32_buffer: &'a mut [u8],
+}
+
+/// Where one piece of a read goes.
+enum Piece<'a> {
+    /// Into (part of) an f32 tensor's buffer.
+    F32(&'a mut [u8]),
+    /// A whole tensor of another dtype, decoded from its bytes.
+    Decode {
+        index: usize,
+        dtype: Dtype,
+        bytes: usize,
+    },
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::F32(dst) => dst.len(),
+            Piece::Decode { bytes, .. } => *bytes,
+        }
+    }
+}
+
+/// One read: `len` contiguous bytes of the file at `offset`, cut into
+/// `pieces` in order.
+struct ReadJob<'a> {
+    offset: u64,
+    len: usize,
+    pieces: Vec<Piece<'a>>,
+}
+
+/// What a read decoded: the tensors of other dtypes, by file-order index.
+type Decoded = Vec<(usize, Result<TensorData, DecodeProblem>)>;
+
+impl ReadJob<'_> {
+    /// Reads the job's bytes: an f32 piece alone straight into its buffer,
+    /// several pieces (or one to decode) through one byte buffer.
+    fn run(self, source: &(impl Source + ?Sized)) -> std::io::Result<Decoded> {
+        let ReadJob {
+            offset,
+            len,
+            mut pieces,
+        } = self;
+        if let [Piece::F32(dst)] = pieces.as_mut_slice() {
+            source.read_at(dst, offset)?;
+            return Ok(Vec::new());
+        }
+        let mut bytes = vec![0u8; len];
+        source.read_at(&mut bytes, offset)?;
+        let mut decoded = Vec::new();
+        let mut at = 0;
+        for piece in pieces {
+            let raw = &bytes[at..at + piece.len()];
+            at += piece.len();
+            match piece {
+                Piece::F32(dst) => dst.copy_from_slice(raw),
+                Piece::Decode { index, dtype, .. } => decoded.push((index, decode(dtype, raw))),
+            }
+        }
+        Ok(decoded)
+    }
+}
+
+/// The reads that fill `tensors` (in file order, their byte ranges tiling
+/// the data section).
+fn read_jobs<'a>(tensors: impl Iterator<Item = Planned<'a>>) -> Vec<ReadJob<'a>> {
+    let mut jobs: Vec<ReadJob<'a>> = Vec::new();
+    // The batch of small pieces being gathered (the last job, when open).
+    let mut open = false;
+    for t in tensors {
+        if t.dtype == Dtype::F32 && t.bytes >= DIRECT_BYTES {
+            open = false;
+            let mut offset = t.offset;
+            for chunk in t.f32_buffer.chunks_mut(CHUNK_BYTES) {
+                let len = chunk.len();
+                jobs.push(ReadJob {
+                    offset,
+                    len,
+                    pieces: vec![Piece::F32(chunk)],
+                });
+                offset += len as u64;
+            }
+            continue;
+        }
+        let piece = if t.dtype == Dtype::F32 {
+            Piece::F32(t.f32_buffer)
+        } else {
+            Piece::Decode {
+                index: t.index,
+                dtype: t.dtype,
+                bytes: t.bytes,
+            }
+        };
+        match jobs.last_mut() {
+            Some(job)
+                if open
+                    && job.offset + job.len as u64 == t.offset
+                    && job.len + t.bytes <= CHUNK_BYTES =>
+            {
+                job.len += t.bytes;
+                job.pieces.push(piece);
+            }
+            _ => {
+                jobs.push(ReadJob {
+                    offset: t.offset,
+                    len: t.bytes,
+                    pieces: vec![piece],
+                });
+                open = true;
+            }
+        }
+    }
+    jobs
 }
 
 /// Converts little-endian tensor bytes (the safetensors layout) into owned

@@ -42,7 +42,7 @@ use microkernel::{
 };
 use pack::{k_block, pack_a_panel_with, panel_count, TransposeFn, Transposes};
 pub use pack::{
-    packed_b_len, packed_b_len_for, MatrixRef, PackLayout, PackedB, PackedBRef, KC_MAX,
+    packed_b_len, packed_b_len_for, MatrixRef, PackLayout, PackPiece, PackedB, PackedBRef, KC_MAX,
 };
 
 /// The most rows of A per micro-kernel call in any tier.

@@ -332,56 +332,99 @@ pub(crate) fn pack_b_into_with(
     while k0 < k {
         let kcp = kc.min(k - k0);
         let block = &mut dst[k0 * panels * w..(k0 + kcp) * panels * w];
-        for (j, panel) in block.chunks_exact_mut(kcp * w).enumerate() {
-            let c0 = j * w;
-            let width = w.min(n - c0);
-            if width < w {
-                panel.fill(0.0);
+        pack_b_panels(b, k0, kcp, 0, block, w, transposes);
+        k0 += kcp;
+    }
+}
+
+/// Packs panels `first..` of the K block `k0..k0 + kcp` of `b` into `dst`,
+/// which holds whole panels of that block (`kcp * w` floats each).
+fn pack_b_panels(
+    b: &MatrixRef<'_>,
+    k0: usize,
+    kcp: usize,
+    first: usize,
+    dst: &mut [f32],
+    w: usize,
+    transposes: Option<&Transposes>,
+) {
+    let n = b.cols;
+    for (j, panel) in dst.chunks_exact_mut(kcp * w).enumerate() {
+        let c0 = (first + j) * w;
+        let width = w.min(n - c0);
+        if width < w {
+            panel.fill(0.0);
+        }
+        let blocks = kcp / 16;
+        let fast = transposes.filter(|_| b.transposed && w == 32 && width == 32 && blocks > 0);
+        if let Some(t) = fast {
+            for half in 0..2 {
+                let start = (c0 + 16 * half) * b.ld + k0;
+                // Reads columns c0 + 16 * half .. + 16 (stored rows), depth
+                // k0..k0 + 16 * blocks; writes 16 * blocks rows of 16 at a
+                // 32-float stride into this panel.
+                assert!(start + 15 * b.ld + 16 * blocks <= b.data.len());
+                assert!(16 * half + (16 * blocks - 1) * 32 + 16 <= panel.len());
+                // SAFETY: both ranges are in bounds (checked above).
+                unsafe {
+                    (t.rows16)(
+                        b.data[start..].as_ptr(),
+                        b.ld * 4,
+                        panel[16 * half..].as_mut_ptr(),
+                        128,
+                        blocks,
+                    );
+                }
             }
-            let blocks = kcp / 16;
-            let fast = transposes.filter(|_| b.transposed && w == 32 && width == 32 && blocks > 0);
-            if let Some(t) = fast {
-                for half in 0..2 {
-                    let start = (c0 + 16 * half) * b.ld + k0;
-                    // Reads columns c0 + 16 * half .. + 16 (stored rows), depth
-                    // k0..k0 + 16 * blocks; writes 16 * blocks rows of 16 at a
-                    // 32-float stride into this panel.
-                    assert!(start + 15 * b.ld + 16 * blocks <= b.data.len());
-                    assert!(16 * half + (16 * blocks - 1) * 32 + 16 <= panel.len());
-                    // SAFETY: both ranges are in bounds (checked above).
-                    unsafe {
-                        (t.rows16)(
-                            b.data[start..].as_ptr(),
-                            b.ld * 4,
-                            panel[16 * half..].as_mut_ptr(),
-                            128,
-                            blocks,
-                        );
-                    }
+            for c in 0..32 {
+                let start = (c0 + c) * b.ld + k0;
+                for kk in blocks * 16..kcp {
+                    panel[kk * 32 + c] = b.data[start + kk];
                 }
-                for c in 0..32 {
-                    let start = (c0 + c) * b.ld + k0;
-                    for kk in blocks * 16..kcp {
-                        panel[kk * 32 + c] = b.data[start + kk];
-                    }
+            }
+        } else if b.transposed {
+            // Stored [n][k]: each column is contiguous along k.
+            for c in 0..width {
+                let start = (c0 + c) * b.ld + k0;
+                let column = &b.data[start..start + kcp];
+                for (out, &v) in panel[c..].iter_mut().step_by(w).zip(column) {
+                    *out = v;
                 }
-            } else if b.transposed {
-                // Stored [n][k]: each column is contiguous along k.
-                for c in 0..width {
-                    let start = (c0 + c) * b.ld + k0;
-                    let column = &b.data[start..start + kcp];
-                    for (out, &v) in panel[c..].iter_mut().step_by(w).zip(column) {
-                        *out = v;
-                    }
-                }
-            } else {
-                for (kk, out) in panel.chunks_exact_mut(w).enumerate() {
-                    let start = (k0 + kk) * b.ld + c0;
-                    out[..width].copy_from_slice(&b.data[start..start + width]);
-                }
+            }
+        } else {
+            for (kk, out) in panel.chunks_exact_mut(w).enumerate() {
+                let start = (k0 + kk) * b.ld + c0;
+                out[..width].copy_from_slice(&b.data[start..start + width]);
             }
         }
-        k0 += kcp;
+    }
+}
+
+/// A part of packing one B: whole panels of one K block, independent of
+/// every other part ([`PackedB::pieces`]).
+pub struct PackPiece<'a> {
+    b: MatrixRef<'a>,
+    k0: usize,
+    kcp: usize,
+    first: usize,
+    w: usize,
+    dst: &'a mut [f32],
+}
+
+impl PackPiece<'_> {
+    /// Floats this piece writes.
+    pub fn len(&self) -> usize {
+        self.dst.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dst.is_empty()
+    }
+
+    pub fn pack(self) {
+        pack_b_panels(
+            &self.b, self.k0, self.kcp, self.first, self.dst, self.w, None,
+        );
     }
 }
 
@@ -405,19 +448,67 @@ impl PackedB {
     /// Packs for the kernels that read `layout` (e.g.
     /// `KernelLibrary::pack_layout()`).
     pub fn pack_for(b: &MatrixRef<'_>, layout: PackLayout) -> PackedB {
+        let mut packed = PackedB::zeroed_for(b.rows, b.cols, layout);
         let len = packed_b_len_for(b.rows, b.cols, layout);
+        pack_b_into(
+            b,
+            &mut packed.storage[packed.offset..packed.offset + len],
+            layout,
+        );
+        packed
+    }
+
+    /// A `k x n` B for `layout` whose every element is zero: the storage
+    /// [`PackedB::pieces`] packs into.
+    pub fn zeroed_for(k: usize, n: usize, layout: PackLayout) -> PackedB {
+        let len = packed_b_len_for(k, n, layout);
         // Over-allocate one cache line and start at a 64-byte boundary.
-        let mut storage = vec![0.0f32; len + 16];
+        let storage = vec![0.0f32; len + 16];
         let misalignment = (storage.as_ptr() as usize / 4) % 16;
         let offset = (16 - misalignment) % 16;
-        pack_b_into(b, &mut storage[offset..offset + len], layout);
         PackedB {
             storage,
             offset,
-            k: b.rows,
-            n: b.cols,
+            k,
+            n,
             layout,
         }
+    }
+
+    /// The packing of `b` into this (zeroed, `b`-shaped) B cut into parts
+    /// of about `target` floats (whole panels of one K block). Packing
+    /// every part, in any order and on any thread, gives what
+    /// [`PackedB::pack_for`] gives: each part only moves its own values.
+    pub fn pieces<'a>(&'a mut self, b: MatrixRef<'a>, target: usize) -> Vec<PackPiece<'a>> {
+        assert_eq!((b.rows, b.cols), (self.k, self.n), "B of another shape");
+        let (k, w) = (self.k, self.layout.panel_width);
+        let len = packed_b_len_for(k, self.n, self.layout);
+        let panels = panel_count(self.n, w);
+        let kc = k_block(k);
+        let mut rest = &mut self.storage[self.offset..self.offset + len];
+        let mut pieces = Vec::new();
+        let mut k0 = 0;
+        while k0 < k {
+            let kcp = kc.min(k - k0);
+            let per_piece = (target / (kcp * w)).clamp(1, panels);
+            let mut first = 0;
+            while first < panels {
+                let count = per_piece.min(panels - first);
+                let (dst, tail) = std::mem::take(&mut rest).split_at_mut(count * kcp * w);
+                rest = tail;
+                pieces.push(PackPiece {
+                    b,
+                    k0,
+                    kcp,
+                    first,
+                    w,
+                    dst,
+                });
+                first += count;
+            }
+            k0 += kcp;
+        }
+        pieces
     }
 
     pub fn k(&self) -> usize {
@@ -604,6 +695,45 @@ impl<'a> PackedBRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_in_pieces_equals_packing_whole() {
+        for isa in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+            let layout = PackLayout::for_isa(isa);
+            for &(k, n) in &[
+                (1, 1),
+                (5, 33),
+                (300, 70),
+                (784, 512),
+                (1280, 1000),
+                (513, 16),
+            ] {
+                let data: Vec<f32> = (0..k * n).map(|i| (i % 1013) as f32 - 0.5).collect();
+                for transposed in [false, true] {
+                    let b = if transposed {
+                        MatrixRef::transposed(&data, k, n).unwrap()
+                    } else {
+                        MatrixRef::row_major(&data, k, n).unwrap()
+                    };
+                    let whole = PackedB::pack_for(&b, layout);
+                    for target in [1, 1000, 1 << 16, usize::MAX] {
+                        let mut parts = PackedB::zeroed_for(k, n, layout);
+                        let mut pieces = parts.pieces(b, target);
+                        // Any order.
+                        pieces.reverse();
+                        for piece in pieces {
+                            piece.pack();
+                        }
+                        assert_eq!(
+                            parts.as_ref().data(),
+                            whole.as_ref().data(),
+                            "{isa:?} {k}x{n} transposed={transposed} target={target}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn k_blocks_are_even_balanced_and_bounded() {

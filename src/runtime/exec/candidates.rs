@@ -503,6 +503,12 @@ fn nhwc_gemm_conv(graph: &Graph, id: NodeId) -> Option<(ConvNode<'_>, Vec<usize>
     .then_some((conv, w))
 }
 
+/// Whether `id` is a convolution [`nhwc_conv_weights`] packs weights for
+/// (given constant weights).
+pub(super) fn is_nhwc_gemm_conv(graph: &Graph, id: NodeId) -> bool {
+    nhwc_gemm_conv(graph, id).is_some()
+}
+
 /// The GEMM right operands of an NHWC convolution the GEMM candidate can
 /// take, one per group packed for `layout` (`codegen::conv::pack_nhwc_weights`),
 /// when its weights are constants (`weight`).

@@ -35,7 +35,7 @@ use crate::codegen::conv::{
 use crate::codegen::window_nhwc::{pack_depthwise_taps, window2d_nhwc, NhwcWindowArgs};
 use crate::codegen::{
     packed_b_len_for, BatchedMatmulArgs, CodegenError, ElementwiseArgs, GemmArgs, Isa, MatrixRef,
-    PackLayout, PackedB, PackedBRef, RowArgs, Target, TensorView, Threads,
+    PackLayout, PackPiece, PackedB, PackedBRef, RowArgs, Target, TensorView, Threads,
 };
 use crate::interp::InterpError;
 use crate::ir::bind::{bind_inputs, concretize, unify, BindError};
@@ -165,19 +165,30 @@ fn gemm_weights<'w>(
     Ok(found)
 }
 
-/// Packs GEMM weights for `layout`, spread over the cores (each packed
-/// matrix depends on its weight only).
+/// Packs GEMM weights for `layout`, spread over the cores in parts of
+/// about `PACK_PIECE` floats (a large weight is split too: its first
+/// touches of fresh memory are most of the work). Each part moves its own
+/// values only.
 fn pack_weights(
     to_pack: Vec<(NodeId, MatrixRef<'_>)>,
     layout: PackLayout,
 ) -> HashMap<NodeId, Arc<PackedB>> {
-    crate::runtime::parallel::map_by_cost(
-        to_pack,
-        |(_, matrix)| matrix.rows().saturating_mul(matrix.cols()),
-        |(id, matrix)| (id, Arc::new(PackedB::pack_for(&matrix, layout))),
-    )
-    .into_iter()
-    .collect()
+    const PACK_PIECE: usize = 1 << 16;
+    let mut packed: Vec<PackedB> = to_pack
+        .iter()
+        .map(|(_, m)| PackedB::zeroed_for(m.rows(), m.cols(), layout))
+        .collect();
+    let pieces: Vec<PackPiece<'_>> = packed
+        .iter_mut()
+        .zip(&to_pack)
+        .flat_map(|(p, &(_, m))| p.pieces(m, PACK_PIECE))
+        .collect();
+    crate::runtime::parallel::map_by_cost(pieces, PackPiece::len, PackPiece::pack);
+    to_pack
+        .into_iter()
+        .zip(packed)
+        .map(|((id, _), p)| (id, Arc::new(p)))
+        .collect()
 }
 
 fn boxed_bytes(plan: &Plan) -> usize {
@@ -492,9 +503,12 @@ impl CompiledModel {
                 depthwise_taps.insert(id, Arc::from(taps));
             }
         }
-        // Like GEMM weights, spread over the cores.
+        // Like GEMM weights, spread over the cores. Only the convolutions
+        // that will be packed count: a dense layer's weight would make the
+        // list look like work worth threads.
         let nhwc_convs: Vec<(NodeId, usize)> = graph
             .node_ids()
+            .filter(|&id| candidates::is_nhwc_gemm_conv(graph, id))
             .filter_map(|id| {
                 let w = *weight_index.get(graph.inputs(id).get(1)?)?;
                 Some((id, weights[w].len()))
