@@ -65,6 +65,29 @@ fn session(backend: Backend, threads: usize) -> Session {
     session
 }
 
+/// The model file loaded and its parameters bound from the checkpoint.
+fn load_with_checkpoint() -> (lamina::model::LoadedModel, HashMap<String, Tensor>) {
+    use lamina::ir::Bindings;
+    use lamina::runtime::{bind_params, WeightFile};
+    let loaded = lamina::model::load(&model_dir().join("efficientnet_lite0.lam"))
+        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let weights = WeightFile::load(&cache().join("efficientnet_lite0.safetensors")).unwrap();
+    let params = bind_params(&loaded.graph, Some(&weights), &Bindings::new())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .values;
+    (loaded, params)
+}
+
+/// `batch` images of uniform values in [-1, 1), seeded.
+fn random_images(batch: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = batch * 3 * 224 * 224;
+    Tensor::f32(
+        vec![batch, 3, 224, 224],
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+    )
+}
+
 /// reference.py's logits (float64, rounded to f32 in the file) for `args` (`--input X` or `--image P...`).
 fn reference(args: &[&str], out: &Path) -> Vec<f64> {
     let weights = cache().join("efficientnet_lite0.safetensors");
@@ -106,12 +129,7 @@ fn argmax(row: &[f64]) -> usize {
 )]
 fn logits_match_the_numpy_reference_on_a_fixed_input() {
     // Two images of values in [-1, 1], as normalised photos are.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0010);
-    let n = 2 * 3 * 224 * 224;
-    let x = Tensor::f32(
-        vec![2, 3, 224, 224],
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    );
+    let x = random_images(2, 0x1a31_7a00_5eed_0010);
     let dir = tempfile::tempdir().unwrap();
     let x_path = dir.path().join("x.npy");
     write_npy(&x_path, &x).unwrap();
@@ -187,20 +205,9 @@ fn photos_are_classified_as_the_reference_classifies_them() {
 fn a_batch_runs_image_by_image_with_the_same_bits() {
     use lamina::ir::Bindings;
     use lamina::runtime::exec::{CompileOptions, SampleSplit};
-    use lamina::runtime::{bind_params, WeightFile};
 
-    let loaded = lamina::model::load(&model_dir().join("efficientnet_lite0.lam"))
-        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-    let weights = WeightFile::load(&cache().join("efficientnet_lite0.safetensors")).unwrap();
-    let params = bind_params(&loaded.graph, Some(&weights), &Bindings::new())
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .values;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0022);
-    let n = 3 * 3 * 224 * 224;
-    let x = Tensor::f32(
-        vec![3, 3, 224, 224],
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    );
+    let (loaded, params) = load_with_checkpoint();
+    let x = random_images(3, 0x1a31_7a00_5eed_0022);
     let inputs = HashMap::from([("image".to_string(), x)]);
     for threads in [1, 2] {
         let compile = |split| {
@@ -288,14 +295,8 @@ fn the_passes_fold_every_batch_norm_and_keep_the_logits() {
     use lamina::interp;
     use lamina::ir::{Bindings, Op};
     use lamina::passes::{PassContext, PassManager};
-    use lamina::runtime::{bind_params, WeightFile};
 
-    let loaded = lamina::model::load(&model_dir().join("efficientnet_lite0.lam"))
-        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-    let weights = WeightFile::load(&cache().join("efficientnet_lite0.safetensors")).unwrap();
-    let params = bind_params(&loaded.graph, Some(&weights), &Bindings::new())
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .values;
+    let (loaded, params) = load_with_checkpoint();
     let mut optimised = loaded.graph.clone();
     let report = PassManager::all()
         .run(&mut optimised, &PassContext::with_params(&params), None)
@@ -326,12 +327,7 @@ fn the_passes_fold_every_batch_norm_and_keep_the_logits() {
         lamina::ir::printer::print(&optimised)
     );
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0011);
-    let n = 3 * 224 * 224;
-    let x = Tensor::f32(
-        vec![1, 3, 224, 224],
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    );
+    let x = random_images(1, 0x1a31_7a00_5eed_0011);
     let dir = tempfile::tempdir().unwrap();
     let x_path = dir.path().join("x.npy");
     write_npy(&x_path, &x).unwrap();
@@ -440,12 +436,7 @@ fn the_onnx_export_imports_folds_and_matches_the_reference() {
 
     let model = Model::load(&lam).unwrap_or_else(|e| panic!("{e}"));
     let weights = Weights::File(weight_file);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1a31_7a00_5eed_0011);
-    let n = 2 * 3 * 224 * 224;
-    let x = Tensor::f32(
-        vec![2, 3, 224, 224],
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    );
+    let x = random_images(2, 0x1a31_7a00_5eed_0011);
     let x_path = dir.path().join("x.npy");
     write_npy(&x_path, &x).unwrap();
     let expected = reference(
