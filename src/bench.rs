@@ -23,7 +23,7 @@ use crate::engine::{check_bindings, Backend, ErrorKind, Model};
 use crate::ir::bind::{bind_inputs, concretize};
 use crate::ir::{Bindings, DType, Dim, Graph, NodeId, Op};
 use crate::runtime::budget::MemoryBudget;
-use crate::runtime::exec::{CompileOptions, CompiledModel};
+use crate::runtime::exec::{Banding, CompileOptions, CompiledModel};
 use crate::runtime::params::bind_params_owned_within;
 use crate::runtime::weights::WeightFile;
 use crate::tensor::{Tensor, TensorData};
@@ -47,6 +47,8 @@ pub struct BenchSetup {
     pub max_memory: Option<usize>,
     /// The kernel tier (`None`: `LAMINA_ISA`, else the CPU's best).
     pub isa: Option<Isa>,
+    /// Which convolution pairs run as banded steps (`--banding`).
+    pub banding: Banding,
 }
 
 impl BenchSetup {
@@ -63,6 +65,7 @@ impl BenchSetup {
             keep_params: false,
             max_memory: None,
             isa: None,
+            banding: Banding::Auto,
         }
     }
 }
@@ -473,6 +476,7 @@ impl Workload {
                 };
                 let mut model = compiled.map_err(|e| error(&e))?;
                 model.set_memory_budget(budget.clone());
+                model.set_banding(setup.banding);
                 compile.packing_ms = ms_since(start);
                 let start = Instant::now();
                 let ordered: Vec<&Tensor> = inputs.iter().collect();

@@ -16,6 +16,7 @@ use crate::bench::{measure, BenchFailure, BenchSetup, NodeProfile, Schedule, Wor
 use crate::diagnostics::Diagnostic;
 use crate::engine::{Backend, Options};
 use crate::ir::Bindings;
+use crate::runtime::exec::Banding;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -64,6 +65,25 @@ pub struct BenchArgs {
     /// best the CPU runs]. Can lower the tier, never raise it past the CPU's.
     #[arg(long, value_name = "TIER")]
     isa: Option<String>,
+    /// When a convolution and the depthwise convolution reading it run as one step, a band of
+    /// rows at a time, so that the convolution's output stays in cache: `auto` (when one image
+    /// of it is larger than half the L2 cache), `never`, or a number of depthwise output rows
+    /// per band for every pair that can.
+    #[arg(long, value_name = "auto|never|ROWS", default_value = "auto", value_parser = parse_banding)]
+    banding: Banding,
+}
+
+fn parse_banding(text: &str) -> Result<Banding, String> {
+    match text {
+        "auto" => Ok(Banding::Auto),
+        "never" => Ok(Banding::Never),
+        rows => match rows.parse::<usize>() {
+            Ok(rows) if rows > 0 => Ok(Banding::Rows(rows)),
+            _ => Err(format!(
+                "expected auto, never or a positive number of rows, got `{rows}`"
+            )),
+        },
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +159,7 @@ pub(super) fn bench(args: &BenchArgs) -> Result<(), Reported> {
         keep_params: args.profile,
         isa: super::resolve_isa(args.isa.as_deref()).ok(),
         max_memory: args.max_memory,
+        banding: args.banding,
     };
     let mut workload = Workload::prepare(&setup).map_err(failed)?;
     let schedule = Schedule {

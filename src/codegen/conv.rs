@@ -32,6 +32,7 @@ use crate::codegen::{
     CodegenError, GemmArgs, GemmId, KernelLibrary, MatrixRef, PackLayout, PackedB, PackedBRef,
 };
 use crate::ir::UnaryOp;
+use std::ops::Range;
 
 /// The sizes of a 2-D window op over an NCHW input, all validated by the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -413,6 +414,25 @@ pub fn conv2d_nhwc(
     args: NhwcConvArgs<'_>,
     threads: &Threads,
 ) -> Result<(), CodegenError> {
+    let pixels = g.batch.checked_mul(g.pixels()).ok_or_else(|| {
+        shape_err("conv2d_nhwc", "the number of output pixels overflows".into())
+    })?;
+    conv2d_nhwc_pixels(library, gemm, g, args, 0..pixels, threads)
+}
+
+/// [`conv2d_nhwc`] for the output pixels `pixels` only (numbered `[n, oy,
+/// ox]` in order over the whole batch): `args.out` and `args.residual`
+/// hold those pixels' `O` channels, `args.x` the whole input. Every value
+/// is the one [`conv2d_nhwc`] computes, bit for bit: a GEMM row's result
+/// does not depend on which other rows share the call.
+pub fn conv2d_nhwc_pixels(
+    library: &KernelLibrary,
+    gemm: GemmId,
+    g: &WindowGeometry,
+    args: NhwcConvArgs<'_>,
+    pixels: Range<usize>,
+    threads: &Threads,
+) -> Result<(), CodegenError> {
     const NAME: &str = "conv2d_nhwc";
     let NhwcConvArgs {
         x,
@@ -431,13 +451,21 @@ pub fn conv2d_nhwc(
     }
     let (cg, og) = (c_all / groups, o_all / groups);
     let depth = g.depth();
+    let all_pixels = g.batch * g.pixels();
+    if pixels.start > pixels.end || pixels.end > all_pixels {
+        return Err(shape_err(
+            NAME,
+            format!("output pixels {pixels:?} of {all_pixels}"),
+        ));
+    }
+    let out_len = pixels.len() * o_all;
     check_len(NAME, "the input", x.len(), g.in_len())?;
-    check_len(NAME, "the output", out.len(), g.out_len())?;
+    check_len(NAME, "the output", out.len(), out_len)?;
     if let Some(b) = bias {
         check_len(NAME, "the bias", b.len(), o_all)?;
     }
     if let Some(r) = residual {
-        check_len(NAME, "the residual", r.len(), g.out_len())?;
+        check_len(NAME, "the residual", r.len(), out_len)?;
     }
     if weights.len() != groups {
         return Err(shape_err(
@@ -457,8 +485,8 @@ pub fn conv2d_nhwc(
             ));
         }
     }
-    let pixels = g.batch * g.pixels();
-    if pixels == 0 || og == 0 {
+    let (first, rows) = (pixels.start, pixels.len());
+    if rows == 0 || og == 0 {
         return Ok(());
     }
     let [kh, kw] = g.kernel;
@@ -469,17 +497,20 @@ pub fn conv2d_nhwc(
         kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && (out_h, out_w) == (h, w);
     // Group `gr`'s columns of every output row: rows `O` apart, the last
     // one `O_g` long.
-    let c_len = (pixels - 1) * o_all + og;
+    let c_len = (rows - 1) * o_all + og;
     for (gr, packed) in weights.iter().enumerate() {
         let at = gr * og..gr * og + c_len;
         let c0 = gr * cg;
         let patches = Patches { x, g, c0, cg };
-        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| patches.pack(i0, r, k0, dst);
+        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| {
+            patches.pack(first + i0, r, k0, dst)
+        };
         let a = if in_place {
-            LeftOperand::Matrix(MatrixRef::strided(&x[c0..], pixels, cg, c_all, false)?)
+            let from = first * c_all + c0;
+            LeftOperand::Matrix(MatrixRef::strided(&x[from..], rows, cg, c_all, false)?)
         } else {
             LeftOperand::Gathered {
-                rows: pixels,
+                rows,
                 cols: depth,
                 pack: &gather,
             }

@@ -121,6 +121,27 @@ fn validate(
     g: &WindowGeometry,
     args: &NhwcWindowArgs<'_>,
 ) -> Result<(), CodegenError> {
+    validate_window(op, g, args)?;
+    let c = g.in_channels;
+    check_len(
+        "the input",
+        args.x.len(),
+        product(&[g.batch, g.in_h, g.in_w, c]),
+    )?;
+    let out_len = product(&[g.batch, g.out_h, g.out_w, c]);
+    check_len("the output", args.out.len(), out_len)?;
+    if let Some(r) = args.residual {
+        check_len("the residual", r.len(), out_len)?;
+    }
+    Ok(())
+}
+
+/// Checks the geometry, the taps and the bias (not the tensors' sizes).
+fn validate_window(
+    op: WindowOp,
+    g: &WindowGeometry,
+    args: &NhwcWindowArgs<'_>,
+) -> Result<(), CodegenError> {
     let c = g.in_channels;
     if g.out_channels != c {
         return Err(shape_err(format!(
@@ -154,16 +175,6 @@ fn validate(
         (_, Some(_)) => return Err(shape_err("pooling takes no bias".into())),
         _ => {}
     }
-    check_len(
-        "the input",
-        args.x.len(),
-        product(&[g.batch, g.in_h, g.in_w, c]),
-    )?;
-    let out_len = product(&[g.batch, g.out_h, g.out_w, c]);
-    check_len("the output", args.out.len(), out_len)?;
-    if let Some(r) = args.residual {
-        check_len("the residual", r.len(), out_len)?;
-    }
     Ok(())
 }
 
@@ -182,45 +193,31 @@ pub fn window2d_nhwc(
     if rows == 0 || row_len == 0 {
         return Ok(());
     }
+    let image = g.in_h * g.in_w * g.in_channels;
     let out = SharedMut(args.out.as_mut_ptr());
-    let (x, taps, bias, residual, post) = (args.x, args.taps, args.bias, args.residual, args.post);
-    let epilogue = match post {
-        None => Epilogue::InRegisters(Clamp::None),
-        Some(PostActivation::Relu) => Epilogue::InRegisters(Clamp::Relu),
-        Some(PostActivation::Relu6) => Epilogue::InRegisters(Clamp::Relu6),
-        Some(_) => Epilogue::RowPass,
-    };
-    let run = |range: &std::ops::Range<usize>| {
+    let run = |range: &Range<usize>| {
         for r in range.clone() {
-            let (n, oy) = (r / g.out_h, r % g.out_h);
-            let image = g.in_h * g.in_w * g.in_channels;
-            let job = RowJob {
-                g,
-                op,
-                x: x[n * image..(n + 1) * image].as_ptr(),
-                taps: taps.map_or(std::ptr::null(), <[f32]>::as_ptr),
-                bias: bias.map(<[f32]>::as_ptr),
-                oy,
-                kernel_rows: kernel_rows_inside(g, oy),
-                // SAFETY: row `r` of the output (`rows * row_len` f32,
-                // checked by `validate`) is written by this task alone:
-                // task ranges are disjoint, `out` is borrowed for the call.
-                out: unsafe { out.get().add(r * row_len) },
-                row_len,
-                epilogue,
-                post,
-                residual: residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
+            let n = r / g.out_h;
+            let source = InputRows {
+                x: args.x[n * image..(n + 1) * image].as_ptr(),
+                first: 0,
             };
-            // SAFETY: `validate` checked every operand against `g`; a plan
-            // of a wide tier runs only on a CPU with that tier's features
-            // (`Target::with_isa` never raises the tier).
+            // SAFETY: row `r` of the output (`rows * row_len` f32, checked
+            // by `validate`) is written by this task alone: task ranges
+            // are disjoint, `out` is borrowed for the call. `validate`
+            // checked every other operand against `g`.
             unsafe {
-                match isa {
-                    Isa::Avx512 => row_avx512(&job),
-                    Isa::Avx2 => row_avx2(&job),
-                    Isa::Baseline => row::<Xmm, 8, 4, 2>(&job),
-                }
-            }
+                run_row(
+                    isa,
+                    op,
+                    g,
+                    &args,
+                    source,
+                    r % g.out_h,
+                    out.get().add(r * row_len),
+                    args.residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
+                )
+            };
         }
     };
     if threads.count() == 1 {
@@ -230,6 +227,143 @@ pub fn window2d_nhwc(
     }
     Ok(())
 }
+
+/// Output rows `rows` of one image of a depthwise convolution or pool,
+/// on the calling thread, from a band of its input: `args.x` holds input
+/// rows `first_row..first_row + args.x.len() / (W * C)` (`[rows, W, C]`),
+/// `args.out` (and `args.residual`) the output rows `rows` only. A banded
+/// step computes a convolution's output a few rows at a time into such a
+/// band, while it is in cache, and runs the window over it; the results
+/// are those of [`window2d_nhwc`] bit for bit. `g.batch` is not read.
+pub fn window2d_nhwc_band(
+    isa: Isa,
+    op: WindowOp,
+    g: &WindowGeometry,
+    args: NhwcWindowArgs<'_>,
+    first_row: usize,
+    rows: Range<usize>,
+) -> Result<(), CodegenError> {
+    validate_window(op, g, &args)?;
+    let c = g.in_channels;
+    let in_row = g.in_w * c;
+    let row_len = g.out_w * c;
+    if rows.end > g.out_h {
+        return Err(shape_err(format!(
+            "output rows {rows:?} of an image {} rows high",
+            g.out_h
+        )));
+    }
+    let held = if in_row == 0 { 0 } else { args.x.len() / in_row };
+    if args.x.len() != held * in_row || first_row + held > g.in_h {
+        return Err(shape_err(format!(
+            "a band of {} f32 from input row {first_row} is not whole rows of {in_row} f32 inside {} rows",
+            args.x.len(),
+            g.in_h
+        )));
+    }
+    // The rows a range of output rows reads grow with the output row: the
+    // first and the last output row bound them.
+    let reads = |oy: usize| {
+        let ky = kernel_rows_inside(g, oy);
+        let row = |ky: usize| oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
+        (!ky.is_empty()).then(|| row(ky.start)..row(ky.end - 1) + 1)
+    };
+    let needed = match (rows.clone().find_map(reads), rows.clone().rev().find_map(reads)) {
+        (Some(first), Some(last)) => first.start..last.end,
+        _ => 0..0,
+    };
+    if !needed.is_empty() && (needed.start < first_row || needed.end > first_row + held) {
+        return Err(shape_err(format!(
+            "output rows {rows:?} read input rows {needed:?}, the band holds {first_row}..{}",
+            first_row + held
+        )));
+    }
+    let out_len = rows.len().checked_mul(row_len);
+    check_len("the output rows", args.out.len(), out_len)?;
+    if let Some(r) = args.residual {
+        check_len("the residual rows", r.len(), out_len)?;
+    }
+    let source = InputRows {
+        x: args.x.as_ptr(),
+        first: first_row,
+    };
+    let out = args.out.as_mut_ptr();
+    for (i, oy) in rows.enumerate() {
+        // SAFETY: checked above: every input row the output rows read is
+        // in the band, the output and residual hold exactly those rows;
+        // `validate_window` checked the taps and bias.
+        unsafe {
+            run_row(
+                isa,
+                op,
+                g,
+                &args,
+                source,
+                oy,
+                out.add(i * row_len),
+                args.residual.map(|res| &res[i * row_len..(i + 1) * row_len]),
+            )
+        };
+    }
+    Ok(())
+}
+
+/// Where a row job reads its input: `x` holds the image's rows from
+/// `first` on.
+#[derive(Clone, Copy)]
+struct InputRows {
+    x: *const f32,
+    first: usize,
+}
+
+/// Output row `oy` of one image into `out` (`OW * C` f32).
+///
+/// # Safety
+/// `source` holds every input row `oy` reads, `out` and `residual` a
+/// whole output row, the taps and bias what `g` needs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_row(
+    isa: Isa,
+    op: WindowOp,
+    g: &WindowGeometry,
+    args: &NhwcWindowArgs<'_>,
+    source: InputRows,
+    oy: usize,
+    out: *mut f32,
+    residual: Option<&[f32]>,
+) {
+    let epilogue = match args.post {
+        None => Epilogue::InRegisters(Clamp::None),
+        Some(PostActivation::Relu) => Epilogue::InRegisters(Clamp::Relu),
+        Some(PostActivation::Relu6) => Epilogue::InRegisters(Clamp::Relu6),
+        Some(_) => Epilogue::RowPass,
+    };
+    let job = RowJob {
+        g,
+        op,
+        x: source.x,
+        first_row: source.first,
+        taps: args.taps.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        bias: args.bias.map(<[f32]>::as_ptr),
+        oy,
+        kernel_rows: kernel_rows_inside(g, oy),
+        out,
+        row_len: g.out_w * g.in_channels,
+        epilogue,
+        post: args.post,
+        residual,
+    };
+    // SAFETY: the caller's; a plan of a wide tier runs only on a CPU with
+    // that tier's features (`Target::with_isa` never raises the tier).
+    unsafe {
+        match isa {
+            Isa::Avx512 => row_avx512(&job),
+            Isa::Avx2 => row_avx2(&job),
+            Isa::Baseline => row::<Xmm, 8, 4, 2>(&job),
+        }
+    }
+}
+
 
 /// The kernel rows `ky` whose input row `oy * sh + ky * dh - pt` lies
 /// inside the image (a range: the input row grows with `ky`).
@@ -281,8 +415,9 @@ enum Clamp {
 struct RowJob<'a> {
     g: &'a WindowGeometry,
     op: WindowOp,
-    /// The image's `[H, W, C]`.
+    /// The image's rows `first_row..` (`[rows, W, C]`).
     x: *const f32,
+    first_row: usize,
     /// Depthwise: `[taps][C]`.
     taps: *const f32,
     bias: Option<*const f32>,
@@ -915,7 +1050,7 @@ unsafe fn group<V: Lanes, const P: usize, const OP: u8, const PART: bool, C: Col
         KernelRow {
             x: job
                 .x
-                .add(iy * g.in_w * c + c0)
+                .add((iy - job.first_row) * g.in_w * c + c0)
                 .wrapping_offset(first * c as isize),
             w: job.taps.wrapping_add(ky * g.kernel[1] * c + c0),
             pixel: c,

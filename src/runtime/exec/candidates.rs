@@ -579,6 +579,44 @@ impl KernelCandidate for ConvNhwcGemm {
     }
 }
 
+/// A site for asking a candidate's `cost` before any location is known
+/// (the candidates asked below read neither locations nor scratch).
+fn bare_site<'s, 'g>(
+    planner: &'s Planner<'g>,
+    id: NodeId,
+    loc: &'s HashMap<NodeId, Loc>,
+) -> NodeSite<'s, 'g> {
+    NodeSite {
+        planner,
+        id,
+        node: planner.graph.node(id),
+        inputs: planner.graph.inputs(id),
+        loc,
+        scratch: None,
+        out_shape: planner.shape(id),
+    }
+}
+
+/// Whether [`ConvNhwcGemm`] takes node `id` (it is then the node's step:
+/// no other candidate takes an NHWC convolution).
+pub(super) fn accepts_nhwc_gemm_conv(planner: &Planner<'_>, id: NodeId) -> bool {
+    ConvNhwcGemm
+        .cost(&bare_site(planner, id, &HashMap::new()))
+        .is_some()
+}
+
+/// The geometry of node `id` when it is an NHWC depthwise convolution with
+/// taps laid out at compile time, which [`WindowNhwcKernel`] takes (it is
+/// then the node's step).
+pub(super) fn accepts_nhwc_depthwise(planner: &Planner<'_>, id: NodeId) -> Option<WindowGeometry> {
+    if !planner.depthwise_taps.contains_key(&id) {
+        return None;
+    }
+    let (op, g, _) = nhwc_window(planner.graph, id, |n| planner.shape(n))?;
+    WindowNhwcKernel.cost(&bare_site(planner, id, &HashMap::new()))?;
+    (op == WindowOp::Depthwise).then_some(g)
+}
+
 /// Depthwise convolution (one input channel per group), max and average
 /// pooling: one loop nest per output plane, vectorised along the width,
 /// compiled for each tier (`codegen::conv::window2d`).

@@ -13,6 +13,7 @@
 //! `Arc`; each concurrent run takes its own arena from a pool. After the
 //! first run for a shape, `run_into` allocates nothing (single thread).
 
+mod banded;
 mod candidates;
 mod copy;
 mod memory;
@@ -20,6 +21,7 @@ mod plan;
 mod samples;
 
 pub use candidates::{candidate_names, candidate_runs_on};
+pub use banded::Banding;
 pub use samples::SampleSplit;
 
 use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};
@@ -363,6 +365,8 @@ pub struct CompiledModel {
     samples: Option<samples::SampleAxis>,
     /// Whether a batch may run sample by sample.
     sample_split: SampleSplit,
+    /// Which convolution pairs run as banded steps.
+    banding: Banding,
 }
 
 /// Statistics about the plan for one set of input shapes.
@@ -548,6 +552,7 @@ impl CompiledModel {
             budget: MemoryBudget::default(),
             samples,
             sample_split: SampleSplit::default(),
+            banding: Banding::default(),
         })
     }
 
@@ -703,6 +708,8 @@ impl CompiledModel {
             nhwc_conv_weights: &self.nhwc_conv_weights,
             isa: self.isa,
             only: self.only_kernel,
+            banding: self.banding,
+            threads: self.threads.count(),
         };
         // Kernel sets of earlier plans, newest first, each once.
         let mut reusable: Vec<Arc<KernelSet>> = Vec::new();
@@ -1287,6 +1294,59 @@ impl CompiledModel {
                         out: mem.f32_mut(*out),
                     };
                     window2d_nhwc(plan.kernels.library.isa(), *op, geometry, args, threads)?;
+                }
+                Step::Banded {
+                    producer,
+                    consumer,
+                    band,
+                    buffers,
+                } => {
+                    let (
+                        Step::ConvNhwc {
+                            kernel,
+                            geometry: conv_geometry,
+                            x: conv_x,
+                            weights,
+                            bias: conv_bias,
+                            residual: conv_residual,
+                            out: _,
+                        },
+                        Step::WindowNhwc {
+                            op,
+                            geometry,
+                            x: _,
+                            taps: Some(NhwcTaps::Packed(taps)),
+                            bias,
+                            post,
+                            residual,
+                            out,
+                        },
+                    ) = (&**producer, &**consumer)
+                    else {
+                        unreachable!("banded steps pair a convolution with a depthwise one")
+                    };
+                    let producer = banded::Producer {
+                        library: &plan.kernels.library,
+                        gemm: *kernel,
+                        geometry: conv_geometry,
+                        x: mem.f32(*conv_x),
+                        weights,
+                        bias: conv_bias.map(|l| mem.f32(l)),
+                        residual: conv_residual.map(|l| mem.f32(l)),
+                    };
+                    let consumer = banded::Consumer {
+                        op: *op,
+                        geometry,
+                        args: NhwcWindowArgs {
+                            x: &[],
+                            taps: Some(taps),
+                            bias: bias.map(|l| mem.f32(l)),
+                            post: *post,
+                            residual: residual.map(|l| mem.f32(l)),
+                            out: mem.f32_mut(*out),
+                        },
+                    };
+                    banded::run_banded(producer, consumer, band, mem.f32_mut(*buffers), threads)?;
                 }
                 Step::BatchNorm {
                     eps,

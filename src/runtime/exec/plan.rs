@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::candidates::{
     conv_scratch, gemm_for, nhwc_taps_scratch, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
 };
+use super::banded::{banded_pairs, Band, Banding};
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
@@ -164,6 +165,17 @@ pub enum Step {
         post: Option<PostActivation>,
         residual: Option<Loc>,
         out: Loc,
+    },
+    /// A convolution (`producer`, a `ConvNhwc`) whose only reader is a
+    /// depthwise convolution (`consumer`, a `WindowNhwc`), run a band of
+    /// rows at a time through per-thread buffers (`banded.rs`): the
+    /// convolution's output is never stored whole.
+    Banded {
+        producer: Box<Step>,
+        consumer: Box<Step>,
+        band: Band,
+        /// `band.parts` buffers of `band.capacity` rows.
+        buffers: Loc,
     },
     /// Inference batch norm (`codegen::conv::batch_norm`).
     BatchNorm {
@@ -485,6 +497,69 @@ pub struct Planner<'a> {
     pub isa: Isa,
     /// Only this kernel candidate (and the interpreter), for tests.
     pub only: Option<&'static str>,
+    /// Which convolution pairs run as banded steps.
+    pub banding: Banding,
+    /// The threads kernels run on (a banded step keeps a buffer per thread).
+    pub threads: usize,
+}
+
+/// The steps with each banded pair's two steps made one `Step::Banded`
+/// at the depthwise convolution's place (the nodes computed likewise: the
+/// pair is the depthwise convolution's step).
+#[allow(clippy::type_complexity)]
+fn merge_banded(
+    steps: Vec<(Step, &'static str)>,
+    computed: Vec<NodeId>,
+    banded: &HashMap<NodeId, (NodeId, Band)>,
+    loc: &HashMap<NodeId, Loc>,
+) -> Result<(Vec<(Step, &'static str)>, Vec<NodeId>), ExecError> {
+    if banded.is_empty() {
+        return Ok((steps, computed));
+    }
+    let consumers: HashMap<NodeId, (NodeId, Band)> = banded
+        .iter()
+        .map(|(&producer, &(consumer, band))| (consumer, (producer, band)))
+        .collect();
+    let mut producers: HashMap<NodeId, Step> = HashMap::new();
+    let mut merged = Vec::with_capacity(steps.len());
+    let mut nodes = Vec::with_capacity(computed.len());
+    for ((step, name), id) in steps.into_iter().zip(computed) {
+        if banded.contains_key(&id) {
+            producers.insert(id, step);
+            continue;
+        }
+        let Some(&(producer, band)) = consumers.get(&id) else {
+            merged.push((step, name));
+            nodes.push(id);
+            continue;
+        };
+        let producer_step = producers.remove(&producer);
+        match (producer_step, step) {
+            (Some(p @ Step::ConvNhwc { .. }), c @ Step::WindowNhwc { .. }) => {
+                merged.push((
+                    Step::Banded {
+                        producer: Box::new(p),
+                        consumer: Box::new(c),
+                        band,
+                        buffers: loc[&producer],
+                    },
+                    "banded_conv_depthwise",
+                ));
+                nodes.push(id);
+            }
+            _ => {
+                return Err(CodegenError::shape(
+                    "banded step",
+                    format!(
+                        "nodes {producer:?} and {id:?} were planned as a banded pair but their \
+                         steps are not a convolution and a depthwise convolution"
+                    ),
+                )
+                .into())
+            }
+        }
+    }
+    Ok((merged, nodes))
 }
 
 impl Planner<'_> {
@@ -508,6 +583,7 @@ impl Planner<'_> {
         let mut buffers: Vec<Lifetime> = Vec::new();
         let mut root_buffer: HashMap<NodeId, usize> = HashMap::new();
         let mut step_nodes: Vec<NodeId> = Vec::new();
+        let banded = banded_pairs(self, self.banding, self.threads);
         for &id in &order {
             let node = g.node(id);
             match &node.op {
@@ -548,9 +624,15 @@ impl Planner<'_> {
                     kind.insert(id, out_kind);
                     match out_kind {
                         OutKind::Arena => {
+                            // A banded convolution's output lives in its
+                            // step's band buffers, never whole.
+                            let len = match banded.get(&id) {
+                                Some((_, band)) => band.buffers_len(),
+                                None => numel(&shape(g, id)),
+                            };
                             root_buffer.insert(id, buffers.len());
                             buffers.push(Lifetime {
-                                len: numel(&shape(g, id)),
+                                len,
                                 first: step,
                                 last: step,
                             });
@@ -666,6 +748,7 @@ impl Planner<'_> {
                 (steps, set, spent)
             }
         };
+        let (steps, computed) = merge_banded(steps, computed, &banded, &loc)?;
         let (steps, step_kernels): (Vec<Step>, Vec<&'static str>) = steps.into_iter().unzip();
         let native_steps = steps
             .iter()
