@@ -654,8 +654,16 @@ impl Planner<'_> {
         }
         let steps_total = step_nodes.len();
         // 2. Lifetimes: a buffer lives until its last reader (outputs: to the end).
+        // A banded pair's step runs where the depthwise convolution is and
+        // reads the convolution's operands until it is done: they live
+        // until then too.
+        let banded_producer: HashMap<NodeId, NodeId> = banded
+            .iter()
+            .map(|(&producer, &(consumer, _))| (consumer, producer))
+            .collect();
         for (step, &id) in step_nodes.iter().enumerate() {
-            for input in g.inputs(id) {
+            let producer_inputs = banded_producer.get(&id).map(|&p| g.inputs(p));
+            for input in g.inputs(id).into_iter().chain(producer_inputs.into_iter().flatten()) {
                 if let Some(&b) = root_buffer.get(&input) {
                     buffers[b].last = buffers[b].last.max(step);
                 }
