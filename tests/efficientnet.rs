@@ -199,18 +199,21 @@ fn photos_are_classified_as_the_reference_classifies_them() {
     ignore = "needs bash models/efficientnet_lite0/fetch.sh and python3 with numpy and safetensors"
 )]
 /// One image's activations (5.7 MiB) outgrow a core's L2 cache, so a batch
-/// runs sample by sample (runtime/exec/samples.rs), one image per thread:
-/// the same bits as the whole batch at once, on 1 and 2 threads, with a
-/// batch of 3 (two images together, then one on both threads).
-fn a_batch_runs_image_by_image_with_the_same_bits() {
+/// runs sample by sample (runtime/exec/samples.rs), one image per thread,
+/// and the first blocks' expansions run banded with their depthwise
+/// convolutions (runtime/exec/banded.rs): the same bits as the whole batch
+/// at once node by node, on 1 and 2 threads, with a batch of 3 (two images
+/// together, then one on both threads).
+fn a_batch_runs_image_by_image_and_banded_with_the_same_bits() {
     use lamina::ir::Bindings;
-    use lamina::runtime::exec::{CompileOptions, SampleSplit};
+    use lamina::runtime::exec::{Banding, CompileOptions, SampleSplit};
 
     let (loaded, params) = load_with_checkpoint();
     let x = random_images(3, 0x1a31_7a00_5eed_0022);
     let inputs = HashMap::from([("image".to_string(), x)]);
+    let ordered = [&inputs["image"]];
     for threads in [1, 2] {
-        let compile = |split| {
+        let compile = |split, banding| {
             let (mut model, _) = lamina::compile::compile(
                 &loaded.graph,
                 &params,
@@ -218,26 +221,39 @@ fn a_batch_runs_image_by_image_with_the_same_bits() {
             )
             .unwrap_or_else(|e| panic!("{e}"));
             model.set_sample_split(split);
+            model.set_banding(banding);
             model
         };
-        let split = compile(SampleSplit::Auto);
-        assert!(split.keeps_samples_apart());
-        let ordered = [&inputs["image"]];
-        let info = split.prepare(&ordered, &Bindings::new()).unwrap();
-        assert!(info.by_sample, "{threads} thread(s): {info:?}");
-        let got = split.run(&inputs).unwrap();
-        let expected = compile(SampleSplit::Never).run(&inputs).unwrap();
-        for ((name, a), (_, b)) in got.iter().zip(&expected) {
-            let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-            let differ = a
+        let expected = compile(SampleSplit::Never, Banding::Never)
+            .run(&inputs)
+            .unwrap();
+        for (split, banding) in [
+            (SampleSplit::Auto, Banding::Never),
+            (SampleSplit::Never, Banding::Auto),
+            (SampleSplit::Auto, Banding::Auto),
+        ] {
+            let what = format!("{threads} thread(s), {split:?}, {banding:?}");
+            let model = compile(split, banding);
+            assert!(model.keeps_samples_apart());
+            let info = model.prepare(&ordered, &Bindings::new()).unwrap();
+            assert_eq!(info.by_sample, split == SampleSplit::Auto, "{what}: {info:?}");
+            let banded = info
+                .step_kernels
                 .iter()
-                .zip(b)
-                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .filter(|&&k| k == "banded_conv_depthwise")
                 .count();
-            assert_eq!(
-                differ, 0,
-                "{threads} thread(s), output {name}: {differ} values differ"
-            );
+            // The stem and the expansions of the 112x112 and 56x56 blocks.
+            assert_eq!(banded > 0, banding == Banding::Auto, "{what}: {info:?}");
+            let got = model.run(&inputs).unwrap();
+            for ((name, a), (_, b)) in got.iter().zip(&expected) {
+                let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+                let differ = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "{what}, output {name}: {differ} values differ");
+            }
         }
     }
 }
