@@ -60,7 +60,7 @@ use std::ops::Range;
 
 use super::conv::{PostActivation, WindowGeometry, WindowOp};
 use super::target::Isa;
-use super::threads::{split_range, SharedMut, Split, Threads};
+use super::threads::{split_range, SharedMut, Threads};
 use super::CodegenError;
 
 /// Lays out depthwise weights `[C, 1, kh, kw]` (`taps = kh * kw` per
@@ -195,11 +195,6 @@ pub fn window2d_nhwc(
     }
     let image = g.in_h * g.in_w * g.in_channels;
     let out = SharedMut(args.out.as_mut_ptr());
-    if channel_major(isa, g, args.post) {
-        // SAFETY: as below; a task writes only its channels of each row.
-        unsafe { run_channel_major(isa, op, g, &args, out, threads) };
-        return Ok(());
-    }
     let run = |range: &Range<usize>| {
         for r in range.clone() {
             let n = r / g.out_h;
@@ -219,7 +214,6 @@ pub fn window2d_nhwc(
                     &args,
                     source,
                     r % g.out_h,
-                    0..g.in_channels,
                     out.get().add(r * row_len),
                     args.residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
                 )
@@ -306,7 +300,6 @@ pub fn window2d_nhwc_band(
                 &args,
                 source,
                 oy,
-                0..c,
                 out.add(i * row_len),
                 args.residual.map(|res| &res[i * row_len..(i + 1) * row_len]),
             )
@@ -323,86 +316,7 @@ struct InputRows {
     first: usize,
 }
 
-/// f32 lanes of the tier's vectors: the channel block of the row kernels.
-fn lanes(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Baseline => 4,
-    }
-}
-
-/// Whether a window runs channel block by channel block, each over the
-/// whole image, rather than row by row over all channels: when one block
-/// of the whole input fits in L1 (a 14 x 14 or 7 x 7 layer), so that the
-/// input rows re-read by the next output rows come from L1, not L2
-/// (measured 1.2-1.35x on EfficientNet's 14 x 14 and 7 x 7 depthwise
-/// layers; on larger images the row order, which streams whole rows, is
-/// faster: 2.4x at 112 x 112). The activation must be in registers: the
-/// row pass of the others covers whole rows.
-fn channel_major(isa: Isa, g: &WindowGeometry, post: Option<PostActivation>) -> bool {
-    const L1_SHARE: usize = 32 * 1024;
-    let in_registers = matches!(
-        post,
-        None | Some(PostActivation::Relu) | Some(PostActivation::Relu6)
-    );
-    in_registers
-        && g.in_channels > lanes(isa)
-        && g.in_h.saturating_mul(g.in_w).saturating_mul(lanes(isa) * 4) <= L1_SHARE
-}
-
-/// [`window2d_nhwc`] channel block by channel block: tasks take (image,
-/// range of blocks); a task runs each of its blocks over every output row.
-/// Every value is computed as row by row (same groups, same chain).
-///
-/// # Safety
-/// `validate` passed for `args` and `g`; `out` is `args.out`'s start.
-unsafe fn run_channel_major(
-    isa: Isa,
-    op: WindowOp,
-    g: &WindowGeometry,
-    args: &NhwcWindowArgs<'_>,
-    out: SharedMut,
-    threads: &Threads,
-) {
-    let (c, lanes) = (g.in_channels, lanes(isa));
-    let blocks = c.div_ceil(lanes);
-    let image = g.in_h * g.in_w * c;
-    let row_len = g.out_w * c;
-    let split = Split::new(blocks, (4 * threads.count()).div_ceil(g.batch.max(1)), 1);
-    threads.for_each_index(g.batch * split.count(), |task| {
-        let (n, range) = (task / split.count(), split.get(task % split.count()));
-        let source = InputRows {
-            x: args.x[n * image..(n + 1) * image].as_ptr(),
-            first: 0,
-        };
-        for block in range {
-            let channels = block * lanes..((block + 1) * lanes).min(c);
-            for oy in 0..g.out_h {
-                let r = n * g.out_h + oy;
-                // SAFETY: the caller's; tasks write disjoint channels
-                // (blocks) of the rows, each row whole inside `out`.
-                unsafe {
-                    run_row(
-                        isa,
-                        op,
-                        g,
-                        args,
-                        source,
-                        oy,
-                        channels.clone(),
-                        out.get().add(r * row_len),
-                        args.residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
-                    )
-                };
-            }
-        }
-    });
-}
-
-/// Output row `oy` of one image into `out` (`OW * C` f32), channels
-/// `channels` only (a range of whole channel blocks, the tail block
-/// included when it ends at `C`).
+/// Output row `oy` of one image into `out` (`OW * C` f32).
 ///
 /// # Safety
 /// `source` holds every input row `oy` reads, `out` and `residual` a
@@ -415,7 +329,6 @@ unsafe fn run_row(
     args: &NhwcWindowArgs<'_>,
     source: InputRows,
     oy: usize,
-    channels: Range<usize>,
     out: *mut f32,
     residual: Option<&[f32]>,
 ) {
@@ -434,7 +347,6 @@ unsafe fn run_row(
         bias: args.bias.map(<[f32]>::as_ptr),
         oy,
         kernel_rows: kernel_rows_inside(g, oy),
-        channels,
         out,
         row_len: g.out_w * g.in_channels,
         epilogue,
@@ -512,9 +424,6 @@ struct RowJob<'a> {
     oy: usize,
     /// The kernel rows inside the image for this output row.
     kernel_rows: Range<usize>,
-    /// The channels to compute: whole vector blocks, and the tail when
-    /// the range ends at `C`.
-    channels: Range<usize>,
     /// The output row's `[OW, C]`, `row_len` f32.
     out: *mut f32,
     row_len: usize,
@@ -1090,12 +999,12 @@ unsafe fn channel_blocks<V: Lanes, const P: usize, const OP: u8, C: Columns>(
 ) {
     let c = job.g.in_channels;
     let full = c / V::LANES * V::LANES;
-    let mut c0 = job.channels.start;
-    while c0 < full.min(job.channels.end) {
+    let mut c0 = 0;
+    while c0 < full {
         group::<V, P, OP, false, C>(job, columns, ox0, c0, V::part(V::LANES));
         c0 += V::LANES;
     }
-    if full < c && job.channels.end == c {
+    if full < c {
         let part = V::part(c - full);
         let any = AnyColumns {
             width: columns.width(),
