@@ -80,3 +80,35 @@ fn bench_runs_on_every_tier_the_cpu_has_and_names_it() {
         }
     }
 }
+
+#[test]
+fn dump_asm_lists_the_assembled_kernels_of_the_tier() {
+    let supported = Target::detected().supported_isas();
+    for isa in supported {
+        let (code, stdout, stderr) =
+            lamina_env(&["run", DIGITS, "--isa", isa.name(), "--dump-asm"], None);
+        assert_eq!(code, 0, "{isa}: {stderr}");
+        let listing = stdout
+            .lines()
+            .filter(|line| line.contains("vfmadd231ps"))
+            .count();
+        match isa {
+            // The GEMM micro-kernels of the wide tiers are assembled: their
+            // multiply-adds are in the listing, each kernel also in
+            // `--dump-clif`'s list (which has Cranelift's besides).
+            Isa::Avx512 | Isa::Avx2 => {
+                assert!(stdout.contains("; kernel gemm_"), "{isa}: {stdout}");
+                assert!(listing > 0, "{isa}: no vfmadd231ps in {stdout}");
+                let (_, clif, _) =
+                    lamina_env(&["run", DIGITS, "--isa", isa.name(), "--dump-clif"], None);
+                for kernel in stdout.lines().filter(|l| l.starts_with("; kernel ")) {
+                    assert!(clif.contains(kernel), "{isa}: {kernel} not in --dump-clif");
+                }
+            }
+            Isa::Baseline => assert!(!stdout.contains("; kernel"), "{isa}: {stdout}"),
+        }
+        // The outputs follow, as without the flag.
+        let (_, plain, _) = lamina_env(&["run", DIGITS, "--isa", isa.name()], None);
+        assert!(stdout.ends_with(&plain), "{isa}: outputs differ after the listing");
+    }
+}

@@ -60,9 +60,15 @@ pub struct RunArgs {
     /// Worker threads for the JIT backend's kernels.
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
-    /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs).
+    /// Print the Cranelift IR of every JIT kernel (to stdout, before the outputs); assembled
+    /// kernels appear with their listing.
     #[arg(long)]
     dump_clif: bool,
+    /// Print the machine code of every assembled kernel (the AVX2 / AVX-512 tiers' GEMM
+    /// micro-kernels and epilogues, generated for this model's shapes) as an Intel-syntax
+    /// listing, to stdout before the outputs. The baseline tier assembles nothing.
+    #[arg(long)]
+    dump_asm: bool,
     /// Most memory the model may use (parameters, intermediate values), e.g. 512M or 8G
     /// [default: 3/4 of the RAM this process may use: physical RAM or its cgroup limit]. A model that needs more is an error, not a crash.
     #[arg(long, value_name = "SIZE", value_parser = crate::runtime::budget::parse_size)]
@@ -292,6 +298,11 @@ pub(super) fn run(args: &RunArgs) -> Result<(), Reported> {
     if args.dump_clif {
         if let Some(clif) = session.kernel_ir(&inputs).map_err(engine_failure)? {
             print!("{clif}");
+        }
+    }
+    if args.dump_asm {
+        if let Some(asm) = session.kernel_asm(&inputs).map_err(engine_failure)? {
+            print!("{asm}");
         }
     }
     let outputs = session.run(&inputs).map_err(engine_failure)?;

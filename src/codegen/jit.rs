@@ -106,6 +106,12 @@ pub struct KernelInfo {
 }
 
 impl KernelInfo {
+    /// Whether the kernel was assembled (machine code of the wide tiers),
+    /// not compiled by Cranelift.
+    pub fn is_assembled(&self) -> bool {
+        self.code.is_some()
+    }
+
     /// The CLIF, or for an assembled kernel its header and Intel-syntax listing.
     pub fn text(&self) -> String {
         match &self.code {

@@ -364,4 +364,15 @@ impl KernelLibrary {
         }
         text
     }
+
+    /// The Intel-syntax listing of every assembled (wide-tier) kernel, in
+    /// compilation order; empty on the baseline tier, whose kernels are
+    /// all Cranelift's.
+    pub fn asm_text(&self) -> String {
+        let mut text = String::new();
+        for info in self.infos.iter().filter(|info| info.is_assembled()) {
+            text.push_str(&format!("; kernel {}\n{}\n", info.name, info.text()));
+        }
+        text
+    }
 }

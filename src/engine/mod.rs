@@ -804,6 +804,22 @@ impl Session {
     /// # Ok::<(), lamina::engine::Error>(())
     /// ```
     pub fn kernel_ir(&self, inputs: &HashMap<String, Tensor>) -> Result<Option<String>, Error> {
+        Ok(self.plan_info(inputs)?.map(|info| info.clif()))
+    }
+
+    /// The Intel-syntax listing of every kernel assembled for these inputs'
+    /// shapes (the AVX2 / AVX-512 tiers' GEMM micro-kernels and
+    /// epilogues; `lamina run --dump-asm`); `None` on the interpreter
+    /// backend, empty on the baseline tier.
+    pub fn kernel_asm(&self, inputs: &HashMap<String, Tensor>) -> Result<Option<String>, Error> {
+        Ok(self.plan_info(inputs)?.map(|info| info.asm()))
+    }
+
+    /// The JIT plan for these inputs' shapes (`None` on the interpreter).
+    fn plan_info(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Option<crate::runtime::exec::PlanInfo>, Error> {
         let runner = self.runner_for(inputs)?;
         let Runner::Jit(compiled) = runner.as_ref() else {
             return Ok(None);
@@ -815,7 +831,7 @@ impl Session {
         let info = compiled
             .prepare(&ordered, &self.fixed)
             .map_err(|e| fail(e.into()))?;
-        Ok(Some(info.clif()))
+        Ok(Some(info))
     }
 
     /// Loads a Hugging Face `tokenizer.json` for [`Session::text_inputs`]:

@@ -404,6 +404,12 @@ impl PlanInfo {
     pub fn clif(&self) -> String {
         self.kernel_set.library.clif_text()
     }
+
+    /// The Intel-syntax listing of every assembled (wide-tier) kernel, in
+    /// compilation order (empty on the baseline tier).
+    pub fn asm(&self) -> String {
+        self.kernel_set.library.asm_text()
+    }
 }
 
 impl std::fmt::Debug for PlanInfo {
