@@ -109,6 +109,9 @@ fn dump_asm_lists_the_assembled_kernels_of_the_tier() {
         }
         // The outputs follow, as without the flag.
         let (_, plain, _) = lamina_env(&["run", DIGITS, "--isa", isa.name()], None);
-        assert!(stdout.ends_with(&plain), "{isa}: outputs differ after the listing");
+        assert!(
+            stdout.ends_with(&plain),
+            "{isa}: outputs differ after the listing"
+        );
     }
 }

@@ -236,7 +236,11 @@ fn a_batch_runs_image_by_image_and_banded_with_the_same_bits() {
             let model = compile(split, banding);
             assert!(model.keeps_samples_apart());
             let info = model.prepare(&ordered, &Bindings::new()).unwrap();
-            assert_eq!(info.by_sample, split == SampleSplit::Auto, "{what}: {info:?}");
+            assert_eq!(
+                info.by_sample,
+                split == SampleSplit::Auto,
+                "{what}: {info:?}"
+            );
             let banded = info
                 .step_kernels
                 .iter()

@@ -8,7 +8,7 @@ mod jit_support;
 
 use std::collections::HashMap;
 
-use jit_support::{random_f32, rng, same_bits};
+use jit_support::{compile_source, random_f32, rng, same_bits};
 use lamina::interp;
 use lamina::ir::Bindings;
 use lamina::runtime::bind_params;
@@ -18,19 +18,9 @@ use lamina::tensor::Tensor;
 /// The model in `text` (parameters from its seeded initializers), through
 /// every pass.
 fn compile(text: &str, threads: usize, split: SampleSplit) -> (CompiledModel, lamina::ir::Graph) {
-    let loaded = lamina::model::load_source("m.lam".as_ref(), text.to_string())
-        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-    let params = bind_params(&loaded.graph, None, &Bindings::new())
-        .unwrap_or_else(|e| panic!("{e:?}"))
-        .values;
-    let (mut model, _) = lamina::compile::compile(
-        &loaded.graph,
-        &params,
-        CompileOptions { threads, isa: None },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (mut model, graph) = compile_source(text, CompileOptions { threads, isa: None });
     model.set_sample_split(split);
-    (model, loaded.graph)
+    (model, graph)
 }
 
 /// A small convolutional classifier in both layouts' worth of ops: NCHW

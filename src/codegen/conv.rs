@@ -415,7 +415,10 @@ pub fn conv2d_nhwc(
     threads: &Threads,
 ) -> Result<(), CodegenError> {
     let pixels = g.batch.checked_mul(g.pixels()).ok_or_else(|| {
-        shape_err("conv2d_nhwc", "the number of output pixels overflows".into())
+        shape_err(
+            "conv2d_nhwc",
+            "the number of output pixels overflows".into(),
+        )
     })?;
     conv2d_nhwc_pixels(library, gemm, g, args, 0..pixels, threads)
 }
@@ -502,9 +505,8 @@ pub fn conv2d_nhwc_pixels(
         let at = gr * og..gr * og + c_len;
         let c0 = gr * cg;
         let patches = Patches { x, g, c0, cg };
-        let gather = |i0: usize, r: usize, k0: usize, dst: &mut [f32]| {
-            patches.pack(first + i0, r, k0, dst)
-        };
+        let gather =
+            |i0: usize, r: usize, k0: usize, dst: &mut [f32]| patches.pack(first + i0, r, k0, dst);
         let a = if in_place {
             let from = first * c_all + c0;
             LeftOperand::Matrix(MatrixRef::strided(&x[from..], rows, cg, c_all, false)?)

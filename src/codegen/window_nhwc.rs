@@ -215,7 +215,8 @@ pub fn window2d_nhwc(
                     source,
                     r % g.out_h,
                     out.get().add(r * row_len),
-                    args.residual.map(|res| &res[r * row_len..(r + 1) * row_len]),
+                    args.residual
+                        .map(|res| &res[r * row_len..(r + 1) * row_len]),
                 )
             };
         }
@@ -253,7 +254,11 @@ pub fn window2d_nhwc_band(
             g.out_h
         )));
     }
-    let held = if in_row == 0 { 0 } else { args.x.len() / in_row };
+    let held = if in_row == 0 {
+        0
+    } else {
+        args.x.len() / in_row
+    };
     if args.x.len() != held * in_row || first_row + held > g.in_h {
         return Err(shape_err(format!(
             "a band of {} f32 from input row {first_row} is not whole rows of {in_row} f32 inside {} rows",
@@ -268,7 +273,10 @@ pub fn window2d_nhwc_band(
         let row = |ky: usize| oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
         (!ky.is_empty()).then(|| row(ky.start)..row(ky.end - 1) + 1)
     };
-    let needed = match (rows.clone().find_map(reads), rows.clone().rev().find_map(reads)) {
+    let needed = match (
+        rows.clone().find_map(reads),
+        rows.clone().rev().find_map(reads),
+    ) {
         (Some(first), Some(last)) => first.start..last.end,
         _ => 0..0,
     };
@@ -301,7 +309,8 @@ pub fn window2d_nhwc_band(
                 source,
                 oy,
                 out.add(i * row_len),
-                args.residual.map(|res| &res[i * row_len..(i + 1) * row_len]),
+                args.residual
+                    .map(|res| &res[i * row_len..(i + 1) * row_len]),
             )
         };
     }
@@ -363,7 +372,6 @@ unsafe fn run_row(
         }
     }
 }
-
 
 /// The kernel rows `ky` whose input row `oy * sh + ky * dh - pt` lies
 /// inside the image (a range: the input row grows with `ky`).

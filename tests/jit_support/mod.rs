@@ -348,3 +348,16 @@ pub fn mlp() -> (Graph, HashMap<String, Tensor>) {
         .values;
     (graph, params)
 }
+
+/// The model in `text` (parameters from their seeded initializers),
+/// through every pass, and its graph as loaded.
+pub fn compile_source(text: &str, options: CompileOptions) -> (CompiledModel, Graph) {
+    let loaded = lamina::model::load_source("m.lam".as_ref(), text.to_string())
+        .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let params = lamina::runtime::bind_params(&loaded.graph, None, &lamina::ir::Bindings::new())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .values;
+    let (model, _) =
+        lamina::compile::compile(&loaded.graph, &params, options).unwrap_or_else(|e| panic!("{e}"));
+    (model, loaded.graph)
+}

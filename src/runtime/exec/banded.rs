@@ -28,9 +28,9 @@ use std::sync::Mutex;
 use super::candidates::{accepts_nhwc_depthwise, accepts_nhwc_gemm_conv};
 use super::plan::Planner;
 use crate::codegen::conv::{conv2d_nhwc_pixels, NhwcConvArgs, WindowGeometry, WindowOp};
-use crate::codegen::{SharedMut, Split, Threads};
 use crate::codegen::window_nhwc::{window2d_nhwc_band, NhwcWindowArgs};
 use crate::codegen::{CodegenError, GemmId, KernelLibrary, PackedB, Target};
+use crate::codegen::{SharedMut, Split, Threads};
 use crate::ir::NodeId;
 
 /// When a convolution and the depthwise convolution reading it run as one
@@ -145,7 +145,9 @@ fn reads_per_band(g: &WindowGeometry, rows: usize) -> usize {
 
 /// The input rows output rows `rows` (of one image) read, inside the image.
 fn rows_read(g: &WindowGeometry, rows: &Range<usize>) -> Range<usize> {
-    let first = (rows.start * g.stride[0]).saturating_sub(g.pad[0]).min(g.in_h);
+    let first = (rows.start * g.stride[0])
+        .saturating_sub(g.pad[0])
+        .min(g.in_h);
     let last = ((rows.end - 1) * g.stride[0] + (g.kernel[0].max(1) - 1) * g.dilation[0] + 1)
         .saturating_sub(g.pad[0])
         .min(g.in_h);
@@ -245,7 +247,9 @@ pub(super) fn run_banded(
             taps: args.taps,
             bias: args.bias,
             post: args.post,
-            residual: args.residual.map(|r| &r[rows.start * out_row..rows.end * out_row]),
+            residual: args
+                .residual
+                .map(|r| &r[rows.start * out_row..rows.end * out_row]),
             out,
         };
         if let Err(e) = run_part(&producer, gw, op, window, band, rows, buffer) {
@@ -295,7 +299,8 @@ fn run_part(
             _ => needed.start,
         };
         if first_new < needed.end {
-            let pixels = n * image_pixels + first_new * gw.in_w..n * image_pixels + needed.end * gw.in_w;
+            let pixels =
+                n * image_pixels + first_new * gw.in_w..n * image_pixels + needed.end * gw.in_w;
             let at = (first_new - needed.start) * row_len..needed.len() * row_len;
             conv2d_nhwc_pixels(
                 producer.library,

@@ -20,8 +20,8 @@ mod memory;
 mod plan;
 mod samples;
 
-pub use candidates::{candidate_names, candidate_runs_on};
 pub use banded::Banding;
+pub use candidates::{candidate_names, candidate_runs_on};
 pub use samples::SampleSplit;
 
 use crate::ir::ops::{Constant, FusedLinear, MatMul, Param};

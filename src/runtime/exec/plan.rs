@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::banded::{banded_pairs, Band, Banding};
 use super::candidates::{
     conv_scratch, gemm_for, nhwc_taps_scratch, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
 };
-use super::banded::{banded_pairs, Band, Banding};
 use super::copy::{Reduction, Strided, MAX_RANK};
 use super::memory::{place, Lifetime};
 use super::ExecError;
@@ -663,7 +663,11 @@ impl Planner<'_> {
             .collect();
         for (step, &id) in step_nodes.iter().enumerate() {
             let producer_inputs = banded_producer.get(&id).map(|&p| g.inputs(p));
-            for input in g.inputs(id).into_iter().chain(producer_inputs.into_iter().flatten()) {
+            for input in g
+                .inputs(id)
+                .into_iter()
+                .chain(producer_inputs.into_iter().flatten())
+            {
                 if let Some(&b) = root_buffer.get(&input) {
                     buffers[b].last = buffers[b].last.max(step);
                 }
