@@ -64,7 +64,11 @@ pub struct Band {
 impl Band {
     /// f32 of all the buffers.
     pub fn buffers_len(&self) -> usize {
-        self.parts * self.capacity * self.row_len
+        // Saturating: at most `parts` times one image of a checked tensor;
+        // the memory budget then refuses what does not fit.
+        self.parts
+            .saturating_mul(self.capacity)
+            .saturating_mul(self.row_len)
     }
 }
 
@@ -112,11 +116,11 @@ pub(super) fn banded_pairs(
             continue;
         }
         let row_len = g.in_w * g.in_channels;
-        let image_bytes = g.in_h * row_len * 4;
+        let image_bytes = g.in_h.saturating_mul(row_len).saturating_mul(4);
         let rows = match banding {
             Banding::Rows(rows) => rows.max(1),
             Banding::Auto if image_bytes > l2 / 2 => {
-                let budget_rows = l2 / 8 / (row_len * 4).max(1);
+                let budget_rows = l2 / 8 / row_len.saturating_mul(4).max(1);
                 // Output rows whose window rows fit the budget: (rows - 1)
                 // * stride + the window's height.
                 let window = reads_per_band(&g, 1);
