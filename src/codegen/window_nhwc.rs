@@ -206,19 +206,7 @@ pub fn window2d_nhwc(
             // by `validate`) is written by this task alone: task ranges
             // are disjoint, `out` is borrowed for the call. `validate`
             // checked every other operand against `g`.
-            unsafe {
-                run_row(
-                    isa,
-                    op,
-                    g,
-                    &args,
-                    source,
-                    r % g.out_h,
-                    out.get().add(r * row_len),
-                    args.residual
-                        .map(|res| &res[r * row_len..(r + 1) * row_len]),
-                )
-            };
+            unsafe { run_row(isa, op, g, &args, source, r % g.out_h, out.get(), r) };
         }
     };
     if threads.count() == 1 {
@@ -266,20 +254,7 @@ pub fn window2d_nhwc_band(
             g.in_h
         )));
     }
-    // The rows a range of output rows reads grow with the output row: the
-    // first and the last output row bound them.
-    let reads = |oy: usize| {
-        let ky = kernel_rows_inside(g, oy);
-        let row = |ky: usize| oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
-        (!ky.is_empty()).then(|| row(ky.start)..row(ky.end - 1) + 1)
-    };
-    let needed = match (
-        rows.clone().find_map(reads),
-        rows.clone().rev().find_map(reads),
-    ) {
-        (Some(first), Some(last)) => first.start..last.end,
-        _ => 0..0,
-    };
+    let needed = input_rows_read(g, rows.clone());
     if !needed.is_empty() && (needed.start < first_row || needed.end > first_row + held) {
         return Err(shape_err(format!(
             "output rows {rows:?} read input rows {needed:?}, the band holds {first_row}..{}",
@@ -300,21 +275,25 @@ pub fn window2d_nhwc_band(
         // SAFETY: checked above: every input row the output rows read is
         // in the band, the output and residual hold exactly those rows;
         // `validate_window` checked the taps and bias.
-        unsafe {
-            run_row(
-                isa,
-                op,
-                g,
-                &args,
-                source,
-                oy,
-                out.add(i * row_len),
-                args.residual
-                    .map(|res| &res[i * row_len..(i + 1) * row_len]),
-            )
-        };
+        unsafe { run_row(isa, op, g, &args, source, oy, out, i) };
     }
     Ok(())
+}
+
+/// The input rows that output rows `rows` of one image read (inside the
+/// image; empty when they read only padding): the span from the lowest
+/// row any of them reads to the highest. Every output row counts: with
+/// dilation, a row whose first taps fall in the padding can start below
+/// the row before it (3 taps 2 apart, one row of padding: output row 0
+/// reads rows 1 and 3, row 1 reads rows 0, 2 and 4).
+pub fn input_rows_read(g: &WindowGeometry, rows: Range<usize>) -> Range<usize> {
+    rows.filter_map(|oy| {
+        let ky = kernel_rows_inside(g, oy);
+        let row = |ky: usize| oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
+        (!ky.is_empty()).then(|| row(ky.start)..row(ky.end - 1) + 1)
+    })
+    .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
+    .unwrap_or(0..0)
 }
 
 /// Where a row job reads its input: `x` holds the image's rows from
@@ -325,11 +304,12 @@ struct InputRows {
     first: usize,
 }
 
-/// Output row `oy` of one image into `out` (`OW * C` f32).
+/// Output row `oy` of one image into row `at` of `out` (rows of `OW * C`
+/// f32), with row `at` of `args.residual`.
 ///
 /// # Safety
-/// `source` holds every input row `oy` reads, `out` and `residual` a
-/// whole output row, the taps and bias what `g` needs.
+/// `source` holds every input row `oy` reads, `out` and `args.residual`
+/// a row `at`, the taps and bias what `g` needs.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_row(
     isa: Isa,
@@ -339,8 +319,9 @@ unsafe fn run_row(
     source: InputRows,
     oy: usize,
     out: *mut f32,
-    residual: Option<&[f32]>,
+    at: usize,
 ) {
+    let row_len = g.out_w * g.in_channels;
     let epilogue = match args.post {
         None => Epilogue::InRegisters(Clamp::None),
         Some(PostActivation::Relu) => Epilogue::InRegisters(Clamp::Relu),
@@ -356,11 +337,14 @@ unsafe fn run_row(
         bias: args.bias.map(<[f32]>::as_ptr),
         oy,
         kernel_rows: kernel_rows_inside(g, oy),
-        out,
-        row_len: g.out_w * g.in_channels,
+        // SAFETY: the caller's: `out` holds row `at`.
+        out: unsafe { out.add(at * row_len) },
+        row_len,
         epilogue,
         post: args.post,
-        residual,
+        residual: args
+            .residual
+            .map(|res| &res[at * row_len..(at + 1) * row_len]),
     };
     // SAFETY: the caller's; a plan of a wide tier runs only on a CPU with
     // that tier's features (`Target::with_isa` never raises the tier).
