@@ -13,13 +13,13 @@ mod jit_support;
 
 use std::collections::HashMap;
 
-use jit_support::{compare_outputs, compile_source, random_f32, rng, same_bits, tiers};
+use jit_support::{
+    compare_outputs, compile_source, interpret_source, random_f32, rng, same_bits, tiers,
+};
 use lamina::codegen::conv::{WindowGeometry, WindowOp};
 use lamina::codegen::window_nhwc::{window2d_nhwc_band, NhwcWindowArgs};
 use lamina::codegen::Isa;
-use lamina::interp;
-use lamina::ir::{Bindings, Graph};
-use lamina::runtime::bind_params;
+use lamina::ir::Bindings;
 use lamina::runtime::exec::{Banding, CompileOptions, CompiledModel, SampleSplit};
 use lamina::tensor::Tensor;
 
@@ -134,8 +134,8 @@ const BLOCKS: &[Block] = &[
     },
 ];
 
-fn compile(text: &str, threads: usize, isa: Isa, banding: Banding) -> (CompiledModel, Graph) {
-    let (mut model, graph) = compile_source(
+fn compile(text: &str, threads: usize, isa: Isa, banding: Banding) -> CompiledModel {
+    let mut model = compile_source(
         text,
         CompileOptions {
             threads,
@@ -145,7 +145,7 @@ fn compile(text: &str, threads: usize, isa: Isa, banding: Banding) -> (CompiledM
     // Whole batches, so the banded step sees several images.
     model.set_sample_split(SampleSplit::Never);
     model.set_banding(banding);
-    (model, graph)
+    model
 }
 
 fn step_kernels(model: &CompiledModel, x: &Tensor) -> Vec<&'static str> {
@@ -164,24 +164,17 @@ fn every_band_height_gives_the_node_by_node_bits_and_the_interpreters_values() {
             let [c, h, w] = block.input;
             let x = random_f32(&mut r, vec![batch, h, w, c], -1.0, 1.0);
             let inputs = HashMap::from([("x".to_string(), x.clone())]);
-            let (_, graph) = compile(&text, 1, Isa::Baseline, Banding::Never);
-            let reference = interp::run(
-                &graph,
-                &bind_params(&graph, None, &Bindings::new()).unwrap().values,
-                &inputs,
-                &Bindings::new(),
-            )
-            .unwrap();
+            let reference = interpret_source(&text, &inputs);
             for isa in tiers() {
                 for threads in [1, 2] {
                     let what = format!("{}: batch {batch}, {isa}, {threads} thread(s)", block.name);
-                    let (whole, _) = compile(&text, threads, isa, Banding::Never);
+                    let whole = compile(&text, threads, isa, Banding::Never);
                     assert!(!step_kernels(&whole, &x).contains(&BANDED), "{what}");
                     let expected = whole.run(&inputs).unwrap();
                     compare_outputs(&what, &expected, &reference, 1e-5)
                         .unwrap_or_else(|e| panic!("{e}"));
                     for rows in [1, 2, 3, 100] {
-                        let (banded, _) = compile(&text, threads, isa, Banding::Rows(rows));
+                        let banded = compile(&text, threads, isa, Banding::Rows(rows));
                         let kernels = step_kernels(&banded, &x);
                         assert!(
                             kernels.contains(&BANDED),
@@ -224,7 +217,7 @@ model expansion_out {
 "#;
     let x = random_f32(&mut rng(0xba4d_0002), vec![2, 12, 12, 4], -1.0, 1.0);
     for (name, text) in [("second reader", second_reader), ("output", as_output)] {
-        let (model, _) = compile(text, 2, Isa::Baseline, Banding::Rows(2));
+        let model = compile(text, 2, Isa::Baseline, Banding::Rows(2));
         let kernels = step_kernels(&model, &x);
         assert!(!kernels.contains(&BANDED), "{name}: {kernels:?}");
         assert!(kernels.contains(&"window2d_nhwc"), "{name}: {kernels:?}");
@@ -279,4 +272,46 @@ fn a_band_missing_rows_the_window_reads_is_refused() {
     run(&four_rows, 1, &mut out).unwrap();
     // Interior pixels: nine taps of 0.5 over ones.
     assert_eq!(out[w * c + c], 4.5);
+}
+
+#[test]
+fn a_dilated_window_needs_the_rows_below_its_first_rows_reads() {
+    // 3 taps 2 apart, one row of padding: output row 0 reads input rows 1
+    // and 3, row 1 reads rows 0, 2 and 4, so rows 0..2 need rows 0..5.
+    let (c, w) = (16, 5);
+    let g = WindowGeometry {
+        batch: 1,
+        in_channels: c,
+        in_h: 9,
+        in_w: w,
+        out_channels: c,
+        out_h: 9,
+        out_w: w,
+        kernel: [3, 1],
+        stride: [1, 1],
+        dilation: [2, 1],
+        pad: [1, 0],
+        groups: c,
+    };
+    let taps = vec![1.0f32; 3 * c];
+    let mut out = vec![0.0f32; 2 * w * c];
+    let four_rows_from_1 = vec![1.0f32; 4 * w * c];
+    let err = window2d_nhwc_band(
+        Isa::Baseline,
+        WindowOp::Depthwise,
+        &g,
+        NhwcWindowArgs {
+            x: &four_rows_from_1,
+            taps: Some(&taps),
+            bias: None,
+            post: None,
+            residual: None,
+            out: &mut out,
+        },
+        1,
+        0..2,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("read input rows 0..5"), "{err}");
 }

@@ -8,19 +8,17 @@ mod jit_support;
 
 use std::collections::HashMap;
 
-use jit_support::{compile_source, random_f32, rng, same_bits};
-use lamina::interp;
+use jit_support::{compile_source, interpret_source, random_f32, rng, same_bits};
 use lamina::ir::Bindings;
-use lamina::runtime::bind_params;
 use lamina::runtime::exec::{CompileOptions, CompiledModel, SampleSplit};
 use lamina::tensor::Tensor;
 
 /// The model in `text` (parameters from its seeded initializers), through
 /// every pass.
-fn compile(text: &str, threads: usize, split: SampleSplit) -> (CompiledModel, lamina::ir::Graph) {
-    let (mut model, graph) = compile_source(text, CompileOptions { threads, isa: None });
+fn compile(text: &str, threads: usize, split: SampleSplit) -> CompiledModel {
+    let mut model = compile_source(text, CompileOptions { threads, isa: None });
     model.set_sample_split(split);
-    (model, graph)
+    model
 }
 
 /// A small convolutional classifier in both layouts' worth of ops: NCHW
@@ -50,17 +48,10 @@ fn a_cnn_keeps_samples_apart_and_runs_sample_by_sample_with_the_same_bits() {
     for batch in [1, 2, 3, 5] {
         let x = random_f32(&mut r, vec![batch, 3, 20, 20], -1.0, 1.0);
         let inputs = HashMap::from([("x".to_string(), x)]);
-        let (_, graph) = compile(CNN, 1, SampleSplit::Never);
-        let reference = interp::run(
-            &graph,
-            &bind_params(&graph, None, &Bindings::new()).unwrap().values,
-            &inputs,
-            &Bindings::new(),
-        )
-        .unwrap();
+        let reference = interpret_source(CNN, &inputs);
         for threads in [1, 2] {
-            let (whole, _) = compile(CNN, threads, SampleSplit::Never);
-            let (split, _) = compile(CNN, threads, SampleSplit::Always);
+            let whole = compile(CNN, threads, SampleSplit::Never);
+            let split = compile(CNN, threads, SampleSplit::Always);
             assert!(split.keeps_samples_apart());
             let expected = whole.run(&inputs).unwrap();
             let got = split.run(&inputs).unwrap();
@@ -100,7 +91,7 @@ model attn {
   output y = layer_norm(s @ x + x, g, b)
 }
 "#;
-    let (model, _) = compile(text, 2, SampleSplit::Always);
+    let model = compile(text, 2, SampleSplit::Always);
     assert!(model.keeps_samples_apart());
     let mut r = rng(0x5a3e_0002);
     let inputs = HashMap::from([
@@ -110,7 +101,7 @@ model attn {
         ),
         ("mask".to_string(), random_f32(&mut r, vec![7], -1.0, 0.0)),
     ]);
-    let (whole, _) = compile(text, 2, SampleSplit::Never);
+    let whole = compile(text, 2, SampleSplit::Never);
     same_bits(
         "attention",
         &whole.run(&inputs).unwrap(),
@@ -154,7 +145,7 @@ fn models_that_mix_samples_are_not_split() {
     ];
     for (what, body) in cases {
         let text = format!("model m {{\n  {body}\n}}\n");
-        let (model, _) = compile(&text, 1, SampleSplit::Always);
+        let model = compile(&text, 1, SampleSplit::Always);
         if what == "a mask shaped by the batch" {
             // Batched on axis 0 like x: it does keep samples apart.
             assert!(model.keeps_samples_apart(), "{what}");
@@ -168,7 +159,7 @@ fn models_that_mix_samples_are_not_split() {
 fn a_wrong_input_shape_is_reported_before_any_sample_runs() {
     // An input of the wrong shape is caught before any sample runs; a
     // batch of one never splits.
-    let (model, _) = compile(CNN, 2, SampleSplit::Always);
+    let model = compile(CNN, 2, SampleSplit::Always);
     let x = Tensor::zeros(lamina::ir::DType::F32, vec![2, 3, 21, 20]);
     let err = model
         .run(&HashMap::from([("x".to_string(), x)]))

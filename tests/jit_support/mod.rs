@@ -349,15 +349,29 @@ pub fn mlp() -> (Graph, HashMap<String, Tensor>) {
     (graph, params)
 }
 
-/// The model in `text` (parameters from their seeded initializers),
-/// through every pass, and its graph as loaded.
-pub fn compile_source(text: &str, options: CompileOptions) -> (CompiledModel, Graph) {
+/// The model in `text` and its parameters from their seeded initializers.
+pub fn load_source(text: &str) -> (Graph, HashMap<String, Tensor>) {
     let loaded = lamina::model::load_source("m.lam".as_ref(), text.to_string())
         .unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
     let params = lamina::runtime::bind_params(&loaded.graph, None, &lamina::ir::Bindings::new())
         .unwrap_or_else(|e| panic!("{e:?}"))
         .values;
-    let (model, _) =
-        lamina::compile::compile(&loaded.graph, &params, options).unwrap_or_else(|e| panic!("{e}"));
-    (model, loaded.graph)
+    (loaded.graph, params)
+}
+
+/// The model in `text` (parameters from their seeded initializers),
+/// through every pass.
+pub fn compile_source(text: &str, options: CompileOptions) -> CompiledModel {
+    let (graph, params) = load_source(text);
+    lamina::compile::compile(&graph, &params, options)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+}
+
+/// The reference interpreter's outputs of the model in `text` (parameters
+/// from their seeded initializers).
+pub fn interpret_source(text: &str, inputs: &HashMap<String, Tensor>) -> Outputs {
+    let (graph, params) = load_source(text);
+    lamina::interp::run(&graph, &params, inputs, &lamina::ir::Bindings::new())
+        .unwrap_or_else(|e| panic!("{e}"))
 }

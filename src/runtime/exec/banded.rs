@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use super::candidates::{accepts_nhwc_depthwise, accepts_nhwc_gemm_conv};
 use super::plan::Planner;
 use crate::codegen::conv::{conv2d_nhwc_pixels, NhwcConvArgs, WindowGeometry, WindowOp};
-use crate::codegen::window_nhwc::{window2d_nhwc_band, NhwcWindowArgs};
+use crate::codegen::window_nhwc::{input_rows_read, window2d_nhwc_band, NhwcWindowArgs};
 use crate::codegen::{CodegenError, GemmId, KernelLibrary, PackedB, Target};
 use crate::codegen::{SharedMut, Split, Threads};
 use crate::ir::NodeId;
@@ -78,25 +78,49 @@ impl super::CompiledModel {
     /// before are dropped.
     pub fn set_banding(&mut self, banding: Banding) {
         self.banding = banding;
-        self.plans
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.drop_plans();
     }
 }
 
-/// The pairs of `planner`'s graph that run banded: keyed by the
-/// convolution (the producer), the depthwise convolution reading it and
-/// how the step cuts its work. A pair qualifies when both nodes are the
-/// kernels' (`conv_nhwc_gemm` and `window2d_nhwc` with taps laid out at
-/// compile time), the depthwise convolution is the convolution's only
-/// reader, reading it once, and the convolution is not an output.
-pub(super) fn banded_pairs(
-    planner: &Planner<'_>,
-    banding: Banding,
-    threads: usize,
-) -> HashMap<NodeId, (NodeId, Band)> {
-    let mut pairs = HashMap::new();
+/// The pairs of a plan that run banded, indexed both ways.
+#[derive(Default)]
+pub(super) struct BandedPairs {
+    /// By the depthwise convolution (the consumer): the convolution
+    /// feeding it (the producer) and how the step cuts its work.
+    by_consumer: HashMap<NodeId, (NodeId, Band)>,
+    /// By the producer: its band.
+    band_of: HashMap<NodeId, Band>,
+}
+
+impl BandedPairs {
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_consumer.is_empty()
+    }
+
+    /// The band of `producer`, when it is a banded pair's convolution.
+    pub(super) fn band_of(&self, producer: NodeId) -> Option<&Band> {
+        self.band_of.get(&producer)
+    }
+
+    /// The convolution and band of `consumer`, when it is a banded pair's
+    /// depthwise convolution.
+    pub(super) fn of_consumer(&self, consumer: NodeId) -> Option<(NodeId, Band)> {
+        self.by_consumer.get(&consumer).copied()
+    }
+
+    fn insert(&mut self, producer: NodeId, consumer: NodeId, band: Band) {
+        self.by_consumer.insert(consumer, (producer, band));
+        self.band_of.insert(producer, band);
+    }
+}
+
+/// The pairs of `planner`'s graph that run banded. A pair qualifies when
+/// both nodes are the kernels' (`conv_nhwc_gemm` and `window2d_nhwc` with
+/// taps laid out at compile time), the depthwise convolution is the
+/// convolution's only reader, reading it once, and the convolution is not
+/// an output.
+pub(super) fn banded_pairs(planner: &Planner<'_>, banding: Banding, threads: usize) -> BandedPairs {
+    let mut pairs = BandedPairs::default();
     if banding == Banding::Never || planner.only.is_some() {
         return pairs;
     }
@@ -136,7 +160,7 @@ pub(super) fn banded_pairs(
             parts,
             row_len,
         };
-        pairs.insert(producer, (consumer, band));
+        pairs.insert(producer, consumer, band);
     }
     pairs
 }
@@ -145,17 +169,6 @@ pub(super) fn banded_pairs(
 /// window of each, padding included).
 fn reads_per_band(g: &WindowGeometry, rows: usize) -> usize {
     (rows.max(1) - 1) * g.stride[0] + (g.kernel[0].max(1) - 1) * g.dilation[0] + 1
-}
-
-/// The input rows output rows `rows` (of one image) read, inside the image.
-fn rows_read(g: &WindowGeometry, rows: &Range<usize>) -> Range<usize> {
-    let first = (rows.start * g.stride[0])
-        .saturating_sub(g.pad[0])
-        .min(g.in_h);
-    let last = ((rows.end - 1) * g.stride[0] + (g.kernel[0].max(1) - 1) * g.dilation[0] + 1)
-        .saturating_sub(g.pad[0])
-        .min(g.in_h);
-    first..last.max(first)
 }
 
 /// The convolution of a banded step, as `Step::ConvNhwc` has it.
@@ -290,7 +303,7 @@ fn run_part(
     while r < rows.end {
         let (n, oy) = (r / gw.out_h, r % gw.out_h);
         let count = band.rows.min(gw.out_h - oy).min(rows.end - r);
-        let needed = rows_read(gw, &(oy..oy + count));
+        let needed = input_rows_read(gw, oy..oy + count);
         // Rows already held move to the buffer's start; the rest is computed.
         let first_new = match &held {
             Some((image, have))

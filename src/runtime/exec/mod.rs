@@ -739,6 +739,11 @@ impl CompiledModel {
     /// tests. Plans made before are dropped.
     pub fn set_only_kernel(&mut self, name: Option<&'static str>) {
         self.only_kernel = name;
+        self.drop_plans();
+    }
+
+    /// Forgets every plan (a setting they were made with changed).
+    fn drop_plans(&mut self) {
         self.plans
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())

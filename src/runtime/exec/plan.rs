@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::banded::{banded_pairs, Band, Banding};
+use super::banded::{banded_pairs, Band, BandedPairs, Banding};
 use super::candidates::{
     conv_scratch, gemm_for, nhwc_taps_scratch, Interpreter, KernelCandidate, NodeSite, CANDIDATES,
 };
@@ -510,25 +510,21 @@ pub struct Planner<'a> {
 fn merge_banded(
     steps: Vec<(Step, &'static str)>,
     computed: Vec<NodeId>,
-    banded: &HashMap<NodeId, (NodeId, Band)>,
+    banded: &BandedPairs,
     loc: &HashMap<NodeId, Loc>,
 ) -> Result<(Vec<(Step, &'static str)>, Vec<NodeId>), ExecError> {
     if banded.is_empty() {
         return Ok((steps, computed));
     }
-    let consumers: HashMap<NodeId, (NodeId, Band)> = banded
-        .iter()
-        .map(|(&producer, &(consumer, band))| (consumer, (producer, band)))
-        .collect();
     let mut producers: HashMap<NodeId, Step> = HashMap::new();
     let mut merged = Vec::with_capacity(steps.len());
     let mut nodes = Vec::with_capacity(computed.len());
     for ((step, name), id) in steps.into_iter().zip(computed) {
-        if banded.contains_key(&id) {
+        if banded.band_of(id).is_some() {
             producers.insert(id, step);
             continue;
         }
-        let Some(&(producer, band)) = consumers.get(&id) else {
+        let Some((producer, band)) = banded.of_consumer(id) else {
             merged.push((step, name));
             nodes.push(id);
             continue;
@@ -626,8 +622,8 @@ impl Planner<'_> {
                         OutKind::Arena => {
                             // A banded convolution's output lives in its
                             // step's band buffers, never whole.
-                            let len = match banded.get(&id) {
-                                Some((_, band)) => band.buffers_len(),
+                            let len = match banded.band_of(id) {
+                                Some(band) => band.buffers_len(),
                                 None => numel(&shape(g, id)),
                             };
                             root_buffer.insert(id, buffers.len());
@@ -657,12 +653,8 @@ impl Planner<'_> {
         // A banded pair's step runs where the depthwise convolution is and
         // reads the convolution's operands until it is done: they live
         // until then too.
-        let banded_producer: HashMap<NodeId, NodeId> = banded
-            .iter()
-            .map(|(&producer, &(consumer, _))| (consumer, producer))
-            .collect();
         for (step, &id) in step_nodes.iter().enumerate() {
-            let producer_inputs = banded_producer.get(&id).map(|&p| g.inputs(p));
+            let producer_inputs = banded.of_consumer(id).map(|(p, _)| g.inputs(p));
             for input in g
                 .inputs(id)
                 .into_iter()

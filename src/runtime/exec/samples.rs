@@ -159,10 +159,7 @@ impl CompiledModel {
     /// [`SampleSplit::Auto`]). Plans made before are dropped.
     pub fn set_sample_split(&mut self, mode: SampleSplit) {
         self.sample_split = mode;
-        self.plans
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.drop_plans();
     }
 
     /// Whether the model keeps the samples of a batch apart, so that it can
