@@ -990,12 +990,11 @@ unsafe fn channel_blocks<V: Lanes, const P: usize, const OP: u8, C: Columns>(
     ox0: usize,
 ) {
     let c = job.g.in_channels;
-    let full = c / V::LANES * V::LANES;
-    let mut c0 = 0;
-    while c0 < full {
-        group::<V, P, OP, false, C>(job, columns, ox0, c0, V::part(V::LANES));
-        c0 += V::LANES;
+    let full_blocks = c / V::LANES;
+    if full_blocks > 0 {
+        group::<V, P, OP, false, C>(job, columns, ox0, 0..full_blocks, V::part(V::LANES));
     }
+    let full = full_blocks * V::LANES;
     if full < c {
         let part = V::part(c - full);
         let any = AnyColumns {
@@ -1004,90 +1003,111 @@ unsafe fn channel_blocks<V: Lanes, const P: usize, const OP: u8, C: Columns>(
             dilation: columns.dilation(),
         };
         for ox in ox0..ox0 + P {
-            group::<V, 1, OP, true, AnyColumns>(job, any, ox, full, part);
+            group::<V, 1, OP, true, AnyColumns>(job, any, ox, full_blocks..full_blocks + 1, part);
         }
     }
 }
 
-/// Output pixels `ox0..ox0 + P`, channels `c0..c0 + LANES` (the live
-/// lanes of `part` when `PART`): accumulate every kernel row inside the
-/// image, then average, clamp, add the residual and store.
+/// Output pixels `ox0..ox0 + P` of the channel blocks `blocks` (block `b`:
+/// channels `b * LANES..(b + 1) * LANES`, the live lanes of `part` when
+/// `PART`): per block, accumulate every kernel row inside the image, then
+/// average, clamp, add the residual and store.
+///
+/// Where the group reads (its columns inside the image, its rows'
+/// addresses) is worked out once for all the blocks: a narrow image has
+/// few pixels per group and many channels, and per block that set-up cost
+/// as much as the multiply-adds.
 #[inline(always)]
 unsafe fn group<V: Lanes, const P: usize, const OP: u8, const PART: bool, C: Columns>(
     job: &RowJob<'_>,
     columns: C,
     ox0: usize,
-    c0: usize,
+    blocks: Range<usize>,
     part: V::Part,
 ) {
     let g = job.g;
     let c = g.in_channels;
-    let init = match OP {
-        DEPTHWISE => match job.bias {
-            Some(b) => load::<V, PART>(b.add(c0), part),
-            None => V::splat(0.0),
-        },
-        MAX => V::splat(f32::NEG_INFINITY),
-        _ => V::splat(0.0),
-    };
-    let mut acc = [init; P];
     // The group's first input column, and its columns inside the image.
     // Sizes fit isize: the tensors were checked to.
     let first = (ox0 * g.stride[1]) as isize - g.pad[1] as isize;
     let span = (P - 1) * g.stride[1] + (g.kernel[1].max(1) - 1) * g.dilation[1] + 1;
     let inside_from = (-first).clamp(0, span as isize) as usize;
     let inside_to = (g.in_w as isize - first).clamp(inside_from as isize, span as isize) as usize;
-    let row = |ky: usize| {
-        let iy = job.oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
-        KernelRow {
-            x: job
-                .x
-                .add((iy - job.first_row) * g.in_w * c + c0)
-                .wrapping_offset(first * c as isize),
-            w: job.taps.wrapping_add(ky * g.kernel[1] * c + c0),
-            pixel: c,
-            inside_from,
-            inside_to,
-        }
-    };
-    if inside_from == 0 && inside_to == span {
-        for ky in job.kernel_rows.clone() {
-            columns.kernel_row::<V, OP, PART, false, P>(&mut acc, row(ky), part);
-        }
+    let unchecked = inside_from == 0 && inside_to == span;
+    // The first kernel row inside the image: its first column, channel 0
+    // (outside the image when the group starts in the padding, so only
+    // ever offset by wrapping arithmetic), and its first tap; the next
+    // kernel rows follow `x_step` and `w_step` f32 further.
+    let kernel_rows = job.kernel_rows.len();
+    let ky0 = job.kernel_rows.start;
+    let x0 = if kernel_rows == 0 {
+        job.x
     } else {
-        for ky in job.kernel_rows.clone() {
-            columns.kernel_row::<V, OP, PART, true, P>(&mut acc, row(ky), part);
-        }
-    }
+        let iy = job.oy * g.stride[0] + ky0 * g.dilation[0] - g.pad[0];
+        job.x
+            .add((iy - job.first_row) * g.in_w * c)
+            .wrapping_offset(first * c as isize)
+    };
+    let x_step = g.dilation[0] * g.in_w * c;
+    let w0 = job.taps.wrapping_add(ky0 * g.kernel[1] * c);
+    let w_step = g.kernel[1] * c;
     let residual = match job.epilogue {
         Epilogue::InRegisters(_) => job.residual.map(<[f32]>::as_ptr),
         Epilogue::RowPass => None,
     };
-    for (p, a) in acc.iter_mut().enumerate() {
-        if OP == AVG {
-            *a = a.div(V::splat(window_count(
-                job,
-                columns,
-                p,
-                inside_from..inside_to,
-            )));
-        }
-        if let Epilogue::InRegisters(clamp) = job.epilogue {
-            if clamp != Clamp::None {
-                *a = a.raise_to(V::splat(0.0));
+    for block in blocks {
+        let c0 = block * V::LANES;
+        let init = match OP {
+            DEPTHWISE => match job.bias {
+                Some(b) => load::<V, PART>(b.add(c0), part),
+                None => V::splat(0.0),
+            },
+            MAX => V::splat(f32::NEG_INFINITY),
+            _ => V::splat(0.0),
+        };
+        let mut acc = [init; P];
+        let row = |i: usize| KernelRow {
+            x: x0.wrapping_add(i * x_step + c0),
+            w: w0.wrapping_add(i * w_step + c0),
+            pixel: c,
+            inside_from,
+            inside_to,
+        };
+        if unchecked {
+            for i in 0..kernel_rows {
+                columns.kernel_row::<V, OP, PART, false, P>(&mut acc, row(i), part);
             }
-            if clamp == Clamp::Relu6 {
-                *a = a.cap_at(V::splat(6.0));
-            }
-        }
-        let at = (ox0 + p) * c + c0;
-        if let Some(r) = residual {
-            *a = a.add(load::<V, PART>(r.add(at), part));
-        }
-        if PART {
-            a.store_part(job.out.add(at), part);
         } else {
-            a.store(job.out.add(at));
+            for i in 0..kernel_rows {
+                columns.kernel_row::<V, OP, PART, true, P>(&mut acc, row(i), part);
+            }
+        }
+        for (p, a) in acc.iter_mut().enumerate() {
+            if OP == AVG {
+                *a = a.div(V::splat(window_count(
+                    job,
+                    columns,
+                    p,
+                    inside_from..inside_to,
+                )));
+            }
+            if let Epilogue::InRegisters(clamp) = job.epilogue {
+                if clamp != Clamp::None {
+                    *a = a.raise_to(V::splat(0.0));
+                }
+                if clamp == Clamp::Relu6 {
+                    *a = a.cap_at(V::splat(6.0));
+                }
+            }
+            let at = (ox0 + p) * c + c0;
+            if let Some(r) = residual {
+                *a = a.add(load::<V, PART>(r.add(at), part));
+            }
+            if PART {
+                a.store_part(job.out.add(at), part);
+            } else {
+                a.store(job.out.add(at));
+            }
         }
     }
 }
