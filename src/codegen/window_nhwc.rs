@@ -8,9 +8,10 @@
 //! baseline) and, per group, every block of channels (one vector of the
 //! tier: 16, 8 or 4 lanes); the `P` accumulators stay in registers over
 //! the whole window. Groups advance by `P`, then by the smaller sizes;
-//! the last few pixels of a row take one group of the smallest size that
-//! overlaps pixels already done (recomputing them to the same bits:
-//! every pixel's value depends only on its own taps, in one order).
+//! the last pixels of a row may take one wider group that overlaps pixels
+//! already done (recomputing them to the same bits: every pixel's value
+//! depends only on its own taps, in one order). Where a group reads is
+//! worked out once for all its channel blocks.
 //!
 //! Per kernel row, the taps of a group go column by column through the
 //! input: a column read by several (pixel, tap) pairs is loaded once and
@@ -940,10 +941,14 @@ unsafe fn row_op<V: Lanes, const P1: usize, const P2: usize, const P3: usize, co
     }
 }
 
-/// The row's output pixels in groups of `P1`, then at most one of `P2`
-/// and one of `P3`, then the rest (fewer than `P3`) in one group of `P3`
-/// ending at the row's end, overlapping pixels already done; a row
-/// narrower than `P3` pixel by pixel.
+/// The row's output pixels in groups of `P1`, then at most one of `P2`;
+/// then, with more than `P3` left, one group of `P2` ending at the row's
+/// end (overlapping pixels already done), else at most one of `P3` and
+/// the rest in one group of `P3` ending at the row's end; a row narrower
+/// than `P3` pixel by pixel. (A 14-wide row on AVX-512: 8 + 8, not
+/// 8 + 4 + 4: fewer groups load each tap and input column for more pixels.
+/// A wide group ending at the row's end is a border group, whose masked
+/// columns cost more: `P1` is not used so.)
 #[inline(always)]
 unsafe fn row_groups<
     V: Lanes,
@@ -965,6 +970,12 @@ unsafe fn row_groups<
     if ox + P2 <= out_w {
         channel_blocks::<V, P2, OP, C>(job, columns, ox);
         ox += P2;
+    }
+    if ox == out_w {
+        return;
+    }
+    if out_w - ox > P3 && out_w >= P2 {
+        return channel_blocks::<V, P2, OP, C>(job, columns, out_w - P2);
     }
     if ox + P3 <= out_w {
         channel_blocks::<V, P3, OP, C>(job, columns, ox);
