@@ -197,17 +197,21 @@ pub fn window2d_nhwc(
     let image = g.in_h * g.in_w * g.in_channels;
     let out = SharedMut(args.out.as_mut_ptr());
     let run = |range: &Range<usize>| {
-        for r in range.clone() {
+        let mut r = range.start;
+        while r < range.end {
             let n = r / g.out_h;
+            let end = range.end.min((n + 1) * g.out_h);
             let source = InputRows {
                 x: args.x[n * image..(n + 1) * image].as_ptr(),
                 first: 0,
             };
-            // SAFETY: row `r` of the output (`rows * row_len` f32, checked
-            // by `validate`) is written by this task alone: task ranges
-            // are disjoint, `out` is borrowed for the call. `validate`
-            // checked every other operand against `g`.
-            unsafe { run_row(isa, op, g, &args, source, r % g.out_h, out.get(), r) };
+            let oy = r % g.out_h;
+            // SAFETY: rows `r..end` of the output (`rows * row_len` f32,
+            // checked by `validate`) are written by this task alone: task
+            // ranges are disjoint, `out` is borrowed for the call.
+            // `validate` checked every other operand against `g`.
+            unsafe { run_rows(isa, op, g, &args, source, oy..oy + (end - r), out.get(), r) };
+            r = end;
         }
     };
     if threads.count() == 1 {
@@ -271,13 +275,11 @@ pub fn window2d_nhwc_band(
         x: args.x.as_ptr(),
         first: first_row,
     };
+    // SAFETY: checked above: every input row the output rows read is in
+    // the band, the output and residual hold exactly those rows;
+    // `validate_window` checked the taps and bias.
     let out = args.out.as_mut_ptr();
-    for (i, oy) in rows.enumerate() {
-        // SAFETY: checked above: every input row the output rows read is
-        // in the band, the output and residual hold exactly those rows;
-        // `validate_window` checked the taps and bias.
-        unsafe { run_row(isa, op, g, &args, source, oy, out, i) };
-    }
+    unsafe { run_rows(isa, op, g, &args, source, rows, out, 0) };
     Ok(())
 }
 
@@ -305,20 +307,26 @@ struct InputRows {
     first: usize,
 }
 
-/// Output row `oy` of one image into row `at` of `out` (rows of `OW * C`
-/// f32), with row `at` of `args.residual`.
+/// Output rows `rows` of one image into rows `at..` of `out` (rows of
+/// `OW * C` f32), with the same rows of `args.residual`.
+///
+/// The rows run a chunk of channel blocks at a time ([`chunk_blocks`]):
+/// the input rows and taps one chunk reads stay in L1 from one output row
+/// to the next, where a whole row of every channel would not. Every value
+/// is computed as it would be row by row: the order only changes which
+/// values are in cache.
 ///
 /// # Safety
-/// `source` holds every input row `oy` reads, `out` and `args.residual`
-/// a row `at`, the taps and bias what `g` needs.
+/// `source` holds every input row `rows` read, `out` and `args.residual`
+/// rows `at..at + rows.len()`, the taps and bias what `g` needs.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_row(
+unsafe fn run_rows(
     isa: Isa,
     op: WindowOp,
     g: &WindowGeometry,
     args: &NhwcWindowArgs<'_>,
     source: InputRows,
-    oy: usize,
+    rows: Range<usize>,
     out: *mut f32,
     at: usize,
 ) {
@@ -329,33 +337,72 @@ unsafe fn run_row(
         Some(PostActivation::Relu6) => Epilogue::InRegisters(Clamp::Relu6),
         Some(_) => Epilogue::RowPass,
     };
-    let job = RowJob {
-        g,
-        op,
-        x: source.x,
-        first_row: source.first,
-        taps: args.taps.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        bias: args.bias.map(<[f32]>::as_ptr),
-        oy,
-        kernel_rows: kernel_rows_inside(g, oy),
-        // SAFETY: the caller's: `out` holds row `at`.
-        out: unsafe { out.add(at * row_len) },
-        row_len,
-        epilogue,
-        post: args.post,
-        residual: args
-            .residual
-            .map(|res| &res[at * row_len..(at + 1) * row_len]),
-    };
-    // SAFETY: the caller's; a plan of a wide tier runs only on a CPU with
-    // that tier's features (`Target::with_isa` never raises the tier).
-    unsafe {
-        match isa {
-            Isa::Avx512 => row_avx512(&job),
-            Isa::Avx2 => row_avx2(&job),
-            Isa::Baseline => row::<Xmm, 8, 4, 2>(&job),
+    let lanes = isa.vector_bits() / 32;
+    let blocks = g.in_channels / lanes;
+    let chunk = chunk_blocks(g, lanes).min(blocks).max(1);
+    let mut first_block = 0;
+    loop {
+        let chunk_end = (first_block + chunk).min(blocks);
+        for (i, oy) in rows.clone().enumerate() {
+            let at = at + i;
+            let job = RowJob {
+                g,
+                op,
+                x: source.x,
+                first_row: source.first,
+                taps: args.taps.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                bias: args.bias.map(<[f32]>::as_ptr),
+                oy,
+                kernel_rows: kernel_rows_inside(g, oy),
+                blocks: first_block..chunk_end,
+                tail: chunk_end == blocks,
+                // SAFETY: the caller's: `out` holds row `at`.
+                out: unsafe { out.add(at * row_len) },
+                epilogue,
+                residual: args
+                    .residual
+                    .map(|res| &res[at * row_len..(at + 1) * row_len]),
+            };
+            // SAFETY: the caller's; a plan of a wide tier runs only on a
+            // CPU with that tier's features (`Target::with_isa` never
+            // raises the tier).
+            unsafe {
+                match isa {
+                    Isa::Avx512 => row_avx512(&job),
+                    Isa::Avx2 => row_avx2(&job),
+                    Isa::Baseline => row::<Xmm, 8, 4, 2>(&job),
+                }
+            }
+        }
+        if chunk_end == blocks {
+            break;
+        }
+        first_block = chunk_end;
+    }
+    if let Epilogue::RowPass = epilogue {
+        for at in at..at + rows.len() {
+            // SAFETY: the caller's: `out` holds row `at`, written above.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.add(at * row_len), row_len) };
+            let residual = args.residual.map(|res| &res[at * row_len..(at + 1) * row_len]);
+            PostActivation::finish(args.post, row, residual);
         }
     }
+}
+
+/// The channel blocks (vectors of `lanes`) a chunk of [`run_rows`] holds:
+/// as many as keep what one output row reads and the next one reads again
+/// (the window's input rows and one more per row of stride, the taps, the
+/// output row) within `L1_BUDGET`; at least two (a block is 64 bytes on
+/// AVX-512, and fewer would split cache lines between chunks).
+fn chunk_blocks(g: &WindowGeometry, lanes: usize) -> usize {
+    const L1_BUDGET: usize = 24 * 1024;
+    let [kh, kw] = g.kernel;
+    let vectors = (kh + g.stride[0])
+        .saturating_mul(g.in_w)
+        .saturating_add(kh.saturating_mul(kw))
+        .saturating_add(g.out_w);
+    let block_bytes = vectors.saturating_mul(lanes * 4).max(1);
+    (L1_BUDGET / block_bytes).max(2)
 }
 
 /// The kernel rows `ky` whose input row `oy * sh + ky * dh - pt` lies
@@ -404,7 +451,7 @@ enum Clamp {
     Relu6,
 }
 
-/// One output row of one image.
+/// Some channels of one output row of one image.
 struct RowJob<'a> {
     g: &'a WindowGeometry,
     op: WindowOp,
@@ -417,11 +464,14 @@ struct RowJob<'a> {
     oy: usize,
     /// The kernel rows inside the image for this output row.
     kernel_rows: Range<usize>,
-    /// The output row's `[OW, C]`, `row_len` f32.
+    /// The full vectors of channels to compute (block `b`: channels
+    /// `b * LANES..(b + 1) * LANES`) ...
+    blocks: Range<usize>,
+    /// ... and whether the channels past the last full vector too.
+    tail: bool,
+    /// The output row's `[OW, C]`.
     out: *mut f32,
-    row_len: usize,
     epilogue: Epilogue,
-    post: Option<PostActivation>,
     /// The residual's row.
     residual: Option<&'a [f32]>,
 }
@@ -905,18 +955,14 @@ impl Columns for AnyColumns {
     }
 }
 
-/// Every channel of the row: the column class picked once, then groups of
-/// `P1`, `P2`, `P3` pixels; then the row pass of the other activations.
+/// The job's channels of the row: the column class picked once, then
+/// groups of `P1`, `P2`, `P3` pixels.
 #[inline(always)]
 unsafe fn row<V: Lanes, const P1: usize, const P2: usize, const P3: usize>(job: &RowJob<'_>) {
     match job.op {
         WindowOp::Depthwise => row_op::<V, P1, P2, P3, DEPTHWISE>(job),
         WindowOp::Max => row_op::<V, P1, P2, P3, MAX>(job),
         WindowOp::Avg { .. } => row_op::<V, P1, P2, P3, AVG>(job),
-    }
-    if let Epilogue::RowPass = job.epilogue {
-        let row = std::slice::from_raw_parts_mut(job.out, job.row_len);
-        PostActivation::finish(job.post, row, job.residual);
     }
 }
 
@@ -1001,12 +1047,12 @@ unsafe fn channel_blocks<V: Lanes, const P: usize, const OP: u8, C: Columns>(
     ox0: usize,
 ) {
     let c = job.g.in_channels;
-    let full_blocks = c / V::LANES;
-    if full_blocks > 0 {
-        group::<V, P, OP, false, C>(job, columns, ox0, 0..full_blocks, V::part(V::LANES));
+    if !job.blocks.is_empty() {
+        group::<V, P, OP, false, C>(job, columns, ox0, job.blocks.clone(), V::part(V::LANES));
     }
+    let full_blocks = c / V::LANES;
     let full = full_blocks * V::LANES;
-    if full < c {
+    if job.tail && full < c {
         let part = V::part(c - full);
         let any = AnyColumns {
             width: columns.width(),
