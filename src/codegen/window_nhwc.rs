@@ -395,7 +395,7 @@ unsafe fn run_rows(
 /// output row) within `L1_BUDGET`; at least two (a block is 64 bytes on
 /// AVX-512, and fewer would split cache lines between chunks).
 fn chunk_blocks(g: &WindowGeometry, lanes: usize) -> usize {
-    const L1_BUDGET: usize = 24 * 1024;
+    const L1_BUDGET: usize = 32 * 1024;
     let [kh, kw] = g.kernel;
     let vectors = (kh + g.stride[0])
         .saturating_mul(g.in_w)
