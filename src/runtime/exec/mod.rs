@@ -113,18 +113,51 @@ pub(crate) fn bind_diagnostic(e: &BindError) -> crate::diagnostics::Diagnostic {
     crate::diagnostics::Diagnostic::error(e.to_string()).at(e.span())
 }
 
-/// The f32 arena, allocated fallibly: the budget allows it, but the
-/// machine may still be short (other processes, overcommit limits), and
-/// that must be an error rather than an abort.
-fn alloc_arena(len: usize) -> Result<Vec<f32>, ExecError> {
-    let mut arena = Vec::new();
-    arena
-        .try_reserve_exact(len)
-        .map_err(|_| ExecError::OutOfMemory {
+/// The f32 arena, its first float on a cache line: the planner places
+/// every buffer a multiple of 64 bytes from it (`memory::place`), so every
+/// buffer starts on a line and a full-width vector of one never straddles
+/// two lines (which costs a load twice, and, where two threads write
+/// neighbouring parts of a tensor, lets them fight over the line).
+struct F32Arena {
+    storage: Vec<f32>,
+    /// Floats skipped at the front of `storage` to reach a line.
+    start: usize,
+    len: usize,
+}
+
+/// Floats in a 64-byte cache line.
+const LINE_FLOATS: usize = 16;
+
+impl F32Arena {
+    /// Allocated fallibly: the budget allows it, but the machine may still
+    /// be short (other processes, overcommit limits), and that must be an
+    /// error rather than an abort.
+    fn new(len: usize) -> Result<F32Arena, ExecError> {
+        let out_of_memory = || ExecError::OutOfMemory {
             bytes: len.saturating_mul(4),
-        })?;
-    arena.resize(len, 0.0);
-    Ok(arena)
+        };
+        let padded = len.checked_add(LINE_FLOATS - 1).ok_or_else(out_of_memory)?;
+        let mut storage = Vec::new();
+        storage
+            .try_reserve_exact(padded)
+            .map_err(|_| out_of_memory())?;
+        storage.resize(padded, 0.0);
+        let misaligned = (storage.as_ptr() as usize / 4) % LINE_FLOATS;
+        let start = (LINE_FLOATS - misaligned) % LINE_FLOATS;
+        Ok(F32Arena {
+            storage,
+            start,
+            len,
+        })
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
 }
 
 /// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
@@ -240,7 +273,7 @@ impl CompileOptions {
 
 /// One run's mutable memory: the f32 arena and the boxed (non-f32) slots.
 struct Arena {
-    f32: Vec<f32>,
+    f32: F32Arena,
     boxed: Vec<Tensor>,
     /// This run's model outputs that steps write straight into the caller's
     /// tensors instead of the arena (see `run_into`); refilled every run,
@@ -908,7 +941,7 @@ impl CompiledModel {
             Some(arena) => arena,
             None => Arena {
                 redirects: Vec::with_capacity(plan.outputs.len()),
-                f32: alloc_arena(plan.arena_len)?,
+                f32: F32Arena::new(plan.arena_len)?,
                 boxed: plan
                     .boxed
                     .iter()
@@ -980,7 +1013,7 @@ impl CompiledModel {
             Loc::Arena { offset, len } => {
                 out.as_f32_mut()
                     .expect("arena values are f32")
-                    .copy_from_slice(&arena.f32[offset..offset + len]);
+                    .copy_from_slice(&arena.f32.as_slice()[offset..offset + len]);
                 return;
             }
             Loc::Input(i) => inputs[i],
@@ -1439,6 +1472,7 @@ impl<'r> Memory<'r> {
             boxed,
             redirects,
         } = arena;
+        let f32 = f32.as_mut_slice();
         Memory {
             f32_base: f32.as_mut_ptr(),
             f32_len: f32.len(),
