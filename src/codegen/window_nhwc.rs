@@ -61,7 +61,7 @@ use std::ops::Range;
 
 use super::conv::{PostActivation, WindowGeometry, WindowOp};
 use super::target::Isa;
-use super::threads::{split_range, SharedMut, Threads};
+use super::threads::{SharedMut, Split, Threads};
 use super::CodegenError;
 
 /// Lays out depthwise weights `[C, 1, kh, kw]` (`taps = kh * kw` per
@@ -196,7 +196,8 @@ pub fn window2d_nhwc(
     }
     let image = g.in_h * g.in_w * g.in_channels;
     let out = SharedMut(args.out.as_mut_ptr());
-    let run = |range: &Range<usize>| {
+    let blocks = g.in_channels / isa_lanes(isa);
+    let run = |range: &Range<usize>, channel_blocks: Range<usize>| {
         let mut r = range.start;
         while r < range.end {
             let n = r / g.out_h;
@@ -206,19 +207,34 @@ pub fn window2d_nhwc(
                 first: 0,
             };
             let oy = r % g.out_h;
-            // SAFETY: rows `r..end` of the output (`rows * row_len` f32,
-            // checked by `validate`) are written by this task alone: task
-            // ranges are disjoint, `out` is borrowed for the call.
-            // `validate` checked every other operand against `g`.
-            unsafe { run_rows(isa, op, g, &args, source, oy..oy + (end - r), out.get(), r) };
+            let rows = oy..oy + (end - r);
+            // SAFETY: the channels `channel_blocks` of rows `r..end` of
+            // the output (`rows * row_len` f32, checked by `validate`) are
+            // written by this task alone: tasks are disjoint, `out` is
+            // borrowed for the call. `validate` checked every other
+            // operand against `g`.
+            unsafe {
+                run_rows(isa, op, g, &args, source, rows, channel_blocks.clone(), out.get(), r)
+            };
             r = end;
         }
     };
     if threads.count() == 1 {
-        run(&(0..rows));
-    } else {
-        threads.for_each(&split_range(rows, 4 * threads.count(), 1), run);
+        run(&(0..rows), 0..blocks);
+        return Ok(());
     }
+    // Tasks split the channels into L1-sized chunks first (a chunk reads
+    // no input row another reads), then the rows as far as needed for
+    // about four tasks per thread: a small image of many channels (7 x 7
+    // x 1152) splits by channels, a large one of few by rows.
+    let chunk = chunk_blocks(g, isa_lanes(isa)).min(blocks).max(1);
+    let chunks = blocks.div_ceil(chunk).max(1);
+    let row_parts = Split::new(rows, (4 * threads.count()).div_ceil(chunks), 1);
+    threads.for_each_index(row_parts.count() * chunks, |task| {
+        let (part, chunk_index) = (task / chunks, task % chunks);
+        let first = chunk_index * chunk;
+        run(&row_parts.get(part), first..(first + chunk).min(blocks));
+    });
     Ok(())
 }
 
@@ -279,7 +295,8 @@ pub fn window2d_nhwc_band(
     // the band, the output and residual hold exactly those rows;
     // `validate_window` checked the taps and bias.
     let out = args.out.as_mut_ptr();
-    unsafe { run_rows(isa, op, g, &args, source, rows, out, 0) };
+    let blocks = g.in_channels / isa_lanes(isa);
+    unsafe { run_rows(isa, op, g, &args, source, rows, 0..blocks, out, 0) };
     Ok(())
 }
 
@@ -307,8 +324,10 @@ struct InputRows {
     first: usize,
 }
 
-/// Output rows `rows` of one image into rows `at..` of `out` (rows of
-/// `OW * C` f32), with the same rows of `args.residual`.
+/// The channel blocks `blocks` (vectors of the tier's lanes; and the
+/// channels past the last full vector when `blocks` ends with the last
+/// one) of output rows `rows` of one image, into rows `at..` of `out`
+/// (rows of `OW * C` f32), with the same rows of `args.residual`.
 ///
 /// The rows run a chunk of channel blocks at a time ([`chunk_blocks`]):
 /// the input rows and taps one chunk reads stay in L1 from one output row
@@ -327,6 +346,7 @@ unsafe fn run_rows(
     args: &NhwcWindowArgs<'_>,
     source: InputRows,
     rows: Range<usize>,
+    blocks: Range<usize>,
     out: *mut f32,
     at: usize,
 ) {
@@ -337,12 +357,11 @@ unsafe fn run_rows(
         Some(PostActivation::Relu6) => Epilogue::InRegisters(Clamp::Relu6),
         Some(_) => Epilogue::RowPass,
     };
-    let lanes = isa.vector_bits() / 32;
-    let blocks = g.in_channels / lanes;
-    let chunk = chunk_blocks(g, lanes).min(blocks).max(1);
-    let mut first_block = 0;
+    let all_blocks = g.in_channels / isa_lanes(isa);
+    let chunk = chunk_blocks(g, isa_lanes(isa));
+    let mut first_block = blocks.start;
     loop {
-        let chunk_end = (first_block + chunk).min(blocks);
+        let chunk_end = (first_block + chunk).min(blocks.end);
         for (i, oy) in rows.clone().enumerate() {
             let at = at + i;
             let job = RowJob {
@@ -355,10 +374,11 @@ unsafe fn run_rows(
                 oy,
                 kernel_rows: kernel_rows_inside(g, oy),
                 blocks: first_block..chunk_end,
-                tail: chunk_end == blocks,
+                tail: chunk_end == all_blocks,
                 // SAFETY: the caller's: `out` holds row `at`.
                 out: unsafe { out.add(at * row_len) },
                 epilogue,
+                post: args.post,
                 residual: args
                     .residual
                     .map(|res| &res[at * row_len..(at + 1) * row_len]),
@@ -374,19 +394,16 @@ unsafe fn run_rows(
                 }
             }
         }
-        if chunk_end == blocks {
+        if chunk_end == blocks.end {
             break;
         }
         first_block = chunk_end;
     }
-    if let Epilogue::RowPass = epilogue {
-        for at in at..at + rows.len() {
-            // SAFETY: the caller's: `out` holds row `at`, written above.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.add(at * row_len), row_len) };
-            let residual = args.residual.map(|res| &res[at * row_len..(at + 1) * row_len]);
-            PostActivation::finish(args.post, row, residual);
-        }
-    }
+}
+
+/// The f32 lanes of one vector of the tier's window kernels ([`Lanes`]).
+fn isa_lanes(isa: Isa) -> usize {
+    isa.vector_bits() / 32
 }
 
 /// The channel blocks (vectors of `lanes`) a chunk of [`run_rows`] holds:
@@ -472,6 +489,7 @@ struct RowJob<'a> {
     /// The output row's `[OW, C]`.
     out: *mut f32,
     epilogue: Epilogue,
+    post: Option<PostActivation>,
     /// The residual's row.
     residual: Option<&'a [f32]>,
 }
@@ -956,13 +974,24 @@ impl Columns for AnyColumns {
 }
 
 /// The job's channels of the row: the column class picked once, then
-/// groups of `P1`, `P2`, `P3` pixels.
+/// groups of `P1`, `P2`, `P3` pixels; then the pass of the other
+/// activations over those channels of every pixel.
 #[inline(always)]
 unsafe fn row<V: Lanes, const P1: usize, const P2: usize, const P3: usize>(job: &RowJob<'_>) {
     match job.op {
         WindowOp::Depthwise => row_op::<V, P1, P2, P3, DEPTHWISE>(job),
         WindowOp::Max => row_op::<V, P1, P2, P3, MAX>(job),
         WindowOp::Avg { .. } => row_op::<V, P1, P2, P3, AVG>(job),
+    }
+    if let Epilogue::RowPass = job.epilogue {
+        let c = job.g.in_channels;
+        let from = job.blocks.start * V::LANES;
+        let to = if job.tail { c } else { job.blocks.end * V::LANES };
+        for pixel in (0..job.g.out_w).map(|ox| ox * c) {
+            let values = std::slice::from_raw_parts_mut(job.out.add(pixel + from), to - from);
+            let residual = job.residual.map(|r| &r[pixel + from..pixel + to]);
+            PostActivation::finish(job.post, values, residual);
+        }
     }
 }
 
