@@ -549,6 +549,56 @@ fn nhwc_specialised_cases() -> Vec<(
     cases
 }
 
+/// Many channels with a partial vector (1160: 72 vectors of 16 and 8
+/// more, 145 of 8) over few rows and over many: `window2d_nhwc` runs the
+/// rows a chunk of channels at a time and splits few rows over threads by
+/// chunks, so every chunk, the tail after the last one and the row pass of
+/// other activations (hard_swish, with the residual) over each chunk's
+/// channels are covered.
+fn nhwc_chunked_cases() -> Vec<(
+    Op,
+    Vec<usize>,
+    Vec<Vec<usize>>,
+    Option<(Option<UnaryOp>, bool)>,
+)> {
+    let c = 1160;
+    let window = |stride: usize| Window2d {
+        stride: [stride, stride],
+        dilation: [1, 1],
+        padding: Padding2d::Same,
+        layout: DataLayout::Nchw,
+    };
+    let depthwise = |k: usize, stride: usize, hw: [usize; 2], fused| {
+        (
+            Op::Conv2d(Conv2d {
+                window: window(stride),
+                groups: c,
+            }),
+            vec![1, c, hw[0], hw[1]],
+            vec![vec![c, 1, k, k], vec![c]],
+            fused,
+        )
+    };
+    vec![
+        depthwise(3, 1, [7, 7], Some((Some(UnaryOp::HardSwish), true))),
+        depthwise(5, 1, [7, 7], Some((Some(UnaryOp::Relu6), false))),
+        depthwise(3, 2, [14, 11], Some((Some(UnaryOp::HardSwish), false))),
+        depthwise(5, 1, [20, 6], Some((Some(UnaryOp::Relu6), true))),
+        (
+            Op::Pool2d(Pool2d {
+                kind: PoolKind::Avg {
+                    count_include_pad: false,
+                },
+                kernel: [3, 3],
+                window: window(1),
+            }),
+            vec![1, c, 7, 7],
+            vec![],
+            None,
+        ),
+    ]
+}
+
 #[test]
 fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count() {
     use lamina::codegen::conv::{PostActivation, WindowGeometry, WindowOp};
@@ -562,7 +612,11 @@ fn nhwc_depthwise_and_pools_match_the_interpreter_on_every_tier_and_thread_count
     let mut rng = ChaCha8Rng::seed_from_u64(seeds::run_seed() ^ 0x4c);
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (op, x_shape, weights, fused) in nhwc_cases().into_iter().chain(nhwc_specialised_cases()) {
+    for (op, x_shape, weights, fused) in nhwc_cases()
+        .into_iter()
+        .chain(nhwc_specialised_cases())
+        .chain(nhwc_chunked_cases())
+    {
         let what = format!("{op:?} x {x_shape:?} epilogue {fused:?}");
         let Some(NhwcOracle {
             params,
