@@ -1560,3 +1560,33 @@ impl<'r> Memory<'r> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arena_starts_on_a_cache_line_and_holds_what_was_asked() {
+        // Sizes on both sides of malloc's switch to mmap (whose blocks
+        // start 16 bytes past a page), and an empty arena.
+        for len in [0usize, 1, 15, 16, 1000, 40_000, 1 << 20] {
+            let mut arena = F32Arena::new(len).unwrap();
+            assert_eq!(arena.as_slice().len(), len);
+            assert_eq!(arena.as_slice().as_ptr() as usize % 64, 0, "{len} floats");
+            arena.as_mut_slice().fill(1.0);
+            assert!(arena.as_slice().iter().all(|&v| v == 1.0));
+        }
+    }
+
+    #[test]
+    fn an_arena_larger_than_memory_is_an_error() {
+        assert!(matches!(
+            F32Arena::new(usize::MAX / 2),
+            Err(ExecError::OutOfMemory { .. })
+        ));
+        assert!(matches!(
+            F32Arena::new(usize::MAX),
+            Err(ExecError::OutOfMemory { .. })
+        ));
+    }
+}
