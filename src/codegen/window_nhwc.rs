@@ -44,10 +44,14 @@
 //! AVX2 + FMA with `target_feature`, plain SSE2 for the baseline) over
 //! one vector abstraction ([`Lanes`], `std::arch` intrinsics).
 //!
+//! A task's rows run a chunk of channel vectors at a time, sized so that
+//! the input rows and taps one output row reads stay in L1 for the next
+//! ([`chunk_blocks`]); tasks split the output rows, or, when there are
+//! few (a 7 x 7 image at batch 1), the channel chunks first.
+//!
 //! Every output value is one chain in a fixed order (bias, then taps by
-//! rows and columns), whatever the group size, computed by one task, and
-//! tasks split the output rows of every image: results are bitwise
-//! identical for any thread count within a tier.
+//! rows and columns), whatever the group size, chunk or task that computes
+//! it: results are bitwise identical for any thread count within a tier.
 //!
 //! Sizes: [`window2d_nhwc`] checks every slice against the geometry (with
 //! checked arithmetic) once per call; the loops then read through raw
