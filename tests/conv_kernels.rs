@@ -366,6 +366,16 @@ fn nhwc_oracle(
     })
 }
 
+/// A case of the NHWC kernels: the op, its NCHW input's shape, its
+/// parameters' shapes (weights, then the bias if any), and the activation
+/// fused into it with whether a residual is added.
+type KernelCase = (
+    Op,
+    Vec<usize>,
+    Vec<Vec<usize>>,
+    Option<(Option<UnaryOp>, bool)>,
+);
+
 /// The shapes the NHWC kernels are checked on: channels 1, 3, 17, 64, 1152
 /// (full vectors of every tier, tails of every width) times planes 1x1,
 /// 7x7, 13x9 and 112x112 (all but the 1152-channel 112x112 one), each
@@ -373,12 +383,7 @@ fn nhwc_oracle(
 /// to 5 taps, strides 1 and 2, dilation 1 and 2, every padding form; the
 /// convolutions through every activation, with and without bias and
 /// residual.
-fn nhwc_cases() -> Vec<(
-    Op,
-    Vec<usize>,
-    Vec<Vec<usize>>,
-    Option<(Option<UnaryOp>, bool)>,
-)> {
+fn nhwc_cases() -> Vec<KernelCase> {
     let activations = [
         None,
         Some(UnaryOp::Relu),
@@ -465,12 +470,7 @@ fn nhwc_cases() -> Vec<(
 /// sizes), asymmetric explicit and no padding; the convolutions with
 /// activations fused in registers (relu, relu6) and in the row pass
 /// (hard_swish), with and without residual.
-fn nhwc_specialised_cases() -> Vec<(
-    Op,
-    Vec<usize>,
-    Vec<Vec<usize>>,
-    Option<(Option<UnaryOp>, bool)>,
-)> {
+fn nhwc_specialised_cases() -> Vec<KernelCase> {
     let classes = [
         ([3, 3], [1, 1], [1, 1]),
         ([3, 3], [2, 2], [1, 1]),
@@ -555,12 +555,7 @@ fn nhwc_specialised_cases() -> Vec<(
 /// chunks, so every chunk, the tail after the last one and the row pass of
 /// other activations (hard_swish, with the residual) over each chunk's
 /// channels are covered.
-fn nhwc_chunked_cases() -> Vec<(
-    Op,
-    Vec<usize>,
-    Vec<Vec<usize>>,
-    Option<(Option<UnaryOp>, bool)>,
-)> {
+fn nhwc_chunked_cases() -> Vec<KernelCase> {
     let c = 1160;
     let window = |stride: usize| Window2d {
         stride: [stride, stride],
@@ -817,12 +812,7 @@ fn nhwc_max_pool_propagates_nan_from_any_tap_on_every_tier() {
 /// unpadded) to 3x3, strides 1 and 2, dilation 1 and 2, every padding form
 /// ("same" included), groups 1 and 2, every activation of the GEMM
 /// epilogue, with and without bias and residual.
-fn nhwc_gemm_cases() -> Vec<(
-    Op,
-    Vec<usize>,
-    Vec<Vec<usize>>,
-    Option<(Option<UnaryOp>, bool)>,
-)> {
+fn nhwc_gemm_cases() -> Vec<KernelCase> {
     let activations = [
         None,
         Some(UnaryOp::Relu),

@@ -218,7 +218,17 @@ pub fn window2d_nhwc(
             // borrowed for the call. `validate` checked every other
             // operand against `g`.
             unsafe {
-                run_rows(isa, op, g, &args, source, rows, channel_blocks.clone(), out.get(), r)
+                run_rows(
+                    isa,
+                    op,
+                    g,
+                    &args,
+                    source,
+                    rows,
+                    channel_blocks.clone(),
+                    out.get(),
+                    r,
+                )
             };
             r = end;
         }
@@ -1008,7 +1018,11 @@ unsafe fn row<V: Lanes, const P1: usize, const P2: usize, const P3: usize>(job: 
     if let Epilogue::RowPass = job.epilogue {
         let c = job.g.in_channels;
         let from = job.blocks.start * V::LANES;
-        let to = if job.tail { c } else { job.blocks.end * V::LANES };
+        let to = if job.tail {
+            c
+        } else {
+            job.blocks.end * V::LANES
+        };
         for pixel in (0..job.g.out_w).map(|ox| ox * c) {
             let values = std::slice::from_raw_parts_mut(job.out.add(pixel + from), to - from);
             let residual = job.residual.map(|r| &r[pixel + from..pixel + to]);
