@@ -134,6 +134,7 @@
 //! flushes to 0 below e^-104, gelu returns -0 below x = -14 (true value
 //! < 1e-43), gelu_tanh -0 below -20.
 
+pub(crate) mod aligned;
 mod constants;
 pub mod conv;
 mod elementwise;

@@ -8,6 +8,7 @@
 //! micro-kernel call, in the driver): the `r` rows of one row panel,
 //! k-major: `[kc_p][r]`.
 
+use crate::codegen::aligned::AlignedF32;
 use crate::codegen::target::{Isa, Target};
 use crate::codegen::CodegenError;
 
@@ -432,8 +433,7 @@ impl PackPiece<'_> {
 /// storage. Pack weights once at model compile time.
 #[derive(Clone, Debug)]
 pub struct PackedB {
-    storage: Vec<f32>,
-    offset: usize,
+    storage: AlignedF32,
     k: usize,
     n: usize,
     layout: PackLayout,
@@ -449,12 +449,7 @@ impl PackedB {
     /// `KernelLibrary::pack_layout()`).
     pub fn pack_for(b: &MatrixRef<'_>, layout: PackLayout) -> PackedB {
         let mut packed = PackedB::zeroed_for(b.rows, b.cols, layout);
-        let len = packed_b_len_for(b.rows, b.cols, layout);
-        pack_b_into(
-            b,
-            &mut packed.storage[packed.offset..packed.offset + len],
-            layout,
-        );
+        pack_b_into(b, packed.storage.as_mut_slice(), layout);
         packed
     }
 
@@ -462,13 +457,10 @@ impl PackedB {
     /// [`PackedB::pieces`] packs into.
     pub fn zeroed_for(k: usize, n: usize, layout: PackLayout) -> PackedB {
         let len = packed_b_len_for(k, n, layout);
-        // Over-allocate one cache line and start at a 64-byte boundary.
-        let storage = vec![0.0f32; len + 16];
-        let misalignment = (storage.as_ptr() as usize / 4) % 16;
-        let offset = (16 - misalignment) % 16;
+        let storage =
+            AlignedF32::try_zeroed(len).unwrap_or_else(|e| panic!("packing a {k} x {n} B: {e}"));
         PackedB {
             storage,
-            offset,
             k,
             n,
             layout,
@@ -482,10 +474,9 @@ impl PackedB {
     pub fn pieces<'a>(&'a mut self, b: MatrixRef<'a>, target: usize) -> Vec<PackPiece<'a>> {
         assert_eq!((b.rows, b.cols), (self.k, self.n), "B of another shape");
         let (k, w) = (self.k, self.layout.panel_width);
-        let len = packed_b_len_for(k, self.n, self.layout);
         let panels = panel_count(self.n, w);
         let kc = k_block(k);
-        let mut rest = &mut self.storage[self.offset..self.offset + len];
+        let mut rest = self.storage.as_mut_slice();
         let mut pieces = Vec::new();
         let mut k0 = 0;
         while k0 < k {
@@ -524,8 +515,7 @@ impl PackedB {
 
     pub fn as_ref(&self) -> PackedBRef<'_> {
         PackedBRef {
-            data: &self.storage
-                [self.offset..self.offset + packed_b_len_for(self.k, self.n, self.layout)],
+            data: self.storage.as_slice(),
             k: self.k,
             n: self.n,
             layout: self.layout,

@@ -10,9 +10,10 @@ pub struct Lifetime {
     pub last: usize,
 }
 
-/// Offsets are rounded to this many floats (64 bytes), so every buffer
-/// starts on a cache line and vector loads of one never touch another's line.
-const ALIGN: usize = 16;
+/// Offsets are rounded to a cache line (64 bytes), so that, the arena
+/// itself starting on one (`AlignedF32`), every buffer starts on a line and
+/// vector loads of one never touch another's line.
+const ALIGN: usize = crate::codegen::aligned::LINE_FLOATS;
 
 /// Greedy first-fit by decreasing size: returns each buffer's offset and the
 /// arena length. Two buffers get overlapping ranges only if their lifetimes

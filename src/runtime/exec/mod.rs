@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use plan::{GemmB, KernelSet, Loc, NhwcTaps, Plan, Planner, Step, MAX_OPERANDS};
 
+use crate::codegen::aligned::AlignedF32;
 use crate::codegen::conv::{
     batch_norm, conv2d_gemm, conv2d_nhwc, window2d, BatchNormArgs, ConvArgs, NhwcConvArgs,
     WindowArgs,
@@ -113,51 +114,15 @@ pub(crate) fn bind_diagnostic(e: &BindError) -> crate::diagnostics::Diagnostic {
     crate::diagnostics::Diagnostic::error(e.to_string()).at(e.span())
 }
 
-/// The f32 arena, its first float on a cache line: the planner places
-/// every buffer a multiple of 64 bytes from it (`memory::place`), so every
-/// buffer starts on a line and a full-width vector of one never straddles
-/// two lines (which costs a load twice, and, where two threads write
-/// neighbouring parts of a tensor, lets them fight over the line).
-struct F32Arena {
-    storage: Vec<f32>,
-    /// Floats skipped at the front of `storage` to reach a line.
-    start: usize,
-    len: usize,
-}
-
-/// Floats in a 64-byte cache line.
-const LINE_FLOATS: usize = 16;
-
-impl F32Arena {
-    /// Allocated fallibly: the budget allows it, but the machine may still
-    /// be short (other processes, overcommit limits), and that must be an
-    /// error rather than an abort.
-    fn new(len: usize) -> Result<F32Arena, ExecError> {
-        let out_of_memory = || ExecError::OutOfMemory {
-            bytes: len.saturating_mul(4),
-        };
-        let padded = len.checked_add(LINE_FLOATS - 1).ok_or_else(out_of_memory)?;
-        let mut storage = Vec::new();
-        storage
-            .try_reserve_exact(padded)
-            .map_err(|_| out_of_memory())?;
-        storage.resize(padded, 0.0);
-        let misaligned = (storage.as_ptr() as usize / 4) % LINE_FLOATS;
-        let start = (LINE_FLOATS - misaligned) % LINE_FLOATS;
-        Ok(F32Arena {
-            storage,
-            start,
-            len,
-        })
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
+/// The f32 arena, allocated fallibly: the budget allows it, but the
+/// machine may still be short (other processes, overcommit limits), and
+/// that must be an error rather than an abort. It starts on a cache line,
+/// and `memory::place` puts every buffer a multiple of 64 bytes from its
+/// start: every buffer starts on a line.
+fn alloc_arena(len: usize) -> Result<AlignedF32, ExecError> {
+    AlignedF32::try_zeroed(len).map_err(|_| ExecError::OutOfMemory {
+        bytes: len.saturating_mul(4),
+    })
 }
 
 /// Bytes of a plan's boxed (non-f32) slots, counted as 8 per element.
@@ -273,7 +238,7 @@ impl CompileOptions {
 
 /// One run's mutable memory: the f32 arena and the boxed (non-f32) slots.
 struct Arena {
-    f32: F32Arena,
+    f32: AlignedF32,
     boxed: Vec<Tensor>,
     /// This run's model outputs that steps write straight into the caller's
     /// tensors instead of the arena (see `run_into`); refilled every run,
@@ -941,7 +906,7 @@ impl CompiledModel {
             Some(arena) => arena,
             None => Arena {
                 redirects: Vec::with_capacity(plan.outputs.len()),
-                f32: F32Arena::new(plan.arena_len)?,
+                f32: alloc_arena(plan.arena_len)?,
                 boxed: plan
                     .boxed
                     .iter()
@@ -1566,27 +1531,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_arena_starts_on_a_cache_line_and_holds_what_was_asked() {
-        // Sizes on both sides of malloc's switch to mmap (whose blocks
-        // start 16 bytes past a page), and an empty arena.
-        for len in [0usize, 1, 15, 16, 1000, 40_000, 1 << 20] {
-            let mut arena = F32Arena::new(len).unwrap();
+    fn the_arena_starts_on_a_cache_line_and_one_larger_than_memory_is_an_error() {
+        for len in [0usize, 1000, 1 << 20] {
+            let arena = alloc_arena(len).unwrap();
             assert_eq!(arena.as_slice().len(), len);
             assert_eq!(arena.as_slice().as_ptr() as usize % 64, 0, "{len} floats");
-            arena.as_mut_slice().fill(1.0);
-            assert!(arena.as_slice().iter().all(|&v| v == 1.0));
         }
-    }
-
-    #[test]
-    fn an_arena_larger_than_memory_is_an_error() {
-        assert!(matches!(
-            F32Arena::new(usize::MAX / 2),
-            Err(ExecError::OutOfMemory { .. })
-        ));
-        assert!(matches!(
-            F32Arena::new(usize::MAX),
-            Err(ExecError::OutOfMemory { .. })
-        ));
+        for len in [usize::MAX / 2, usize::MAX] {
+            assert!(matches!(
+                alloc_arena(len),
+                Err(ExecError::OutOfMemory { .. })
+            ));
+        }
     }
 }
