@@ -224,43 +224,61 @@ model expansion_out {
     }
 }
 
+/// A depthwise window of `c` channels over one `h x w` image, stride 1,
+/// its output as large as its input.
+fn depthwise_window(
+    c: usize,
+    [h, w]: [usize; 2],
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+) -> WindowGeometry {
+    WindowGeometry {
+        batch: 1,
+        in_channels: c,
+        in_h: h,
+        in_w: w,
+        out_channels: c,
+        out_h: h,
+        out_w: w,
+        kernel,
+        stride: [1, 1],
+        dilation,
+        pad,
+        groups: c,
+    }
+}
+
+/// Output rows `rows` of `g`'s depthwise convolution with `taps`, from a
+/// band holding the input rows from `first` on.
+fn run_band(
+    g: &WindowGeometry,
+    taps: &[f32],
+    band: &[f32],
+    first: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) -> Result<(), lamina::codegen::CodegenError> {
+    let args = NhwcWindowArgs {
+        x: band,
+        taps: Some(taps),
+        bias: None,
+        post: None,
+        residual: None,
+        out,
+    };
+    window2d_nhwc_band(Isa::Baseline, WindowOp::Depthwise, g, args, first, rows)
+}
+
 #[test]
 fn a_band_missing_rows_the_window_reads_is_refused() {
     // 3x3, stride 1, one row of padding: output rows 2..4 read input rows 1..5.
     let (c, w) = (16, 6);
-    let g = WindowGeometry {
-        batch: 1,
-        in_channels: c,
-        in_h: 8,
-        in_w: w,
-        out_channels: c,
-        out_h: 8,
-        out_w: w,
-        kernel: [3, 3],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pad: [1, 1],
-        groups: c,
-    };
+    let g = depthwise_window(c, [8, w], [3, 3], [1, 1], [1, 1]);
     let taps = vec![0.5f32; 9 * c];
     let mut out = vec![0.0f32; 2 * w * c];
-    let run = |band: &[f32], first: usize, out: &mut [f32]| {
-        window2d_nhwc_band(
-            Isa::Baseline,
-            WindowOp::Depthwise,
-            &g,
-            NhwcWindowArgs {
-                x: band,
-                taps: Some(&taps),
-                bias: None,
-                post: None,
-                residual: None,
-                out,
-            },
-            first,
-            2..4,
-        )
-    };
+    let run =
+        |band: &[f32], first: usize, out: &mut [f32]| run_band(&g, &taps, band, first, 2..4, out);
     let three_rows = vec![1.0f32; 3 * w * c];
     let err = run(&three_rows, 1, &mut out).unwrap_err().to_string();
     assert!(err.contains("read input rows 1..5"), "{err}");
@@ -279,39 +297,12 @@ fn a_dilated_window_needs_the_rows_below_its_first_rows_reads() {
     // 3 taps 2 apart, one row of padding: output row 0 reads input rows 1
     // and 3, row 1 reads rows 0, 2 and 4, so rows 0..2 need rows 0..5.
     let (c, w) = (16, 5);
-    let g = WindowGeometry {
-        batch: 1,
-        in_channels: c,
-        in_h: 9,
-        in_w: w,
-        out_channels: c,
-        out_h: 9,
-        out_w: w,
-        kernel: [3, 1],
-        stride: [1, 1],
-        dilation: [2, 1],
-        pad: [1, 0],
-        groups: c,
-    };
+    let g = depthwise_window(c, [9, w], [3, 1], [2, 1], [1, 0]);
     let taps = vec![1.0f32; 3 * c];
     let mut out = vec![0.0f32; 2 * w * c];
     let four_rows_from_1 = vec![1.0f32; 4 * w * c];
-    let err = window2d_nhwc_band(
-        Isa::Baseline,
-        WindowOp::Depthwise,
-        &g,
-        NhwcWindowArgs {
-            x: &four_rows_from_1,
-            taps: Some(&taps),
-            bias: None,
-            post: None,
-            residual: None,
-            out: &mut out,
-        },
-        1,
-        0..2,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run_band(&g, &taps, &four_rows_from_1, 1, 0..2, &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("read input rows 0..5"), "{err}");
 }

@@ -242,8 +242,8 @@ pub fn window2d_nhwc(
     // rows above its first: cheap over several rows); fewer rows (a 7 x 7
     // or 14 x 14 image at batch 1) split into L1-sized chunks of channels
     // first, which read no input another chunk reads, then into rows as
-    // far as needed. (Measured on 28 x 28 x 240: the channel split took
-    // 1.3x the time of the row split; on 7 x 7 x 1152, 0.7x.)
+    // far as needed. (Measured alone on 2 threads: 28 x 28 x 240 3x3 took
+    // 1.3x the row split's time split by channels; 7 x 7 x 1152 5x5, 0.7x.)
     let tasks = 4 * threads.count();
     let (chunk, chunks) = if rows >= 2 * tasks {
         (blocks, 1)
@@ -431,8 +431,9 @@ fn isa_lanes(isa: Isa) -> usize {
 /// The channel blocks (vectors of `lanes`) a chunk of [`run_rows`] holds:
 /// as many as keep what one output row reads and the next one reads again
 /// (the window's input rows and one more per row of stride, the taps, the
-/// output row) within `L1_BUDGET`; at least two (a block is 64 bytes on
-/// AVX-512, and fewer would split cache lines between chunks).
+/// output row) within `L1_BUDGET`; at least two (on AVX2 one block is half
+/// a cache line, which chunks of one would share; two were kept on
+/// AVX-512 too, not measured against one).
 fn chunk_blocks(g: &WindowGeometry, lanes: usize) -> usize {
     const L1_BUDGET: usize = 32 * 1024;
     let [kh, kw] = g.kernel;
